@@ -1,0 +1,54 @@
+# fedcrime: one-command set-up, build, test and demo.
+#
+#   make demo    bootstrap libtorch, build, run the main job on synthetic data
+#   make test    bootstrap libtorch, build, fmt --check, clippy -D warnings, all tests
+#   make build   release binaries into target/release
+#
+# libtorch comes from PyPI's torch==2.13.0 in a cached virtualenv
+# (FEDCRIME_TORCH_VENV, default ~/.cache/fedcrime/torch-2.13.0), installed once.
+
+SHELL := /bin/bash
+FEDCRIME_TORCH_VENV ?= $(HOME)/.cache/fedcrime/torch-2.13.0
+export FEDCRIME_TORCH_VENV
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(FEDCRIME_TORCH_VENV)
+export PATH := $(FEDCRIME_TORCH_VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
+# Tests share the two cores with libtorch's own threads.
+export RUST_TEST_THREADS ?= 2
+
+CARGO ?= cargo
+STAMP := $(FEDCRIME_TORCH_VENV)/.fedcrime-ok
+DEMO_OUT ?= runs/demo
+
+.PHONY: all bootstrap build demo test fmt clippy check clean env
+
+all: build
+
+$(STAMP):
+	@.ci/bootstrap-libtorch >/dev/null
+	@touch $(STAMP)
+
+bootstrap: $(STAMP)
+
+build: bootstrap
+	$(CARGO) build --release --workspace --bins
+
+demo: build
+	@mkdir -p $(DEMO_OUT)
+	target/release/fedcrime-sim synth --rows 200000 --seed 7 --out $(DEMO_OUT)/synthetic.csv.gz
+	target/release/fedcrime-sim inspect --data $(DEMO_OUT)/synthetic.csv.gz
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy: bootstrap
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test: bootstrap fmt clippy
+	$(CARGO) test --workspace --locked
+
+env:
+	@echo "export LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(FEDCRIME_TORCH_VENV) PATH=$(FEDCRIME_TORCH_VENV)/bin:\$$PATH"
+
+clean:
+	$(CARGO) clean

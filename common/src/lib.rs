@@ -1,0 +1,23 @@
+//! # fedcrime-common
+//!
+//! The library that precinct stations, the aggregation server and the
+//! simulator share. Its layers, bottom up:
+//!
+//! - [`data`]: the LAPD "Crime Data from 2020 to Present" pipeline: streaming
+//!   loader, cleaning with a report, features, the `risk` and `counts` tasks
+//!   with a temporal split, station partitioners and an LA-like synthetic
+//!   generator (the embedded default, so nothing needs a download).
+//! - [`params`]: model parameters as named tensors in one flat buffer, the
+//!   currency of everything federated.
+//! - [`device`]: where tensors live.
+//!
+//! Models, training, the wire protocol, the QUIC transport and the federated
+//! round engine sit on top of these.
+
+pub mod data;
+pub mod device;
+pub mod model;
+pub mod params;
+
+pub use device::DeviceChoice;
+pub use params::{ParamEntry, ParamError, ParamSpec, Params};

@@ -1,0 +1,96 @@
+//! The paper's models in tch: `dnn` (MLP), `lstm` (LSTMCrimeNet) and
+//! `gat-tcn` (graph attention over the 21 areas + temporal convolutional
+//! network), behind one trait the trainers and the federated code use.
+//!
+//! Every model keeps its parameters in a [`tch::nn::VarStore`] with sub-paths
+//! named for their role; parameters are exchanged by name (see [`params`]) so a
+//! mismatch between two models is an error, not silent garbage.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::data::Task;
+
+/// Which architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// Multi-layer perceptron over the flat features.
+    #[serde(rename = "dnn")]
+    Dnn,
+    /// LSTM over the sequence view, then a linear head (LSTMCrimeNet).
+    #[serde(rename = "lstm")]
+    Lstm,
+    /// Graph attention over areas per time step, then a TCN over time.
+    #[serde(rename = "gat-tcn")]
+    GatTcn,
+}
+
+impl ModelKind {
+    /// The name used on the command line and in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Dnn => "dnn",
+            ModelKind::Lstm => "lstm",
+            ModelKind::GatTcn => "gat-tcn",
+        }
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dnn" => Ok(ModelKind::Dnn),
+            "lstm" => Ok(ModelKind::Lstm),
+            "gat-tcn" | "gat_tcn" | "gattcn" => Ok(ModelKind::GatTcn),
+            other => Err(format!(
+                "unknown model {other:?} (expected dnn, lstm or gat-tcn)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One mini-batch on the model's device.
+#[derive(Debug)]
+pub struct Batch {
+    /// Flat features `[b, feature_dim]`, f32.
+    pub features: Tensor,
+    /// Sequence view `[b, steps, step_dim]`, f32, when the dataset has one.
+    pub sequences: Option<Tensor>,
+    /// Targets: i64 class indices `[b]` (risk) or f32 counts `[b, dim]` (counts).
+    pub target: Tensor,
+}
+
+/// What every model offers to the trainers and the federated code.
+///
+/// `Send` so stations can train on worker threads.
+pub trait CrimeModel: Send {
+    /// The architecture.
+    fn kind(&self) -> ModelKind;
+
+    /// The task the model was built for (decides the loss and metrics).
+    fn task(&self) -> Task;
+
+    /// Forward pass: logits `[b, classes]` for risk; for counts `[b, dim]` in
+    /// the model's output space (e.g. log-rates), see [`CrimeModel::predict`].
+    fn forward_t(&self, batch: &Batch, train: bool) -> Tensor;
+
+    /// The scalar training loss of `output` (from `forward_t`) against the batch targets.
+    fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor;
+
+    /// Turns `forward_t` output into what metrics compare with targets:
+    /// class indices for risk, non-negative expected counts for counts.
+    fn predict(&self, output: &Tensor) -> Tensor;
+
+    /// The variables, named by role.
+    fn var_store(&self) -> &nn::VarStore;
+
+    /// The variables, mutable (for optimizers and imports).
+    fn var_store_mut(&mut self) -> &mut nn::VarStore;
+}
