@@ -67,7 +67,7 @@ pub fn evaluate_baselines(
     }
 }
 
-fn classes(ds: &Dataset, split: &'static str) -> Result<(&[i64], usize), TrainError> {
+fn classes<'a>(ds: &'a Dataset, split: &'static str) -> Result<(&'a [i64], usize), TrainError> {
     match &ds.target {
         Target::Classes {
             labels,
@@ -89,7 +89,7 @@ fn classes(ds: &Dataset, split: &'static str) -> Result<(&[i64], usize), TrainEr
     }
 }
 
-fn counts(ds: &Dataset, split: &'static str) -> Result<(&[f32], usize), TrainError> {
+fn counts<'a>(ds: &'a Dataset, split: &'static str) -> Result<(&'a [f32], usize), TrainError> {
     match &ds.target {
         Target::Counts { values, dim } => {
             if values.len() != ds.area.len() * dim || ds.time.len() != ds.area.len() {

@@ -119,7 +119,8 @@ pub struct CountMetrics {
     /// Root mean squared error over all values.
     pub rmse: f64,
     /// Mean Poisson deviance `2 (y ln(y/mu) - (y - mu))` over all values,
-    /// with `mu` floored at [`POISSON_EPS`] and `0 ln 0 = 0`.
+    /// with `mu` floored at [`POISSON_EPS`] inside the logarithm and
+    /// `0 ln(0/mu) = 0`.
     pub poisson_deviance: f64,
     /// Mean absolute error of each output column (crime category).
     pub mae_per_category: Vec<f64>,
@@ -155,9 +156,14 @@ impl CountMetrics {
             let d = y - p;
             abs_col[i % dim] += d.abs();
             sq += d * d;
-            let mu = p.max(POISSON_EPS);
-            let ylog = if y > 0.0 { y * (y / mu).ln() } else { 0.0 };
-            dev += 2.0 * (ylog - (y - mu));
+            // The floor only guards the logarithm; a zero prediction of a
+            // zero count costs nothing.
+            let ylog = if y > 0.0 {
+                y * (y / p.max(POISSON_EPS)).ln()
+            } else {
+                0.0
+            };
+            dev += 2.0 * (ylog - (y - p.max(0.0)));
         }
         let rows = targets.len() / dim;
         let total = targets.len() as f64;
@@ -317,19 +323,19 @@ mod tests {
         assert!(close(m.mae, 4.0 / 4.0));
         assert!(close(m.rmse, (6.0f64 / 4.0).sqrt()));
         assert_eq!(m.mae_per_category, vec![0.5, 1.5]);
-        // Deviance terms: 2(1 ln(1/2) + 1), 2(0 + 1), 0, 2(2 ln(2/1e-8) - 2 + 1e-8).
+        // Deviance terms: 2(1 ln(1/2) + 1), 2(0 + 1), 0, 2(2 ln(2/1e-8) - 2).
         let expected = (2.0 * (0.5f64.ln() + 1.0)
             + 2.0
             + 0.0
-            + 2.0 * (2.0 * (2.0 / POISSON_EPS).ln() - 2.0 + POISSON_EPS))
+            + 2.0 * (2.0 * (2.0 / POISSON_EPS).ln() - 2.0))
             / 4.0;
         assert!((m.poisson_deviance - expected).abs() < 1e-9);
     }
 
     #[test]
     fn perfect_counts_score_zero() {
-        let y = [0.0, 4.0, 1.5];
-        let m = CountMetrics::compute(&y, &y, 3).unwrap();
+        let y = [0.0, 4.0, 1.5, 0.0];
+        let m = CountMetrics::compute(&y, &y, 2).unwrap();
         assert_eq!((m.mae, m.rmse), (0.0, 0.0));
         assert!(m.poisson_deviance.abs() < 1e-12);
     }
