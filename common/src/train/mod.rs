@@ -21,6 +21,8 @@ pub mod baselines;
 pub mod loader;
 pub mod metrics;
 pub mod parallel;
+#[cfg(test)]
+mod test_data;
 pub mod trainer;
 pub mod tune;
 

@@ -470,3 +470,125 @@ impl ParallelTrainer {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelKind;
+    use crate::train::test_data;
+    use crate::train::Trainer;
+
+    fn cfg(epochs: usize, batch_size: usize) -> TrainConfig {
+        TrainConfig {
+            epochs,
+            batch_size,
+            patience: 0,
+            lr: 1e-2,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn max_abs_diff(a: &Params, b: &Params) -> f32 {
+        a.data()
+            .iter()
+            .zip(b.data())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn one_worker_equals_the_station_trainer_exactly() {
+        // Dropout on: with one replica even the dropout masks are the same.
+        let train = test_data::risk(200, 6, 1);
+        let val = test_data::risk(50, 6, 2);
+        let c = TrainConfig {
+            patience: 3,
+            ..cfg(3, 32)
+        };
+        let mut plain =
+            Trainer::new(test_data::model(ModelKind::Dnn, &train, 16, 0.2, 4), c.clone()).unwrap();
+        let r1 = plain.fit(&train, Some(&val)).unwrap();
+        let mut par = ParallelTrainer::from_models(
+            vec![test_data::model(ModelKind::Dnn, &train, 16, 0.2, 4)],
+            c,
+        )
+        .unwrap();
+        let r2 = par.fit(&train, Some(&val)).unwrap();
+        assert_eq!(plain.params(), par.params());
+        let losses = |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
+        assert_eq!(losses(&r1), losses(&r2));
+        assert_eq!(r1.best_epoch, r2.best_epoch);
+    }
+
+    #[test]
+    fn two_workers_match_full_batch_training() {
+        // 67 samples, batches of 16: the last batch has 3 samples (split 2/1).
+        for (kind, train) in [
+            (ModelKind::Dnn, test_data::risk(67, 5, 3)),
+            (ModelKind::Lstm, test_data::counts(67, 3, 2, 4)),
+        ] {
+            let mut plain =
+                Trainer::new(test_data::model(kind, &train, 12, 0.0, 8), cfg(2, 16)).unwrap();
+            plain.fit(&train, None).unwrap();
+            let models = (0..2)
+                .map(|k| test_data::model(kind, &train, 12, 0.0, 8 + k))
+                .collect();
+            let mut par = ParallelTrainer::from_models(models, cfg(2, 16)).unwrap();
+            par.fit(&train, None).unwrap();
+            let d = max_abs_diff(&plain.params(), &par.params());
+            assert!(d < 1e-5, "{kind}: max difference {d}");
+            // And the replicas stayed identical.
+            let second = export_params(par.replicas[1].model.var_store());
+            assert_eq!(par.params(), second);
+        }
+    }
+
+    #[test]
+    fn a_batch_smaller_than_the_worker_count_still_trains() {
+        // 33 samples in batches of 16: the last batch has 1 sample for 3 workers.
+        let train = test_data::risk(33, 4, 5);
+        let mut plain =
+            Trainer::new(test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2), cfg(1, 16)).unwrap();
+        plain.fit(&train, None).unwrap();
+        let models = (0..3)
+            .map(|_| test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2))
+            .collect();
+        let mut par = ParallelTrainer::from_models(models, cfg(1, 16)).unwrap();
+        par.fit(&train, None).unwrap();
+        assert!(max_abs_diff(&plain.params(), &par.params()) < 1e-5);
+    }
+
+    #[test]
+    fn replicas_must_share_the_architecture() {
+        let train = test_data::risk(16, 4, 5);
+        let models = vec![
+            test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2),
+            test_data::model(ModelKind::Dnn, &train, 16, 0.0, 2),
+        ];
+        let e = ParallelTrainer::from_models(models, cfg(1, 4)).err().unwrap();
+        assert!(e.to_string().contains("replica 1"), "{e}");
+        assert!(ParallelTrainer::from_models(Vec::new(), cfg(1, 4)).is_err());
+    }
+
+    #[test]
+    fn cpu_devices_follow_the_worker_count() {
+        let par = ParallelConfig {
+            workers: 3,
+            device: DeviceChoice::Cpu,
+            threads: None,
+        };
+        assert_eq!(par.devices().unwrap(), vec![Device::Cpu; 3]);
+        let none = ParallelConfig {
+            workers: 0,
+            ..par.clone()
+        };
+        assert!(none.devices().is_err());
+        if tch::Cuda::device_count() == 0 {
+            let cuda = ParallelConfig {
+                device: DeviceChoice::Cuda(0),
+                ..par
+            };
+            assert!(cuda.devices().unwrap_err().to_string().contains("CUDA"));
+        }
+    }
+}

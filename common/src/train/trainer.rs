@@ -640,3 +640,207 @@ impl Trainer {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelKind;
+    use crate::train::test_data;
+
+    fn cfg(epochs: usize, batch_size: usize) -> TrainConfig {
+        TrainConfig {
+            epochs,
+            batch_size,
+            patience: 0,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let bad = TrainConfig {
+            lr: -1.0,
+            ..TrainConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("lr"), "{e}");
+        let bad = TrainConfig {
+            batch_size: 0,
+            ..TrainConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("batch_size"));
+        let parsed: TrainConfig = toml::from_str("epochs = 3\nlr = 0.01\n").unwrap();
+        assert_eq!((parsed.epochs, parsed.lr, parsed.batch_size), (3, 0.01, 256));
+        assert!(toml::from_str::<TrainConfig>("epoch = 3\n").is_err());
+    }
+
+    #[test]
+    fn early_stop_counts_epochs_without_improvement() {
+        let mut s = EarlyStop::new(2, 0.0);
+        assert_eq!(s.observe(1, 1.0), (true, false));
+        assert_eq!(s.observe(2, 0.5), (true, false));
+        assert_eq!(s.observe(3, 0.6), (false, false));
+        assert_eq!(s.observe(4, 0.5), (false, true));
+        assert_eq!(s.best, Some((2, 0.5)));
+        let mut never = EarlyStop::new(0, 0.0);
+        for e in 1..10 {
+            assert!(!never.observe(e, e as f64).1);
+        }
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_records_every_epoch() {
+        let train = test_data::risk(512, 6, 1);
+        let val = test_data::risk(128, 6, 2);
+        let model = test_data::model(ModelKind::Dnn, &train, 32, 0.0, 0);
+        let mut t = Trainer::new(model, TrainConfig { lr: 1e-2, ..cfg(6, 32) }).unwrap();
+        let before = t.evaluate(&val).unwrap();
+        let mut seen = Vec::new();
+        let report = t
+            .fit_observed(&train, Some(&val), &mut |r| seen.push(r.epoch))
+            .unwrap();
+        assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(report.epochs.len(), 6);
+        let first = &report.epochs[0];
+        let last = report.epochs.last().unwrap();
+        assert!(last.train_loss < first.train_loss, "{report:?}");
+        assert!(first.samples_per_sec > 0.0 && first.seconds > 0.0);
+        let after = t.evaluate(&val).unwrap();
+        assert!(after.loss < before.loss * 0.8, "{} -> {}", before.loss, after.loss);
+        let Metrics::Risk(m) = &after.metrics else {
+            panic!("risk metrics expected")
+        };
+        assert_eq!(m.n, 128);
+        assert!(m.accuracy > 0.5, "accuracy {}", m.accuracy);
+        // The kept weights are the best validation epoch's.
+        assert!((after.loss - report.best_val_loss.unwrap()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn early_stopping_restores_the_best_weights() {
+        // Labels of the training set are noise relative to validation, and a
+        // large learning rate overfits: validation loss rises after a while.
+        let train = test_data::risk(64, 4, 3);
+        let mut val = test_data::risk(256, 4, 4);
+        if let Target::Classes { labels, .. } = &mut val.target {
+            for l in labels.iter_mut() {
+                *l = 4 - *l;
+            }
+        }
+        let model = test_data::model(ModelKind::Dnn, &train, 64, 0.0, 1);
+        let mut t = Trainer::new(
+            model,
+            TrainConfig {
+                lr: 3e-2,
+                patience: 2,
+                ..cfg(30, 16)
+            },
+        )
+        .unwrap();
+        let report = t.fit(&train, Some(&val)).unwrap();
+        let best = report.best_epoch.unwrap();
+        assert!(report.stopped_early, "{report:?}");
+        assert!(best < report.epochs.len(), "{report:?}");
+        let now = t.evaluate(&val).unwrap().loss;
+        assert!(
+            (now - report.best_val_loss.unwrap()).abs() < 1e-6,
+            "restored {now}, best {:?}",
+            report.best_val_loss
+        );
+        let last_val = report.epochs.last().unwrap().val_loss.unwrap();
+        assert!(last_val > now);
+    }
+
+    #[test]
+    fn same_seed_gives_the_same_parameters() {
+        let train = test_data::counts(200, 4, 3, 5);
+        let run = |seed: u64| {
+            let model = test_data::model(ModelKind::Lstm, &train, 16, 0.2, 7);
+            let mut t = Trainer::new(model, TrainConfig { seed, ..cfg(2, 32) }).unwrap();
+            t.fit(&train, None).unwrap();
+            t.params()
+        };
+        let a = run(1);
+        assert_eq!(a, run(1));
+        assert_ne!(a, run(2));
+    }
+
+    #[test]
+    fn fedprox_keeps_the_update_near_the_global_model() {
+        let train = test_data::risk(256, 6, 6);
+        let global = test_data::model(ModelKind::Dnn, &train, 32, 0.0, 3).export_params();
+        let update = |mu: f64| {
+            let model = test_data::model(ModelKind::Dnn, &train, 32, 0.0, 99);
+            let mut t = Trainer::new(
+                model,
+                TrainConfig {
+                    prox_mu: mu,
+                    lr: 1e-2,
+                    ..cfg(3, 32)
+                },
+            )
+            .unwrap();
+            let u = t.fit_from(&global, &train, None).unwrap();
+            assert_eq!(u.num_examples, 256);
+            assert!(u.val.is_none());
+            u.params.l2_distance(&global).unwrap()
+        };
+        let free = update(0.0);
+        let prox = update(1.0);
+        assert!(free > 0.0);
+        assert!(prox < 0.8 * free, "FedProx {prox} vs FedAvg {free}");
+    }
+
+    #[test]
+    fn fit_from_starts_at_the_global_params_and_reports_validation() {
+        let train = test_data::counts(128, 4, 3, 8);
+        let val = test_data::counts(64, 4, 3, 9);
+        let global = test_data::model(ModelKind::Dnn, &train, 16, 0.0, 5).export_params();
+        let model = test_data::model(ModelKind::Dnn, &train, 16, 0.0, 6);
+        let mut t = Trainer::new(model, cfg(1, 16)).unwrap();
+        // With lr tiny the update stays at the global model, not at the local init.
+        t.set_config(TrainConfig {
+            lr: 1e-9,
+            ..cfg(1, 16)
+        })
+        .unwrap();
+        let u = t.fit_from(&global, &train, Some(&val)).unwrap();
+        assert!(u.params.l2_distance(&global).unwrap() < 1e-4);
+        let v = u.val.unwrap();
+        assert_eq!(v.n, 64);
+        assert!(matches!(v.metrics, Metrics::Counts(_)));
+    }
+
+    #[test]
+    fn wrong_task_and_empty_data_are_errors() {
+        let risk = test_data::risk(32, 4, 1);
+        let counts = test_data::counts(32, 2, 2, 1);
+        let model = test_data::model(ModelKind::Dnn, &risk, 8, 0.0, 0);
+        let mut t = Trainer::new(model, cfg(1, 8)).unwrap();
+        assert!(matches!(
+            t.fit(&counts, None),
+            Err(TrainError::TaskMismatch { .. })
+        ));
+        let empty = risk.subset(&[]);
+        assert!(matches!(
+            t.fit(&empty, None),
+            Err(TrainError::EmptySplit { split: "train" })
+        ));
+        // An empty validation split means no validation, not an error.
+        let r = t.fit(&risk, Some(&empty)).unwrap();
+        assert!(r.best_epoch.is_none() && r.epochs[0].val_loss.is_none());
+    }
+
+    #[test]
+    fn diverging_training_is_reported_not_hidden() {
+        let mut train = test_data::counts(64, 2, 2, 3);
+        if let Target::Counts { values, .. } = &mut train.target {
+            values[5] = f32::INFINITY;
+        }
+        let model = test_data::model(ModelKind::Dnn, &train, 8, 0.0, 0);
+        let mut t = Trainer::new(model, cfg(1, 16)).unwrap();
+        let e = t.fit(&train, None).unwrap_err();
+        assert!(matches!(e, TrainError::NonFinite { .. }), "{e}");
+        assert!(e.to_string().contains("epoch 1"), "{e}");
+    }
+}
