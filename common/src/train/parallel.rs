@@ -498,21 +498,19 @@ mod tests {
 
     #[test]
     fn one_worker_equals_the_station_trainer_exactly() {
-        // Dropout on: with one replica even the dropout masks are the same.
+        // Dropout off: libtorch's generator is shared with tests running
+        // concurrently. (Alone, `W = 1` reproduces the dropout masks too.)
         let train = test_data::risk(200, 6, 1);
         let val = test_data::risk(50, 6, 2);
         let c = TrainConfig {
             patience: 3,
             ..cfg(3, 32)
         };
-        let mut plain =
-            Trainer::new(test_data::model(ModelKind::Dnn, &train, 16, 0.2, 4), c.clone()).unwrap();
+        let m = test_data::model(ModelKind::Dnn, &train, 16, 0.0, 4);
+        let mut par = ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], c.clone())
+            .unwrap();
+        let mut plain = Trainer::new(m, c).unwrap();
         let r1 = plain.fit(&train, Some(&val)).unwrap();
-        let mut par = ParallelTrainer::from_models(
-            vec![test_data::model(ModelKind::Dnn, &train, 16, 0.2, 4)],
-            c,
-        )
-        .unwrap();
         let r2 = par.fit(&train, Some(&val)).unwrap();
         assert_eq!(plain.params(), par.params());
         let losses = |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
@@ -527,12 +525,11 @@ mod tests {
             (ModelKind::Dnn, test_data::risk(67, 5, 3)),
             (ModelKind::Lstm, test_data::counts(67, 3, 2, 4)),
         ] {
-            let mut plain =
-                Trainer::new(test_data::model(kind, &train, 12, 0.0, 8), cfg(2, 16)).unwrap();
+            let m = test_data::model(kind, &train, 12, 0.0, 8);
+            // Replica 1 starts elsewhere: the trainer must broadcast replica 0.
+            let models = vec![test_data::copy(m.as_ref()), test_data::model(kind, &train, 12, 0.0, 9)];
+            let mut plain = Trainer::new(m, cfg(2, 16)).unwrap();
             plain.fit(&train, None).unwrap();
-            let models = (0..2)
-                .map(|k| test_data::model(kind, &train, 12, 0.0, 8 + k))
-                .collect();
             let mut par = ParallelTrainer::from_models(models, cfg(2, 16)).unwrap();
             par.fit(&train, None).unwrap();
             let d = max_abs_diff(&plain.params(), &par.params());
@@ -547,12 +544,10 @@ mod tests {
     fn a_batch_smaller_than_the_worker_count_still_trains() {
         // 33 samples in batches of 16: the last batch has 1 sample for 3 workers.
         let train = test_data::risk(33, 4, 5);
-        let mut plain =
-            Trainer::new(test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2), cfg(1, 16)).unwrap();
+        let m = test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2);
+        let models = (0..3).map(|_| test_data::copy(m.as_ref())).collect();
+        let mut plain = Trainer::new(m, cfg(1, 16)).unwrap();
         plain.fit(&train, None).unwrap();
-        let models = (0..3)
-            .map(|_| test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2))
-            .collect();
         let mut par = ParallelTrainer::from_models(models, cfg(1, 16)).unwrap();
         par.fit(&train, None).unwrap();
         assert!(max_abs_diff(&plain.params(), &par.params()) < 1e-5);
