@@ -29,6 +29,7 @@ pub mod config;
 pub mod dnn;
 mod error;
 mod layers;
+pub mod lstm;
 pub mod params;
 #[cfg(test)]
 pub(crate) mod test_util;
@@ -37,6 +38,7 @@ pub use batch::{to_batch, DatasetTensors};
 pub use config::{CountLoss, ModelConfig, LAPD_AREAS};
 pub use dnn::Dnn;
 pub use error::{ModelError, Result};
+pub use lstm::Lstm;
 pub use params::{export_params, export_params_into, import_params, num_params, param_spec};
 
 /// Which architecture.
@@ -167,6 +169,7 @@ pub fn build(cfg: &ModelConfig, device: Device) -> Result<Box<dyn CrimeModel>> {
     cfg.validate()?;
     Ok(match cfg.kind {
         ModelKind::Dnn => Box::new(Dnn::new(cfg, device)?),
+        ModelKind::Lstm => Box::new(Lstm::new(cfg, device)?),
         other => {
             return Err(ModelError::config(
                 "kind",
