@@ -28,6 +28,8 @@ mod batch;
 pub mod config;
 pub mod dnn;
 mod error;
+pub mod gat_tcn;
+mod graph;
 mod layers;
 pub mod lstm;
 pub mod params;
@@ -38,6 +40,8 @@ pub use batch::{to_batch, DatasetTensors};
 pub use config::{CountLoss, ModelConfig, LAPD_AREAS};
 pub use dnn::Dnn;
 pub use error::{ModelError, Result};
+pub use gat_tcn::{GatTcn, GatTcnTrace};
+pub use graph::{graph_dataset, GraphWindows, DEFAULT_GRAPH_STEPS};
 pub use lstm::Lstm;
 pub use params::{export_params, export_params_into, import_params, num_params, param_spec};
 
@@ -170,11 +174,6 @@ pub fn build(cfg: &ModelConfig, device: Device) -> Result<Box<dyn CrimeModel>> {
     Ok(match cfg.kind {
         ModelKind::Dnn => Box::new(Dnn::new(cfg, device)?),
         ModelKind::Lstm => Box::new(Lstm::new(cfg, device)?),
-        other => {
-            return Err(ModelError::config(
-                "kind",
-                format!("{other} is not available in this build yet"),
-            ))
-        }
+        ModelKind::GatTcn => Box::new(GatTcn::new(cfg, device)?),
     })
 }
