@@ -15,7 +15,7 @@ use super::ModelKind;
 use crate::data::{Dataset, Target, Task};
 
 /// Number of LAPD geographic areas (the graph model's default node count).
-pub const LAPD_AREAS: usize = 21;
+pub const LAPD_AREAS: usize = crate::data::areas::AREA_COUNT;
 
 /// The loss of the `counts` task.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,6 +185,9 @@ impl ModelConfig {
             cfg.seq_dim = seq.step_dim;
         }
         cfg.target_prior = target_prior(&ds.target);
+        if kind == ModelKind::GatTcn {
+            cfg.adjacency = crate::data::areas::adjacency();
+        }
         cfg
     }
 
@@ -432,6 +435,27 @@ mod tests {
             (4, 2, 128, 1)
         );
         lstm.validate().unwrap();
+    }
+
+    #[test]
+    fn gat_tcn_config_gets_the_lapd_graph() {
+        let ds = crate::model::graph_dataset(
+            &vec![1.0; 21 * 12 * 8],
+            21,
+            12,
+            8,
+            0,
+            0..12,
+            &crate::model::GraphWindows::default(),
+        )
+        .unwrap();
+        let cfg = ModelConfig::for_dataset(ModelKind::GatTcn, &ds);
+        cfg.validate().unwrap();
+        assert_eq!((cfg.areas, cfg.node_features(), cfg.node_outputs()), (21, 15, 8));
+        assert_eq!((cfg.seq_steps, cfg.heads, cfg.hidden, cfg.layers), (8, 4, 64, 3));
+        assert_eq!(cfg.adjacency, crate::data::areas::adjacency());
+        assert!(cfg.adjacency.len() > 21);
+        assert_eq!(cfg.target_prior.as_deref(), Some(&[1.0; 21 * 8][..]));
     }
 
     #[test]
