@@ -2,10 +2,20 @@
 //! report, featurizing, building the `risk` and `counts` tasks with a temporal
 //! split, partitioning into stations, and generating LA-like synthetic data.
 
+pub mod areas;
 pub mod categories;
 pub mod dataset;
+pub mod error;
+pub mod features;
+pub mod partition;
 pub mod record;
+pub mod split;
+pub mod tasks;
 
 pub use categories::Category;
 pub use dataset::{Dataset, Sequences, Splits, Target, Task};
+pub use features::Featurizer;
+pub use partition::{partition, Partition, StationPart};
 pub use record::{DayNumber, Incident};
+pub use split::{SplitBounds, SplitFractions};
+pub use tasks::{build_task, GraphSeries, Period, TaskConfig, TaskData};
