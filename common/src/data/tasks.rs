@@ -777,4 +777,86 @@ pub(crate) mod tests {
         assert_eq!("week".parse::<Period>(), Ok(Period::Week));
         assert!("month".parse::<Period>().is_err());
     }
+
+    fn shared(file: &str) -> Option<std::path::PathBuf> {
+        let p = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/la-crime"
+        ))
+        .join(file);
+        if p.exists() {
+            Some(p)
+        } else {
+            eprintln!("skipped: {} not found", p.display());
+            None
+        }
+    }
+
+    #[test]
+    fn real_month_builds_both_tasks_without_leakage() {
+        let Some(path) = shared("la_crime_2024_02.csv") else {
+            return;
+        };
+        let loaded = crate::data::loader::load_path(&path).unwrap();
+        let risk = build_task(&loaded.incidents, &TaskConfig::new(Task::Risk)).unwrap();
+        let s = &risk.splits;
+        // February 2024: 29 days of 6 blocks, the first 7 days are lag warm-up.
+        assert_eq!(s.train.len() + s.val.len() + s.test.len(), 21 * (29 - 7) * 6);
+        check_temporal_order(s).unwrap();
+        assert_eq!(risk.featurizer.risk_thresholds.len(), 4);
+        let Target::Classes { labels, .. } = &s.train.target else {
+            unreachable!()
+        };
+        let mut hist = [0usize; 5];
+        for &l in labels {
+            hist[l as usize] += 1;
+        }
+        // ~25 incidents per area and day: every level is well populated.
+        assert!(hist.iter().all(|&h| h * 10 > labels.len()), "{hist:?}");
+        let g = risk.graph.as_ref().unwrap();
+        let kept_in_range = loaded.incidents.len();
+        assert_eq!(g.counts.iter().sum::<f32>() as usize, kept_in_range);
+
+        let counts = build_task(
+            &loaded.incidents,
+            &TaskConfig {
+                task: Task::Counts,
+                ..TaskConfig::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(counts.splits.train.time[0], risk.splits.train.time[0] / 6);
+        check_temporal_order(&counts.splits).unwrap();
+        // Three whole weeks cannot feed 4 weekly lags: a clear error.
+        let weekly = TaskConfig {
+            task: Task::Counts,
+            period: Period::Week,
+            ..TaskConfig::default()
+        };
+        let err = build_task(&loaded.incidents, &weekly).unwrap_err();
+        assert!(matches!(err, DataError::NotEnoughData { .. }), "{err}");
+    }
+
+    #[test]
+    fn real_2020_sample_builds_weekly_counts() {
+        let Some(path) = shared("la_crime_2020_sample.csv") else {
+            return;
+        };
+        let loaded = crate::data::loader::load_path(&path).unwrap();
+        let cfg = TaskConfig {
+            task: Task::Counts,
+            period: Period::Week,
+            ..TaskConfig::default()
+        };
+        let data = build_task(&loaded.incidents, &cfg).unwrap();
+        let s = &data.splits;
+        // 2020: whole weeks from Monday 6 January to Sunday 27 December (51),
+        // minus 4 weeks of lags.
+        assert_eq!(s.train.len() + s.val.len() + s.test.len(), 21 * (51 - 4));
+        check_temporal_order(s).unwrap();
+        assert!(all_in_unit_range(&s.test));
+        let risk = build_task(&loaded.incidents, &TaskConfig::new(Task::Risk)).unwrap();
+        // Sparse sample (~1.3 incidents per area and day): level 1 is the zeros.
+        assert_eq!(risk.featurizer.risk_thresholds.first(), Some(&1));
+    }
 }
