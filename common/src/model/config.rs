@@ -451,8 +451,14 @@ mod tests {
         .unwrap();
         let cfg = ModelConfig::for_dataset(ModelKind::GatTcn, &ds);
         cfg.validate().unwrap();
-        assert_eq!((cfg.areas, cfg.node_features(), cfg.node_outputs()), (21, 15, 8));
-        assert_eq!((cfg.seq_steps, cfg.heads, cfg.hidden, cfg.layers), (8, 4, 64, 3));
+        assert_eq!(
+            (cfg.areas, cfg.node_features(), cfg.node_outputs()),
+            (21, 15, 8)
+        );
+        assert_eq!(
+            (cfg.seq_steps, cfg.heads, cfg.hidden, cfg.layers),
+            (8, 4, 64, 3)
+        );
         assert_eq!(cfg.adjacency, crate::data::areas::adjacency());
         assert!(cfg.adjacency.len() > 21);
         assert_eq!(cfg.target_prior.as_deref(), Some(&[1.0; 21 * 8][..]));

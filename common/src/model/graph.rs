@@ -147,8 +147,8 @@ mod tests {
         assert_eq!(ds.time, [6, 7, 8]);
         let seq = ds.sequences.as_ref().unwrap();
         assert_eq!((seq.steps, seq.step_dim), (2, 2 * 9));
-        // Sample 0, step 1 = day 5 (index 1, a Tuesday), area 1.
-        let node = &seq.data[(1 * 2 + 1) * 9..][..9];
+        // Sample 0, step 1 = day 5 (index 1, a Tuesday), area 1: node 3 of the sample.
+        let node = &seq.data[3 * 9..][..9];
         assert!((node[0] - 110f32.ln_1p()).abs() < 1e-6);
         assert!((node[1] - 111f32.ln_1p()).abs() < 1e-6);
         assert_eq!(&node[2..], [0., 1., 0., 0., 0., 0., 0.]);

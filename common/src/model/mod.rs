@@ -30,6 +30,7 @@ pub mod dnn;
 mod error;
 pub mod gat_tcn;
 mod graph;
+pub mod io;
 mod layers;
 pub mod lstm;
 pub mod params;
@@ -42,6 +43,10 @@ pub use dnn::Dnn;
 pub use error::{ModelError, Result};
 pub use gat_tcn::{GatTcn, GatTcnTrace};
 pub use graph::{graph_dataset, GraphWindows, DEFAULT_GRAPH_STEPS};
+pub use io::{
+    load_model, load_safetensors, read_metadata, save_model, save_safetensors, META_FORMAT,
+    META_MODEL_CONFIG,
+};
 pub use lstm::Lstm;
 pub use params::{export_params, export_params_into, import_params, num_params, param_spec};
 
@@ -163,6 +168,17 @@ pub trait CrimeModel: Send {
         let mut copy = build(self.config(), device)?;
         copy.var_store_mut().copy(self.var_store())?;
         Ok(copy)
+    }
+}
+
+impl std::fmt::Debug for dyn CrimeModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrimeModel")
+            .field("kind", &self.kind())
+            .field("task", &self.task())
+            .field("device", &self.device())
+            .field("num_params", &self.num_params())
+            .finish()
     }
 }
 
