@@ -46,7 +46,9 @@ pub struct TuneArgs {
 /// Runs the command.
 pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     let data = args.data.task_data()?;
-    let mcfg = args.model.config(&data)?;
+    let graph_splits = args.model.model_splits(&data, args.data.period)?;
+    let splits = graph_splits.as_ref().unwrap_or(&data.splits);
+    let mcfg = args.model.config(&splits.train)?;
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
     let tcfg = TrainConfig {
         epochs: args.epochs,
@@ -76,7 +78,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     let results = run_search(
         &mcfg,
         &tcfg,
-        &data.splits,
+        splits,
         &trials,
         device,
         &mut |i, n, r| {
