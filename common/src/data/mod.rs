@@ -4,6 +4,7 @@
 
 pub mod areas;
 pub mod categories;
+pub mod calibration;
 pub mod clean;
 pub mod dataset;
 pub mod error;
