@@ -47,7 +47,9 @@ def category(code: int) -> int:
 
 
 def fmt(v, nd=4):
-    return f"{v:.{nd}f}"
+    """Rounded to `nd` decimals, trailing zeros trimmed (clippy's excessive_precision)."""
+    s = f"{v:.{nd}f}".rstrip("0")
+    return s + "0" if s.endswith(".") else s
 
 
 def arr(vals, nd=4):

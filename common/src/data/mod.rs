@@ -11,6 +11,7 @@ pub mod error;
 pub mod loader;
 pub mod record;
 pub mod schema;
+pub mod synth;
 
 pub use areas::{area, AreaInfo, Bureau, AREAS};
 pub use categories::Category;
@@ -19,3 +20,4 @@ pub use dataset::{Dataset, Sequences, Splits, Target, Task};
 pub use error::DataError;
 pub use loader::{load_path, load_reader, LoadOptions, Loaded};
 pub use record::{DayNumber, Incident};
+pub use synth::{generate, generate_incidents, SynthConfig, SynthSummary};
