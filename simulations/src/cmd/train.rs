@@ -27,10 +27,12 @@ use fedcrime_common::model::{
     build, graph_dataset, save_model, GraphWindows, ModelConfig, ModelKind, DEFAULT_GRAPH_STEPS,
 };
 use fedcrime_common::train::{
-    evaluate_baselines, BaselineResult, CountPeriod, EpochRecord, Evaluation, FitReport, Metrics,
+    evaluate_baselines, BaselineResult, ClassWeighting, CountPeriod, EpochRecord, Evaluation, FitReport, Metrics,
     ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
 };
 use fedcrime_common::DeviceChoice;
+
+use crate::GlobalOpts;
 
 /// Where the incidents come from and which task to build: shared by `train`,
 /// `tune` and `bench train`.
@@ -124,6 +126,10 @@ pub struct ModelArgs {
     /// Dropout probability.
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Class weights of the risk cross-entropy: `balanced` (every level
+    /// weighs the same in total, what macro-F1 rewards), `sqrt` or `none`.
+    #[arg(long, default_value = "balanced")]
+    pub class_weights: ClassWeighting,
 }
 
 impl ModelArgs {
@@ -139,6 +145,7 @@ impl ModelArgs {
         if let Some(d) = self.dropout {
             cfg.dropout = d;
         }
+        cfg.class_weights = self.class_weights.weights(train);
         cfg.validate()
             .with_context(|| format!("{} config for {}", self.model, train.task))?;
         Ok(cfg)
@@ -358,9 +365,10 @@ impl AnyTrainer {
 }
 
 /// Runs the command.
-pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     let started = Instant::now();
-    let tcfg = args.train_config()?;
+    let mut tcfg = args.train_config()?;
+    tcfg.progress &= !global.quiet;
     if let Some(t) = args.threads {
         tch::set_num_threads(t as i32);
     }
@@ -368,7 +376,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let graph_splits = args.model.model_splits(&data, args.data.period)?;
     // What the model trains and is tested on (graph windows for gat-tcn).
     let s = graph_splits.as_ref().unwrap_or(&data.splits);
-    eprintln!(
+    tracing::info!(
         "{} from {}: train {} / val {} / test {} samples, {} features",
         args.data.task,
         args.data.source(),
@@ -442,14 +450,16 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let report_path = args.out.join("report.md");
     std::fs::write(&report_path, &md)
         .with_context(|| format!("writing {}", report_path.display()))?;
-    println!("{md}");
-    eprintln!(
-        "wrote {}, {}, {} in {:.1} s",
-        args.out.join("metrics.csv").display(),
-        model_path.display(),
-        report_path.display(),
-        started.elapsed().as_secs_f64()
-    );
+    if !global.quiet {
+        println!("{md}");
+        eprintln!(
+            "wrote {}, {}, {} in {:.1} s",
+            args.out.join("metrics.csv").display(),
+            model_path.display(),
+            report_path.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -556,8 +566,19 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
     );
     let _ = writeln!(
         md,
-        "- model: {}, hidden {}, layers {}, dropout {}, {} parameters",
-        r.model.kind, r.model.hidden, r.model.layers, r.model.dropout, r.num_params
+        "- model: {}, hidden {}, layers {}, dropout {}, {} parameters{}",
+        r.model.kind,
+        r.model.hidden,
+        r.model.layers,
+        r.model.dropout,
+        r.num_params,
+        match &r.model.class_weights {
+            Some(w) => format!(
+                ", class weights [{}]",
+                w.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        }
     );
     let _ = writeln!(
         md,
