@@ -140,9 +140,11 @@ impl ReplicaView {
     }
 }
 
-/// Replaces replica 0's gradient (of its part's mean loss, weight `w0`) by
-/// the size-weighted average over the active replicas `(index into views,
-/// weight)`: the gradient of the whole batch's mean loss.
+/// Replaces replica 0's gradient (of its part's loss, share `w0`) by the
+/// share-weighted average over the active replicas `(index into views,
+/// share)`: the gradient of the whole batch's loss. A running weighted mean
+/// (`g += w_k / W_k * (g_k - g)`, one fused `lerp_` per replica and tensor),
+/// so no temporaries are allocated.
 fn reduce_grads(master: &Replica, views: &[ReplicaView], active: &[(usize, f64)], w0: f64) {
     tch::no_grad(|| {
         for (j, v0) in master.trainable.iter().enumerate() {
@@ -150,12 +152,15 @@ fn reduce_grads(master: &Replica, views: &[ReplicaView], active: &[(usize, f64)]
             if !g0.defined() {
                 continue;
             }
-            let _ = g0.g_mul_scalar_(w0);
+            let mut acc = w0;
             for &(k, wk) in active {
                 let gk = views[k].trainable[j].grad();
-                if gk.defined() {
-                    let _ = g0.g_add_(&(gk.to_device(master.device) * wk));
+                if !gk.defined() || wk <= 0.0 {
+                    continue;
                 }
+                acc += wk;
+                let gk = gk.to_device(master.device);
+                let _ = g0.lerp_(&gk, wk / acc);
             }
         }
     });

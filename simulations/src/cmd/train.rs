@@ -611,3 +611,119 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
     let _ = writeln!(md, "\n{}", verdict(&r.test.metrics, r.baselines));
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn real_month() -> Option<PathBuf> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/la-crime/la_crime_2024_02.csv");
+        p.is_file().then_some(p)
+    }
+
+    fn quiet() -> GlobalOpts {
+        GlobalOpts {
+            log_format: crate::LogFormat::Text,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn train_writes_metrics_model_and_report() {
+        let Some(data) = real_month() else {
+            eprintln!("skipped: ../shared/data/la-crime is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for (task, model) in [("risk", "dnn"), ("counts", "gat-tcn")] {
+            let out = dir.path().join(model);
+            let args = Cli::parse_from([
+                "x",
+                "--task",
+                task,
+                "--model",
+                model,
+                "--data",
+                data.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--patience",
+                "0",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .train;
+            run(&args, &quiet()).unwrap();
+            let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+            let lines: Vec<&str> = csv.lines().collect();
+            assert_eq!(lines.len(), 3, "{csv}");
+            assert!(lines[0].starts_with("epoch,train_loss,val_loss,"));
+            assert!(lines[0].ends_with(",samples_per_sec,seconds"));
+            let cols = lines[0].split(',').count();
+            assert!(lines.iter().all(|l| l.split(',').count() == cols), "{csv}");
+            if task == "counts" {
+                // Regrouped per (period, area): one column per crime category.
+                assert!(lines[0].contains("mae_vehicle") && !lines[0].contains("c167"));
+            }
+            let (loaded, meta) =
+                fedcrime_common::model::load_model(&out.join("model.safetensors"), tch::Device::Cpu)
+                    .unwrap();
+            assert_eq!(loaded.kind().as_str(), model);
+            assert!(meta.contains_key("fedcrime.featurizer"));
+            let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+            let baseline = if task == "risk" { "majority_class" } else { "last_period" };
+            assert!(report.contains(&format!("| **{model}** |")), "{report}");
+            assert!(report.contains(baseline), "{report}");
+        }
+    }
+
+    #[test]
+    fn gat_tcn_needs_the_counts_task() {
+        let Some(data) = real_month() else {
+            eprintln!("skipped: ../shared/data/la-crime is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let args = Cli::parse_from([
+            "x",
+            "--model",
+            "gat-tcn",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .train;
+        let e = run(&args, &quiet()).unwrap_err();
+        assert!(format!("{e:#}").contains("--task counts"), "{e:#}");
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("train.toml");
+        std::fs::write(&file, "epochs = 7\nlr = 0.01\nbatch_size = 64\n").unwrap();
+        let args = Cli::parse_from([
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--lr",
+            "0.002",
+            "--out",
+            "o",
+        ])
+        .train;
+        let c = args.train_config().unwrap();
+        assert_eq!((c.epochs, c.lr, c.batch_size), (7, 0.002, 64));
+        std::fs::write(&file, "epochs = 0\n").unwrap();
+        assert!(args.train_config().is_err());
+    }
+}

@@ -2,3 +2,4 @@
 
 mod data;
 mod shared_data;
+mod train;
