@@ -213,8 +213,7 @@ impl ParallelTrainer {
         for (k, r) in replicas.iter().enumerate().skip(1) {
             let same = r.trainable.len() == first.trainable.len()
                 && r.all.len() == first.all.len()
-                && r
-                    .trainable
+                && r.trainable
                     .iter()
                     .zip(&first.trainable)
                     .all(|(a, b)| a.size() == b.size());
@@ -525,13 +524,14 @@ mod tests {
             ..cfg(3, 32)
         };
         let m = test_data::model(ModelKind::Dnn, &train, 16, 0.0, 4);
-        let mut par = ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], c.clone())
-            .unwrap();
+        let mut par =
+            ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], c.clone()).unwrap();
         let mut plain = Trainer::new(m, c).unwrap();
         let r1 = plain.fit(&train, Some(&val)).unwrap();
         let r2 = par.fit(&train, Some(&val)).unwrap();
         assert_eq!(plain.params(), par.params());
-        let losses = |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
+        let losses =
+            |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
         assert_eq!(losses(&r1), losses(&r2));
         assert_eq!(r1.best_epoch, r2.best_epoch);
     }
@@ -545,7 +545,10 @@ mod tests {
         ] {
             let m = test_data::model(kind, &train, 12, 0.0, 8);
             // Replica 1 starts elsewhere: the trainer must broadcast replica 0.
-            let models = vec![test_data::copy(m.as_ref()), test_data::model(kind, &train, 12, 0.0, 9)];
+            let models = vec![
+                test_data::copy(m.as_ref()),
+                test_data::model(kind, &train, 12, 0.0, 9),
+            ];
             let mut plain = Trainer::new(m, cfg(2, 16)).unwrap();
             plain.fit(&train, None).unwrap();
             let mut par = ParallelTrainer::from_models(models, cfg(2, 16)).unwrap();
@@ -596,7 +599,9 @@ mod tests {
             test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2),
             test_data::model(ModelKind::Dnn, &train, 16, 0.0, 2),
         ];
-        let e = ParallelTrainer::from_models(models, cfg(1, 4)).err().unwrap();
+        let e = ParallelTrainer::from_models(models, cfg(1, 4))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("replica 1"), "{e}");
         assert!(ParallelTrainer::from_models(Vec::new(), cfg(1, 4)).is_err());
     }

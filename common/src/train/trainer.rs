@@ -181,7 +181,12 @@ impl ClassWeighting {
                 }
             })
             .collect();
-        let mean: f64 = counts.iter().zip(&w).map(|(&c, &x)| c as f64 * x).sum::<f64>() / n;
+        let mean: f64 = counts
+            .iter()
+            .zip(&w)
+            .map(|(&c, &x)| c as f64 * x)
+            .sum::<f64>()
+            / n;
         for x in &mut w {
             *x /= mean;
         }
@@ -313,9 +318,9 @@ pub(crate) fn epoch_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(steps as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>12} [{bar:30}] {pos}/{len} batches {per_sec} {msg}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} batches {per_sec} {msg}")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(format!("epoch {epoch}/{epochs}"));
@@ -552,9 +557,7 @@ impl Trainer {
                     continue;
                 }
                 let shape: Vec<i64> = entry.shape.iter().map(|&d| d as i64).collect();
-                let g = Tensor::from_slice(values)
-                    .reshape(&shape)
-                    .to_device(device);
+                let g = Tensor::from_slice(values).reshape(&shape).to_device(device);
                 self.prox.push((var.shallow_clone(), g));
             }
         }
@@ -610,7 +613,8 @@ impl Trainer {
         }
         let device = self.device();
         tch::manual_seed(cfg.seed as i64);
-        let mut opt = nn::adam(0.9, 0.999, cfg.weight_decay).build(self.model.var_store(), cfg.lr)?;
+        let mut opt =
+            nn::adam(0.9, 0.999, cfg.weight_decay).build(self.model.var_store(), cfg.lr)?;
         let mut orders = EpochOrder::new(train.len(), cfg.seed);
         let mut stop = EarlyStop::new(cfg.patience, cfg.min_delta);
         let mut snapshot: Option<Snapshot> = None;
@@ -630,41 +634,36 @@ impl Trainer {
                 prefetch: cfg.prefetch,
                 class_weights: None,
             };
-            for_each_batch(
-                train,
-                orders.next(),
-                plan,
-                |lb| {
-                    let n = lb.len();
-                    let Some(Some(b)) = lb.parts.into_iter().next() else {
-                        return Ok(());
-                    };
-                    let b = batch_to(b, device);
-                    let out = model.forward_t(&b, true);
-                    let loss = model.loss(&out, &b);
-                    opt.zero_grad();
-                    if prox.is_empty() {
-                        loss.backward();
-                    } else {
-                        let mut term = Tensor::zeros([], (Kind::Float, device));
-                        for (w, g) in prox {
-                            term += (w - g).square().sum(Kind::Float);
-                        }
-                        (&loss + term * half_mu).backward();
+            for_each_batch(train, orders.next(), plan, |lb| {
+                let n = lb.len();
+                let Some(Some(b)) = lb.parts.into_iter().next() else {
+                    return Ok(());
+                };
+                let b = batch_to(b, device);
+                let out = model.forward_t(&b, true);
+                let loss = model.loss(&out, &b);
+                opt.zero_grad();
+                if prox.is_empty() {
+                    loss.backward();
+                } else {
+                    let mut term = Tensor::zeros([], (Kind::Float, device));
+                    for (w, g) in prox {
+                        term += (w - g).square().sum(Kind::Float);
                     }
-                    if let Some(c) = cfg.max_grad_norm {
-                        opt.clip_grad_norm(c);
-                    }
-                    opt.step();
-                    tch::no_grad(|| {
-                        let _ = loss_sum
-                            .shallow_clone()
-                            .g_add_(&(loss.detach().to_kind(Kind::Double) * n as f64));
-                    });
-                    pb.inc(1);
-                    Ok(())
-                },
-            )?;
+                    (&loss + term * half_mu).backward();
+                }
+                if let Some(c) = cfg.max_grad_norm {
+                    opt.clip_grad_norm(c);
+                }
+                opt.step();
+                tch::no_grad(|| {
+                    let _ = loss_sum
+                        .shallow_clone()
+                        .g_add_(&(loss.detach().to_kind(Kind::Double) * n as f64));
+                });
+                pb.inc(1);
+                Ok(())
+            })?;
             let train_secs = t0.elapsed().as_secs_f64();
             let train_loss = f64::try_from(&loss_sum)? / train.len() as f64;
             pb.finish_and_clear();
@@ -752,9 +751,16 @@ mod tests {
             batch_size: 0,
             ..TrainConfig::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("batch_size"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("batch_size"));
         let parsed: TrainConfig = toml::from_str("epochs = 3\nlr = 0.01\n").unwrap();
-        assert_eq!((parsed.epochs, parsed.lr, parsed.batch_size), (3, 0.01, 256));
+        assert_eq!(
+            (parsed.epochs, parsed.lr, parsed.batch_size),
+            (3, 0.01, 256)
+        );
         assert!(toml::from_str::<TrainConfig>("epoch = 3\n").is_err());
     }
 
@@ -799,7 +805,14 @@ mod tests {
         let train = test_data::risk(512, 6, 1);
         let val = test_data::risk(128, 6, 2);
         let model = test_data::model(ModelKind::Dnn, &train, 32, 0.0, 0);
-        let mut t = Trainer::new(model, TrainConfig { lr: 1e-2, ..cfg(6, 32) }).unwrap();
+        let mut t = Trainer::new(
+            model,
+            TrainConfig {
+                lr: 1e-2,
+                ..cfg(6, 32)
+            },
+        )
+        .unwrap();
         let before = t.evaluate(&val).unwrap();
         let mut seen = Vec::new();
         let report = t
@@ -812,7 +825,12 @@ mod tests {
         assert!(last.train_loss < first.train_loss, "{report:?}");
         assert!(first.samples_per_sec > 0.0 && first.seconds > 0.0);
         let after = t.evaluate(&val).unwrap();
-        assert!(after.loss < before.loss * 0.8, "{} -> {}", before.loss, after.loss);
+        assert!(
+            after.loss < before.loss * 0.8,
+            "{} -> {}",
+            before.loss,
+            after.loss
+        );
         let Metrics::Risk(m) = &after.metrics else {
             panic!("risk metrics expected")
         };

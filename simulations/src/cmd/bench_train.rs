@@ -62,7 +62,8 @@ fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
     for v in values {
         f.write_all(&v.to_le_bytes())?;
     }
-    f.flush().with_context(|| format!("writing {}", path.display()))
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_i64(path: &Path, values: &[i64]) -> anyhow::Result<()> {
@@ -72,7 +73,8 @@ fn write_i64(path: &Path, values: &[i64]) -> anyhow::Result<()> {
     for v in values {
         f.write_all(&v.to_le_bytes())?;
     }
-    f.flush().with_context(|| format!("writing {}", path.display()))
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn python(args: &BenchTrainArgs) -> PathBuf {
@@ -279,7 +281,10 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     }
     if want("parallel") {
         let w = args.workers.max(2);
-        for (kind, task) in [(ModelKind::Dnn, Task::Risk), (ModelKind::Lstm, Task::Counts)] {
+        for (kind, task) in [
+            (ModelKind::Dnn, Task::Risk),
+            (ModelKind::Lstm, Task::Counts),
+        ] {
             let ds = task_data(task)?;
             let mut mcfg = ModelConfig::for_dataset(kind, &ds);
             mcfg.dropout = 0.0;

@@ -76,15 +76,9 @@ pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         trials.len(),
         args.epochs
     );
-    let results = run_search(
-        &mcfg,
-        &tcfg,
-        splits,
-        &trials,
-        device,
-        &mut |i, n, r| {
-            let (name, v) = r.val.headline();
-            tracing::info!(
+    let results = run_search(&mcfg, &tcfg, splits, &trials, device, &mut |i, n, r| {
+        let (name, v) = r.val.headline();
+        tracing::info!(
                 "[{}/{n}] lr {} layers {} batch {} hidden {}: val loss {:.4}, val {name} {v:.4} ({:.1} s)",
                 i + 1,
                 r.trial.lr,
@@ -94,8 +88,7 @@ pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
                 r.val_loss,
                 r.seconds
             );
-        },
-    )?;
+    })?;
     let csv_path = args.out.join("tune.csv");
     std::fs::write(&csv_path, results_csv(&results))
         .with_context(|| format!("writing {}", csv_path.display()))?;

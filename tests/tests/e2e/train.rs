@@ -7,8 +7,7 @@ use fedcrime_common::data::tasks::{build_task, TaskConfig};
 use fedcrime_common::data::Task;
 use fedcrime_common::model::{build, ModelConfig, ModelKind};
 use fedcrime_common::train::{
-    evaluate_baselines, ClassWeighting, CountPeriod, Metrics, ParallelTrainer, TrainConfig,
-    Trainer,
+    evaluate_baselines, ClassWeighting, CountPeriod, Metrics, ParallelTrainer, TrainConfig, Trainer,
 };
 
 use crate::shared_data::la_crime_dir;
