@@ -235,7 +235,7 @@ impl CheckpointStore {
                 let path = entry.path();
                 let result = if is_temp(name) {
                     fs::remove_file(&path)
-                } else if dir == &self.dir && parse_round_dir(name).is_some_and(|r| r < oldest_kept)
+                } else if *dir == self.dir && parse_round_dir(name).is_some_and(|r| r < oldest_kept)
                 {
                     fs::remove_dir_all(&path)
                 } else {

@@ -181,7 +181,7 @@ pub fn check_update(
                 })
             })?
             .sqrt();
-        if !(norm <= max) {
+        if norm.is_nan() || norm > max {
             return Err(Refusal::NormTooLarge { norm, max });
         }
     }
