@@ -376,6 +376,8 @@ pub struct Engine {
     start: Instant,
     round_start: Instant,
     stopwatch: Option<Box<dyn FnMut() -> Instant + Send>>,
+    /// Stations that failed an earlier attempt of the current round.
+    failed_this_round: BTreeSet<StationId>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -411,6 +413,7 @@ impl Engine {
             start: now,
             round_start: now,
             stopwatch: None,
+            failed_this_round: BTreeSet::new(),
         })
     }
 
@@ -439,6 +442,7 @@ impl Engine {
             start: now,
             round_start: now,
             stopwatch: None,
+            failed_this_round: BTreeSet::new(),
         };
         tracing::info!(after_round = checkpoint.round, "resuming federated run");
         if checkpoint.round >= engine.config.rounds {
@@ -607,7 +611,8 @@ impl Engine {
             );
         };
         let status = f.status.get(&id).copied();
-        if matches!(status, None | Some(Status::Failed)) {
+        if status.is_none() || (status == Some(Status::Failed) && !f.validator.has_answered(&id)) {
+            // Not asked, or no longer awaited (disconnected, reported an error).
             return self.refuse(
                 &id,
                 Refusal::NotSampled {
@@ -775,7 +780,18 @@ impl Engine {
         if attempt == 0 {
             self.current.started_s = secs_between(self.start, self.round_start);
         }
-        let available: Vec<StationId> = self.connected.iter().cloned().collect();
+        // A retry prefers stations that have not failed this round yet (a
+        // timed-out station is likely still busy), unless too few remain.
+        let fresh: Vec<StationId> = self
+            .connected
+            .difference(&self.failed_this_round)
+            .cloned()
+            .collect();
+        let available: Vec<StationId> = if fresh.len() >= self.config.min_fit {
+            fresh
+        } else {
+            self.connected.iter().cloned().collect()
+        };
         let n = sample_size(
             available.len(),
             self.config.fraction_fit,
@@ -840,6 +856,12 @@ impl Engine {
                 "closing collection early: min_updates is out of reach"
             );
         }
+        self.failed_this_round.extend(
+            fit.status
+                .iter()
+                .filter(|(_, s)| **s != Status::Answered)
+                .map(|(id, _)| id.clone()),
+        );
         let accepted = fit.results.len();
         if accepted >= self.config.min_updates {
             self.aggregate(fit.results, now);
@@ -1016,6 +1038,7 @@ impl Engine {
             })));
         self.round += 1;
         self.round_start = now;
+        self.failed_this_round.clear();
         if self.round > self.config.rounds {
             self.finish(Outcome::Completed);
         } else {
@@ -1558,6 +1581,8 @@ mod tests {
         );
         h.answer(2.0, "a");
         h.answer(2.0, "a");
+        // c's answer was used up by its refused update.
+        h.answer(2.0, "c");
         assert!(h.rounds.is_empty());
         h.answer(3.0, "b");
         let m = &h.rounds[0];
@@ -1570,7 +1595,7 @@ mod tests {
                 (FailureKind::StaleRound, 1),
                 (FailureKind::NormTooLarge, 1),
                 (FailureKind::NotSampled, 1),
-                (FailureKind::Duplicate, 1),
+                (FailureKind::Duplicate, 2),
             ])
         );
         let (ua, ub) = (fake_update("a", 1, &g), fake_update("b", 1, &g));
@@ -1838,6 +1863,8 @@ mod tests {
         assert_eq!(r1.len(), 6);
         assert_eq!(a.rounds[0].attempts, 2);
         assert_eq!(a.rounds[0].sampled, r1[3..].to_vec());
+        // The retry avoids the stations that failed the first attempt.
+        assert!(r1[3..].iter().all(|s| !r1[..3].contains(s)), "{r1:?}");
     }
 
     fn assert_close_json<T: Serialize + ?Sized>(a: &T, b: &T) {

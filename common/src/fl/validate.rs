@@ -212,6 +212,11 @@ impl Validator {
         self.round
     }
 
+    /// Whether `station` has used up its answer (accepted or refused for its content).
+    pub fn has_answered(&self, station: &StationId) -> bool {
+        self.answered.contains(station)
+    }
+
     /// Checks one update from `station` naming round `round`. An update that
     /// passes the round check uses up the station's one answer, even when its
     /// content is then refused.
