@@ -2005,6 +2005,14 @@ mod tests {
     }
 
     #[test]
+    fn engine_moves_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Engine>();
+        assert_send::<Action>();
+        assert_send::<Event>();
+    }
+
+    #[test]
     fn config_validation_and_toml() {
         assert!(EngineConfig::default().validate().is_ok());
         let bad = [
