@@ -198,6 +198,19 @@ impl EngineConfig {
         if self.evaluate_deadline.is_zero() {
             return bad("evaluate_deadline", "must be positive".into());
         }
+        for (field, d) in [
+            ("round_deadline", Some(self.round_deadline)),
+            ("evaluate_deadline", Some(self.evaluate_deadline)),
+            ("retry.backoff", Some(self.retry.backoff)),
+            ("station_wait_timeout", self.station_wait_timeout),
+        ] {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return bad(
+                    field,
+                    format!("must be at most {} s", MAX_DURATION.as_secs()),
+                );
+            }
+        }
         if let Some(max) = self.max_update_norm {
             if !(max.is_finite() && max > 0.0) {
                 return bad(
@@ -428,7 +441,7 @@ impl Engine {
     ) -> Result<Self> {
         config.validate()?;
         strategy.restore(checkpoint.strategy)?;
-        let round = checkpoint.round + 1;
+        let round = checkpoint.round.saturating_add(1);
         let mut engine = Engine {
             config,
             strategy,
@@ -523,7 +536,7 @@ impl Engine {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Waiting { since } => self.config.station_wait_timeout.map(|t| *since + t),
+            Phase::Waiting { since } => self.config.station_wait_timeout.map(|t| later(*since, t)),
             Phase::Backoff { until } => Some(*until),
             Phase::Fit(f) => Some(f.deadline),
             Phase::Evaluate(e) => Some(e.deadline),
@@ -716,7 +729,7 @@ impl Engine {
                     } else if self
                         .config
                         .station_wait_timeout
-                        .is_some_and(|t| now >= *since + t)
+                        .is_some_and(|t| now >= later(*since, t))
                     {
                         Step::GiveUpWaiting
                     } else {
@@ -825,7 +838,7 @@ impl Engine {
         }
         self.current.sampled = sample.clone();
         self.phase = Phase::Fit(FitPhase {
-            deadline: now + self.config.round_deadline,
+            deadline: later(now, self.config.round_deadline),
             started: now,
             status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
             validator: Validator::new(self.round, self.config.max_update_norm),
@@ -876,7 +889,7 @@ impl Engine {
         );
         if retries_used < self.config.retry.max_retries {
             self.phase = Phase::Backoff {
-                until: now + self.config.retry.backoff,
+                until: later(now, self.config.retry.backoff),
             };
             return;
         }
@@ -987,7 +1000,7 @@ impl Engine {
         }
         self.current.eval_sampled = sample.len();
         self.phase = Phase::Evaluate(EvalPhase {
-            deadline: now + self.config.evaluate_deadline,
+            deadline: later(now, self.config.evaluate_deadline),
             started: now,
             status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
             results: BTreeMap::new(),
@@ -1062,6 +1075,17 @@ impl Engine {
         }));
     }
 }
+
+/// `at + d`, saturating at a century ahead instead of overflowing (validated
+/// configs stay far below that).
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.min(MAX_DURATION))
+        .or_else(|| at.checked_add(Duration::from_secs(3600)))
+        .unwrap_or(at)
+}
+
+/// The longest duration a setting may have: 10 years.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 fn secs_between(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64()
@@ -2038,6 +2062,10 @@ mod tests {
             },
             EngineConfig {
                 max_update_norm: Some(-1.0),
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                round_deadline: Duration::from_secs(u64::MAX),
                 ..EngineConfig::default()
             },
             EngineConfig {
