@@ -14,8 +14,8 @@
 //! - [`fl`]: the federated round engine, aggregation strategies, update
 //!   validation and checkpoints.
 //!
-//! Models, training, the wire protocol, the QUIC transport and the federated
-//! round engine sit on top of these.
+//! Models, training, the wire protocol and the QUIC transport complete the
+//! library.
 
 pub mod data;
 pub mod device;
