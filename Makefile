@@ -15,9 +15,6 @@ export VIRTUAL_ENV := $(FEDCRIME_TORCH_VENV)
 export PATH := $(FEDCRIME_TORCH_VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 # Tests share the two cores with libtorch's own threads.
 export RUST_TEST_THREADS ?= 2
-# One libtorch (OpenMP) thread per test: two tests spinning several OpenMP
-# threads each on two cores run ~100x slower.
-export OMP_NUM_THREADS ?= 1
 
 CARGO ?= cargo
 STAMP := $(FEDCRIME_TORCH_VENV)/.fedcrime-ok
@@ -47,6 +44,9 @@ fmt:
 clippy: bootstrap
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# One libtorch (OpenMP) thread per test: two tests spinning several OpenMP
+# threads each on two cores run ~100x slower.
+test: export OMP_NUM_THREADS = 1
 test: bootstrap fmt clippy
 	$(CARGO) test --workspace --locked
 
