@@ -12,6 +12,9 @@ fn main() {
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         if !dir.is_empty() {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+            if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
+                println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+            }
         }
     }
 }

@@ -5,6 +5,8 @@
 //! metrics (see issue "Federated rounds").
 
 fn main() {
-    eprintln!("fedcrime-client: the station client is not built yet (see the project's open issues)");
+    eprintln!(
+        "fedcrime-client: the station client is not built yet (see the project's open issues)"
+    );
     std::process::exit(2);
 }

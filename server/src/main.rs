@@ -5,6 +5,8 @@
 //! and checkpoint after every round (see issue "Federated rounds").
 
 fn main() {
-    eprintln!("fedcrime-server: the aggregation server is not built yet (see the project's open issues)");
+    eprintln!(
+        "fedcrime-server: the aggregation server is not built yet (see the project's open issues)"
+    );
     std::process::exit(2);
 }

@@ -1,0 +1,251 @@
+//! Convergence plots: a test metric against round/epoch, wall-clock time and
+//! bytes sent, one line per method, the naive baseline as a dashed reference.
+//!
+//! Written as SVG (text stays text) and PNG (rendered with the embedded DejaVu
+//! Sans, so the picture is the same on a machine without fonts).
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// DejaVu Sans (Bitstream Vera license, see `assets/DejaVuSans.LICENSE`).
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// One measurement of a method's progress.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// Round (federated) or epoch (centralized).
+    pub step: f64,
+    /// Seconds since the method started.
+    pub wall_seconds: f64,
+    /// Bytes sent over the network so far (0 for centralized methods).
+    pub bytes: f64,
+    /// The plotted metric.
+    pub metric: f64,
+}
+
+/// A method's curve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Legend label, e.g. `fedavg` or `centralized`.
+    pub method: String,
+    /// Points in step order.
+    pub points: Vec<Point>,
+}
+
+/// What to draw.
+#[derive(Clone, Debug)]
+pub struct ConvergencePlot<'a> {
+    /// Title above the three panels.
+    pub title: &'a str,
+    /// Y axis label, e.g. `test macro-F1`.
+    pub metric: &'a str,
+    /// The curves.
+    pub series: &'a [Series],
+    /// A horizontal reference line: (label, value).
+    pub baseline: Option<(&'a str, f64)>,
+}
+
+const SIZE: (u32, u32) = (1500, 480);
+
+/// An x axis: its label and how to read it off a point.
+type Axis = (&'static str, fn(&Point) -> f64);
+
+fn register_font() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .map_err(|_| anyhow!("the embedded DejaVu Sans font could not be loaded"));
+    });
+    result
+}
+
+impl ConvergencePlot<'_> {
+    /// Writes the plot as SVG.
+    pub fn write_svg(&self, path: &Path) -> Result<()> {
+        // Text is laid out (measured) with the font even when written as SVG.
+        register_font()?;
+        let root = SVGBackend::new(path, SIZE).into_drawing_area();
+        self.draw(&root)
+            .with_context(|| format!("drawing {}", path.display()))?;
+        root.present()
+            .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+    }
+
+    /// Writes the plot as PNG.
+    pub fn write_png(&self, path: &Path) -> Result<()> {
+        register_font()?;
+        let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+        self.draw(&root)
+            .with_context(|| format!("drawing {}", path.display()))?;
+        root.present()
+            .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let root = root
+            .titled(self.title, ("sans-serif", 22))
+            .map_err(|e| anyhow!("{e}"))?;
+        let panels = root.split_evenly((1, 3));
+        let axes: [Axis; 3] = [
+            ("round / epoch", |p| p.step),
+            ("wall-clock seconds", |p| p.wall_seconds),
+            ("MB sent", |p| p.bytes / 1e6),
+        ];
+        let (y_lo, y_hi) = self.y_range();
+        for (panel, (x_label, x_of)) in panels.iter().zip(axes) {
+            // Methods that send nothing (centralized) have no place on the bytes axis.
+            let shown: Vec<&Series> = self
+                .series
+                .iter()
+                .filter(|s| x_label != "MB sent" || s.points.iter().any(|p| p.bytes > 0.0))
+                .collect();
+            let x_hi = shown
+                .iter()
+                .flat_map(|s| s.points.iter().map(x_of))
+                .filter(|v| v.is_finite())
+                .fold(0.0_f64, f64::max);
+            let x_hi = if x_hi > 0.0 { x_hi * 1.02 } else { 1.0 };
+            let mut chart = ChartBuilder::on(panel)
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.0..x_hi, y_lo..y_hi)
+                .map_err(|e| anyhow!("{e}"))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc(self.metric)
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(|e| anyhow!("{e}"))?;
+            for (i, s) in shown.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                let pts: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .map(|p| (x_of(p), p.metric))
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(|e| anyhow!("{e}"))?
+                    .label(s.method.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            if let Some((label, value)) = self.baseline {
+                let grey = RGBColor(110, 110, 110);
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        vec![(0.0, value), (x_hi, value)],
+                        6,
+                        4,
+                        grey.stroke_width(2),
+                    ))
+                    .map_err(|e| anyhow!("{e}"))?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.4))
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The y range covering every finite value and the baseline, padded by 5%.
+    fn y_range(&self) -> (f64, f64) {
+        let values = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.metric))
+            .chain(self.baseline.map(|(_, v)| v))
+            .filter(|v| v.is_finite());
+        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        if !lo.is_finite() {
+            return (0.0, 1.0);
+        }
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        (lo - pad, hi + pad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series() -> Vec<Series> {
+        let curve = |name: &str, bytes: f64| Series {
+            method: name.to_string(),
+            points: (1..=5)
+                .map(|i| Point {
+                    step: i as f64,
+                    wall_seconds: i as f64 * 0.5,
+                    bytes: bytes * i as f64,
+                    metric: 0.3 + 0.05 * i as f64,
+                })
+                .collect(),
+        };
+        vec![curve("fedavg", 1e6), curve("centralized", 0.0)]
+    }
+
+    #[test]
+    fn writes_svg_and_png_with_every_method_and_the_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let series = series();
+        let plot = ConvergencePlot {
+            title: "risk / dnn",
+            metric: "test macro-F1",
+            series: &series,
+            baseline: Some(("majority class", 0.2)),
+        };
+        let svg = dir.path().join("c.svg");
+        let png = dir.path().join("c.png");
+        plot.write_svg(&svg).unwrap();
+        plot.write_png(&png).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        for needle in ["fedavg", "centralized", "majority class", "MB sent"] {
+            assert!(text.contains(needle), "svg lacks {needle}");
+        }
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 10_000, "png suspiciously small");
+    }
+
+    #[test]
+    fn y_range_ignores_non_finite_values() {
+        let mut s = series();
+        s[0].points[0].metric = f64::NAN;
+        let plot = ConvergencePlot {
+            title: "t",
+            metric: "m",
+            series: &s,
+            baseline: Some(("b", 0.1)),
+        };
+        let (lo, hi) = plot.y_range();
+        assert!(lo < 0.1 && hi > 0.55 && hi < 0.6, "{lo} {hi}");
+    }
+}
