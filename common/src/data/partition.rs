@@ -160,7 +160,7 @@ pub fn partition(ds: &Dataset, p: &Partition, seed: u64) -> Result<Vec<StationPa
         Partition::Natural => group_by(
             ds,
             AREAS.len(),
-            |code| area_index(code),
+            area_index,
             |i| slug(AREAS[i].name),
         )?,
         Partition::Bureau => group_by(
