@@ -157,12 +157,7 @@ pub fn partition(ds: &Dataset, p: &Partition, seed: u64) -> Result<Vec<StationPa
     let n = ds.len();
     p.validate(n)?;
     let parts = match p {
-        Partition::Natural => group_by(
-            ds,
-            AREAS.len(),
-            area_index,
-            |i| slug(AREAS[i].name),
-        )?,
+        Partition::Natural => group_by(ds, AREAS.len(), area_index, |i| slug(AREAS[i].name))?,
         Partition::Bureau => group_by(
             ds,
             Bureau::ALL.len(),
