@@ -255,3 +255,65 @@ fn write_head(ds: &Dataset, rows: usize, path: &Path) -> anyhow::Result<()> {
     w.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::SafeTensors;
+
+    #[test]
+    fn writes_readable_tensors_for_both_tasks() {
+        let data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/la-crime/la_crime_2024_02.csv");
+        if !data.exists() {
+            eprintln!("skipped: {} not found", data.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (task, target_shape) in [(Task::Risk, 1), (Task::Counts, 2)] {
+            let out = dir.path().join(task.as_str());
+            let args = FeaturesArgs {
+                data: data.clone(),
+                task,
+                period: Period::Day,
+                lags: 4,
+                out: out.clone(),
+                head: 5,
+            };
+            run(&args).unwrap();
+            let bytes = std::fs::read(out.join("features.safetensors")).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let built = build_task(
+                &load_path(&data).unwrap().incidents,
+                &TaskConfig {
+                    task,
+                    ..TaskConfig::default()
+                },
+            )
+            .unwrap();
+            for (name, ds) in [
+                ("train", &built.splits.train),
+                ("val", &built.splits.val),
+                ("test", &built.splits.test),
+            ] {
+                let f = st.tensor(&format!("{name}.features")).unwrap();
+                assert_eq!(f.shape(), [ds.len(), ds.feature_dim]);
+                let first = f32::from_le_bytes(f.data()[..4].try_into().unwrap());
+                assert_eq!(first, ds.features[0]);
+                let t = st.tensor(&format!("{name}.target")).unwrap();
+                assert_eq!(t.shape().len(), target_shape);
+                let s = st.tensor(&format!("{name}.sequences")).unwrap();
+                assert_eq!(s.shape(), [ds.len(), 4, 8]);
+                assert_eq!(st.tensor(&format!("{name}.area")).unwrap().data(), ds.area);
+            }
+            assert_eq!(st.tensor("graph.counts").unwrap().shape()[0], 21);
+            let fz =
+                fedcrime_common::data::Featurizer::load_json(&out.join("featurizer.json")).unwrap();
+            assert_eq!(fz, built.featurizer);
+            let head = std::fs::read_to_string(out.join("head.csv")).unwrap();
+            assert_eq!(head.lines().count(), 6);
+            let header_cols = head.lines().next().unwrap().split(',').count();
+            assert!(head.lines().all(|l| l.split(',').count() == header_cols));
+        }
+    }
+}
