@@ -136,7 +136,7 @@ pub static AREAS: [AreaInfo; AREA_COUNT] = [
         "Rampart",
         Bureau::Central,
         14.35,
-        (34.06735, -118.27450),
+        (34.06735, -118.2745),
         &[1, 3, 6, 11, 20],
     ),
     info(
@@ -184,7 +184,7 @@ pub static AREAS: [AreaInfo; AREA_COUNT] = [
         "West LA",
         Bureau::West,
         167.61,
-        (34.08160, -118.48785),
+        (34.0816, -118.48785),
         &[6, 7, 9, 10, 14, 15, 21],
     ),
     info(
@@ -192,7 +192,7 @@ pub static AREAS: [AreaInfo; AREA_COUNT] = [
         "Van Nuys",
         Bureau::Valley,
         45.51,
-        (34.16970, -118.44395),
+        (34.1697, -118.44395),
         &[8, 10, 15, 19],
     ),
     info(
@@ -232,7 +232,7 @@ pub static AREAS: [AreaInfo; AREA_COUNT] = [
         "Pacific",
         Bureau::West,
         66.69,
-        (33.97535, -118.42070),
+        (33.97535, -118.4207),
         &[8, 12],
     ),
     info(
@@ -248,7 +248,7 @@ pub static AREAS: [AreaInfo; AREA_COUNT] = [
         "Foothill",
         Bureau::Valley,
         120.57,
-        (34.25240, -118.34588),
+        (34.2524, -118.34588),
         &[15, 19],
     ),
     info(
@@ -264,7 +264,7 @@ pub static AREAS: [AreaInfo; AREA_COUNT] = [
         "Southeast",
         Bureau::South,
         24.27,
-        (33.93288, -118.26860),
+        (33.93288, -118.2686),
         &[5, 12],
     ),
     info(
@@ -280,7 +280,7 @@ pub static AREAS: [AreaInfo; AREA_COUNT] = [
         "Olympic",
         Bureau::West,
         16.21,
-        (34.05950, -118.30317),
+        (34.0595, -118.30317),
         &[2, 3, 6, 7],
     ),
     info(

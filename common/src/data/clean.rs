@@ -818,8 +818,10 @@ mod tests {
             incident(7, 9, 377, f32::NAN, f32::NAN),
             incident(8, 9, 1201, f32::NAN, f32::NAN), // district without known rows
         ];
-        let mut tally = Tally::default();
-        tally.rows_read = 5;
+        let tally = Tally {
+            rows_read: 5,
+            ..Tally::default()
+        };
         let (out, report) = finish(rows, tally, "t");
         assert_eq!(
             out.iter().map(|r| r.dr_no).collect::<Vec<_>>(),

@@ -783,4 +783,183 @@ mod tests {
         let err = load_reader_with(text.as_bytes(), "t", &opts).unwrap_err();
         assert_eq!(err.line(), Some(347), "{err}");
     }
+
+    // ---- the real samples -------------------------------------------------
+
+    fn real(file: &str) -> Option<Loaded> {
+        match shared(file) {
+            Some(p) => Some(load_path(&p).unwrap()),
+            None => {
+                eprintln!("skipped: ../shared/data/la-crime/{file} is absent");
+                None
+            }
+        }
+    }
+
+    fn by_dr(l: &Loaded, dr_no: u64) -> &Incident {
+        l.incidents.iter().find(|r| r.dr_no == dr_no).unwrap()
+    }
+
+    #[test]
+    fn real_2020_sample_every_quirk() {
+        let Some(l) = real("la_crime_2020_sample.csv") else {
+            return;
+        };
+        let r = &l.report;
+        assert_eq!((r.rows_read, r.rows_kept), (10_000, 10_000));
+        assert_eq!(r.areas.len(), 21);
+        assert_eq!(r.date_min, Some(days_from_civil(2020, 1, 1)));
+        assert_eq!(r.date_max, Some(days_from_civil(2020, 12, 31)));
+        // both date layouts, and rows that mix them
+        assert_eq!(r.date_formats.len(), 2, "{:?}", r.date_formats);
+        assert!(
+            r.date_formats["MM/DD/YYYY HH:MM"] > 1000
+                && r.date_formats["MM/DD/YYYY hh:mm:ss AM"] > 1000
+        );
+        assert_eq!(r.mixed_date_format_rows, 1180);
+        let mixed = by_dr(&l, 211_015_072); // 11/29/2021 12:00:00 AM and 11/01/2020 00:00
+        assert_eq!(mixed.date_reported, days_from_civil(2021, 11, 29));
+        assert_eq!(mixed.date_occurred, days_from_civil(2020, 11, 1));
+        assert_eq!(mixed.minute_of_day, 12 * 60);
+        // leading zeros in DR_NO, AREA and Rpt Dist No
+        let lead = by_dr(&l, 10_304_468);
+        assert_eq!(
+            (lead.area, lead.reporting_district, lead.minute_of_day),
+            (3, 377, 22 * 60 + 30)
+        );
+        // the 13 rows with LAT/LON 0,0 get their district's mean location
+        assert_eq!(r.imputed_in(Column::Lat), 13);
+        assert_eq!(r.imputed_in(Column::Lon), 13);
+        assert_eq!(r.coords_from_area_centroid, 0);
+        let z = by_dr(&l, 200_311_971); // Rpt Dist No 0361, 29 other rows
+        assert!(
+            (z.lat - 34.016_84).abs() < 1e-4 && (z.lon + 118.353_44).abs() < 1e-4,
+            "{z:?}"
+        );
+        assert!(l.incidents.iter().all(|i| clean::in_la(i.lat, i.lon)));
+        // negative and zero ages are unknown; X and H sexes kept
+        assert_eq!(by_dr(&l, 221_404_829).victim_age, None);
+        assert_eq!(r.unknown_in(Column::VictAge), 1914);
+        assert_eq!(
+            l.incidents
+                .iter()
+                .filter(|i| i.victim_age.is_none())
+                .count(),
+            1914
+        );
+        assert_eq!(by_dr(&l, 200_204_197).victim_sex, Some(b'H'));
+        assert_eq!(r.empty_in(Column::VictSex), 867);
+        assert_eq!(
+            l.incidents
+                .iter()
+                .filter(|i| i.victim_sex.is_none())
+                .count(),
+            867
+        );
+        // no weapon recorded is not a gap
+        assert_eq!(r.empty_in(Column::WeaponUsedCd), 7631);
+        assert_eq!(
+            l.incidents
+                .iter()
+                .filter(|i| i.weapon_code.is_none())
+                .count(),
+            7631
+        );
+        assert_eq!(r.imputed_in(Column::WeaponUsedCd), 0);
+        // a quoted field with commas does not shift the columns after it
+        let q = by_dr(&l, 191_501_505); // "MULTI-UNIT DWELLING (APARTMENT, DUPLEX, ETC)"
+        assert_eq!(
+            (q.premise_code, q.lat, q.lon),
+            (Some(502), 34.1685, -118.4019)
+        );
+        assert!(r.dropped.is_empty(), "{:?}", r.dropped);
+        assert_sorted(&l);
+    }
+
+    #[test]
+    fn real_2024_month() {
+        let Some(l) = real("la_crime_2024_02.csv") else {
+            return;
+        };
+        let r = &l.report;
+        assert_eq!((r.rows_read, r.rows_kept), (15_661, 15_661));
+        assert_eq!(r.areas.len(), 21);
+        assert_eq!(r.areas.values().sum::<u64>(), 15_661);
+        assert_eq!(r.date_min, Some(days_from_civil(2024, 2, 1)));
+        assert_eq!(r.date_max, Some(days_from_civil(2024, 2, 29)));
+        assert_eq!(
+            r.date_formats.keys().collect::<Vec<_>>(),
+            vec!["MM/DD/YYYY hh:mm:ss AM"]
+        );
+        assert!(r.imputed.is_empty() && r.dropped.is_empty());
+        assert_eq!(
+            l.incidents
+                .iter()
+                .filter(|i| i.weapon_code.is_none())
+                .count(),
+            10_207
+        );
+        let first = by_dr(&l, 241_406_608);
+        assert_eq!(
+            (first.minute_of_day, first.area, first.crime_code),
+            (6 * 60 + 15, 14, 480)
+        );
+        assert_eq!(first.category, crate::data::Category::Theft);
+        let dr: std::collections::HashSet<u64> = l.incidents.iter().map(|i| i.dr_no).collect();
+        assert_eq!(dr.len(), l.incidents.len());
+        assert_sorted(&l);
+    }
+
+    fn assert_sorted(l: &Loaded) {
+        assert!(l.incidents.windows(2).all(|w| (
+            w[0].date_occurred,
+            w[0].minute_of_day,
+            w[0].dr_no
+        ) < (
+            w[1].date_occurred,
+            w[1].minute_of_day,
+            w[1].dr_no
+        )));
+    }
+
+    /// Real rows rewritten with the short forms other exports use (AREA `5`,
+    /// TIME OCC `5`/`45`/`130`, the 24-hour date layout, unpadded district)
+    /// load to the same incidents.
+    #[test]
+    fn real_rows_in_short_forms_load_the_same() {
+        let Some(path) = shared("la_crime_2024_02.csv") else {
+            eprintln!("skipped: ../shared/data/la-crime is absent");
+            return;
+        };
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(rdr.headers().unwrap()).unwrap();
+        let mut short_times = 0;
+        for rec in rdr.records().take(3000) {
+            let rec = rec.unwrap();
+            let mut f: Vec<String> = rec.iter().map(String::from).collect();
+            for c in [Column::Area, Column::TimeOcc, Column::RptDistNo] {
+                let v = f[c.index()].trim_start_matches('0');
+                f[c.index()] = if v.is_empty() {
+                    "0".into()
+                } else {
+                    v.to_string()
+                };
+            }
+            if f[Column::TimeOcc.index()].len() < 3 {
+                short_times += 1;
+            }
+            f[Column::DateOcc.index()] =
+                f[Column::DateOcc.index()].replace(" 12:00:00 AM", " 00:00");
+            w.write_record(&f).unwrap();
+        }
+        assert!(short_times > 10);
+        let rewritten = w.into_inner().unwrap();
+        let short = load_reader(rewritten.as_slice(), "short").unwrap();
+        let head: Vec<&str> = text.lines().take(3001).collect();
+        let orig = load_reader(head.join("\n").as_bytes(), "orig").unwrap();
+        assert_eq!(short.incidents, orig.incidents);
+        assert_eq!(short.report.mixed_date_format_rows, 3000);
+    }
 }
