@@ -17,12 +17,16 @@ enum Command {
     /// Build the risk or counts task from an LAPD export and write its feature
     /// matrices, targets and featurizer for inspection.
     Features(cmd::features::FeaturesArgs),
+    /// Benchmarks against a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Features(args) => cmd::features::run(args),
+        Command::Bench(b) => cmd::bench::run(b),
     };
     if let Err(e) = result {
         eprintln!("fedcrime-sim: error: {e:#}");
