@@ -57,15 +57,12 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Grid or random search over the paper's hyperparameters.
     Tune(cmd::tune::TuneArgs),
-    /// Benchmarks.
+    /// Build the risk or counts task from a crime data file and write its
+    /// feature matrices, targets and featurizer for inspection.
+    Features(cmd::features::FeaturesArgs),
+    /// Benchmarks against a reference measured in the same run.
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Training throughput vs PyTorch, and the data-parallel speedup.
-    Train(cmd::bench_train::BenchTrainArgs),
+    Bench(cmd::bench::Bench),
 }
 
 fn init_logging(g: &GlobalOpts) {
@@ -88,9 +85,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
+        Command::Features(args) => cmd::features::run(&args, &cli.global),
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
-        Command::Bench(BenchCommand::Train(args)) => cmd::bench_train::run(&args),
+        Command::Bench(bench) => cmd::bench::run(&bench),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,7 @@
 //!   `risk` the block's start hour), day of year, and sin/cos encodings of
 //!   hour, weekday and day of year (`2 pi x / period`);
 //! - space: the area centroid's latitude and longitude (from
-//!   [`AREAS`](super::areas::AREAS)), the area's crime density (incidents per
+//!   [`AREAS`]), the area's crime density (incidents per
 //!   km² over the *training window*), and a one-hot area code;
 //! - the one-hot crime category becomes the category mix (shares summing to 1,
 //!   or all 0 when nothing happened) of the previous period: the previous day
@@ -544,8 +544,8 @@ impl Featurizer {
             .collect();
 
         // Sequence scaler: per-category range of the grid cells in the training window.
-        let mut lo = vec![u32::MAX; Category::COUNT];
-        let mut hi = vec![0u32; Category::COUNT];
+        let mut lo = [u32::MAX; Category::COUNT];
+        let mut hi = [0u32; Category::COUNT];
         for a in 0..AREA_COUNT {
             for t in grid.t0..grid.t0 + train_cells {
                 for (c, &v) in grid.cell(a, t).iter().enumerate() {

@@ -21,7 +21,7 @@ use fedcrime_common::model::{build, ModelConfig, ModelKind};
 use fedcrime_common::train::{ParallelConfig, ParallelTrainer, TrainConfig, Trainer};
 use fedcrime_common::DeviceChoice;
 
-use super::train::DataArgs;
+use crate::cmd::train::DataArgs;
 
 /// Options of `fedcrime-sim bench train`.
 #[derive(clap::Args, Debug, Clone)]
