@@ -60,12 +60,12 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            epochs: 20,
+            epochs: 100,
             batch_size: 256,
             lr: 1e-3,
             weight_decay: 0.0,
             seed: 0,
-            patience: 5,
+            patience: 10,
             min_delta: 0.0,
             prox_mu: 0.0,
             max_grad_norm: None,

@@ -39,6 +39,9 @@ pub struct TuneArgs {
     /// Where to train: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// libtorch intra-op threads (libtorch's default when absent).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -46,6 +49,9 @@ pub struct TuneArgs {
 
 /// Runs the command.
 pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t as i32);
+    }
     let data = args.data.task_data()?;
     let graph_splits = args.model.model_splits(&data, args.data.period)?;
     let splits = graph_splits.as_ref().unwrap_or(&data.splits);
