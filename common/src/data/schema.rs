@@ -363,7 +363,9 @@ fn time_suffix(b: &[u8]) -> Option<bool> {
     let rest = trim(&b[i..]);
     match rest {
         [] => (h < 24).then_some(false),
-        [b'A' | b'a' | b'P' | b'p', b'M' | b'm'] => (1..=12).contains(&h).then_some(true),
+        [b'A' | b'a' | b'P' | b'p', b'M' | b'm'] => {
+            (1..=12).contains(&h).then_some(true)
+        }
         _ => None,
     }
 }
