@@ -362,23 +362,27 @@ impl ParallelTrainer {
     ) -> Result<FitReport> {
         let cpu = self.replicas.iter().all(|r| r.device == Device::Cpu);
         let before = tch::get_num_threads();
-        if cpu {
+        let per = cpu.then(|| {
             let total = self.threads.unwrap_or(before.max(1) as usize);
-            let per = (total / self.replicas.len()).max(1);
-            tch::set_num_threads(per as i32);
+            (total / self.replicas.len()).max(1) as i32
+        });
+        if let Some(per) = per {
+            tch::set_num_threads(per);
         }
-        let outcome = self.fit_inner(train, val, on_epoch);
+        let outcome = self.fit_inner(train, val, on_epoch, per);
         if cpu {
             tch::set_num_threads(before);
         }
         outcome
     }
 
+    /// The training loop; `threads` is each CPU worker's intra-op thread count.
     fn fit_inner(
         &mut self,
         train: &Dataset,
         val: Option<&Dataset>,
         on_epoch: &mut dyn FnMut(&EpochRecord),
+        threads: Option<i32>,
     ) -> Result<FitReport> {
         let cfg = self.cfg.clone();
         cfg.validate()?;
@@ -433,6 +437,13 @@ impl ParallelTrainer {
                     let handle = std::thread::Builder::new()
                         .name("fedcrime-replica".into())
                         .spawn_scoped(s, move || {
+                            // libtorch's thread settings are partly per thread
+                            // (OpenMP's team size, MKL's local thread count): a
+                            // new thread would otherwise use every core and
+                            // the workers would oversubscribe the machine.
+                            if let Some(t) = threads {
+                                tch::set_num_threads(t);
+                            }
                             while let Ok(msg) = rx.recv() {
                                 let reply = match msg {
                                     ToWorker::Compute(b) => FromWorker::Loss(r.compute(b)),

@@ -198,6 +198,48 @@ fn parallel_side(
         .fold(f64::INFINITY, f64::min))
 }
 
+/// The same-run reference for the data-parallel speedup: how much faster `w`
+/// threads finish `w` independent trainings (each on 1/w of the samples, no
+/// communication at all) than one thread finishes the whole; the ceiling of
+/// any data-parallel speedup on this machine right now (a shared machine may
+/// have fewer free cores than it has cores).
+fn independent_speedup(
+    mcfg: &ModelConfig,
+    tcfg: &TrainConfig,
+    ds: &Dataset,
+    w: usize,
+) -> anyhow::Result<f64> {
+    let run = |part: &Dataset| -> anyhow::Result<f64> {
+        tch::set_num_threads(1);
+        tch::manual_seed(tcfg.seed as i64);
+        let mut t = Trainer::new(build(mcfg, tch::Device::Cpu)?, tcfg.clone())?;
+        let r = t.fit(part, None)?;
+        Ok(r.epochs
+            .iter()
+            .map(|e| e.seconds)
+            .fold(f64::INFINITY, f64::min))
+    };
+    let whole = run(ds)?;
+    let parts: Vec<Dataset> = (0..w)
+        .map(|k| {
+            let idx: Vec<usize> = (0..ds.len()).filter(|i| i % w == k).collect();
+            ds.subset(&idx)
+        })
+        .collect();
+    let per_thread = std::thread::scope(|s| -> anyhow::Result<f64> {
+        let handles: Vec<_> = parts.iter().map(|p| s.spawn(|| run(p))).collect();
+        let mut slowest: f64 = 0.0;
+        for h in handles {
+            let t = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a reference thread panicked"))??;
+            slowest = slowest.max(t);
+        }
+        Ok(slowest)
+    })?;
+    Ok(whole / per_thread)
+}
+
 fn data(task: Task, rows: usize) -> DataArgs {
     DataArgs {
         data: None,
@@ -289,20 +331,24 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
             let mut mcfg = ModelConfig::for_dataset(kind, &ds);
             mcfg.dropout = 0.0;
             // 1 worker with all threads; w workers sharing them; 1 worker with 1 thread.
-            let (mut all, mut split, mut single) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut all, mut split, mut single, mut ceiling) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
                 all.push(parallel_side(&mcfg, &tcfg, &ds, 1, threads)?);
                 split.push(parallel_side(&mcfg, &tcfg, &ds, w, threads.max(w))?);
                 single.push(parallel_side(&mcfg, &tcfg, &ds, 1, 1)?);
+                ceiling.push(independent_speedup(&mcfg, &tcfg, &ds, w)?);
             }
+            tch::set_num_threads(threads as i32);
             let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
             let (a, s, one) = (best(&all), best(&split), best(&single));
             println!(
-                "parallel {kind} ({task}, {} samples): 1 worker x {threads} thread(s) {a:.3} s/epoch | 1 worker x 1 thread {one:.3} s/epoch | {w} workers x {} thread(s) {s:.3} s/epoch | speedup {:.2}x vs 1 worker x {threads}, {:.2}x vs 1 worker x 1",
+                "parallel {kind} ({task}, {} samples): 1 worker x {threads} thread(s) {a:.3} s/epoch | 1 worker x 1 thread {one:.3} s/epoch | {w} workers x {} thread(s) {s:.3} s/epoch | speedup {:.2}x vs 1 worker x {threads}, {:.2}x vs 1 worker x 1 | reference: {w} independent 1-thread trainings {:.2}x (median; the ceiling on this machine now)",
                 ds.len(),
                 (threads.max(w) / w).max(1),
                 a / s,
-                one / s
+                one / s,
+                median(ceiling)
             );
         }
     }
