@@ -53,6 +53,9 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Load and clean a crime data file and print the cleaning report.
     Inspect(cmd::inspect::InspectArgs),
+    /// Build the risk or counts task from an LAPD export and write its feature
+    /// matrices, targets and featurizer for inspection.
+    Features(cmd::features::FeaturesArgs),
 }
 
 fn init_logging(g: &GlobalOpts) {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
+        Command::Features(args) => cmd::features::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
 //! The subcommands, one module each.
 
+pub mod features;
 pub mod inspect;
 pub mod synth;
