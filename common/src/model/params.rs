@@ -140,6 +140,29 @@ pub fn import_params(vs: &mut VarStore, p: &Params) -> Result<()> {
     })
 }
 
+/// `p`'s tensors on `device`, in `p`'s order, as views of one upload of the
+/// flat buffer (e.g. the global model of a FedProx proximal term,
+/// `mu/2 * sum ||w - w_global||^2`, matched to the store's variables by name).
+pub fn params_to_tensors(p: &Params, device: Device) -> Result<Vec<(String, Tensor)>> {
+    let src = Tensor::f_from_slice(p.data())?;
+    let src = if device == Device::Cpu {
+        src
+    } else {
+        src.f_to_device(device)?
+    };
+    p.spec()
+        .entries()
+        .iter()
+        .map(|e| {
+            let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+            let t = src
+                .f_narrow(0, e.offset as i64, e.numel() as i64)?
+                .f_view(shape.as_slice())?;
+            Ok((e.name.clone(), t))
+        })
+        .collect()
+}
+
 /// Total number of scalar parameters (every variable of the store).
 pub fn num_params(vs: &VarStore) -> usize {
     vs.variables().values().map(Tensor::numel).sum()
@@ -226,6 +249,18 @@ mod tests {
             matches!(&err, ModelError::UnexpectedParam { name } if name == "m.buf"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn params_become_named_tensors() {
+        let vs = store(4, 2);
+        let p = export_params(&vs);
+        let tensors = params_to_tensors(&p, Device::Cpu).unwrap();
+        let vars = vs.variables();
+        assert_eq!(tensors.len(), vars.len());
+        for (name, t) in &tensors {
+            assert!(t.equal(&vars[name]), "{name}");
+        }
     }
 
     #[test]
