@@ -164,6 +164,16 @@ pub trait CrimeModel: Send {
         params::import_params(self.var_store_mut(), p)
     }
 
+    /// Evaluation-mode mean loss and predictions (see
+    /// [`CrimeModel::predict`]) of a batch, without recording gradients.
+    fn evaluate(&self, batch: &Batch) -> (f64, Tensor) {
+        tch::no_grad(|| {
+            let output = self.forward_t(batch, false);
+            let loss = self.loss(&output, batch).double_value(&[]);
+            (loss, self.predict(&output))
+        })
+    }
+
     /// A new model of the same config on `device` with a copy of these
     /// parameters (a data-parallel replica).
     fn replicate(&self, device: Device) -> Result<Box<dyn CrimeModel>> {

@@ -171,6 +171,7 @@ pub fn num_params(vs: &VarStore) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::one_thread;
 
     fn store(seed: i64, out: i64) -> VarStore {
         tch::manual_seed(seed);
@@ -185,6 +186,7 @@ mod tests {
 
     #[test]
     fn export_is_sorted_and_complete() {
+        one_thread();
         let vs = store(1, 2);
         let p = export_params(&vs);
         let names: Vec<_> = p.spec().entries().iter().map(|e| e.name.as_str()).collect();
@@ -198,6 +200,7 @@ mod tests {
 
     #[test]
     fn import_round_trips_between_stores() {
+        one_thread();
         let a = store(1, 2);
         let mut b = store(2, 2);
         let pa = export_params(&a);
@@ -211,6 +214,7 @@ mod tests {
 
     #[test]
     fn export_into_reuses_the_layout() {
+        one_thread();
         let vs = store(3, 2);
         let mut p = export_params(&vs);
         let spec = Arc::clone(p.spec());
@@ -225,6 +229,7 @@ mod tests {
 
     #[test]
     fn mismatches_name_the_tensor_and_write_nothing() {
+        one_thread();
         let mut a = store(1, 2);
         let before = export_params(&a);
         let wrong_shape = export_params(&store(2, 3));
@@ -253,6 +258,7 @@ mod tests {
 
     #[test]
     fn params_become_named_tensors() {
+        one_thread();
         let vs = store(4, 2);
         let p = export_params(&vs);
         let tensors = params_to_tensors(&p, Device::Cpu).unwrap();
@@ -265,6 +271,7 @@ mod tests {
 
     #[test]
     fn import_accepts_any_order_of_names() {
+        one_thread();
         let a = store(1, 2);
         let p = export_params(&a);
         // Same tensors, reversed order.
