@@ -88,6 +88,14 @@ pub enum DataError {
         reason: String,
     },
 
+    /// Writing generated or exported data failed.
+    #[error("cannot write the output: {source}")]
+    Write {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The input has a header but no data rows.
     #[error("{file}: no data rows")]
     Empty {
