@@ -42,7 +42,7 @@ pub use config::{CountLoss, ModelConfig, LAPD_AREAS};
 pub use dnn::Dnn;
 pub use error::{ModelError, Result};
 pub use gat_tcn::{GatTcn, GatTcnTrace};
-pub use graph::{graph_dataset, GraphWindows, DEFAULT_GRAPH_STEPS};
+pub use graph::{graph_dataset, graph_splits, GraphWindows, DEFAULT_GRAPH_STEPS};
 pub use io::{
     load_model, load_safetensors, read_metadata, save_model, save_safetensors, META_FORMAT,
     META_MODEL_CONFIG,
