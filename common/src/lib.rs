@@ -23,6 +23,7 @@ pub mod fl;
 pub mod model;
 pub mod params;
 pub mod params_io;
+pub mod train;
 
 pub use device::DeviceChoice;
 pub use params::{ParamEntry, ParamError, ParamSpec, Params};

@@ -56,6 +56,19 @@ enum Command {
     /// Build the risk or counts task from an LAPD export and write its feature
     /// matrices, targets and featurizer for inspection.
     Features(cmd::features::FeaturesArgs),
+    /// Train one model centrally and compare it with the naive baselines.
+    Train(cmd::train::TrainArgs),
+    /// Grid or random search over the paper's hyperparameters.
+    Tune(cmd::tune::TuneArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Training throughput vs PyTorch, and the data-parallel speedup.
+    Train(cmd::bench_train::BenchTrainArgs),
 }
 
 fn init_logging(g: &GlobalOpts) {
@@ -79,6 +92,9 @@ fn main() -> ExitCode {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
         Command::Features(args) => cmd::features::run(&args),
+        Command::Train(args) => cmd::train::run(&args, &cli.global),
+        Command::Tune(args) => cmd::tune::run(&args, &cli.global),
+        Command::Bench(BenchCommand::Train(args)) => cmd::bench_train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
