@@ -298,3 +298,295 @@ impl<W: AsyncWrite + Unpin> WireWriter<W> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::frame::{reserved, FrameKind, FRAME_VERSION};
+    use crate::wire::message::*;
+    use crate::wire::tensor::Encoding;
+    use crate::wire::testutil::{every_message, small_model};
+
+    fn cfg() -> WireConfig {
+        WireConfig {
+            chunk_bytes: 24,
+            ..WireConfig::default()
+        }
+    }
+
+    /// Limits for hostile input: nothing it says can make us allocate much.
+    fn fuzz_cfg() -> WireConfig {
+        WireConfig {
+            max_frame_bytes: 1 << 16,
+            chunk_bytes: 1 << 12,
+            max_model_params: 1 << 16,
+            max_tensors: 64,
+        }
+    }
+
+    fn encode_all(list: &[(Message, Option<Params>)], cfg: &WireConfig) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for (m, p) in list {
+            encode_message(m, p.as_ref(), cfg, &mut buf).unwrap();
+            ends.push(buf.len());
+        }
+        (buf, ends)
+    }
+
+    #[test]
+    fn every_message_round_trips_sync() {
+        let model = small_model(5, 0.1);
+        for enc in Encoding::ALL {
+            let list = every_message(&model, enc);
+            let (buf, _) = encode_all(&list, &cfg());
+            let back = decode_all(&buf, &cfg()).unwrap();
+            assert_eq!(back.len(), list.len());
+            for ((m, p), r) in list.iter().zip(&back) {
+                assert_eq!(&r.message, m);
+                assert_eq!(r.params.is_some(), p.is_some(), "{}", m.name());
+                if let (Some(p), Some(q), Encoding::F32) = (p, &r.params, enc) {
+                    assert_eq!(p, q);
+                }
+            }
+            // With the expected layout the decoded models share it.
+            let mut pos = 0;
+            while pos < buf.len() {
+                let (r, used) = decode_message(&buf[pos..], Some(model.spec()), &cfg()).unwrap();
+                if let Some(q) = r.params {
+                    assert!(Arc::ptr_eq(q.spec(), model.spec()));
+                }
+                pos += used;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_message_round_trips_async_over_a_duplex() {
+        let model = small_model(6, 0.1);
+        let list = every_message(&model, Encoding::F32);
+        let (a, b) = tokio::io::duplex(300);
+        let to_send = list.clone();
+        let writer = tokio::spawn(async move {
+            let mut w = WireWriter::new(a, cfg());
+            for (m, p) in &to_send {
+                w.send(m, p.as_ref()).await.unwrap();
+            }
+            w.bytes_written()
+        });
+        let mut r = WireReader::new(b, cfg());
+        let mut got = Vec::new();
+        while let Some(rec) = r.recv(Some(model.spec())).await.unwrap() {
+            got.push(rec);
+        }
+        let written = writer.await.unwrap();
+        assert_eq!(r.bytes_read(), written);
+        assert_eq!(written as usize, encode_all(&list, &cfg()).0.len());
+        assert_eq!(got.len(), list.len());
+        for ((m, p), rec) in list.iter().zip(got) {
+            assert_eq!(&rec.message, m);
+            assert_eq!(rec.params.as_ref(), p.as_ref());
+        }
+    }
+
+    #[tokio::test]
+    async fn model_is_read_in_place_into_an_existing_buffer() {
+        let model = small_model(7, 0.1);
+        let (msg, p) = every_message(&model, Encoding::F16).swap_remove(4);
+        let mut buf = Vec::new();
+        encode_message(&msg, p.as_ref(), &cfg(), &mut buf).unwrap();
+        let mut r = WireReader::new(&buf[..], cfg());
+        let m = r.recv_message().await.unwrap().unwrap();
+        let mut target = Params::zeros(model.spec().clone());
+        let ptr = target.data().as_ptr();
+        r.recv_params_into(m.model().unwrap(), &mut target).await.unwrap();
+        assert_eq!(target.data().as_ptr(), ptr, "no reallocation");
+        let err = target.l2_distance(&model).unwrap();
+        assert!(err > 0.0 && err < 1e-3, "{err}");
+        assert!(r.recv_message().await.unwrap().is_none(), "clean end");
+    }
+
+    #[test]
+    fn sending_requires_exactly_the_announced_model() {
+        let model = small_model(8, 0.1);
+        let list = every_message(&model, Encoding::F32);
+        let mut out = Vec::new();
+        let (round_start, _) = &list[3];
+        let err = encode_message(round_start, None, &cfg(), &mut out).unwrap_err();
+        assert!(err.to_string().contains("RoundStart announces a model"), "{err}");
+        let err = encode_message(&list[8].0, Some(&model), &cfg(), &mut out).unwrap_err();
+        assert!(err.to_string().contains("Heartbeat carries no model"), "{err}");
+        let other = small_model(8, 0.1);
+        let wrong = Params::zeros(Arc::new(
+            ParamSpec::new([("x", vec![3])]).unwrap(),
+        ));
+        let err = encode_message(round_start, Some(&wrong), &cfg(), &mut out).unwrap_err();
+        assert!(matches!(err, WireError::Model(_)), "{err}");
+        assert!(encode_message(round_start, Some(&other), &cfg(), &mut out).is_ok());
+    }
+
+    #[test]
+    fn oversized_control_message_is_refused_on_both_sides() {
+        let big = Message::Error(ErrorMsg {
+            code: ErrorCode::Internal,
+            text: "x".repeat(5000),
+        });
+        let small = WireConfig {
+            max_frame_bytes: 4096,
+            ..cfg()
+        };
+        let mut out = Vec::new();
+        let err = encode_message(&big, None, &small, &mut out).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { .. }), "{err}");
+        assert!(out.is_empty(), "nothing half-written");
+        encode_message(&big, None, &cfg(), &mut out).unwrap();
+        let err = decode_all(&out, &small).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { len: 5004, max: 4096, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_and_boundaries_are_not() {
+        let model = small_model(9, 0.1);
+        let (buf, ends) = encode_all(&every_message(&model, Encoding::Int8), &cfg());
+        for cut in 0..buf.len() {
+            let res = decode_all(&buf[..cut], &cfg());
+            if cut == 0 || ends.contains(&cut) {
+                assert_eq!(res.unwrap().len(), ends.iter().filter(|&&e| e <= cut).count());
+            } else {
+                assert!(res.is_err(), "cut at {cut} decoded");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_reserved_and_misplaced_kinds_are_errors() {
+        let mut buf = Vec::new();
+        frame::encode_frame(FrameKind::Heartbeat, 0, &[1], &mut buf).unwrap();
+        let mut unknown = buf.clone();
+        unknown[3] = 0x1f;
+        assert!(matches!(
+            decode_all(&unknown, &cfg()),
+            Err(WireError::UnknownKind { kind: 0x1f })
+        ));
+        let mut secagg = buf.clone();
+        secagg[3] = reserved::SECAGG_KEY_SHARES;
+        let err = decode_all(&secagg, &cfg()).unwrap_err();
+        assert!(err.to_string().contains("unsupported") && err.to_string().contains("key shares"));
+        let mut stray = Vec::new();
+        frame::encode_frame(FrameKind::TensorData, 0, &[0; 4], &mut stray).unwrap();
+        let err = decode_all(&stray, &cfg()).unwrap_err();
+        assert!(err.to_string().contains("expected a control message"), "{err}");
+        // A payload of the wrong type for its kind.
+        let mut wrong = Vec::new();
+        frame::encode_frame(FrameKind::Welcome, 0, &[1], &mut wrong).unwrap();
+        let err = decode_all(&wrong, &cfg()).unwrap_err();
+        assert!(err.to_string().contains("Welcome"), "{err}");
+    }
+
+    #[test]
+    fn version_mismatch_in_frames_and_in_negotiation() {
+        let mut buf = Vec::new();
+        encode_message(&Heartbeat { seq: 1 }.into(), None, &cfg(), &mut buf).unwrap();
+        buf[2] = FRAME_VERSION + 1;
+        let err = decode_all(&buf, &cfg()).unwrap_err();
+        assert!(err.to_string().contains("version mismatch"), "{err}");
+        assert_eq!(negotiate_version(&[1, 2, 3], &[1, 2]).unwrap(), 2);
+        let err = negotiate_version(&[2, 3], SUPPORTED_VERSIONS).unwrap_err();
+        assert!(matches!(err, WireError::NoCommonVersion { .. }), "{err}");
+        assert!(err.to_string().contains("[2, 3]"));
+    }
+
+    #[test]
+    fn newer_peers_codes_and_encodings_still_decode() {
+        // A Hello as a newer build would send it: encoding code 7 unknown here.
+        #[derive(serde::Serialize)]
+        struct FutureCaps {
+            encodings: Vec<u8>,
+            device: String,
+            extensions: Extensions,
+        }
+        #[derive(serde::Serialize)]
+        struct FutureHello {
+            protocol_versions: Vec<u16>,
+            software_version: String,
+            capabilities: FutureCaps,
+        }
+        let payload = crate::wire::codec::encode_control(&FutureHello {
+            protocol_versions: vec![1, 2],
+            software_version: "fedcrime-client 9".into(),
+            capabilities: FutureCaps {
+                encodings: vec![7, 1, 2],
+                device: "cpu".into(),
+                extensions: Extensions::new(),
+            },
+        })
+        .unwrap();
+        let Message::Hello(h) = Message::decode_payload(FrameKind::Hello, &payload, 1 << 16).unwrap()
+        else {
+            panic!("not a hello")
+        };
+        assert_eq!(h.capabilities.encodings, vec![Encoding::F16, Encoding::Int8]);
+        assert_eq!(negotiate_version(&h.protocol_versions, SUPPORTED_VERSIONS).unwrap(), 1);
+
+        let reject = Message::Reject(Reject {
+            code: RejectCode::Other(999),
+            text: "quota".into(),
+        });
+        let mut buf = Vec::new();
+        encode_message(&reject, None, &cfg(), &mut buf).unwrap();
+        assert_eq!(decode_all(&buf, &cfg()).unwrap()[0].message, reject);
+        assert_eq!(RejectCode::from(2), RejectCode::NotAuthorized);
+        assert_eq!(u16::from(ByeReason::IdleTimeout), 4);
+        assert_eq!(ErrorCode::from(42), ErrorCode::Other(42));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes: an error or messages, never a panic.
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode_all(&bytes, &fuzz_cfg());
+        }
+
+        /// Arbitrary bytes behind a valid header of any kind, so the payload
+        /// decoders (bincode, tensor headers) see them.
+        #[test]
+        fn random_payloads_never_panic(
+            kind in 0usize..FrameKind::ALL.len(),
+            flags in any::<u16>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+            tail in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut buf = Vec::new();
+            frame::encode_frame(FrameKind::ALL[kind], flags, &payload, &mut buf).unwrap();
+            buf.extend_from_slice(&tail);
+            let _ = decode_all(&buf, &fuzz_cfg());
+        }
+
+        /// A valid stream with bytes overwritten: never a panic, and an
+        /// untouched stream still decodes.
+        #[test]
+        fn mutated_streams_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let model = small_model(10, 0.1);
+            let (mut buf, _) = encode_all(&every_message(&model, Encoding::Int8), &fuzz_cfg());
+            for (at, v) in &edits {
+                let i = at.index(buf.len());
+                buf[i] = *v;
+            }
+            let end = if edits.is_empty() { buf.len() } else { cut.index(buf.len() + 1) };
+            let res = decode_all(&buf[..end], &fuzz_cfg());
+            if edits.is_empty() {
+                prop_assert!(res.is_ok());
+            }
+        }
+    }
+}
