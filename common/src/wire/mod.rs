@@ -21,6 +21,7 @@ pub mod bench;
 pub mod codec;
 mod error;
 pub mod frame;
+pub mod fuzzing;
 pub mod message;
 pub mod stream;
 pub mod tensor;
@@ -75,7 +76,6 @@ impl WireConfig {
 pub(crate) mod testutil {
     //! Fixtures shared by the wire tests.
 
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use rand::SeedableRng;
@@ -85,21 +85,7 @@ pub(crate) mod testutil {
     use super::*;
     use crate::params::{ParamSpec, Params};
 
-    /// A small model with a matrix, a vector, a scalar and an empty tensor,
-    /// filled with N(0, std) values.
-    pub fn small_model(seed: u64, std: f32) -> Params {
-        let spec = Arc::new(
-            ParamSpec::new([
-                ("lstm.weight_ih_l0", vec![8, 5]),
-                ("lstm.bias", vec![8]),
-                ("head.scale", vec![]),
-                ("gat.empty", vec![0, 3]),
-                ("head.weight", vec![3, 7]),
-            ])
-            .unwrap(),
-        );
-        normal_params(spec, seed, std)
-    }
+    pub use super::fuzzing::sample_model as small_model;
 
     /// Params of `spec` filled with N(0, std) values.
     pub fn normal_params(spec: Arc<ParamSpec>, seed: u64, std: f32) -> Params {
@@ -109,136 +95,8 @@ pub(crate) mod testutil {
         Params::new(spec, data).unwrap()
     }
 
-    fn metrics() -> Metrics {
-        BTreeMap::from([("loss".to_string(), 0.42), ("mae".to_string(), 1.5)])
-    }
-
     /// One message of every kind; those announcing a model come with it.
     pub fn every_message(model: &Params, encoding: Encoding) -> Vec<(Message, Option<Params>)> {
-        let header = ModelHeader::describe(model, encoding).unwrap();
-        let ext = Extensions::from([
-            ("secagg".to_string(), Scalar::Bool(false)),
-            ("threads".to_string(), Scalar::Int(4)),
-            ("clip".to_string(), Scalar::Float(1.5)),
-            ("note".to_string(), Scalar::Str("hi".into())),
-            ("key".to_string(), Scalar::Bytes(vec![1, 2, 3])),
-        ]);
-        let m = Some(model.clone());
-        vec![
-            (
-                Hello::new(
-                    "fedcrime-client 0.1.0",
-                    Capabilities {
-                        encodings: Encoding::ALL.to_vec(),
-                        device: "cuda:0".into(),
-                        extensions: ext.clone(),
-                    },
-                )
-                .into(),
-                None,
-            ),
-            (
-                Welcome {
-                    protocol_version: PROTOCOL_VERSION,
-                    session_id: 0xdead_beef,
-                    run_id: "run-2024-02".into(),
-                    station: "station-07".into(),
-                    encoding,
-                    limits: ServerLimits {
-                        max_frame_bytes: 1 << 20,
-                        max_model_params: 1 << 24,
-                        heartbeat_interval_ms: 5_000,
-                        idle_timeout_ms: 30_000,
-                    },
-                    extensions: ext.clone(),
-                }
-                .into(),
-                None,
-            ),
-            (
-                Reject {
-                    code: RejectCode::NotAuthorized,
-                    text: "certificate revoked".into(),
-                }
-                .into(),
-                None,
-            ),
-            (
-                RoundStart {
-                    round: 3,
-                    config: TrainConfig {
-                        epochs: 2,
-                        lr: 1e-3,
-                        batch_size: 64,
-                        mu: 0.01,
-                        deadline_ms: 60_000,
-                        update_encoding: Encoding::Int8,
-                        send_delta: true,
-                        seed: 42,
-                        extensions: ext.clone(),
-                    },
-                    model: header,
-                }
-                .into(),
-                m.clone(),
-            ),
-            (
-                Update {
-                    round: 3,
-                    kind: UpdateKind::Delta,
-                    num_examples: 1234,
-                    metrics: metrics(),
-                    train_seconds: 12.5,
-                    model: header,
-                }
-                .into(),
-                m.clone(),
-            ),
-            (
-                EvaluateRequest {
-                    round: 3,
-                    model: EvalModel::LastGlobal,
-                    config: ext.clone(),
-                }
-                .into(),
-                None,
-            ),
-            (
-                EvaluateRequest {
-                    round: 4,
-                    model: EvalModel::Attached(header),
-                    config: Extensions::new(),
-                }
-                .into(),
-                m,
-            ),
-            (
-                EvaluateResult {
-                    round: 3,
-                    num_examples: 99,
-                    loss: 0.37,
-                    metrics: metrics(),
-                }
-                .into(),
-                None,
-            ),
-            (Heartbeat { seq: 17 }.into(), None),
-            (
-                ErrorMsg {
-                    code: ErrorCode::InvalidUpdate,
-                    text: "tensor head.weight has a NaN".into(),
-                }
-                .into(),
-                None,
-            ),
-            (
-                Bye {
-                    reason: ByeReason::Done,
-                    text: "run complete".into(),
-                }
-                .into(),
-                None,
-            ),
-        ]
+        fuzzing::sample_messages(model, encoding).unwrap()
     }
 }
