@@ -120,7 +120,10 @@ pub fn synthetic_model(params: usize, seed: u64) -> Params {
 }
 
 fn max_abs_error(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Measures encode + decode of a `params`-value model in every encoding (and
@@ -181,11 +184,21 @@ pub fn bench_codec(params: usize) -> super::Result<CodecBench> {
         memcpy(&mut memcpy_s);
         out.clear();
         let t = Instant::now();
-        rt.block_on(tensor::write_params(&mut out, &model, Encoding::F32, cfg.chunk_bytes()))?;
+        rt.block_on(tensor::write_params(
+            &mut out,
+            &model,
+            Encoding::F32,
+            cfg.chunk_bytes(),
+        ))?;
         enc_s = enc_s.min(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let mut src: &[u8] = &out;
-        rt.block_on(tensor::read_params_into(&mut src, header, &mut decoded, &cfg))?;
+        rt.block_on(tensor::read_params_into(
+            &mut src,
+            header,
+            &mut decoded,
+            &cfg,
+        ))?;
         dec_s = dec_s.min(t.elapsed().as_secs_f64());
     }
     figures.push((
@@ -198,15 +211,17 @@ pub fn bench_codec(params: usize) -> super::Result<CodecBench> {
 
     let encodings = figures
         .into_iter()
-        .map(|(encoding, wire_bytes, encode_s, decode_s, err)| EncodingFigures {
-            encoding,
-            wire_bytes,
-            encode_s,
-            decode_s,
-            ratio_vs_memcpy: memcpy_s / (encode_s + decode_s),
-            gb_per_s: model_bytes as f64 / (encode_s + decode_s) / 1e9,
-            max_abs_error: err,
-        })
+        .map(
+            |(encoding, wire_bytes, encode_s, decode_s, err)| EncodingFigures {
+                encoding,
+                wire_bytes,
+                encode_s,
+                decode_s,
+                ratio_vs_memcpy: memcpy_s / (encode_s + decode_s),
+                gb_per_s: model_bytes as f64 / (encode_s + decode_s) / 1e9,
+                max_abs_error: err,
+            },
+        )
         .collect();
     Ok(CodecBench {
         params: model.data().len(),

@@ -37,7 +37,9 @@ pub enum WireError {
         expected: [u8; 2],
     },
     /// The frame format version is not the one this build speaks.
-    #[error("frame version mismatch: peer sent version {got}, this build speaks version {supported}")]
+    #[error(
+        "frame version mismatch: peer sent version {got}, this build speaks version {supported}"
+    )]
     VersionMismatch {
         /// The version in the frame header.
         got: u8,
@@ -120,7 +122,9 @@ pub enum WireError {
     #[error("model mismatch: {0}")]
     Model(String),
     /// The two sides have no protocol version in common.
-    #[error("no common protocol version: peer offers {offered:?}, this build supports {supported:?}")]
+    #[error(
+        "no common protocol version: peer offers {offered:?}, this build supports {supported:?}"
+    )]
     NoCommonVersion {
         /// Versions the peer offered.
         offered: Vec<u16>,

@@ -298,11 +298,13 @@ pub fn decode_header(buf: &[u8], max_frame: u32) -> Result<FrameHeader> {
 pub fn decode_frame(buf: &[u8], max_frame: u32) -> Result<(Frame<'_>, usize)> {
     let header = decode_header(buf, max_frame)?;
     let end = HEADER_LEN + header.len as usize;
-    let payload = buf.get(HEADER_LEN..end).ok_or_else(|| WireError::Truncated {
-        what: format!("{} frame payload", header.kind.name()),
-        needed: header.len.into(),
-        available: (buf.len() - HEADER_LEN) as u64,
-    })?;
+    let payload = buf
+        .get(HEADER_LEN..end)
+        .ok_or_else(|| WireError::Truncated {
+            what: format!("{} frame payload", header.kind.name()),
+            needed: header.len.into(),
+            available: (buf.len() - HEADER_LEN) as u64,
+        })?;
     Ok((Frame { header, payload }, end))
 }
 
@@ -388,18 +390,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(
 ) -> Result<()> {
     let len = payload_len(kind, payload.len())?;
     let head = FrameHeader { kind, flags, len }.encode();
-    w.write_all(&head)
-        .await
-        .map_err(|source| WireError::Io {
-            context: "writing a frame header",
-            source,
-        })?;
-    w.write_all(payload)
-        .await
-        .map_err(|source| WireError::Io {
-            context: "writing a frame payload",
-            source,
-        })
+    w.write_all(&head).await.map_err(|source| WireError::Io {
+        context: "writing a frame header",
+        source,
+    })?;
+    w.write_all(payload).await.map_err(|source| WireError::Io {
+        context: "writing a frame payload",
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -411,7 +409,11 @@ mod tests {
         for kind in FrameKind::ALL {
             let h = FrameHeader {
                 kind,
-                flags: if kind == FrameKind::TensorData { FLAG_FINAL } else { 0x0100 },
+                flags: if kind == FrameKind::TensorData {
+                    FLAG_FINAL
+                } else {
+                    0x0100
+                },
                 len: 77,
             };
             assert_eq!(FrameHeader::decode(&h.encode(), 1000).unwrap(), h);
@@ -455,21 +457,33 @@ mod tests {
         let good = FrameHeader::new(FrameKind::Bye, 0).encode();
         let mut b = good;
         b[0] = b'X';
-        assert!(matches!(FrameHeader::decode(&b, 10), Err(WireError::BadMagic { .. })));
+        assert!(matches!(
+            FrameHeader::decode(&b, 10),
+            Err(WireError::BadMagic { .. })
+        ));
         let mut b = good;
         b[2] = 2;
         assert!(matches!(
             FrameHeader::decode(&b, 10),
-            Err(WireError::VersionMismatch { got: 2, supported: 1 })
+            Err(WireError::VersionMismatch {
+                got: 2,
+                supported: 1
+            })
         ));
         let mut b = good;
         b[7] = 1;
-        assert!(matches!(FrameHeader::decode(&b, 10), Err(WireError::ReservedBits { .. })));
+        assert!(matches!(
+            FrameHeader::decode(&b, 10),
+            Err(WireError::ReservedBits { .. })
+        ));
         let mut b = good;
         b[4] = 0x01; // FINAL is critical and not valid on Bye
         assert!(matches!(
             FrameHeader::decode(&b, 10),
-            Err(WireError::UnknownFlags { kind: "Bye", flags: 1 })
+            Err(WireError::UnknownFlags {
+                kind: "Bye",
+                flags: 1
+            })
         ));
         let mut b = good;
         b[5] = 0x80; // non-critical: ignored
@@ -482,12 +496,18 @@ mod tests {
         encode_frame(FrameKind::Heartbeat, 0, b"abc", &mut buf).unwrap();
         encode_frame(FrameKind::Bye, 0, b"", &mut buf).unwrap();
         let (f, used) = decode_frame(&buf, 100).unwrap();
-        assert_eq!((f.header.kind, f.payload, used), (FrameKind::Heartbeat, &b"abc"[..], 15));
+        assert_eq!(
+            (f.header.kind, f.payload, used),
+            (FrameKind::Heartbeat, &b"abc"[..], 15)
+        );
         let (f, used2) = decode_frame(&buf[used..], 100).unwrap();
         assert_eq!((f.header.kind, used + used2), (FrameKind::Bye, buf.len()));
         for cut in 0..15 {
             let err = decode_frame(&buf[..cut], 100).unwrap_err();
-            assert!(matches!(err, WireError::Truncated { .. }), "cut {cut}: {err}");
+            assert!(
+                matches!(err, WireError::Truncated { .. }),
+                "cut {cut}: {err}"
+            );
         }
     }
 
@@ -495,8 +515,12 @@ mod tests {
     async fn async_frames_clean_eof_and_truncation() {
         let (mut a, mut b) = tokio::io::duplex(64);
         let writer = tokio::spawn(async move {
-            write_frame(&mut a, FrameKind::Heartbeat, 0, &[7u8; 100]).await.unwrap();
-            a.write_all(&FrameHeader::new(FrameKind::Bye, 5).encode()).await.unwrap();
+            write_frame(&mut a, FrameKind::Heartbeat, 0, &[7u8; 100])
+                .await
+                .unwrap();
+            a.write_all(&FrameHeader::new(FrameKind::Bye, 5).encode())
+                .await
+                .unwrap();
             a.write_all(b"ab").await.unwrap();
         });
         let mut buf = Vec::new();
@@ -505,14 +529,27 @@ mod tests {
         writer.await.unwrap();
         let err = read_frame(&mut b, 1000, &mut buf).await.unwrap_err();
         assert!(
-            matches!(err, WireError::Truncated { needed: 5, available: 2, .. }),
+            matches!(
+                err,
+                WireError::Truncated {
+                    needed: 5,
+                    available: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
         let mut empty: &[u8] = &[];
-        assert!(read_frame(&mut empty, 1000, &mut buf).await.unwrap().is_none());
+        assert!(read_frame(&mut empty, 1000, &mut buf)
+            .await
+            .unwrap()
+            .is_none());
         let mut partial: &[u8] = &[b'F', b'C', 1];
         let err = read_header(&mut partial, 1000).await.unwrap_err();
-        assert!(matches!(err, WireError::Truncated { available: 3, .. }), "{err}");
+        assert!(
+            matches!(err, WireError::Truncated { available: 3, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]

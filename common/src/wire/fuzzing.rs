@@ -85,7 +85,10 @@ fn metrics() -> Metrics {
 
 /// One message of every kind (two EvaluateRequests: with and without a
 /// model); those announcing a model come with `model`.
-pub fn sample_messages(model: &Params, encoding: Encoding) -> Result<Vec<(Message, Option<Params>)>> {
+pub fn sample_messages(
+    model: &Params,
+    encoding: Encoding,
+) -> Result<Vec<(Message, Option<Params>)>> {
     let header = ModelHeader::describe(model, encoding)?;
     let ext = Extensions::from([
         ("secagg".to_string(), Scalar::Bool(false)),

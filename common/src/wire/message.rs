@@ -174,7 +174,9 @@ pub struct Capabilities {
     pub extensions: Extensions,
 }
 
-fn known_encodings<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<Encoding>, D::Error> {
+fn known_encodings<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Encoding>, D::Error> {
     let codes = Vec::<u8>::deserialize(d)?;
     Ok(codes.into_iter().filter_map(Encoding::from_code).collect())
 }

@@ -26,7 +26,10 @@ pub struct Received {
 }
 
 /// Checks that `model` is given exactly when `msg` announces one, and matches it.
-fn check_model<'p>(msg: &Message, model: Option<&'p Params>) -> Result<Option<(ModelHeader, &'p Params)>> {
+fn check_model<'p>(
+    msg: &Message,
+    model: Option<&'p Params>,
+) -> Result<Option<(ModelHeader, &'p Params)>> {
     match (msg.model(), model) {
         (Some(h), Some(p)) => {
             h.check_matches(p)?;
@@ -202,9 +205,15 @@ impl<R: AsyncRead + Unpin> WireReader<R> {
 
     /// Reads the model `header` announced into `params` in place (the layout
     /// must match; no allocation).
-    pub async fn recv_params_into(&mut self, header: &ModelHeader, params: &mut Params) -> Result<()> {
+    pub async fn recv_params_into(
+        &mut self,
+        header: &ModelHeader,
+        params: &mut Params,
+    ) -> Result<()> {
         let mut dec = ModelDecoder::into_params(*header, params)?;
-        let read = dec.read_from(&mut self.inner, self.cfg.max_frame_bytes).await?;
+        let read = dec
+            .read_from(&mut self.inner, self.cfg.max_frame_bytes)
+            .await?;
         dec.finish()?;
         self.bytes_read += read;
         Ok(())
@@ -283,9 +292,13 @@ impl<W: AsyncWrite + Unpin> WireWriter<W> {
             self.buf = Vec::new();
         }
         if let Some((header, params)) = model {
-            self.bytes_written +=
-                tensor::write_params(&mut self.inner, params, header.encoding, self.cfg.chunk_bytes())
-                    .await?;
+            self.bytes_written += tensor::write_params(
+                &mut self.inner,
+                params,
+                header.encoding,
+                self.cfg.chunk_bytes(),
+            )
+            .await?;
         }
         self.flush().await
     }
@@ -305,9 +318,9 @@ mod tests {
 
     use super::*;
     use crate::wire::frame::{reserved, FrameKind, FRAME_VERSION};
+    use crate::wire::fuzzing::{decode_untrusted, FUZZ_CONFIG};
     use crate::wire::message::*;
     use crate::wire::tensor::Encoding;
-    use crate::wire::fuzzing::{decode_untrusted, FUZZ_CONFIG};
     use crate::wire::testutil::{every_message, small_model};
 
     fn cfg() -> WireConfig {
@@ -392,7 +405,9 @@ mod tests {
         let m = r.recv_message().await.unwrap().unwrap();
         let mut target = Params::zeros(model.spec().clone());
         let ptr = target.data().as_ptr();
-        r.recv_params_into(m.model().unwrap(), &mut target).await.unwrap();
+        r.recv_params_into(m.model().unwrap(), &mut target)
+            .await
+            .unwrap();
         assert_eq!(target.data().as_ptr(), ptr, "no reallocation");
         let err = target.l2_distance(&model).unwrap();
         assert!(err > 0.0 && err < 1e-3, "{err}");
@@ -406,13 +421,17 @@ mod tests {
         let mut out = Vec::new();
         let (round_start, _) = &list[3];
         let err = encode_message(round_start, None, &cfg(), &mut out).unwrap_err();
-        assert!(err.to_string().contains("RoundStart announces a model"), "{err}");
+        assert!(
+            err.to_string().contains("RoundStart announces a model"),
+            "{err}"
+        );
         let err = encode_message(&list[8].0, Some(&model), &cfg(), &mut out).unwrap_err();
-        assert!(err.to_string().contains("Heartbeat carries no model"), "{err}");
+        assert!(
+            err.to_string().contains("Heartbeat carries no model"),
+            "{err}"
+        );
         let other = small_model(8, 0.1);
-        let wrong = Params::zeros(Arc::new(
-            ParamSpec::new([("x", vec![3])]).unwrap(),
-        ));
+        let wrong = Params::zeros(Arc::new(ParamSpec::new([("x", vec![3])]).unwrap()));
         let err = encode_message(round_start, Some(&wrong), &cfg(), &mut out).unwrap_err();
         assert!(matches!(err, WireError::Model(_)), "{err}");
         assert!(encode_message(round_start, Some(&other), &cfg(), &mut out).is_ok());
@@ -435,7 +454,14 @@ mod tests {
         encode_message(&big, None, &cfg(), &mut out).unwrap();
         let err = decode_all(&out, &small).unwrap_err();
         assert!(
-            matches!(err, WireError::TooLarge { len: 5004, max: 4096, .. }),
+            matches!(
+                err,
+                WireError::TooLarge {
+                    len: 5004,
+                    max: 4096,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -447,7 +473,10 @@ mod tests {
         for cut in 0..buf.len() {
             let res = decode_all(&buf[..cut], &cfg());
             if cut == 0 || ends.contains(&cut) {
-                assert_eq!(res.unwrap().len(), ends.iter().filter(|&&e| e <= cut).count());
+                assert_eq!(
+                    res.unwrap().len(),
+                    ends.iter().filter(|&&e| e <= cut).count()
+                );
             } else {
                 assert!(res.is_err(), "cut at {cut} decoded");
             }
@@ -471,7 +500,10 @@ mod tests {
         let mut stray = Vec::new();
         frame::encode_frame(FrameKind::TensorData, 0, &[0; 4], &mut stray).unwrap();
         let err = decode_all(&stray, &cfg()).unwrap_err();
-        assert!(err.to_string().contains("expected a control message"), "{err}");
+        assert!(
+            err.to_string().contains("expected a control message"),
+            "{err}"
+        );
         // A payload of the wrong type for its kind.
         let mut wrong = Vec::new();
         frame::encode_frame(FrameKind::Welcome, 0, &[1], &mut wrong).unwrap();
@@ -517,12 +549,19 @@ mod tests {
             },
         })
         .unwrap();
-        let Message::Hello(h) = Message::decode_payload(FrameKind::Hello, &payload, 1 << 16).unwrap()
+        let Message::Hello(h) =
+            Message::decode_payload(FrameKind::Hello, &payload, 1 << 16).unwrap()
         else {
             panic!("not a hello")
         };
-        assert_eq!(h.capabilities.encodings, vec![Encoding::F16, Encoding::Int8]);
-        assert_eq!(negotiate_version(&h.protocol_versions, SUPPORTED_VERSIONS).unwrap(), 1);
+        assert_eq!(
+            h.capabilities.encodings,
+            vec![Encoding::F16, Encoding::Int8]
+        );
+        assert_eq!(
+            negotiate_version(&h.protocol_versions, SUPPORTED_VERSIONS).unwrap(),
+            1
+        );
 
         let reject = Message::Reject(Reject {
             code: RejectCode::Other(999),

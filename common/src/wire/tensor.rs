@@ -20,12 +20,12 @@
 //! scratch buffer, so no model-sized buffer is ever materialized.
 //!
 //! ## Encodings and their error
-//! - [`Encoding::F32`]: exact.
-//! - [`Encoding::F16`]: IEEE half precision (round to nearest even, via the
+//! - [`Encoding::F32`] is exact.
+//! - [`Encoding::F16`] is IEEE half precision (round to nearest even, via the
 //!   `half` crate, hardware F16C where the CPU has it). Relative error at most
 //!   2^-11 (4.9e-4) for |x| in [6.1e-5, 65504]; absolute error at most 2^-25
 //!   (3.0e-8) below that; values beyond 65504 become infinite.
-//! - [`Encoding::Int8`]: symmetric per-tensor quantization, `scale =
+//! - [`Encoding::Int8`] is symmetric per-tensor quantization, `scale =
 //!   max|x| / 127`, `q = round(x / scale)` (half away from zero). Absolute
 //!   error at most `scale / 2`, i.e. `max|x| / 254`. On 200,000 normally
 //!   distributed weights (max |x| about 4.5 sigma) that is 1.8% of the
@@ -125,7 +125,9 @@ impl FromStr for Encoding {
             "f32" | "fp32" | "float32" => Ok(Encoding::F32),
             "f16" | "fp16" | "float16" | "half" => Ok(Encoding::F16),
             "int8" | "i8" | "q8" => Ok(Encoding::Int8),
-            _ => Err(format!("unknown encoding {s:?} (expected f32, f16 or int8)")),
+            _ => Err(format!(
+                "unknown encoding {s:?} (expected f32, f16 or int8)"
+            )),
         }
     }
 }
@@ -245,7 +247,8 @@ impl TensorHeader {
         };
         let got_index = u32::from_le_bytes(c.array()?);
         let code = c.array::<1>()?[0];
-        let dtype = Encoding::from_code(code).ok_or_else(|| c.err(format!("unknown dtype code {code}")))?;
+        let dtype =
+            Encoding::from_code(code).ok_or_else(|| c.err(format!("unknown dtype code {code}")))?;
         let ndim = c.array::<1>()?[0] as usize;
         if ndim > MAX_DIMS {
             return Err(c.err(format!("{ndim} dimensions exceed {MAX_DIMS}")));
@@ -258,9 +261,7 @@ impl TensorHeader {
         let mut shape = Vec::with_capacity(ndim);
         for _ in 0..ndim {
             let d = u64::from_le_bytes(c.array()?);
-            shape.push(
-                usize::try_from(d).map_err(|_| c.err(format!("dimension {d} overflows")))?,
-            );
+            shape.push(usize::try_from(d).map_err(|_| c.err(format!("dimension {d} overflows")))?);
         }
         let name_len = u16::from_le_bytes(c.array()?) as usize;
         if name_len > MAX_NAME_LEN {
@@ -450,7 +451,6 @@ impl<'a> ModelEncoder<'a> {
     }
 
     /// The next frame, or `None` when the model has been written.
-    #[allow(clippy::should_implement_trait)]
     pub fn next_frame(&mut self) -> Result<Option<OutFrame<'_>>> {
         let spec = self.params.spec();
         match self.state {
@@ -581,7 +581,9 @@ pub fn encoded_len(params: &Params, encoding: Encoding, chunk_bytes: u32) -> u64
             let numel = e.numel() as u64;
             let head = (4 + 1 + 1 + scale + 8 * e.shape.len() + 2 + e.name.len()) as u64;
             let chunks = numel.div_ceil(chunk_elems).max(1);
-            2 * HEADER_LEN as u64 + head + (chunks - 1) * HEADER_LEN as u64
+            2 * HEADER_LEN as u64
+                + head
+                + (chunks - 1) * HEADER_LEN as u64
                 + numel * encoding.elem_size() as u64
         })
         .sum()
@@ -770,7 +772,10 @@ impl<'a> ModelDecoder<'a> {
                 let n = len / size;
                 let remaining = cur.numel - cur.written;
                 let last = header.is_final();
-                if n > remaining || (last && n != remaining) || (!last && (n == 0 || n == remaining)) {
+                if n > remaining
+                    || (last && n != remaining)
+                    || (!last && (n == 0 || n == remaining))
+                {
                     return Err(tensor_err(format!(
                         "data frame of {n} values ({}) where {remaining} of {} remain",
                         if last { "final" } else { "not final" },
@@ -928,8 +933,8 @@ impl<'a> ModelDecoder<'a> {
                     });
                 }
                 let spec = ParamSpec::new(entries).map_err(|e| WireError::Model(e.to_string()))?;
-                let params =
-                    Params::new(Arc::new(spec), data).map_err(|e| WireError::Model(e.to_string()))?;
+                let params = Params::new(Arc::new(spec), data)
+                    .map_err(|e| WireError::Model(e.to_string()))?;
                 Ok(Some(params))
             }
         }
@@ -942,11 +947,13 @@ impl<'a> ModelDecoder<'a> {
             let rest = &buf[pos..];
             let header = frame::decode_header(rest, max_frame)?;
             let end = HEADER_LEN + header.len as usize;
-            let payload = rest.get(HEADER_LEN..end).ok_or_else(|| WireError::Truncated {
-                what: format!("{} frame payload", header.kind.name()),
-                needed: header.len.into(),
-                available: (rest.len() - HEADER_LEN) as u64,
-            })?;
+            let payload = rest
+                .get(HEADER_LEN..end)
+                .ok_or_else(|| WireError::Truncated {
+                    what: format!("{} frame payload", header.kind.name()),
+                    needed: header.len.into(),
+                    available: (rest.len() - HEADER_LEN) as u64,
+                })?;
             self.begin_frame(&header)?.copy_from_slice(payload);
             self.end_frame()?;
             pos += end;
@@ -962,16 +969,17 @@ impl<'a> ModelDecoder<'a> {
     ) -> Result<u64> {
         let mut read = 0u64;
         while !self.is_complete() {
-            let header = frame::read_header(r, max_frame)
-                .await?
-                .ok_or_else(|| WireError::Truncated {
-                    what: format!(
-                        "model: stream ended before tensor #{} of {}",
-                        self.next_tensor, self.header.tensors
-                    ),
-                    needed: HEADER_LEN as u64,
-                    available: 0,
-                })?;
+            let header =
+                frame::read_header(r, max_frame)
+                    .await?
+                    .ok_or_else(|| WireError::Truncated {
+                        what: format!(
+                            "model: stream ended before tensor #{} of {}",
+                            self.next_tensor, self.header.tensors
+                        ),
+                        needed: HEADER_LEN as u64,
+                        available: 0,
+                    })?;
             let kind = header.kind;
             let dst = self.begin_frame(&header)?;
             frame::read_exact_or_truncated(r, dst, || format!("{} frame payload", kind.name()))
@@ -1098,7 +1106,10 @@ mod tests {
             let learned = decode_free(&buf, h).unwrap();
             assert_eq!(learned, p);
             let (shared, _) = decode_params(&buf, h, Some(p.spec()), &cfg()).unwrap();
-            assert!(Arc::ptr_eq(shared.spec(), p.spec()), "reuses the expected Arc");
+            assert!(
+                Arc::ptr_eq(shared.spec(), p.spec()),
+                "reuses the expected Arc"
+            );
             assert_eq!(shared.data(), p.data());
         }
     }
@@ -1116,7 +1127,10 @@ mod tests {
         h.encode_into(&mut b).unwrap();
         assert_eq!(TensorHeader::decode(&b, 3).unwrap(), h);
         let err = TensorHeader::decode(&b, 2).unwrap_err().to_string();
-        assert!(err.contains("gat.attn") && err.contains("position 2"), "{err}");
+        assert!(
+            err.contains("gat.attn") && err.contains("position 2"),
+            "{err}"
+        );
         for cut in 0..b.len() {
             assert!(TensorHeader::decode(&b[..cut], 3).is_err());
         }
@@ -1158,7 +1172,10 @@ mod tests {
         }
         eprintln!("f16: max relative error {max_rel:.3e}, max absolute error below 2^-14 {max_abs_small:.3e}");
         assert!(max_rel <= 2f32.powi(-11) * 1.0001, "{max_rel}");
-        assert!(max_rel > 1e-4, "the test must see rounding at all: {max_rel}");
+        assert!(
+            max_rel > 1e-4,
+            "the test must see rounding at all: {max_rel}"
+        );
         assert!(max_abs_small <= 2f32.powi(-25), "{max_abs_small}");
     }
 
@@ -1172,7 +1189,10 @@ mod tests {
         let p = normal_params(spec, 12, 1.0);
         let h = ModelHeader::describe(&p, Encoding::Int8).unwrap();
         let buf = encode(&p, Encoding::Int8, 1 << 16);
-        assert!(buf.len() < p.data().len() + 400, "a quarter of the f32 bytes");
+        assert!(
+            buf.len() < p.data().len() + 400,
+            "a quarter of the f32 bytes"
+        );
         let q = decode_free(&buf, h).unwrap();
         for (entry, x) in p.iter() {
             let y = q.tensor(entry);
@@ -1191,11 +1211,21 @@ mod tests {
                 scale * 127.0,
                 max_err * 100.0
             );
-            assert!(max_err <= scale * 0.5 * (1.0 + 1e-5), "{} {max_err} {scale}", entry.name);
-            assert!(max_err > scale * 0.4, "rounding error should approach half a step");
+            assert!(
+                max_err <= scale * 0.5 * (1.0 + 1e-5),
+                "{} {max_err} {scale}",
+                entry.name
+            );
+            assert!(
+                max_err > scale * 0.4,
+                "rounding error should approach half a step"
+            );
             assert!(rms < 0.012, "{rms}");
             // The extremes survive exactly.
-            let imax = x.iter().enumerate().fold(0, |m, (i, v)| if v.abs() > x[m].abs() { i } else { m });
+            let imax = x
+                .iter()
+                .enumerate()
+                .fold(0, |m, (i, v)| if v.abs() > x[m].abs() { i } else { m });
             assert!((x[imax] - y[imax]).abs() <= 1e-6 * x[imax].abs());
         }
     }
@@ -1207,7 +1237,10 @@ mod tests {
         let h = ModelHeader::describe(&p, Encoding::Int8).unwrap();
         let q = decode_free(&encode(&p, Encoding::Int8, 64), h).unwrap();
         assert_eq!(&q.data()[..4], &[0.0; 4]);
-        assert!(q.data()[4..].iter().all(|v| v.is_nan()), "NaN must not be laundered");
+        assert!(
+            q.data()[4..].iter().all(|v| v.is_nan()),
+            "NaN must not be laundered"
+        );
         assert_eq!(q.first_non_finite(), Some(("n", 0)));
     }
 
@@ -1227,8 +1260,13 @@ mod tests {
             ])
             .unwrap(),
         );
-        let err = decode_params(&buf, h, Some(&other), &cfg()).unwrap_err().to_string();
-        assert!(err.contains("lstm.weight_ih_l0") && err.contains("[5, 8]"), "{err}");
+        let err = decode_params(&buf, h, Some(&other), &cfg())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lstm.weight_ih_l0") && err.contains("[5, 8]"),
+            "{err}"
+        );
         // A different name.
         let renamed = Arc::new(
             ParamSpec::new([
@@ -1240,8 +1278,13 @@ mod tests {
             ])
             .unwrap(),
         );
-        let err = decode_params(&buf, h, Some(&renamed), &cfg()).unwrap_err().to_string();
-        assert!(err.contains("lstm.bias") && err.contains("lstm.bias_hh"), "{err}");
+        let err = decode_params(&buf, h, Some(&renamed), &cfg())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lstm.bias") && err.contains("lstm.bias_hh"),
+            "{err}"
+        );
         // Different counts: refused from the header, before any tensor.
         let small = Arc::new(ParamSpec::new([("x", vec![2])]).unwrap());
         let err = decode_params(&buf, h, Some(&small), &cfg()).unwrap_err();
@@ -1261,13 +1304,26 @@ mod tests {
             elements: u64::MAX,
         };
         let err = ModelDecoder::new(huge, &limits).unwrap_err();
-        assert!(matches!(err, WireError::TooLarge { len: u64::MAX, max: 1000, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                WireError::TooLarge {
+                    len: u64::MAX,
+                    max: 1000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let many = ModelHeader {
             encoding: Encoding::F32,
             tensors: 5,
             elements: 5,
         };
-        assert!(matches!(ModelDecoder::new(many, &limits), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            ModelDecoder::new(many, &limits),
+            Err(WireError::TooLarge { .. })
+        ));
         let inconsistent = ModelHeader {
             encoding: Encoding::F32,
             tensors: 0,
@@ -1276,7 +1332,9 @@ mod tests {
         assert!(ModelDecoder::new(inconsistent, &limits).is_err());
     }
 
-    /// Frames for a hand-built model: (kind, flags, payload) list.
+    /// `(kind, flags, payload)` of hand-built frames.
+    type FrameList = Vec<(FrameKind, u16, Vec<u8>)>;
+
     fn frames(list: &[(FrameKind, u16, Vec<u8>)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (k, f, p) in list {
@@ -1308,15 +1366,30 @@ mod tests {
             elements: 4,
         };
         let th = header_bytes(0, "w", Encoding::F32, &[4]);
-        let cases: Vec<(&str, Vec<(FrameKind, u16, Vec<u8>)>)> = vec![
-            ("not a whole number", vec![(H, 0, th.clone()), (D, FLAG_FINAL, vec![0; 6])]),
-            ("final", vec![(H, 0, th.clone()), (D, FLAG_FINAL, vec![0; 8])]),
+        let cases: Vec<(&str, FrameList)> = vec![
+            (
+                "not a whole number",
+                vec![(H, 0, th.clone()), (D, FLAG_FINAL, vec![0; 6])],
+            ),
+            (
+                "final",
+                vec![(H, 0, th.clone()), (D, FLAG_FINAL, vec![0; 8])],
+            ),
             ("not final", vec![(H, 0, th.clone()), (D, 0, vec![0; 16])]),
             ("not final", vec![(H, 0, th.clone()), (D, 0, vec![])]),
-            ("remain", vec![(H, 0, th.clone()), (D, FLAG_FINAL, vec![0; 20])]),
+            (
+                "remain",
+                vec![(H, 0, th.clone()), (D, FLAG_FINAL, vec![0; 20])],
+            ),
             ("expected TensorHeader", vec![(D, FLAG_FINAL, vec![0; 16])]),
-            ("expected TensorData", vec![(H, 0, th.clone()), (H, 0, th.clone())]),
-            ("overflow", vec![(H, 0, header_bytes(0, "w", Encoding::F32, &[5]))]),
+            (
+                "expected TensorData",
+                vec![(H, 0, th.clone()), (H, 0, th.clone())],
+            ),
+            (
+                "overflow",
+                vec![(H, 0, header_bytes(0, "w", Encoding::F32, &[5]))],
+            ),
             ("truncated", vec![(H, 0, th.clone()), (D, 0, vec![0; 8])]),
             ("trailing", vec![(H, 0, [th.clone(), vec![0]].concat())]),
         ];
@@ -1396,7 +1469,9 @@ mod tests {
                 n
             });
             let mut target = Params::zeros(p.spec().clone());
-            let read = read_params_into(&mut b, h, &mut target, &cfg()).await.unwrap();
+            let read = read_params_into(&mut b, h, &mut target, &cfg())
+                .await
+                .unwrap();
             let written = writer.await.unwrap();
             assert_eq!(read, written);
             assert_eq!(written, encoded_len(&p, enc, 16));
@@ -1420,7 +1495,10 @@ mod tests {
         for cut in [0, 5, 12, 30, buf.len() - 1] {
             let mut r: &[u8] = &buf[..cut];
             let err = read_params(&mut r, h, None, &cfg()).await.unwrap_err();
-            assert!(matches!(err, WireError::Truncated { .. }), "cut {cut}: {err}");
+            assert!(
+                matches!(err, WireError::Truncated { .. }),
+                "cut {cut}: {err}"
+            );
         }
     }
 }
