@@ -489,10 +489,11 @@ mod tests {
         frame::encode_frame(FrameKind::Heartbeat, 0, &[1], &mut buf).unwrap();
         let mut unknown = buf.clone();
         unknown[3] = 0x1f;
-        assert!(matches!(
-            decode_all(&unknown, &cfg()),
-            Err(WireError::UnknownKind { kind: 0x1f })
-        ));
+        let err = decode_all(&unknown, &cfg()).unwrap_err();
+        assert!(matches!(err, WireError::UnknownKind { kind: 0x1f }), "{err}");
+        let reply = ErrorMsg::from_wire(&err);
+        assert_eq!(reply.code, ErrorCode::Protocol);
+        assert!(reply.text.contains("unknown frame kind 0x1f"), "{}", reply.text);
         let mut secagg = buf.clone();
         secagg[3] = reserved::SECAGG_KEY_SHARES;
         let err = decode_all(&secagg, &cfg()).unwrap_err();
