@@ -25,6 +25,7 @@ pub mod net;
 pub mod params;
 pub mod params_io;
 pub mod train;
+pub mod wire;
 
 pub use device::DeviceChoice;
 pub use params::{ParamEntry, ParamError, ParamSpec, Params};
