@@ -203,7 +203,13 @@ mod tests {
         let s = d.subset(&[2, 0]);
         assert_eq!(s.features, vec![20., 21., 0., 1.]);
         assert_eq!(s.sequences.unwrap().data, vec![4., 5., 0., 1.]);
-        assert_eq!(s.target, Target::Counts { values: vec![3., 1.], dim: 1 });
+        assert_eq!(
+            s.target,
+            Target::Counts {
+                values: vec![3., 1.],
+                dim: 1
+            }
+        );
         assert_eq!((s.area, s.time), (vec![3, 1], vec![2, 0]));
     }
 }
