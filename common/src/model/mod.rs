@@ -5,11 +5,50 @@
 //! Every model keeps its parameters in a [`tch::nn::VarStore`] with sub-paths
 //! named for their role; parameters are exchanged by name (see [`params`]) so a
 //! mismatch between two models is an error, not silent garbage.
+//!
+//! - [`ModelConfig`] describes an architecture (serde; [`ModelConfig::for_dataset`]
+//!   fills it from a dataset), [`build`] turns it into a `Box<dyn CrimeModel>`.
+//! - [`export_params`] / [`import_params`] move parameters between a model and
+//!   the federated [`Params`] buffer, by name, in name order.
+//! - [`save_safetensors`] / [`load_safetensors`] store a model as a
+//!   self-describing `.safetensors` file (config JSON in its metadata) that
+//!   Python's `safetensors.torch.load_file` reads.
+//! - [`to_batch`] and [`DatasetTensors`] turn [`Dataset`](crate::data::Dataset)
+//!   rows into [`Batch`]es.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{nn, Device, Tensor};
 
 use crate::data::Task;
+use crate::params::{ParamSpec, Params};
+
+mod batch;
+pub mod config;
+pub mod dnn;
+mod error;
+pub mod gat_tcn;
+mod graph;
+pub mod io;
+mod layers;
+pub mod lstm;
+pub mod params;
+#[cfg(test)]
+pub(crate) mod test_util;
+
+pub use batch::{to_batch, DatasetTensors};
+pub use config::{CountLoss, ModelConfig, LAPD_AREAS};
+pub use dnn::Dnn;
+pub use error::{ModelError, Result};
+pub use gat_tcn::{GatTcn, GatTcnTrace};
+pub use graph::{graph_dataset, GraphWindows, DEFAULT_GRAPH_STEPS};
+pub use io::{
+    load_model, load_safetensors, read_metadata, save_model, save_safetensors, META_FORMAT,
+    META_MODEL_CONFIG,
+};
+pub use lstm::Lstm;
+pub use params::{export_params, export_params_into, import_params, num_params, param_spec};
 
 /// Which architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,4 +132,64 @@ pub trait CrimeModel: Send {
 
     /// The variables, mutable (for optimizers and imports).
     fn var_store_mut(&mut self) -> &mut nn::VarStore;
+
+    /// The config the model was built from.
+    fn config(&self) -> &ModelConfig;
+
+    /// The device the parameters live on.
+    fn device(&self) -> Device {
+        self.var_store().device()
+    }
+
+    /// Number of scalar parameters.
+    fn num_params(&self) -> usize {
+        params::num_params(self.var_store())
+    }
+
+    /// The parameter layout (names sorted, shapes).
+    fn param_spec(&self) -> Arc<ParamSpec> {
+        params::param_spec(self.var_store())
+    }
+
+    /// The parameters as one flat buffer, ordered by name.
+    fn export_params(&self) -> Params {
+        params::export_params(self.var_store())
+    }
+
+    /// Overwrites the parameters with `p`, matched by name; errors name the
+    /// first missing, foreign or misshapen tensor (nothing is written then).
+    fn import_params(&mut self, p: &Params) -> Result<()> {
+        params::import_params(self.var_store_mut(), p)
+    }
+
+    /// A new model of the same config on `device` with a copy of these
+    /// parameters (a data-parallel replica).
+    fn replicate(&self, device: Device) -> Result<Box<dyn CrimeModel>> {
+        let mut copy = build(self.config(), device)?;
+        copy.var_store_mut().copy(self.var_store())?;
+        Ok(copy)
+    }
+}
+
+impl std::fmt::Debug for dyn CrimeModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrimeModel")
+            .field("kind", &self.kind())
+            .field("task", &self.task())
+            .field("device", &self.device())
+            .field("num_params", &self.num_params())
+            .finish()
+    }
+}
+
+/// Builds the model `cfg` describes, with freshly initialized parameters on
+/// `device` (seed with `tch::manual_seed` first for reproducible weights).
+/// The config is validated first.
+pub fn build(cfg: &ModelConfig, device: Device) -> Result<Box<dyn CrimeModel>> {
+    cfg.validate()?;
+    Ok(match cfg.kind {
+        ModelKind::Dnn => Box::new(Dnn::new(cfg, device)?),
+        ModelKind::Lstm => Box::new(Lstm::new(cfg, device)?),
+        ModelKind::GatTcn => Box::new(GatTcn::new(cfg, device)?),
+    })
 }
