@@ -18,6 +18,7 @@ pub mod data;
 pub mod device;
 pub mod model;
 pub mod params;
+pub mod train;
 
 pub use device::DeviceChoice;
 pub use params::{ParamEntry, ParamError, ParamSpec, Params};

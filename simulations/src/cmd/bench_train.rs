@@ -1,0 +1,264 @@
+//! `fedcrime-sim bench train`: training throughput of the tch models against
+//! the same architecture trained by PyTorch from Python, in the same run, with
+//! the same threads, and the data-parallel trainer's speedup over one worker.
+//!
+//! Cases (as in issue 3): `dnn` on `risk` and `lstm` on `counts`, batch 256,
+//! on the synthetic data. For each case the training samples are written as
+//! raw little-endian arrays with a JSON manifest into a temporary folder, and
+//! `.ci/bench/train_torch.py` trains PyTorch's version of the model on them.
+//! Throughput is each side's best epoch (training pass only; the first epoch
+//! warms up). The parallel case times epochs of the data-parallel trainer with
+//! 1 and with W CPU workers on the same data.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use fedcrime_common::data::tasks::Period;
+use fedcrime_common::data::{Dataset, Target, Task};
+use fedcrime_common::model::{build, ModelConfig, ModelKind};
+use fedcrime_common::train::{ParallelConfig, ParallelTrainer, TrainConfig, Trainer};
+use fedcrime_common::DeviceChoice;
+
+use super::train::DataArgs;
+
+/// Options of `fedcrime-sim bench train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchTrainArgs {
+    /// Synthetic incidents to generate.
+    #[arg(long, default_value_t = 200_000)]
+    pub rows: usize,
+    /// Epochs per measurement (the best one counts).
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Intra-op threads for both sides (default: libtorch's, i.e. the cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Workers of the data-parallel measurement.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// The Python with torch (default: `$VIRTUAL_ENV/bin/python`, else `python3`).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The PyTorch script.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/bench/train_torch.py"))]
+    pub script: PathBuf,
+    /// Which cases: `dnn`, `lstm`, `parallel` (comma-separated).
+    #[arg(long, default_value = "dnn,lstm,parallel", value_delimiter = ',')]
+    pub cases: Vec<String>,
+}
+
+fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for v in values {
+        f.write_all(&v.to_le_bytes())?;
+    }
+    f.flush().with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_i64(path: &Path, values: &[i64]) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for v in values {
+        f.write_all(&v.to_le_bytes())?;
+    }
+    f.flush().with_context(|| format!("writing {}", path.display()))
+}
+
+fn python(args: &BenchTrainArgs) -> PathBuf {
+    if let Some(p) = &args.python {
+        return p.clone();
+    }
+    match std::env::var_os("VIRTUAL_ENV") {
+        Some(v) => Path::new(&v).join("bin/python"),
+        None => PathBuf::from("python3"),
+    }
+}
+
+/// Runs the PyTorch side on `ds` and returns its best samples/s.
+fn torch_side(
+    args: &BenchTrainArgs,
+    dir: &Path,
+    mcfg: &ModelConfig,
+    tcfg: &TrainConfig,
+    ds: &Dataset,
+    threads: usize,
+) -> anyhow::Result<(f64, String)> {
+    let tag = mcfg.kind.as_str();
+    let features = format!("{tag}_features.bin");
+    write_f32(&dir.join(&features), &ds.features)?;
+    let sequences = match &ds.sequences {
+        Some(s) if mcfg.kind == ModelKind::Lstm => {
+            let name = format!("{tag}_sequences.bin");
+            write_f32(&dir.join(&name), &s.data)?;
+            Some(name)
+        }
+        _ => None,
+    };
+    let target = format!("{tag}_target.bin");
+    match &ds.target {
+        Target::Classes { labels, .. } => write_i64(&dir.join(&target), labels)?,
+        Target::Counts { values, .. } => write_f32(&dir.join(&target), values)?,
+    }
+    let manifest = serde_json::json!({
+        "model": tag,
+        "task": ds.task.as_str(),
+        "n": ds.len(),
+        "input_dim": mcfg.input_dim,
+        "seq_steps": mcfg.seq_steps,
+        "seq_dim": mcfg.seq_dim,
+        "output_dim": mcfg.output_dim,
+        "hidden": mcfg.hidden,
+        "layers": mcfg.layers,
+        "dropout": mcfg.dropout,
+        "batch_size": tcfg.batch_size,
+        "epochs": tcfg.epochs,
+        "lr": tcfg.lr,
+        "seed": tcfg.seed,
+        "threads": threads,
+        "features": features,
+        "sequences": sequences,
+        "target": target,
+    });
+    let mpath = dir.join(format!("{tag}_manifest.json"));
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", mpath.display()))?;
+    let py = python(args);
+    let out = Command::new(&py)
+        .arg(&args.script)
+        .arg(&mpath)
+        .output()
+        .with_context(|| format!("running {} {}", py.display(), args.script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).with_context(|| format!("parsing the script's output {line:?}"))?;
+    let sps = v["samples_per_sec"]
+        .as_f64()
+        .context("the script's output has no samples_per_sec")?;
+    Ok((sps, v["torch"].as_str().unwrap_or("?").to_string()))
+}
+
+/// Trains with the station trainer (no validation) and returns the best samples/s.
+fn rust_side(mcfg: &ModelConfig, tcfg: &TrainConfig, ds: &Dataset) -> anyhow::Result<f64> {
+    tch::manual_seed(tcfg.seed as i64);
+    let mut t = Trainer::new(build(mcfg, tch::Device::Cpu)?, tcfg.clone())?;
+    let report = t.fit(ds, None)?;
+    Ok(report
+        .epochs
+        .iter()
+        .map(|e| e.samples_per_sec)
+        .fold(0.0, f64::max))
+}
+
+/// Best epoch seconds of the data-parallel trainer with `workers` CPU workers.
+fn parallel_side(
+    mcfg: &ModelConfig,
+    tcfg: &TrainConfig,
+    ds: &Dataset,
+    workers: usize,
+    threads: usize,
+) -> anyhow::Result<f64> {
+    tch::manual_seed(tcfg.seed as i64);
+    let par = ParallelConfig {
+        workers,
+        device: DeviceChoice::Cpu,
+        threads: Some(threads),
+    };
+    let mut t = ParallelTrainer::new(mcfg, tcfg.clone(), &par)?;
+    let report = t.fit(ds, None)?;
+    Ok(report
+        .epochs
+        .iter()
+        .map(|e| e.seconds)
+        .fold(f64::INFINITY, f64::min))
+}
+
+fn data(task: Task, rows: usize) -> DataArgs {
+    DataArgs {
+        data: None,
+        rows,
+        data_seed: 7,
+        task,
+        period: Period::Day,
+    }
+}
+
+/// Runs the command.
+pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let threads = tch::get_num_threads().max(1) as usize;
+    let tcfg = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        progress: false,
+        patience: 0,
+        ..TrainConfig::default()
+    };
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    println!(
+        "bench train: {} synthetic rows, batch {}, {} epoch(s), {} thread(s) on each side",
+        args.rows, args.batch_size, args.epochs, threads
+    );
+    let want = |c: &str| args.cases.iter().any(|x| x == c);
+    let mut risk: Option<fedcrime_common::data::tasks::TaskData> = None;
+    if want("dnn") || want("parallel") {
+        risk = Some(data(Task::Risk, args.rows).task_data()?);
+    }
+    for (case, kind, task) in [
+        ("dnn", ModelKind::Dnn, Task::Risk),
+        ("lstm", ModelKind::Lstm, Task::Counts),
+    ] {
+        if !want(case) {
+            continue;
+        }
+        let td = match (&risk, task) {
+            (Some(r), Task::Risk) => r.clone(),
+            _ => data(task, args.rows).task_data()?,
+        };
+        let ds = &td.splits.train;
+        let mcfg = ModelConfig::for_dataset(kind, ds);
+        let rust = rust_side(&mcfg, &tcfg, ds)?;
+        let (torch, version) = torch_side(args, dir.path(), &mcfg, &tcfg, ds, threads)?;
+        println!(
+            "{case:>5} ({task}, {} samples, {} params): fedcrime {rust:>9.0} samples/s | PyTorch {version} {torch:>9.0} samples/s | ratio {:.2}x",
+            ds.len(),
+            build(&mcfg, tch::Device::Cpu)?.num_params(),
+            rust / torch
+        );
+    }
+    if want("parallel") {
+        let Some(td) = &risk else {
+            bail!("no risk data");
+        };
+        let ds = &td.splits.train;
+        let mut mcfg = ModelConfig::for_dataset(ModelKind::Dnn, ds);
+        mcfg.dropout = 0.0;
+        let one = parallel_side(&mcfg, &tcfg, ds, 1, threads)?;
+        let many = parallel_side(&mcfg, &tcfg, ds, args.workers, threads)?;
+        println!(
+            "parallel (dnn, risk, {} samples): 1 worker x {threads} thread(s) {one:.2} s/epoch | {} workers x {} thread(s) {many:.2} s/epoch | speedup {:.2}x",
+            ds.len(),
+            args.workers,
+            (threads / args.workers).max(1),
+            one / many
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,529 @@
+//! `fedcrime-sim train`: centralized training of one model on one task, next
+//! to the naive baselines.
+//!
+//! Loads an LAPD export (`--data`) or generates the embedded LA-like synthetic
+//! data, builds the task with its temporal split, trains with the station
+//! trainer (`--workers 1`) or the data-parallel trainer (`--workers W`), and
+//! writes to `--out`:
+//!
+//! - `metrics.csv`: one row per epoch: epoch, train_loss, val_loss, the task's
+//!   validation metrics, samples_per_sec, seconds;
+//! - `model.safetensors`: the parameters, with the model config, the training
+//!   config and the featurizer (JSON) in the metadata;
+//! - `report.md`: the test-split metrics of the model and of every naive
+//!   baseline in one table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use fedcrime_common::data::tasks::{build_task, Period, TaskConfig, TaskData};
+use fedcrime_common::data::{Incident, Task};
+use fedcrime_common::model::{build, save_safetensors, ModelConfig, ModelKind};
+use fedcrime_common::train::{
+    evaluate_baselines, BaselineResult, CountPeriod, EpochRecord, Evaluation, FitReport, Metrics,
+    ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
+};
+use fedcrime_common::DeviceChoice;
+
+/// Where the incidents come from and which task to build: shared by `train`,
+/// `tune` and `bench train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// An LAPD "Crime Data from 2020 to Present" export (.csv or .csv.gz);
+    /// without it, the embedded synthetic data.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Synthetic incidents to generate when no `--data` is given.
+    #[arg(long, default_value_t = 200_000)]
+    pub rows: usize,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 7)]
+    pub data_seed: u64,
+    /// The task: `risk` (level 1-5 per area and 4-hour block) or `counts`
+    /// (per-category counts per area and period).
+    #[arg(long, default_value = "risk")]
+    pub task: Task,
+    /// The period of the `counts` task: `day` or `week`.
+    #[arg(long, default_value = "day")]
+    pub period: Period,
+}
+
+impl DataArgs {
+    /// A one-line description of the data source.
+    pub fn source(&self) -> String {
+        match &self.data {
+            Some(p) => p.display().to_string(),
+            None => format!(
+                "synthetic ({} rows, seed {})",
+                self.rows, self.data_seed
+            ),
+        }
+    }
+
+    /// Loads or generates the incidents.
+    pub fn incidents(&self) -> anyhow::Result<Vec<Incident>> {
+        match &self.data {
+            Some(path) => {
+                let loaded = fedcrime_common::data::loader::load_path(path)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                Ok(loaded.incidents)
+            }
+            None => Ok(fedcrime_common::data::synth::generate_incidents(
+                self.rows,
+                self.data_seed,
+            )),
+        }
+    }
+
+    /// Loads the data and builds the task.
+    pub fn task_data(&self) -> anyhow::Result<TaskData> {
+        let incidents = self.incidents()?;
+        let cfg = TaskConfig {
+            task: self.task,
+            period: self.period,
+            ..TaskConfig::default()
+        };
+        build_task(&incidents, &cfg).with_context(|| {
+            format!(
+                "building the {} task from {} incidents of {}",
+                self.task,
+                incidents.len(),
+                self.source()
+            )
+        })
+    }
+
+    /// The baseline period matching `--period`.
+    pub fn count_period(&self) -> CountPeriod {
+        match self.period {
+            Period::Day => CountPeriod::Day,
+            Period::Week => CountPeriod::Week,
+        }
+    }
+}
+
+/// Model hyperparameters that override the architecture's defaults.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The architecture: `dnn`, `lstm` or `gat-tcn` (counts only).
+    #[arg(long, default_value = "dnn")]
+    pub model: ModelKind,
+    /// Hidden width (the architecture's default when absent).
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Layers (hidden layers, LSTM layers or TCN levels).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Dropout probability.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+}
+
+impl ModelArgs {
+    /// The model config for the task's training split.
+    pub fn config(&self, data: &TaskData) -> anyhow::Result<ModelConfig> {
+        let mut cfg = ModelConfig::for_dataset(self.model, &data.splits.train);
+        if let Some(h) = self.hidden {
+            cfg.hidden = h;
+        }
+        if let Some(l) = self.layers {
+            cfg.layers = l;
+        }
+        if let Some(d) = self.dropout {
+            cfg.dropout = d;
+        }
+        cfg.validate()
+            .with_context(|| format!("{} config for {}", self.model, data.splits.train.task))?;
+        Ok(cfg)
+    }
+}
+
+/// Options of `fedcrime-sim train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// The data and the task.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A TOML file with a `TrainConfig` (flags override its values).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data-parallel replicas (CPU workers, or one per CUDA device).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Where to train: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Maximum epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Early-stopping patience in epochs (0: never stop early).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Seed of the model initialization, shuffling and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// libtorch intra-op threads (libtorch's default when absent).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Hides the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+impl TrainArgs {
+    /// The training config: the file's (or the defaults), then the flags.
+    pub fn train_config(&self) -> anyhow::Result<TrainConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str::<TrainConfig>(&text)
+                    .with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        if let Some(v) = self.epochs {
+            cfg.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            cfg.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            cfg.lr = v;
+        }
+        if let Some(v) = self.patience {
+            cfg.patience = v;
+        }
+        if let Some(v) = self.seed {
+            cfg.seed = v;
+        }
+        cfg.progress = !self.no_progress;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Streams `metrics.csv`, one row per epoch.
+struct MetricsCsv {
+    file: std::io::BufWriter<std::fs::File>,
+    names: Vec<String>,
+    path: PathBuf,
+}
+
+impl MetricsCsv {
+    fn create(path: PathBuf, task: Task, output_dim: usize) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let mut me = Self {
+            file: std::io::BufWriter::new(file),
+            names: Metrics::scalar_names(task, output_dim),
+            path,
+        };
+        let mut header = String::from("epoch,train_loss,val_loss");
+        for n in &me.names {
+            let _ = write!(header, ",{n}");
+        }
+        header.push_str(",samples_per_sec,seconds\n");
+        me.file
+            .write_all(header.as_bytes())
+            .with_context(|| format!("writing {}", me.path.display()))?;
+        Ok(me)
+    }
+
+    fn row(&mut self, r: &EpochRecord) -> anyhow::Result<()> {
+        let mut line = format!("{},{}", r.epoch, r.train_loss);
+        match r.val_loss {
+            Some(v) => {
+                let _ = write!(line, ",{v}");
+            }
+            None => line.push(','),
+        }
+        let scalars = r.val_metrics.as_ref().map(Metrics::scalars);
+        for (i, _) in self.names.iter().enumerate() {
+            match scalars.as_ref().and_then(|s| s.get(i)) {
+                Some((_, v)) => {
+                    let _ = write!(line, ",{v}");
+                }
+                None => line.push(','),
+            }
+        }
+        let _ = writeln!(line, ",{:.1},{:.3}", r.samples_per_sec, r.seconds);
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// Either trainer, behind one face.
+enum AnyTrainer {
+    Station(Trainer),
+    Parallel(ParallelTrainer),
+}
+
+impl AnyTrainer {
+    fn fit(
+        &mut self,
+        data: &TaskData,
+        on_epoch: &mut dyn FnMut(&EpochRecord),
+    ) -> anyhow::Result<FitReport> {
+        let s = &data.splits;
+        Ok(match self {
+            AnyTrainer::Station(t) => t.fit_observed(&s.train, Some(&s.val), on_epoch)?,
+            AnyTrainer::Parallel(t) => t.fit_observed(&s.train, Some(&s.val), on_epoch)?,
+        })
+    }
+
+    fn evaluate(&self, ds: &fedcrime_common::data::Dataset) -> anyhow::Result<Evaluation> {
+        Ok(match self {
+            AnyTrainer::Station(t) => t.evaluate(ds)?,
+            AnyTrainer::Parallel(t) => t.evaluate(ds)?,
+        })
+    }
+
+    fn model(&self) -> &dyn fedcrime_common::model::CrimeModel {
+        match self {
+            AnyTrainer::Station(t) => t.model(),
+            AnyTrainer::Parallel(t) => t.model(),
+        }
+    }
+}
+
+/// Runs the command.
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tcfg = args.train_config()?;
+    if args.model.model == ModelKind::GatTcn && args.data.task != Task::Counts {
+        bail!("gat-tcn predicts every area's next-period counts: use --task counts");
+    }
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let data = args.data.task_data()?;
+    let s = &data.splits;
+    eprintln!(
+        "{} from {}: train {} / val {} / test {} samples, {} features",
+        args.data.task,
+        args.data.source(),
+        s.train.len(),
+        s.val.len(),
+        s.test.len(),
+        s.train.feature_dim
+    );
+    let mcfg = args.model.config(&data)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    tch::manual_seed(tcfg.seed as i64);
+    let mut trainer = if args.workers > 1 {
+        let par = ParallelConfig {
+            workers: args.workers,
+            device: args.device,
+            threads: args.threads,
+        };
+        AnyTrainer::Parallel(ParallelTrainer::new(&mcfg, tcfg.clone(), &par)?)
+    } else {
+        let device = args.device.resolve().map_err(anyhow::Error::msg)?;
+        AnyTrainer::Station(Trainer::new(build(&mcfg, device)?, tcfg.clone())?)
+    };
+
+    let mut csv = MetricsCsv::create(
+        args.out.join("metrics.csv"),
+        args.data.task,
+        s.train.target.output_dim(),
+    )?;
+    let mut csv_error = None;
+    let report = trainer.fit(&data, &mut |r| {
+        if csv_error.is_none() {
+            csv_error = csv.row(r).err();
+        }
+    })?;
+    if let Some(e) = csv_error {
+        return Err(e);
+    }
+    let test = trainer.evaluate(&s.test)?;
+    let baselines = evaluate_baselines(s, &s.test, args.data.count_period())?;
+
+    let mut meta = BTreeMap::new();
+    meta.insert("model_config".to_string(), serde_json::to_string(&mcfg)?);
+    meta.insert("train_config".to_string(), serde_json::to_string(&tcfg)?);
+    meta.insert(
+        "featurizer".to_string(),
+        serde_json::to_string(&data.featurizer)?,
+    );
+    let model_path = args.out.join("model.safetensors");
+    save_safetensors(trainer.model().var_store(), &model_path, &meta)
+        .with_context(|| format!("writing {}", model_path.display()))?;
+
+    let md = report_markdown(&ReportInputs {
+        model_name: args.model.model.to_string(),
+        source: args.data.source(),
+        model: &mcfg,
+        train: &tcfg,
+        num_params: trainer.model().num_params(),
+        workers: args.workers,
+        data: &data,
+        report: &report,
+        test: &test,
+        baselines: &baselines,
+    });
+    let report_path = args.out.join("report.md");
+    std::fs::write(&report_path, &md)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    println!("{md}");
+    eprintln!(
+        "wrote {}, {}, {} in {:.1} s",
+        args.out.join("metrics.csv").display(),
+        model_path.display(),
+        report_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Formats a metric for a table.
+fn fmt_metric(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// The test-split table: the model and each baseline, one row each.
+pub fn comparison_table(model_name: &str, test: &Metrics, baselines: &[BaselineResult]) -> String {
+    let mut s = String::new();
+    let names: Vec<String> = test.scalars().into_iter().map(|(n, _)| n).collect();
+    s.push_str("| predictor |");
+    for n in &names {
+        let _ = write!(s, " {n} |");
+    }
+    s.push_str(" fallbacks |\n|---|");
+    for _ in &names {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|\n");
+    let _ = write!(s, "| **{model_name}** |");
+    for (_, v) in test.scalars() {
+        let _ = write!(s, " {} |", fmt_metric(v));
+    }
+    s.push_str(" |\n");
+    for b in baselines {
+        let _ = write!(s, "| {} |", b.name);
+        for (_, v) in b.metrics.scalars() {
+            let _ = write!(s, " {} |", fmt_metric(v));
+        }
+        let _ = writeln!(s, " {} |", b.fallbacks);
+    }
+    s
+}
+
+/// Whether the model beats every baseline on the headline metric, as a sentence.
+pub fn verdict(test: &Metrics, baselines: &[BaselineResult]) -> String {
+    let (name, v) = test.headline();
+    let higher_better = test.task() == Task::Risk;
+    let losers: Vec<&str> = baselines
+        .iter()
+        .filter(|b| {
+            let bv = b.metrics.headline().1;
+            if higher_better {
+                bv >= v
+            } else {
+                bv <= v
+            }
+        })
+        .map(|b| b.name.as_str())
+        .collect();
+    if losers.is_empty() {
+        format!("The model beats every naive baseline on test {name} ({}).", fmt_metric(v))
+    } else {
+        format!(
+            "The model does NOT beat {} on test {name} ({}); see the table.",
+            losers.join(", "),
+            fmt_metric(v)
+        )
+    }
+}
+
+/// Everything `report.md` shows.
+pub struct ReportInputs<'a> {
+    /// Model name for the table.
+    pub model_name: String,
+    /// Data source, one line.
+    pub source: String,
+    /// The model config.
+    pub model: &'a ModelConfig,
+    /// The training config.
+    pub train: &'a TrainConfig,
+    /// Number of scalar parameters.
+    pub num_params: usize,
+    /// Replicas used.
+    pub workers: usize,
+    /// The task data (split sizes).
+    pub data: &'a TaskData,
+    /// The training history.
+    pub report: &'a FitReport,
+    /// The model on the test split.
+    pub test: &'a Evaluation,
+    /// The baselines on the test split.
+    pub baselines: &'a [BaselineResult],
+}
+
+/// `report.md`: setup, training summary and the test-split comparison.
+pub fn report_markdown(r: &ReportInputs<'_>) -> String {
+    let s = &r.data.splits;
+    let mut md = String::new();
+    let _ = writeln!(md, "# {} on {} ({})\n", r.model_name, s.train.task, r.source);
+    let _ = writeln!(
+        md,
+        "- samples: train {}, validation {}, test {}; {} features",
+        s.train.len(),
+        s.val.len(),
+        s.test.len(),
+        s.train.feature_dim
+    );
+    let _ = writeln!(
+        md,
+        "- model: {}, hidden {}, layers {}, dropout {}, {} parameters",
+        r.model.kind, r.model.hidden, r.model.layers, r.model.dropout, r.num_params
+    );
+    let _ = writeln!(
+        md,
+        "- training: Adam lr {}, batch {}, up to {} epochs (patience {}), seed {}, {} worker(s)",
+        r.train.lr, r.train.batch_size, r.train.epochs, r.train.patience, r.train.seed, r.workers
+    );
+    let secs: f64 = r.report.epochs.iter().map(|e| e.seconds).sum();
+    let sps = r.report.epochs.iter().map(|e| e.samples_per_sec).sum::<f64>()
+        / r.report.epochs.len().max(1) as f64;
+    let _ = writeln!(
+        md,
+        "- ran {} epoch(s){}, kept epoch {} (validation loss {}); {:.1} s, {:.0} training samples/s",
+        r.report.epochs.len(),
+        if r.report.stopped_early { " (stopped early)" } else { "" },
+        r.report.best_epoch.map_or("last".to_string(), |e| e.to_string()),
+        r.report.best_val_loss.map_or("n/a".to_string(), fmt_metric),
+        secs,
+        sps
+    );
+    let _ = writeln!(md, "- test loss of the model: {}\n", fmt_metric(r.test.loss));
+    let _ = writeln!(md, "## Test split: model vs naive baselines\n");
+    md.push_str(&comparison_table(&r.model_name, &r.test.metrics, r.baselines));
+    let _ = writeln!(md, "\n{}", verdict(&r.test.metrics, r.baselines));
+    md
+}

@@ -1,0 +1,110 @@
+//! `fedcrime-sim tune`: grid or random search over the paper's
+//! hyperparameters (see [`fedcrime_common::train::tune`]), writing
+//! `tune.csv` and `tune.md` (trials ranked by the validation headline metric)
+//! to `--out`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fedcrime_common::train::tune::{
+    results_csv, results_markdown, run_search, SearchMode, SearchSpace,
+};
+use fedcrime_common::train::TrainConfig;
+use fedcrime_common::DeviceChoice;
+
+use super::train::{DataArgs, ModelArgs};
+
+/// Options of `fedcrime-sim tune`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TuneArgs {
+    /// The data and the task.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The model (its `--hidden`/`--layers` are the search's starting point only).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Try this many random combinations of the grid instead of all of them.
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Maximum epochs per trial.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Early-stopping patience per trial.
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+    /// Seed of the models, the shuffling and the random draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to train: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Runs the command.
+pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
+    let data = args.data.task_data()?;
+    let mcfg = args.model.config(&data)?;
+    let device = args.device.resolve().map_err(anyhow::Error::msg)?;
+    let tcfg = TrainConfig {
+        epochs: args.epochs,
+        patience: args.patience,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let space = SearchSpace::paper(mcfg.kind, mcfg.layers);
+    let mode = match args.trials {
+        Some(trials) => SearchMode::Random {
+            trials,
+            seed: args.seed,
+        },
+        None => SearchMode::Grid,
+    };
+    let trials = space.trials(mode);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    eprintln!(
+        "tune {} on {} ({}): {} trial(s) of up to {} epochs",
+        mcfg.kind,
+        args.data.task,
+        args.data.source(),
+        trials.len(),
+        args.epochs
+    );
+    let results = run_search(
+        &mcfg,
+        &tcfg,
+        &data.splits,
+        &trials,
+        device,
+        &mut |i, n, r| {
+            let (name, v) = r.val.headline();
+            eprintln!(
+                "[{}/{n}] lr {} layers {} batch {} hidden {}: val loss {:.4}, val {name} {v:.4} ({:.1} s)",
+                i + 1,
+                r.trial.lr,
+                r.trial.layers,
+                r.trial.batch_size,
+                r.trial.hidden,
+                r.val_loss,
+                r.seconds
+            );
+        },
+    )?;
+    let csv_path = args.out.join("tune.csv");
+    std::fs::write(&csv_path, results_csv(&results))
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let md = format!(
+        "# Hyperparameter search: {} on {} ({})\n\nRanked by the validation headline metric; test shown for reference only.\n\n{}",
+        mcfg.kind,
+        args.data.task,
+        args.data.source(),
+        results_markdown(&results)
+    );
+    let md_path = args.out.join("tune.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{md}");
+    Ok(())
+}
