@@ -17,6 +17,7 @@
 pub mod data;
 pub mod device;
 pub mod model;
+pub mod net;
 pub mod params;
 pub mod train;
 
