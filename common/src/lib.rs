@@ -20,6 +20,7 @@ pub mod model;
 pub mod net;
 pub mod params;
 pub mod train;
+pub mod wire;
 
 pub use device::DeviceChoice;
 pub use params::{ParamEntry, ParamError, ParamSpec, Params};
