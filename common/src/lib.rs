@@ -10,15 +10,20 @@
 //! - [`params`]: model parameters as named tensors in one flat buffer, the
 //!   currency of everything federated.
 //! - [`device`]: where tensors live.
+//! - [`params_io`]: parameters as safetensors files, crash-safe writes.
+//! - [`fl`]: the federated round engine, aggregation strategies, update
+//!   validation and checkpoints.
 //!
 //! Models, training, the wire protocol, the QUIC transport and the federated
 //! round engine sit on top of these.
 
 pub mod data;
 pub mod device;
+pub mod fl;
 pub mod model;
 pub mod net;
 pub mod params;
+pub mod params_io;
 pub mod train;
 pub mod wire;
 

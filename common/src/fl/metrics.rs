@@ -1,0 +1,125 @@
+//! [`RoundMetrics`]: what one federated round did, for `metrics.csv`, JSON
+//! lines, reports and the checkpointed history.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::strategy::Metrics;
+use super::validate::FailureKind;
+use super::StationId;
+
+/// The record of one round. Times are seconds from the `now` values the
+/// driver passed in, so a replay with the same times gives the same record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoundMetrics {
+    /// The round (1-based).
+    pub round: u64,
+    /// Sampling attempts (1 unless too few updates arrived and the round was retried).
+    pub attempts: u32,
+    /// Stations asked to train in the last attempt, sorted.
+    pub sampled: Vec<StationId>,
+    /// Stations whose updates were accepted in the last attempt, sorted.
+    pub completed: Vec<StationId>,
+    /// Lost or refused contributions over all attempts, by reason.
+    pub failed: BTreeMap<FailureKind, u32>,
+    /// Whether a new global model was adopted.
+    pub aggregated: bool,
+    /// Why not, when it was not (too few updates, aggregation error).
+    pub note: Option<String>,
+    /// Training examples behind the accepted updates.
+    pub num_examples: u64,
+    /// Example-weighted training loss of the accepted updates.
+    pub train_loss: Option<f64>,
+    /// Example-weighted averages of the stations' fit metrics.
+    pub fit_metrics: Metrics,
+    /// What the strategy reported about its aggregation.
+    pub aggregate_metrics: Metrics,
+    /// `||w_new - w_old||` of the global model.
+    pub model_delta_norm: Option<f64>,
+    /// Stations asked to evaluate.
+    pub eval_sampled: usize,
+    /// Stations whose evaluations were accepted.
+    pub eval_completed: usize,
+    /// Lost or refused evaluations, by reason.
+    pub eval_failed: BTreeMap<FailureKind, u32>,
+    /// Example-weighted federated evaluation loss.
+    pub eval_loss: Option<f64>,
+    /// Example-weighted federated evaluation metrics.
+    pub eval_metrics: Metrics,
+    /// Loss of the server-side evaluation, when the strategy has one.
+    pub server_eval_loss: Option<f64>,
+    /// Metrics of the server-side evaluation.
+    pub server_eval_metrics: Metrics,
+    /// Bytes received from stations during the round (reported by the driver).
+    pub bytes_in: u64,
+    /// Bytes sent to stations during the round (reported by the driver).
+    pub bytes_out: u64,
+    /// When the round began, seconds since the engine started.
+    pub started_s: f64,
+    /// Waiting for enough stations and retry backoff: the round's time outside
+    /// collection and evaluation, seconds.
+    pub wait_s: f64,
+    /// From the first fit request to the close of collection, seconds (all attempts).
+    pub fit_s: f64,
+    /// Aggregation compute time, when the driver gave the engine a stopwatch.
+    pub aggregate_s: Option<f64>,
+    /// Federated evaluation, seconds.
+    pub eval_s: f64,
+    /// The whole round, seconds.
+    pub round_s: f64,
+}
+
+impl RoundMetrics {
+    /// An empty record for `round`.
+    pub fn new(round: u64) -> Self {
+        RoundMetrics {
+            round,
+            ..RoundMetrics::default()
+        }
+    }
+
+    /// Total lost or refused fit contributions.
+    pub fn failed_total(&self) -> u32 {
+        self.failed.values().sum()
+    }
+
+    /// Counts one failure of `kind`.
+    pub fn count_failure(&mut self, kind: FailureKind) {
+        *self.failed.entry(kind).or_default() += 1;
+    }
+
+    /// Counts one failed evaluation of `kind`.
+    pub fn count_eval_failure(&mut self, kind: FailureKind) {
+        *self.eval_failed.entry(kind).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_with_failure_keys() {
+        let mut m = RoundMetrics::new(3);
+        m.count_failure(FailureKind::Timeout);
+        m.count_failure(FailureKind::Timeout);
+        m.count_failure(FailureKind::NonFinite);
+        m.sampled = vec!["a".into(), "b".into()];
+        m.train_loss = Some(0.5);
+        m.eval_metrics.insert("accuracy".into(), 0.75);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(
+            json.contains("\"failed\":{\"timeout\":2,\"non_finite\":1}"),
+            "{json}"
+        );
+        assert!(json.contains("\"sampled\":[\"a\",\"b\"]"), "{json}");
+        let back: RoundMetrics = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.failed_total(), 3);
+        // Older or partial records still load.
+        let partial: RoundMetrics = serde_json::from_str("{\"round\": 7}").unwrap();
+        assert_eq!(partial.round, 7);
+    }
+}
