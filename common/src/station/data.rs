@@ -1,0 +1,201 @@
+//! A station's data: from cleaned incidents to the [`Splits`] it trains and
+//! evaluates on.
+//!
+//! Features must mean the same thing at every station for their updates to
+//! be averaged, so when the run has a shared [`Featurizer`] (scalers, risk
+//! thresholds and area densities, fit once by the agency, e.g. on its
+//! held-out data, and sent in the server's Welcome) stations transform their
+//! records with it and split them in time by the task's fractions. Without
+//! one, each station fits its own with [`build_task`] (its scalers and risk
+//! thresholds then follow its local data).
+//!
+//! Which records are the station's ([`Selection`]): all of them, those of
+//! some LAPD areas (a precinct's own records; other areas' incidents are
+//! dropped before featurizing, so they are never held), or one part of a
+//! partition of the samples (`iid`, `dirichlet:ALPHA`, ... for studies).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Result, StationError};
+use crate::data::split::SplitPart;
+use crate::data::{
+    build_task, partition, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits,
+    TaskConfig,
+};
+
+/// One station of a partition: by position or by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PartRef {
+    /// The `i`-th part (0-based) in the partitioner's order.
+    Index(usize),
+    /// The part with this name (`station-03`, `hollywood`, `west-bureau`).
+    Name(String),
+}
+
+impl std::fmt::Display for PartRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartRef::Index(i) => write!(f, "#{i}"),
+            PartRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Which records and samples are the station's.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Selection {
+    /// Everything loaded.
+    All,
+    /// The incidents and samples of these LAPD area codes (1..=21).
+    Areas(Vec<u8>),
+    /// One part of a partition of every split's samples, with the seed of the partitioner.
+    Part {
+        /// The partitioner.
+        partition: Partition,
+        /// Which part.
+        part: PartRef,
+        /// The partitioner's seed.
+        seed: u64,
+    },
+}
+
+/// The samples of `ds` whose index satisfies `keep`.
+fn select(ds: &Dataset, keep: impl Fn(usize) -> bool) -> Dataset {
+    let idx: Vec<usize> = (0..ds.len()).filter(|&i| keep(i)).collect();
+    if idx.len() == ds.len() {
+        return ds.clone();
+    }
+    ds.subset(&idx)
+}
+
+/// Splits `ds` in time by `task.split` over its own sample times.
+fn split_in_time(ds: &Dataset, task: &TaskConfig) -> Result<Splits> {
+    let (Some(&first), Some(&last)) = (ds.time.iter().min(), ds.time.iter().max()) else {
+        return Err(StationError::EmptySplit { split: "train" });
+    };
+    let bounds = SplitBounds::compute(first, last.saturating_add(1), &task.split)?;
+    let part = |p: SplitPart| {
+        let idx: Vec<usize> = (0..ds.len())
+            .filter(|&i| bounds.part(ds.time[i]) == Some(p))
+            .collect();
+        ds.subset(&idx)
+    };
+    Ok(Splits {
+        train: part(SplitPart::Train),
+        val: part(SplitPart::Val),
+        test: part(SplitPart::Test),
+    })
+}
+
+/// Checks that a shared featurizer was made for `task`.
+fn check_featurizer(f: &Featurizer, task: &TaskConfig) -> Result<()> {
+    let counts = task.task == crate::data::Task::Counts;
+    if f.task != task.task || f.lags != task.lags || (counts && f.period != task.period) {
+        return Err(StationError::Setup(format!(
+            "the shared featurizer is for task {} (period {}, lags {}), the run is task {} \
+             (period {}, lags {})",
+            f.task,
+            f.period.as_str(),
+            f.lags,
+            task.task,
+            task.period.as_str(),
+            task.lags
+        )));
+    }
+    Ok(())
+}
+
+/// Builds a station's splits from cleaned `incidents` (see the module docs).
+pub fn prepare(
+    mut incidents: Vec<Incident>,
+    task: &TaskConfig,
+    featurizer: Option<&Featurizer>,
+    selection: &Selection,
+) -> Result<Splits> {
+    let areas: Option<BTreeSet<u8>> = match selection {
+        Selection::Areas(codes) => {
+            if let Some(bad) = codes
+                .iter()
+                .find(|c| crate::data::area(**c).is_none())
+            {
+                return Err(StationError::Setting {
+                    key: "area".into(),
+                    reason: format!("{bad} is not an LAPD area code (1 to 21)"),
+                });
+            }
+            let set: BTreeSet<u8> = codes.iter().copied().collect();
+            incidents.retain(|i| set.contains(&i.area));
+            if incidents.is_empty() {
+                return Err(StationError::Mismatch(format!(
+                    "no incidents in area(s) {codes:?}"
+                )));
+            }
+            Some(set)
+        }
+        _ => None,
+    };
+    let splits = match featurizer {
+        Some(f) => {
+            check_featurizer(f, task)?;
+            let ds = f.transform(&incidents)?;
+            drop(incidents);
+            split_in_time(&ds, task)?
+        }
+        None => {
+            let built = build_task(&incidents, task)?;
+            drop(incidents);
+            built.splits
+        }
+    };
+    let splits = match (selection, &areas) {
+        (Selection::Areas(_), Some(set)) => {
+            let keep = |ds: &Dataset| select(ds, |i| set.contains(&ds.area[i]));
+            Splits {
+                train: keep(&splits.train),
+                val: keep(&splits.val),
+                test: keep(&splits.test),
+            }
+        }
+        (
+            Selection::Part {
+                partition: p,
+                part,
+                seed,
+            },
+            _,
+        ) => {
+            let take = |ds: &Dataset| -> Result<Dataset> {
+                let parts = partition(ds, p, *seed)?;
+                let found = match part {
+                    PartRef::Index(i) => parts.get(*i),
+                    PartRef::Name(n) => parts.iter().find(|s| &s.name == n),
+                };
+                let Some(found) = found else {
+                    let names: Vec<&str> = parts.iter().map(|s| s.name.as_str()).collect();
+                    return Err(StationError::Setting {
+                        key: "part".into(),
+                        reason: format!(
+                            "partition {p} has no part {part} (it has {}: {})",
+                            parts.len(),
+                            names.join(", ")
+                        ),
+                    });
+                };
+                Ok(ds.subset(&found.indices))
+            };
+            Splits {
+                train: take(&splits.train)?,
+                val: take(&splits.val)?,
+                test: take(&splits.test)?,
+            }
+        }
+        _ => splits,
+    };
+    if splits.train.is_empty() {
+        return Err(StationError::EmptySplit { split: "train" });
+    }
+    Ok(splits)
+}
