@@ -7,22 +7,25 @@
 //! held-out data, and sent in the server's Welcome) stations transform their
 //! records with it and split them in time by the task's fractions. Without
 //! one, each station fits its own with [`build_task`] (its scalers and risk
-//! thresholds then follow its local data).
+//! thresholds then follow its local data; with an area filter the risk
+//! levels are re-fit on the station's own areas, since [`build_task`] fits
+//! them over all 21 areas, whose blocks are empty in a precinct's records).
 //!
 //! Which records are the station's ([`Selection`]): all of them, those of
 //! some LAPD areas (a precinct's own records; other areas' incidents are
 //! dropped before featurizing, so they are never held), or one part of a
 //! partition of the samples (`iid`, `dirichlet:ALPHA`, ... for studies).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Result, StationError};
+use crate::data::features::{fit_risk_thresholds, risk_level, BLOCKS_PER_DAY};
 use crate::data::split::SplitPart;
 use crate::data::{
-    build_task, partition, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits,
-    TaskConfig,
+    build_task, partition, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits, Target,
+    Task, TaskConfig,
 };
 
 /// One station of a partition: by position or by name.
@@ -108,6 +111,37 @@ fn check_featurizer(f: &Featurizer, task: &TaskConfig) -> Result<()> {
     Ok(())
 }
 
+/// Re-fits the risk levels on the blocks of `areas` only (training window)
+/// and relabels every split with them.
+fn relabel_risk(splits: &mut Splits, incidents: &[Incident], areas: &BTreeSet<u8>) {
+    let mut counts: HashMap<(u8, u32), u32> = HashMap::new();
+    for i in incidents {
+        let Ok(day) = u32::try_from(i.date_occurred) else {
+            continue;
+        };
+        let t = day
+            .saturating_mul(BLOCKS_PER_DAY)
+            .saturating_add(u32::from(i.block()));
+        *counts.entry((i.area, t)).or_default() += 1;
+    }
+    let count = |ds: &Dataset, r: usize| counts.get(&(ds.area[r], ds.time[r])).copied().unwrap_or(0);
+    let train = &splits.train;
+    let thresholds = fit_risk_thresholds(
+        (0..train.len())
+            .filter(|&r| areas.contains(&train.area[r]))
+            .map(|r| count(train, r)),
+    );
+    for ds in [&mut splits.train, &mut splits.val, &mut splits.test] {
+        let levels: Vec<i64> = (0..ds.len())
+            .map(|r| i64::from(risk_level(&thresholds, count(ds, r))) - 1)
+            .collect();
+        if let Target::Classes { labels, .. } = &mut ds.target {
+            *labels = levels;
+        }
+    }
+    tracing::debug!(?thresholds, "risk levels re-fit on the station's areas");
+}
+
 /// Builds a station's splits from cleaned `incidents` (see the module docs).
 pub fn prepare(
     mut incidents: Vec<Incident>,
@@ -145,9 +179,12 @@ pub fn prepare(
             split_in_time(&ds, task)?
         }
         None => {
-            let built = build_task(&incidents, task)?;
+            let mut splits = build_task(&incidents, task)?.splits;
+            if let (Some(set), Task::Risk) = (&areas, task.task) {
+                relabel_risk(&mut splits, &incidents, set);
+            }
             drop(incidents);
-            built.splits
+            splits
         }
     };
     let splits = match (selection, &areas) {

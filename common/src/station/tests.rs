@@ -11,7 +11,7 @@ use super::protocol::{
     RunSetup, UpdateDelivery,
 };
 use super::*;
-use crate::data::{build_task, Category, Incident, Partition, Period, TaskConfig};
+use crate::data::{build_task, Category, Incident, Partition, Period, Target, TaskConfig};
 use crate::fl::strategy::{FedProx, Strategy};
 use crate::params::Params;
 use crate::wire::Encoding;
@@ -155,6 +155,20 @@ fn area_selection_keeps_only_that_area_and_splits_in_time() {
         assert!(ds.area.iter().all(|&a| a == 2));
     }
     assert!(splits.train.time.iter().max() < splits.val.time.iter().min());
+    // Risk levels are fit on the station's own blocks: spread over the levels,
+    // not piled at the top as over 21 areas of which 20 are empty.
+    let Target::Classes { labels, .. } = &splits.train.target else {
+        panic!("risk has classes");
+    };
+    let mut per_level = [0usize; 5];
+    for &l in labels {
+        per_level[l as usize] += 1;
+    }
+    assert!(
+        per_level.iter().filter(|&&n| n > 0).count() >= 3,
+        "{per_level:?}"
+    );
+    assert!(per_level.iter().all(|&n| n < labels.len() * 3 / 4), "{per_level:?}");
     assert!(splits.val.time.iter().max() < splits.test.time.iter().min());
     let err = prepare(
         incidents(24, &[1], 5),
@@ -297,20 +311,29 @@ fn fit_is_deterministic_and_lowers_the_loss() {
     // Another round trains with another seed.
     let c = s.fit(&fit_ins(global.clone(), round_config(2))).unwrap();
     assert_ne!(c.params, a.params);
-    // Evaluating the trained model beats the initial one on training loss terms.
-    let eval = |p: &Params| {
+    // The trained model fits the training split better than the initial one.
+    let eval = |p: &Params, split: &str| {
         s.evaluate(&EvaluateIns {
             global: Arc::new(p.clone()),
-            config: Arc::new(Config::new()),
+            config: Arc::new(Config::from([(
+                SPLIT_KEY.to_string(),
+                ConfigValue::Str(split.into()),
+            )])),
         })
         .unwrap()
     };
-    let before = eval(&global);
-    let after = eval(&a.params);
+    let before = eval(&global, "train");
+    let after = eval(&a.params, "train");
     assert!(after.loss < before.loss, "{} vs {}", after.loss, before.loss);
-    assert_eq!(after.num_examples, s.splits().val.len() as u64);
-    assert!(after.metrics.contains_key("accuracy"));
-    assert!(after.metrics.values().all(|v| v.is_finite()));
+    let val = s
+        .evaluate(&EvaluateIns {
+            global: Arc::new(a.params.clone()),
+            config: Arc::new(Config::new()),
+        })
+        .unwrap();
+    assert_eq!(val.num_examples, s.splits().val.len() as u64);
+    assert!(val.metrics.contains_key("accuracy"));
+    assert!(val.metrics.values().all(|v| v.is_finite()));
 }
 
 #[test]
@@ -329,7 +352,7 @@ fn evaluation_refuses_a_model_of_another_layout_and_bad_settings() {
             global: Arc::new(initial(&s)),
             config: Arc::new(Config::from([(
                 SPLIT_KEY.to_string(),
-                ConfigValue::Str("train".into()),
+                ConfigValue::Str("everything".into()),
             )])),
         })
         .unwrap_err();
