@@ -7,7 +7,7 @@
 //! | column | accepted | otherwise |
 //! |---|---|---|
 //! | `DR_NO` | digits, leading zeros allowed | row dropped: `invalid_dr_no` |
-//! | `DATE OCC`, `Date Rptd` | every [`DateFormat`](super::schema::DateFormat) | row dropped: `invalid_date_occurred` / `invalid_date_reported`; a report dated before the occurrence: `reported_before_occurred` |
+//! | `DATE OCC`, `Date Rptd` | every `DateFormat` | row dropped: `invalid_date_occurred` / `invalid_date_reported`; a report dated before the occurrence: `reported_before_occurred` |
 //! | `TIME OCC` | `HHMM`, 1-4 digits | empty: imputed with the median time of the file; malformed: row dropped, `invalid_time_occurred` |
 //! | `AREA` | 1..=21, `05` or `5` | recovered from `AREA NAME` when that names an area (imputed), else row dropped: `invalid_area` |
 //! | `Crm Cd` | 1..=999 | empty: taken from `Crm Cd 1` (imputed); else row dropped: `invalid_crime_code` |

@@ -5,6 +5,9 @@
 //! name. Bad *values* in otherwise well-formed rows are not errors: the
 //! cleaner drops or imputes them and counts them in the
 //! [`CleaningReport`](super::clean::CleaningReport).
+//!
+//! Wrapped errors (I/O, gzip, serde) are the variants' `source`, not part of
+//! their message: print the chain (anyhow's `{:#}`) to see both.
 
 use std::path::PathBuf;
 
@@ -16,7 +19,7 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum DataError {
     /// A file could not be opened, read, created or written.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         /// What was being done: "open", "read", "create", "write"...
         action: &'static str,
@@ -29,7 +32,7 @@ pub enum DataError {
 
     /// Reading the input stream failed part way, e.g. a truncated or corrupt
     /// gzip file.
-    #[error("{file}: read failed near line {line}: {source}")]
+    #[error("{file}: read failed near line {line}")]
     Read {
         /// The file or stream name.
         file: String,
@@ -88,6 +91,14 @@ pub enum DataError {
         reason: String,
     },
 
+    /// Writing generated or exported data failed.
+    #[error("cannot write the output")]
+    Write {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The input has a header but no data rows.
     #[error("{file}: no data rows")]
     Empty {
@@ -113,7 +124,7 @@ pub enum DataError {
     },
 
     /// Serializing or deserializing a report, scaler or table failed.
-    #[error("cannot serialize {what}: {source}")]
+    #[error("cannot serialize {what}")]
     Serde {
         /// What was being (de)serialized.
         what: String,

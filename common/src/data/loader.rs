@@ -22,7 +22,7 @@
 //! CSV text (invalid UTF-8 or control characters: binary garbage), a record
 //! that never ends, or a truncated or corrupt gzip stream. When several chunks
 //! fail, the earliest error in the file is reported. Bad *values* are not
-//! errors; see [`clean`](super::clean).
+//! errors; see [`clean`].
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -54,8 +54,8 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Target size of a chunk handed to a parser thread, in bytes.
     pub chunk_bytes: usize,
-    /// Longest accepted record, in bytes; a longer one (usually an
-    /// unbalanced quote) is an error.
+    /// Longest accepted record, in bytes (at least `chunk_bytes`); a longer
+    /// one (usually an unbalanced quote) is an error.
     pub max_record_bytes: usize,
 }
 

@@ -4,6 +4,7 @@
 
 pub mod areas;
 pub mod categories;
+pub mod calibration;
 pub mod clean;
 pub mod dataset;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod partition;
 pub mod record;
 pub mod schema;
 pub mod split;
+pub mod synth;
 pub mod tasks;
 
 pub use areas::{area, AreaInfo, Bureau, AREAS};
@@ -25,4 +27,5 @@ pub use loader::{load_path, load_reader, LoadOptions, Loaded};
 pub use partition::{partition, Partition, StationPart};
 pub use record::{DayNumber, Incident};
 pub use split::{SplitBounds, SplitFractions};
+pub use synth::{generate, generate_incidents, SynthConfig, SynthSummary};
 pub use tasks::{build_task, GraphSeries, Period, TaskConfig, TaskData};

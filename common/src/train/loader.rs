@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use tch::Device;
 
 use super::{Result, TrainError};
-use crate::data::Dataset;
+use crate::data::{Dataset, Target};
 use crate::model::{to_batch, Batch};
 
 /// One training step's data: the batch split into parts (one per replica).
@@ -23,6 +23,10 @@ pub struct LoadedBatch {
     pub parts: Vec<Option<Batch>>,
     /// Samples in each part.
     pub sizes: Vec<usize>,
+    /// Each part's share of the batch's loss normalizer: its sample count,
+    /// or with class weights its total class weight (weighted cross-entropy
+    /// divides by the sum of the weights), over the batch's total.
+    pub shares: Vec<f64>,
 }
 
 impl LoadedBatch {
@@ -47,28 +51,66 @@ pub fn split_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     (0..parts).map(|k| start(k)..start(k + 1)).collect()
 }
 
-/// Assembles the batch of `indices` (rows of `ds`), split into `parts`, on the CPU.
-pub fn assemble(ds: &Dataset, indices: &[usize], parts: usize) -> LoadedBatch {
+/// Assembles the batch of `indices` (rows of `ds`), split into `parts`, on
+/// the CPU. `class_weights` (of a weighted cross-entropy) decide the parts'
+/// shares; without them a part's share is its fraction of the samples.
+pub fn assemble(
+    ds: &Dataset,
+    indices: &[usize],
+    parts: usize,
+    class_weights: Option<&[f32]>,
+) -> LoadedBatch {
     let ranges = split_ranges(indices.len(), parts);
-    let sizes = ranges.iter().map(|r| r.len()).collect();
+    let sizes: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+    let mass: Vec<f64> = match (class_weights, &ds.target) {
+        (Some(w), Target::Classes { labels, .. }) => ranges
+            .iter()
+            .map(|r| {
+                indices[r.clone()]
+                    .iter()
+                    .map(|&i| {
+                        let c = usize::try_from(labels[i]).unwrap_or(usize::MAX);
+                        f64::from(w.get(c).copied().unwrap_or(0.0))
+                    })
+                    .sum()
+            })
+            .collect(),
+        _ => sizes.iter().map(|&n| n as f64).collect(),
+    };
+    let total: f64 = mass.iter().sum();
+    let shares = mass
+        .iter()
+        .map(|&m| if total > 0.0 { m / total } else { 0.0 })
+        .collect();
     let parts = ranges
         .into_iter()
         .map(|r| (!r.is_empty()).then(|| to_batch(ds, &indices[r], Device::Cpu)))
         .collect();
-    LoadedBatch { parts, sizes }
+    LoadedBatch {
+        parts,
+        sizes,
+        shares,
+    }
 }
 
-/// Runs `step` on every batch of `order` (chunks of `batch_size`, each split
-/// into `parts`), assembling batches on a background thread at most
-/// `prefetch` ahead. Stops at the first error `step` returns and returns it.
-pub fn for_each_batch<F>(
-    ds: &Dataset,
-    order: &[usize],
-    batch_size: usize,
-    parts: usize,
-    prefetch: usize,
-    mut step: F,
-) -> Result<()>
+/// How [`for_each_batch`] cuts batches.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchPlan<'a> {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Parts per batch (replicas).
+    pub parts: usize,
+    /// Batches prepared ahead.
+    pub prefetch: usize,
+    /// The class weights of a weighted cross-entropy (see [`assemble`]).
+    pub class_weights: Option<&'a [f32]>,
+}
+
+/// Runs `step` on every batch of `order` (chunks of `plan.batch_size`, each
+/// split into `plan.parts`), assembling batches on a background thread at
+/// most `plan.prefetch` ahead. Stops at the first error `step` returns and
+/// returns it.
+pub fn for_each_batch<F>(ds: &Dataset, order: &[usize], plan: BatchPlan<'_>, mut step: F) -> Result<()>
 where
     F: FnMut(LoadedBatch) -> Result<()>,
 {
@@ -79,14 +121,17 @@ where
             got: bad,
         });
     }
-    let batch_size = batch_size.max(1);
+    let batch_size = plan.batch_size.max(1);
     std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<LoadedBatch>(prefetch.max(1));
+        let (tx, rx) = mpsc::sync_channel::<LoadedBatch>(plan.prefetch.max(1));
         let loader = std::thread::Builder::new()
             .name("fedcrime-loader".into())
             .spawn_scoped(s, move || {
                 for chunk in order.chunks(batch_size) {
-                    if tx.send(assemble(ds, chunk, parts)).is_err() {
+                    if tx
+                        .send(assemble(ds, chunk, plan.parts, plan.class_weights))
+                        .is_err()
+                    {
                         // The trainer stopped early; nothing left to do.
                         break;
                     }
@@ -115,7 +160,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Target, Task};
+    use crate::data::Task;
+
+    fn plan(batch_size: usize, parts: usize) -> BatchPlan<'static> {
+        BatchPlan {
+            batch_size,
+            parts,
+            prefetch: 2,
+            class_weights: None,
+        }
+    }
 
     fn ds(n: usize) -> Dataset {
         Dataset {
@@ -146,8 +200,9 @@ mod tests {
         let d = ds(10);
         let order: Vec<usize> = (0..10).rev().collect();
         let mut seen = Vec::new();
-        for_each_batch(&d, &order, 4, 2, 2, |b| {
+        for_each_batch(&d, &order, plan(4, 2), |b| {
             assert_eq!(b.parts.len(), 2);
+            assert!((b.shares.iter().sum::<f64>() - 1.0).abs() < 1e-12);
             for part in b.parts.into_iter().flatten() {
                 let labels = Vec::<i64>::try_from(&part.target).unwrap();
                 let feats = Vec::<f32>::try_from(part.features.flatten(0, -1)).unwrap();
@@ -169,7 +224,7 @@ mod tests {
         let d = ds(100);
         let order: Vec<usize> = (0..100).collect();
         let mut calls = 0;
-        let r = for_each_batch(&d, &order, 1, 1, 1, |_| {
+        let r = for_each_batch(&d, &order, plan(1, 1), |_| {
             calls += 1;
             if calls == 3 {
                 Err(TrainError::EmptySplit { split: "test" })
@@ -184,7 +239,19 @@ mod tests {
     #[test]
     fn out_of_range_indices_are_rejected() {
         let d = ds(3);
-        let r = for_each_batch(&d, &[0, 5], 2, 1, 1, |_| Ok(()));
+        let r = for_each_batch(&d, &[0, 5], plan(2, 1), |_| Ok(()));
         assert!(matches!(r, Err(TrainError::Length { got: 5, .. })));
+    }
+
+    #[test]
+    fn shares_follow_class_weights() {
+        // Labels of rows 0..4 are 0, 1, 2, 3; weights make class 3 heavy.
+        let d = ds(4);
+        let w = [1.0, 1.0, 1.0, 5.0, 1.0];
+        let b = assemble(&d, &[0, 1, 2, 3], 2, Some(&w));
+        assert_eq!(b.sizes, [2, 2]);
+        assert!((b.shares[0] - 2.0 / 8.0).abs() < 1e-12 && (b.shares[1] - 6.0 / 8.0).abs() < 1e-12);
+        let b = assemble(&d, &[0, 1, 2], 2, None);
+        assert!((b.shares[0] - 2.0 / 3.0).abs() < 1e-12);
     }
 }

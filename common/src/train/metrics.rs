@@ -177,6 +177,32 @@ impl CountMetrics {
     }
 }
 
+impl CountMetrics {
+    /// Re-reads metrics of a wide `[n, groups * d]` layout (e.g. the graph
+    /// model's `[periods, areas * categories]`, group-major) as `[n * groups,
+    /// d]` rows (one per period and area): MAE, RMSE and deviance are means
+    /// over all values and stay as they are; the per-column MAE becomes the
+    /// mean over groups of each of the `d` columns. `None` when the width is
+    /// not a multiple of `groups`.
+    pub fn fold_columns(&self, groups: usize) -> Option<CountMetrics> {
+        let wide = self.mae_per_category.len();
+        if groups == 0 || wide % groups != 0 {
+            return None;
+        }
+        let d = wide / groups;
+        let mae_per_category = (0..d)
+            .map(|c| (0..groups).map(|g| self.mae_per_category[g * d + c]).sum::<f64>() / groups as f64)
+            .collect();
+        Some(CountMetrics {
+            n: self.n * groups,
+            mae: self.mae,
+            rmse: self.rmse,
+            poisson_deviance: self.poisson_deviance,
+            mae_per_category,
+        })
+    }
+}
+
 /// The metrics of one task, as the trainers and reports pass them around.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "lowercase")]
@@ -338,6 +364,24 @@ mod tests {
         let m = CountMetrics::compute(&y, &y, 2).unwrap();
         assert_eq!((m.mae, m.rmse), (0.0, 0.0));
         assert!(m.poisson_deviance.abs() < 1e-12);
+    }
+
+    #[test]
+    fn folding_wide_counts_equals_scoring_the_long_layout() {
+        // Two periods x (3 areas x 2 categories), area-major.
+        let y = [1.0, 0.0, 2.0, 5.0, 0.0, 1.0, 3.0, 3.0, 1.0, 0.0, 2.0, 2.0];
+        let p = [1.5, 0.5, 2.0, 4.0, 0.2, 1.0, 2.0, 3.5, 1.0, 1.0, 0.0, 2.0];
+        let wide = CountMetrics::compute(&y, &p, 6).unwrap();
+        let long = CountMetrics::compute(&y, &p, 2).unwrap();
+        let folded = wide.fold_columns(3).unwrap();
+        assert_eq!(folded.n, long.n);
+        assert!((folded.mae - long.mae).abs() < 1e-12);
+        assert!((folded.rmse - long.rmse).abs() < 1e-12);
+        assert!((folded.poisson_deviance - long.poisson_deviance).abs() < 1e-12);
+        for (a, b) in folded.mae_per_category.iter().zip(&long.mae_per_category) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        assert!(wide.fold_columns(4).is_none());
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub mod tune;
 pub use baselines::{evaluate_baselines, BaselineResult, CountPeriod};
 pub use metrics::{CountMetrics, Metrics, RiskMetrics};
 pub use parallel::{ParallelConfig, ParallelTrainer};
-pub use trainer::{EpochRecord, Evaluation, FitReport, LocalUpdate, TrainConfig, Trainer};
+pub use trainer::{
+    ClassWeighting, EpochRecord, Evaluation, FitReport, LocalUpdate, TrainConfig, Trainer,
+};
 
 use crate::data::Task;
 

@@ -6,8 +6,8 @@
 //! intra-op threads are divided among them). Each step the batch is split into
 //! `W` contiguous parts; every replica runs forward and backward on its part in
 //! its own thread (replica 0 on the calling thread); the gradients are averaged
-//! into replica 0, weighted by part size so the result is the full-batch
-//! gradient of a mean loss; replica 0 takes the optimizer step and its
+//! into replica 0, weighted by part size (by the part's total class weight for
+//! a class-weighted cross-entropy) so the result is the full-batch gradient; replica 0 takes the optimizer step and its
 //! parameters are broadcast to the others, so the replicas never drift apart.
 //!
 //! With `W = 1` this is exactly the [`Trainer`](super::Trainer)'s arithmetic
@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::loader::for_each_batch;
+use super::loader::{for_each_batch, BatchPlan};
 use super::trainer::{
     batch_to, check_task, epoch_bar, evaluate_model, usable_val, EarlyStop, EpochOrder,
     EpochRecord, Evaluation, FitReport, Snapshot, TrainConfig,
@@ -324,6 +324,12 @@ impl ParallelTrainer {
         let mut report = FitReport::default();
         let steps = train.len().div_ceil(cfg.batch_size);
         let device0 = self.replicas[0].device;
+        // A weighted cross-entropy normalizes by the batch's total class
+        // weight, so parts are weighed by their class weight, not their size.
+        let class_weights = match self.model().task() {
+            crate::data::Task::Risk => self.model().config().class_weights.clone(),
+            crate::data::Task::Counts => None,
+        };
 
         for epoch in 1..=cfg.epochs {
             let t0 = Instant::now();
@@ -356,9 +362,16 @@ impl ParallelTrainer {
                         })?;
                     links.push((btx, lrx, handle));
                 }
-                let outcome = for_each_batch(train, order, cfg.batch_size, w, cfg.prefetch, |lb| {
+                let plan = BatchPlan {
+                    batch_size: cfg.batch_size,
+                    parts: w,
+                    prefetch: cfg.prefetch,
+                    class_weights: class_weights.as_deref(),
+                };
+                let outcome = for_each_batch(train, order, plan, |lb| {
                     let n = lb.len() as f64;
                     let sizes = lb.sizes;
+                    let shares = lb.shares;
                     let mut parts = lb.parts.into_iter();
                     let Some(Some(b0)) = parts.next() else {
                         return Ok(());
@@ -374,13 +387,13 @@ impl ParallelTrainer {
                     let loss0 = master.model.loss(&out, &b0);
                     opt.zero_grad();
                     loss0.backward();
-                    let w0 = sizes[0] as f64 / n;
+                    let w0 = shares[0];
                     let mut loss = loss0.detach().to_kind(Kind::Double) * w0;
                     let mut active = Vec::with_capacity(links.len());
                     for (k, (_, lrx, _)) in links.iter().enumerate() {
                         if sizes[k + 1] > 0 {
                             let lk = lrx.recv().map_err(|_| TrainError::Worker("replica"))?;
-                            let wk = sizes[k + 1] as f64 / n;
+                            let wk = shares[k + 1];
                             loss += lk.to_device(master.device).to_kind(Kind::Double) * wk;
                             active.push((k, wk));
                         }
@@ -538,6 +551,24 @@ mod tests {
             let second = export_params(par.replicas[1].model.var_store());
             assert_eq!(par.params(), second);
         }
+    }
+
+    #[test]
+    fn two_workers_match_full_batch_training_with_class_weights() {
+        let train = test_data::risk(70, 5, 13);
+        let mut mcfg = crate::model::ModelConfig::for_dataset(ModelKind::Dnn, &train);
+        mcfg.hidden = 12;
+        mcfg.dropout = 0.0;
+        mcfg.class_weights = crate::train::ClassWeighting::Balanced.weights(&train);
+        tch::manual_seed(21);
+        let m = crate::model::build(&mcfg, Device::Cpu).unwrap();
+        let models = vec![test_data::copy(m.as_ref()), test_data::copy(m.as_ref())];
+        let mut plain = Trainer::new(m, cfg(2, 16)).unwrap();
+        plain.fit(&train, None).unwrap();
+        let mut par = ParallelTrainer::from_models(models, cfg(2, 16)).unwrap();
+        par.fit(&train, None).unwrap();
+        let d = max_abs_diff(&plain.params(), &par.params());
+        assert!(d < 1e-5, "max difference {d}");
     }
 
     #[test]

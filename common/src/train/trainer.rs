@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::loader::{for_each_batch, LoadedBatch};
+use super::loader::{for_each_batch, BatchPlan, LoadedBatch};
 use super::metrics::{CountMetrics, Metrics, RiskMetrics};
 use super::{Result, TrainError};
 use crate::data::{Dataset, Target};
@@ -112,6 +112,80 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// How the `risk` cross-entropy weighs classes (the fix for imbalanced levels:
+/// macro-F1 counts every level equally, an unweighted loss does not).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeighting {
+    /// Every sample counts the same.
+    None,
+    /// `n / (k * n_c)`: every class contributes the same total weight.
+    #[default]
+    Balanced,
+    /// The square root of the balanced weights: a milder correction.
+    Sqrt,
+}
+
+impl std::str::FromStr for ClassWeighting {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(ClassWeighting::None),
+            "balanced" => Ok(ClassWeighting::Balanced),
+            "sqrt" => Ok(ClassWeighting::Sqrt),
+            other => Err(format!(
+                "unknown class weighting {other:?} (expected none, balanced or sqrt)"
+            )),
+        }
+    }
+}
+
+impl ClassWeighting {
+    /// The per-class weights for a training split, normalized so the
+    /// training samples' mean weight is 1; `None` for `none` or for count
+    /// targets. A class absent from the split gets weight 1.
+    pub fn weights(self, train: &Dataset) -> Option<Vec<f32>> {
+        let Target::Classes {
+            labels,
+            num_classes,
+        } = &train.target
+        else {
+            return None;
+        };
+        if self == ClassWeighting::None || labels.is_empty() {
+            return None;
+        }
+        let k = *num_classes;
+        let mut counts = vec![0usize; k];
+        for &l in labels {
+            if let Some(c) = usize::try_from(l).ok().and_then(|c| counts.get_mut(c)) {
+                *c += 1;
+            }
+        }
+        let n = labels.len() as f64;
+        let mut w: Vec<f64> = counts
+            .iter()
+            .map(|&c| {
+                if c == 0 {
+                    1.0
+                } else {
+                    let b = n / (k as f64 * c as f64);
+                    if self == ClassWeighting::Sqrt {
+                        b.sqrt()
+                    } else {
+                        b
+                    }
+                }
+            })
+            .collect();
+        let mean: f64 = counts.iter().zip(&w).map(|(&c, &x)| c as f64 * x).sum::<f64>() / n;
+        for x in &mut w {
+            *x /= mean;
+        }
+        Some(w.into_iter().map(|x| x as f32).collect())
     }
 }
 
@@ -336,7 +410,13 @@ pub fn evaluate_model(
     let mut class_pred: Vec<i64> = Vec::new();
     let mut count_pred: Vec<f32> = Vec::new();
     let _guard = tch::no_grad_guard();
-    for_each_batch(ds, &order, batch_size, 1, 2, |lb: LoadedBatch| {
+    let plan = BatchPlan {
+        batch_size,
+        parts: 1,
+        prefetch: 2,
+        class_weights: None,
+    };
+    for_each_batch(ds, &order, plan, |lb: LoadedBatch| {
         let n = lb.len();
         let Some(Some(b)) = lb.parts.into_iter().next() else {
             return Ok(());
@@ -544,12 +624,16 @@ impl Trainer {
             let loss_sum = Tensor::zeros([], (Kind::Double, device));
             let model = &self.model;
             let prox = &self.prox;
+            let plan = BatchPlan {
+                batch_size: cfg.batch_size,
+                parts: 1,
+                prefetch: cfg.prefetch,
+                class_weights: None,
+            };
             for_each_batch(
                 train,
                 orders.next(),
-                cfg.batch_size,
-                1,
-                cfg.prefetch,
+                plan,
                 |lb| {
                     let n = lb.len();
                     let Some(Some(b)) = lb.parts.into_iter().next() else {
@@ -672,6 +756,28 @@ mod tests {
         let parsed: TrainConfig = toml::from_str("epochs = 3\nlr = 0.01\n").unwrap();
         assert_eq!((parsed.epochs, parsed.lr, parsed.batch_size), (3, 0.01, 256));
         assert!(toml::from_str::<TrainConfig>("epoch = 3\n").is_err());
+    }
+
+    #[test]
+    fn balanced_class_weights_equalize_the_classes() {
+        let mut ds = test_data::risk(10, 2, 1);
+        ds.target = Target::Classes {
+            labels: vec![0, 0, 0, 0, 0, 0, 1, 1, 1, 3],
+            num_classes: 5,
+        };
+        let w = ClassWeighting::Balanced.weights(&ds).unwrap();
+        // Each present class's total weight is equal: 6 w0 = 3 w1 = 1 w3.
+        assert!((6.0 * w[0] - 3.0 * w[1]).abs() < 1e-5 && (3.0 * w[1] - w[3]).abs() < 1e-5);
+        // Mean weight over the samples is 1.
+        let mean = (6.0 * w[0] + 3.0 * w[1] + w[3]) / 10.0;
+        assert!((mean - 1.0).abs() < 1e-5, "{w:?}");
+        let s = ClassWeighting::Sqrt.weights(&ds).unwrap();
+        assert!(s[3] / s[0] < w[3] / w[0] && s[3] > s[0]);
+        assert!(ClassWeighting::None.weights(&ds).is_none());
+        assert!(ClassWeighting::Balanced
+            .weights(&test_data::counts(4, 2, 2, 1))
+            .is_none());
+        assert_eq!("sqrt".parse(), Ok(ClassWeighting::Sqrt));
     }
 
     #[test]

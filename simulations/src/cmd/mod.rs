@@ -1,5 +1,7 @@
-//! The subcommands of `fedcrime-sim`, one module each.
+//! The subcommands, one module each.
 
 pub mod bench_train;
+pub mod inspect;
+pub mod synth;
 pub mod train;
 pub mod tune;

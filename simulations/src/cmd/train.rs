@@ -20,14 +20,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use fedcrime_common::data::split::SplitPart;
 use fedcrime_common::data::tasks::{build_task, Period, TaskConfig, TaskData};
-use fedcrime_common::data::{Incident, Task};
-use fedcrime_common::model::{build, save_safetensors, ModelConfig, ModelKind};
+use fedcrime_common::data::{Dataset, Incident, Splits, Task};
+use fedcrime_common::model::{
+    build, graph_dataset, save_model, GraphWindows, ModelConfig, ModelKind, DEFAULT_GRAPH_STEPS,
+};
 use fedcrime_common::train::{
-    evaluate_baselines, BaselineResult, CountPeriod, EpochRecord, Evaluation, FitReport, Metrics,
+    evaluate_baselines, BaselineResult, ClassWeighting, CountPeriod, EpochRecord, Evaluation, FitReport, Metrics,
     ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
 };
 use fedcrime_common::DeviceChoice;
+
+use crate::GlobalOpts;
 
 /// Where the incidents come from and which task to build: shared by `train`,
 /// `tune` and `bench train`.
@@ -121,12 +126,16 @@ pub struct ModelArgs {
     /// Dropout probability.
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Class weights of the risk cross-entropy: `balanced` (every level
+    /// weighs the same in total, what macro-F1 rewards), `sqrt` or `none`.
+    #[arg(long, default_value = "balanced")]
+    pub class_weights: ClassWeighting,
 }
 
 impl ModelArgs {
-    /// The model config for the task's training split.
-    pub fn config(&self, data: &TaskData) -> anyhow::Result<ModelConfig> {
-        let mut cfg = ModelConfig::for_dataset(self.model, &data.splits.train);
+    /// The model config for a training split (the graph split for gat-tcn).
+    pub fn config(&self, train: &Dataset) -> anyhow::Result<ModelConfig> {
+        let mut cfg = ModelConfig::for_dataset(self.model, train);
         if let Some(h) = self.hidden {
             cfg.hidden = h;
         }
@@ -136,9 +145,60 @@ impl ModelArgs {
         if let Some(d) = self.dropout {
             cfg.dropout = d;
         }
+        cfg.class_weights = self.class_weights.weights(train);
         cfg.validate()
-            .with_context(|| format!("{} config for {}", self.model, data.splits.train.task))?;
+            .with_context(|| format!("{} config for {}", self.model, train.task))?;
         Ok(cfg)
+    }
+
+    /// The samples the model trains on: the task's splits, or for gat-tcn
+    /// the graph windows over the same periods (one sample per period, all
+    /// areas; see [`graph_dataset`]).
+    pub fn model_splits(&self, data: &TaskData, period: Period) -> anyhow::Result<Option<Splits>> {
+        if self.model != ModelKind::GatTcn {
+            return Ok(None);
+        }
+        if data.splits.train.task != Task::Counts {
+            bail!("gat-tcn predicts every area's next-period counts: use --task counts");
+        }
+        let g = data
+            .graph
+            .as_ref()
+            .context("the counts task came without its graph series")?;
+        let windows = GraphWindows {
+            steps: DEFAULT_GRAPH_STEPS,
+            weekday: period == Period::Day,
+        };
+        let part = |p: SplitPart| {
+            graph_dataset(
+                &g.counts,
+                g.areas,
+                g.times,
+                g.categories,
+                g.time0,
+                g.bounds.window(p),
+                &windows,
+            )
+            .with_context(|| format!("graph windows of the {p:?} split"))
+        };
+        Ok(Some(Splits {
+            train: part(SplitPart::Train)?,
+            val: part(SplitPart::Val)?,
+            test: part(SplitPart::Test)?,
+        }))
+    }
+}
+
+/// Metrics of a graph model (one sample per period, `[areas * categories]`
+/// values) regrouped per (period, area) like the flat samples, so they sit
+/// in the same table as the flat baselines.
+pub fn per_area_metrics(m: Metrics, areas: usize) -> Metrics {
+    match m {
+        Metrics::Counts(c) => match c.fold_columns(areas) {
+            Some(f) => Metrics::Counts(f),
+            None => Metrics::Counts(c),
+        },
+        other => other,
     }
 }
 
@@ -280,17 +340,16 @@ enum AnyTrainer {
 impl AnyTrainer {
     fn fit(
         &mut self,
-        data: &TaskData,
+        s: &Splits,
         on_epoch: &mut dyn FnMut(&EpochRecord),
     ) -> anyhow::Result<FitReport> {
-        let s = &data.splits;
         Ok(match self {
             AnyTrainer::Station(t) => t.fit_observed(&s.train, Some(&s.val), on_epoch)?,
             AnyTrainer::Parallel(t) => t.fit_observed(&s.train, Some(&s.val), on_epoch)?,
         })
     }
 
-    fn evaluate(&self, ds: &fedcrime_common::data::Dataset) -> anyhow::Result<Evaluation> {
+    fn evaluate(&self, ds: &Dataset) -> anyhow::Result<Evaluation> {
         Ok(match self {
             AnyTrainer::Station(t) => t.evaluate(ds)?,
             AnyTrainer::Parallel(t) => t.evaluate(ds)?,
@@ -306,18 +365,18 @@ impl AnyTrainer {
 }
 
 /// Runs the command.
-pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     let started = Instant::now();
-    let tcfg = args.train_config()?;
-    if args.model.model == ModelKind::GatTcn && args.data.task != Task::Counts {
-        bail!("gat-tcn predicts every area's next-period counts: use --task counts");
-    }
+    let mut tcfg = args.train_config()?;
+    tcfg.progress &= !global.quiet;
     if let Some(t) = args.threads {
         tch::set_num_threads(t as i32);
     }
     let data = args.data.task_data()?;
-    let s = &data.splits;
-    eprintln!(
+    let graph_splits = args.model.model_splits(&data, args.data.period)?;
+    // What the model trains and is tested on (graph windows for gat-tcn).
+    let s = graph_splits.as_ref().unwrap_or(&data.splits);
+    tracing::info!(
         "{} from {}: train {} / val {} / test {} samples, {} features",
         args.data.task,
         args.data.source(),
@@ -326,7 +385,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         s.test.len(),
         s.train.feature_dim
     );
-    let mcfg = args.model.config(&data)?;
+    let mcfg = args.model.config(&s.train)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -343,32 +402,37 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         AnyTrainer::Station(Trainer::new(build(&mcfg, device)?, tcfg.clone())?)
     };
 
+    let areas = if graph_splits.is_some() { mcfg.areas } else { 1 };
     let mut csv = MetricsCsv::create(
         args.out.join("metrics.csv"),
         args.data.task,
-        s.train.target.output_dim(),
+        s.train.target.output_dim() / areas,
     )?;
     let mut csv_error = None;
-    let report = trainer.fit(&data, &mut |r| {
+    let report = trainer.fit(s, &mut |r| {
         if csv_error.is_none() {
-            csv_error = csv.row(r).err();
+            let mut r = r.clone();
+            r.val_metrics = r.val_metrics.map(|m| per_area_metrics(m, areas));
+            csv_error = csv.row(&r).err();
         }
     })?;
     if let Some(e) = csv_error {
         return Err(e);
     }
-    let test = trainer.evaluate(&s.test)?;
-    let baselines = evaluate_baselines(s, &s.test, args.data.count_period())?;
+    let mut test = trainer.evaluate(&s.test)?;
+    test.metrics = per_area_metrics(test.metrics, areas);
+    // The baselines predict the flat samples of the same test periods.
+    let baselines = evaluate_baselines(&data.splits, &data.splits.test, args.data.count_period())?;
 
     let mut meta = BTreeMap::new();
-    meta.insert("model_config".to_string(), serde_json::to_string(&mcfg)?);
-    meta.insert("train_config".to_string(), serde_json::to_string(&tcfg)?);
+    meta.insert("fedcrime.train_config".to_string(), serde_json::to_string(&tcfg)?);
     meta.insert(
-        "featurizer".to_string(),
+        "fedcrime.featurizer".to_string(),
         serde_json::to_string(&data.featurizer)?,
     );
+    meta.insert("fedcrime.data_source".to_string(), args.data.source());
     let model_path = args.out.join("model.safetensors");
-    save_safetensors(trainer.model().var_store(), &model_path, &meta)
+    save_model(trainer.model(), &model_path, &meta)
         .with_context(|| format!("writing {}", model_path.display()))?;
 
     let md = report_markdown(&ReportInputs {
@@ -378,7 +442,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         train: &tcfg,
         num_params: trainer.model().num_params(),
         workers: args.workers,
-        data: &data,
+        splits: s,
         report: &report,
         test: &test,
         baselines: &baselines,
@@ -386,14 +450,16 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let report_path = args.out.join("report.md");
     std::fs::write(&report_path, &md)
         .with_context(|| format!("writing {}", report_path.display()))?;
-    println!("{md}");
-    eprintln!(
-        "wrote {}, {}, {} in {:.1} s",
-        args.out.join("metrics.csv").display(),
-        model_path.display(),
-        report_path.display(),
-        started.elapsed().as_secs_f64()
-    );
+    if !global.quiet {
+        println!("{md}");
+        eprintln!(
+            "wrote {}, {}, {} in {:.1} s",
+            args.out.join("metrics.csv").display(),
+            model_path.display(),
+            report_path.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -475,8 +541,8 @@ pub struct ReportInputs<'a> {
     pub num_params: usize,
     /// Replicas used.
     pub workers: usize,
-    /// The task data (split sizes).
-    pub data: &'a TaskData,
+    /// The splits the model trained on (sizes).
+    pub splits: &'a Splits,
     /// The training history.
     pub report: &'a FitReport,
     /// The model on the test split.
@@ -487,7 +553,7 @@ pub struct ReportInputs<'a> {
 
 /// `report.md`: setup, training summary and the test-split comparison.
 pub fn report_markdown(r: &ReportInputs<'_>) -> String {
-    let s = &r.data.splits;
+    let s = r.splits;
     let mut md = String::new();
     let _ = writeln!(md, "# {} on {} ({})\n", r.model_name, s.train.task, r.source);
     let _ = writeln!(
@@ -500,8 +566,19 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
     );
     let _ = writeln!(
         md,
-        "- model: {}, hidden {}, layers {}, dropout {}, {} parameters",
-        r.model.kind, r.model.hidden, r.model.layers, r.model.dropout, r.num_params
+        "- model: {}, hidden {}, layers {}, dropout {}, {} parameters{}",
+        r.model.kind,
+        r.model.hidden,
+        r.model.layers,
+        r.model.dropout,
+        r.num_params,
+        match &r.model.class_weights {
+            Some(w) => format!(
+                ", class weights [{}]",
+                w.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        }
     );
     let _ = writeln!(
         md,
@@ -521,6 +598,13 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
         secs,
         sps
     );
+    if r.model.kind == ModelKind::GatTcn {
+        let _ = writeln!(
+            md,
+            "- gat-tcn samples are periods covering all {} areas; its metrics are regrouped per (period, area) to match the baselines' samples",
+            r.model.areas
+        );
+    }
     let _ = writeln!(md, "- test loss of the model: {}\n", fmt_metric(r.test.loss));
     let _ = writeln!(md, "## Test split: model vs naive baselines\n");
     md.push_str(&comparison_table(&r.model_name, &r.test.metrics, r.baselines));

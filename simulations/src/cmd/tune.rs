@@ -13,6 +13,7 @@ use fedcrime_common::train::TrainConfig;
 use fedcrime_common::DeviceChoice;
 
 use super::train::{DataArgs, ModelArgs};
+use crate::GlobalOpts;
 
 /// Options of `fedcrime-sim tune`.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,9 +45,11 @@ pub struct TuneArgs {
 }
 
 /// Runs the command.
-pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
+pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     let data = args.data.task_data()?;
-    let mcfg = args.model.config(&data)?;
+    let graph_splits = args.model.model_splits(&data, args.data.period)?;
+    let splits = graph_splits.as_ref().unwrap_or(&data.splits);
+    let mcfg = args.model.config(&splits.train)?;
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
     let tcfg = TrainConfig {
         epochs: args.epochs,
@@ -65,7 +68,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     let trials = space.trials(mode);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    eprintln!(
+    tracing::info!(
         "tune {} on {} ({}): {} trial(s) of up to {} epochs",
         mcfg.kind,
         args.data.task,
@@ -76,12 +79,12 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     let results = run_search(
         &mcfg,
         &tcfg,
-        &data.splits,
+        splits,
         &trials,
         device,
         &mut |i, n, r| {
             let (name, v) = r.val.headline();
-            eprintln!(
+            tracing::info!(
                 "[{}/{n}] lr {} layers {} batch {} hidden {}: val loss {:.4}, val {name} {v:.4} ({:.1} s)",
                 i + 1,
                 r.trial.lr,
@@ -105,6 +108,8 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     );
     let md_path = args.out.join("tune.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-    println!("{md}");
+    if !global.quiet {
+        println!("{md}");
+    }
     Ok(())
 }
