@@ -53,6 +53,9 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Load and clean a crime data file and print the cleaning report.
     Inspect(cmd::inspect::InspectArgs),
+    /// Build the risk or counts task from an LAPD export and write its feature
+    /// matrices, targets and featurizer for inspection.
+    Features(cmd::features::FeaturesArgs),
     /// Train one model centrally and compare it with the naive baselines.
     Train(cmd::train::TrainArgs),
     /// Grid or random search over the paper's hyperparameters.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
+        Command::Features(args) => cmd::features::run(&args),
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
         Command::Bench(BenchCommand::Train(args)) => cmd::bench_train::run(&args),

@@ -544,8 +544,8 @@ impl Featurizer {
             .collect();
 
         // Sequence scaler: per-category range of the grid cells in the training window.
-        let mut lo = vec![u32::MAX; Category::COUNT];
-        let mut hi = vec![0u32; Category::COUNT];
+        let mut lo = [u32::MAX; Category::COUNT];
+        let mut hi = [0u32; Category::COUNT];
         for a in 0..AREA_COUNT {
             for t in grid.t0..grid.t0 + train_cells {
                 for (c, &v) in grid.cell(a, t).iter().enumerate() {

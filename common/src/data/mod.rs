@@ -24,7 +24,7 @@ pub use dataset::{Dataset, Sequences, Splits, Target, Task};
 pub use error::DataError;
 pub use features::Featurizer;
 pub use loader::{load_path, load_reader, LoadOptions, Loaded};
-pub use partition::{partition, Partition, StationPart};
+pub use partition::{partition, partition_splits, Partition, StationPart, StationSplits};
 pub use record::{DayNumber, Incident};
 pub use split::{SplitBounds, SplitFractions};
 pub use synth::{generate, generate_incidents, SynthConfig, SynthSummary};

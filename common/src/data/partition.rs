@@ -28,7 +28,7 @@ use rand_distr::{Distribution, Gamma};
 use serde::{Deserialize, Serialize};
 
 use super::areas::{area, Bureau, AREAS};
-use super::dataset::{Dataset, Target};
+use super::dataset::{Dataset, Splits, Target};
 use super::error::DataError;
 use super::features::{fit_risk_thresholds, risk_level};
 
@@ -157,12 +157,7 @@ pub fn partition(ds: &Dataset, p: &Partition, seed: u64) -> Result<Vec<StationPa
     let n = ds.len();
     p.validate(n)?;
     let parts = match p {
-        Partition::Natural => group_by(
-            ds,
-            AREAS.len(),
-            |code| area_index(code),
-            |i| slug(AREAS[i].name),
-        )?,
+        Partition::Natural => group_by(ds, AREAS.len(), area_index, |i| slug(AREAS[i].name))?,
         Partition::Bureau => group_by(
             ds,
             Bureau::ALL.len(),
@@ -194,6 +189,49 @@ pub fn partition(ds: &Dataset, p: &Partition, seed: u64) -> Result<Vec<StationPa
     }
     check_partition(&parts, n)?;
     Ok(parts)
+}
+
+/// One station's samples in each split of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationSplits {
+    /// Station name (see [`StationPart::name`]).
+    pub name: String,
+    /// Indices into [`Splits::train`], ascending.
+    pub train: Vec<usize>,
+    /// Indices into [`Splits::val`], ascending.
+    pub val: Vec<usize>,
+    /// Indices into [`Splits::test`], ascending.
+    pub test: Vec<usize>,
+}
+
+/// Partitions each split of a task the same way (`natural` and `bureau` by
+/// area; `iid` and `dirichlet` with a seed derived per split) and pairs the
+/// parts by station name, in the order of the training split's stations.
+/// A station without samples in some split gets an empty index list there.
+pub fn partition_splits(
+    splits: &Splits,
+    p: &Partition,
+    seed: u64,
+) -> Result<Vec<StationSplits>, DataError> {
+    let train = partition(&splits.train, p, seed)?;
+    let mut val = partition(&splits.val, p, seed ^ 0x5641_4c5f_5345_4544)?;
+    let mut test = partition(&splits.test, p, seed ^ 0x5445_5354_5345_4544)?;
+    let mut take = |parts: &mut Vec<StationPart>, name: &str| {
+        parts
+            .iter_mut()
+            .find(|s| s.name == name)
+            .map(|s| std::mem::take(&mut s.indices))
+            .unwrap_or_default()
+    };
+    Ok(train
+        .into_iter()
+        .map(|s| StationSplits {
+            val: take(&mut val, &s.name),
+            test: take(&mut test, &s.name),
+            name: s.name,
+            train: s.indices,
+        })
+        .collect())
 }
 
 /// The label [`Partition::Dirichlet`] skews: the risk class, or for counts the
@@ -611,5 +649,37 @@ mod tests {
         assert!(check_partition(&overlap[..1], 2).is_ok());
         assert!(check_partition(&overlap[..1], 3).is_err());
         assert!(check_partition(&overlap[..1], 1).is_err());
+    }
+
+    #[test]
+    fn splits_are_partitioned_by_station_name() {
+        let incidents = random_incidents(20_000, 40, 13);
+        let splits = build_task(&incidents, &TaskConfig::new(Task::Risk))
+            .unwrap()
+            .splits;
+        let natural = partition_splits(&splits, &Partition::Natural, 1).unwrap();
+        assert_eq!(natural.len(), 21);
+        for (k, st) in natural.iter().enumerate() {
+            let code = k as u8 + 1;
+            assert!(st.train.iter().all(|&i| splits.train.area[i] == code));
+            assert!(st.val.iter().all(|&i| splits.val.area[i] == code));
+            assert!(st.test.iter().all(|&i| splits.test.area[i] == code));
+            assert_eq!(st.val.len(), splits.val.len() / 21);
+        }
+        let dir = Partition::Dirichlet {
+            alpha: 0.3,
+            stations: 6,
+        };
+        let parts = partition_splits(&splits, &dir, 1).unwrap();
+        assert_eq!(parts.len(), 6);
+        let val: Vec<StationPart> = parts
+            .iter()
+            .map(|s| StationPart {
+                name: s.name.clone(),
+                indices: s.val.clone(),
+            })
+            .collect();
+        check_partition(&val, splits.val.len()).unwrap();
+        assert_eq!(parts, partition_splits(&splits, &dir, 1).unwrap());
     }
 }

@@ -801,7 +801,10 @@ pub(crate) mod tests {
         let risk = build_task(&loaded.incidents, &TaskConfig::new(Task::Risk)).unwrap();
         let s = &risk.splits;
         // February 2024: 29 days of 6 blocks, the first 7 days are lag warm-up.
-        assert_eq!(s.train.len() + s.val.len() + s.test.len(), 21 * (29 - 7) * 6);
+        assert_eq!(
+            s.train.len() + s.val.len() + s.test.len(),
+            21 * (29 - 7) * 6
+        );
         check_temporal_order(s).unwrap();
         assert_eq!(risk.featurizer.risk_thresholds.len(), 4);
         let Target::Classes { labels, .. } = &s.train.target else {

@@ -1,6 +1,7 @@
 //! The subcommands, one module each.
 
 pub mod bench_train;
+pub mod features;
 pub mod inspect;
 pub mod synth;
 pub mod train;
