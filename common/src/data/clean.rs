@@ -421,6 +421,66 @@ pub fn in_la(lat: f32, lon: f32) -> bool {
     (LAT_RANGE.0..=LAT_RANGE.1).contains(&lat) && (LON_RANGE.0..=LON_RANGE.1).contains(&lon)
 }
 
+/// A set of `u64`s with open addressing (the loader's `DR_NO` check: one
+/// insert per row, no allocation per insert).
+struct U64Set {
+    /// `EMPTY` or a value; the capacity is a power of two.
+    slots: Vec<u64>,
+    /// `u64::MAX` itself, which cannot be a slot marker, is tracked aside.
+    has_max: bool,
+    /// Values in `slots`.
+    len: usize,
+    shift: u32,
+}
+
+impl U64Set {
+    const EMPTY: u64 = u64::MAX;
+
+    fn with_capacity(n: usize) -> Self {
+        let cap = (n.max(8) * 2).next_power_of_two();
+        U64Set {
+            slots: vec![Self::EMPTY; cap],
+            has_max: false,
+            len: 0,
+            shift: 64 - cap.trailing_zeros(),
+        }
+    }
+
+    /// Doubles the table (kept at most 3/4 full).
+    fn grow(&mut self) {
+        let old = std::mem::replace(self, U64Set::with_capacity(self.slots.len()));
+        self.has_max = old.has_max;
+        for v in old.slots.into_iter().filter(|&v| v != Self::EMPTY) {
+            self.insert(v);
+        }
+    }
+
+    /// Inserts `v`; whether it was new.
+    fn insert(&mut self, v: u64) -> bool {
+        if v == Self::EMPTY {
+            return !std::mem::replace(&mut self.has_max, true);
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        // Fibonacci hashing: the top bits of a multiplication
+        let mut i = (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
+        loop {
+            let slot = &mut self.slots[i];
+            if *slot == Self::EMPTY {
+                *slot = v;
+                self.len += 1;
+                return true;
+            }
+            if *slot == v {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
 /// Finishes cleaning the raw incidents of one input (in file order):
 /// removes duplicate `DR_NO`s (first kept), imputes coordinates and missing
 /// times, sorts by `(date_occurred, minute_of_day, dr_no)` and fills the
@@ -430,53 +490,36 @@ pub(crate) fn finish(
     mut tally: Tally,
     source: &str,
 ) -> (Vec<Incident>, CleaningReport) {
-    // duplicates: cheap check first, full pass only when there are some
-    let mut ids: Vec<u64> = rows.iter().map(|r| r.dr_no).collect();
-    ids.par_sort_unstable();
-    if ids.windows(2).any(|w| w[0] == w[1]) {
-        let mut order: Vec<(u64, u32)> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.dr_no, i as u32))
-            .collect();
-        order.par_sort_unstable();
-        let mut keep = vec![true; rows.len()];
-        for w in order.windows(2) {
-            if w[0].0 == w[1].0 {
-                keep[w[1].1 as usize] = false;
-            }
-        }
-        let mut i = 0;
-        rows.retain(|_| {
-            i += 1;
-            keep[i - 1]
-        });
-        tally.dropped[DropReason::DuplicateDrNo as usize] +=
-            keep.iter().filter(|k| !**k).count() as u64;
-    }
-    drop(ids);
+    // duplicates: the first row of a DR_NO in file order is kept
+    let mut seen = U64Set::with_capacity(rows.len());
+    let before = rows.len();
+    rows.retain(|r| seen.insert(r.dr_no));
+    drop(seen);
+    tally.dropped[DropReason::DuplicateDrNo as usize] += (before - rows.len()) as u64;
 
-    // coordinates: mean of the known locations per reporting district
+    // one pass: known locations per reporting district, known times, counts
     let mut sums = vec![(0.0f64, 0.0f64, 0u32); 10_000];
-    for r in &rows {
-        if !r.lat.is_nan() {
-            if let Some(s) = sums.get_mut(usize::from(r.reporting_district)) {
-                s.0 += f64::from(r.lat);
-                s.1 += f64::from(r.lon);
-                s.2 += 1;
-            }
-        }
-    }
-    let mut from_area = 0u64;
-    let mut imputed_coords = 0u64;
-    // minutes: median of the known times
     let mut minutes = [0u64; 1440];
-    let mut missing_minutes = false;
+    let mut unknown_coords = 0u64;
+    let mut missing_minutes = 0u64;
+    let mut area_counts = [0u64; AREA_COUNT + 1];
+    let mut cat_counts = [0u64; Category::COUNT];
     for r in &rows {
+        if r.lat.is_nan() {
+            unknown_coords += 1;
+        } else if let Some(s) = sums.get_mut(usize::from(r.reporting_district)) {
+            s.0 += f64::from(r.lat);
+            s.1 += f64::from(r.lon);
+            s.2 += 1;
+        }
         match minutes.get_mut(usize::from(r.minute_of_day)) {
             Some(m) => *m += 1,
-            None => missing_minutes = true,
+            None => missing_minutes += 1,
         }
+        if let Some(c) = area_counts.get_mut(usize::from(r.area)) {
+            *c += 1;
+        }
+        cat_counts[r.category.index()] += 1;
     }
     let median_minute = {
         let total: u64 = minutes.iter().sum();
@@ -489,39 +532,33 @@ pub(crate) fn finish(
             })
             .unwrap_or(720) as u16
     };
-    for r in rows.iter_mut() {
-        if r.lat.is_nan() {
-            imputed_coords += 1;
-            match sums.get(usize::from(r.reporting_district)) {
-                Some(&(la, lo, n)) if n > 0 && r.reporting_district != 0 => {
-                    r.lat = (la / f64::from(n)) as f32;
-                    r.lon = (lo / f64::from(n)) as f32;
-                }
-                _ => {
-                    from_area += 1;
-                    let (la, lo) = areas::area(r.area).map_or((0.0, 0.0), |a| a.centroid);
-                    r.lat = la;
-                    r.lon = lo;
+    let mut from_area = 0u64;
+    if unknown_coords > 0 || missing_minutes > 0 {
+        for r in rows.iter_mut() {
+            if r.lat.is_nan() {
+                match sums.get(usize::from(r.reporting_district)) {
+                    Some(&(la, lo, n)) if n > 0 && r.reporting_district != 0 => {
+                        r.lat = (la / f64::from(n)) as f32;
+                        r.lon = (lo / f64::from(n)) as f32;
+                    }
+                    _ => {
+                        from_area += 1;
+                        let (la, lo) = areas::area(r.area).map_or((0.0, 0.0), |a| a.centroid);
+                        r.lat = la;
+                        r.lon = lo;
+                    }
                 }
             }
-        }
-        if missing_minutes && r.minute_of_day == MISSING_MINUTE {
-            r.minute_of_day = median_minute;
+            if r.minute_of_day == MISSING_MINUTE {
+                r.minute_of_day = median_minute;
+            }
         }
     }
-    tally.imputed[Column::Lat.index()] += imputed_coords;
-    tally.imputed[Column::Lon.index()] += imputed_coords;
+    tally.imputed[Column::Lat.index()] += unknown_coords;
+    tally.imputed[Column::Lon.index()] += unknown_coords;
 
     rows.par_sort_unstable_by_key(|r| (r.date_occurred, r.minute_of_day, r.dr_no));
 
-    let mut area_counts = [0u64; AREA_COUNT + 1];
-    let mut cat_counts = [0u64; Category::COUNT];
-    for r in &rows {
-        if let Some(c) = area_counts.get_mut(usize::from(r.area)) {
-            *c += 1;
-        }
-        cat_counts[r.category.index()] += 1;
-    }
     let by_column = |counts: &[u64; COLUMN_COUNT]| -> BTreeMap<String, u64> {
         Column::ALL
             .iter()
@@ -807,6 +844,24 @@ mod tests {
             lat,
             lon,
         }
+    }
+
+    #[test]
+    fn u64_set_inserts_once() {
+        let mut s = U64Set::with_capacity(3);
+        for v in [5, 0, u64::MAX, 5 + (1 << 40), 7] {
+            assert!(s.insert(v));
+        }
+        for v in [5, 0, u64::MAX, 5 + (1 << 40), 7] {
+            assert!(!s.insert(v));
+        }
+        let mut big = U64Set::with_capacity(1000);
+        assert_eq!(
+            (0..5000u64)
+                .filter(|v| big.insert(v * 1_000_003 % 2000))
+                .count(),
+            2000
+        );
     }
 
     #[test]
