@@ -1,7 +1,7 @@
 //! Tests of the PKI library against real files in temporary directories.
 
 use super::*;
-use x509_parser::prelude::*;
+use x509_parser::prelude::{CertificateRevocationList, FromDer, GeneralName, X509Certificate};
 
 fn now() -> OffsetDateTime {
     // A fixed instant keeps the tests reproducible.
