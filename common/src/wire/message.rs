@@ -354,6 +354,21 @@ pub struct ErrorMsg {
     pub text: String,
 }
 
+impl ErrorMsg {
+    /// The message to send a peer whose traffic failed to decode (code
+    /// [`ErrorCode::Protocol`]) or when the local side failed ([`ErrorCode::Internal`]).
+    pub fn from_wire(e: &WireError) -> Self {
+        Self {
+            code: if e.is_protocol_violation() {
+                ErrorCode::Protocol
+            } else {
+                ErrorCode::Internal
+            },
+            text: e.to_string(),
+        }
+    }
+}
+
 /// Either way: orderly goodbye.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bye {

@@ -12,6 +12,24 @@
 //! - [`stream`]: a message plus its model over byte slices and tokio
 //!   `AsyncRead`/`AsyncWrite` (quinn's streams implement both).
 //!
+//! ## Use
+//! ```ignore
+//! // Server, on a QUIC stream pair after the handshake:
+//! let mut tx = WireWriter::new(send_stream, WireConfig::default());
+//! let mut rx = WireReader::new(recv_stream, WireConfig::default());
+//! let header = ModelHeader::describe(&global, Encoding::F32)?;
+//! tx.send(&RoundStart { round, config, model: header }.into(), Some(&global)).await?;
+//! // The update is decoded against the global layout and shares its Arc<ParamSpec>.
+//! match rx.recv(Some(global.spec())).await? {
+//!     Some(Received { message: Message::Update(u), params: Some(p) }) => { /* validate, aggregate */ }
+//!     Some(other) => { /* heartbeat, error, bye ... */ }
+//!     None => { /* the station closed its stream */ }
+//! }
+//! ```
+//! A station's first `recv(None)` learns the layout from the stream; later
+//! rounds can fill the same buffer in place with
+//! [`WireReader::recv_message`] + [`WireReader::recv_params_into`].
+//!
 //! Every decoder takes untrusted bytes: malformed input of any kind is a
 //! [`WireError`] naming what and where, never a panic and never an allocation
 //! larger than the configured limits. The fuzz target in `common/fuzz` and a

@@ -224,8 +224,8 @@ impl<R: AsyncRead + Unpin> WireReader<R> {
         let Some(message) = self.recv_message().await? else {
             return Ok(None);
         };
-        let params = match message.model() {
-            Some(h) => Some(self.recv_params(&h.clone(), expected).await?),
+        let params = match message.model().copied() {
+            Some(header) => Some(self.recv_params(&header, expected).await?),
             None => None,
         };
         Ok(Some(Received { message, params }))
@@ -414,6 +414,30 @@ mod tests {
         assert!(r.recv_message().await.unwrap().is_none(), "clean end");
     }
 
+    #[tokio::test]
+    async fn hostile_sizes_are_refused_before_allocation() {
+        // A frame header claiming 4 GiB, with no payload behind it.
+        let head = FrameHeader::new(FrameKind::Update, u32::MAX).encode();
+        let mut r = WireReader::new(&head[..], cfg());
+        let err = r.recv(None).await.unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { .. }), "{err}");
+        // A valid RoundStart announcing a trillion values, no tensors behind it.
+        let model = small_model(11, 0.1);
+        let (Message::RoundStart(mut rs), _) = every_message(&model, Encoding::F32).swap_remove(3)
+        else {
+            panic!("fixture order changed")
+        };
+        rs.model.elements = 1 << 40;
+        let mut buf = Vec::new();
+        encode_control_frame(&rs.into(), cfg().max_frame_bytes, &mut buf).unwrap();
+        let mut r = WireReader::new(&buf[..], cfg());
+        let err = r.recv(None).await.unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { len, .. } if len == 1 << 40),
+            "{err}"
+        );
+    }
+
     #[test]
     fn sending_requires_exactly_the_announced_model() {
         let model = small_model(8, 0.1);
@@ -489,10 +513,18 @@ mod tests {
         frame::encode_frame(FrameKind::Heartbeat, 0, &[1], &mut buf).unwrap();
         let mut unknown = buf.clone();
         unknown[3] = 0x1f;
-        assert!(matches!(
-            decode_all(&unknown, &cfg()),
-            Err(WireError::UnknownKind { kind: 0x1f })
-        ));
+        let err = decode_all(&unknown, &cfg()).unwrap_err();
+        assert!(
+            matches!(err, WireError::UnknownKind { kind: 0x1f }),
+            "{err}"
+        );
+        let reply = ErrorMsg::from_wire(&err);
+        assert_eq!(reply.code, ErrorCode::Protocol);
+        assert!(
+            reply.text.contains("unknown frame kind 0x1f"),
+            "{}",
+            reply.text
+        );
         let mut secagg = buf.clone();
         secagg[3] = reserved::SECAGG_KEY_SHARES;
         let err = decode_all(&secagg, &cfg()).unwrap_err();
