@@ -16,8 +16,8 @@
 //! - [`station`]: a station's logic (local training and evaluation on its own
 //!   data), shared by the QUIC client and the in-memory simulator.
 //!
-//! Models, training, the wire protocol, the QUIC transport and the federated
-//! round engine sit on top of these.
+//! Models, training, the wire protocol and the QUIC transport complete the
+//! library.
 
 pub mod data;
 pub mod device;

@@ -146,6 +146,16 @@ pub fn bench_aggregation(
     Ok(rows)
 }
 
+/// The strategies the benchmark reports by default: FedAvg (streaming
+/// mean), FedMedian (per-coordinate selection) and Krum (pairwise distances).
+pub fn default_strategies() -> Vec<StrategyConfig> {
+    vec![
+        StrategyConfig::FedAvg {},
+        StrategyConfig::FedMedian {},
+        StrategyConfig::Krum { byzantine: 1 },
+    ]
+}
+
 /// The rows as a Markdown table.
 pub fn format_table(rows: &[AggregationBench]) -> String {
     let mut s = String::from(
@@ -200,11 +210,7 @@ mod tests {
     #[test]
     #[ignore = "benchmark; run in release with --ignored --nocapture"]
     fn aggregation_21_updates_1m_and_10m() {
-        let strategies = [
-            StrategyConfig::FedAvg {},
-            StrategyConfig::FedMedian {},
-            StrategyConfig::Krum { byzantine: 1 },
-        ];
+        let strategies = default_strategies();
         let mut rows = bench_aggregation(1_000_000, 21, &strategies, 5, 1).unwrap();
         rows.extend(bench_aggregation(10_000_000, 21, &strategies, 3, 1).unwrap());
         println!("{}", format_table(&rows));

@@ -88,6 +88,21 @@ fn parse_round_dir(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Buffer names become file names: `[A-Za-z0-9_]+` only.
+fn check_buffer_name(name: &str, dir: &Path) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        return Err(FlError::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!("strategy buffer name {name:?} is not [A-Za-z0-9_]+"),
+        });
+    }
+    Ok(())
+}
+
 fn buffer_file(name: &str) -> String {
     format!("strategy-{name}.safetensors")
 }
@@ -143,16 +158,7 @@ impl CheckpointStore {
         };
         let round_dir = self.dir.join(round_dir_name(c.round));
         for name in c.strategy.buffers.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-            {
-                return Err(FlError::Checkpoint {
-                    path: round_dir.clone(),
-                    message: format!("strategy buffer name {name:?} is not [A-Za-z0-9_]+"),
-                });
-            }
+            check_buffer_name(name, &round_dir)?;
         }
         if !go() {
             return Ok(None);
@@ -235,7 +241,7 @@ impl CheckpointStore {
                 let path = entry.path();
                 let result = if is_temp(name) {
                     fs::remove_file(&path)
-                } else if dir == &self.dir && parse_round_dir(name).is_some_and(|r| r < oldest_kept)
+                } else if *dir == self.dir && parse_round_dir(name).is_some_and(|r| r < oldest_kept)
                 {
                     fs::remove_dir_all(&path)
                 } else {
@@ -294,6 +300,7 @@ impl CheckpointStore {
         let (global, _) = Params::load_safetensors(round_dir.join(MODEL))?;
         let mut buffers = BTreeMap::new();
         for name in &state.strategy_buffers {
+            check_buffer_name(name, &state_path)?;
             let path = round_dir.join(buffer_file(name));
             let (buffer, _) = Params::load_safetensors(&path)?;
             global
@@ -419,6 +426,17 @@ mod tests {
         )
         .unwrap();
         assert!(store.load_latest().is_err());
+
+        // A state file naming a buffer outside the round folder is refused.
+        let store2 = CheckpointStore::new(tmp.path().join("other"));
+        store2.save(&checkpoint(1, true)).unwrap();
+        let state2 = tmp.path().join("other/round-000001").join(STATE);
+        let text = fs::read_to_string(&state2)
+            .unwrap()
+            .replace("\"m\"", "\"../m\"");
+        fs::write(&state2, text).unwrap();
+        let err = store2.load_latest().unwrap_err().to_string();
+        assert!(err.contains("../m"), "{err}");
 
         let mut bad = checkpoint(1, true);
         let m = bad.strategy.buffers.remove("m").unwrap();

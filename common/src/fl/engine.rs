@@ -198,6 +198,19 @@ impl EngineConfig {
         if self.evaluate_deadline.is_zero() {
             return bad("evaluate_deadline", "must be positive".into());
         }
+        for (field, d) in [
+            ("round_deadline", Some(self.round_deadline)),
+            ("evaluate_deadline", Some(self.evaluate_deadline)),
+            ("retry.backoff", Some(self.retry.backoff)),
+            ("station_wait_timeout", self.station_wait_timeout),
+        ] {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return bad(
+                    field,
+                    format!("must be at most {} s", MAX_DURATION.as_secs()),
+                );
+            }
+        }
         if let Some(max) = self.max_update_norm {
             if !(max.is_finite() && max > 0.0) {
                 return bad(
@@ -376,6 +389,8 @@ pub struct Engine {
     start: Instant,
     round_start: Instant,
     stopwatch: Option<Box<dyn FnMut() -> Instant + Send>>,
+    /// Stations that failed an earlier attempt of the current round.
+    failed_this_round: BTreeSet<StationId>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -411,6 +426,7 @@ impl Engine {
             start: now,
             round_start: now,
             stopwatch: None,
+            failed_this_round: BTreeSet::new(),
         })
     }
 
@@ -425,7 +441,7 @@ impl Engine {
     ) -> Result<Self> {
         config.validate()?;
         strategy.restore(checkpoint.strategy)?;
-        let round = checkpoint.round + 1;
+        let round = checkpoint.round.saturating_add(1);
         let mut engine = Engine {
             config,
             strategy,
@@ -439,6 +455,7 @@ impl Engine {
             start: now,
             round_start: now,
             stopwatch: None,
+            failed_this_round: BTreeSet::new(),
         };
         tracing::info!(after_round = checkpoint.round, "resuming federated run");
         if checkpoint.round >= engine.config.rounds {
@@ -519,7 +536,7 @@ impl Engine {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Waiting { since } => self.config.station_wait_timeout.map(|t| *since + t),
+            Phase::Waiting { since } => self.config.station_wait_timeout.map(|t| later(*since, t)),
             Phase::Backoff { until } => Some(*until),
             Phase::Fit(f) => Some(f.deadline),
             Phase::Evaluate(e) => Some(e.deadline),
@@ -607,7 +624,8 @@ impl Engine {
             );
         };
         let status = f.status.get(&id).copied();
-        if matches!(status, None | Some(Status::Failed)) {
+        if status.is_none() || (status == Some(Status::Failed) && !f.validator.has_answered(&id)) {
+            // Not asked, or no longer awaited (disconnected, reported an error).
             return self.refuse(
                 &id,
                 Refusal::NotSampled {
@@ -711,7 +729,7 @@ impl Engine {
                     } else if self
                         .config
                         .station_wait_timeout
-                        .is_some_and(|t| now >= *since + t)
+                        .is_some_and(|t| now >= later(*since, t))
                     {
                         Step::GiveUpWaiting
                     } else {
@@ -775,7 +793,18 @@ impl Engine {
         if attempt == 0 {
             self.current.started_s = secs_between(self.start, self.round_start);
         }
-        let available: Vec<StationId> = self.connected.iter().cloned().collect();
+        // A retry prefers stations that have not failed this round yet (a
+        // timed-out station is likely still busy), unless too few remain.
+        let fresh: Vec<StationId> = self
+            .connected
+            .difference(&self.failed_this_round)
+            .cloned()
+            .collect();
+        let available: Vec<StationId> = if fresh.len() >= self.config.min_fit {
+            fresh
+        } else {
+            self.connected.iter().cloned().collect()
+        };
         let n = sample_size(
             available.len(),
             self.config.fraction_fit,
@@ -809,7 +838,7 @@ impl Engine {
         }
         self.current.sampled = sample.clone();
         self.phase = Phase::Fit(FitPhase {
-            deadline: now + self.config.round_deadline,
+            deadline: later(now, self.config.round_deadline),
             started: now,
             status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
             validator: Validator::new(self.round, self.config.max_update_norm),
@@ -840,6 +869,12 @@ impl Engine {
                 "closing collection early: min_updates is out of reach"
             );
         }
+        self.failed_this_round.extend(
+            fit.status
+                .iter()
+                .filter(|(_, s)| **s != Status::Answered)
+                .map(|(id, _)| id.clone()),
+        );
         let accepted = fit.results.len();
         if accepted >= self.config.min_updates {
             self.aggregate(fit.results, now);
@@ -854,7 +889,7 @@ impl Engine {
         );
         if retries_used < self.config.retry.max_retries {
             self.phase = Phase::Backoff {
-                until: now + self.config.retry.backoff,
+                until: later(now, self.config.retry.backoff),
             };
             return;
         }
@@ -965,7 +1000,7 @@ impl Engine {
         }
         self.current.eval_sampled = sample.len();
         self.phase = Phase::Evaluate(EvalPhase {
-            deadline: now + self.config.evaluate_deadline,
+            deadline: later(now, self.config.evaluate_deadline),
             started: now,
             status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
             results: BTreeMap::new(),
@@ -1016,6 +1051,7 @@ impl Engine {
             })));
         self.round += 1;
         self.round_start = now;
+        self.failed_this_round.clear();
         if self.round > self.config.rounds {
             self.finish(Outcome::Completed);
         } else {
@@ -1039,6 +1075,17 @@ impl Engine {
         }));
     }
 }
+
+/// `at + d`, saturating at a century ahead instead of overflowing (validated
+/// configs stay far below that).
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.min(MAX_DURATION))
+        .or_else(|| at.checked_add(Duration::from_secs(3600)))
+        .unwrap_or(at)
+}
+
+/// The longest duration a setting may have: 10 years.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 fn secs_between(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64()
@@ -1112,5 +1159,943 @@ mod opt_secs {
                 })
             })
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fl::strategy::testutil::params;
+    use crate::fl::strategy::{
+        EvalSummary, FedAvg, FedAvgM, Metrics, StrategyState, WithServerEval,
+    };
+
+    /// Drives an engine with injected time and records what it asks for.
+    struct Harness {
+        engine: Engine,
+        t0: Instant,
+        fits: Vec<(StationId, u64, FitIns)>,
+        evals: Vec<(StationId, u64, EvaluateIns)>,
+        rounds: Vec<RoundMetrics>,
+        checkpoints: Vec<Checkpoint>,
+        summary: Option<Summary>,
+    }
+
+    fn id(s: &str) -> StationId {
+        StationId::from(s)
+    }
+
+    fn names(v: &[StationId]) -> Vec<&str> {
+        v.iter().map(|s| s.as_str()).collect()
+    }
+
+    impl Harness {
+        fn new(config: EngineConfig, strategy: Box<dyn Strategy>) -> Self {
+            let t0 = Instant::now();
+            let engine = Engine::new(config, strategy, params(&[0.0, 0.0, 0.0]), t0).unwrap();
+            Self::wrap(engine, t0)
+        }
+
+        fn wrap(engine: Engine, t0: Instant) -> Self {
+            let mut h = Harness {
+                engine,
+                t0,
+                fits: Vec::new(),
+                evals: Vec::new(),
+                rounds: Vec::new(),
+                checkpoints: Vec::new(),
+                summary: None,
+            };
+            h.drain();
+            h
+        }
+
+        fn at(&self, secs: f64) -> Instant {
+            self.t0 + Duration::from_secs_f64(secs)
+        }
+
+        fn drain(&mut self) {
+            while let Some(a) = self.engine.poll_action() {
+                match a {
+                    Action::SendFit {
+                        station,
+                        round,
+                        ins,
+                    } => self.fits.push((station, round, ins)),
+                    Action::SendEvaluate {
+                        station,
+                        round,
+                        ins,
+                    } => self.evals.push((station, round, ins)),
+                    Action::RoundFinished(m) => self.rounds.push(*m),
+                    Action::Checkpoint(c) => self.checkpoints.push(*c),
+                    Action::Finished(s) => {
+                        assert!(self.summary.is_none(), "finished twice");
+                        self.summary = Some(s);
+                    }
+                }
+            }
+        }
+
+        fn handle(&mut self, secs: f64, event: Event) {
+            let now = self.at(secs);
+            self.engine.handle(now, event);
+            self.drain();
+        }
+
+        fn timeout(&mut self, secs: f64) {
+            let now = self.at(secs);
+            self.engine.handle_timeout(now);
+            self.drain();
+        }
+
+        fn connect(&mut self, secs: f64, stations: &[&str]) {
+            for s in stations {
+                self.handle(secs, Event::StationConnected { id: id(s) });
+            }
+        }
+
+        /// Fit requests sent so far for `round`, sorted by station.
+        fn asked(&self, round: u64) -> Vec<StationId> {
+            let mut v: Vec<StationId> = self
+                .fits
+                .iter()
+                .filter(|(_, r, _)| *r == round)
+                .map(|(s, _, _)| s.clone())
+                .collect();
+            v.sort();
+            v
+        }
+
+        /// The request most recently sent to `station`.
+        fn ins(&self, station: &str) -> &FitIns {
+            &self
+                .fits
+                .iter()
+                .rev()
+                .find(|(s, _, _)| s.as_str() == station)
+                .unwrap()
+                .2
+        }
+
+        /// Answers `station`'s latest request with its deterministic fake update.
+        fn answer(&mut self, secs: f64, station: &str) {
+            let (round, ins) = {
+                let (_, r, ins) = self
+                    .fits
+                    .iter()
+                    .rev()
+                    .find(|(s, _, _)| s.as_str() == station)
+                    .unwrap();
+                (*r, ins.clone())
+            };
+            let update = fake_update(station, round, &ins.global);
+            self.handle(
+                secs,
+                Event::UpdateReceived {
+                    id: id(station),
+                    round,
+                    update,
+                },
+            );
+        }
+    }
+
+    /// A station's update: the global model plus a station- and round-specific
+    /// shift; `num_examples` and the loss depend on the station.
+    fn fake_update(station: &str, round: u64, global: &Params) -> FitRes {
+        let k = f32::from(station.bytes().last().unwrap() - b'a' + 1);
+        let mut p = global.clone();
+        for (i, v) in p.data_mut().iter_mut().enumerate() {
+            *v += k * (i as f32 + 1.0) + round as f32 * 0.5;
+        }
+        FitRes {
+            params: p,
+            num_examples: u64::from(k as u8) * 10,
+            metrics: Metrics::from([(LOSS_KEY.to_string(), f64::from(k))]),
+        }
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            rounds: 3,
+            min_stations: 4,
+            fraction_fit: 0.5,
+            min_fit: 2,
+            min_updates: 2,
+            round_deadline: Duration::from_secs(10),
+            eval_every: 0,
+            seed: 7,
+            retry: RetryPolicy {
+                max_retries: 1,
+                backoff: Duration::from_secs(2),
+                on_exhausted: OnExhausted::Abort,
+            },
+            ..EngineConfig::default()
+        }
+    }
+
+    const FOUR: [&str; 4] = ["st-a", "st-b", "st-c", "st-d"];
+
+    #[test]
+    fn three_rounds_with_four_stations() {
+        let mut h = Harness::new(config(), Box::new(FedAvg::new()));
+        h.connect(0.0, &FOUR[..3]);
+        assert!(h.fits.is_empty(), "a round needs min_stations");
+        h.connect(1.0, &FOUR[3..]);
+        let all: Vec<StationId> = FOUR.iter().map(|s| id(s)).collect();
+        for round in 1..=3u64 {
+            let asked = h.asked(round);
+            // floor(0.5 * 4) = 2 sampled, the seeded choice for this round.
+            assert_eq!(
+                asked,
+                sample_stations(&all, 2, 7, round, 0),
+                "round {round}"
+            );
+            let ins = h.ins(asked[0].as_str());
+            assert_eq!(ins.config[SERVER_ROUND_KEY], ConfigValue::Int(round as i64));
+            let before = h.engine.global().clone();
+            let t = round as f64 * 5.0;
+            h.answer(t, asked[0].as_str());
+            assert_eq!(
+                h.rounds.len(),
+                round as usize - 1,
+                "waits for every sampled station"
+            );
+            h.answer(t + 0.5, asked[1].as_str());
+            assert_eq!(h.rounds.len(), round as usize);
+            let m = &h.rounds[round as usize - 1];
+            assert_eq!(m.round, round);
+            assert_eq!(m.sampled, asked);
+            assert_eq!(m.completed, asked);
+            assert!(m.failed.is_empty() && m.aggregated && m.attempts == 1);
+            // The global model is the example-weighted mean of the two updates.
+            let u: Vec<FitRes> = asked
+                .iter()
+                .map(|s| fake_update(s.as_str(), round, &before))
+                .collect();
+            let (w0, w1) = (u[0].num_examples as f64, u[1].num_examples as f64);
+            for i in 0..3 {
+                let want = (f64::from(u[0].params.data()[i]) * w0
+                    + f64::from(u[1].params.data()[i]) * w1)
+                    / (w0 + w1);
+                assert!((f64::from(h.engine.global().data()[i]) - want).abs() < 1e-5);
+            }
+            let loss = (u[0].metrics[LOSS_KEY] * w0 + u[1].metrics[LOSS_KEY] * w1) / (w0 + w1);
+            assert_eq!(m.train_loss, Some(loss));
+            assert_eq!(m.num_examples, (w0 + w1) as u64);
+            // Round 1 starts when the 4th station connects (t = 1), the others
+            // when the previous round ends.
+            assert_eq!(m.fit_s, if round == 1 { 4.5 } else { 5.0 });
+            let c = &h.checkpoints[round as usize - 1];
+            assert_eq!((c.round, c.history.len()), (round, round as usize));
+            assert!(Arc::ptr_eq(&c.global, h.engine.global()));
+        }
+        assert_eq!(
+            h.summary,
+            Some(Summary {
+                rounds_completed: 3,
+                outcome: Outcome::Completed
+            })
+        );
+        assert!(h.engine.is_finished() && h.engine.poll_timeout().is_none());
+        assert_eq!(h.engine.history().len(), 3);
+    }
+
+    #[test]
+    fn one_step_fedavg_equals_hand_computed_average() {
+        let cfg = EngineConfig {
+            rounds: 1,
+            min_stations: 2,
+            fraction_fit: 1.0,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b"]);
+        let g = h.engine.global().clone();
+        let update = |values: &[f32], n| FitRes {
+            params: Params::new(g.spec().clone(), values.to_vec()).unwrap(),
+            num_examples: n,
+            metrics: Metrics::new(),
+        };
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("b"),
+                round: 1,
+                update: update(&[3.0, 0.0, -1.0], 30),
+            },
+        );
+        h.handle(
+            2.0,
+            Event::UpdateReceived {
+                id: id("a"),
+                round: 1,
+                update: update(&[1.0, 2.0, 3.0], 10),
+            },
+        );
+        // (10 * [1, 2, 3] + 30 * [3, 0, -1]) / 40
+        assert_eq!(h.engine.global().data(), &[2.5, 0.5, 0.0]);
+        assert_eq!(
+            h.rounds[0].model_delta_norm,
+            Some((2.5f64 * 2.5 + 0.25).sqrt())
+        );
+        assert_eq!(h.summary.as_ref().unwrap().outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn deadline_times_out_stragglers_and_late_replies_are_stale() {
+        let cfg = EngineConfig {
+            min_stations: 3,
+            fraction_fit: 1.0,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b", "c"]);
+        assert_eq!(h.engine.poll_timeout(), Some(h.at(10.0)));
+        h.answer(1.0, "a");
+        h.answer(2.0, "b");
+        h.timeout(9.9);
+        assert!(h.rounds.is_empty());
+        h.timeout(10.0);
+        let m = &h.rounds[0];
+        assert_eq!(names(&m.completed), ["a", "b"]);
+        assert_eq!(m.failed, BTreeMap::from([(FailureKind::Timeout, 1)]));
+        assert!(m.aggregated);
+        // Round 2 starts at once; c's round-1 answer arrives late.
+        assert_eq!(h.asked(2).len(), 3);
+        h.answer(11.0, "c");
+        // c's latest request is round 2's, so answer round 1 explicitly.
+        let stale = fake_update("c", 1, h.engine.global());
+        h.handle(
+            11.5,
+            Event::UpdateReceived {
+                id: id("c"),
+                round: 1,
+                update: stale,
+            },
+        );
+        assert_eq!(
+            h.engine.current_metrics().failed,
+            BTreeMap::from([(FailureKind::StaleRound, 1)])
+        );
+        // An answer exactly at the deadline is late: deadlines are processed first.
+        // Only c answered round 2, below min_updates: the round backs off and
+        // a's answer finds no round collecting.
+        let late = fake_update("a", 2, h.engine.global());
+        h.handle(
+            20.0,
+            Event::UpdateReceived {
+                id: id("a"),
+                round: 2,
+                update: late,
+            },
+        );
+        assert_eq!(h.rounds.len(), 1);
+        assert_eq!(
+            h.engine.current_metrics().failed,
+            BTreeMap::from([
+                (FailureKind::StaleRound, 1),
+                (FailureKind::Timeout, 2),
+                (FailureKind::NotSampled, 1)
+            ])
+        );
+        assert_eq!(h.engine.poll_timeout(), Some(h.at(22.0)));
+        // The retry samples afresh (all three again) and completes.
+        h.timeout(22.0);
+        assert_eq!(h.asked(2).len(), 6);
+        for s in ["a", "b", "c"] {
+            h.answer(23.0, s);
+        }
+        let m = &h.rounds[1];
+        assert_eq!((m.attempts, m.aggregated), (2, true));
+        assert_eq!(names(&m.completed), ["a", "b", "c"]);
+        assert_eq!(m.fit_s, 10.0 + 1.0);
+        assert_eq!(m.wait_s, 2.0);
+    }
+
+    #[test]
+    fn disconnect_mid_round_does_not_stall_it() {
+        let cfg = EngineConfig {
+            min_stations: 3,
+            fraction_fit: 1.0,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b", "c"]);
+        h.answer(1.0, "a");
+        h.handle(2.0, Event::StationDisconnected { id: id("c") });
+        assert!(h.rounds.is_empty());
+        h.answer(3.0, "b");
+        // Everyone sampled has answered or left: no wait for the deadline.
+        let m = &h.rounds[0];
+        assert_eq!(m.failed, BTreeMap::from([(FailureKind::Disconnected, 1)]));
+        assert_eq!(names(&m.completed), ["a", "b"]);
+        assert_eq!(m.round_s, 3.0);
+        // Two stations are left, below min_stations: round 2 waits.
+        assert!(h.asked(2).is_empty());
+        assert_eq!(h.engine.poll_timeout(), None);
+        h.connect(4.0, &["c"]);
+        assert_eq!(h.asked(2).len(), 3);
+    }
+
+    #[test]
+    fn invalid_updates_are_refused_while_others_are_aggregated() {
+        let cfg = EngineConfig {
+            rounds: 1,
+            min_stations: 5,
+            fraction_fit: 1.0,
+            max_update_norm: Some(100.0),
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b", "c", "d", "e"]);
+        let g = h.engine.global().clone();
+        let mut nan = fake_update("c", 1, &g);
+        nan.params.data_mut()[1] = f32::NAN;
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("c"),
+                round: 1,
+                update: nan,
+            },
+        );
+        let other = Arc::new(crate::params::ParamSpec::new([("w", vec![3])]).unwrap());
+        let shaped = FitRes {
+            params: Params::new(other, vec![1.0, 1.0, 1.0]).unwrap(),
+            ..fake_update("d", 1, &g)
+        };
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("d"),
+                round: 1,
+                update: shaped,
+            },
+        );
+        // A stale round number is refused but does not use up e's answer...
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("e"),
+                round: 0,
+                update: fake_update("e", 1, &g),
+            },
+        );
+        // ...an update far from the global model does.
+        let mut far = fake_update("e", 1, &g);
+        far.params.data_mut()[0] = 1e3;
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("e"),
+                round: 1,
+                update: far,
+            },
+        );
+        // A station that was never sampled.
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("x"),
+                round: 1,
+                update: fake_update("a", 1, &g),
+            },
+        );
+        h.answer(2.0, "a");
+        h.answer(2.0, "a");
+        // c's answer was used up by its refused update.
+        h.answer(2.0, "c");
+        assert!(h.rounds.is_empty());
+        h.answer(3.0, "b");
+        let m = &h.rounds[0];
+        assert_eq!(names(&m.completed), ["a", "b"]);
+        assert_eq!(
+            m.failed,
+            BTreeMap::from([
+                (FailureKind::NonFinite, 1),
+                (FailureKind::SpecMismatch, 1),
+                (FailureKind::StaleRound, 1),
+                (FailureKind::NormTooLarge, 1),
+                (FailureKind::NotSampled, 1),
+                (FailureKind::Duplicate, 2),
+            ])
+        );
+        let (ua, ub) = (fake_update("a", 1, &g), fake_update("b", 1, &g));
+        let want = weighted(&[&ua, &ub]);
+        assert_eq!(h.engine.global().data(), want.as_slice());
+    }
+
+    fn weighted(updates: &[&FitRes]) -> Vec<f32> {
+        let total: f64 = updates.iter().map(|u| u.num_examples as f64).sum();
+        (0..updates[0].params.data().len())
+            .map(|i| {
+                (updates
+                    .iter()
+                    .map(|u| f64::from(u.params.data()[i]) * u.num_examples as f64)
+                    .sum::<f64>()
+                    / total) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exhausted_retries_abort_or_skip() {
+        for on_exhausted in [OnExhausted::Abort, OnExhausted::Skip] {
+            let cfg = EngineConfig {
+                rounds: 2,
+                min_stations: 2,
+                fraction_fit: 1.0,
+                retry: RetryPolicy {
+                    max_retries: 1,
+                    backoff: Duration::from_secs(1),
+                    on_exhausted,
+                },
+                ..config()
+            };
+            let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+            h.connect(0.0, &["a", "b"]);
+            // Attempt 1: b fails, a then cannot reach min_updates = 2 alone:
+            // collection closes at once (no wait for a).
+            h.handle(
+                1.0,
+                Event::FitFailed {
+                    id: id("b"),
+                    round: 1,
+                    message: "out of memory".into(),
+                },
+            );
+            assert_eq!(h.engine.poll_timeout(), Some(h.at(2.0)));
+            h.timeout(2.0);
+            assert_eq!(h.asked(1).len(), 4);
+            // Attempt 2: b disconnects.
+            h.handle(3.0, Event::StationDisconnected { id: id("b") });
+            match on_exhausted {
+                OnExhausted::Abort => {
+                    let s = h.summary.clone().unwrap();
+                    assert_eq!(s.rounds_completed, 0);
+                    assert!(
+                        matches!(s.outcome, Outcome::Aborted { round: 1, .. }),
+                        "{s:?}"
+                    );
+                    assert!(h.rounds.is_empty() && h.checkpoints.is_empty());
+                }
+                OnExhausted::Skip => {
+                    let m = &h.rounds[0];
+                    assert!(!m.aggregated && m.note.as_deref().unwrap().starts_with("skipped"));
+                    assert_eq!(
+                        m.failed,
+                        BTreeMap::from([
+                            (FailureKind::StationError, 1),
+                            (FailureKind::Disconnected, 1)
+                        ])
+                    );
+                    assert_eq!(h.engine.global().data(), &[0.0, 0.0, 0.0]);
+                    assert_eq!(h.checkpoints[0].round, 1);
+                    assert!(h.summary.is_none());
+                    assert_eq!(h.engine.round(), 2);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn waiting_for_stations_gives_up_when_told_to() {
+        let cfg = EngineConfig {
+            station_wait_timeout: Some(Duration::from_secs(30)),
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(1.0, &["a"]);
+        assert_eq!(h.engine.poll_timeout(), Some(h.at(30.0)));
+        h.timeout(29.0);
+        assert!(h.summary.is_none());
+        h.timeout(30.0);
+        let s = h.summary.clone().unwrap();
+        assert!(
+            matches!(&s.outcome, Outcome::Aborted { round: 1, reason } if reason.contains("1 of 4")),
+            "{s:?}"
+        );
+        // Events after the end change nothing.
+        h.connect(31.0, &["b", "c", "d"]);
+        assert!(h.fits.is_empty());
+    }
+
+    #[test]
+    fn evaluation_rounds_collect_federated_and_server_evaluations() {
+        let cfg = EngineConfig {
+            rounds: 3,
+            min_stations: 3,
+            fraction_fit: 1.0,
+            eval_every: 2,
+            fraction_evaluate: 1.0,
+            evaluate_deadline: Duration::from_secs(5),
+            evaluate_config: Config::from([("batch_size".into(), ConfigValue::Int(64))]),
+            ..config()
+        };
+        let strategy = WithServerEval::new(Box::new(FedAvg::new()), |round, _: &Params| {
+            Some(EvalSummary {
+                loss: Some(round as f64 / 10.0),
+                metrics: Metrics::from([("accuracy".into(), 0.5)]),
+                num_examples: 100,
+            })
+        });
+        let mut h = Harness::new(cfg, Box::new(strategy));
+        h.connect(0.0, &["a", "b", "c"]);
+        let eval = |h: &mut Harness, secs: f64, s: &str, loss: f64, n: u64| {
+            let round = h.engine.round();
+            h.handle(
+                secs,
+                Event::EvaluationReceived {
+                    id: id(s),
+                    round,
+                    result: EvaluateRes {
+                        loss,
+                        num_examples: n,
+                        metrics: Metrics::from([("mae".into(), loss * 2.0)]),
+                    },
+                },
+            );
+        };
+        for s in ["a", "b", "c"] {
+            h.answer(1.0, s);
+        }
+        // Round 1 is not an evaluation round.
+        assert!(h.evals.is_empty());
+        assert_eq!(h.rounds[0].eval_loss, None);
+        assert_eq!(h.rounds[0].server_eval_loss, None);
+        for s in ["a", "b", "c"] {
+            h.answer(2.0, s);
+        }
+        assert_eq!(h.evals.len(), 3);
+        assert!(h.rounds.len() == 1, "round 2 waits for its evaluation");
+        let (_, r, ins) = &h.evals[0];
+        assert_eq!(*r, 2);
+        assert!(Arc::ptr_eq(&ins.global, h.engine.global()));
+        assert_eq!(ins.config["batch_size"], ConfigValue::Int(64));
+        eval(&mut h, 3.0, "a", 1.0, 10);
+        eval(&mut h, 3.0, "a", 1.0, 10);
+        eval(&mut h, 3.0, "b", f64::NAN, 10);
+        eval(&mut h, 4.0, "c", 3.0, 30);
+        let m = &h.rounds[1];
+        assert_eq!(m.eval_loss, Some((10.0 + 90.0) / 40.0));
+        assert_eq!(m.eval_metrics["mae"], 5.0);
+        assert_eq!((m.eval_sampled, m.eval_completed), (3, 2));
+        assert_eq!(
+            m.eval_failed,
+            BTreeMap::from([(FailureKind::Duplicate, 1), (FailureKind::NonFinite, 1)])
+        );
+        assert_eq!(m.server_eval_loss, Some(0.2));
+        assert_eq!(m.eval_s, 2.0);
+        // Round 3 is the last, so it evaluates too; c never answers.
+        for s in ["a", "b", "c"] {
+            h.answer(5.0, s);
+        }
+        eval(&mut h, 6.0, "a", 2.0, 10);
+        eval(&mut h, 6.0, "b", 4.0, 10);
+        h.timeout(10.0);
+        let m = &h.rounds[2];
+        assert_eq!(m.eval_loss, Some(3.0));
+        assert_eq!(m.eval_failed, BTreeMap::from([(FailureKind::Timeout, 1)]));
+        assert_eq!(h.summary.as_ref().unwrap().outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn same_seed_same_samples_and_traffic_is_counted() {
+        let stations: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let run = |seed: u64| {
+            let cfg = EngineConfig {
+                rounds: 4,
+                min_stations: 10,
+                min_fit: 3,
+                min_updates: 1,
+                fraction_fit: 0.3,
+                seed,
+                ..config()
+            };
+            let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+            let names: Vec<&str> = stations.iter().map(|s| s.as_str()).collect();
+            h.connect(0.0, &names);
+            let mut t = 0.0;
+            for round in 1..=4u64 {
+                t += 0.5;
+                h.handle(
+                    t,
+                    Event::Traffic {
+                        bytes_in: 10,
+                        bytes_out: 100 * round,
+                    },
+                );
+                let first: Vec<StationId> = h.asked(round);
+                for s in first {
+                    h.handle(
+                        t,
+                        Event::FitFailed {
+                            id: s,
+                            round,
+                            message: String::new(),
+                        },
+                    );
+                }
+                // All failed: too few updates, a retry after the 2 s backoff.
+                t += 2.0;
+                h.timeout(t);
+                let second: Vec<StationId> = h
+                    .fits
+                    .iter()
+                    .filter(|(_, r, _)| *r == round)
+                    .skip(3)
+                    .map(|(s, _, _)| s.clone())
+                    .collect();
+                assert_eq!(second.len(), 3);
+                for s in second {
+                    let update = fake_update("a", round, h.engine.global());
+                    h.handle(
+                        t,
+                        Event::UpdateReceived {
+                            id: s,
+                            round,
+                            update,
+                        },
+                    );
+                }
+            }
+            assert_eq!(h.rounds.len(), 4);
+            h
+        };
+        let a = run(1);
+        let b = run(1);
+        let c = run(2);
+        let samples = |h: &Harness| {
+            h.fits
+                .iter()
+                .map(|(s, r, _)| (s.clone(), *r))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(samples(&a), samples(&b));
+        assert_ne!(samples(&a), samples(&c));
+        assert_eq!(a.rounds[0].sampled.len(), 3);
+        assert_eq!((a.rounds[2].bytes_in, a.rounds[2].bytes_out), (10, 300));
+        // Attempt 2 samples independently of attempt 1.
+        let r1: Vec<_> = a
+            .fits
+            .iter()
+            .filter(|(_, r, _)| *r == 1)
+            .map(|(s, _, _)| s.clone())
+            .collect();
+        assert_eq!(r1.len(), 6);
+        assert_eq!(a.rounds[0].attempts, 2);
+        assert_eq!(a.rounds[0].sampled, r1[3..].to_vec());
+        // The retry avoids the stations that failed the first attempt.
+        assert!(r1[3..].iter().all(|s| !r1[..3].contains(s)), "{r1:?}");
+    }
+
+    fn assert_close_json<T: Serialize + ?Sized>(a: &T, b: &T) {
+        fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str) {
+            use serde_json::Value::*;
+            match (a, b) {
+                (Number(x), Number(y)) => {
+                    let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                    assert!(
+                        (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+                        "{path}: {x} vs {y}"
+                    );
+                }
+                (Array(x), Array(y)) => {
+                    assert_eq!(x.len(), y.len(), "{path}");
+                    for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                        walk(x, y, &format!("{path}[{i}]"));
+                    }
+                }
+                (Object(x), Object(y)) => {
+                    assert_eq!(
+                        x.keys().collect::<Vec<_>>(),
+                        y.keys().collect::<Vec<_>>(),
+                        "{path}"
+                    );
+                    for (k, v) in x {
+                        walk(v, &y[k], &format!("{path}.{k}"));
+                    }
+                }
+                _ => assert_eq!(a, b, "{path}"),
+            }
+        }
+        walk(
+            &serde_json::to_value(a).unwrap(),
+            &serde_json::to_value(b).unwrap(),
+            "",
+        );
+    }
+
+    #[test]
+    fn resume_continues_from_round_n_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(tmp.path());
+        let cfg = EngineConfig {
+            rounds: 3,
+            min_stations: 3,
+            fraction_fit: 0.7,
+            ..config()
+        };
+        let strategy = || Box::new(FedAvgM::new(1.0, 0.9).unwrap()) as Box<dyn Strategy>;
+        let play_round = |h: &mut Harness, round: u64| {
+            for s in h.asked(round) {
+                h.answer(round as f64, s.as_str());
+            }
+        };
+        // The reference run: three rounds in one go, checkpoints persisted as a driver would.
+        let mut full = Harness::new(cfg.clone(), strategy());
+        full.connect(0.0, &["a", "b", "c"]);
+        for round in 1..=3 {
+            play_round(&mut full, round);
+            if round == 2 {
+                store.save(full.checkpoints.last().unwrap()).unwrap();
+            }
+        }
+        assert_eq!(full.rounds.len(), 3);
+
+        // A new server process resumes from the round-2 checkpoint.
+        let t0 = Instant::now();
+        let engine = Engine::resume(
+            tmp.path(),
+            cfg.clone(),
+            strategy(),
+            params(&[0.0, 0.0, 0.0]),
+            t0,
+        )
+        .unwrap();
+        assert_eq!(engine.round(), 3);
+        // serde_json parses floats to within an ulp, not always exactly.
+        assert_close_json(engine.history(), &full.rounds[..2]);
+        let mut resumed = Harness::wrap(engine, t0);
+        resumed.connect(0.0, &["a", "b", "c"]);
+        assert_eq!(resumed.asked(3), full.asked(3));
+        assert!(resumed.asked(1).is_empty() && resumed.asked(2).is_empty());
+        play_round(&mut resumed, 3);
+        // Same model after round 3, which needs FedAvgM's restored momentum.
+        assert_eq!(resumed.engine.global(), full.engine.global());
+        assert_eq!(resumed.rounds[0].completed, full.rounds[2].completed);
+        assert_eq!(resumed.checkpoints[0].history.len(), 3);
+        assert_eq!(resumed.summary.as_ref().unwrap().rounds_completed, 3);
+        // Without momentum restored, round 3 would differ.
+        let mut fresh = Harness::wrap(
+            Engine::from_checkpoint(
+                cfg.clone(),
+                strategy(),
+                Checkpoint {
+                    strategy: StrategyState::stateless("fedavgm"),
+                    ..store.load_latest().unwrap().unwrap()
+                },
+                t0,
+            )
+            .unwrap(),
+            t0,
+        );
+        fresh.connect(0.0, &["a", "b", "c"]);
+        play_round(&mut fresh, 3);
+        assert_ne!(fresh.engine.global(), full.engine.global());
+
+        // Resuming a finished run finishes at once; another layout is refused.
+        store.save(full.checkpoints.last().unwrap()).unwrap();
+        let mut done = Engine::resume(
+            tmp.path(),
+            cfg.clone(),
+            strategy(),
+            params(&[0.0, 0.0, 0.0]),
+            t0,
+        )
+        .unwrap();
+        assert!(done.is_finished());
+        assert!(matches!(
+            done.poll_action(),
+            Some(Action::Finished(Summary {
+                rounds_completed: 3,
+                ..
+            }))
+        ));
+        assert!(
+            Engine::resume(tmp.path(), cfg.clone(), strategy(), params(&[0.0, 0.0]), t0).is_err()
+        );
+        // The wrong strategy is refused too.
+        assert!(Engine::resume(
+            tmp.path(),
+            cfg,
+            Box::new(FedAvg::new()),
+            params(&[0.0, 0.0, 0.0]),
+            t0
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn engine_moves_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Engine>();
+        assert_send::<Action>();
+        assert_send::<Event>();
+    }
+
+    #[test]
+    fn config_validation_and_toml() {
+        assert!(EngineConfig::default().validate().is_ok());
+        let bad = [
+            EngineConfig {
+                rounds: 0,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                fraction_fit: 0.0,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                min_fit: 3,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                min_updates: 3,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                round_deadline: Duration::ZERO,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                max_update_norm: Some(-1.0),
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                round_deadline: Duration::from_secs(u64::MAX),
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                fraction_evaluate: 1.5,
+                ..EngineConfig::default()
+            },
+        ];
+        for cfg in bad {
+            let err = cfg.validate().unwrap_err();
+            assert!(matches!(err, FlError::Config { .. }), "{err}");
+        }
+        let cfg: EngineConfig = toml::from_str(
+            "rounds = 20\nmin_stations = 21\nfraction = 0.5\nround_deadline = 90.5\n\
+             station_wait_timeout = 600\n[retry]\non_exhausted = \"skip\"\n\
+             [fit_config]\nlocal_epochs = 1\nlr = 0.01\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.rounds, 20);
+        assert_eq!(cfg.fraction_fit, 0.5);
+        assert_eq!(cfg.round_deadline, Duration::from_millis(90_500));
+        assert_eq!(cfg.station_wait_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(cfg.retry.on_exhausted, OnExhausted::Skip);
+        assert_eq!(cfg.fit_config["lr"], ConfigValue::Float(0.01));
+        assert_eq!(cfg.fit_config["local_epochs"], ConfigValue::Int(1));
+        assert!(toml::from_str::<EngineConfig>("roundz = 3").is_err());
+        assert!(toml::from_str::<EngineConfig>("round_deadline = -1").is_err());
+        let back: EngineConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        assert_eq!(sample_size(21, 0.1, 2), 2);
+        assert_eq!(sample_size(21, 0.5, 2), 10);
+        assert_eq!(sample_size(3, 1.0, 5), 3);
     }
 }

@@ -90,6 +90,96 @@ impl RoundMetrics {
         *self.failed.entry(kind).or_default() += 1;
     }
 
+    /// Column names for [`csv_record`](Self::csv_record): the round's
+    /// counts, one `failed_<reason>` column per [`FailureKind`], losses,
+    /// `eval_<key>` and `server_<key>` for each of `eval_keys`, bytes and
+    /// durations.
+    pub fn csv_header(eval_keys: &[&str]) -> Vec<String> {
+        let mut h: Vec<String> = ["round", "attempts", "sampled", "completed", "failed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        h.extend(FailureKind::ALL.iter().map(|k| format!("failed_{k}")));
+        h.extend(
+            [
+                "aggregated",
+                "num_examples",
+                "train_loss",
+                "eval_completed",
+                "eval_loss",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        h.extend(eval_keys.iter().map(|k| format!("eval_{k}")));
+        h.push("server_eval_loss".into());
+        h.extend(eval_keys.iter().map(|k| format!("server_{k}")));
+        h.extend(
+            [
+                "bytes_in",
+                "bytes_out",
+                "started_s",
+                "wait_s",
+                "fit_s",
+                "aggregate_s",
+                "eval_s",
+                "round_s",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        h
+    }
+
+    /// This round as a CSV record matching [`csv_header`](Self::csv_header);
+    /// missing values are empty.
+    pub fn csv_record(&self, eval_keys: &[&str]) -> Vec<String> {
+        fn opt(v: Option<f64>) -> String {
+            v.map(|v| v.to_string()).unwrap_or_default()
+        }
+        let mut r = vec![
+            self.round.to_string(),
+            self.attempts.to_string(),
+            self.sampled.len().to_string(),
+            self.completed.len().to_string(),
+            self.failed_total().to_string(),
+        ];
+        r.extend(
+            FailureKind::ALL
+                .iter()
+                .map(|k| self.failed.get(k).copied().unwrap_or(0).to_string()),
+        );
+        r.extend([
+            self.aggregated.to_string(),
+            self.num_examples.to_string(),
+            opt(self.train_loss),
+            self.eval_completed.to_string(),
+            opt(self.eval_loss),
+        ]);
+        r.extend(
+            eval_keys
+                .iter()
+                .map(|k| opt(self.eval_metrics.get(*k).copied())),
+        );
+        r.push(opt(self.server_eval_loss));
+        r.extend(
+            eval_keys
+                .iter()
+                .map(|k| opt(self.server_eval_metrics.get(*k).copied())),
+        );
+        r.extend([
+            self.bytes_in.to_string(),
+            self.bytes_out.to_string(),
+            self.started_s.to_string(),
+            self.wait_s.to_string(),
+            self.fit_s.to_string(),
+            opt(self.aggregate_s),
+            self.eval_s.to_string(),
+            self.round_s.to_string(),
+        ]);
+        r
+    }
+
     /// Counts one failed evaluation of `kind`.
     pub fn count_eval_failure(&mut self, kind: FailureKind) {
         *self.eval_failed.entry(kind).or_default() += 1;
@@ -118,6 +208,18 @@ mod tests {
         let back: RoundMetrics = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.failed_total(), 3);
+        let keys = ["accuracy", "auc"];
+        let header = RoundMetrics::csv_header(&keys);
+        let record = m.csv_record(&keys);
+        assert_eq!(header.len(), record.len());
+        let col = |name: &str| &record[header.iter().position(|h| h == name).unwrap()];
+        assert_eq!(col("failed"), "3");
+        assert_eq!(col("failed_timeout"), "2");
+        assert_eq!(col("failed_duplicate"), "0");
+        assert_eq!(col("sampled"), "2");
+        assert_eq!(col("train_loss"), "0.5");
+        assert_eq!(col("eval_accuracy"), "0.75");
+        assert_eq!(col("eval_auc"), "");
         // Older or partial records still load.
         let partial: RoundMetrics = serde_json::from_str("{\"round\": 7}").unwrap();
         assert_eq!(partial.round, 7);

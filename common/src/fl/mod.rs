@@ -16,6 +16,36 @@
 //! invalid ones ([`validate`]), aggregates with a [`Strategy`] when enough
 //! arrived (otherwise retries with a fresh sample), optionally evaluates, and
 //! asks for a checkpoint.
+//!
+//! A driver is a loop around three calls (here synchronous; the QUIC server
+//! does the same from its event loop, the simulator from its scheduler):
+//!
+//! ```rust,ignore
+//! let store = CheckpointStore::new(&checkpoint_dir);
+//! let mut engine = Engine::resume(&checkpoint_dir, config, strategy, initial, Instant::now())?;
+//! loop {
+//!     while let Some(action) = engine.poll_action() {
+//!         match action {
+//!             Action::SendFit { station, round, ins } => transport.send_fit(&station, round, ins),
+//!             Action::SendEvaluate { station, round, ins } => transport.send_evaluate(&station, round, ins),
+//!             Action::RoundFinished(metrics) => metrics_log.write(&metrics)?,
+//!             Action::Checkpoint(c) => { store.save(&c)?; }
+//!             Action::Finished(summary) => return Ok(summary),
+//!             _ => {}
+//!         }
+//!     }
+//!     // Wait for the next event or the engine's timer, whichever comes first.
+//!     match transport.next_event(engine.poll_timeout()) {
+//!         Some(event) => engine.handle(Instant::now(), event),
+//!         None => engine.handle_timeout(Instant::now()),
+//!     }
+//! }
+//! ```
+//!
+//! Updates are buffered until the round closes and aggregated in station
+//! order, so the result does not depend on arrival order (the memory and QUIC
+//! transports give identical models for the same seed); memory per round is
+//! one model per accepted update.
 
 pub mod bench;
 pub mod checkpoint;

@@ -46,6 +46,20 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, in the order of metrics columns.
+    pub const ALL: [FailureKind; 10] = [
+        FailureKind::Timeout,
+        FailureKind::Disconnected,
+        FailureKind::StationError,
+        FailureKind::NotSampled,
+        FailureKind::StaleRound,
+        FailureKind::Duplicate,
+        FailureKind::SpecMismatch,
+        FailureKind::NonFinite,
+        FailureKind::NormTooLarge,
+        FailureKind::NoExamples,
+    ];
+
     /// The snake_case name used in metrics files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -181,7 +195,7 @@ pub fn check_update(
                 })
             })?
             .sqrt();
-        if !(norm <= max) {
+        if norm.is_nan() || norm > max {
             return Err(Refusal::NormTooLarge { norm, max });
         }
     }
@@ -210,6 +224,11 @@ impl Validator {
     /// The round being validated.
     pub fn round(&self) -> u64 {
         self.round
+    }
+
+    /// Whether `station` has used up its answer (accepted or refused for its content).
+    pub fn has_answered(&self, station: &StationId) -> bool {
+        self.answered.contains(station)
     }
 
     /// Checks one update from `station` naming round `round`. An update that
@@ -324,19 +343,7 @@ mod tests {
 
     #[test]
     fn failure_kinds_serialize_as_snake_case() {
-        let all = [
-            FailureKind::Timeout,
-            FailureKind::Disconnected,
-            FailureKind::StationError,
-            FailureKind::NotSampled,
-            FailureKind::StaleRound,
-            FailureKind::Duplicate,
-            FailureKind::SpecMismatch,
-            FailureKind::NonFinite,
-            FailureKind::NormTooLarge,
-            FailureKind::NoExamples,
-        ];
-        for k in all {
+        for k in FailureKind::ALL {
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
         }
     }

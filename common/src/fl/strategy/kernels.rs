@@ -20,6 +20,9 @@ use rayon::prelude::*;
 /// 64 KiB per input.
 pub const CHUNK: usize = 1 << 14;
 
+/// Coordinates per `f64` accumulator block of the weighted mean (16 KiB, L1).
+const MEAN_BLOCK: usize = 1 << 11;
+
 /// Coordinates per parallel task for kernels that revisit every input
 /// (distances, median): small enough that all inputs' chunks stay in L2.
 pub const SMALL_CHUNK: usize = 1 << 11;
@@ -87,96 +90,202 @@ pub fn weighted_mean(
     }
     let scale: Vec<f64> = weights.iter().map(|w| w / total).collect();
     out.par_chunks_mut(CHUNK).enumerate().for_each_init(
-        || vec![0f64; CHUNK],
+        || vec![0f64; MEAN_BLOCK],
         |acc, (c, out)| {
-            let start = c * CHUNK;
-            let acc = &mut acc[..out.len()];
-            let range = start..start + out.len();
-            let first = &inputs[0][range.clone()];
-            let w0 = scale[0];
-            for (a, &x) in acc.iter_mut().zip(first) {
-                *a = w0 * f64::from(x);
-            }
-            for (x, &w) in inputs[1..].iter().zip(&scale[1..]) {
-                for (a, &v) in acc.iter_mut().zip(&x[range.clone()]) {
-                    *a += w * f64::from(v);
+            for (b, out) in out.chunks_mut(MEAN_BLOCK).enumerate() {
+                let start = c * CHUNK + b * MEAN_BLOCK;
+                let range = start..start + out.len();
+                let acc = &mut acc[..out.len()];
+                acc.fill(0.0);
+                // Four inputs per pass over the accumulator: a quarter of the
+                // accumulator traffic of one pass per input.
+                for (xs, ws) in inputs.chunks(4).zip(scale.chunks(4)) {
+                    match (xs, ws) {
+                        ([x0, x1, x2, x3], [w0, w1, w2, w3]) => {
+                            let it = acc
+                                .iter_mut()
+                                .zip(&x0[range.clone()])
+                                .zip(&x1[range.clone()])
+                                .zip(&x2[range.clone()])
+                                .zip(&x3[range.clone()]);
+                            for ((((a, &p), &q), &r), &s) in it {
+                                *a += w0 * f64::from(p)
+                                    + w1 * f64::from(q)
+                                    + w2 * f64::from(r)
+                                    + w3 * f64::from(s);
+                            }
+                        }
+                        ([x0, x1, x2], [w0, w1, w2]) => {
+                            let it = acc
+                                .iter_mut()
+                                .zip(&x0[range.clone()])
+                                .zip(&x1[range.clone()])
+                                .zip(&x2[range.clone()]);
+                            for (((a, &p), &q), &r) in it {
+                                *a += w0 * f64::from(p) + w1 * f64::from(q) + w2 * f64::from(r);
+                            }
+                        }
+                        ([x0, x1], [w0, w1]) => {
+                            let it = acc
+                                .iter_mut()
+                                .zip(&x0[range.clone()])
+                                .zip(&x1[range.clone()]);
+                            for ((a, &p), &q) in it {
+                                *a += w0 * f64::from(p) + w1 * f64::from(q);
+                            }
+                        }
+                        _ => {
+                            for (x, &w) in xs.iter().zip(ws) {
+                                for (a, &p) in acc.iter_mut().zip(&x[range.clone()]) {
+                                    *a += w * f64::from(p);
+                                }
+                            }
+                        }
+                    }
                 }
-            }
-            for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                *o = a as f32;
+                for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                    *o = a as f32;
+                }
             }
         },
     );
     Ok(())
 }
 
-/// Maps an `f32` to an `i32` whose integer order is the float's total order,
-/// so selection compares integers.
-#[inline]
-fn order_key(x: f32) -> i32 {
-    let b = x.to_bits() as i32;
-    b ^ (((b >> 31) as u32) >> 1) as i32
+/// The comparators `(i, j)`, `i < j`, of Batcher's odd-even merge sort for
+/// `n` values: applying "put the smaller at `i`" for each in order sorts any
+/// input. Built for the next power of two; comparators that touch a position
+/// `>= n` are dropped, which is exact because padding with `+inf` would never
+/// move.
+pub fn sorting_network(n: usize) -> Vec<(usize, usize)> {
+    let size = n.next_power_of_two();
+    let mut out = Vec::new();
+    let mut p = 1;
+    while p < size {
+        let mut k = p;
+        while k >= 1 {
+            let mut j = k % p;
+            while j + k < size {
+                for i in 0..k.min(size - j - k) {
+                    if (i + j) / (2 * p) == (i + j + k) / (2 * p) && i + j + k < n {
+                        out.push((i + j, i + j + k));
+                    }
+                }
+                j += 2 * k;
+            }
+            k /= 2;
+        }
+        p *= 2;
+    }
+    out
 }
 
-/// The inverse of [`order_key`].
-#[inline]
-fn from_order_key(k: i32) -> f32 {
-    f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
+/// Drops the comparators that cannot influence the positions in `wanted`
+/// (a backward liveness pass), leaving a selection network.
+fn prune_network(
+    network: &[(usize, usize)],
+    n: usize,
+    wanted: std::ops::Range<usize>,
+) -> Vec<(usize, usize)> {
+    let mut live = vec![false; n];
+    for i in wanted {
+        if let Some(l) = live.get_mut(i) {
+            *l = true;
+        }
+    }
+    let mut kept: Vec<(usize, usize)> = network
+        .iter()
+        .rev()
+        .filter(|&&(a, b)| {
+            let needed = live[a] || live[b];
+            if needed {
+                live[a] = true;
+                live[b] = true;
+            }
+            needed
+        })
+        .copied()
+        .collect();
+    kept.reverse();
+    kept
 }
 
-/// Runs `f(column, out_value)` for every coordinate, where `column` holds the
-/// coordinate's value from each input as order keys (in scratch that `f` may
-/// reorder).
-fn per_coordinate<F>(inputs: &[&[f32]], out: &mut [f32], f: F) -> Result<(), KernelError>
+/// Sorts the first `n` columns of a tile of rows (`width` values each) row-wise:
+/// afterwards each column is ascending. Every comparator is one vectorized
+/// min/max pass over two rows.
+fn sort_columns(tile: &mut [f32], width: usize, n: usize, network: &[(usize, usize)]) {
+    for &(a, b) in network {
+        let (lo, hi) = tile.split_at_mut(b * width);
+        let ra = &mut lo[a * width..a * width + n];
+        let rb = &mut hi[..n];
+        for (x, y) in ra.iter_mut().zip(rb.iter_mut()) {
+            let (p, q) = (*x, *y);
+            *x = if q < p { q } else { p };
+            *y = if p > q { p } else { q };
+        }
+    }
+}
+
+/// Coordinates per sorting tile: each input contributes one row of this
+/// many values, so a tile of 32 inputs stays within 32 KiB (L1).
+const SORT_BLOCK: usize = 256;
+
+/// Runs `f(tile, n, acc, out_block)` for blocks of up to [`SORT_BLOCK`]
+/// coordinates, where row `r` of `tile` holds, per coordinate, the `r`-th
+/// smallest of the inputs' values (at least for the rows the network keeps).
+fn per_sorted_block<F>(inputs: &[&[f32]], out: &mut [f32], network: &[(usize, usize)], f: F)
 where
-    F: Fn(&mut [i32]) -> f32 + Sync,
+    F: Fn(&[f32], usize, &mut [f64], &mut [f32]) + Sync,
 {
-    check_inputs(inputs, out.len())?;
     let k = inputs.len();
     out.par_chunks_mut(SMALL_CHUNK).enumerate().for_each_init(
-        || (vec![0i32; k * SMALL_CHUNK], vec![0i32; k]),
-        |(tile, column), (c, out)| {
-            let start = c * SMALL_CHUNK;
-            let n = out.len();
-            // Transpose the chunk into a row per input (contiguous reads), then
-            // read columns from the tile, which sits in L1/L2.
-            for (row, x) in tile.chunks_exact_mut(SMALL_CHUNK).zip(inputs) {
-                for (t, &v) in row[..n].iter_mut().zip(&x[start..start + n]) {
-                    *t = order_key(v);
+        || (vec![0f32; k * SORT_BLOCK], vec![0f64; SORT_BLOCK]),
+        |(tile, acc), (c, out)| {
+            for (b, out) in out.chunks_mut(SORT_BLOCK).enumerate() {
+                let start = c * SMALL_CHUNK + b * SORT_BLOCK;
+                let n = out.len();
+                for (row, x) in tile.chunks_exact_mut(SORT_BLOCK).zip(inputs) {
+                    row[..n].copy_from_slice(&x[start..start + n]);
                 }
-            }
-            for (j, o) in out.iter_mut().enumerate() {
-                for (dst, row) in column.iter_mut().zip(tile.chunks_exact(SMALL_CHUNK)) {
-                    *dst = row[j];
-                }
-                *o = f(column);
+                sort_columns(tile, SORT_BLOCK, n, network);
+                f(tile, n, acc, out);
             }
         },
     );
-    Ok(())
 }
 
 /// Coordinate-wise median; for an even number of inputs, the mean of the two
-/// middle values.
+/// middle values (computed in `f64`, so it cannot overflow). Inputs must be
+/// finite (validated updates are).
 pub fn median(inputs: &[&[f32]], out: &mut [f32]) -> Result<(), KernelError> {
+    check_inputs(inputs, out.len())?;
     let k = inputs.len();
-    per_coordinate(inputs, out, |col| {
-        let mid = k / 2;
-        let (lower, &mut hi, _) = col.select_nth_unstable(mid);
-        let hi = from_order_key(hi);
+    let mid = k / 2;
+    let wanted = if k % 2 == 1 {
+        mid..mid + 1
+    } else {
+        mid - 1..mid + 1
+    };
+    let network = prune_network(&sorting_network(k), k, wanted);
+    per_sorted_block(inputs, out, &network, |tile, n, _, out| {
+        let hi = &tile[mid * SORT_BLOCK..mid * SORT_BLOCK + n];
         if k % 2 == 1 {
-            hi
+            out.copy_from_slice(hi);
         } else {
-            // The largest value below the upper middle one is the lower middle one.
-            let lo = lower.iter().copied().max().map_or(hi, from_order_key);
-            ((f64::from(lo) + f64::from(hi)) * 0.5) as f32
+            let lo = &tile[(mid - 1) * SORT_BLOCK..(mid - 1) * SORT_BLOCK + n];
+            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                *o = ((f64::from(l) + f64::from(h)) * 0.5) as f32;
+            }
         }
-    })
+    });
+    Ok(())
 }
 
 /// Coordinate-wise mean after dropping the `trim` smallest and `trim`
-/// largest values (`2 * trim < inputs.len()`).
+/// largest values (`2 * trim < inputs.len()`), summed in `f64`. Inputs must
+/// be finite.
 pub fn trimmed_mean(inputs: &[&[f32]], trim: usize, out: &mut [f32]) -> Result<(), KernelError> {
+    check_inputs(inputs, out.len())?;
     let k = inputs.len();
     if 2 * trim >= k {
         return Err(KernelError::Weights(format!(
@@ -184,21 +293,25 @@ pub fn trimmed_mean(inputs: &[&[f32]], trim: usize, out: &mut [f32]) -> Result<(
         )));
     }
     let keep = k - 2 * trim;
-    per_coordinate(inputs, out, |col| {
-        let middle = if trim == 0 {
-            &col[..]
-        } else {
-            // Lowest `trim` to the front, then the next `keep` right after them.
-            col.select_nth_unstable(trim);
-            let rest = &mut col[trim..];
-            if keep < rest.len() {
-                rest.select_nth_unstable(keep - 1);
+    let network = if trim == 0 {
+        Vec::new()
+    } else {
+        prune_network(&sorting_network(k), k, trim..k - trim)
+    };
+    let inv = 1.0 / keep as f64;
+    per_sorted_block(inputs, out, &network, |tile, n, acc, out| {
+        let acc = &mut acc[..n];
+        acc.fill(0.0);
+        for row in tile.chunks_exact(SORT_BLOCK).skip(trim).take(keep) {
+            for (a, &v) in acc.iter_mut().zip(&row[..n]) {
+                *a += f64::from(v);
             }
-            &col[trim..trim + keep]
-        };
-        let sum: f64 = middle.iter().map(|&v| f64::from(from_order_key(v))).sum();
-        (sum / keep as f64) as f32
-    })
+        }
+        for (o, &a) in out.iter_mut().zip(acc.iter()) {
+            *o = (a * inv) as f32;
+        }
+    });
+    Ok(())
 }
 
 /// `Σ (a_i - b_i)^2` in `f32` lanes per block, blocks summed in `f64`.
@@ -270,11 +383,56 @@ pub fn all_finite(a: &[f32]) -> bool {
     })
 }
 
+/// `[Σ (a_i - b0_i)^2, .., Σ (a_i - b3_i)^2]`: four distances from `a` in one
+/// pass, so each value of `a` is loaded once for four pairs (16 SSE
+/// registers hold the four 8-lane accumulators). All slices have `a`'s length.
+fn sq_distances_x4(a: &[f32], b: [&[f32]; 4]) -> [f64; 4] {
+    let mut total = [0f64; 4];
+    let blocks = a
+        .chunks(LANE_BLOCK)
+        .zip(b[0].chunks(LANE_BLOCK))
+        .zip(b[1].chunks(LANE_BLOCK))
+        .zip(b[2].chunks(LANE_BLOCK))
+        .zip(b[3].chunks(LANE_BLOCK));
+    for ((((x, y0), y1), y2), y3) in blocks {
+        let mut lanes = [[0f32; LANES]; 4];
+        let rows = x
+            .chunks_exact(LANES)
+            .zip(y0.chunks_exact(LANES))
+            .zip(y1.chunks_exact(LANES))
+            .zip(y2.chunks_exact(LANES))
+            .zip(y3.chunks_exact(LANES));
+        for ((((x, p), q), r), s) in rows {
+            for l in 0..LANES {
+                let d0 = x[l] - p[l];
+                let d1 = x[l] - q[l];
+                let d2 = x[l] - r[l];
+                let d3 = x[l] - s[l];
+                lanes[0][l] += d0 * d0;
+                lanes[1][l] += d1 * d1;
+                lanes[2][l] += d2 * d2;
+                lanes[3][l] += d3 * d3;
+            }
+        }
+        let tail = x.len() / LANES * LANES;
+        for (o, y) in [y0, y1, y2, y3].iter().enumerate() {
+            let mut sum: f64 = lanes[o].iter().map(|&v| f64::from(v)).sum();
+            for (p, q) in x[tail..].iter().zip(&y[tail..]) {
+                let d = f64::from(*p) - f64::from(*q);
+                sum += d * d;
+            }
+            total[o] += sum;
+        }
+    }
+    total
+}
+
 /// All pairwise squared distances, as a row-major `k x k` matrix.
 ///
 /// One pass over the inputs: each task takes a [`SMALL_CHUNK`] of
 /// coordinates, whose slices from every input stay in cache while all pairs
-/// are compared; per-worker `k x k` partial matrices are summed at the end.
+/// are compared, four pairs per pass ([`sq_distances_x4`]); per-worker
+/// `k x k` partial matrices are summed at the end.
 pub fn pairwise_sq_distances(inputs: &[&[f32]]) -> Result<Vec<f64>, KernelError> {
     let len = inputs.first().map_or(0, |x| x.len());
     check_inputs(inputs, len)?;
@@ -288,7 +446,20 @@ pub fn pairwise_sq_distances(inputs: &[&[f32]]) -> Result<Vec<f64>, KernelError>
                 let range = c * SMALL_CHUNK..((c + 1) * SMALL_CHUNK).min(len);
                 for i in 0..k {
                     let a = &inputs[i][range.clone()];
-                    for j in i + 1..k {
+                    let mut j = i + 1;
+                    while j + 4 <= k {
+                        let b = [
+                            &inputs[j][range.clone()],
+                            &inputs[j + 1][range.clone()],
+                            &inputs[j + 2][range.clone()],
+                            &inputs[j + 3][range.clone()],
+                        ];
+                        for (o, v) in sq_distances_x4(a, b).into_iter().enumerate() {
+                            acc[i * k + j + o] += v;
+                        }
+                        j += 4;
+                    }
+                    for j in j..k {
                         acc[i * k + j] += sq_distance(a, &inputs[j][range.clone()]);
                     }
                 }
@@ -345,12 +516,18 @@ mod tests {
     #[test]
     fn weighted_mean_matches_naive_across_chunk_borders() {
         let n = CHUNK * 2 + 37;
-        let inputs: Vec<Vec<f32>> = (0..5).map(|s| pseudo(n, s)).collect();
+        let inputs: Vec<Vec<f32>> = (0..9).map(|s| pseudo(n, s)).collect();
         let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-        let w = [1.0, 2.0, 3.0, 0.0, 10.0];
         let mut out = vec![0.0; n];
-        weighted_mean(&refs, &w, &mut out).unwrap();
-        assert_eq!(out, naive_mean(&inputs, &w));
+        // Every remainder of the grouping by four, zero weights included.
+        for k in 1..=9 {
+            let w: Vec<f64> = (0..k).map(|i| [1.0, 2.0, 3.0, 0.0, 10.0][i % 5]).collect();
+            weighted_mean(&refs[..k], &w, &mut out).unwrap();
+            // Both sum in f64 but in another order: allow one f32 ulp.
+            for (a, b) in out.iter().zip(naive_mean(&inputs[..k], &w)) {
+                assert!((a - b).abs() <= b.abs() * f32::EPSILON, "k={k}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
@@ -369,16 +546,38 @@ mod tests {
     }
 
     #[test]
-    fn order_keys_sort_like_floats() {
-        let mut v = [3.5f32, -0.0, 0.0, -7.25, 1e-30, -1e30, f32::MAX, f32::MIN];
-        let mut keys: Vec<i32> = v.iter().map(|&x| order_key(x)).collect();
-        keys.sort();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let back: Vec<f32> = keys.iter().map(|&k| from_order_key(k)).collect();
-        assert_eq!(
-            back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-        );
+    fn sorting_networks_sort_every_input() {
+        // 0-1 principle: a comparator network sorts everything iff it sorts all 0/1 inputs.
+        for n in 0..=12usize {
+            let net = sorting_network(n);
+            assert!(net.iter().all(|&(a, b)| a < b && b < n));
+            for bits in 0u32..(1 << n) {
+                let mut v: Vec<u8> = (0..n).map(|i| ((bits >> i) & 1) as u8).collect();
+                for &(a, b) in &net {
+                    if v[b] < v[a] {
+                        v.swap(a, b);
+                    }
+                }
+                assert!(v.windows(2).all(|w| w[0] <= w[1]), "n={n} bits={bits:b}");
+            }
+        }
+        // Larger (non-power-of-two) sizes on random data, and pruned selection.
+        for n in [13usize, 21, 31, 33, 50] {
+            let net = sorting_network(n);
+            let sel = prune_network(&net, n, n / 2..n / 2 + 1);
+            assert!(sel.len() < net.len());
+            for seed in 0..20 {
+                let v = pseudo(n, seed);
+                let mut sorted = v.clone();
+                sorted.sort_by(f32::total_cmp);
+                let mut w = v.clone();
+                sort_columns(&mut w, 1, 1, &net);
+                assert_eq!(w, sorted, "n={n}");
+                let mut m = v.clone();
+                sort_columns(&mut m, 1, 1, &sel);
+                assert_eq!(m[n / 2], sorted[n / 2], "n={n}");
+            }
+        }
     }
 
     #[test]
@@ -403,9 +602,9 @@ mod tests {
     }
 
     #[test]
-    fn median_matches_sorting_across_chunks() {
+    fn median_and_trimmed_mean_match_sorting_across_chunks() {
         let n = SMALL_CHUNK * 3 + 5;
-        for k in [1usize, 2, 6, 7] {
+        for k in [1usize, 2, 6, 7, 21] {
             let inputs: Vec<Vec<f32>> = (0..k).map(|s| pseudo(n, s as u32 + 11)).collect();
             let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
             let mut out = vec![0.0; n];
@@ -420,25 +619,38 @@ mod tests {
                 };
                 assert_eq!(out[i], want, "k={k} i={i}");
             }
+            for trim in 0..=(k - 1) / 2 {
+                trimmed_mean(&refs, trim, &mut out).unwrap();
+                for i in (0..n).step_by(89) {
+                    let mut col: Vec<f32> = inputs.iter().map(|x| x[i]).collect();
+                    col.sort_by(|a, b| a.total_cmp(b));
+                    let mid = &col[trim..k - trim];
+                    let want =
+                        (mid.iter().map(|&v| f64::from(v)).sum::<f64>() / mid.len() as f64) as f32;
+                    assert!((out[i] - want).abs() <= 1e-6, "k={k} trim={trim} i={i}");
+                }
+            }
         }
     }
 
     #[test]
     fn distances_finiteness_and_norms() {
         let n = SMALL_CHUNK * 2 + 3;
-        let inputs: Vec<Vec<f32>> = (0..4).map(|s| pseudo(n, s + 3)).collect();
+        // Seven inputs: pairs go through both the four-at-once and the single path.
+        let k = 7;
+        let inputs: Vec<Vec<f32>> = (0..k).map(|s| pseudo(n, s as u32 + 3)).collect();
         let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
         let d = pairwise_sq_distances(&refs).unwrap();
-        for i in 0..4 {
-            assert_eq!(d[i * 4 + i], 0.0);
-            for j in 0..4 {
+        for i in 0..k {
+            assert_eq!(d[i * k + i], 0.0);
+            for j in 0..k {
                 let exact: f64 = inputs[i]
                     .iter()
                     .zip(&inputs[j])
                     .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
                     .sum();
-                assert!((d[i * 4 + j] - exact).abs() <= exact * 1e-5, "{i},{j}");
-                assert_eq!(d[i * 4 + j], d[j * 4 + i]);
+                assert!((d[i * k + j] - exact).abs() <= exact * 1e-5, "{i},{j}");
+                assert_eq!(d[i * k + j], d[j * k + i]);
             }
         }
         let exact: f64 = inputs[0].iter().map(|a| f64::from(*a).powi(2)).sum();

@@ -124,7 +124,7 @@ impl Krum {
     /// update's score, from the pairwise squared distances `d` (`n x n`).
     pub fn select(&self, d: &[f64], n: usize) -> (Vec<usize>, Vec<f64>) {
         let neighbours = n
-            .saturating_sub(self.byzantine + 2)
+            .saturating_sub(self.byzantine.saturating_add(2))
             .max(1)
             .min(n.saturating_sub(1));
         let mut row = Vec::with_capacity(n);
@@ -164,7 +164,7 @@ impl Strategy for Krum {
         if n == 0 {
             return Ok(Aggregated::default());
         }
-        if n < 2 * self.byzantine + 3 {
+        if n < self.byzantine.saturating_mul(2).saturating_add(3) {
             tracing::warn!(
                 updates = n,
                 byzantine = self.byzantine,
