@@ -10,26 +10,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use fedcrime_common::data::Task;
-use fedcrime_common::fl::{FailureKind, Metrics as FlMetrics, RoundMetrics};
+use fedcrime_common::fl::RoundMetrics;
 use fedcrime_common::params_io::write_atomic;
 use fedcrime_common::train::Metrics as TaskMetrics;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServerError};
-
-/// The known failure kinds, one CSV column each.
-const KINDS: [FailureKind; 10] = [
-    FailureKind::Timeout,
-    FailureKind::Disconnected,
-    FailureKind::StationError,
-    FailureKind::NotSampled,
-    FailureKind::StaleRound,
-    FailureKind::Duplicate,
-    FailureKind::SpecMismatch,
-    FailureKind::NonFinite,
-    FailureKind::NormTooLarge,
-    FailureKind::NoExamples,
-];
 
 /// One round as the server records it: the engine's metrics plus what the
 /// driver measured.
@@ -142,43 +128,16 @@ impl MetricsWriter {
         Ok(w)
     }
 
+    fn keys(&self) -> Vec<&str> {
+        self.metric_names.iter().map(String::as_str).collect()
+    }
+
+    /// The engine's columns ([`RoundMetrics::csv_header`]) and the driver's.
     fn columns(&self) -> Vec<String> {
-        let mut c: Vec<String> = [
-            "round",
-            "attempts",
-            "sampled",
-            "completed",
-            "failed",
-        ]
-        .map(String::from)
-        .to_vec();
-        c.extend(KINDS.iter().map(|k| format!("failed_{k}")));
+        let mut c = RoundMetrics::csv_header(&self.keys());
         c.extend(
             [
-                "aggregated",
-                "num_examples",
-                "train_loss",
                 "model_delta_norm",
-                "eval_sampled",
-                "eval_completed",
-                "eval_failed",
-                "eval_loss",
-            ]
-            .map(String::from),
-        );
-        c.extend(self.metric_names.iter().map(|m| format!("eval_{m}")));
-        c.push("server_eval_loss".into());
-        c.extend(self.metric_names.iter().map(|m| format!("server_eval_{m}")));
-        c.extend(
-            [
-                "bytes_in",
-                "bytes_out",
-                "started_s",
-                "wait_s",
-                "fit_s",
-                "aggregate_s",
-                "eval_s",
-                "round_s",
                 "max_train_s",
                 "overhead_s",
                 "fit_overhead_s",
@@ -197,45 +156,9 @@ impl MetricsWriter {
 
     fn write_csv_row(&self, out: &mut Vec<u8>, r: &RoundRecord) -> Result<()> {
         let m = &r.metrics;
-        let metric = |map: &FlMetrics, name: &str| opt(map.get(name).copied());
-        let mut row: Vec<String> = vec![
-            m.round.to_string(),
-            m.attempts.to_string(),
-            m.sampled.len().to_string(),
-            m.completed.len().to_string(),
-            m.failed_total().to_string(),
-        ];
-        row.extend(
-            KINDS
-                .iter()
-                .map(|k| m.failed.get(k).copied().unwrap_or(0).to_string()),
-        );
+        let mut row = m.csv_record(&self.keys());
         row.extend([
-            m.aggregated.to_string(),
-            m.num_examples.to_string(),
-            opt(m.train_loss),
             opt(m.model_delta_norm),
-            m.eval_sampled.to_string(),
-            m.eval_completed.to_string(),
-            m.eval_failed.values().sum::<u32>().to_string(),
-            opt(m.eval_loss),
-        ]);
-        row.extend(self.metric_names.iter().map(|n| metric(&m.eval_metrics, n)));
-        row.push(opt(m.server_eval_loss));
-        row.extend(
-            self.metric_names
-                .iter()
-                .map(|n| metric(&m.server_eval_metrics, n)),
-        );
-        row.extend([
-            m.bytes_in.to_string(),
-            m.bytes_out.to_string(),
-            m.started_s.to_string(),
-            m.wait_s.to_string(),
-            m.fit_s.to_string(),
-            opt(m.aggregate_s),
-            m.eval_s.to_string(),
-            m.round_s.to_string(),
             opt(r.max_train_s),
             opt(r.overhead_s),
             opt(r.fit_overhead_s),
@@ -277,6 +200,7 @@ impl MetricsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fedcrime_common::fl::FailureKind;
 
     fn round(r: u64) -> RoundMetrics {
         let mut m = RoundMetrics::new(r);

@@ -196,7 +196,7 @@ impl Server {
                 let built = cpu(|| fedcrime_common::data::build_task(&loaded.incidents, &task))?;
                 featurizer = Some(built.featurizer);
             }
-            let splits = cpu(|| prepare(loaded.incidents, &task, featurizer.as_ref(), &Selection::All))?;
+            let splits = cpu(|| prepare(&loaded.incidents, &task, featurizer.as_ref(), &Selection::All))?;
             model.target_prior = ModelConfig::for_dataset(model.kind, &splits.train).target_prior;
             let data = match e.split {
                 EvalSplit::Val => splits.val,
@@ -340,6 +340,8 @@ impl Server {
             fit_cache: None,
             eval_cache: None,
             train_times: BTreeMap::new(),
+            model: self.model.clone(),
+            out_dir: self.config.output.dir.clone(),
             delivery: UpdateDelivery {
                 deadline: self.config.federation.round_deadline,
                 encoding: self.config.wire.update_encoding,
@@ -470,6 +472,8 @@ struct Driver {
     eval_cache: Option<(u64, usize, usize, Bytes)>,
     /// Reported training seconds of this round's updates, by station.
     train_times: BTreeMap<StationId, f64>,
+    model: ModelConfig,
+    out_dir: PathBuf,
     delivery: UpdateDelivery,
     summary: Option<Summary>,
 }
@@ -614,6 +618,9 @@ impl Driver {
                     self.progress.send_modify(|p| p.checkpointed = round);
                 }
                 Action::Finished(summary) => {
+                    if summary.rounds_completed > 0 {
+                        self.save_final(summary.rounds_completed).await?;
+                    }
                     match &summary.outcome {
                         Outcome::Completed => tracing::info!(
                             rounds = summary.rounds_completed,
@@ -629,6 +636,32 @@ impl Driver {
             }
         }
         self.publish();
+        Ok(())
+    }
+
+    /// Writes the final global model as a self-describing `model.safetensors`.
+    async fn save_final(&self, round: u64) -> Result<()> {
+        let path = self.out_dir.join("model.safetensors");
+        let cfg = self.model.clone();
+        let global = self.engine.global().clone();
+        let meta = BTreeMap::from([
+            ("round".to_string(), round.to_string()),
+            ("run_id".to_string(), self.ctx.run_id.clone()),
+            (
+                "strategy".to_string(),
+                self.engine.strategy_name().to_string(),
+            ),
+        ]);
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut m = model::build(&cfg, tch::Device::Cpu)?;
+            m.import_params(&global)?;
+            model::save_model(m.as_ref(), &p, &meta)?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| ServerError::Task("saving the model"))??;
+        tracing::info!(path = %path.display(), round, "final model saved");
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use super::{Result, StationError};
 use crate::data::features::{fit_risk_thresholds, risk_level, BLOCKS_PER_DAY};
 use crate::data::split::SplitPart;
 use crate::data::{
-    build_task, partition, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits, Target,
+    build_task, partition_splits, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits, Target,
     Task, TaskConfig,
 };
 
@@ -144,11 +144,12 @@ fn relabel_risk(splits: &mut Splits, incidents: &[Incident], areas: &BTreeSet<u8
 
 /// Builds a station's splits from cleaned `incidents` (see the module docs).
 pub fn prepare(
-    mut incidents: Vec<Incident>,
+    incidents: &[Incident],
     task: &TaskConfig,
     featurizer: Option<&Featurizer>,
     selection: &Selection,
 ) -> Result<Splits> {
+    let mut own: Vec<Incident> = Vec::new();
     let areas: Option<BTreeSet<u8>> = match selection {
         Selection::Areas(codes) => {
             if let Some(bad) = codes
@@ -161,8 +162,12 @@ pub fn prepare(
                 });
             }
             let set: BTreeSet<u8> = codes.iter().copied().collect();
-            incidents.retain(|i| set.contains(&i.area));
-            if incidents.is_empty() {
+            own = incidents
+                .iter()
+                .filter(|i| set.contains(&i.area))
+                .cloned()
+                .collect();
+            if own.is_empty() {
                 return Err(StationError::Mismatch(format!(
                     "no incidents in area(s) {codes:?}"
                 )));
@@ -171,22 +176,22 @@ pub fn prepare(
         }
         _ => None,
     };
+    let incidents: &[Incident] = if areas.is_some() { &own } else { incidents };
     let splits = match featurizer {
         Some(f) => {
             check_featurizer(f, task)?;
-            let ds = f.transform(&incidents)?;
-            drop(incidents);
+            let ds = f.transform(incidents)?;
             split_in_time(&ds, task)?
         }
         None => {
-            let mut splits = build_task(&incidents, task)?.splits;
+            let mut splits = build_task(incidents, task)?.splits;
             if let (Some(set), Task::Risk) = (&areas, task.task) {
-                relabel_risk(&mut splits, &incidents, set);
+                relabel_risk(&mut splits, incidents, set);
             }
-            drop(incidents);
             splits
         }
     };
+    drop(own);
     let splits = match (selection, &areas) {
         (Selection::Areas(_), Some(set)) => {
             let keep = |ds: &Dataset| select(ds, |i| set.contains(&ds.area[i]));
@@ -204,29 +209,26 @@ pub fn prepare(
             },
             _,
         ) => {
-            let take = |ds: &Dataset| -> Result<Dataset> {
-                let parts = partition(ds, p, *seed)?;
-                let found = match part {
-                    PartRef::Index(i) => parts.get(*i),
-                    PartRef::Name(n) => parts.iter().find(|s| &s.name == n),
-                };
-                let Some(found) = found else {
-                    let names: Vec<&str> = parts.iter().map(|s| s.name.as_str()).collect();
-                    return Err(StationError::Setting {
-                        key: "part".into(),
-                        reason: format!(
-                            "partition {p} has no part {part} (it has {}: {})",
-                            parts.len(),
-                            names.join(", ")
-                        ),
-                    });
-                };
-                Ok(ds.subset(&found.indices))
+            let parts = partition_splits(&splits, p, *seed)?;
+            let found = match part {
+                PartRef::Index(i) => parts.get(*i),
+                PartRef::Name(n) => parts.iter().find(|s| &s.name == n),
+            };
+            let Some(found) = found else {
+                let names: Vec<&str> = parts.iter().map(|s| s.name.as_str()).collect();
+                return Err(StationError::Setting {
+                    key: "part".into(),
+                    reason: format!(
+                        "partition {p} has no part {part} (it has {}: {})",
+                        parts.len(),
+                        names.join(", ")
+                    ),
+                });
             };
             Splits {
-                train: take(&splits.train)?,
-                val: take(&splits.val)?,
-                test: take(&splits.test)?,
+                train: splits.train.subset(&found.train),
+                val: splits.val.subset(&found.val),
+                test: splits.test.subset(&found.test),
             }
         }
         _ => splits,
