@@ -35,6 +35,8 @@ mod layers;
 pub mod lstm;
 pub mod params;
 #[cfg(test)]
+mod quality_check;
+#[cfg(test)]
 pub(crate) mod test_util;
 
 pub use batch::{to_batch, DatasetTensors};

@@ -7,22 +7,25 @@
 //! held-out data, and sent in the server's Welcome) stations transform their
 //! records with it and split them in time by the task's fractions. Without
 //! one, each station fits its own with [`build_task`] (its scalers and risk
-//! thresholds then follow its local data).
+//! thresholds then follow its local data; with an area filter the risk
+//! levels are re-fit on the station's own areas, since [`build_task`] fits
+//! them over all 21 areas, whose blocks are empty in a precinct's records).
 //!
 //! Which records are the station's ([`Selection`]): all of them, those of
 //! some LAPD areas (a precinct's own records; other areas' incidents are
 //! dropped before featurizing, so they are never held), or one part of a
 //! partition of the samples (`iid`, `dirichlet:ALPHA`, ... for studies).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Result, StationError};
+use crate::data::features::{fit_risk_thresholds, risk_level, BLOCKS_PER_DAY};
 use crate::data::split::SplitPart;
 use crate::data::{
-    build_task, partition, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits,
-    TaskConfig,
+    build_task, partition_splits, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits, Target,
+    Task, TaskConfig,
 };
 
 /// One station of a partition: by position or by name.
@@ -108,13 +111,45 @@ fn check_featurizer(f: &Featurizer, task: &TaskConfig) -> Result<()> {
     Ok(())
 }
 
+/// Re-fits the risk levels on the blocks of `areas` only (training window)
+/// and relabels every split with them.
+fn relabel_risk(splits: &mut Splits, incidents: &[Incident], areas: &BTreeSet<u8>) {
+    let mut counts: HashMap<(u8, u32), u32> = HashMap::new();
+    for i in incidents {
+        let Ok(day) = u32::try_from(i.date_occurred) else {
+            continue;
+        };
+        let t = day
+            .saturating_mul(BLOCKS_PER_DAY)
+            .saturating_add(u32::from(i.block()));
+        *counts.entry((i.area, t)).or_default() += 1;
+    }
+    let count = |ds: &Dataset, r: usize| counts.get(&(ds.area[r], ds.time[r])).copied().unwrap_or(0);
+    let train = &splits.train;
+    let thresholds = fit_risk_thresholds(
+        (0..train.len())
+            .filter(|&r| areas.contains(&train.area[r]))
+            .map(|r| count(train, r)),
+    );
+    for ds in [&mut splits.train, &mut splits.val, &mut splits.test] {
+        let levels: Vec<i64> = (0..ds.len())
+            .map(|r| i64::from(risk_level(&thresholds, count(ds, r))) - 1)
+            .collect();
+        if let Target::Classes { labels, .. } = &mut ds.target {
+            *labels = levels;
+        }
+    }
+    tracing::debug!(?thresholds, "risk levels re-fit on the station's areas");
+}
+
 /// Builds a station's splits from cleaned `incidents` (see the module docs).
 pub fn prepare(
-    mut incidents: Vec<Incident>,
+    incidents: &[Incident],
     task: &TaskConfig,
     featurizer: Option<&Featurizer>,
     selection: &Selection,
 ) -> Result<Splits> {
+    let mut own: Vec<Incident> = Vec::new();
     let areas: Option<BTreeSet<u8>> = match selection {
         Selection::Areas(codes) => {
             if let Some(bad) = codes
@@ -127,8 +162,12 @@ pub fn prepare(
                 });
             }
             let set: BTreeSet<u8> = codes.iter().copied().collect();
-            incidents.retain(|i| set.contains(&i.area));
-            if incidents.is_empty() {
+            own = incidents
+                .iter()
+                .filter(|i| set.contains(&i.area))
+                .cloned()
+                .collect();
+            if own.is_empty() {
                 return Err(StationError::Mismatch(format!(
                     "no incidents in area(s) {codes:?}"
                 )));
@@ -137,19 +176,22 @@ pub fn prepare(
         }
         _ => None,
     };
+    let incidents: &[Incident] = if areas.is_some() { &own } else { incidents };
     let splits = match featurizer {
         Some(f) => {
             check_featurizer(f, task)?;
-            let ds = f.transform(&incidents)?;
-            drop(incidents);
+            let ds = f.transform(incidents)?;
             split_in_time(&ds, task)?
         }
         None => {
-            let built = build_task(&incidents, task)?;
-            drop(incidents);
-            built.splits
+            let mut splits = build_task(incidents, task)?.splits;
+            if let (Some(set), Task::Risk) = (&areas, task.task) {
+                relabel_risk(&mut splits, incidents, set);
+            }
+            splits
         }
     };
+    drop(own);
     let splits = match (selection, &areas) {
         (Selection::Areas(_), Some(set)) => {
             let keep = |ds: &Dataset| select(ds, |i| set.contains(&ds.area[i]));
@@ -167,29 +209,26 @@ pub fn prepare(
             },
             _,
         ) => {
-            let take = |ds: &Dataset| -> Result<Dataset> {
-                let parts = partition(ds, p, *seed)?;
-                let found = match part {
-                    PartRef::Index(i) => parts.get(*i),
-                    PartRef::Name(n) => parts.iter().find(|s| &s.name == n),
-                };
-                let Some(found) = found else {
-                    let names: Vec<&str> = parts.iter().map(|s| s.name.as_str()).collect();
-                    return Err(StationError::Setting {
-                        key: "part".into(),
-                        reason: format!(
-                            "partition {p} has no part {part} (it has {}: {})",
-                            parts.len(),
-                            names.join(", ")
-                        ),
-                    });
-                };
-                Ok(ds.subset(&found.indices))
+            let parts = partition_splits(&splits, p, *seed)?;
+            let found = match part {
+                PartRef::Index(i) => parts.get(*i),
+                PartRef::Name(n) => parts.iter().find(|s| &s.name == n),
+            };
+            let Some(found) = found else {
+                let names: Vec<&str> = parts.iter().map(|s| s.name.as_str()).collect();
+                return Err(StationError::Setting {
+                    key: "part".into(),
+                    reason: format!(
+                        "partition {p} has no part {part} (it has {}: {})",
+                        parts.len(),
+                        names.join(", ")
+                    ),
+                });
             };
             Splits {
-                train: take(&splits.train)?,
-                val: take(&splits.val)?,
-                test: take(&splits.test)?,
+                train: splits.train.subset(&found.train),
+                val: splits.val.subset(&found.val),
+                test: splits.test.subset(&found.test),
             }
         }
         _ => splits,

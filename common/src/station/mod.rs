@@ -60,7 +60,7 @@ pub const MAX_GRAD_NORM_KEY: &str = "max_grad_norm";
 pub const PROXIMAL_MU_KEY: &str = "proximal_mu";
 /// The run's base seed (integer); see [`round_seed`].
 pub const SEED_KEY: &str = "seed";
-/// Evaluation settings: which local split to score (`val`, the default, or `test`).
+/// Evaluation settings: which local split to score (`val`, the default, `test` or `train`).
 pub const SPLIT_KEY: &str = "split";
 /// The fit metric carrying the training loss of the kept epoch.
 pub const LOSS_METRIC: &str = "loss";
@@ -322,10 +322,11 @@ impl Station {
             None => ("val", &self.splits.val),
             Some(ConfigValue::Str(s)) if s == "val" => ("val", &self.splits.val),
             Some(ConfigValue::Str(s)) if s == "test" => ("test", &self.splits.test),
+            Some(ConfigValue::Str(s)) if s == "train" => ("train", &self.splits.train),
             Some(other) => {
                 return Err(StationError::Setting {
                     key: SPLIT_KEY.into(),
-                    reason: format!("{other:?} is not \"val\" or \"test\""),
+                    reason: format!("{other:?} is not \"val\", \"test\" or \"train\""),
                 })
             }
         };

@@ -11,7 +11,7 @@ use super::protocol::{
     RunSetup, UpdateDelivery,
 };
 use super::*;
-use crate::data::{build_task, Category, Incident, Partition, Period, TaskConfig};
+use crate::data::{build_task, Category, Incident, Partition, Period, Target, TaskConfig};
 use crate::fl::strategy::{FedProx, Strategy};
 use crate::params::Params;
 use crate::wire::Encoding;
@@ -66,7 +66,7 @@ fn small_model(kind: ModelKind, task: &TaskConfig) -> ModelConfig {
 fn station(kind: ModelKind) -> Station {
     let task = TaskConfig::new(Task::Risk);
     let splits = prepare(
-        incidents(24, &[1, 2, 3], 5),
+        &incidents(24, &[1, 2, 3], 5),
         &task,
         None,
         &Selection::Areas(vec![2]),
@@ -144,7 +144,7 @@ fn model_config_matches_what_the_data_pipeline_builds() {
 fn area_selection_keeps_only_that_area_and_splits_in_time() {
     let task = TaskConfig::new(Task::Risk);
     let splits = prepare(
-        incidents(24, &[1, 2, 3], 5),
+        &incidents(24, &[1, 2, 3], 5),
         &task,
         None,
         &Selection::Areas(vec![2]),
@@ -155,16 +155,30 @@ fn area_selection_keeps_only_that_area_and_splits_in_time() {
         assert!(ds.area.iter().all(|&a| a == 2));
     }
     assert!(splits.train.time.iter().max() < splits.val.time.iter().min());
+    // Risk levels are fit on the station's own blocks: spread over the levels,
+    // not piled at the top as over 21 areas of which 20 are empty.
+    let Target::Classes { labels, .. } = &splits.train.target else {
+        panic!("risk has classes");
+    };
+    let mut per_level = [0usize; 5];
+    for &l in labels {
+        per_level[l as usize] += 1;
+    }
+    assert!(
+        per_level.iter().filter(|&&n| n > 0).count() >= 3,
+        "{per_level:?}"
+    );
+    assert!(per_level.iter().all(|&n| n < labels.len() * 3 / 4), "{per_level:?}");
     assert!(splits.val.time.iter().max() < splits.test.time.iter().min());
     let err = prepare(
-        incidents(24, &[1], 5),
+        &incidents(24, &[1], 5),
         &task,
         None,
         &Selection::Areas(vec![4]),
     )
     .unwrap_err();
     assert!(err.to_string().contains("no incidents"), "{err}");
-    let err = prepare(incidents(24, &[1], 5), &task, None, &Selection::Areas(vec![22])).unwrap_err();
+    let err = prepare(&incidents(24, &[1], 5), &task, None, &Selection::Areas(vec![22])).unwrap_err();
     assert!(err.to_string().contains("area"), "{err}");
 }
 
@@ -173,7 +187,7 @@ fn a_shared_featurizer_gives_every_station_the_same_features() {
     let task = TaskConfig::new(Task::Risk);
     let all = incidents(30, &[1, 2, 3], 8);
     let shared = build_task(&all, &task).unwrap().featurizer;
-    let mine = prepare(all.clone(), &task, Some(&shared), &Selection::Areas(vec![3])).unwrap();
+    let mine = prepare(&all, &task, Some(&shared), &Selection::Areas(vec![3])).unwrap();
     assert!(mine.train.area.iter().all(|&a| a == 3));
     assert!(!mine.val.is_empty() && !mine.test.is_empty());
     // The same rows featurized centrally with the same featurizer agree.
@@ -190,7 +204,7 @@ fn a_shared_featurizer_gives_every_station_the_same_features() {
     let other = build_task(&all, &TaskConfig::new(Task::Counts))
         .unwrap()
         .featurizer;
-    let err = prepare(all, &task, Some(&other), &Selection::All).unwrap_err();
+    let err = prepare(&all, &task, Some(&other), &Selection::All).unwrap_err();
     assert!(err.to_string().contains("featurizer"), "{err}");
 }
 
@@ -203,9 +217,9 @@ fn partition_selection_takes_one_part_by_index_or_name() {
         part,
         seed: 4,
     };
-    let by_index = prepare(inc.clone(), &task, None, &sel(PartRef::Index(1))).unwrap();
+    let by_index = prepare(&inc, &task, None, &sel(PartRef::Index(1))).unwrap();
     let by_name = prepare(
-        inc.clone(),
+        &inc,
         &task,
         None,
         &sel(PartRef::Name("station-02".into())),
@@ -214,7 +228,7 @@ fn partition_selection_takes_one_part_by_index_or_name() {
     assert_eq!(by_index, by_name);
     let all = build_task(&inc, &task).unwrap().splits;
     assert!((by_index.train.len() as isize - (all.train.len() / 3) as isize).abs() <= 1);
-    let err = prepare(inc, &task, None, &sel(PartRef::Index(3))).unwrap_err();
+    let err = prepare(&inc, &task, None, &sel(PartRef::Index(3))).unwrap_err();
     assert!(err.to_string().contains("station-03"), "{err}");
 }
 
@@ -297,20 +311,29 @@ fn fit_is_deterministic_and_lowers_the_loss() {
     // Another round trains with another seed.
     let c = s.fit(&fit_ins(global.clone(), round_config(2))).unwrap();
     assert_ne!(c.params, a.params);
-    // Evaluating the trained model beats the initial one on training loss terms.
-    let eval = |p: &Params| {
+    // The trained model fits the training split better than the initial one.
+    let eval = |p: &Params, split: &str| {
         s.evaluate(&EvaluateIns {
             global: Arc::new(p.clone()),
-            config: Arc::new(Config::new()),
+            config: Arc::new(Config::from([(
+                SPLIT_KEY.to_string(),
+                ConfigValue::Str(split.into()),
+            )])),
         })
         .unwrap()
     };
-    let before = eval(&global);
-    let after = eval(&a.params);
+    let before = eval(&global, "train");
+    let after = eval(&a.params, "train");
     assert!(after.loss < before.loss, "{} vs {}", after.loss, before.loss);
-    assert_eq!(after.num_examples, s.splits().val.len() as u64);
-    assert!(after.metrics.contains_key("accuracy"));
-    assert!(after.metrics.values().all(|v| v.is_finite()));
+    let val = s
+        .evaluate(&EvaluateIns {
+            global: Arc::new(a.params.clone()),
+            config: Arc::new(Config::new()),
+        })
+        .unwrap();
+    assert_eq!(val.num_examples, s.splits().val.len() as u64);
+    assert!(val.metrics.contains_key("accuracy"));
+    assert!(val.metrics.values().all(|v| v.is_finite()));
 }
 
 #[test]
@@ -329,7 +352,7 @@ fn evaluation_refuses_a_model_of_another_layout_and_bad_settings() {
             global: Arc::new(initial(&s)),
             config: Arc::new(Config::from([(
                 SPLIT_KEY.to_string(),
-                ConfigValue::Str("train".into()),
+                ConfigValue::Str("everything".into()),
             )])),
         })
         .unwrap_err();
@@ -339,7 +362,7 @@ fn evaluation_refuses_a_model_of_another_layout_and_bad_settings() {
 #[test]
 fn a_station_refuses_data_that_does_not_fit_the_model() {
     let task = TaskConfig::new(Task::Risk);
-    let splits = prepare(incidents(24, &[1], 5), &task, None, &Selection::All).unwrap();
+    let splits = prepare(&incidents(24, &[1], 5), &task, None, &Selection::All).unwrap();
     let counts = model_config(ModelKind::Dnn, &TaskConfig::new(Task::Counts)).unwrap();
     let err = Station::new("x", splits, counts, Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("risk samples"), "{err}");

@@ -231,6 +231,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn committed_seed_corpus_is_current() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/frame_decoder");
+        if !std::path::Path::new(dir).is_dir() {
+            eprintln!("skipped: {dir} is absent");
+            return;
+        }
+        for (name, bytes) in seed_corpus().unwrap() {
+            let on_disk = std::fs::read(format!("{dir}/{name}")).unwrap_or_default();
+            assert!(
+                on_disk == bytes,
+                "{name} is stale: regenerate with the ignored test write_seed_corpus"
+            );
+        }
+    }
+
     /// Regenerates the fuzz seed corpus:
     /// `cargo test -p fedcrime-common --lib wire::fuzzing -- --ignored`
     #[test]

@@ -355,7 +355,7 @@ impl Cursor<'_> {
 /// NaN when a value is not finite.
 pub fn int8_scale(values: &[f32]) -> f32 {
     // Eight independent lanes so the loop vectorizes: a running maximum of
-    // |x| (the `if` is exactly `maxps`) and a sum of `x - x`, which stays 0
+    // |x| (the `if` is exactly `maxps`) and a sum of `x * 0`, which stays 0
     // for finite values and turns NaN at the first infinity or NaN.
     const LANES: usize = 8;
     let mut max = [0f32; LANES];
@@ -366,13 +366,13 @@ pub fn int8_scale(values: &[f32]) -> f32 {
         for i in 0..LANES {
             let a = c[i].abs();
             max[i] = if a > max[i] { a } else { max[i] };
-            probe[i] += c[i] - c[i];
+            probe[i] += c[i] * 0.0;
         }
     }
     for (i, &v) in rest.iter().enumerate() {
         let a = v.abs();
         max[i] = if a > max[i] { a } else { max[i] };
-        probe[i] += v - v;
+        probe[i] += v * 0.0;
     }
     if probe.iter().any(|p| *p != 0.0) {
         return f32::NAN;
