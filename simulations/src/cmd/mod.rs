@@ -3,6 +3,7 @@
 pub mod bench_train;
 pub mod features;
 pub mod inspect;
+pub mod simulate;
 pub mod synth;
 pub mod train;
 pub mod tune;

@@ -21,7 +21,7 @@ use fedcrime_common::data::partition::{partition_splits, StationSplits};
 use fedcrime_common::data::synth::generate_incidents;
 use fedcrime_common::data::tasks::{build_task, TaskConfig};
 use fedcrime_common::data::{Dataset, Featurizer, Splits, Task};
-use fedcrime_common::fl::{EvaluateIns, EvaluateRes, FitIns, FitRes};
+use fedcrime_common::fl::{EvaluateIns, EvaluateRes, FitIns, FitRes, StationId};
 use fedcrime_common::model::ModelConfig;
 use fedcrime_common::station::{self, default_train_config, Learner, Station};
 use fedcrime_common::train::{CountPeriod, TrainConfig};
@@ -150,6 +150,27 @@ impl StudyData {
     }
 }
 
+/// A partition's station name as a certificate name (lowercase letters,
+/// digits and `-`, starting with a letter): names that start otherwise
+/// (`77th-street`) get a `station-` prefix. Both transports use it, so
+/// sampling and aggregation see the same, identically ordered names.
+pub fn certificate_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    let clean = clean.trim_end_matches('-');
+    if clean.starts_with(|c: char| c.is_ascii_lowercase()) {
+        clean.chars().take(63).collect()
+    } else {
+        format!("station-{clean}").chars().take(63).collect()
+    }
+}
+
 /// The architecture of the study: the kind's defaults for the pooled
 /// training split (widths, target prior), the configured overrides, and the
 /// class weights of the pooled training labels.
@@ -185,9 +206,15 @@ pub struct SimStation {
 }
 
 impl SimStation {
-    /// The station's name (its certificate name over QUIC).
+    /// The station's name in the partition (`central`, `77th-street`, `station-03`).
     pub fn name(&self) -> &str {
         &self.part.name
+    }
+
+    /// The station's identity on every transport: its name, made a valid
+    /// certificate name ([`certificate_name`]).
+    pub fn id(&self) -> StationId {
+        StationId::from(certificate_name(&self.part.name))
     }
 
     /// Its training samples.
@@ -237,6 +264,16 @@ mod tests {
         c.federation.partition = Partition::Iid { stations: 4 };
         c.federation.stations = Some(4);
         c
+    }
+
+    #[test]
+    fn certificate_names_are_valid_for_every_partition() {
+        assert_eq!(certificate_name("central"), "central");
+        assert_eq!(certificate_name("77th-street"), "station-77th-street");
+        assert_eq!(certificate_name("station-03"), "station-03");
+        for name in ["77th-street", "N Hollywood", "west-la", "x-"] {
+            fedcrime_certs::validate_station_name(&certificate_name(name)).unwrap();
+        }
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //!    samples into stations (index lists) and derive the model architecture.
 //! 2. The initial model, built once with the run's seed: every method
 //!    starts from it.
-//! 3. The federation: the round [`Engine`] with the configured strategy
-//!    (scored on the server after each round on the pooled validation and
-//!    test splits, [`eval::server_eval`]), driven over QUIC with mutual TLS
-//!    ([`quic`]) or in memory ([`memory`]); both drive the same engine and
-//!    the same station logic, so they give identical metrics for a seed.
+//! 3. The federation ([`federate`]): the round [`Engine`] with the
+//!    configured strategy, driven over QUIC with mutual TLS by the real
+//!    server and clients ([`quic`]) or in memory ([`memory`]); both drive
+//!    the same engine and the same station logic, so they give identical
+//!    models and metrics for a seed. The global model is scored on the
+//!    pooled validation and test splits after every round.
 //! 4. The centralized baselines ([`central`]): single worker and data
 //!    parallel, as many passes over the data as the federation.
 //! 5. Outputs: `metrics.csv` (streamed, [`record`]), `convergence.svg` and
@@ -36,14 +37,15 @@ pub mod report;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
 use tch::Device;
 
 use fedcrime_common::fl::{
-    ConfigValue, Engine, EngineConfig, Outcome, RoundMetrics, StationId, Strategy,
+    ConfigValue, Engine, EngineConfig, Outcome, RoundMetrics, StationId, Summary,
 };
 use fedcrime_common::model::build;
 use fedcrime_common::station::{
@@ -59,7 +61,8 @@ pub use record::Row;
 pub use report::MethodRun;
 
 use crate::progress;
-use eval::{Evaluator, ScoreLog};
+use eval::Evaluator;
+use fedcrime_server::config::TrainSection;
 
 /// How a simulation reports progress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,90 +131,147 @@ pub fn initial_model(data: &StudyData, seed: u64) -> Result<Params> {
     Ok(model.export_params())
 }
 
-/// A federation ready to run: the engine (with server-side scoring) and the
-/// stations.
-pub struct Federation {
-    /// The round engine.
-    pub engine: Engine,
-    /// Scores of the global model by round.
-    pub scores: ScoreLog,
-    /// The stations, in partition order.
-    pub stations: Vec<Arc<SimStation>>,
-}
-
-impl std::fmt::Debug for Federation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Federation")
-            .field("engine", &self.engine)
-            .field("stations", &self.stations.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Federation {
-    /// The federation of a study, starting from `initial`.
-    pub fn new(data: &StudyData, cfg: &SimConfig, initial: Params) -> Result<Self> {
-        let device = cfg
-            .federation
-            .device
-            .resolve()
-            .map_err(anyhow::Error::msg)?;
-        let stations = data.learners(cfg, device);
-        let scores: ScoreLog = Arc::new(Mutex::new(Default::default()));
-        let evaluator = Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size)?;
-        let strategy: Box<dyn Strategy> = eval::server_eval(
-            cfg.federation.strategy.build()?,
-            evaluator,
-            scores.clone(),
-        );
-        let mut engine = Engine::new(
-            engine_config(cfg, stations.len()),
-            strategy,
-            initial,
-            Instant::now(),
-        )?;
-        engine.set_stopwatch(Instant::now);
-        Ok(Federation {
-            engine,
-            scores,
-            stations,
+/// The study's stations as the transports take them, by certificate name.
+pub fn station_list(data: &StudyData, cfg: &SimConfig) -> Result<Vec<(StationId, Arc<dyn Learner>)>> {
+    let device = cfg
+        .federation
+        .device
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    Ok(data
+        .learners(cfg, device)
+        .into_iter()
+        .map(|s| {
+            let id = s.id();
+            let l: Arc<dyn Learner> = s;
+            (id, l)
         })
-    }
+        .collect())
+}
 
-    /// The stations as the transports take them.
-    pub fn learners(&self) -> Vec<(StationId, Arc<dyn Learner>)> {
-        self.stations
-            .iter()
-            .map(|s| {
-                let l: Arc<dyn Learner> = s.clone();
-                (StationId::from(s.name()), l)
-            })
-            .collect()
+/// What the stations are told to train with, in the server's terms.
+pub fn train_section(cfg: &SimConfig) -> TrainSection {
+    TrainSection {
+        epochs: u32::try_from(cfg.federation.local_epochs).unwrap_or(u32::MAX),
+        batch_size: u32::try_from(cfg.train.batch_size).unwrap_or(u32::MAX),
+        lr: cfg.train.lr,
+        weight_decay: cfg.train.weight_decay,
+        max_grad_norm: cfg.train.max_grad_norm,
     }
 }
 
-/// The method's row of a finished round.
-fn round_row(
-    method: &str,
-    m: &RoundMetrics,
-    t: &RoundTiming,
-    bytes_so_far: u64,
-    scores: &ScoreLog,
-) -> Result<Row> {
-    let s = scores
-        .lock()
-        .ok()
-        .and_then(|mut log| log.remove(&m.round))
-        .with_context(|| format!("round {} of {method} was not scored", m.round))?;
-    Ok(Row {
-        method: method.to_string(),
-        step: m.round,
-        wall_seconds: t.elapsed_s,
-        bytes_sent: bytes_so_far,
-        train_loss: m.train_loss,
-        val: s.val,
-        test: s.test,
-    })
+/// A finished federated round with its scores.
+#[derive(Clone, Debug)]
+pub struct FedRound {
+    /// The engine's record.
+    pub metrics: RoundMetrics,
+    /// Training times at the stations.
+    pub timing: RoundTiming,
+    /// The row of `metrics.csv`.
+    pub row: Row,
+}
+
+/// Runs the federation of a study from `initial` on the configured
+/// transport, scoring the global model after every round and handing each
+/// round to `on_round` as it is scored.
+pub fn federate(
+    data: &StudyData,
+    cfg: &SimConfig,
+    initial: &Params,
+    out: &Path,
+    bar: &ProgressBar,
+    mut on_round: impl FnMut(&FedRound) -> Result<()>,
+) -> Result<Summary> {
+    let method = cfg.federation.strategy.name().to_string();
+    let stations = station_list(data, cfg)?;
+    let engine_cfg = engine_config(cfg, stations.len());
+    let concurrency = cfg.concurrency();
+    let mut evaluator = Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size)?;
+    let mut bytes = 0u64;
+    let mut row_of = |m: &RoundMetrics, wall: f64, global: &Params| -> Result<Row> {
+        bytes += m.bytes_in + m.bytes_out;
+        let s = evaluator.evaluate(global)?;
+        Ok(Row {
+            method: method.clone(),
+            step: m.round,
+            wall_seconds: wall,
+            bytes_sent: bytes,
+            train_loss: m.train_loss,
+            val: s.val,
+            test: s.test,
+        })
+    };
+    // libtorch's intra-op threads are shared by the stations training at once,
+    // the same on both transports (results depend on the thread count).
+    let threads_before = tch::get_num_threads();
+    tch::set_num_threads((config::cores() / concurrency).max(1) as i32);
+    let outcome = match cfg.federation.transport {
+        Transport::Memory => {
+            let mut engine = Engine::new(
+                engine_cfg,
+                cfg.federation.strategy.build()?,
+                initial.clone(),
+                Instant::now(),
+            )?;
+            engine.set_stopwatch(Instant::now);
+            let transport = MemoryFederation::new(
+                stations,
+                concurrency,
+                Duration::from_secs_f64(cfg.federation.round_deadline_s),
+            )?;
+            // Scoring runs between rounds; its time is not the federation's.
+            let mut scoring = 0.0;
+            transport.run(&mut engine, |r| {
+                let t0 = Instant::now();
+                let wall = r.metrics.started_s + r.metrics.round_s - scoring;
+                let row = row_of(r.metrics, wall, r.global)?;
+                scoring += t0.elapsed().as_secs_f64();
+                bar.inc(1);
+                bar.set_message(format!(
+                    "test {} {:.4}",
+                    row.test.metrics.headline().0,
+                    row.test.headline()
+                ));
+                on_round(&FedRound {
+                    metrics: r.metrics.clone(),
+                    timing: r.timing.clone(),
+                    row,
+                })
+            })
+        }
+        Transport::Quic => quic::run(quic::QuicSetup {
+            dir: &out.join("quic"),
+            engine: engine_cfg,
+            train: train_section(cfg),
+            strategy: cfg.federation.strategy.clone(),
+            task: data.task,
+            featurizer: Some(&data.featurizer),
+            model: &data.model,
+            initial,
+            stations,
+            concurrency,
+            keep_globals: true,
+            bar: bar.clone(),
+        })
+        .and_then(|run| {
+            bar.set_message("scoring the rounds");
+            for r in run.rounds {
+                let global = r
+                    .global
+                    .with_context(|| format!("round {} has no model", r.metrics.round))?;
+                let row = row_of(&r.metrics, r.timing.elapsed_s, &global)?;
+                bar.set_position(r.metrics.round);
+                on_round(&FedRound {
+                    metrics: r.metrics,
+                    timing: r.timing,
+                    row,
+                })?;
+            }
+            Ok(run.summary)
+        }),
+    };
+    tch::set_num_threads(threads_before);
+    outcome
 }
 
 /// Runs a whole study into `out` (created if missing); see the [module docs](self).
@@ -239,11 +299,11 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
     );
     let initial = initial_model(&data, cfg.seed)?;
     let baselines = evaluate_baselines(&data.splits, &data.splits.test, data.count_period())?;
-    let mut csv = record::MetricsCsv::create(&out.join("metrics.csv"), data.task.task, data.output_dim())?;
+    let mut csv =
+        record::MetricsCsv::create(&out.join("metrics.csv"), data.task.task, data.output_dim())?;
 
     // The federation.
     let method = cfg.federation.strategy.name().to_string();
-    let fed = Federation::new(&data, &cfg, initial.clone())?;
     let bar = progress::bar(opts.quiet, cfg.federation.rounds, &method, "rounds");
     let mut fed_run = MethodRun {
         method: method.clone(),
@@ -251,40 +311,13 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         rows: Vec::new(),
     };
     let mut rounds = Vec::new();
-    let mut bytes = 0u64;
-    let scores = fed.scores.clone();
-    let mut on_round = |m: &RoundMetrics, t: &RoundTiming| -> Result<()> {
-        bytes += m.bytes_in + m.bytes_out;
-        let row = round_row(&method, m, t, bytes, &scores)?;
-        csv.push(&row)?;
-        bar.inc(1);
-        bar.set_message(format!(
-            "test {} {:.4}",
-            row.test.metrics.headline().0,
-            row.test.headline()
-        ));
-        fed_run.rows.push(row);
-        rounds.push((m.clone(), t.clone()));
+    let summary = federate(&data, &cfg, &initial, out, &bar, |r| {
+        csv.push(&r.row)?;
+        fed_run.rows.push(r.row.clone());
+        rounds.push((r.metrics.clone(), r.timing.clone()));
         Ok(())
-    };
-    let threads_before = tch::get_num_threads();
-    let concurrency = cfg.concurrency();
-    tch::set_num_threads((config::cores() / concurrency).max(1) as i32);
-    let summary = match cfg.federation.transport {
-        Transport::Memory => {
-            let learners = fed.learners();
-            let mut engine = fed.engine;
-            let transport = MemoryFederation::new(
-                learners,
-                concurrency,
-                Duration::from_secs_f64(cfg.federation.round_deadline_s),
-            )?;
-            transport.run(&mut engine, &mut on_round)
-        }
-        Transport::Quic => quic::run(fed, &cfg, out, &mut on_round),
-    };
-    tch::set_num_threads(threads_before);
-    let summary = summary?;
+    })
+    .with_context(|| format!("the {method} federation"))?;
     bar.finish();
     if let Outcome::Aborted { round, reason } = &summary.outcome {
         bail!("the federation stopped in round {round}: {reason}");
