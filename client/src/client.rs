@@ -103,6 +103,16 @@ pub struct ClientReport {
     pub sessions: u64,
 }
 
+/// Aborts a task when dropped, so a station dropped mid-session (killed)
+/// leaves no task holding its connection open.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How one session ended.
 enum SessionEnd {
     Done,
@@ -362,9 +372,9 @@ impl Client {
         };
         let reader = WireReader::new(reader.into_inner(), read_cfg);
         let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(4);
-        let reader_task = tokio::spawn(read_loop(reader, spec.clone(), in_tx));
+        let reader_task = AbortOnDrop(tokio::spawn(read_loop(reader, spec.clone(), in_tx)));
         let (out_tx, out_rx) = mpsc::channel::<(Message, Option<Params>)>(8);
-        let writer_task = tokio::spawn(write_loop(writer, out_rx));
+        let mut writer_task = AbortOnDrop(tokio::spawn(write_loop(writer, out_rx)));
 
         let heartbeat_every = Duration::from_millis(welcome.limits.heartbeat_interval_ms.max(100));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -423,7 +433,7 @@ impl Client {
                 }
             }
         };
-        reader_task.abort();
+        drop(reader_task);
         if let SessionEnd::Interrupted = end {
             let bye = Message::Bye(Bye {
                 reason: ByeReason::Shutdown,
@@ -432,7 +442,7 @@ impl Client {
             let _ = out_tx.send((bye, None)).await;
         }
         drop(out_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer_task.0).await;
         end
     }
 

@@ -128,6 +128,9 @@ pub struct ModelSection {
     pub count_loss: Option<CountLoss>,
     /// LSTM: the head also sees the flat features.
     pub static_features: Option<bool>,
+    /// Start from this saved model (`.safetensors`, tensors matched by name)
+    /// instead of a fresh one built with `federation.seed`.
+    pub initial: Option<PathBuf>,
 }
 
 impl Default for ModelSection {
@@ -139,6 +142,7 @@ impl Default for ModelSection {
             dropout: None,
             count_loss: None,
             static_features: None,
+            initial: None,
         }
     }
 }
@@ -385,6 +389,9 @@ impl ServerConfig {
             fix(c);
         }
         if let Some(f) = &mut self.task.featurizer {
+            fix(f);
+        }
+        if let Some(f) = &mut self.model.initial {
             fix(f);
         }
         if let Some(e) = &mut self.evaluation {

@@ -216,11 +216,23 @@ impl Server {
             );
         }
 
-        // The initial model, built from the architecture with the run's seed.
+        // The initial model: built from the architecture with the run's
+        // seed, or loaded by tensor name from a saved model.
         let seed = config.federation.seed;
+        let initial_file = config.model.initial.clone();
         let initial = cpu(|| -> Result<Params> {
             tch::manual_seed(seed as i64);
-            Ok(model::build(&model, tch::Device::Cpu)?.export_params())
+            let mut m = model::build(&model, tch::Device::Cpu)?;
+            if let Some(path) = &initial_file {
+                let bad = |message: String| ServerError::Config {
+                    field: "model.initial".into(),
+                    message: format!("{}: {message}", path.display()),
+                };
+                let (p, _) = Params::load_safetensors(path).map_err(|e| bad(e.to_string()))?;
+                m.import_params(&p).map_err(|e| bad(e.to_string()))?;
+                tracing::info!(path = %path.display(), "initial model loaded");
+            }
+            Ok(m.export_params())
         })?;
         let spec = initial.spec().clone();
 
@@ -619,7 +631,11 @@ impl Driver {
                 }
                 Action::Finished(summary) => {
                     if summary.rounds_completed > 0 {
-                        self.save_final(summary.rounds_completed).await?;
+                        let (path, job) = self.final_model_job(summary.rounds_completed);
+                        tokio::task::spawn_blocking(job)
+                            .await
+                            .map_err(|_| ServerError::Task("saving the model"))??;
+                        tracing::info!(path = %path.display(), "final model saved");
                     }
                     match &summary.outcome {
                         Outcome::Completed => tracing::info!(
@@ -639,8 +655,9 @@ impl Driver {
         Ok(())
     }
 
-    /// Writes the final global model as a self-describing `model.safetensors`.
-    async fn save_final(&self, round: u64) -> Result<()> {
+    /// The job writing the final global model as a self-describing
+    /// `model.safetensors` (run it off the async threads), and its path.
+    fn final_model_job(&self, round: u64) -> (PathBuf, impl FnOnce() -> Result<()> + Send) {
         let path = self.out_dir.join("model.safetensors");
         let cfg = self.model.clone();
         let global = self.engine.global().clone();
@@ -653,16 +670,13 @@ impl Driver {
             ),
         ]);
         let p = path.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let job = move || -> Result<()> {
             let mut m = model::build(&cfg, tch::Device::Cpu)?;
             m.import_params(&global)?;
             model::save_model(m.as_ref(), &p, &meta)?;
             Ok(())
-        })
-        .await
-        .map_err(|_| ServerError::Task("saving the model"))??;
-        tracing::info!(path = %path.display(), round, "final model saved");
-        Ok(())
+        };
+        (path, job)
     }
 
     fn current(&self, station: &StationId, session: u64) -> bool {

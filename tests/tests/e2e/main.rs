@@ -1,4 +1,5 @@
 //! End-to-end tests: one binary, a module per area.
 
 mod data;
+mod federation;
 mod shared_data;
