@@ -36,6 +36,9 @@ pub struct SimulateArgs {
     /// Synthetic incidents to generate when no --data is given [default: 200000].
     #[arg(long)]
     pub rows: Option<usize>,
+    /// Days of synthetic data [default: 365].
+    #[arg(long)]
+    pub days: Option<u32>,
     /// The task: risk or counts [default: risk].
     #[arg(long)]
     pub task: Option<Task>,
@@ -111,6 +114,9 @@ impl SimulateArgs {
         }
         if let Some(v) = self.rows {
             c.data.rows = v;
+        }
+        if let Some(v) = self.days {
+            c.data.days = v;
         }
         if let Some(v) = self.task {
             c.data.task = v;

@@ -31,7 +31,7 @@ use super::record::Row;
 /// Which centralized trainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Central {
-    /// The station trainer on one worker with every core.
+    /// The station trainer on one worker (one CPU thread by default).
     Single,
     /// The data-parallel trainer with this many CPU replicas sharing the cores.
     DataParallel(usize),

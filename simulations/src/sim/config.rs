@@ -110,6 +110,8 @@ pub struct DataSettings {
     pub file: Option<PathBuf>,
     /// Synthetic incidents to generate when no file is given (default 200,000).
     pub rows: usize,
+    /// Days of synthetic data from 2023-01-01 (default 365).
+    pub days: u32,
     /// Seed of the synthetic data (default 7).
     pub data_seed: u64,
     /// `risk` or `counts` (default `risk`).
@@ -125,6 +127,7 @@ impl Default for DataSettings {
         DataSettings {
             file: None,
             rows: 200_000,
+            days: 365,
             data_seed: 7,
             task: Task::Risk,
             period: Period::Day,
@@ -297,7 +300,16 @@ impl SimConfig {
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str::<SimConfig>(text)
+            .map(SimConfig::normalized)
+            .map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// The station count of `federation.stations` applied to the partition
+    /// (which its text form does not carry).
+    fn normalized(mut self) -> Self {
+        self.federation.partition = self.partition();
+        self
     }
 
     /// The configuration as TOML (what `sim.toml` and `report.md` hold).
@@ -341,7 +353,13 @@ impl SimConfig {
 
     /// Fills the machine-dependent settings, so that the configuration
     /// describes this run exactly.
-    pub fn resolve(mut self) -> Self {
+    pub fn resolve(self) -> Self {
+        let mut me = self.normalized();
+        me.fill_machine_settings();
+        me
+    }
+
+    fn fill_machine_settings(&mut self) {
         self.federation.concurrency = Some(self.concurrency());
         self.centralized.workers = Some(self.dp_workers());
         if matches!(
@@ -350,7 +368,6 @@ impl SimConfig {
         ) {
             self.federation.stations = Some(self.partition().stations());
         }
-        self
     }
 
     /// Checks every setting's range, naming the first bad one.
@@ -358,6 +375,12 @@ impl SimConfig {
         let d = &self.data;
         if d.file.is_none() && d.rows == 0 {
             return invalid("data.rows", "must be at least 1");
+        }
+        if !(14..=36_500).contains(&d.days) {
+            return invalid(
+                "data.days",
+                format!("{} is outside 14..=36500 (the features reach a week back)", d.days),
+            );
         }
         if !(1..=64).contains(&d.lags) {
             return invalid("data.lags", format!("{} is outside 1..=64", d.lags));

@@ -18,7 +18,7 @@ use tch::Device;
 
 use fedcrime_common::data::loader::load_path;
 use fedcrime_common::data::partition::{partition_splits, StationSplits};
-use fedcrime_common::data::synth::generate_incidents;
+use fedcrime_common::data::synth::{generate_incidents_with, SynthConfig};
 use fedcrime_common::data::tasks::{build_task, TaskConfig};
 use fedcrime_common::data::{Dataset, Featurizer, Splits, Task};
 use fedcrime_common::fl::{EvaluateIns, EvaluateRes, FitIns, FitRes, StationId};
@@ -58,13 +58,21 @@ impl StudyData {
                     load_path(path).with_context(|| format!("loading {}", path.display()))?;
                 (loaded.incidents, path.display().to_string())
             }
-            None => (
-                generate_incidents(d.rows, d.data_seed),
-                format!(
-                    "synthetic LA-like data ({} incidents, seed {})",
-                    d.rows, d.data_seed
-                ),
-            ),
+            None => {
+                let synth = SynthConfig {
+                    days: d.days,
+                    ..SynthConfig::new(d.rows, d.data_seed)
+                };
+                let loaded = generate_incidents_with(&synth)
+                    .context("generating the synthetic data")?;
+                (
+                    loaded.incidents,
+                    format!(
+                        "synthetic LA-like data ({} days, seed {})",
+                        d.days, d.data_seed
+                    ),
+                )
+            }
         };
         let task = TaskConfig {
             task: d.task,
@@ -260,7 +268,8 @@ mod tests {
 
     fn small() -> SimConfig {
         let mut c = SimConfig::default();
-        c.data.rows = 20_000;
+        c.data.rows = 8_000;
+        c.data.days = 90;
         c.federation.partition = Partition::Iid { stations: 4 };
         c.federation.stations = Some(4);
         c

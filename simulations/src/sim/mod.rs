@@ -37,7 +37,7 @@ pub mod report;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -171,10 +171,30 @@ pub struct FedRound {
     pub row: Row,
 }
 
+/// libtorch's intra-op thread count is one setting for the whole process,
+/// and results depend on it: simulations in one process (tests) take turns.
+static TORCH_THREADS: Mutex<()> = Mutex::new(());
+
+fn torch_threads_lock() -> MutexGuard<'static, ()> {
+    TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs the federation of a study from `initial` on the configured
 /// transport, scoring the global model after every round and handing each
 /// round to `on_round` as it is scored.
 pub fn federate(
+    data: &StudyData,
+    cfg: &SimConfig,
+    initial: &Params,
+    out: &Path,
+    bar: &ProgressBar,
+    on_round: impl FnMut(&FedRound) -> Result<()>,
+) -> Result<Summary> {
+    let _threads = torch_threads_lock();
+    federate_locked(data, cfg, initial, out, bar, on_round)
+}
+
+fn federate_locked(
     data: &StudyData,
     cfg: &SimConfig,
     initial: &Params,
@@ -277,6 +297,7 @@ pub fn federate(
 /// Runs a whole study into `out` (created if missing); see the [module docs](self).
 pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutcome> {
     cfg.validate()?;
+    let _threads = torch_threads_lock();
     let cfg = cfg.clone().resolve();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let config_toml = cfg.to_toml();
@@ -311,7 +332,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         rows: Vec::new(),
     };
     let mut rounds = Vec::new();
-    let summary = federate(&data, &cfg, &initial, out, &bar, |r| {
+    let summary = federate_locked(&data, &cfg, &initial, out, &bar, |r| {
         csv.push(&r.row)?;
         fed_run.rows.push(r.row.clone());
         rounds.push((r.metrics.clone(), r.timing.clone()));
@@ -326,7 +347,6 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
 
     // The centralized baselines.
     if cfg.centralized.enabled {
-        let threads = config::cores();
         for which in [
             central::Central::Single,
             central::Central::DataParallel(cfg.dp_workers()),
@@ -337,6 +357,10 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
                 method: name.clone(),
                 federated: false,
                 rows: Vec::new(),
+            };
+            let threads = match which {
+                central::Central::Single => 1,
+                central::Central::DataParallel(w) => w.max(config::cores()),
             };
             central::run(which, &data, &cfg, &initial, threads, |row| {
                 csv.push(&row)?;
@@ -395,7 +419,7 @@ fn setup_lines(cfg: &SimConfig, data: &StudyData, initial: &Params) -> Vec<Strin
     let f = &cfg.federation;
     vec![
         format!(
-            "data: {}, {} incidents; task {} ({} features): {} train / {} validation / {} test samples, split in time",
+            "data: {} ({} incidents after cleaning); task {} ({} features): {} train / {} validation / {} test samples, split in time",
             data.source,
             data.incidents,
             data.task.task,
@@ -432,7 +456,7 @@ fn setup_lines(cfg: &SimConfig, data: &StudyData, initial: &Params) -> Vec<Strin
         ),
         if cfg.centralized.enabled {
             format!(
-                "centralized: {} epochs (the federation's passes over the data) on one worker and on {} data-parallel CPU workers",
+                "centralized: {} epochs (the federation's passes over the data) on one worker (one CPU thread) and on {} data-parallel CPU workers (one thread each)",
                 cfg.centralized_epochs(),
                 cfg.dp_workers()
             )
