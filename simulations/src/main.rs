@@ -71,6 +71,8 @@ enum Command {
 enum BenchCommand {
     /// Training throughput vs PyTorch, and the data-parallel speedup.
     Train(cmd::bench_train::BenchTrainArgs),
+    /// Framework overhead per federated round, without training.
+    Rounds(cmd::bench_rounds::BenchRoundsArgs),
 }
 
 fn init_logging(g: &GlobalOpts, command: &Command) {
@@ -78,7 +80,9 @@ fn init_logging(g: &GlobalOpts, command: &Command) {
     // progress bars say it better.
     let default = match (g.quiet, command) {
         (true, _) => "warn",
-        (false, Command::Simulate(_)) => "warn,fedcrime_sim=info",
+        (false, Command::Simulate(_) | Command::Bench(BenchCommand::Rounds(_))) => {
+            "warn,fedcrime_sim=info"
+        }
         (false, _) => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
         Command::Bench(BenchCommand::Train(args)) => cmd::bench_train::run(&args),
+        Command::Bench(BenchCommand::Rounds(args)) => cmd::bench_rounds::run(&args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,7 @@
 //! from libtorch's process-wide generator, makes stations train one at a
 //! time ([`SimConfig::concurrency`]).
 
+pub mod bench;
 pub mod central;
 pub mod config;
 pub mod data;
