@@ -37,6 +37,7 @@ demo: build
 	@mkdir -p $(DEMO_OUT)
 	target/release/fedcrime-sim synth --rows 200000 --seed 7 --out $(DEMO_OUT)/synthetic.csv.gz
 	target/release/fedcrime-sim inspect --data $(DEMO_OUT)/synthetic.csv.gz
+	target/release/fedcrime-sim simulate --out $(DEMO_OUT)
 
 fmt:
 	$(CARGO) fmt --all -- --check

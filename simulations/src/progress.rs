@@ -19,9 +19,8 @@ pub fn bar(quiet: bool, len: u64, label: &str, unit: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
-    let template = format!(
-        "{{prefix:>18}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed:>4}} {{msg}}"
-    );
+    let template =
+        format!("{{prefix:>18}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed:>4}} {{msg}}");
     let style = ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");

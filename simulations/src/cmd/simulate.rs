@@ -264,7 +264,13 @@ mod tests {
         assert_eq!(c.federation.strategy, StrategyConfig::FedProx { mu: 0.5 });
         assert_eq!(c.federation.transport, Transport::Memory);
         assert!(!c.centralized.enabled);
-        let cli = Cli::parse_from(["x", "--config", path.to_str().unwrap(), "--partition", "natural"]);
+        let cli = Cli::parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--partition",
+            "natural",
+        ]);
         assert_eq!(cli.args.config().unwrap().federation.stations, None);
         let cli = Cli::parse_from(["x", "--fraction", "2"]);
         let e = cli.args.config().unwrap_err().to_string();

@@ -289,12 +289,8 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
     let concurrency = spec.concurrency.unwrap_or(spec.stations).max(1);
     let rounds: Vec<(RoundMetrics, RoundTiming)> = match spec.transport {
         Transport::Memory => {
-            let mut engine = Engine::new(
-                engine_cfg,
-                spec.strategy.build()?,
-                initial,
-                Instant::now(),
-            )?;
+            let mut engine =
+                Engine::new(engine_cfg, spec.strategy.build()?, initial, Instant::now())?;
             engine.set_stopwatch(Instant::now);
             let fed = MemoryFederation::new(stations, concurrency, Duration::from_secs(600))?;
             let mut out = Vec::new();

@@ -379,7 +379,10 @@ impl SimConfig {
         if !(14..=36_500).contains(&d.days) {
             return invalid(
                 "data.days",
-                format!("{} is outside 14..=36500 (the features reach a week back)", d.days),
+                format!(
+                    "{} is outside 14..=36500 (the features reach a week back)",
+                    d.days
+                ),
             );
         }
         if !(1..=64).contains(&d.lags) {
@@ -411,9 +414,7 @@ impl SimConfig {
         if f.stations == Some(0) {
             return invalid("federation.stations", "must be at least 1");
         }
-        if f.stations.is_some()
-            && matches!(f.partition, Partition::Natural | Partition::Bureau)
-        {
+        if f.stations.is_some() && matches!(f.partition, Partition::Natural | Partition::Bureau) {
             return invalid(
                 "federation.stations",
                 format!(
@@ -491,6 +492,13 @@ mod tests {
         assert_eq!(c.data.task, Task::Risk);
         assert_eq!(c.centralized_epochs(), 20);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_file_is_the_default_study() {
+        let text = include_str!("../../sim.example.toml");
+        let c = SimConfig::from_toml(text).unwrap();
+        assert_eq!(c, SimConfig::default());
     }
 
     #[test]

@@ -63,8 +63,8 @@ impl StudyData {
                     days: d.days,
                     ..SynthConfig::new(d.rows, d.data_seed)
                 };
-                let loaded = generate_incidents_with(&synth)
-                    .context("generating the synthetic data")?;
+                let loaded =
+                    generate_incidents_with(&synth).context("generating the synthetic data")?;
                 (
                     loaded.incidents,
                     format!(
@@ -233,9 +233,8 @@ impl SimStation {
     /// A [`Station`] holding the station's training rows and, when `eval`,
     /// its validation and test rows (else those stay empty).
     fn assemble(&self, eval: bool) -> station::Result<Station> {
-        let take = |ds: &Dataset, idx: &[usize], wanted: bool| {
-            ds.subset(if wanted { idx } else { &[] })
-        };
+        let take =
+            |ds: &Dataset, idx: &[usize], wanted: bool| ds.subset(if wanted { idx } else { &[] });
         let splits = Splits {
             train: take(&self.data.train, &self.part.train, true),
             val: take(&self.data.val, &self.part.val, eval),

@@ -32,8 +32,8 @@ use fedcrime_common::fl::{
     Action, Engine, EvaluateIns, EvaluateRes, Event, FitIns, FitRes, RoundMetrics, StationId,
     Summary,
 };
-use fedcrime_common::Params;
 use fedcrime_common::station::{Learner, StationError};
+use fedcrime_common::Params;
 
 use super::traffic;
 
@@ -427,7 +427,11 @@ mod tests {
         let mut seen = Vec::new();
         let summary = fed
             .run(&mut engine, |r| {
-                seen.push((r.metrics.clone(), r.timing.clone(), r.global.data().to_vec()));
+                seen.push((
+                    r.metrics.clone(),
+                    r.timing.clone(),
+                    r.global.data().to_vec(),
+                ));
                 Ok(())
             })
             .unwrap();

@@ -133,7 +133,10 @@ pub fn initial_model(data: &StudyData, seed: u64) -> Result<Params> {
 }
 
 /// The study's stations as the transports take them, by certificate name.
-pub fn station_list(data: &StudyData, cfg: &SimConfig) -> Result<Vec<(StationId, Arc<dyn Learner>)>> {
+pub fn station_list(
+    data: &StudyData,
+    cfg: &SimConfig,
+) -> Result<Vec<(StationId, Arc<dyn Learner>)>> {
     let device = cfg
         .federation
         .device
@@ -207,7 +210,8 @@ fn federate_locked(
     let stations = station_list(data, cfg)?;
     let engine_cfg = engine_config(cfg, stations.len());
     let concurrency = cfg.concurrency();
-    let mut evaluator = Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size)?;
+    let mut evaluator =
+        Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size)?;
     let mut bytes = 0u64;
     let mut row_of = |m: &RoundMetrics, wall: f64, global: &Params| -> Result<Row> {
         bytes += m.bytes_in + m.bytes_out;

@@ -354,7 +354,10 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
         let report = report.context("the server failed")?;
         match waited {
             Ok(failures) if !failures.is_empty() => {
-                tracing::warn!("stations that did not finish cleanly: {}", failures.join("; "));
+                tracing::warn!(
+                    "stations that did not finish cleanly: {}",
+                    failures.join("; ")
+                );
             }
             Ok(_) => {}
             Err(_) => tracing::warn!("stations still running 10 s after the server finished"),
@@ -371,7 +374,11 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
         let (slowest, total) = times.get(&m.round).copied().unwrap_or((0.0, 0.0));
         let global = if setup.keep_globals {
             let c = store.load_round(m.round).with_context(|| {
-                format!("reading the checkpoint of round {} in {}", m.round, checkpoint_dir.display())
+                format!(
+                    "reading the checkpoint of round {} in {}",
+                    m.round,
+                    checkpoint_dir.display()
+                )
             })?;
             Some(c.global)
         } else {
@@ -388,7 +395,10 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
         });
     }
     if out.is_empty() && rounds > 0 {
-        bail!("the server completed no round: {:?}", report.summary.outcome);
+        bail!(
+            "the server completed no round: {:?}",
+            report.summary.outcome
+        );
     }
     Ok(QuicRun {
         summary: report.summary,

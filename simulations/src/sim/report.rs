@@ -49,7 +49,7 @@ pub fn target_of(task: Task, reference: f64) -> f64 {
 }
 
 /// The first row of `run` whose test headline reaches `target`.
-pub fn first_reaching<'a>(run: &'a MethodRun, task: Task, target: f64) -> Option<&'a Row> {
+pub fn first_reaching(run: &MethodRun, task: Task, target: f64) -> Option<&Row> {
     run.rows.iter().find(|r| {
         let v = r.test.headline();
         if higher_is_better(task) {
@@ -105,7 +105,9 @@ pub fn write_plots(
         title,
         metric: metric_name,
         series: &series,
-        baseline: best.zip(label.as_deref()).map(|(b, l)| (l, b.metrics.headline().1)),
+        baseline: best
+            .zip(label.as_deref())
+            .map(|(b, l)| (l, b.metrics.headline().1)),
     };
     plot.write_svg(&out.join("convergence.svg"))?;
     plot.write_png(&out.join("convergence.png"))?;
@@ -150,7 +152,14 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
     let metric_names: Vec<String> = runs
         .iter()
         .find_map(|r| r.last())
-        .map(|r| r.test.metrics.scalars().into_iter().map(|(n, _)| n).collect())
+        .map(|r| {
+            r.test
+                .metrics
+                .scalars()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        })
         .unwrap_or_default();
     let (headline, _) = runs
         .iter()
@@ -179,7 +188,11 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
             run.method,
             last.step,
             last.wall_seconds,
-            if run.federated { mb(last.bytes_sent) } else { "-".into() },
+            if run.federated {
+                mb(last.bytes_sent)
+            } else {
+                "-".into()
+            },
             last.train_loss.map_or("n/a".into(), fmt_num),
             fmt_num(last.val.loss),
             fmt_num(last.val.headline()),
@@ -228,7 +241,11 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
                             run.method,
                             r.step,
                             r.wall_seconds,
-                            if run.federated { mb(r.bytes_sent) } else { "-".into() }
+                            if run.federated {
+                                mb(r.bytes_sent)
+                            } else {
+                                "-".into()
+                            }
                         );
                     }
                     None => {
@@ -255,7 +272,11 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
         if let Some(c) = central {
             let gap = last.test.headline() - c.test.headline();
             let rel = gap / c.test.headline().abs().max(f64::MIN_POSITIVE) * 100.0;
-            let better = if higher_is_better(task) { gap >= 0.0 } else { gap <= 0.0 };
+            let better = if higher_is_better(task) {
+                gap >= 0.0
+            } else {
+                gap <= 0.0
+            };
             let _ = writeln!(
                 md,
                 "- gap {} - centralized on test {headline}: {:+.4} ({:+.1}%), {}.",
@@ -288,7 +309,10 @@ mod tests {
         for p in pred.iter_mut().take(f1_hits) {
             *p = 0;
         }
-        pred[2..].iter_mut().take(f1_hits.saturating_sub(2)).for_each(|p| *p = 1);
+        pred[2..]
+            .iter_mut()
+            .take(f1_hits.saturating_sub(2))
+            .for_each(|p| *p = 1);
         let m = Metrics::Risk(RiskMetrics::compute(&truth, &pred, 2).unwrap());
         Row {
             method: method.into(),
@@ -313,7 +337,11 @@ mod tests {
             MethodRun {
                 method: "fedavg".into(),
                 federated: true,
-                rows: vec![row("fedavg", 1, 0), row("fedavg", 2, 3), row("fedavg", 3, 4)],
+                rows: vec![
+                    row("fedavg", 1, 0),
+                    row("fedavg", 2, 3),
+                    row("fedavg", 3, 4),
+                ],
             },
             MethodRun {
                 method: "centralized".into(),
@@ -322,7 +350,10 @@ mod tests {
             },
         ];
         let target = target_of(Task::Risk, 1.0);
-        assert_eq!(first_reaching(&runs[0], Task::Risk, target).unwrap().step, 3);
+        assert_eq!(
+            first_reaching(&runs[0], Task::Risk, target).unwrap().step,
+            3
+        );
         assert_eq!(target_of(Task::Counts, 0.95), 1.0);
         let ctx = ReportContext {
             title: "t".into(),
@@ -333,7 +364,10 @@ mod tests {
         };
         let md = markdown(&ctx, &runs);
         assert!(md.contains("| fedavg | 3 | 3.0 | 0.00 |"), "{md}");
-        assert!(md.contains("gap fedavg - centralized on test macro_f1: +0.0000"), "{md}");
+        assert!(
+            md.contains("gap fedavg - centralized on test macro_f1: +0.0000"),
+            "{md}"
+        );
         assert!(md.contains("```toml\nseed = 0\n```"), "{md}");
         assert!(md.contains("0.00 MB sent in 3 rounds"), "{md}");
     }

@@ -64,8 +64,8 @@ mod tests {
     #[test]
     fn counts_match_the_encoder() {
         let spec = Arc::new(ParamSpec::new([("w", vec![300, 7]), ("b", vec![7])]).unwrap());
-        let params = Params::new(spec.clone(), (0..spec.total()).map(|i| i as f32).collect())
-            .unwrap();
+        let params =
+            Params::new(spec.clone(), (0..spec.total()).map(|i| i as f32).collect()).unwrap();
         let mut config = Config::new();
         config.insert("epochs".into(), ConfigValue::Int(2));
         config.insert("server_round".into(), ConfigValue::Int(3));

@@ -88,13 +88,23 @@ fn small_study_writes_every_output_with_sane_values() {
 
     // Every method starts from the same model and sees the same data: after
     // one pass, the single-worker and data-parallel baselines agree closely.
-    let c1 = t.number(t.method("centralized").next().unwrap(), "val_loss").unwrap();
-    let d1 = t.number(t.method("data-parallel-2").next().unwrap(), "val_loss").unwrap();
+    let c1 = t
+        .number(t.method("centralized").next().unwrap(), "val_loss")
+        .unwrap();
+    let d1 = t
+        .number(t.method("data-parallel-2").next().unwrap(), "val_loss")
+        .unwrap();
     assert!((c1 - d1).abs() < 1e-3, "{c1} vs {d1}");
 
     // The plots name every method and the naive baseline.
     let svg = std::fs::read_to_string(out.join("convergence.svg")).unwrap();
-    for needle in ["fedavg", "centralized", "data-parallel-2", "(naive)", "MB sent"] {
+    for needle in [
+        "fedavg",
+        "centralized",
+        "data-parallel-2",
+        "(naive)",
+        "MB sent",
+    ] {
         assert!(svg.contains(needle), "convergence.svg lacks {needle}");
     }
     let png = std::fs::read(out.join("convergence.png")).unwrap();
@@ -117,7 +127,13 @@ fn small_study_writes_every_output_with_sane_values() {
     // The recorded configuration replays the run.
     let replay = SimConfig::load(&out.join("sim.toml")).unwrap();
     assert_eq!(replay, cfg.clone().resolve());
-    let toml_block = md.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+    let toml_block = md
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
     assert_eq!(SimConfig::from_toml(toml_block).unwrap(), replay);
 }
 
@@ -143,7 +159,13 @@ fn memory_and_quic_transports_give_identical_metrics() {
     assert!(q.join("pki/ca.pem").is_file());
     let certs = std::fs::read_dir(q.join("pki/stations"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "pem"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pem")
+        })
         .count();
     assert_eq!(certs, 3);
     assert!(q.join("server/metrics.jsonl").is_file());
