@@ -53,6 +53,12 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Load and clean a crime data file and print the cleaning report.
     Inspect(cmd::inspect::InspectArgs),
+    /// Build the risk or counts task from a crime data file and write its
+    /// feature matrices, targets and featurizer for inspection.
+    Features(cmd::features::FeaturesArgs),
+    /// Benchmarks against a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
 }
 
 fn init_logging(g: &GlobalOpts) {
@@ -75,6 +81,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
+        Command::Features(args) => cmd::features::run(&args, &cli.global),
+        Command::Bench(bench) => cmd::bench::run(&bench),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
