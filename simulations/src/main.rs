@@ -51,8 +51,8 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Load and clean a crime data file and print the cleaning report.
     Inspect(cmd::inspect::InspectArgs),
-    /// Build the risk or counts task from an LAPD export and write its feature
-    /// matrices, targets and featurizer for inspection.
+    /// Build the risk or counts task from a crime data file and write its
+    /// feature matrices, targets and featurizer for inspection.
     Features(cmd::features::FeaturesArgs),
     /// Run a whole federation on one machine next to centralized and
     /// data-parallel training; write metrics.csv, convergence plots and
@@ -62,17 +62,9 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Grid or random search over the paper's hyperparameters.
     Tune(cmd::tune::TuneArgs),
-    /// Benchmarks.
+    /// Benchmarks against a reference measured in the same run.
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Training throughput vs PyTorch, and the data-parallel speedup.
-    Train(cmd::bench_train::BenchTrainArgs),
-    /// Framework overhead per federated round, without training.
-    Rounds(cmd::bench_rounds::BenchRoundsArgs),
+    Bench(cmd::bench::Bench),
 }
 
 fn init_logging(g: &GlobalOpts, command: &Command) {
@@ -80,7 +72,7 @@ fn init_logging(g: &GlobalOpts, command: &Command) {
     // progress bars say it better.
     let default = match (g.quiet, command) {
         (true, _) => "warn",
-        (false, Command::Simulate(_) | Command::Bench(BenchCommand::Rounds(_))) => {
+        (false, Command::Simulate(_) | Command::Bench(cmd::bench::Bench::Rounds(_))) => {
             "warn,fedcrime_sim=info"
         }
         (false, _) => "info",
@@ -103,12 +95,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
-        Command::Features(args) => cmd::features::run(&args),
+        Command::Features(args) => cmd::features::run(&args, &cli.global),
         Command::Simulate(args) => cmd::simulate::run(&args, &cli.global),
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
-        Command::Bench(BenchCommand::Train(args)) => cmd::bench_train::run(&args),
-        Command::Bench(BenchCommand::Rounds(args)) => cmd::bench_rounds::run(&args, &cli.global),
+        Command::Bench(bench) => cmd::bench::run(&bench, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! The subcommands, one module each.
 
-pub mod bench_rounds;
+pub mod bench;
 pub mod bench_train;
 pub mod features;
 pub mod inspect;

@@ -19,7 +19,7 @@ use fedcrime_sim::sim::Transport;
 use crate::GlobalOpts;
 
 /// Options of `fedcrime-sim bench rounds`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchRoundsArgs {
     /// Model parameters: 20k, 1m, 10m or any count (a dnn of that size).
     #[arg(long, value_parser = parse_count, default_value = "20k")]

@@ -1,0 +1,27 @@
+//! `fedcrime-sim bench <name>`: benchmarks that compare with a reference
+//! measured in the same run (see BENCHMARKS.md for the recorded figures).
+
+pub mod data;
+pub mod rounds;
+
+/// The benchmarks.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Bench {
+    /// Load, clean and featurize an LAPD export (default: 1,000,000 synthetic
+    /// rows) against pandas doing the same read and groupby on the same file.
+    Data(data::DataBenchArgs),
+    /// Training throughput vs PyTorch, and the data-parallel speedup.
+    Train(crate::cmd::bench_train::BenchTrainArgs),
+    /// Framework overhead per federated round without training (QUIC or
+    /// memory), against memcpy and TCP loopback copies of the same bytes.
+    Rounds(rounds::BenchRoundsArgs),
+}
+
+/// Runs one benchmark.
+pub fn run(bench: &Bench, global: &crate::GlobalOpts) -> anyhow::Result<()> {
+    match bench {
+        Bench::Data(args) => data::run(args),
+        Bench::Train(args) => crate::cmd::bench_train::run(args),
+        Bench::Rounds(args) => rounds::run(args, global),
+    }
+}
