@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 mod cmd;
+#[allow(dead_code)] // the plotting helpers serve commands still to come
+mod plot;
 
 /// Federated crime prediction across LAPD precincts: one-machine runs, data
 /// tools and baselines.

@@ -140,9 +140,11 @@ impl ReplicaView {
     }
 }
 
-/// Replaces replica 0's gradient (of its part's mean loss, weight `w0`) by
-/// the size-weighted average over the active replicas `(index into views,
-/// weight)`: the gradient of the whole batch's mean loss.
+/// Replaces replica 0's gradient (of its part's loss, share `w0`) by the
+/// share-weighted average over the active replicas `(index into views,
+/// share)`: the gradient of the whole batch's loss. A running weighted mean
+/// (`g += w_k / W_k * (g_k - g)`, one fused `lerp_` per replica and tensor),
+/// so no temporaries are allocated.
 fn reduce_grads(master: &Replica, views: &[ReplicaView], active: &[(usize, f64)], w0: f64) {
     tch::no_grad(|| {
         for (j, v0) in master.trainable.iter().enumerate() {
@@ -150,12 +152,15 @@ fn reduce_grads(master: &Replica, views: &[ReplicaView], active: &[(usize, f64)]
             if !g0.defined() {
                 continue;
             }
-            let _ = g0.g_mul_scalar_(w0);
+            let mut acc = w0;
             for &(k, wk) in active {
                 let gk = views[k].trainable[j].grad();
-                if gk.defined() {
-                    let _ = g0.g_add_(&(gk.to_device(master.device) * wk));
+                if !gk.defined() || wk <= 0.0 {
+                    continue;
                 }
+                acc += wk;
+                let gk = gk.to_device(master.device);
+                let _ = g0.lerp_(&gk, wk / acc);
             }
         }
     });
@@ -208,8 +213,7 @@ impl ParallelTrainer {
         for (k, r) in replicas.iter().enumerate().skip(1) {
             let same = r.trainable.len() == first.trainable.len()
                 && r.all.len() == first.all.len()
-                && r
-                    .trainable
+                && r.trainable
                     .iter()
                     .zip(&first.trainable)
                     .all(|(a, b)| a.size() == b.size());
@@ -520,13 +524,14 @@ mod tests {
             ..cfg(3, 32)
         };
         let m = test_data::model(ModelKind::Dnn, &train, 16, 0.0, 4);
-        let mut par = ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], c.clone())
-            .unwrap();
+        let mut par =
+            ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], c.clone()).unwrap();
         let mut plain = Trainer::new(m, c).unwrap();
         let r1 = plain.fit(&train, Some(&val)).unwrap();
         let r2 = par.fit(&train, Some(&val)).unwrap();
         assert_eq!(plain.params(), par.params());
-        let losses = |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
+        let losses =
+            |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
         assert_eq!(losses(&r1), losses(&r2));
         assert_eq!(r1.best_epoch, r2.best_epoch);
     }
@@ -540,7 +545,10 @@ mod tests {
         ] {
             let m = test_data::model(kind, &train, 12, 0.0, 8);
             // Replica 1 starts elsewhere: the trainer must broadcast replica 0.
-            let models = vec![test_data::copy(m.as_ref()), test_data::model(kind, &train, 12, 0.0, 9)];
+            let models = vec![
+                test_data::copy(m.as_ref()),
+                test_data::model(kind, &train, 12, 0.0, 9),
+            ];
             let mut plain = Trainer::new(m, cfg(2, 16)).unwrap();
             plain.fit(&train, None).unwrap();
             let mut par = ParallelTrainer::from_models(models, cfg(2, 16)).unwrap();
@@ -591,7 +599,9 @@ mod tests {
             test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2),
             test_data::model(ModelKind::Dnn, &train, 16, 0.0, 2),
         ];
-        let e = ParallelTrainer::from_models(models, cfg(1, 4)).err().unwrap();
+        let e = ParallelTrainer::from_models(models, cfg(1, 4))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("replica 1"), "{e}");
         assert!(ParallelTrainer::from_models(Vec::new(), cfg(1, 4)).is_err());
     }

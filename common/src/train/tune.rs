@@ -166,7 +166,9 @@ pub fn run_search(
     on_trial: &mut dyn FnMut(usize, usize, &TrialResult),
 ) -> Result<Vec<TrialResult>> {
     if splits.val.is_empty() {
-        return Err(TrainError::EmptySplit { split: "validation" });
+        return Err(TrainError::EmptySplit {
+            split: "validation",
+        });
     }
     let mut results = Vec::with_capacity(trials.len());
     for (i, t) in trials.iter().enumerate() {

@@ -1,7 +1,6 @@
 //! The subcommands, one module each.
 
 pub mod bench;
-pub mod bench_train;
 pub mod features;
 pub mod inspect;
 pub mod simulate;

@@ -4,3 +4,4 @@ mod data;
 mod federation;
 mod shared_data;
 mod simulate;
+mod train;

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod rounds;
+pub mod train;
 
 /// The benchmarks.
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -10,8 +11,10 @@ pub enum Bench {
     /// Load, clean and featurize an LAPD export (default: 1,000,000 synthetic
     /// rows) against pandas doing the same read and groupby on the same file.
     Data(data::DataBenchArgs),
-    /// Training throughput vs PyTorch, and the data-parallel speedup.
-    Train(crate::cmd::bench_train::BenchTrainArgs),
+    /// Training throughput of dnn (risk) and lstm (counts) against the same
+    /// architectures trained by PyTorch from Python with the same threads,
+    /// and the data-parallel trainer's speedup over one worker.
+    Train(train::BenchTrainArgs),
     /// Framework overhead per federated round without training (QUIC or
     /// memory), against memcpy and TCP loopback copies of the same bytes.
     Rounds(rounds::BenchRoundsArgs),
@@ -21,7 +24,7 @@ pub enum Bench {
 pub fn run(bench: &Bench, global: &crate::GlobalOpts) -> anyhow::Result<()> {
     match bench {
         Bench::Data(args) => data::run(args),
-        Bench::Train(args) => crate::cmd::bench_train::run(args),
+        Bench::Train(args) => train::run(args),
         Bench::Rounds(args) => rounds::run(args, global),
     }
 }
