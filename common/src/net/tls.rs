@@ -105,12 +105,13 @@ impl ServerTls {
         transport: &TransportSettings,
     ) -> Result<(quinn::ServerConfig, Arc<CrlVerifier>)> {
         let (tls, verifier) = self.rustls_config()?;
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).map_err(
-            |e| NetError::Settings {
-                field: "server TLS",
-                reason: e.to_string(),
-            },
-        )?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| {
+                NetError::Settings {
+                    field: "server TLS",
+                    reason: e.to_string(),
+                }
+            })?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport.to_quinn()?));
         // Stations do not roam between addresses mid-round.
@@ -167,13 +168,12 @@ impl ClientTls {
         let chain = load_certs(&self.cert, "station certificate")?;
         let key = load_key(&self.key)?;
         let builder = client_builder(roots)?;
-        let mut config =
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|source| NetError::Tls {
-                    what: "client TLS configuration (certificate and key)",
-                    source,
-                })?;
+        let mut config = builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|source| NetError::Tls {
+                what: "client TLS configuration (certificate and key)",
+                source,
+            })?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
