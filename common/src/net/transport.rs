@@ -138,7 +138,7 @@ impl TransportSettings {
             ("receive_window", self.receive_window),
             ("send_window", self.send_window),
         ] {
-            if v < 64 * 1024 || v > VARINT_MAX {
+            if !(64 * 1024..=VARINT_MAX).contains(&v) {
                 return bad(field, format!("{v} bytes is outside 64 KiB ..= 2^62-1"));
             }
         }
@@ -268,7 +268,8 @@ mod tests {
 
     #[test]
     fn inconsistent_settings_are_named() {
-        let cases: [(&str, fn(&mut TransportSettings)); 7] = [
+        type Breaker = fn(&mut TransportSettings);
+        let cases: [(&str, Breaker); 7] = [
             ("keep_alive_ms", |s| s.keep_alive_ms = s.idle_timeout_ms),
             ("idle_timeout_ms", |s| s.idle_timeout_ms = 0),
             ("stream_receive_window", |s| {
