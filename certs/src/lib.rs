@@ -500,6 +500,9 @@ impl Pki {
         };
         if let Some(serial) = reissue {
             self.retire_station_files(&name, &serial)?;
+            // Record the move at once: should issuing fail below, the
+            // manifest still matches the files.
+            self.save()?;
         }
         let ca = self.load_ca()?;
         let record = self.issue_station(&ca, &name, validity)?;

@@ -46,10 +46,10 @@ enum Command {
         #[arg(long = "server-name", value_name = "NAME")]
         server_names: Vec<String>,
         /// Validity of the server and station certificates, in days.
-        #[arg(long, value_name = "D", default_value_t = 365)]
+        #[arg(long, value_name = "D", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         valid_days: u32,
         /// Validity of the CA, in days (at least --valid-days).
-        #[arg(long, value_name = "D", default_value_t = 3650)]
+        #[arg(long, value_name = "D", default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         ca_valid_days: u32,
         /// Agency name, the organisation in every certificate.
         #[arg(long, value_name = "NAME", default_value = "fedcrime agency")]
@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Validity in days.
-        #[arg(long, value_name = "D", default_value_t = 365)]
+        #[arg(long, value_name = "D", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         valid_days: u32,
     },
     /// Revoke a station's certificate: re-signs crl.pem, which a running server picks up.
@@ -96,7 +96,7 @@ enum Command {
         #[arg(long = "server-name", value_name = "NAME")]
         server_names: Vec<String>,
         /// Validity in days.
-        #[arg(long, value_name = "D", default_value_t = 365)]
+        #[arg(long, value_name = "D", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         valid_days: u32,
     },
     /// Show what was issued, expiry and revocations; checks the files against the manifest.

@@ -453,7 +453,7 @@ async fn client_refuses_a_server_of_another_ca() {
 
 fn quick_settings() -> TransportSettings {
     TransportSettings {
-        handshake_timeout_ms: 150,
+        handshake_timeout_ms: 300,
         ..settings()
     }
 }

@@ -246,9 +246,19 @@ pub(crate) fn load_certs(path: &Path, what: &'static str) -> Result<Vec<Certific
     Ok(certs)
 }
 
-/// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
+/// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1). Warns when the
+/// file is readable by group or others (`fedcrime-certs` writes keys 0600).
 pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let bytes = read(path, "private key")?;
+    #[cfg(unix)]
+    if let Ok(meta) = fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(key = %path.display(), mode = format!("{mode:o}"),
+                "private key is readable by other users; chmod 600 it");
+        }
+    }
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| NetError::Pem {
         what: "private key",
         path: path.to_owned(),
