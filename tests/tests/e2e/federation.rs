@@ -194,7 +194,7 @@ enum Script {
     Honest,
     /// Sends a NaN among seeded values.
     NaN,
-    /// Sends the first matrix transposed: same size, wrong shape.
+    /// Sends a matrix transposed: same size, wrong shape.
     WrongShape,
     /// Signals that it started, then blocks until released (or 60 s).
     Hang {
@@ -220,19 +220,23 @@ impl Learner for Scripted {
                 Params::new(spec, v).unwrap()
             }
             Script::WrongShape => {
+                let matrix = spec
+                    .entries()
+                    .iter()
+                    .position(|e| e.shape.len() == 2 && e.shape[0] != e.shape[1])
+                    .expect("the model has a non-square matrix");
                 let tensors: Vec<(String, Vec<usize>)> = spec
                     .entries()
                     .iter()
                     .enumerate()
                     .map(|(i, e)| {
                         let mut shape = e.shape.clone();
-                        if i == 0 {
+                        if i == matrix {
                             shape.reverse();
                         }
                         (e.name.clone(), shape)
                     })
                     .collect();
-                assert_eq!(spec.entries()[0].shape.len(), 2, "a matrix comes first");
                 Params::new(Arc::new(ParamSpec::new(tensors).unwrap()), v).unwrap()
             }
             Script::Hang { started, release } => {
@@ -298,11 +302,21 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), 4);
     // The stations read a real CSV file through the full client path.
+    // Three months, and the server's held-out copy defines the features
+    // every station uses.
     let csv = dir.path().join("la.csv");
-    generate(&synth_config(), std::fs::File::create(&csv).unwrap()).unwrap();
+    let mut synth = synth_config();
+    synth.days = 91;
+    synth.rows = 18_000;
+    generate(&synth, std::fs::File::create(&csv).unwrap()).unwrap();
     let mut cfg = server_config(&pki, &dir.path().join("out"), 3, 4);
     cfg.train.epochs = 2;
     cfg.federation.eval_every = 1;
+    cfg.evaluation = Some(fedcrime_server::config::EvaluationSection {
+        data: csv.clone(),
+        split: Default::default(),
+        batch_size: 4096,
+    });
     let server = Running::start(cfg).await;
     let clients: Vec<_> = (1..=4)
         .map(|i| {
@@ -329,6 +343,12 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
         assert_eq!(m.eval_completed, 4);
         assert!(m.bytes_out > 0 && m.bytes_in > 0);
     }
+    for m in &report.history {
+        eprintln!(
+            "round {}: train {:?} federated eval {:?} server eval {:?}",
+            m.round, m.train_loss, m.eval_loss, m.server_eval_loss
+        );
+    }
     let loss = |r: usize, f: fn(&fedcrime_common::fl::RoundMetrics) -> Option<f64>| {
         f(&report.history[r]).unwrap()
     };
@@ -341,6 +361,15 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
         loss(2, |m| m.eval_loss) < loss(0, |m| m.eval_loss),
         "evaluation loss {:?}",
         report.history.iter().map(|m| m.eval_loss).collect::<Vec<_>>()
+    );
+    assert!(
+        loss(2, |m| m.server_eval_loss) < loss(0, |m| m.server_eval_loss),
+        "server-side evaluation loss {:?}",
+        report
+            .history
+            .iter()
+            .map(|m| m.server_eval_loss)
+            .collect::<Vec<_>>()
     );
     for c in clients {
         let r = join_client(c).await;
