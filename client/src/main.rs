@@ -188,7 +188,11 @@ fn main() -> ExitCode {
                 report.updates_sent,
                 report.evaluations_sent
             );
-            ExitCode::SUCCESS
+            if report.outcome == ClientOutcome::Interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("fedcrime-client: error: {e:#}");

@@ -214,7 +214,7 @@ fn init_logging(cfg: &ServerConfig) {
     }
 }
 
-async fn serve(cfg: ServerConfig) -> anyhow::Result<bool> {
+async fn serve(cfg: ServerConfig) -> anyhow::Result<ExitCode> {
     let report = fedcrime_server::run(cfg).await?;
     let last = report.history.last();
     eprintln!(
@@ -229,7 +229,13 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<bool> {
             m.train_loss, m.eval_loss
         );
     }
-    Ok(report.completed())
+    Ok(if report.completed() {
+        ExitCode::SUCCESS
+    } else if report.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> ExitCode {
@@ -250,8 +256,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(serve(cfg)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("fedcrime-server: error: {e:#}");
             ExitCode::FAILURE

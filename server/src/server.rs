@@ -73,6 +73,8 @@ pub struct RunReport {
     pub metrics_csv: PathBuf,
     /// Connection counters.
     pub listener: ListenerStats,
+    /// Whether the run was stopped by the shutdown signal.
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -467,6 +469,7 @@ impl Server {
             model: self.model,
             metrics_csv: driver.metrics.csv_path().to_path_buf(),
             listener: stats,
+            interrupted,
         })
     }
 }
