@@ -115,9 +115,10 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
     let mut cfg = match &cli.config {
         Some(path) => ServerConfig::from_file(path)?,
         None => {
-            let pki = cli.pki.clone().context(
-                "no --config: give at least --pki DIR (or --ca, --cert and --key)",
-            );
+            let pki = cli
+                .pki
+                .clone()
+                .context("no --config: give at least --pki DIR (or --ca, --cert and --key)");
             match (pki, &cli.ca, &cli.cert, &cli.key) {
                 (Ok(dir), _, _, _) => ServerConfig::new(ServerTls::from_pki_dir(&dir)),
                 (Err(_), Some(ca), Some(cert), Some(key)) => ServerConfig::new(ServerTls {
@@ -154,9 +155,7 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
     }
     set!(cli.rounds, cfg.federation.rounds);
     if let Some(s) = &cli.strategy {
-        cfg.strategy = s
-            .parse::<StrategyConfig>()
-            .context("--strategy")?;
+        cfg.strategy = s.parse::<StrategyConfig>().context("--strategy")?;
     }
     set!(cli.task, cfg.task.task);
     set!(cli.period, cfg.task.period);
@@ -248,7 +247,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fedcrime-server: error: starting the async runtime: {e}");

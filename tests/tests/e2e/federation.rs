@@ -355,12 +355,20 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
     assert!(
         loss(2, |m| m.train_loss) < loss(0, |m| m.train_loss),
         "train loss {:?}",
-        report.history.iter().map(|m| m.train_loss).collect::<Vec<_>>()
+        report
+            .history
+            .iter()
+            .map(|m| m.train_loss)
+            .collect::<Vec<_>>()
     );
     assert!(
         loss(2, |m| m.eval_loss) < loss(0, |m| m.eval_loss),
         "evaluation loss {:?}",
-        report.history.iter().map(|m| m.eval_loss).collect::<Vec<_>>()
+        report
+            .history
+            .iter()
+            .map(|m| m.eval_loss)
+            .collect::<Vec<_>>()
     );
     assert!(
         loss(2, |m| m.server_eval_loss) < loss(0, |m| m.server_eval_loss),
@@ -427,20 +435,28 @@ async fn one_round_equals_the_hand_computed_weighted_average() {
     }
 }
 
-/// Starts `honest` scripted stations and one that hangs in training;
-/// returns the clients, the victim's handle, and the hang's controls.
-fn with_a_hanging_station(
-    pki: &Path,
-    addr: SocketAddr,
-    honest: usize,
-) -> (
-    Vec<JoinHandle<fedcrime_client::Result<ClientReport>>>,
-    JoinHandle<fedcrime_client::Result<ClientReport>>,
-    std_mpsc::Receiver<()>,
-    std_mpsc::Sender<()>,
-) {
+type ClientTask = JoinHandle<fedcrime_client::Result<ClientReport>>;
+
+/// The stations of a run with one that hangs in training: the honest
+/// clients, the hanging one, its "started training" signal and its release.
+struct WithHang {
+    clients: Vec<ClientTask>,
+    victim: ClientTask,
+    started: std_mpsc::Receiver<()>,
+    release: std_mpsc::Sender<()>,
+}
+
+/// Starts `honest` scripted stations and one that hangs in training.
+fn with_a_hanging_station(pki: &Path, addr: SocketAddr, honest: usize) -> WithHang {
     let clients = (1..=honest)
-        .map(|i| spawn_client(pki, &station(i), addr, scripted(Script::Honest, 10, i as u64)))
+        .map(|i| {
+            spawn_client(
+                pki,
+                &station(i),
+                addr,
+                scripted(Script::Honest, 10, i as u64),
+            )
+        })
         .collect();
     let (started_tx, started) = std_mpsc::channel();
     let (release, release_rx) = std_mpsc::channel();
@@ -457,7 +473,12 @@ fn with_a_hanging_station(
             99,
         ),
     );
-    (clients, victim, started, release)
+    WithHang {
+        clients,
+        victim,
+        started,
+        release,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,7 +488,12 @@ async fn a_station_killed_mid_round_does_not_stall_the_round() {
     let mut cfg = server_config(&pki, &dir.path().join("out"), 1, 4);
     cfg.federation.min_updates = 3;
     let server = Running::start(cfg).await;
-    let (clients, victim, started, release) = with_a_hanging_station(&pki, server.addr, 3);
+    let WithHang {
+        clients,
+        victim,
+        started,
+        release,
+    } = with_a_hanging_station(&pki, server.addr, 3);
     // Kill the station while it trains.
     tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
         .await
@@ -480,7 +506,12 @@ async fn a_station_killed_mid_round_does_not_stall_the_round() {
     let m = &report.history[0];
     assert!(m.aggregated);
     assert_eq!(m.completed.len(), 3);
-    assert_eq!(m.failed.get(&FailureKind::Disconnected), Some(&1), "{:?}", m.failed);
+    assert_eq!(
+        m.failed.get(&FailureKind::Disconnected),
+        Some(&1),
+        "{:?}",
+        m.failed
+    );
     // Well before the 60 s deadline.
     assert!(m.round_s < 20.0, "round took {} s", m.round_s);
     for c in clients {
@@ -496,13 +527,23 @@ async fn a_silent_station_is_timed_out_and_the_round_goes_on() {
     cfg.federation.min_updates = 3;
     cfg.federation.round_deadline = Duration::from_millis(1500);
     let server = Running::start(cfg).await;
-    let (clients, victim, _started, release) = with_a_hanging_station(&pki, server.addr, 3);
+    let WithHang {
+        clients,
+        victim,
+        release,
+        ..
+    } = with_a_hanging_station(&pki, server.addr, 3);
     let report = server.finish().await;
     drop(release);
     assert!(report.completed(), "{:?}", report.summary);
     let m = &report.history[0];
     assert_eq!(m.completed.len(), 3);
-    assert_eq!(m.failed.get(&FailureKind::Timeout), Some(&1), "{:?}", m.failed);
+    assert_eq!(
+        m.failed.get(&FailureKind::Timeout),
+        Some(&1),
+        "{:?}",
+        m.failed
+    );
     for c in clients {
         assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
     }
@@ -570,9 +611,21 @@ async fn nan_wrong_shapes_and_stale_rounds_are_refused_while_the_others_are_aggr
     let honest = [(1usize, 20u64), (2, 40)];
     let mut clients: Vec<_> = honest
         .iter()
-        .map(|&(i, n)| spawn_client(&pki, &station(i), server.addr, scripted(Script::Honest, n, i as u64)))
+        .map(|&(i, n)| {
+            spawn_client(
+                &pki,
+                &station(i),
+                server.addr,
+                scripted(Script::Honest, n, i as u64),
+            )
+        })
         .collect();
-    clients.push(spawn_client(&pki, &station(3), server.addr, scripted(Script::NaN, 50, 3)));
+    clients.push(spawn_client(
+        &pki,
+        &station(3),
+        server.addr,
+        scripted(Script::NaN, 50, 3),
+    ));
     clients.push(spawn_client(
         &pki,
         &station(4),
@@ -586,7 +639,10 @@ async fn nan_wrong_shapes_and_stale_rounds_are_refused_while_the_others_are_aggr
     let m = &report.history[0];
     assert!(m.aggregated);
     assert_eq!(
-        m.completed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        m.completed
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
         vec![station(1), station(2)]
     );
     for kind in [
@@ -617,14 +673,18 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
     let first = Running::start(cfg.clone()).await;
     let addr = first.addr;
     let clients: Vec<_> = (1..=3)
-        .map(|i| spawn_client(&pki, &station(i), addr, data_station(&station(i), &data, i as u8)))
+        .map(|i| {
+            spawn_client(
+                &pki,
+                &station(i),
+                addr,
+                data_station(&station(i), &data, i as u8),
+            )
+        })
         .collect();
     // Stop the server once round 2 is checkpointed.
     let mut progress = first.progress.clone();
-    progress
-        .wait_for(|p| p.checkpointed >= 2)
-        .await
-        .unwrap();
+    progress.wait_for(|p| p.checkpointed >= 2).await.unwrap();
     let _ = first.stop.unwrap().send(());
     let stopped = first.handle.await.unwrap().unwrap();
     assert!(!stopped.completed());
@@ -653,13 +713,10 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
         }
     }
     let second = second.expect("the address is free again");
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        second.run(std::future::pending()),
-    )
-    .await
-    .expect("the resumed run ends")
-    .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), second.run(std::future::pending()))
+        .await
+        .expect("the resumed run ends")
+        .unwrap();
     assert!(report.completed(), "{:?}", report.summary);
     assert_eq!(
         report.history.iter().map(|m| m.round).collect::<Vec<_>>(),
@@ -673,7 +730,11 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
     let rounds: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["round"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["round"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(rounds, vec![1, 2, 3]);
 
@@ -718,14 +779,25 @@ async fn fedavg_with_one_station_equals_local_training() {
     model::save_model(m.as_ref(), &initial_file, &Default::default()).unwrap();
     cfg.model.initial = Some(initial_file);
     let server = Running::start(cfg.clone()).await;
-    let client = spawn_client(&pki, &station(1), server.addr, data_station(&station(1), &data, 4));
+    let client = spawn_client(
+        &pki,
+        &station(1),
+        server.addr,
+        data_station(&station(1), &data, 4),
+    );
     let report = server.finish().await;
     assert!(report.completed());
     assert_eq!(join_client(client).await.updates_sent, 2);
 
     // Local training: two runs of the trainer, each from the last, with the
     // rounds' seeds.
-    let splits = prepare(&data, &cfg.task.task_config(), None, &Selection::Areas(vec![4])).unwrap();
+    let splits = prepare(
+        &data,
+        &cfg.task.task_config(),
+        None,
+        &Selection::Areas(vec![4]),
+    )
+    .unwrap();
     let mut params = initial;
     for round in 1..=2 {
         let tc = TrainConfig {
@@ -738,7 +810,10 @@ async fn fedavg_with_one_station_equals_local_training() {
         };
         let model = model::build(&architecture, tch::Device::Cpu).unwrap();
         let mut trainer = Trainer::new(model, tc).unwrap();
-        params = trainer.fit_from(&params, &splits.train, None).unwrap().params;
+        params = trainer
+            .fit_from(&params, &splits.train, None)
+            .unwrap()
+            .params;
     }
     assert_close(report.global.data(), params.data(), 1e-6);
 }
@@ -770,15 +845,24 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
         }
     };
     for (extra, field) in [
-        ("[federation]\nfraction_fit = 2.0\n", "federation.fraction_fit"),
+        (
+            "[federation]\nfraction_fit = 2.0\n",
+            "federation.fraction_fit",
+        ),
         ("[federation]\nrouns = 3\n", "rouns"),
-        ("[federation]\nmin_fit = 5\nmin_stations = 2\n", "federation.min_fit"),
+        (
+            "[federation]\nmin_fit = 5\nmin_stations = 2\n",
+            "federation.min_fit",
+        ),
         ("[train]\nlr = -1.0\n", "train.lr"),
         ("[strategy]\nname = \"fedprox\"\nmu = -1.0\n", "strategy.mu"),
         ("[model]\nkind = \"gat-tcn\"\n", "model.kind"),
         ("[model]\ndropout = 1.5\n", "model.dropout"),
         ("[wire]\nmodel_encoding = \"f64\"\n", "f64"),
-        ("[transport]\nkeep_alive_ms = 99999\n", "transport.keep_alive_ms"),
+        (
+            "[transport]\nkeep_alive_ms = 99999\n",
+            "transport.keep_alive_ms",
+        ),
     ] {
         let err = server_err(extra);
         assert!(err.contains(field), "{extra:?}: {err}");
@@ -792,10 +876,19 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
     };
     for (extra, field) in [
         ("[data]\narea = 30\n", "data.area"),
-        ("[data]\narea = 3\npartition = \"iid\"\npart = 1\n", "data.area"),
+        (
+            "[data]\narea = 3\npartition = \"iid\"\npart = 1\n",
+            "data.area",
+        ),
         ("[data]\npartition = \"iid\"\n", "data.part"),
-        ("[data]\npartition = \"natural\"\nstations = 3\npart = 1\n", "data.stations"),
-        ("[data]\npartition = \"lottery\"\npart = 1\n", "data.partition"),
+        (
+            "[data]\npartition = \"natural\"\nstations = 3\npart = 1\n",
+            "data.stations",
+        ),
+        (
+            "[data]\npartition = \"lottery\"\npart = 1\n",
+            "data.partition",
+        ),
         ("server = \"localhost\"\n", "server"),
         ("device = \"tpu\"\n", "tpu"),
         ("[reconnect]\nmultiplier = 0.5\n", "reconnect.multiplier"),
