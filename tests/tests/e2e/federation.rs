@@ -897,3 +897,140 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
         assert!(err.contains(field), "{extra:?}: {err}");
     }
 }
+
+/// A station that does not train: its update is the global model it got,
+/// so a round costs only what the framework does (transfer, decoding,
+/// validation, aggregation).
+struct Echo;
+
+impl Learner for Echo {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
+        Ok(FitRes {
+            params: (*ins.global).clone(),
+            num_examples: 100,
+            metrics: Metrics::new(),
+        })
+    }
+
+    fn evaluate(&self, _ins: &EvaluateIns) -> Result<EvaluateRes, StationError> {
+        Ok(EvaluateRes {
+            loss: 1.0,
+            num_examples: 100,
+            metrics: Metrics::new(),
+        })
+    }
+}
+
+/// Seconds to move `bytes` to each of `stations` TCP clients on loopback and
+/// back (what a round must move, without QUIC, TLS, framing or
+/// aggregation): the best of three.
+async fn tcp_round_trip(stations: usize, bytes: usize) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = Arc::new(vec![7u8; bytes]);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echoes: Vec<_> = (0..stations)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let mut buf = vec![0u8; bytes];
+                    s.read_exact(&mut buf).await.unwrap();
+                    s.write_all(&buf).await.unwrap();
+                })
+            })
+            .collect();
+        let mut conns = Vec::new();
+        for _ in 0..stations {
+            conns.push(listener.accept().await.unwrap().0);
+        }
+        let t0 = std::time::Instant::now();
+        let sides: Vec<_> = conns
+            .into_iter()
+            .map(|mut s| {
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let mut back = vec![0u8; bytes];
+                    let (a, b) = tokio::join!(w.write_all(&payload), r.read_exact(&mut back));
+                    a.unwrap();
+                    b.unwrap();
+                })
+            })
+            .collect();
+        for s in sides {
+            s.await.unwrap();
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+        for e in echoes {
+            e.await.unwrap();
+        }
+    }
+    best
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Framework overhead per round (round wall time minus the slowest
+/// station's training time) for 21 stations over QUIC + mutual TLS on
+/// loopback, at about 20 thousand, 1 million and 10 million parameters,
+/// against a plain TCP loopback round trip of the same bytes in the same run.
+///
+/// Run: `.ci/bench/round-overhead.sh` (or `cargo test --release -p
+/// fedcrime-tests --test e2e -- --ignored --nocapture bench_round_overhead`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run with .ci/bench/round-overhead.sh"]
+async fn bench_round_overhead() {
+    const STATIONS: usize = 21;
+    const ROUNDS: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), STATIONS);
+    println!(
+        "| params | model MB | round s (median, rounds 2-{ROUNDS}) | max station s | overhead s | aggregate s | TCP round trip s | overhead / TCP |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, hidden) in [90usize, 700, 2230].into_iter().enumerate() {
+        let mut cfg = server_config(&pki, &dir.path().join(format!("out-{i}")), ROUNDS, STATIONS);
+        cfg.model.hidden = Some(hidden);
+        cfg.model.layers = Some(3);
+        cfg.wire.max_frame_bytes = 64 << 20;
+        let server = Running::start(cfg).await;
+        let clients: Vec<_> = (1..=STATIONS)
+            .map(|s| {
+                let echo: Arc<dyn Learner> = Arc::new(Echo);
+                let factory: Arc<dyn LearnerFactory> =
+                    Arc::new(move |_: &RunSetup| Ok(echo.clone()));
+                spawn_client(&pki, &station(s), server.addr, factory)
+            })
+            .collect();
+        let report = server.finish().await;
+        assert!(report.completed(), "{:?}", report.summary);
+        for c in clients {
+            join_client(c).await;
+        }
+        let params = report.global.spec().total();
+        let records: Vec<fedcrime_server::RoundRecord> =
+            std::fs::read_to_string(dir.path().join(format!("out-{i}/metrics.jsonl")))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .skip(1)
+                .collect();
+        let pick =
+            |f: fn(&fedcrime_server::RoundRecord) -> f64| median(records.iter().map(f).collect());
+        let round_s = pick(|r| r.metrics.round_s);
+        let train_s = pick(|r| r.max_train_s.unwrap_or(0.0));
+        let overhead_s = pick(|r| r.overhead_s.unwrap_or(f64::NAN));
+        let aggregate_s = pick(|r| r.metrics.aggregate_s.unwrap_or(f64::NAN));
+        let tcp_s = tcp_round_trip(STATIONS, params * 4).await;
+        println!(
+            "| {params} | {:.1} | {round_s:.4} | {train_s:.4} | {overhead_s:.4} | {aggregate_s:.4} | {tcp_s:.4} | {:.2} |",
+            params as f64 * 4.0 / 1e6,
+            overhead_s / tcp_s
+        );
+    }
+}
