@@ -300,7 +300,11 @@ impl Client {
         Ok(built)
     }
 
-    async fn session(&mut self, conn: &quinn::Connection, stop: &mut watch::Receiver<bool>) -> SessionEnd {
+    async fn session(
+        &mut self,
+        conn: &quinn::Connection,
+        stop: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
         let (send, recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(e) => return SessionEnd::Lost(format!("opening a stream: {e}")),
@@ -318,22 +322,19 @@ impl Client {
         if let Err(e) = writer.send(&hello, None).await {
             return SessionEnd::Lost(format!("sending Hello: {e}"));
         }
-        let welcome = match tokio::time::timeout(
-            self.options.handshake_timeout,
-            reader.recv_message(),
-        )
-        .await
-        {
-            Ok(Ok(Some(Message::Welcome(w)))) => w,
-            Ok(Ok(Some(Message::Reject(r)))) => return SessionEnd::Refused(r.code, r.text),
-            Ok(Ok(Some(Message::Bye(b)))) => return SessionEnd::ServerLeft(b.text),
-            Ok(Ok(Some(other))) => {
-                return SessionEnd::Lost(format!("expected Welcome, got {}", other.name()))
-            }
-            Ok(Ok(None)) => return SessionEnd::Lost("the server closed the stream".into()),
-            Ok(Err(e)) => return SessionEnd::Lost(format!("reading Welcome: {e}")),
-            Err(_) => return SessionEnd::Lost("no Welcome in time".into()),
-        };
+        let welcome =
+            match tokio::time::timeout(self.options.handshake_timeout, reader.recv_message()).await
+            {
+                Ok(Ok(Some(Message::Welcome(w)))) => w,
+                Ok(Ok(Some(Message::Reject(r)))) => return SessionEnd::Refused(r.code, r.text),
+                Ok(Ok(Some(Message::Bye(b)))) => return SessionEnd::ServerLeft(b.text),
+                Ok(Ok(Some(other))) => {
+                    return SessionEnd::Lost(format!("expected Welcome, got {}", other.name()))
+                }
+                Ok(Ok(None)) => return SessionEnd::Lost("the server closed the stream".into()),
+                Ok(Err(e)) => return SessionEnd::Lost(format!("reading Welcome: {e}")),
+                Err(_) => return SessionEnd::Lost("no Welcome in time".into()),
+            };
         if !self.options.encodings.contains(&welcome.encoding) {
             return SessionEnd::Fatal(ClientError::Handshake(format!(
                 "the server sends {} models, which this station does not read",
@@ -458,14 +459,16 @@ impl Client {
                 seconds,
             } => {
                 if newer_round {
-                    tracing::info!(round, "a newer round is waiting; this round's update is dropped");
+                    tracing::info!(
+                        round,
+                        "a newer round is waiting; this round's update is dropped"
+                    );
                     return None;
                 }
                 match res {
                     Ok(fit) => {
                         let mut params = fit.params;
-                        let kind = if send_delta
-                            && global.spec().check_same(params.spec()).is_ok()
+                        let kind = if send_delta && global.spec().check_same(params.spec()).is_ok()
                         {
                             for (p, g) in params.data_mut().iter_mut().zip(global.data()) {
                                 *p -= *g;
@@ -641,7 +644,10 @@ async fn read_loop(
                     EvalModel::Attached(h) => match reader.recv_params(&h, Some(&spec)).await {
                         Ok(p) => Some(Arc::new(p)),
                         Err(e) => {
-                            break Incoming::End(format!("round {} evaluation model: {e}", req.round))
+                            break Incoming::End(format!(
+                                "round {} evaluation model: {e}",
+                                req.round
+                            ))
                         }
                     },
                     EvalModel::LastGlobal => last_global.clone(),

@@ -164,7 +164,9 @@ impl DataSection {
                     if !matches!(p, Partition::Iid { .. } | Partition::Dirichlet { .. }) {
                         return Err(config_err(
                             "data.stations",
-                            format!("only iid and dirichlet partitions take a station count, not {p}"),
+                            format!(
+                                "only iid and dirichlet partitions take a station count, not {p}"
+                            ),
                         ));
                     }
                     if n == 0 {
@@ -180,7 +182,10 @@ impl DataSection {
                     if i >= p.stations() {
                         return Err(config_err(
                             "data.part",
-                            format!("index {i} is past the partition's {} stations", p.stations()),
+                            format!(
+                                "index {i} is past the partition's {} stations",
+                                p.stations()
+                            ),
                         ));
                     }
                 }
@@ -247,7 +252,9 @@ impl std::str::FromStr for LogFormat {
         match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?} (expected text or json)")),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
         }
     }
 }
@@ -340,9 +347,12 @@ impl StationConfig {
             .server
             .to_socket_addrs()
             .map_err(|e| config_err("server", format!("{:?}: {e}", self.server)))?;
-        addrs
-            .next()
-            .ok_or_else(|| config_err("server", format!("{:?} resolves to no address", self.server)))
+        addrs.next().ok_or_else(|| {
+            config_err(
+                "server",
+                format!("{:?} resolves to no address", self.server),
+            )
+        })
     }
 
     /// Checks every section, naming the first bad setting.

@@ -86,8 +86,12 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
     let pki_tls = match (&cli.pki, &cli.station) {
         (Some(dir), Some(name)) => Some(TlsSection {
             ca: dir.join(pki_layout::CA_CERT),
-            cert: dir.join(pki_layout::STATIONS_DIR).join(format!("{name}.pem")),
-            key: dir.join(pki_layout::STATIONS_DIR).join(format!("{name}.key")),
+            cert: dir
+                .join(pki_layout::STATIONS_DIR)
+                .join(format!("{name}.pem")),
+            key: dir
+                .join(pki_layout::STATIONS_DIR)
+                .join(format!("{name}.key")),
         }),
         _ => None,
     };
@@ -169,7 +173,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fedcrime-client: error: starting the async runtime: {e}");
@@ -188,7 +195,11 @@ fn main() -> ExitCode {
                 report.updates_sent,
                 report.evaluations_sent
             );
-            ExitCode::SUCCESS
+            if report.outcome == ClientOutcome::Interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("fedcrime-client: error: {e:#}");

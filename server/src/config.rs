@@ -300,7 +300,9 @@ impl std::str::FromStr for LogFormat {
         match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?} (expected text or json)")),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
         }
     }
 }
@@ -473,12 +475,17 @@ impl ServerConfig {
     /// Checks every section, naming the first bad setting.
     pub fn validate(&self) -> Result<()> {
         self.engine_config().validate().map_err(|e| match e {
-            FlError::Config { field, message } => config_err(format!("federation.{field}"), message),
+            FlError::Config { field, message } => {
+                config_err(format!("federation.{field}"), message)
+            }
             other => ServerError::Fl(other),
         })?;
         self.strategy.build().map_err(|e| match e {
             FlError::Config { field, message } => {
-                let field = field.strip_prefix("strategy.").unwrap_or(&field).to_string();
+                let field = field
+                    .strip_prefix("strategy.")
+                    .unwrap_or(&field)
+                    .to_string();
                 config_err(format!("strategy.{field}"), message)
             }
             other => config_err("strategy", other.to_string()),

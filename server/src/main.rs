@@ -115,9 +115,10 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
     let mut cfg = match &cli.config {
         Some(path) => ServerConfig::from_file(path)?,
         None => {
-            let pki = cli.pki.clone().context(
-                "no --config: give at least --pki DIR (or --ca, --cert and --key)",
-            );
+            let pki = cli
+                .pki
+                .clone()
+                .context("no --config: give at least --pki DIR (or --ca, --cert and --key)");
             match (pki, &cli.ca, &cli.cert, &cli.key) {
                 (Ok(dir), _, _, _) => ServerConfig::new(ServerTls::from_pki_dir(&dir)),
                 (Err(_), Some(ca), Some(cert), Some(key)) => ServerConfig::new(ServerTls {
@@ -154,9 +155,7 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
     }
     set!(cli.rounds, cfg.federation.rounds);
     if let Some(s) = &cli.strategy {
-        cfg.strategy = s
-            .parse::<StrategyConfig>()
-            .context("--strategy")?;
+        cfg.strategy = s.parse::<StrategyConfig>().context("--strategy")?;
     }
     set!(cli.task, cfg.task.task);
     set!(cli.period, cfg.task.period);
@@ -214,7 +213,7 @@ fn init_logging(cfg: &ServerConfig) {
     }
 }
 
-async fn serve(cfg: ServerConfig) -> anyhow::Result<bool> {
+async fn serve(cfg: ServerConfig) -> anyhow::Result<ExitCode> {
     let report = fedcrime_server::run(cfg).await?;
     let last = report.history.last();
     eprintln!(
@@ -229,7 +228,13 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<bool> {
             m.train_loss, m.eval_loss
         );
     }
-    Ok(report.completed())
+    Ok(if report.completed() {
+        ExitCode::SUCCESS
+    } else if report.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> ExitCode {
@@ -242,7 +247,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fedcrime-server: error: starting the async runtime: {e}");
@@ -250,8 +258,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(serve(cfg)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("fedcrime-server: error: {e:#}");
             ExitCode::FAILURE

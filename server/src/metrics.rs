@@ -81,7 +81,12 @@ impl MetricsWriter {
     /// the rounds in `history` (from a checkpoint): rows already in
     /// `metrics.jsonl` for those rounds are kept as written, missing ones are
     /// rebuilt from `history`, later rows are dropped.
-    pub fn open(dir: &Path, task: Task, output_dim: usize, history: &[RoundMetrics]) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        task: Task,
+        output_dim: usize,
+        history: &[RoundMetrics],
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
             what: "creating the output folder",
             path: dir.to_path_buf(),
@@ -150,7 +155,8 @@ impl MetricsWriter {
 
     fn write_csv_header(&self, out: &mut Vec<u8>) -> Result<()> {
         let mut w = csv::Writer::from_writer(out);
-        w.write_record(self.columns()).map_err(|e| err(&self.csv, e))?;
+        w.write_record(self.columns())
+            .map_err(|e| err(&self.csv, e))?;
         w.flush().map_err(|e| err(&self.csv, e))
     }
 
@@ -229,7 +235,10 @@ mod tests {
         for rec in rdr.records() {
             let rec = rec.unwrap();
             assert_eq!(rec.len(), header.len());
-            assert_eq!(&rec[header.iter().position(|h| *h == "overhead_s").unwrap()], "1");
+            assert_eq!(
+                &rec[header.iter().position(|h| *h == "overhead_s").unwrap()],
+                "1"
+            );
             assert_eq!(&rec[header.len() - 1], "a, b");
         }
         // Resuming after round 2 keeps rounds 1-2 (with their measured times) only.
@@ -242,6 +251,12 @@ mod tests {
         assert_eq!(back.len(), 2);
         assert_eq!(back[1].metrics.round, 2);
         assert_eq!(back[1].max_train_s, Some(2.0));
-        assert_eq!(std::fs::read_to_string(w.csv_path()).unwrap().lines().count(), 3);
+        assert_eq!(
+            std::fs::read_to_string(w.csv_path())
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
     }
 }

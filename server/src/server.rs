@@ -73,6 +73,8 @@ pub struct RunReport {
     pub metrics_csv: PathBuf,
     /// Connection counters.
     pub listener: ListenerStats,
+    /// Whether the run was stopped by the shutdown signal.
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -159,7 +161,12 @@ impl ServerEval {
         })();
         match outcome {
             Ok(s) => {
-                tracing::info!(round, loss = s.loss, examples = s.num_examples, "server-side evaluation");
+                tracing::info!(
+                    round,
+                    loss = s.loss,
+                    examples = s.num_examples,
+                    "server-side evaluation"
+                );
                 Some(s)
             }
             Err(e) => {
@@ -196,7 +203,14 @@ impl Server {
                 let built = cpu(|| fedcrime_common::data::build_task(&loaded.incidents, &task))?;
                 featurizer = Some(built.featurizer);
             }
-            let splits = cpu(|| prepare(&loaded.incidents, &task, featurizer.as_ref(), &Selection::All))?;
+            let splits = cpu(|| {
+                prepare(
+                    &loaded.incidents,
+                    &task,
+                    featurizer.as_ref(),
+                    &Selection::All,
+                )
+            })?;
             model.target_prior = ModelConfig::for_dataset(model.kind, &splits.train).target_prior;
             let data = match e.split {
                 EvalSplit::Val => splits.val,
@@ -238,9 +252,10 @@ impl Server {
 
         let mut strategy: Box<dyn Strategy> = config.strategy.build()?;
         if let Some(e) = eval {
-            strategy = Box::new(WithServerEval::new(strategy, move |round, global: &Params| {
-                e.evaluate(round, global)
-            }));
+            strategy = Box::new(WithServerEval::new(
+                strategy,
+                move |round, global: &Params| e.evaluate(round, global),
+            ));
         }
 
         let ckpt_dir = config.output.checkpoint_dir();
@@ -412,7 +427,10 @@ impl Server {
         // Goodbye to every station, whatever happened.
         let (reason, text) = match (&outcome, interrupted) {
             (Ok(()), false) => (ByeReason::Done, "the run is over".to_string()),
-            (Ok(()), true) => (ByeReason::Shutdown, "the server is shutting down".to_string()),
+            (Ok(()), true) => (
+                ByeReason::Shutdown,
+                "the server is shutting down".to_string(),
+            ),
             (Err(e), _) => (ByeReason::Shutdown, format!("the server failed: {e}")),
         };
         if interrupted {
@@ -421,7 +439,11 @@ impl Server {
                 "shutting down: the round in progress is abandoned; completed rounds are checkpointed"
             );
         }
-        let bye = encode(&Message::Bye(Bye { reason, text }), None, &driver.ctx.write_cfg);
+        let bye = encode(
+            &Message::Bye(Bye { reason, text }),
+            None,
+            &driver.ctx.write_cfg,
+        );
         for (_, s) in driver.sessions.drain() {
             let _ = s.outbox.try_send(Outgoing::Bye(bye.clone()));
         }
@@ -467,6 +489,7 @@ impl Server {
             model: self.model,
             metrics_csv: driver.metrics.csv_path().to_path_buf(),
             listener: stats,
+            interrupted,
         })
     }
 }
@@ -559,7 +582,8 @@ impl Driver {
                             b
                         }
                     };
-                    let sent = self.queue(&station, Outgoing::Frames(bytes), Some(Request::Fit(round)));
+                    let sent =
+                        self.queue(&station, Outgoing::Frames(bytes), Some(Request::Fit(round)));
                     self.handle(Event::Traffic {
                         bytes_in: 0,
                         bytes_out: sent,
@@ -702,8 +726,10 @@ impl Driver {
                 if let Some(old) = self.sessions.remove(&station) {
                     tracing::info!(station = %station, old = old.id, new = session,
                         "station reconnected; the new connection replaces the old one");
-                    old.connection
-                        .close(quinn::VarInt::from_u32(3), b"replaced by a newer connection");
+                    old.connection.close(
+                        quinn::VarInt::from_u32(3),
+                        b"replaced by a newer connection",
+                    );
                     self.handle(Event::StationDisconnected {
                         id: station.clone(),
                     });

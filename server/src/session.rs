@@ -15,8 +15,8 @@ use bytes::Bytes;
 use fedcrime_common::fl::StationId;
 use fedcrime_common::params::Params;
 use fedcrime_common::wire::{
-    encode_message, negotiate_version, ErrorCode, ErrorMsg, EvaluateResult, Extensions, Message,
-    Reject, RejectCode, ServerLimits, Update, WireConfig, WireReader, Welcome, Encoding,
+    encode_message, negotiate_version, Encoding, ErrorCode, ErrorMsg, EvaluateResult, Extensions,
+    Message, Reject, RejectCode, ServerLimits, Update, Welcome, WireConfig, WireReader,
     SUPPORTED_VERSIONS,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -156,35 +156,45 @@ async fn run(
     ctx: &SessionCtx,
     tx: &mpsc::Sender<FromSession>,
 ) -> Result<String, String> {
-    let (mut send, recv) = match tokio::time::timeout(ctx.hello_timeout, connection.accept_bi()).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connection lost before the handshake: {e}")),
-        Err(_) => return Err("no stream opened in time".into()),
-    };
+    let (mut send, recv) =
+        match tokio::time::timeout(ctx.hello_timeout, connection.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connection lost before the handshake: {e}")),
+            Err(_) => return Err("no stream opened in time".into()),
+        };
     let mut reader = WireReader::new(recv, ctx.read_cfg);
-    let reject = |code, text: String| {
-        Message::Reject(Reject {
-            code,
-            text,
-        })
-    };
+    let reject = |code, text: String| Message::Reject(Reject { code, text });
     let hello = match tokio::time::timeout(ctx.hello_timeout, reader.recv_message()).await {
         Ok(Ok(Some(Message::Hello(h)))) => h,
         Ok(Ok(Some(other))) => {
             let text = format!("expected Hello, got {}", other.name());
-            send_last(&mut send, &reject(RejectCode::BadHello, text.clone()), &ctx.write_cfg).await;
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
             return Err(text);
         }
         Ok(Ok(None)) => return Err("stream ended before Hello".into()),
         Ok(Err(e)) => {
             let text = format!("bad Hello: {e}");
-            send_last(&mut send, &reject(RejectCode::BadHello, text.clone()), &ctx.write_cfg).await;
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
             return Err(text);
         }
         Err(_) => {
             let text = "no Hello in time".to_string();
-            send_last(&mut send, &reject(RejectCode::BadHello, text.clone()), &ctx.write_cfg).await;
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
             return Err(text);
         }
     };
@@ -204,7 +214,12 @@ async fn run(
     for enc in [ctx.model_encoding, ctx.update_encoding] {
         if !hello.capabilities.encodings.contains(&enc) {
             let text = format!("the run uses {enc} tensors, which the station does not support");
-            send_last(&mut send, &reject(RejectCode::BadHello, text.clone()), &ctx.write_cfg).await;
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
             return Err(text);
         }
     }
@@ -238,7 +253,10 @@ async fn run(
         limits: ctx.limits,
         extensions: ctx.welcome_ext.clone(),
     });
-    if let Err(e) = send.write_chunk(encode(&welcome, None, &ctx.write_cfg)).await {
+    if let Err(e) = send
+        .write_chunk(encode(&welcome, None, &ctx.write_cfg))
+        .await
+    {
         let _ = tx
             .send(FromSession::Closed {
                 station: station.clone(),
@@ -347,7 +365,10 @@ async fn read_loop(
             },
             Message::Heartbeat(_) => continue,
             Message::Bye(b) => {
-                return Ok(format!("the station said goodbye ({:?}: {})", b.reason, b.text))
+                return Ok(format!(
+                    "the station said goodbye ({:?}: {})",
+                    b.reason, b.text
+                ))
             }
             other => {
                 let text = format!("unexpected {} from a station", other.name());

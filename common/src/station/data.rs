@@ -24,8 +24,8 @@ use super::{Result, StationError};
 use crate::data::features::{fit_risk_thresholds, risk_level, BLOCKS_PER_DAY};
 use crate::data::split::SplitPart;
 use crate::data::{
-    build_task, partition_splits, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits, Target,
-    Task, TaskConfig,
+    build_task, partition_splits, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits,
+    Target, Task, TaskConfig,
 };
 
 /// One station of a partition: by position or by name.
@@ -124,7 +124,8 @@ fn relabel_risk(splits: &mut Splits, incidents: &[Incident], areas: &BTreeSet<u8
             .saturating_add(u32::from(i.block()));
         *counts.entry((i.area, t)).or_default() += 1;
     }
-    let count = |ds: &Dataset, r: usize| counts.get(&(ds.area[r], ds.time[r])).copied().unwrap_or(0);
+    let count =
+        |ds: &Dataset, r: usize| counts.get(&(ds.area[r], ds.time[r])).copied().unwrap_or(0);
     let train = &splits.train;
     let thresholds = fit_risk_thresholds(
         (0..train.len())
@@ -152,10 +153,7 @@ pub fn prepare(
     let mut own: Vec<Incident> = Vec::new();
     let areas: Option<BTreeSet<u8>> = match selection {
         Selection::Areas(codes) => {
-            if let Some(bad) = codes
-                .iter()
-                .find(|c| crate::data::area(**c).is_none())
-            {
+            if let Some(bad) = codes.iter().find(|c| crate::data::area(**c).is_none()) {
                 return Err(StationError::Setting {
                     key: "area".into(),
                     reason: format!("{bad} is not an LAPD area code (1 to 21)"),

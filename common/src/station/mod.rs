@@ -159,10 +159,7 @@ pub fn model_config(kind: ModelKind, task: &TaskConfig) -> Result<ModelConfig> {
 pub fn check_dataset(model: &ModelConfig, ds: &Dataset, split: &str) -> Result<()> {
     let bad = |what: String| Err(StationError::Mismatch(format!("{split} split: {what}")));
     if ds.task != model.task {
-        return bad(format!(
-            "{} samples for a {} model",
-            ds.task, model.task
-        ));
+        return bad(format!("{} samples for a {} model", ds.task, model.task));
     }
     if ds.feature_dim != model.input_dim {
         return bad(format!(
@@ -298,10 +295,7 @@ impl Station {
         if let Some(kept) = update.report.kept() {
             metrics.insert(LOSS_METRIC.to_string(), kept.train_loss);
         }
-        metrics.insert(
-            EPOCHS_METRIC.to_string(),
-            update.report.epochs.len() as f64,
-        );
+        metrics.insert(EPOCHS_METRIC.to_string(), update.report.epochs.len() as f64);
         tracing::debug!(
             station = %self.name,
             examples = update.num_examples,

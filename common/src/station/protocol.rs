@@ -85,13 +85,11 @@ impl RunSetup {
 
     /// Reads the run description from Welcome extensions, validating it.
     pub fn from_extensions(ext: &Extensions) -> Result<Self> {
-        let model: ModelConfig = from_json(ext, EXT_MODEL_CONFIG)?.ok_or_else(|| {
-            StationError::Setup(format!("the server sent no {EXT_MODEL_CONFIG}"))
-        })?;
+        let model: ModelConfig = from_json(ext, EXT_MODEL_CONFIG)?
+            .ok_or_else(|| StationError::Setup(format!("the server sent no {EXT_MODEL_CONFIG}")))?;
         model.validate()?;
-        let task: TaskConfig = from_json(ext, EXT_TASK_CONFIG)?.ok_or_else(|| {
-            StationError::Setup(format!("the server sent no {EXT_TASK_CONFIG}"))
-        })?;
+        let task: TaskConfig = from_json(ext, EXT_TASK_CONFIG)?
+            .ok_or_else(|| StationError::Setup(format!("the server sent no {EXT_TASK_CONFIG}")))?;
         task.validate()?;
         if task.task != model.task {
             return Err(StationError::Setup(format!(
@@ -172,10 +170,14 @@ pub fn fit_config_to_wire(config: &Config, delivery: &UpdateDelivery) -> Result<
     let lr = typed_or(config, LR_KEY, d.lr, ConfigValue::as_f64)?;
     let mu = typed_or(config, PROXIMAL_MU_KEY, 0.0, ConfigValue::as_f64)?;
     let seed = typed_or(config, SEED_KEY, d.seed, |v| v.as_i64().map(|i| i as u64))?;
-    let round = typed_or(config, SERVER_ROUND_KEY, 0, |v| v.as_i64().map(|i| i as u64))?;
+    let round = typed_or(config, SERVER_ROUND_KEY, 0, |v| {
+        v.as_i64().map(|i| i as u64)
+    })?;
     let extensions = config
         .iter()
-        .filter(|(k, _)| ![EPOCHS_KEY, BATCH_SIZE_KEY, LR_KEY, PROXIMAL_MU_KEY].contains(&k.as_str()))
+        .filter(|(k, _)| {
+            ![EPOCHS_KEY, BATCH_SIZE_KEY, LR_KEY, PROXIMAL_MU_KEY].contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), to_scalar(v)))
         .collect();
     Ok(TrainConfig {
@@ -199,7 +201,10 @@ pub fn fit_config_from_wire(tc: &TrainConfig, round: u64) -> Result<Config> {
         config.insert(k.clone(), from_scalar(k, v)?);
     }
     config.insert(EPOCHS_KEY.into(), ConfigValue::Int(i64::from(tc.epochs)));
-    config.insert(BATCH_SIZE_KEY.into(), ConfigValue::Int(i64::from(tc.batch_size)));
+    config.insert(
+        BATCH_SIZE_KEY.into(),
+        ConfigValue::Int(i64::from(tc.batch_size)),
+    );
     config.insert(LR_KEY.into(), ConfigValue::Float(tc.lr));
     config.insert(PROXIMAL_MU_KEY.into(), ConfigValue::Float(tc.mu));
     config.insert(

@@ -7,8 +7,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::data::{prepare, PartRef, Selection};
 use super::protocol::{
-    eval_config_from_wire, eval_config_to_wire, fit_config_from_wire, fit_config_to_wire,
-    RunSetup, UpdateDelivery,
+    eval_config_from_wire, eval_config_to_wire, fit_config_from_wire, fit_config_to_wire, RunSetup,
+    UpdateDelivery,
 };
 use super::*;
 use crate::data::{build_task, Category, Incident, Partition, Period, Target, TaskConfig};
@@ -81,7 +81,6 @@ fn fit_ins(global: Params, config: Config) -> FitIns {
         config: Arc::new(config),
     }
 }
-
 
 fn initial(station: &Station) -> Params {
     tch::manual_seed(3);
@@ -168,7 +167,10 @@ fn area_selection_keeps_only_that_area_and_splits_in_time() {
         per_level.iter().filter(|&&n| n > 0).count() >= 3,
         "{per_level:?}"
     );
-    assert!(per_level.iter().all(|&n| n < labels.len() * 3 / 4), "{per_level:?}");
+    assert!(
+        per_level.iter().all(|&n| n < labels.len() * 3 / 4),
+        "{per_level:?}"
+    );
     assert!(splits.val.time.iter().max() < splits.test.time.iter().min());
     let err = prepare(
         &incidents(24, &[1], 5),
@@ -178,7 +180,13 @@ fn area_selection_keeps_only_that_area_and_splits_in_time() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("no incidents"), "{err}");
-    let err = prepare(&incidents(24, &[1], 5), &task, None, &Selection::Areas(vec![22])).unwrap_err();
+    let err = prepare(
+        &incidents(24, &[1], 5),
+        &task,
+        None,
+        &Selection::Areas(vec![22]),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("area"), "{err}");
 }
 
@@ -218,13 +226,7 @@ fn partition_selection_takes_one_part_by_index_or_name() {
         seed: 4,
     };
     let by_index = prepare(&inc, &task, None, &sel(PartRef::Index(1))).unwrap();
-    let by_name = prepare(
-        &inc,
-        &task,
-        None,
-        &sel(PartRef::Name("station-02".into())),
-    )
-    .unwrap();
+    let by_name = prepare(&inc, &task, None, &sel(PartRef::Name("station-02".into()))).unwrap();
     assert_eq!(by_index, by_name);
     let all = build_task(&inc, &task).unwrap().splits;
     assert!((by_index.train.len() as isize - (all.train.len() / 3) as isize).abs() <= 1);
@@ -324,7 +326,12 @@ fn fit_is_deterministic_and_lowers_the_loss() {
     };
     let before = eval(&global, "train");
     let after = eval(&a.params, "train");
-    assert!(after.loss < before.loss, "{} vs {}", after.loss, before.loss);
+    assert!(
+        after.loss < before.loss,
+        "{} vs {}",
+        after.loss,
+        before.loss
+    );
     let val = s
         .evaluate(&EvaluateIns {
             global: Arc::new(a.params.clone()),

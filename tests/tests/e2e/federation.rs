@@ -194,7 +194,7 @@ enum Script {
     Honest,
     /// Sends a NaN among seeded values.
     NaN,
-    /// Sends the first matrix transposed: same size, wrong shape.
+    /// Sends a matrix transposed: same size, wrong shape.
     WrongShape,
     /// Signals that it started, then blocks until released (or 60 s).
     Hang {
@@ -220,19 +220,23 @@ impl Learner for Scripted {
                 Params::new(spec, v).unwrap()
             }
             Script::WrongShape => {
+                let matrix = spec
+                    .entries()
+                    .iter()
+                    .position(|e| e.shape.len() == 2 && e.shape[0] != e.shape[1])
+                    .expect("the model has a non-square matrix");
                 let tensors: Vec<(String, Vec<usize>)> = spec
                     .entries()
                     .iter()
                     .enumerate()
                     .map(|(i, e)| {
                         let mut shape = e.shape.clone();
-                        if i == 0 {
+                        if i == matrix {
                             shape.reverse();
                         }
                         (e.name.clone(), shape)
                     })
                     .collect();
-                assert_eq!(spec.entries()[0].shape.len(), 2, "a matrix comes first");
                 Params::new(Arc::new(ParamSpec::new(tensors).unwrap()), v).unwrap()
             }
             Script::Hang { started, release } => {
@@ -298,11 +302,21 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), 4);
     // The stations read a real CSV file through the full client path.
+    // Three months, and the server's held-out copy defines the features
+    // every station uses.
     let csv = dir.path().join("la.csv");
-    generate(&synth_config(), std::fs::File::create(&csv).unwrap()).unwrap();
+    let mut synth = synth_config();
+    synth.days = 91;
+    synth.rows = 18_000;
+    generate(&synth, std::fs::File::create(&csv).unwrap()).unwrap();
     let mut cfg = server_config(&pki, &dir.path().join("out"), 3, 4);
     cfg.train.epochs = 2;
     cfg.federation.eval_every = 1;
+    cfg.evaluation = Some(fedcrime_server::config::EvaluationSection {
+        data: csv.clone(),
+        split: Default::default(),
+        batch_size: 4096,
+    });
     let server = Running::start(cfg).await;
     let clients: Vec<_> = (1..=4)
         .map(|i| {
@@ -329,18 +343,41 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
         assert_eq!(m.eval_completed, 4);
         assert!(m.bytes_out > 0 && m.bytes_in > 0);
     }
+    for m in &report.history {
+        eprintln!(
+            "round {}: train {:?} federated eval {:?} server eval {:?}",
+            m.round, m.train_loss, m.eval_loss, m.server_eval_loss
+        );
+    }
     let loss = |r: usize, f: fn(&fedcrime_common::fl::RoundMetrics) -> Option<f64>| {
         f(&report.history[r]).unwrap()
     };
     assert!(
         loss(2, |m| m.train_loss) < loss(0, |m| m.train_loss),
         "train loss {:?}",
-        report.history.iter().map(|m| m.train_loss).collect::<Vec<_>>()
+        report
+            .history
+            .iter()
+            .map(|m| m.train_loss)
+            .collect::<Vec<_>>()
     );
     assert!(
         loss(2, |m| m.eval_loss) < loss(0, |m| m.eval_loss),
         "evaluation loss {:?}",
-        report.history.iter().map(|m| m.eval_loss).collect::<Vec<_>>()
+        report
+            .history
+            .iter()
+            .map(|m| m.eval_loss)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        loss(2, |m| m.server_eval_loss) < loss(0, |m| m.server_eval_loss),
+        "server-side evaluation loss {:?}",
+        report
+            .history
+            .iter()
+            .map(|m| m.server_eval_loss)
+            .collect::<Vec<_>>()
     );
     for c in clients {
         let r = join_client(c).await;
@@ -398,20 +435,28 @@ async fn one_round_equals_the_hand_computed_weighted_average() {
     }
 }
 
-/// Starts `honest` scripted stations and one that hangs in training;
-/// returns the clients, the victim's handle, and the hang's controls.
-fn with_a_hanging_station(
-    pki: &Path,
-    addr: SocketAddr,
-    honest: usize,
-) -> (
-    Vec<JoinHandle<fedcrime_client::Result<ClientReport>>>,
-    JoinHandle<fedcrime_client::Result<ClientReport>>,
-    std_mpsc::Receiver<()>,
-    std_mpsc::Sender<()>,
-) {
+type ClientTask = JoinHandle<fedcrime_client::Result<ClientReport>>;
+
+/// The stations of a run with one that hangs in training: the honest
+/// clients, the hanging one, its "started training" signal and its release.
+struct WithHang {
+    clients: Vec<ClientTask>,
+    victim: ClientTask,
+    started: std_mpsc::Receiver<()>,
+    release: std_mpsc::Sender<()>,
+}
+
+/// Starts `honest` scripted stations and one that hangs in training.
+fn with_a_hanging_station(pki: &Path, addr: SocketAddr, honest: usize) -> WithHang {
     let clients = (1..=honest)
-        .map(|i| spawn_client(pki, &station(i), addr, scripted(Script::Honest, 10, i as u64)))
+        .map(|i| {
+            spawn_client(
+                pki,
+                &station(i),
+                addr,
+                scripted(Script::Honest, 10, i as u64),
+            )
+        })
         .collect();
     let (started_tx, started) = std_mpsc::channel();
     let (release, release_rx) = std_mpsc::channel();
@@ -428,7 +473,12 @@ fn with_a_hanging_station(
             99,
         ),
     );
-    (clients, victim, started, release)
+    WithHang {
+        clients,
+        victim,
+        started,
+        release,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +488,12 @@ async fn a_station_killed_mid_round_does_not_stall_the_round() {
     let mut cfg = server_config(&pki, &dir.path().join("out"), 1, 4);
     cfg.federation.min_updates = 3;
     let server = Running::start(cfg).await;
-    let (clients, victim, started, release) = with_a_hanging_station(&pki, server.addr, 3);
+    let WithHang {
+        clients,
+        victim,
+        started,
+        release,
+    } = with_a_hanging_station(&pki, server.addr, 3);
     // Kill the station while it trains.
     tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
         .await
@@ -451,7 +506,12 @@ async fn a_station_killed_mid_round_does_not_stall_the_round() {
     let m = &report.history[0];
     assert!(m.aggregated);
     assert_eq!(m.completed.len(), 3);
-    assert_eq!(m.failed.get(&FailureKind::Disconnected), Some(&1), "{:?}", m.failed);
+    assert_eq!(
+        m.failed.get(&FailureKind::Disconnected),
+        Some(&1),
+        "{:?}",
+        m.failed
+    );
     // Well before the 60 s deadline.
     assert!(m.round_s < 20.0, "round took {} s", m.round_s);
     for c in clients {
@@ -467,13 +527,23 @@ async fn a_silent_station_is_timed_out_and_the_round_goes_on() {
     cfg.federation.min_updates = 3;
     cfg.federation.round_deadline = Duration::from_millis(1500);
     let server = Running::start(cfg).await;
-    let (clients, victim, _started, release) = with_a_hanging_station(&pki, server.addr, 3);
+    let WithHang {
+        clients,
+        victim,
+        release,
+        ..
+    } = with_a_hanging_station(&pki, server.addr, 3);
     let report = server.finish().await;
     drop(release);
     assert!(report.completed(), "{:?}", report.summary);
     let m = &report.history[0];
     assert_eq!(m.completed.len(), 3);
-    assert_eq!(m.failed.get(&FailureKind::Timeout), Some(&1), "{:?}", m.failed);
+    assert_eq!(
+        m.failed.get(&FailureKind::Timeout),
+        Some(&1),
+        "{:?}",
+        m.failed
+    );
     for c in clients {
         assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
     }
@@ -541,9 +611,21 @@ async fn nan_wrong_shapes_and_stale_rounds_are_refused_while_the_others_are_aggr
     let honest = [(1usize, 20u64), (2, 40)];
     let mut clients: Vec<_> = honest
         .iter()
-        .map(|&(i, n)| spawn_client(&pki, &station(i), server.addr, scripted(Script::Honest, n, i as u64)))
+        .map(|&(i, n)| {
+            spawn_client(
+                &pki,
+                &station(i),
+                server.addr,
+                scripted(Script::Honest, n, i as u64),
+            )
+        })
         .collect();
-    clients.push(spawn_client(&pki, &station(3), server.addr, scripted(Script::NaN, 50, 3)));
+    clients.push(spawn_client(
+        &pki,
+        &station(3),
+        server.addr,
+        scripted(Script::NaN, 50, 3),
+    ));
     clients.push(spawn_client(
         &pki,
         &station(4),
@@ -557,7 +639,10 @@ async fn nan_wrong_shapes_and_stale_rounds_are_refused_while_the_others_are_aggr
     let m = &report.history[0];
     assert!(m.aggregated);
     assert_eq!(
-        m.completed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        m.completed
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
         vec![station(1), station(2)]
     );
     for kind in [
@@ -588,14 +673,18 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
     let first = Running::start(cfg.clone()).await;
     let addr = first.addr;
     let clients: Vec<_> = (1..=3)
-        .map(|i| spawn_client(&pki, &station(i), addr, data_station(&station(i), &data, i as u8)))
+        .map(|i| {
+            spawn_client(
+                &pki,
+                &station(i),
+                addr,
+                data_station(&station(i), &data, i as u8),
+            )
+        })
         .collect();
     // Stop the server once round 2 is checkpointed.
     let mut progress = first.progress.clone();
-    progress
-        .wait_for(|p| p.checkpointed >= 2)
-        .await
-        .unwrap();
+    progress.wait_for(|p| p.checkpointed >= 2).await.unwrap();
     let _ = first.stop.unwrap().send(());
     let stopped = first.handle.await.unwrap().unwrap();
     assert!(!stopped.completed());
@@ -624,13 +713,10 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
         }
     }
     let second = second.expect("the address is free again");
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        second.run(std::future::pending()),
-    )
-    .await
-    .expect("the resumed run ends")
-    .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), second.run(std::future::pending()))
+        .await
+        .expect("the resumed run ends")
+        .unwrap();
     assert!(report.completed(), "{:?}", report.summary);
     assert_eq!(
         report.history.iter().map(|m| m.round).collect::<Vec<_>>(),
@@ -644,7 +730,11 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
     let rounds: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["round"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["round"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(rounds, vec![1, 2, 3]);
 
@@ -689,14 +779,25 @@ async fn fedavg_with_one_station_equals_local_training() {
     model::save_model(m.as_ref(), &initial_file, &Default::default()).unwrap();
     cfg.model.initial = Some(initial_file);
     let server = Running::start(cfg.clone()).await;
-    let client = spawn_client(&pki, &station(1), server.addr, data_station(&station(1), &data, 4));
+    let client = spawn_client(
+        &pki,
+        &station(1),
+        server.addr,
+        data_station(&station(1), &data, 4),
+    );
     let report = server.finish().await;
     assert!(report.completed());
     assert_eq!(join_client(client).await.updates_sent, 2);
 
     // Local training: two runs of the trainer, each from the last, with the
     // rounds' seeds.
-    let splits = prepare(&data, &cfg.task.task_config(), None, &Selection::Areas(vec![4])).unwrap();
+    let splits = prepare(
+        &data,
+        &cfg.task.task_config(),
+        None,
+        &Selection::Areas(vec![4]),
+    )
+    .unwrap();
     let mut params = initial;
     for round in 1..=2 {
         let tc = TrainConfig {
@@ -709,7 +810,10 @@ async fn fedavg_with_one_station_equals_local_training() {
         };
         let model = model::build(&architecture, tch::Device::Cpu).unwrap();
         let mut trainer = Trainer::new(model, tc).unwrap();
-        params = trainer.fit_from(&params, &splits.train, None).unwrap().params;
+        params = trainer
+            .fit_from(&params, &splits.train, None)
+            .unwrap()
+            .params;
     }
     assert_close(report.global.data(), params.data(), 1e-6);
 }
@@ -741,15 +845,24 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
         }
     };
     for (extra, field) in [
-        ("[federation]\nfraction_fit = 2.0\n", "federation.fraction_fit"),
+        (
+            "[federation]\nfraction_fit = 2.0\n",
+            "federation.fraction_fit",
+        ),
         ("[federation]\nrouns = 3\n", "rouns"),
-        ("[federation]\nmin_fit = 5\nmin_stations = 2\n", "federation.min_fit"),
+        (
+            "[federation]\nmin_fit = 5\nmin_stations = 2\n",
+            "federation.min_fit",
+        ),
         ("[train]\nlr = -1.0\n", "train.lr"),
         ("[strategy]\nname = \"fedprox\"\nmu = -1.0\n", "strategy.mu"),
         ("[model]\nkind = \"gat-tcn\"\n", "model.kind"),
         ("[model]\ndropout = 1.5\n", "model.dropout"),
         ("[wire]\nmodel_encoding = \"f64\"\n", "f64"),
-        ("[transport]\nkeep_alive_ms = 99999\n", "transport.keep_alive_ms"),
+        (
+            "[transport]\nkeep_alive_ms = 99999\n",
+            "transport.keep_alive_ms",
+        ),
     ] {
         let err = server_err(extra);
         assert!(err.contains(field), "{extra:?}: {err}");
@@ -763,15 +876,161 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
     };
     for (extra, field) in [
         ("[data]\narea = 30\n", "data.area"),
-        ("[data]\narea = 3\npartition = \"iid\"\npart = 1\n", "data.area"),
+        (
+            "[data]\narea = 3\npartition = \"iid\"\npart = 1\n",
+            "data.area",
+        ),
         ("[data]\npartition = \"iid\"\n", "data.part"),
-        ("[data]\npartition = \"natural\"\nstations = 3\npart = 1\n", "data.stations"),
-        ("[data]\npartition = \"lottery\"\npart = 1\n", "data.partition"),
+        (
+            "[data]\npartition = \"natural\"\nstations = 3\npart = 1\n",
+            "data.stations",
+        ),
+        (
+            "[data]\npartition = \"lottery\"\npart = 1\n",
+            "data.partition",
+        ),
         ("server = \"localhost\"\n", "server"),
         ("device = \"tpu\"\n", "tpu"),
         ("[reconnect]\nmultiplier = 0.5\n", "reconnect.multiplier"),
     ] {
         let err = station_err(extra);
         assert!(err.contains(field), "{extra:?}: {err}");
+    }
+}
+
+/// A station that does not train: its update is the global model it got,
+/// so a round costs only what the framework does (transfer, decoding,
+/// validation, aggregation).
+struct Echo;
+
+impl Learner for Echo {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
+        Ok(FitRes {
+            params: (*ins.global).clone(),
+            num_examples: 100,
+            metrics: Metrics::new(),
+        })
+    }
+
+    fn evaluate(&self, _ins: &EvaluateIns) -> Result<EvaluateRes, StationError> {
+        Ok(EvaluateRes {
+            loss: 1.0,
+            num_examples: 100,
+            metrics: Metrics::new(),
+        })
+    }
+}
+
+/// Seconds to move `bytes` to each of `stations` TCP clients on loopback and
+/// back (what a round must move, without QUIC, TLS, framing or
+/// aggregation): the best of three.
+async fn tcp_round_trip(stations: usize, bytes: usize) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = Arc::new(vec![7u8; bytes]);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echoes: Vec<_> = (0..stations)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let mut buf = vec![0u8; bytes];
+                    s.read_exact(&mut buf).await.unwrap();
+                    s.write_all(&buf).await.unwrap();
+                })
+            })
+            .collect();
+        let mut conns = Vec::new();
+        for _ in 0..stations {
+            conns.push(listener.accept().await.unwrap().0);
+        }
+        let t0 = std::time::Instant::now();
+        let sides: Vec<_> = conns
+            .into_iter()
+            .map(|mut s| {
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let mut back = vec![0u8; bytes];
+                    let (a, b) = tokio::join!(w.write_all(&payload), r.read_exact(&mut back));
+                    a.unwrap();
+                    b.unwrap();
+                })
+            })
+            .collect();
+        for s in sides {
+            s.await.unwrap();
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+        for e in echoes {
+            e.await.unwrap();
+        }
+    }
+    best
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Framework overhead per round (round wall time minus the slowest
+/// station's training time) for 21 stations over QUIC + mutual TLS on
+/// loopback, at about 20 thousand, 1 million and 10 million parameters,
+/// against a plain TCP loopback round trip of the same bytes in the same run.
+///
+/// Run: `.ci/bench/round-overhead.sh` (or `cargo test --release -p
+/// fedcrime-tests --test e2e -- --ignored --nocapture bench_round_overhead`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run with .ci/bench/round-overhead.sh"]
+async fn bench_round_overhead() {
+    const STATIONS: usize = 21;
+    const ROUNDS: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), STATIONS);
+    println!(
+        "| params | model MB | round s (median, rounds 2-{ROUNDS}) | max station s | overhead s | aggregate s | TCP round trip s | overhead / TCP |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, hidden) in [90usize, 700, 2230].into_iter().enumerate() {
+        let mut cfg = server_config(&pki, &dir.path().join(format!("out-{i}")), ROUNDS, STATIONS);
+        cfg.model.hidden = Some(hidden);
+        cfg.model.layers = Some(3);
+        cfg.wire.max_frame_bytes = 64 << 20;
+        let server = Running::start(cfg).await;
+        let clients: Vec<_> = (1..=STATIONS)
+            .map(|s| {
+                let echo: Arc<dyn Learner> = Arc::new(Echo);
+                let factory: Arc<dyn LearnerFactory> =
+                    Arc::new(move |_: &RunSetup| Ok(echo.clone()));
+                spawn_client(&pki, &station(s), server.addr, factory)
+            })
+            .collect();
+        let report = server.finish().await;
+        assert!(report.completed(), "{:?}", report.summary);
+        for c in clients {
+            join_client(c).await;
+        }
+        let params = report.global.spec().total();
+        let records: Vec<fedcrime_server::RoundRecord> =
+            std::fs::read_to_string(dir.path().join(format!("out-{i}/metrics.jsonl")))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .skip(1)
+                .collect();
+        let pick =
+            |f: fn(&fedcrime_server::RoundRecord) -> f64| median(records.iter().map(f).collect());
+        let round_s = pick(|r| r.metrics.round_s);
+        let train_s = pick(|r| r.max_train_s.unwrap_or(0.0));
+        let overhead_s = pick(|r| r.overhead_s.unwrap_or(f64::NAN));
+        let aggregate_s = pick(|r| r.metrics.aggregate_s.unwrap_or(f64::NAN));
+        let tcp_s = tcp_round_trip(STATIONS, params * 4).await;
+        println!(
+            "| {params} | {:.1} | {round_s:.4} | {train_s:.4} | {overhead_s:.4} | {aggregate_s:.4} | {tcp_s:.4} | {:.2} |",
+            params as f64 * 4.0 / 1e6,
+            overhead_s / tcp_s
+        );
     }
 }
