@@ -5,9 +5,12 @@
 //! Columns: `method, step, wall_seconds, bytes_sent, train_loss, val_loss`,
 //! the task's validation metrics (`val_accuracy`, `val_macro_f1`, ... for
 //! risk; `val_mae`, ... for counts), `test_loss` and the same metrics on the
-//! test split. `wall_seconds` counts from the method's start (training and
-//! its evaluations included); `bytes_sent` is the cumulative traffic of the
-//! round messages in both directions (0 for centralized methods).
+//! test split. `wall_seconds` is the time the method has taken so far,
+//! without the study's scoring: for the federation the round engine's clock
+//! (connecting, sending, training, receiving, aggregating), for the
+//! centralized methods their training loops. `bytes_sent` is the cumulative
+//! traffic of the round messages in both directions (0 for centralized
+//! methods).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -28,7 +31,7 @@ pub struct Row {
     pub method: String,
     /// Round (federated) or epoch (centralized), from 1.
     pub step: u64,
-    /// Seconds since the method started.
+    /// Seconds the method has taken so far (see the module docs).
     pub wall_seconds: f64,
     /// Bytes sent so far, both directions.
     pub bytes_sent: u64,
