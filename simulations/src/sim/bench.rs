@@ -39,7 +39,7 @@ use fedcrime_server::config::TrainSection;
 
 use super::config::Transport;
 use super::memory::{MemoryFederation, RoundTiming};
-use super::quic;
+use super::{peak_rss_mib, quic};
 
 /// What to measure.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -181,19 +181,6 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-/// Peak resident memory of this process in MiB (Linux; NaN elsewhere).
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Best of `reps` timings of copying `total` bytes of model in `model`-sized pieces.

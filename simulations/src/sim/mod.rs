@@ -124,6 +124,19 @@ pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
     }
 }
 
+/// Peak resident memory of this process in MiB (Linux's `VmHWM`; NaN elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 /// The initial global model: built once from the architecture with the
 /// run's seed; every method starts from it.
 pub fn initial_model(data: &StudyData, seed: u64) -> Result<Params> {
@@ -393,7 +406,11 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         sizes.len()
     );
     report::write_plots(out, &title, data.task.task, &runs, &baselines)?;
-    let setup = setup_lines(&cfg, &data, &initial);
+    let mut setup = setup_lines(&cfg, &data, &initial);
+    setup.push(format!(
+        "peak resident memory of the process: {:.0} MiB (libtorch included)",
+        peak_rss_mib()
+    ));
     let md = report::markdown(
         &report::ReportContext {
             title,

@@ -169,6 +169,16 @@ fn memory_and_quic_transports_give_identical_metrics() {
         .count();
     assert_eq!(certs, 3);
     assert!(q.join("server/metrics.jsonl").is_file());
+    for file in [
+        "metrics.csv",
+        "convergence.svg",
+        "convergence.png",
+        "report.md",
+        "sim.toml",
+    ] {
+        assert!(tmp.path().join("quic").join(file).is_file(), "{file}");
+    }
+    assert!(b.report.contains("transport quic"), "{}", b.report);
 
     let (ra, rb) = (&a.runs[0].rows, &b.runs[0].rows);
     assert_eq!(ra.len(), 2);
