@@ -21,6 +21,7 @@ pub mod data;
 pub mod device;
 pub mod fl;
 pub mod model;
+pub mod net;
 pub mod params;
 pub mod params_io;
 
