@@ -24,6 +24,7 @@ pub mod model;
 pub mod net;
 pub mod params;
 pub mod params_io;
+pub mod wire;
 
 pub use device::DeviceChoice;
 pub use params::{ParamEntry, ParamError, ParamSpec, Params};
