@@ -95,8 +95,11 @@ pub fn bench_quic_vs_tcp(
     bytes: usize,
     rounds: usize,
 ) -> Result<BenchResult> {
+    // Sender and receiver connection drivers, two endpoint drivers and the
+    // application tasks can all run in parallel.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|source| NetError::Socket {

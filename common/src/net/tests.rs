@@ -684,7 +684,7 @@ fn bench_40mb() {
         &client_tls(&pki, "station-01"),
         &settings,
         40_000_000,
-        9,
+        15,
     )
     .unwrap();
     println!("{r}");
