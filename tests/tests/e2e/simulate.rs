@@ -216,6 +216,23 @@ fn memory_and_quic_transports_give_identical_metrics() {
 }
 
 #[test]
+fn dropout_runs_replay_on_both_transports_too() {
+    // Dropout draws from libtorch's one generator: stations take turns.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mem = small(Transport::Memory);
+    mem.centralized.enabled = false;
+    mem.model.dropout = 0.2;
+    let mut quic = mem.clone();
+    quic.federation.transport = Transport::Quic;
+    let a = run(&mem, &tmp.path().join("memory"));
+    let b = run(&quic, &tmp.path().join("quic"));
+    assert_eq!(a.config.federation.concurrency, Some(1));
+    for (x, y) in a.runs[0].rows.iter().zip(&b.runs[0].rows) {
+        assert_eq!((x.train_loss, &x.val, &x.test), (y.train_loss, &y.val, &y.test));
+    }
+}
+
+#[test]
 fn every_strategy_runs_in_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = small(Transport::Memory);
