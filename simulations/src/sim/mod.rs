@@ -264,12 +264,12 @@ fn federate_locked(
                 let wall = r.metrics.started_s + r.metrics.round_s - scoring;
                 let row = row_of(r.metrics, wall, r.global)?;
                 scoring += t0.elapsed().as_secs_f64();
-                bar.inc(1);
                 bar.set_message(format!(
                     "test {} {:.4}",
                     row.test.metrics.headline().0,
                     row.test.headline()
                 ));
+                bar.inc(1);
                 on_round(&FedRound {
                     metrics: r.metrics.clone(),
                     timing: r.timing.clone(),
@@ -382,12 +382,12 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
             };
             central::run(which, &data, &cfg, &initial, threads, |row| {
                 csv.push(&row)?;
-                bar.inc(1);
                 bar.set_message(format!(
                     "test {} {:.4}",
                     row.test.metrics.headline().0,
                     row.test.headline()
                 ));
+                bar.inc(1);
                 run.rows.push(row);
                 Ok(())
             })
