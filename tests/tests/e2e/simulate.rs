@@ -228,7 +228,10 @@ fn dropout_runs_replay_on_both_transports_too() {
     let b = run(&quic, &tmp.path().join("quic"));
     assert_eq!(a.config.federation.concurrency, Some(1));
     for (x, y) in a.runs[0].rows.iter().zip(&b.runs[0].rows) {
-        assert_eq!((x.train_loss, &x.val, &x.test), (y.train_loss, &y.val, &y.test));
+        assert_eq!(
+            (x.train_loss, &x.val, &x.test),
+            (y.train_loss, &y.val, &y.test)
+        );
     }
 }
 
