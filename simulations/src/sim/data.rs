@@ -1,6 +1,6 @@
 //! The study's data: the task built once from all incidents, the stations as
 //! index lists into it, the shared model architecture, and the
-//! [`Learner`](fedcrime_common::station::Learner) each station runs.
+//! [`Learner`] each station runs.
 //!
 //! The task (features, temporal split, featurizer) is built once on the
 //! pooled incidents, as an agency would fit its shared featurizer, and
