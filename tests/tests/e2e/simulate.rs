@@ -216,6 +216,41 @@ fn memory_and_quic_transports_give_identical_metrics() {
 }
 
 #[test]
+fn a_real_lapd_month_federates_by_area_on_both_transports() {
+    let Some(dir) = crate::shared_data::la_crime_dir() else {
+        eprintln!("skipped: ../shared/data/la-crime is absent");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mem = SimConfig::default();
+    mem.data.file = Some(dir.join("la_crime_2024_02.csv"));
+    mem.federation.rounds = 2;
+    mem.federation.transport = Transport::Memory;
+    mem.centralized.enabled = false;
+    let mut quic = mem.clone();
+    quic.federation.transport = Transport::Quic;
+    let a = run(&mem, &tmp.path().join("memory"));
+    let b = run(&quic, &tmp.path().join("quic"));
+    // One station per LAPD area, each with its own records' samples.
+    assert_eq!(a.rounds[0].0.completed.len(), 21);
+    assert!(
+        a.report.contains("stations: 21 (natural partition)"),
+        "{}",
+        a.report
+    );
+    let certs = tmp.path().join("quic/quic/pki/stations");
+    assert!(certs.join("station-77th-street.pem").is_file());
+    assert!(certs.join("central.pem").is_file());
+    for (x, y) in a.runs[0].rows.iter().zip(&b.runs[0].rows) {
+        assert_eq!(
+            (x.train_loss, &x.val, &x.test, x.bytes_sent),
+            (y.train_loss, &y.val, &y.test, y.bytes_sent)
+        );
+        assert!(x.test.loss.is_finite());
+    }
+}
+
+#[test]
 fn dropout_runs_replay_on_both_transports_too() {
     // Dropout draws from libtorch's one generator: stations take turns.
     let tmp = tempfile::tempdir().unwrap();
