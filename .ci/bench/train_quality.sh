@@ -18,9 +18,12 @@ for f in la_crime_2024_02 la_crime_2020_sample; do
   mkdir -p "$OUT/$f"
   for tm in risk:dnn risk:lstm counts:dnn counts:lstm counts:gat-tcn; do
     t=${tm%%:*}; m=${tm##*:}; o=$OUT/$f/$t-$m
-    "$BIN" -q train --task "$t" --model "$m" --data "$D/$f.csv" --threads "$THREADS" --out "$o"
-    "$BIN" -q tune --task "$t" --model "$m" --data "$D/$f.csv" --threads "$THREADS" \
-      --trials "$TRIALS" --epochs 60 --patience 8 --out "$o-tune"
+    # Finished outputs are kept: rerunning resumes.
+    [ -f "$o/report.md" ] ||
+      "$BIN" -q train --task "$t" --model "$m" --data "$D/$f.csv" --threads "$THREADS" --out "$o"
+    [ -f "$o-tune/tune.md" ] ||
+      "$BIN" -q tune --task "$t" --model "$m" --data "$D/$f.csv" --threads "$THREADS" \
+        --trials "$TRIALS" --epochs 60 --patience 8 --out "$o-tune"
   done
 done
 for r in "$OUT"/*/*/report.md; do

@@ -83,17 +83,23 @@ pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         args.epochs
     );
     let results = run_search(&mcfg, &tcfg, splits, &trials, device, &mut |i, n, r| {
-        let (name, v) = r.val.headline();
+        let t = &r.trial;
+        let what = match r.scores() {
+            Some(x) => {
+                let (name, v) = x.val.headline();
+                format!("val loss {:.4}, val {name} {v:.4}", x.val_loss)
+            }
+            None => format!("{:?}", r.outcome),
+        };
         tracing::info!(
-                "[{}/{n}] lr {} layers {} batch {} hidden {}: val loss {:.4}, val {name} {v:.4} ({:.1} s)",
-                i + 1,
-                r.trial.lr,
-                r.trial.layers,
-                r.trial.batch_size,
-                r.trial.hidden,
-                r.val_loss,
-                r.seconds
-            );
+            "[{}/{n}] lr {} layers {} batch {} hidden {}: {what} ({:.1} s)",
+            i + 1,
+            t.lr,
+            t.layers,
+            t.batch_size,
+            t.hidden,
+            r.seconds
+        );
     })?;
     let csv_path = args.out.join("tune.csv");
     std::fs::write(&csv_path, results_csv(&results))
