@@ -5,22 +5,25 @@
 //! shutdown signal. Events go into the engine with the current time; the
 //! engine's actions come out and are carried out here: models are encoded
 //! once per round and the same bytes queued to every sampled station,
-//! finished rounds are appended to the metrics files, checkpoints are
-//! written (off the async threads), and at the end every station gets a Bye.
+//! finished rounds are appended to the metrics files and checkpoints are
+//! written in order by a persistence thread (off the round's critical path;
+//! the run waits for them before it returns), and at the end every station
+//! gets a Bye.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fedcrime_common::data::{load_path, Dataset};
 use fedcrime_common::fl::strategy::WithServerEval;
 use fedcrime_common::fl::{
-    Action, CheckpointStore, Engine, EvalSummary, EvaluateRes, Event, FitRes, Outcome,
-    RoundMetrics, StationId, Strategy, Summary,
+    Action, Checkpoint, CheckpointStore, Config, Engine, EvalSummary, EvaluateRes, Event, FitRes,
+    Metrics as FlMetrics, Outcome, RoundMetrics, StationId, Strategy, Summary,
 };
 use fedcrime_common::model::{self, ModelConfig};
 use fedcrime_common::net::{Listener, ListenerStats};
@@ -357,11 +360,13 @@ impl Server {
     /// completes (then the round in progress is abandoned, its stations get
     /// a Bye, and completed rounds stay checkpointed for `--resume`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunReport> {
+        let metrics_csv = self.metrics.csv_path().to_path_buf();
+        let (persisted_tx, mut persisted) = mpsc::unbounded_channel();
+        let persister = Persister::spawn(self.metrics, self.store, persisted_tx)?;
         let mut driver = Driver {
             engine: self.engine,
             ctx: self.ctx,
-            store: self.store,
-            metrics: self.metrics,
+            persister,
             progress: self.progress,
             sessions: HashMap::new(),
             fit_cache: None,
@@ -403,6 +408,7 @@ impl Server {
                         return Ok(());
                     }
                     Some(msg) = rx.recv() => driver.on_session(msg),
+                    Some(p) = persisted.recv() => driver.on_persisted(p)?,
                     Some(conn) = listener.accept() => {
                         let id = next_session;
                         next_session += 1;
@@ -469,6 +475,17 @@ impl Server {
         listener.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), listener.wait_idle()).await;
         drop(listener);
+        // Every queued metrics row and checkpoint is on disk before returning.
+        let written = driver.persister.finish().await;
+        while let Ok(p) = persisted.try_recv() {
+            if let Err(e) = driver.on_persisted(p) {
+                tracing::error!("{e}");
+                if outcome.is_ok() {
+                    return Err(e);
+                }
+            }
+        }
+        written?;
         let mut progress = driver.progress.borrow().clone();
         progress.finished = true;
         progress.connected = 0;
@@ -487,24 +504,144 @@ impl Server {
             history: driver.engine.history().to_vec(),
             global: driver.engine.global().clone(),
             model: self.model,
-            metrics_csv: driver.metrics.csv_path().to_path_buf(),
+            metrics_csv,
             listener: stats,
             interrupted,
         })
     }
 }
 
+/// A request encoded once and sent to every sampled station. Weak
+/// references identify the model and settings it was made from (a live
+/// allocation's address cannot be reused while a weak reference holds it).
+struct Encoded {
+    round: u64,
+    global: Weak<Params>,
+    config: Weak<Config>,
+    bytes: Bytes,
+}
+
+impl Encoded {
+    fn matches(&self, round: u64, global: &Arc<Params>, config: &Arc<Config>) -> bool {
+        self.round == round
+            && std::ptr::eq(self.global.as_ptr(), Arc::as_ptr(global))
+            && std::ptr::eq(self.config.as_ptr(), Arc::as_ptr(config))
+    }
+
+    fn new(round: u64, global: &Arc<Params>, config: &Arc<Config>, bytes: Bytes) -> Self {
+        Encoded {
+            round,
+            global: Arc::downgrade(global),
+            config: Arc::downgrade(config),
+            bytes,
+        }
+    }
+}
+
+/// What the persistence thread writes, in order.
+enum Persist {
+    Metrics(Box<RoundRecord>),
+    Checkpoint(Box<Checkpoint>),
+}
+
+/// What it reports back.
+enum Persisted {
+    Checkpoint(u64),
+    Failed(ServerError),
+}
+
+/// A thread that appends metrics and writes checkpoints in order, off the
+/// round's critical path: the next round's models go out while the last
+/// round's files are fsynced. A round counts as completed (for `--resume`)
+/// once its checkpoint is durable; the run waits for every write before it
+/// returns.
+struct Persister {
+    jobs: Option<std_mpsc::Sender<Persist>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Persister {
+    fn spawn(
+        metrics: MetricsWriter,
+        store: CheckpointStore,
+        done: mpsc::UnboundedSender<Persisted>,
+    ) -> Result<Persister> {
+        let (jobs, queue) = std_mpsc::channel::<Persist>();
+        let thread = std::thread::Builder::new()
+            .name("fedcrime-persist".into())
+            .spawn(move || {
+                for job in queue {
+                    let outcome = match job {
+                        Persist::Metrics(r) => metrics.append(&r).map(|()| None),
+                        Persist::Checkpoint(c) => store
+                            .save(&c)
+                            .map(|_| Some(c.round))
+                            .map_err(ServerError::from),
+                    };
+                    let report = match outcome {
+                        Ok(None) => continue,
+                        Ok(Some(round)) => Persisted::Checkpoint(round),
+                        Err(e) => Persisted::Failed(e),
+                    };
+                    if done.send(report).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| ServerError::Io {
+                what: "starting the persistence thread for",
+                path: PathBuf::from("metrics and checkpoints"),
+                source,
+            })?;
+        Ok(Persister {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Persist) -> Result<()> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or(ServerError::Task("persistence"))
+    }
+
+    /// Waits until everything queued is written.
+    async fn finish(&mut self) -> Result<()> {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|_| ServerError::Task("persistence"))?
+                .map_err(|_| ServerError::Task("persistence"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Most metrics kept from one station message, and their longest name.
+const MAX_METRICS: usize = 64;
+const MAX_METRIC_NAME: usize = 64;
+
+/// Keeps a bounded number of sensibly named metrics from a station.
+fn bounded_metrics(metrics: FlMetrics) -> FlMetrics {
+    metrics
+        .into_iter()
+        .filter(|(k, _)| !k.is_empty() && k.len() <= MAX_METRIC_NAME)
+        .take(MAX_METRICS)
+        .collect()
+}
+
 struct Driver {
     engine: Engine,
     ctx: Arc<SessionCtx>,
-    store: CheckpointStore,
-    metrics: MetricsWriter,
+    persister: Persister,
     progress: watch::Sender<Progress>,
     sessions: HashMap<StationId, SessionHandle>,
-    /// The encoded RoundStart of the current round: (round, model, settings) it was made for.
-    fit_cache: Option<(u64, usize, usize, Bytes)>,
-    /// The encoded EvaluateRequest of the current round.
-    eval_cache: Option<(u64, usize, usize, Bytes)>,
+    /// The encoded RoundStart of the current round and what it was made from.
+    fit_cache: Option<Encoded>,
+    /// The encoded EvaluateRequest of the current round and what it was made from.
+    eval_cache: Option<Encoded>,
     /// Reported training seconds of this round's updates, by station.
     train_times: BTreeMap<StationId, f64>,
     model: ModelConfig,
@@ -562,13 +699,8 @@ impl Driver {
                     round,
                     ins,
                 } => {
-                    let key = (
-                        round,
-                        Arc::as_ptr(&ins.global) as usize,
-                        Arc::as_ptr(&ins.config) as usize,
-                    );
                     let bytes = match &self.fit_cache {
-                        Some((r, g, c, b)) if (*r, *g, *c) == key => b.clone(),
+                        Some(e) if e.matches(round, &ins.global, &ins.config) => e.bytes.clone(),
                         _ => {
                             let config = fit_config_to_wire(&ins.config, &self.delivery)?;
                             let msg = Message::RoundStart(RoundStart {
@@ -577,7 +709,8 @@ impl Driver {
                                 model: ModelHeader::describe(&ins.global, self.ctx.model_encoding)?,
                             });
                             let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
-                            self.fit_cache = Some((key.0, key.1, key.2, b.clone()));
+                            self.fit_cache =
+                                Some(Encoded::new(round, &ins.global, &ins.config, b.clone()));
                             self.train_times.clear();
                             b
                         }
@@ -594,13 +727,8 @@ impl Driver {
                     round,
                     ins,
                 } => {
-                    let key = (
-                        round,
-                        Arc::as_ptr(&ins.global) as usize,
-                        Arc::as_ptr(&ins.config) as usize,
-                    );
                     let bytes = match &self.eval_cache {
-                        Some((r, g, c, b)) if (*r, *g, *c) == key => b.clone(),
+                        Some(e) if e.matches(round, &ins.global, &ins.config) => e.bytes.clone(),
                         _ => {
                             let msg = Message::EvaluateRequest(EvaluateRequest {
                                 round,
@@ -611,7 +739,8 @@ impl Driver {
                                 config: eval_config_to_wire(&ins.config),
                             });
                             let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
-                            self.eval_cache = Some((key.0, key.1, key.2, b.clone()));
+                            self.eval_cache =
+                                Some(Encoded::new(round, &ins.global, &ins.config, b.clone()));
                             b
                         }
                     };
@@ -633,8 +762,6 @@ impl Driver {
                         .reduce(f64::max);
                     let record = RoundRecord::new(*m, max_train);
                     self.train_times.clear();
-                    let metrics = &self.metrics;
-                    cpu(|| metrics.append(&record))?;
                     tracing::info!(
                         round = record.metrics.round,
                         round_s = record.metrics.round_s,
@@ -644,15 +771,9 @@ impl Driver {
                         bytes_in = record.metrics.bytes_in,
                         "round recorded"
                     );
+                    self.persister.send(Persist::Metrics(Box::new(record)))?;
                 }
-                Action::Checkpoint(c) => {
-                    let store = self.store.clone();
-                    let round = c.round;
-                    tokio::task::spawn_blocking(move || store.save(&c))
-                        .await
-                        .map_err(|_| ServerError::Task("checkpoint"))??;
-                    self.progress.send_modify(|p| p.checkpointed = round);
-                }
+                Action::Checkpoint(c) => self.persister.send(Persist::Checkpoint(c))?,
                 Action::Finished(summary) => {
                     if summary.rounds_completed > 0 {
                         let (path, job) = self.final_model_job(summary.rounds_completed);
@@ -701,6 +822,20 @@ impl Driver {
             Ok(())
         };
         (path, job)
+    }
+
+    fn on_persisted(&mut self, p: Persisted) -> Result<()> {
+        match p {
+            Persisted::Checkpoint(round) => {
+                tracing::debug!(round, "checkpoint durable");
+                self.progress.send_modify(|p| p.checkpointed = round);
+                Ok(())
+            }
+            Persisted::Failed(e) => {
+                tracing::error!("writing metrics or a checkpoint failed: {e}");
+                Err(e)
+            }
+        }
     }
 
     fn current(&self, station: &StationId, session: u64) -> bool {
@@ -784,7 +919,7 @@ impl Driver {
                     update: FitRes {
                         params,
                         num_examples: update.num_examples,
-                        metrics: update.metrics,
+                        metrics: bounded_metrics(update.metrics),
                     },
                 });
             }
@@ -807,7 +942,7 @@ impl Driver {
                     result: EvaluateRes {
                         loss: result.loss,
                         num_examples: result.num_examples,
-                        metrics: result.metrics,
+                        metrics: bounded_metrics(result.metrics),
                     },
                 });
             }

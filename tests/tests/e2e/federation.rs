@@ -663,6 +663,30 @@ async fn nan_wrong_shapes_and_stale_rounds_are_refused_while_the_others_are_aggr
     }
 }
 
+/// A learner whose training of one round waits until a gate opens.
+struct Gated {
+    inner: Arc<dyn Learner>,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    round: i64,
+}
+
+impl Learner for Gated {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
+        if ins.config.get(SERVER_ROUND_KEY) == Some(&ConfigValue::Int(self.round)) {
+            let (open, cv) = &*self.gate;
+            let guard = open.lock().unwrap();
+            let _ = cv
+                .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
+                .unwrap();
+        }
+        self.inner.fit(ins)
+    }
+
+    fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes, StationError> {
+        self.inner.evaluate(ins)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_resumes_round_three_from_round_two() {
     let dir = tempfile::tempdir().unwrap();
@@ -672,14 +696,22 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
     let cfg = server_config(&pki, &out, 3, 3);
     let first = Running::start(cfg.clone()).await;
     let addr = first.addr;
+    // Round 3 training waits for the gate, so the first server is surely
+    // stopped after round 2 and before round 3 completes.
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
     let clients: Vec<_> = (1..=3)
         .map(|i| {
-            spawn_client(
-                &pki,
-                &station(i),
-                addr,
-                data_station(&station(i), &data, i as u8),
-            )
+            let inner = data_station(&station(i), &data, i as u8);
+            let gate = gate.clone();
+            let factory: Arc<dyn LearnerFactory> = Arc::new(move |setup: &RunSetup| {
+                let learner: Arc<dyn Learner> = Arc::new(Gated {
+                    inner: inner.learner(setup)?,
+                    gate: gate.clone(),
+                    round: 3,
+                });
+                Ok(learner)
+            });
+            spawn_client(&pki, &station(i), addr, factory)
         })
         .collect();
     // Stop the server once round 2 is checkpointed.
@@ -694,6 +726,8 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
         .unwrap()
         .unwrap();
     assert_eq!(round2.round, 2);
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
 
     // Restart on the same address with --resume; the stations reconnect.
     let mut cfg2 = cfg.clone();
@@ -970,15 +1004,79 @@ async fn tcp_round_trip(stations: usize, bytes: usize) -> f64 {
     best
 }
 
+/// Seconds to move `bytes` to each of `stations` and back over QUIC with
+/// mutual TLS on loopback (the same listener, connector and certificates as
+/// the federation, one stream each way per station, no framing, decoding
+/// or aggregation): the best of three.
+async fn quic_round_trip(pki: &Path, stations: usize, bytes: usize) -> f64 {
+    let listener = fedcrime_common::net::Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &ServerTls::from_pki_dir(pki),
+        &fast_transport(),
+    )
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let payload = Arc::new(vec![7u8; bytes]);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let echoes: Vec<_> = (1..=stations)
+            .map(|i| {
+                let c = connector(pki, &station(i), addr);
+                tokio::spawn(async move {
+                    let conn = c.connect().await.unwrap();
+                    let mut r = conn.accept_uni().await.unwrap();
+                    let buf = r.read_to_end(bytes).await.unwrap();
+                    let mut w = conn.open_uni().await.unwrap();
+                    w.write_all(&buf).await.unwrap();
+                    w.finish().unwrap();
+                    conn.closed().await;
+                })
+            })
+            .collect();
+        let mut conns = Vec::new();
+        for _ in 0..stations {
+            conns.push(listener.accept().await.unwrap().connection);
+        }
+        let t0 = std::time::Instant::now();
+        let sides: Vec<_> = conns
+            .iter()
+            .map(|conn| {
+                let conn = conn.clone();
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    let mut w = conn.open_uni().await.unwrap();
+                    w.write_all(&payload).await.unwrap();
+                    w.finish().unwrap();
+                    let mut r = conn.accept_uni().await.unwrap();
+                    r.read_to_end(bytes).await.unwrap().len()
+                })
+            })
+            .collect();
+        for s in sides {
+            assert_eq!(s.await.unwrap(), bytes);
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+        for c in &conns {
+            c.close(0u32.into(), b"done");
+        }
+        for e in echoes {
+            e.await.unwrap();
+        }
+    }
+    listener.close();
+    best
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// Framework overhead per round (round wall time minus the slowest
-/// station's training time) for 21 stations over QUIC + mutual TLS on
-/// loopback, at about 20 thousand, 1 million and 10 million parameters,
-/// against a plain TCP loopback round trip of the same bytes in the same run.
+/// station's training time; medians of rounds 2 to 5) for 21 stations over
+/// QUIC + mutual TLS on loopback, at about 20 thousand, 1 million and 10
+/// million parameters, against round trips of the same bytes over bare
+/// QUIC + mutual TLS streams and over plain TCP on loopback in the same run.
 ///
 /// Run: `.ci/bench/round-overhead.sh` (or `cargo test --release -p
 /// fedcrime-tests --test e2e -- --ignored --nocapture bench_round_overhead`).
@@ -990,9 +1088,9 @@ async fn bench_round_overhead() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), STATIONS);
     println!(
-        "| params | model MB | round s (median, rounds 2-{ROUNDS}) | max station s | overhead s | aggregate s | TCP round trip s | overhead / TCP |"
+        "| params | model MB | round s | slowest station s | overhead s | of which fit phase s | aggregate s | QUIC+mTLS round trip s | TCP round trip s | overhead / QUIC | overhead / TCP |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, hidden) in [90usize, 700, 2230].into_iter().enumerate() {
         let mut cfg = server_config(&pki, &dir.path().join(format!("out-{i}")), ROUNDS, STATIONS);
         cfg.model.hidden = Some(hidden);
@@ -1025,11 +1123,14 @@ async fn bench_round_overhead() {
         let round_s = pick(|r| r.metrics.round_s);
         let train_s = pick(|r| r.max_train_s.unwrap_or(0.0));
         let overhead_s = pick(|r| r.overhead_s.unwrap_or(f64::NAN));
+        let fit_overhead_s = pick(|r| r.fit_overhead_s.unwrap_or(f64::NAN));
         let aggregate_s = pick(|r| r.metrics.aggregate_s.unwrap_or(f64::NAN));
+        let quic_s = quic_round_trip(&pki, STATIONS, params * 4).await;
         let tcp_s = tcp_round_trip(STATIONS, params * 4).await;
         println!(
-            "| {params} | {:.1} | {round_s:.4} | {train_s:.4} | {overhead_s:.4} | {aggregate_s:.4} | {tcp_s:.4} | {:.2} |",
+            "| {params} | {:.1} | {round_s:.4} | {train_s:.4} | {overhead_s:.4} | {fit_overhead_s:.4} | {aggregate_s:.4} | {quic_s:.4} | {tcp_s:.4} | {:.2} | {:.2} |",
             params as f64 * 4.0 / 1e6,
+            overhead_s / quic_s,
             overhead_s / tcp_s
         );
     }
