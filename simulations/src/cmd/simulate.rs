@@ -82,7 +82,7 @@ pub struct SimulateArgs {
     /// Stations training at once [default: the cores].
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Where stations train: cpu, cuda or cuda:N [default: cpu].
+    /// Where every method trains: cpu, auto, cuda or cuda:N [default: cpu].
     #[arg(long)]
     pub device: Option<DeviceChoice>,
     /// Samples per optimizer step, for every method [default: 64].

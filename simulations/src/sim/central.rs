@@ -20,7 +20,7 @@ use fedcrime_common::train::trainer::evaluate_model;
 use fedcrime_common::train::{
     EpochRecord, FitReport, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
 };
-use fedcrime_common::{DeviceChoice, Params};
+use fedcrime_common::Params;
 
 use super::config::SimConfig;
 use super::data::StudyData;
@@ -32,7 +32,8 @@ use super::record::Row;
 pub enum Central {
     /// The station trainer on one worker (one CPU thread by default).
     Single,
-    /// The data-parallel trainer with this many CPU replicas sharing the cores.
+    /// The data-parallel trainer with this many replicas (CPU workers sharing
+    /// the cores, or CUDA devices).
     DataParallel(usize),
 }
 
@@ -145,7 +146,12 @@ pub fn run(
         Central::Single => {
             let before = tch::get_num_threads();
             tch::set_num_threads(threads.max(1) as i32);
-            let mut model = build(&data.model, Device::Cpu)?;
+            let device = cfg
+                .federation
+                .device
+                .resolve()
+                .map_err(anyhow::Error::msg)?;
+            let mut model = build(&data.model, device)?;
             model.import_params(initial)?;
             let mut trainer = Trainer::new(model, tcfg.clone())?;
             let pairs = mirror(trainer.model(), shadow.as_ref())?;
@@ -158,7 +164,7 @@ pub fn run(
         Central::DataParallel(workers) => {
             let par = ParallelConfig {
                 workers,
-                device: DeviceChoice::Cpu,
+                device: cfg.federation.device,
                 threads: Some(threads.max(1)),
             };
             let mut trainer = ParallelTrainer::new(&data.model, tcfg.clone(), &par)?;

@@ -193,7 +193,9 @@ pub struct FederationSettings {
     pub concurrency: Option<usize>,
     /// How long a round waits for updates, seconds (default 3600).
     pub round_deadline_s: f64,
-    /// Where stations train (default `cpu`).
+    /// Where stations and the centralized baselines train (default `cpu`;
+    /// `auto`, `cuda` or `cuda:N`: the data-parallel baseline then takes
+    /// one CUDA device per replica).
     pub device: DeviceChoice,
 }
 

@@ -53,7 +53,7 @@ use fedcrime_common::station::{
     Learner, BATCH_SIZE_KEY, EPOCHS_KEY, LR_KEY, MAX_GRAD_NORM_KEY, SEED_KEY, WEIGHT_DECAY_KEY,
 };
 use fedcrime_common::train::{evaluate_baselines, BaselineResult};
-use fedcrime_common::Params;
+use fedcrime_common::{DeviceChoice, Params};
 
 pub use config::{SimConfig, Transport};
 pub use data::{SimStation, StudyData};
@@ -478,9 +478,14 @@ fn setup_lines(cfg: &SimConfig, data: &StudyData, initial: &Params) -> Vec<Strin
         ),
         if cfg.centralized.enabled {
             format!(
-                "centralized: {} epochs (the federation's passes over the data) on one worker (one CPU thread) and on {} data-parallel CPU workers (one thread each)",
+                "centralized: {} epochs (the federation's passes over the data) on one worker and on {} data-parallel workers ({})",
                 cfg.centralized_epochs(),
-                cfg.dp_workers()
+                cfg.dp_workers(),
+                if cfg.federation.device == DeviceChoice::Cpu {
+                    "CPU, one thread per worker".to_string()
+                } else {
+                    format!("device {}", cfg.federation.device)
+                }
             )
         } else {
             "centralized: not run (--no-centralized)".into()
