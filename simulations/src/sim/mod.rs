@@ -91,8 +91,8 @@ pub struct SimOutcome {
 
 /// The engine settings of a study: every station must connect, the
 /// configured fraction trains each round, one update suffices to
-/// aggregate, and evaluation happens on the server (pooled splits), not at
-/// the stations.
+/// aggregate, and no federated evaluation (the study scores the global
+/// model on the pooled splits itself).
 pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
     let t = &cfg.train;
     let mut fit = fedcrime_common::fl::Config::new();
@@ -116,7 +116,7 @@ pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
         min_updates: 1,
         round_deadline: Duration::from_secs_f64(cfg.federation.round_deadline_s),
         station_wait_timeout: Some(Duration::from_secs(300)),
-        eval_every: 1,
+        eval_every: 0,
         fraction_evaluate: 0.0,
         seed: cfg.seed,
         fit_config: fit,
@@ -468,7 +468,7 @@ fn setup_lines(cfg: &SimConfig, data: &StudyData, initial: &Params) -> Vec<Strin
             cfg.seed
         ),
         format!(
-            "federation: {} for {} rounds of {} local epoch(s), fraction {}, transport {}, {} station(s) training at once; scored on the server after every round",
+            "federation: {} for {} rounds of {} local epoch(s), fraction {}, transport {}, {} station(s) training at once; the global model scored after every round",
             f.strategy,
             f.rounds,
             f.local_epochs,
