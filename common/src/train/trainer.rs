@@ -476,7 +476,9 @@ impl EarlyStop {
     }
 }
 
-/// Checks that a dataset suits a model.
+/// Checks that a dataset suits a model and that its buffers agree with its
+/// declared widths (a dataset read from a file may not), so batch assembly
+/// cannot index out of bounds.
 pub(crate) fn check_task(model: &dyn CrimeModel, ds: &Dataset) -> Result<()> {
     if model.task() != ds.task {
         return Err(TrainError::TaskMismatch {
@@ -484,7 +486,27 @@ pub(crate) fn check_task(model: &dyn CrimeModel, ds: &Dataset) -> Result<()> {
             got: ds.task,
         });
     }
-    Ok(())
+    let n = ds.len();
+    let len = |what: &'static str, expected: usize, got: usize| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(TrainError::Length {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    len("dataset features", n * ds.feature_dim, ds.features.len())?;
+    len("dataset time indices", n, ds.time.len())?;
+    if let Some(s) = &ds.sequences {
+        len("dataset sequences", n * s.steps * s.step_dim, s.data.len())?;
+    }
+    match &ds.target {
+        Target::Classes { labels, .. } => len("dataset labels", n, labels.len()),
+        Target::Counts { values, dim } => len("dataset count targets", n * dim, values.len()),
+    }
 }
 
 /// Evaluates `model` on `ds` in order, in batches of `batch_size`, without
@@ -1114,6 +1136,11 @@ mod tests {
             t.fit(&empty, None),
             Err(TrainError::EmptySplit { split: "train" })
         ));
+        // Inconsistent buffers are an error, not a panic.
+        let mut broken = risk.clone();
+        broken.features.pop();
+        let e = t.fit(&broken, None).unwrap_err();
+        assert!(e.to_string().contains("dataset features"), "{e}");
         // An empty validation split means no validation, not an error.
         let r = t.fit(&risk, Some(&empty)).unwrap();
         assert!(r.best_epoch.is_none() && r.epochs[0].val_loss.is_none());
