@@ -6,8 +6,6 @@
 //! the data, training and tuning tools of `fedcrime-common`); end-to-end
 //! tests call [`sim::simulate`] directly.
 
-// The plot's axis table reads best as written.
-#[allow(clippy::type_complexity)]
 pub mod plot;
 pub mod progress;
 pub mod sim;
