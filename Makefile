@@ -49,7 +49,11 @@ clippy: bootstrap
 # threads each on two cores run ~100x slower.
 test: export OMP_NUM_THREADS = 1
 test: bootstrap fmt clippy
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --exclude fedcrime-tests
+	@# The end-to-end tests run one at a time: several of them check that two
+	@# runs replay bit for bit, and libtorch has one process-wide generator
+	@# (dropout) and one thread-count setting that concurrent tests would share.
+	$(CARGO) test --locked -p fedcrime-tests -- --test-threads=1
 
 env:
 	@echo "export LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(FEDCRIME_TORCH_VENV) PATH=$(FEDCRIME_TORCH_VENV)/bin:\$$PATH"
