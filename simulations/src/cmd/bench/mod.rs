@@ -2,6 +2,7 @@
 //! measured in the same run (see BENCHMARKS.md for the recorded figures).
 
 pub mod data;
+pub mod micro;
 pub mod rounds;
 pub mod train;
 
@@ -18,6 +19,15 @@ pub enum Bench {
     /// Framework overhead per federated round without training (QUIC or
     /// memory), against memcpy and TCP loopback copies of the same bytes.
     Rounds(rounds::BenchRoundsArgs),
+    /// Encode + decode of a model on the wire (default 10M parameters)
+    /// against a memcpy of the same bytes.
+    Wire(micro::WireBenchArgs),
+    /// A 40 MB update over QUIC with mutual TLS on loopback against a plain
+    /// TCP loopback copy of the same bytes.
+    Transport(micro::TransportBenchArgs),
+    /// Aggregating 21 updates (FedAvg, FedMedian, Krum) at 1M and 10M
+    /// parameters against a memcpy of the same bytes.
+    Aggregation(micro::AggregationBenchArgs),
 }
 
 /// Runs one benchmark.
@@ -26,5 +36,8 @@ pub fn run(bench: &Bench, global: &crate::GlobalOpts) -> anyhow::Result<()> {
         Bench::Data(args) => data::run(args),
         Bench::Train(args) => train::run(args),
         Bench::Rounds(args) => rounds::run(args, global),
+        Bench::Wire(args) => micro::wire(args),
+        Bench::Transport(args) => micro::transport(args),
+        Bench::Aggregation(args) => micro::aggregation(args),
     }
 }
