@@ -44,6 +44,9 @@ fmt:
 clippy: bootstrap
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# One libtorch (OpenMP) thread per test: two tests spinning several OpenMP
+# threads each on two cores run ~100x slower.
+test: export OMP_NUM_THREADS = 1
 test: bootstrap fmt clippy
 	$(CARGO) test --workspace --locked
 

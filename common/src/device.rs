@@ -28,7 +28,9 @@ impl DeviceChoice {
             DeviceChoice::Cuda(n) => {
                 let count = tch::Cuda::device_count();
                 if count <= 0 {
-                    Err(format!("device cuda:{n} requested but CUDA is not available"))
+                    Err(format!(
+                        "device cuda:{n} requested but CUDA is not available"
+                    ))
                 } else if n as i64 >= count {
                     Err(format!(
                         "device cuda:{n} requested but only {count} CUDA device(s) exist"

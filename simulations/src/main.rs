@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 mod cmd;
-#[allow(dead_code)]
+#[allow(dead_code)] // the plotting helpers serve commands still to come
 mod plot;
 
 /// Federated crime prediction across LAPD precincts: one-machine runs, data
@@ -53,22 +53,16 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Load and clean a crime data file and print the cleaning report.
     Inspect(cmd::inspect::InspectArgs),
-    /// Build the risk or counts task from an LAPD export and write its feature
-    /// matrices, targets and featurizer for inspection.
-    Features(cmd::features::FeaturesArgs),
     /// Train one model centrally and compare it with the naive baselines.
     Train(cmd::train::TrainArgs),
     /// Grid or random search over the paper's hyperparameters.
     Tune(cmd::tune::TuneArgs),
-    /// Benchmarks.
+    /// Build the risk or counts task from a crime data file and write its
+    /// feature matrices, targets and featurizer for inspection.
+    Features(cmd::features::FeaturesArgs),
+    /// Benchmarks against a reference measured in the same run.
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Training throughput vs PyTorch, and the data-parallel speedup.
-    Train(cmd::bench_train::BenchTrainArgs),
+    Bench(cmd::bench::Bench),
 }
 
 fn init_logging(g: &GlobalOpts) {
@@ -91,10 +85,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
-        Command::Features(args) => cmd::features::run(&args),
+        Command::Features(args) => cmd::features::run(&args, &cli.global),
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
-        Command::Bench(BenchCommand::Train(args)) => cmd::bench_train::run(&args),
+        Command::Bench(bench) => cmd::bench::run(&bench),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

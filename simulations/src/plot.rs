@@ -51,6 +51,9 @@ pub struct ConvergencePlot<'a> {
 
 const SIZE: (u32, u32) = (1500, 480);
 
+/// An x axis: its label and how to read it off a point.
+type Axis = (&'static str, fn(&Point) -> f64);
+
 fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
@@ -92,7 +95,7 @@ impl ConvergencePlot<'_> {
             .titled(self.title, ("sans-serif", 22))
             .map_err(|e| anyhow!("{e}"))?;
         let panels = root.split_evenly((1, 3));
-        let axes: [(&str, fn(&Point) -> f64); 3] = [
+        let axes: [Axis; 3] = [
             ("round / epoch", |p| p.step),
             ("wall-clock seconds", |p| p.wall_seconds),
             ("MB sent", |p| p.bytes / 1e6),

@@ -13,7 +13,7 @@
 //!   `risk` the block's start hour), day of year, and sin/cos encodings of
 //!   hour, weekday and day of year (`2 pi x / period`);
 //! - space: the area centroid's latitude and longitude (from
-//!   [`AREAS`](super::areas::AREAS)), the area's crime density (incidents per
+//!   [`AREAS`]), the area's crime density (incidents per
 //!   km² over the *training window*), and a one-hot area code;
 //! - the one-hot crime category becomes the category mix (shares summing to 1,
 //!   or all 0 when nothing happened) of the previous period: the previous day

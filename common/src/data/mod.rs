@@ -3,8 +3,8 @@
 //! split, partitioning into stations, and generating LA-like synthetic data.
 
 pub mod areas;
-pub mod categories;
 pub mod calibration;
+pub mod categories;
 pub mod clean;
 pub mod dataset;
 pub mod error;

@@ -216,7 +216,7 @@ pub fn partition_splits(
     let train = partition(&splits.train, p, seed)?;
     let mut val = partition(&splits.val, p, seed ^ 0x5641_4c5f_5345_4544)?;
     let mut test = partition(&splits.test, p, seed ^ 0x5445_5354_5345_4544)?;
-    let mut take = |parts: &mut Vec<StationPart>, name: &str| {
+    let take = |parts: &mut Vec<StationPart>, name: &str| {
         parts
             .iter_mut()
             .find(|s| s.name == name)

@@ -21,7 +21,7 @@
 //! Samples whose lagged inputs would reach before the first time step of the
 //! data are dropped (the first 7 days for `risk` and daily `counts`, the first
 //! `lags` weeks for weekly `counts`): zero-filling them would fake quiet
-//! periods. [`Dataset::time`] follows the workspace convention: 4-hour blocks
+//! periods. [`Dataset::time`](super::dataset::Dataset::time) follows the workspace convention: 4-hour blocks
 //! since 1970-01-01 (`day * 6 + block`) for `risk`, days since 1970-01-01 or
 //! weeks since Monday 1970-01-05 for `counts`; a sample's time is the time step
 //! it predicts. Rows are ordered by (time, area code).

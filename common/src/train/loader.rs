@@ -110,7 +110,12 @@ pub struct BatchPlan<'a> {
 /// split into `plan.parts`), assembling batches on a background thread at
 /// most `plan.prefetch` ahead. Stops at the first error `step` returns and
 /// returns it.
-pub fn for_each_batch<F>(ds: &Dataset, order: &[usize], plan: BatchPlan<'_>, mut step: F) -> Result<()>
+pub fn for_each_batch<F>(
+    ds: &Dataset,
+    order: &[usize],
+    plan: BatchPlan<'_>,
+    mut step: F,
+) -> Result<()>
 where
     F: FnMut(LoadedBatch) -> Result<()>,
 {

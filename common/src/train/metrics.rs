@@ -191,7 +191,12 @@ impl CountMetrics {
         }
         let d = wide / groups;
         let mae_per_category = (0..d)
-            .map(|c| (0..groups).map(|g| self.mae_per_category[g * d + c]).sum::<f64>() / groups as f64)
+            .map(|c| {
+                (0..groups)
+                    .map(|g| self.mae_per_category[g * d + c])
+                    .sum::<f64>()
+                    / groups as f64
+            })
             .collect();
         Some(CountMetrics {
             n: self.n * groups,
@@ -254,7 +259,10 @@ impl Metrics {
                     ("poisson_deviance".to_string(), m.poisson_deviance),
                 ];
                 for (c, a) in m.mae_per_category.iter().enumerate() {
-                    v.push((format!("mae_{}", category_name(c, m.mae_per_category.len())), *a));
+                    v.push((
+                        format!("mae_{}", category_name(c, m.mae_per_category.len())),
+                        *a,
+                    ));
                 }
                 v
             }
@@ -300,12 +308,19 @@ mod tests {
         // true:  0 0 0 1 1 2
         // pred:  0 0 1 1 2 2
         let m = RiskMetrics::compute(&[0, 0, 0, 1, 1, 2], &[0, 0, 1, 1, 2, 2], 3).unwrap();
-        assert_eq!(m.confusion, vec![vec![2, 1, 0], vec![0, 1, 1], vec![0, 0, 1]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![2, 1, 0], vec![0, 1, 1], vec![0, 0, 1]]
+        );
         assert!(close(m.accuracy, 4.0 / 6.0));
         // Recalls: 2/3, 1/2, 1/1. Precisions: 2/2, 1/2, 1/2.
         assert_eq!(m.recall, vec![Some(2.0 / 3.0), Some(0.5), Some(1.0)]);
         // F1: 2*2/(3+2)=0.8, 2*1/(2+2)=0.5, 2*1/(1+2)=2/3.
-        assert!(close(m.macro_f1, (0.8 + 0.5 + 2.0 / 3.0) / 3.0), "{}", m.macro_f1);
+        assert!(
+            close(m.macro_f1, (0.8 + 0.5 + 2.0 / 3.0) / 3.0),
+            "{}",
+            m.macro_f1
+        );
         assert_eq!(m.n, 6);
     }
 
@@ -327,7 +342,10 @@ mod tests {
         let e = RiskMetrics::compute(&[0, 1], &[0], 2).unwrap_err();
         assert!(e.to_string().contains("expected 2"), "{e}");
         let e = RiskMetrics::compute(&[0, 7], &[0, 1], 5).unwrap_err();
-        assert!(e.to_string().contains("row 1") && e.to_string().contains('7'), "{e}");
+        assert!(
+            e.to_string().contains("row 1") && e.to_string().contains('7'),
+            "{e}"
+        );
         let e = RiskMetrics::compute(&[0], &[-1], 5).unwrap_err();
         assert!(e.to_string().contains("prediction"), "{e}");
     }
@@ -350,11 +368,9 @@ mod tests {
         assert!(close(m.rmse, (6.0f64 / 4.0).sqrt()));
         assert_eq!(m.mae_per_category, vec![0.5, 1.5]);
         // Deviance terms: 2(1 ln(1/2) + 1), 2(0 + 1), 0, 2(2 ln(2/1e-8) - 2).
-        let expected = (2.0 * (0.5f64.ln() + 1.0)
-            + 2.0
-            + 0.0
-            + 2.0 * (2.0 * (2.0 / POISSON_EPS).ln() - 2.0))
-            / 4.0;
+        let expected =
+            (2.0 * (0.5f64.ln() + 1.0) + 2.0 + 0.0 + 2.0 * (2.0 * (2.0 / POISSON_EPS).ln() - 2.0))
+                / 4.0;
         assert!((m.poisson_deviance - expected).abs() < 1e-9);
     }
 

@@ -7,8 +7,11 @@
 //! `W` contiguous parts; every replica runs forward and backward on its part in
 //! its own thread (replica 0 on the calling thread); the gradients are averaged
 //! into replica 0, weighted by part size (by the part's total class weight for
-//! a class-weighted cross-entropy) so the result is the full-batch gradient; replica 0 takes the optimizer step and its
-//! parameters are broadcast to the others, so the replicas never drift apart.
+//! a class-weighted cross-entropy) so the result is the full-batch gradient;
+//! every replica copies it and takes the same optimizer step in its own
+//! thread, so the replicas stay identical without a parameter broadcast (one
+//! re-synchronization per epoch guards against devices whose arithmetic is
+//! not bit-reproducible).
 //!
 //! With `W = 1` this is exactly the [`Trainer`](super::Trainer)'s arithmetic
 //! (same shuffling, same seeds, same operations). With `W > 1` results match
@@ -111,6 +114,35 @@ impl Replica {
         }
     }
 
+    /// Overwrites this replica's gradients with `reduced`'s (replica 0's
+    /// trainable variables, same order).
+    fn copy_grads_from(&mut self, reduced: &[Tensor]) {
+        // A replica that has not run a backward pass yet (its parts were all
+        // empty) has no gradient tensors: a zero loss creates them.
+        let missing: Vec<&Tensor> = self
+            .trainable
+            .iter()
+            .zip(reduced)
+            .filter(|(v, src)| !v.grad().defined() && src.grad().defined())
+            .map(|(v, _)| v)
+            .collect();
+        if !missing.is_empty() {
+            let zero = missing
+                .iter()
+                .map(|v| (*v * 0.0).sum(Kind::Float))
+                .fold(Tensor::zeros([], (Kind::Float, self.device)), |a, b| a + b);
+            zero.backward();
+        }
+        tch::no_grad(|| {
+            for (v, src) in self.trainable.iter().zip(reduced) {
+                let g = src.grad();
+                if g.defined() {
+                    v.grad().copy_(&g);
+                }
+            }
+        });
+    }
+
     /// Forward and backward on a batch; leaves the gradient in the variables
     /// and returns the (detached) loss.
     fn compute(&mut self, b: Batch) -> Tensor {
@@ -123,6 +155,22 @@ impl Replica {
         loss.backward();
         loss.detach()
     }
+}
+
+/// What the coordinating thread asks a worker replica to do.
+enum ToWorker {
+    /// Forward and backward on this part of the batch; answer with the loss.
+    Compute(Batch),
+    /// Copy replica 0's reduced gradient, answer, then take the optimizer step.
+    Step,
+}
+
+/// A worker replica's answer.
+enum FromWorker {
+    /// The part's (detached) loss; the gradient is in the replica's variables.
+    Loss(Tensor),
+    /// The reduced gradient has been copied (the step is under way).
+    Copied,
 }
 
 /// Shallow handles on a replica's variables (same storage, same gradients).
@@ -140,9 +188,11 @@ impl ReplicaView {
     }
 }
 
-/// Replaces replica 0's gradient (of its part's mean loss, weight `w0`) by
-/// the size-weighted average over the active replicas `(index into views,
-/// weight)`: the gradient of the whole batch's mean loss.
+/// Replaces replica 0's gradient (of its part's loss, share `w0`) by the
+/// share-weighted average over the active replicas `(index into views,
+/// share)`: the gradient of the whole batch's loss. A running weighted mean
+/// (`g += w_k / W_k * (g_k - g)`, one fused `lerp_` per replica and tensor),
+/// so no temporaries are allocated.
 fn reduce_grads(master: &Replica, views: &[ReplicaView], active: &[(usize, f64)], w0: f64) {
     tch::no_grad(|| {
         for (j, v0) in master.trainable.iter().enumerate() {
@@ -150,15 +200,33 @@ fn reduce_grads(master: &Replica, views: &[ReplicaView], active: &[(usize, f64)]
             if !g0.defined() {
                 continue;
             }
-            let _ = g0.g_mul_scalar_(w0);
+            let mut acc = w0;
             for &(k, wk) in active {
                 let gk = views[k].trainable[j].grad();
-                if gk.defined() {
-                    let _ = g0.g_add_(&(gk.to_device(master.device) * wk));
+                if !gk.defined() || wk <= 0.0 {
+                    continue;
                 }
+                acc += wk;
+                let gk = gk.to_device(master.device);
+                let _ = g0.lerp_(&gk, wk / acc);
             }
         }
     });
+}
+
+/// The largest absolute difference between replica 0's variables and any
+/// other replica's.
+fn max_drift(master: &Replica, views: &[ReplicaView]) -> f64 {
+    tch::no_grad(|| {
+        views
+            .iter()
+            .flat_map(|v| v.all.iter().zip(&master.all))
+            .map(|(a, b)| {
+                let d = (a.to_device(master.device) - b).abs().max();
+                f64::try_from(d).unwrap_or(f64::INFINITY)
+            })
+            .fold(0.0, f64::max)
+    })
 }
 
 /// Copies replica 0's variables into the other replicas.
@@ -177,6 +245,7 @@ pub struct ParallelTrainer {
     replicas: Vec<Replica>,
     cfg: TrainConfig,
     threads: Option<usize>,
+    drift: f64,
 }
 
 impl ParallelTrainer {
@@ -208,8 +277,7 @@ impl ParallelTrainer {
         for (k, r) in replicas.iter().enumerate().skip(1) {
             let same = r.trainable.len() == first.trainable.len()
                 && r.all.len() == first.all.len()
-                && r
-                    .trainable
+                && r.trainable
                     .iter()
                     .zip(&first.trainable)
                     .all(|(a, b)| a.size() == b.size());
@@ -224,9 +292,17 @@ impl ParallelTrainer {
             replicas,
             cfg,
             threads: None,
+            drift: 0.0,
         };
         t.broadcast();
         Ok(t)
+    }
+
+    /// How far the replicas had drifted apart at the last epoch's end, before
+    /// they were re-synchronized (largest absolute parameter difference; 0
+    /// when every replica's steps were bit-identical, as on the CPU).
+    pub fn last_drift(&self) -> f64 {
+        self.drift
     }
 
     /// Number of replicas.
@@ -316,8 +392,12 @@ impl ParallelTrainer {
         }
         let w = self.replicas.len();
         tch::manual_seed(cfg.seed as i64);
-        let mut opt = nn::adam(0.9, 0.999, cfg.weight_decay)
-            .build(self.replicas[0].model.var_store(), cfg.lr)?;
+        let adam = nn::adam(0.9, 0.999, cfg.weight_decay);
+        let mut opt = adam.build(self.replicas[0].model.var_store(), cfg.lr)?;
+        let mut worker_opts = self.replicas[1..]
+            .iter()
+            .map(|r| adam.build(r.model.var_store(), cfg.lr))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut orders = EpochOrder::new(train.len(), cfg.seed);
         let mut stop = EarlyStop::new(cfg.patience, cfg.min_delta);
         let mut snapshot: Option<Snapshot> = None;
@@ -338,20 +418,36 @@ impl ParallelTrainer {
             let order = orders.next();
             let (first, rest) = self.replicas.split_at_mut(1);
             let master = &mut first[0];
-            // Handles on the other replicas' variables, for the reduction and
-            // the broadcast (their workers are idle while these run).
+            // Handles on the other replicas' variables, for the reduction
+            // (their workers are idle while it runs).
             let views: Vec<ReplicaView> = rest.iter().map(ReplicaView::of).collect();
             std::thread::scope(|s| -> Result<()> {
                 // One worker thread per extra replica, fed through a channel.
                 let mut links = Vec::with_capacity(rest.len());
-                for r in rest.iter_mut() {
-                    let (btx, brx) = mpsc::sync_channel::<Batch>(1);
-                    let (ltx, lrx) = mpsc::sync_channel::<Tensor>(1);
+                for (r, opt_k) in rest.iter_mut().zip(worker_opts.iter_mut()) {
+                    let (tx, rx) = mpsc::sync_channel::<ToWorker>(2);
+                    let (rtx, rrx) = mpsc::sync_channel::<FromWorker>(1);
+                    // The reduced gradient lives in replica 0's variables.
+                    let reduced: Vec<Tensor> =
+                        master.trainable.iter().map(Tensor::shallow_clone).collect();
                     let handle = std::thread::Builder::new()
                         .name("fedcrime-replica".into())
                         .spawn_scoped(s, move || {
-                            while let Ok(b) = brx.recv() {
-                                if ltx.send(r.compute(b)).is_err() {
+                            while let Ok(msg) = rx.recv() {
+                                let reply = match msg {
+                                    ToWorker::Compute(b) => FromWorker::Loss(r.compute(b)),
+                                    ToWorker::Step => {
+                                        r.copy_grads_from(&reduced);
+                                        // Replica 0 may overwrite its gradient once
+                                        // every copy is done; the step runs meanwhile.
+                                        if rtx.send(FromWorker::Copied).is_err() {
+                                            break;
+                                        }
+                                        opt_k.step();
+                                        continue;
+                                    }
+                                };
+                                if rtx.send(reply).is_err() {
                                     break;
                                 }
                             }
@@ -360,7 +456,7 @@ impl ParallelTrainer {
                             path: "<replica thread>".into(),
                             source: e,
                         })?;
-                    links.push((btx, lrx, handle));
+                    links.push((tx, rrx, handle));
                 }
                 let plan = BatchPlan {
                     batch_size: cfg.batch_size,
@@ -368,6 +464,7 @@ impl ParallelTrainer {
                     prefetch: cfg.prefetch,
                     class_weights: class_weights.as_deref(),
                 };
+                let lost = || TrainError::Worker("replica");
                 let outcome = for_each_batch(train, order, plan, |lb| {
                     let n = lb.len() as f64;
                     let sizes = lb.sizes;
@@ -377,9 +474,9 @@ impl ParallelTrainer {
                         return Ok(());
                     };
                     // Hand the other parts out first so they run while replica 0 computes.
-                    for ((btx, _, _), part) in links.iter().zip(parts) {
+                    for ((tx, _, _), part) in links.iter().zip(parts) {
                         if let Some(b) = part {
-                            btx.send(b).map_err(|_| TrainError::Worker("replica"))?;
+                            tx.send(ToWorker::Compute(b)).map_err(|_| lost())?;
                         }
                     }
                     let b0 = batch_to(b0, master.device);
@@ -390,9 +487,11 @@ impl ParallelTrainer {
                     let w0 = shares[0];
                     let mut loss = loss0.detach().to_kind(Kind::Double) * w0;
                     let mut active = Vec::with_capacity(links.len());
-                    for (k, (_, lrx, _)) in links.iter().enumerate() {
+                    for (k, (_, rx, _)) in links.iter().enumerate() {
                         if sizes[k + 1] > 0 {
-                            let lk = lrx.recv().map_err(|_| TrainError::Worker("replica"))?;
+                            let FromWorker::Loss(lk) = rx.recv().map_err(|_| lost())? else {
+                                return Err(lost());
+                            };
                             let wk = shares[k + 1];
                             loss += lk.to_device(master.device).to_kind(Kind::Double) * wk;
                             active.push((k, wk));
@@ -404,24 +503,40 @@ impl ParallelTrainer {
                     if let Some(c) = cfg.max_grad_norm {
                         opt.clip_grad_norm(c);
                     }
+                    // Every replica takes the same step from the same gradient,
+                    // in parallel: the replicas stay identical without a broadcast.
+                    for (tx, _, _) in &links {
+                        tx.send(ToWorker::Step).map_err(|_| lost())?;
+                    }
+                    for (_, rx, _) in &links {
+                        if !matches!(rx.recv(), Ok(FromWorker::Copied)) {
+                            return Err(lost());
+                        }
+                    }
                     opt.step();
-                    broadcast_to(master, &views);
                     tch::no_grad(|| {
                         let _ = loss_sum.shallow_clone().g_add_(&(loss * n));
                     });
                     pb.inc(1);
                     Ok(())
                 });
-                // Dropping the batch senders ends the workers.
+                // Dropping the senders ends the workers (after their last step).
                 let mut joined = Ok(());
-                for (btx, lrx, h) in links {
-                    drop((btx, lrx));
+                for (tx, rx, h) in links {
+                    drop((tx, rx));
                     if h.join().is_err() {
-                        joined = Err(TrainError::Worker("replica"));
+                        joined = Err(lost());
                     }
                 }
                 outcome.and(joined)
             })?;
+            // Re-synchronize once per epoch, in case a device's arithmetic is
+            // not bit-reproducible (identical steps keep CPU replicas equal).
+            self.drift = max_drift(&self.replicas[0], &views);
+            if self.drift > 0.0 {
+                tracing::debug!(epoch, drift = self.drift, "replicas re-synchronized");
+            }
+            broadcast_to(&self.replicas[0], &views);
             let train_secs = t0.elapsed().as_secs_f64();
             pb.finish_and_clear();
             let train_loss = f64::try_from(&loss_sum)? / train.len() as f64;
@@ -520,13 +635,14 @@ mod tests {
             ..cfg(3, 32)
         };
         let m = test_data::model(ModelKind::Dnn, &train, 16, 0.0, 4);
-        let mut par = ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], c.clone())
-            .unwrap();
+        let mut par =
+            ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], c.clone()).unwrap();
         let mut plain = Trainer::new(m, c).unwrap();
         let r1 = plain.fit(&train, Some(&val)).unwrap();
         let r2 = par.fit(&train, Some(&val)).unwrap();
         assert_eq!(plain.params(), par.params());
-        let losses = |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
+        let losses =
+            |r: &FitReport| -> Vec<f64> { r.epochs.iter().map(|e| e.train_loss).collect() };
         assert_eq!(losses(&r1), losses(&r2));
         assert_eq!(r1.best_epoch, r2.best_epoch);
     }
@@ -540,14 +656,18 @@ mod tests {
         ] {
             let m = test_data::model(kind, &train, 12, 0.0, 8);
             // Replica 1 starts elsewhere: the trainer must broadcast replica 0.
-            let models = vec![test_data::copy(m.as_ref()), test_data::model(kind, &train, 12, 0.0, 9)];
+            let models = vec![
+                test_data::copy(m.as_ref()),
+                test_data::model(kind, &train, 12, 0.0, 9),
+            ];
             let mut plain = Trainer::new(m, cfg(2, 16)).unwrap();
             plain.fit(&train, None).unwrap();
             let mut par = ParallelTrainer::from_models(models, cfg(2, 16)).unwrap();
             par.fit(&train, None).unwrap();
             let d = max_abs_diff(&plain.params(), &par.params());
             assert!(d < 1e-5, "{kind}: max difference {d}");
-            // And the replicas stayed identical.
+            // The replicas stayed identical by themselves, step after step.
+            assert_eq!(par.last_drift(), 0.0);
             let second = export_params(par.replicas[1].model.var_store());
             assert_eq!(par.params(), second);
         }
@@ -585,13 +705,32 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_that_never_computed_still_steps_with_the_others() {
+        // 3 samples in batches of 2 for 3 workers: replica 2 gets no sample
+        // in any step but must take the same optimizer steps.
+        let train = test_data::risk(3, 4, 9);
+        let m = test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2);
+        let models = (0..3).map(|_| test_data::copy(m.as_ref())).collect();
+        let mut plain = Trainer::new(m, cfg(2, 2)).unwrap();
+        plain.fit(&train, None).unwrap();
+        let mut par = ParallelTrainer::from_models(models, cfg(2, 2)).unwrap();
+        par.fit(&train, None).unwrap();
+        assert!(max_abs_diff(&plain.params(), &par.params()) < 1e-5);
+        assert_eq!(par.last_drift(), 0.0);
+        let last = export_params(par.replicas[2].model.var_store());
+        assert_eq!(par.params(), last);
+    }
+
+    #[test]
     fn replicas_must_share_the_architecture() {
         let train = test_data::risk(16, 4, 5);
         let models = vec![
             test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2),
             test_data::model(ModelKind::Dnn, &train, 16, 0.0, 2),
         ];
-        let e = ParallelTrainer::from_models(models, cfg(1, 4)).err().unwrap();
+        let e = ParallelTrainer::from_models(models, cfg(1, 4))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("replica 1"), "{e}");
         assert!(ParallelTrainer::from_models(Vec::new(), cfg(1, 4)).is_err());
     }

@@ -41,8 +41,10 @@ pub(crate) fn counts(n: usize, steps: usize, dim: usize, seed: u64) -> Dataset {
     let mut values = Vec::with_capacity(n * dim);
     for i in 0..n {
         for c in 0..dim {
-            let mean: f32 =
-                (0..steps).map(|t| seq[(i * steps + t) * dim + c]).sum::<f32>() / steps as f32;
+            let mean: f32 = (0..steps)
+                .map(|t| seq[(i * steps + t) * dim + c])
+                .sum::<f32>()
+                / steps as f32;
             values.push((4.0 * mean + rng.random::<f32>()).floor());
         }
     }
@@ -66,15 +68,24 @@ pub(crate) fn counts(n: usize, steps: usize, dim: usize, seed: u64) -> Dataset {
 /// libtorch's global generator, which concurrently running tests share.
 pub(crate) fn copy(m: &dyn CrimeModel) -> Box<dyn CrimeModel> {
     let mut c = build(m.config(), tch::Device::Cpu).expect("config of a built model is valid");
-    crate::model::import_params(c.var_store_mut(), &crate::model::export_params(m.var_store()))
-        .expect("same config, same layout");
+    crate::model::import_params(
+        c.var_store_mut(),
+        &crate::model::export_params(m.var_store()),
+    )
+    .expect("same config, same layout");
     c
 }
 
 /// A small model of `kind` for `ds`, seeded (tests that run concurrently
 /// share libtorch's generator: compare models made with [`copy`], not by
 /// seeding twice).
-pub(crate) fn model(kind: ModelKind, ds: &Dataset, hidden: usize, dropout: f64, seed: i64) -> Box<dyn CrimeModel> {
+pub(crate) fn model(
+    kind: ModelKind,
+    ds: &Dataset,
+    hidden: usize,
+    dropout: f64,
+    seed: i64,
+) -> Box<dyn CrimeModel> {
     let mut cfg = ModelConfig::for_dataset(kind, ds);
     cfg.hidden = hidden;
     cfg.dropout = dropout;

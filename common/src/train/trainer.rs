@@ -23,7 +23,7 @@ use super::loader::{for_each_batch, BatchPlan, LoadedBatch};
 use super::metrics::{CountMetrics, Metrics, RiskMetrics};
 use super::{Result, TrainError};
 use crate::data::{Dataset, Target};
-use crate::model::{export_params, import_params, Batch, CrimeModel};
+use crate::model::{export_params, import_params, Batch, CrimeModel, DatasetTensors};
 use crate::Params;
 
 /// How a model is trained: the typed form of the `[train]` config section and
@@ -55,23 +55,29 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Shows a progress bar on the terminal.
     pub progress: bool,
+    /// Keep the whole training split on the model's device and cut batches
+    /// there (`index_select`, no per-batch host work or transfer) instead of
+    /// assembling them on the loader thread. `None`: on for CUDA devices,
+    /// off on the CPU (where the loader thread overlaps assembly with training).
+    pub resident: Option<bool>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            epochs: 20,
+            epochs: 100,
             batch_size: 256,
             lr: 1e-3,
             weight_decay: 0.0,
             seed: 0,
-            patience: 5,
+            patience: 10,
             min_delta: 0.0,
             prox_mu: 0.0,
             max_grad_norm: None,
             prefetch: 4,
             eval_batch_size: 4096,
             progress: false,
+            resident: None,
         }
     }
 }
@@ -112,6 +118,66 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Keys of a federated round's fit config that [`TrainConfig::for_round`] reads.
+pub mod round_keys {
+    /// Local epochs this round (integer); `epochs` is accepted too.
+    pub const LOCAL_EPOCHS: &str = "local_epochs";
+    /// Learning rate (number).
+    pub const LR: &str = "lr";
+    /// Batch size (integer).
+    pub const BATCH_SIZE: &str = "batch_size";
+    /// FedProx's `mu` (number), as the FedProx strategy sends it.
+    pub const PROXIMAL_MU: &str = "proximal_mu";
+    /// The round number (integer): varies the shuffling seed per round.
+    pub const SERVER_ROUND: &str = "server_round";
+    /// Adam's weight decay (number).
+    pub const WEIGHT_DECAY: &str = "weight_decay";
+}
+
+impl TrainConfig {
+    /// This config with a federated round's settings applied: local epochs,
+    /// learning rate, batch size, FedProx `mu`, weight decay, and the seed
+    /// offset by the round number so each round shuffles differently. Other
+    /// keys are left to the caller. `get` looks a key up as a number (the
+    /// round config's values, e.g. `|k| cfg.get(k).and_then(ConfigValue::as_f64)`).
+    pub fn for_round(&self, get: impl Fn(&str) -> Option<f64>) -> Result<TrainConfig> {
+        let mut c = self.clone();
+        let count = |key: &'static str, v: f64| -> Result<usize> {
+            if v.fract() == 0.0 && v >= 0.0 && v <= u32::MAX as f64 {
+                Ok(v as usize)
+            } else {
+                Err(TrainError::Config {
+                    field: key,
+                    reason: format!("must be a non-negative integer, got {v}"),
+                })
+            }
+        };
+        if let Some(v) = get(round_keys::LOCAL_EPOCHS).or_else(|| get("epochs")) {
+            c.epochs = count(round_keys::LOCAL_EPOCHS, v)?;
+        }
+        if let Some(v) = get(round_keys::LR) {
+            c.lr = v;
+        }
+        if let Some(v) = get(round_keys::BATCH_SIZE) {
+            c.batch_size = count(round_keys::BATCH_SIZE, v)?;
+        }
+        if let Some(v) = get(round_keys::PROXIMAL_MU) {
+            c.prox_mu = v;
+        }
+        if let Some(v) = get(round_keys::WEIGHT_DECAY) {
+            c.weight_decay = v;
+        }
+        if let Some(v) = get(round_keys::SERVER_ROUND) {
+            let round = count(round_keys::SERVER_ROUND, v)? as u64;
+            c.seed = self
+                .seed
+                .wrapping_add(round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        c.validate()?;
+        Ok(c)
     }
 }
 
@@ -181,7 +247,12 @@ impl ClassWeighting {
                 }
             })
             .collect();
-        let mean: f64 = counts.iter().zip(&w).map(|(&c, &x)| c as f64 * x).sum::<f64>() / n;
+        let mean: f64 = counts
+            .iter()
+            .zip(&w)
+            .map(|(&c, &x)| c as f64 * x)
+            .sum::<f64>()
+            / n;
         for x in &mut w {
             *x /= mean;
         }
@@ -254,6 +325,29 @@ pub struct LocalUpdate {
     pub report: FitReport,
 }
 
+impl LocalUpdate {
+    /// The update's metrics by name, as a federated fit result carries them:
+    /// `loss` (training loss of the kept epoch), `epochs`, and when the
+    /// station validated `val_loss` and every validation metric with a `val_`
+    /// prefix (`val_macro_f1`, `val_mae`...). Undefined values are left out.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut m = std::collections::BTreeMap::new();
+        if let Some(r) = self.report.kept() {
+            m.insert("loss".to_string(), r.train_loss);
+        }
+        m.insert("epochs".to_string(), self.report.epochs.len() as f64);
+        if let Some(v) = &self.val {
+            m.insert("val_loss".to_string(), v.loss);
+            for (name, x) in v.metrics.scalars() {
+                if x.is_finite() {
+                    m.insert(format!("val_{name}"), x);
+                }
+            }
+        }
+        m
+    }
+}
+
 /// Copies of a model's variables, to restore the best epoch's weights.
 pub(crate) struct Snapshot {
     pairs: Vec<(Tensor, Tensor)>,
@@ -313,9 +407,9 @@ pub(crate) fn epoch_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(steps as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>12} [{bar:30}] {pos}/{len} batches {per_sec} {msg}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} batches {per_sec} {msg}")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(format!("epoch {epoch}/{epochs}"));
@@ -382,7 +476,9 @@ impl EarlyStop {
     }
 }
 
-/// Checks that a dataset suits a model.
+/// Checks that a dataset suits a model and that its buffers agree with its
+/// declared widths (a dataset read from a file may not), so batch assembly
+/// cannot index out of bounds.
 pub(crate) fn check_task(model: &dyn CrimeModel, ds: &Dataset) -> Result<()> {
     if model.task() != ds.task {
         return Err(TrainError::TaskMismatch {
@@ -390,7 +486,27 @@ pub(crate) fn check_task(model: &dyn CrimeModel, ds: &Dataset) -> Result<()> {
             got: ds.task,
         });
     }
-    Ok(())
+    let n = ds.len();
+    let len = |what: &'static str, expected: usize, got: usize| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(TrainError::Length {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    len("dataset features", n * ds.feature_dim, ds.features.len())?;
+    len("dataset time indices", n, ds.time.len())?;
+    if let Some(s) = &ds.sequences {
+        len("dataset sequences", n * s.steps * s.step_dim, s.data.len())?;
+    }
+    match &ds.target {
+        Target::Classes { labels, .. } => len("dataset labels", n, labels.len()),
+        Target::Counts { values, dim } => len("dataset count targets", n * dim, values.len()),
+    }
 }
 
 /// Evaluates `model` on `ds` in order, in batches of `batch_size`, without
@@ -552,9 +668,7 @@ impl Trainer {
                     continue;
                 }
                 let shape: Vec<i64> = entry.shape.iter().map(|&d| d as i64).collect();
-                let g = Tensor::from_slice(values)
-                    .reshape(&shape)
-                    .to_device(device);
+                let g = Tensor::from_slice(values).reshape(&shape).to_device(device);
                 self.prox.push((var.shallow_clone(), g));
             }
         }
@@ -610,13 +724,19 @@ impl Trainer {
         }
         let device = self.device();
         tch::manual_seed(cfg.seed as i64);
-        let mut opt = nn::adam(0.9, 0.999, cfg.weight_decay).build(self.model.var_store(), cfg.lr)?;
+        let mut opt =
+            nn::adam(0.9, 0.999, cfg.weight_decay).build(self.model.var_store(), cfg.lr)?;
         let mut orders = EpochOrder::new(train.len(), cfg.seed);
         let mut stop = EarlyStop::new(cfg.patience, cfg.min_delta);
         let mut snapshot: Option<Snapshot> = None;
         let mut report = FitReport::default();
         let steps = train.len().div_ceil(cfg.batch_size);
         let half_mu = cfg.prox_mu / 2.0;
+        let resident = if cfg.resident.unwrap_or(device.is_cuda()) {
+            Some(DatasetTensors::new(train, device)?)
+        } else {
+            None
+        };
 
         for epoch in 1..=cfg.epochs {
             let t0 = Instant::now();
@@ -624,47 +744,52 @@ impl Trainer {
             let loss_sum = Tensor::zeros([], (Kind::Double, device));
             let model = &self.model;
             let prox = &self.prox;
-            let plan = BatchPlan {
-                batch_size: cfg.batch_size,
-                parts: 1,
-                prefetch: cfg.prefetch,
-                class_weights: None,
+            let mut step = |b: Batch| -> Result<()> {
+                let n = b.len();
+                let out = model.forward_t(&b, true);
+                let loss = model.loss(&out, &b);
+                opt.zero_grad();
+                if prox.is_empty() {
+                    loss.backward();
+                } else {
+                    let mut term = Tensor::zeros([], (Kind::Float, device));
+                    for (w, g) in prox {
+                        term += (w - g).square().sum(Kind::Float);
+                    }
+                    (&loss + term * half_mu).backward();
+                }
+                if let Some(c) = cfg.max_grad_norm {
+                    opt.clip_grad_norm(c);
+                }
+                opt.step();
+                tch::no_grad(|| {
+                    let _ = loss_sum
+                        .shallow_clone()
+                        .g_add_(&(loss.detach().to_kind(Kind::Double) * n as f64));
+                });
+                pb.inc(1);
+                Ok(())
             };
-            for_each_batch(
-                train,
-                orders.next(),
-                plan,
-                |lb| {
-                    let n = lb.len();
-                    let Some(Some(b)) = lb.parts.into_iter().next() else {
-                        return Ok(());
+            let order = orders.next();
+            match &resident {
+                Some(dt) => {
+                    for chunk in order.chunks(cfg.batch_size) {
+                        step(dt.batch_of(chunk)?)?;
+                    }
+                }
+                None => {
+                    let plan = BatchPlan {
+                        batch_size: cfg.batch_size,
+                        parts: 1,
+                        prefetch: cfg.prefetch,
+                        class_weights: None,
                     };
-                    let b = batch_to(b, device);
-                    let out = model.forward_t(&b, true);
-                    let loss = model.loss(&out, &b);
-                    opt.zero_grad();
-                    if prox.is_empty() {
-                        loss.backward();
-                    } else {
-                        let mut term = Tensor::zeros([], (Kind::Float, device));
-                        for (w, g) in prox {
-                            term += (w - g).square().sum(Kind::Float);
-                        }
-                        (&loss + term * half_mu).backward();
-                    }
-                    if let Some(c) = cfg.max_grad_norm {
-                        opt.clip_grad_norm(c);
-                    }
-                    opt.step();
-                    tch::no_grad(|| {
-                        let _ = loss_sum
-                            .shallow_clone()
-                            .g_add_(&(loss.detach().to_kind(Kind::Double) * n as f64));
-                    });
-                    pb.inc(1);
-                    Ok(())
-                },
-            )?;
+                    for_each_batch(train, order, plan, |lb| match lb.parts.into_iter().next() {
+                        Some(Some(b)) => step(batch_to(b, device)),
+                        _ => Ok(()),
+                    })?;
+                }
+            }
             let train_secs = t0.elapsed().as_secs_f64();
             let train_loss = f64::try_from(&loss_sum)? / train.len() as f64;
             pb.finish_and_clear();
@@ -752,9 +877,16 @@ mod tests {
             batch_size: 0,
             ..TrainConfig::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("batch_size"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("batch_size"));
         let parsed: TrainConfig = toml::from_str("epochs = 3\nlr = 0.01\n").unwrap();
-        assert_eq!((parsed.epochs, parsed.lr, parsed.batch_size), (3, 0.01, 256));
+        assert_eq!(
+            (parsed.epochs, parsed.lr, parsed.batch_size),
+            (3, 0.01, 256)
+        );
         assert!(toml::from_str::<TrainConfig>("epoch = 3\n").is_err());
     }
 
@@ -799,7 +931,14 @@ mod tests {
         let train = test_data::risk(512, 6, 1);
         let val = test_data::risk(128, 6, 2);
         let model = test_data::model(ModelKind::Dnn, &train, 32, 0.0, 0);
-        let mut t = Trainer::new(model, TrainConfig { lr: 1e-2, ..cfg(6, 32) }).unwrap();
+        let mut t = Trainer::new(
+            model,
+            TrainConfig {
+                lr: 1e-2,
+                ..cfg(6, 32)
+            },
+        )
+        .unwrap();
         let before = t.evaluate(&val).unwrap();
         let mut seen = Vec::new();
         let report = t
@@ -812,7 +951,12 @@ mod tests {
         assert!(last.train_loss < first.train_loss, "{report:?}");
         assert!(first.samples_per_sec > 0.0 && first.seconds > 0.0);
         let after = t.evaluate(&val).unwrap();
-        assert!(after.loss < before.loss * 0.8, "{} -> {}", before.loss, after.loss);
+        assert!(
+            after.loss < before.loss * 0.8,
+            "{} -> {}",
+            before.loss,
+            after.loss
+        );
         let Metrics::Risk(m) = &after.metrics else {
             panic!("risk metrics expected")
         };
@@ -920,6 +1064,64 @@ mod tests {
     }
 
     #[test]
+    fn device_resident_batches_equal_loader_batches() {
+        let train = test_data::counts(150, 3, 2, 4);
+        let m = test_data::model(ModelKind::Lstm, &train, 8, 0.0, 2);
+        let run = |resident: bool| {
+            let c = TrainConfig {
+                resident: Some(resident),
+                ..cfg(2, 32)
+            };
+            let mut t = Trainer::new(test_data::copy(m.as_ref()), c).unwrap();
+            let r = t.fit(&train, None).unwrap();
+            (t.params(), r.epochs[1].train_loss)
+        };
+        assert_eq!(run(true), run(false));
+    }
+
+    #[test]
+    fn round_config_overrides_the_local_settings() {
+        let base = TrainConfig::default();
+        let cfg: std::collections::BTreeMap<&str, f64> = [
+            ("local_epochs", 2.0),
+            ("lr", 0.01),
+            ("proximal_mu", 0.1),
+            ("server_round", 3.0),
+            ("unrelated", 7.0),
+        ]
+        .into();
+        let c = base.for_round(|k| cfg.get(k).copied()).unwrap();
+        assert_eq!(
+            (c.epochs, c.lr, c.prox_mu, c.batch_size),
+            (2, 0.01, 0.1, 256)
+        );
+        assert_ne!(c.seed, base.seed);
+        let next = base
+            .for_round(|k| if k == "server_round" { Some(4.0) } else { None })
+            .unwrap();
+        assert_ne!(next.seed, c.seed);
+        let e = base
+            .for_round(|k| (k == "batch_size").then_some(2.5))
+            .unwrap_err();
+        assert!(e.to_string().contains("batch_size"), "{e}");
+        assert!(base.for_round(|k| (k == "lr").then_some(-1.0)).is_err());
+    }
+
+    #[test]
+    fn update_metrics_carry_loss_and_validation() {
+        let train = test_data::risk(64, 4, 1);
+        let val = test_data::risk(32, 4, 2);
+        let m = test_data::model(ModelKind::Dnn, &train, 8, 0.0, 0);
+        let global = m.export_params();
+        let mut t = Trainer::new(m, cfg(2, 16)).unwrap();
+        let u = t.fit_from(&global, &train, Some(&val)).unwrap();
+        let metrics = u.metrics();
+        assert!(metrics["loss"] > 0.0);
+        assert_eq!(metrics["epochs"], 2.0);
+        assert!(metrics.contains_key("val_loss") && metrics.contains_key("val_macro_f1"));
+    }
+
+    #[test]
     fn wrong_task_and_empty_data_are_errors() {
         let risk = test_data::risk(32, 4, 1);
         let counts = test_data::counts(32, 2, 2, 1);
@@ -934,6 +1136,11 @@ mod tests {
             t.fit(&empty, None),
             Err(TrainError::EmptySplit { split: "train" })
         ));
+        // Inconsistent buffers are an error, not a panic.
+        let mut broken = risk.clone();
+        broken.features.pop();
+        let e = t.fit(&broken, None).unwrap_err();
+        assert!(e.to_string().contains("dataset features"), "{e}");
         // An empty validation split means no validation, not an error.
         let r = t.fit(&risk, Some(&empty)).unwrap();
         assert!(r.best_epoch.is_none() && r.epochs[0].val_loss.is_none());

@@ -123,13 +123,9 @@ pub struct Trial {
     pub hidden: usize,
 }
 
-/// The outcome of one trial.
+/// The scores of a trial that trained to the end.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrialResult {
-    /// The hyperparameters.
-    pub trial: Trial,
-    /// Number of scalar parameters of the model.
-    pub num_params: usize,
+pub struct TrialScores {
     /// Epochs run (fewer than configured when stopped early).
     pub epochs_run: usize,
     /// The epoch whose weights were kept.
@@ -140,22 +136,63 @@ pub struct TrialResult {
     pub val: Metrics,
     /// Test metrics of the kept weights (reported, never used for ranking).
     pub test: Metrics,
+}
+
+/// How a trial ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialOutcome {
+    /// Trained and scored.
+    Done(TrialScores),
+    /// Training diverged (a non-finite loss); the message says where.
+    Diverged(String),
+}
+
+/// The outcome of one trial.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrialResult {
+    /// The hyperparameters.
+    pub trial: Trial,
+    /// Number of scalar parameters of the model.
+    pub num_params: usize,
     /// Wall time of the trial.
     pub seconds: f64,
+    /// Scores, or why there are none.
+    pub outcome: TrialOutcome,
 }
 
-/// Whether `a` ranks before `b` on the headline validation metric.
+impl TrialResult {
+    /// The scores of a finished trial.
+    pub fn scores(&self) -> Option<&TrialScores> {
+        match &self.outcome {
+            TrialOutcome::Done(s) => Some(s),
+            TrialOutcome::Diverged(_) => None,
+        }
+    }
+}
+
+/// Whether `a` ranks before `b`: finished trials by the headline validation
+/// metric, then validation loss; diverged trials last.
 fn better(a: &TrialResult, b: &TrialResult) -> std::cmp::Ordering {
-    let (_, va) = a.val.headline();
-    let (_, vb) = b.val.headline();
-    let ord = match a.val.task() {
-        Task::Risk => vb.total_cmp(&va),
-        Task::Counts => va.total_cmp(&vb),
-    };
-    ord.then(a.val_loss.total_cmp(&b.val_loss))
+    use std::cmp::Ordering;
+    match (a.scores(), b.scores()) {
+        (Some(x), Some(y)) => {
+            let (_, va) = x.val.headline();
+            let (_, vb) = y.val.headline();
+            let ord = match x.val.task() {
+                Task::Risk => vb.total_cmp(&va),
+                Task::Counts => va.total_cmp(&vb),
+            };
+            ord.then(x.val_loss.total_cmp(&y.val_loss))
+        }
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
 }
 
-/// Trains one model per trial and returns the results, best first.
+/// Trains one model per trial and returns the results, best first. A trial
+/// whose training diverges is recorded as such and the search goes on.
 /// `on_trial` is called after each trial (index, total, result).
 pub fn run_search(
     base_model: &ModelConfig,
@@ -166,7 +203,9 @@ pub fn run_search(
     on_trial: &mut dyn FnMut(usize, usize, &TrialResult),
 ) -> Result<Vec<TrialResult>> {
     if splits.val.is_empty() {
-        return Err(TrainError::EmptySplit { split: "validation" });
+        return Err(TrainError::EmptySplit {
+            split: "validation",
+        });
     }
     let mut results = Vec::with_capacity(trials.len());
     for (i, t) in trials.iter().enumerate() {
@@ -182,31 +221,17 @@ pub fn run_search(
         tch::manual_seed(tcfg.seed as i64);
         let model = build(&mcfg, device)?;
         let mut trainer = Trainer::new(model, tcfg)?;
-        let report = trainer.fit(&splits.train, Some(&splits.val))?;
-        let kept = report.kept().cloned();
-        let (best_epoch, val_loss, val) = match kept {
-            Some(r) => match (r.val_loss, r.val_metrics) {
-                (Some(l), Some(m)) => (r.epoch, l, m),
-                _ => {
-                    let e = trainer.evaluate(&splits.val)?;
-                    (r.epoch, e.loss, e.metrics)
-                }
-            },
-            None => {
-                let e = trainer.evaluate(&splits.val)?;
-                (0, e.loss, e.metrics)
-            }
+        let num_params = trainer.model().num_params();
+        let outcome = match score(&mut trainer, splits) {
+            Ok(s) => TrialOutcome::Done(s),
+            Err(e @ TrainError::NonFinite { .. }) => TrialOutcome::Diverged(e.to_string()),
+            Err(e) => return Err(e),
         };
-        let test = trainer.evaluate(&splits.test)?.metrics;
         let result = TrialResult {
             trial: *t,
-            num_params: trainer.params().spec().total(),
-            epochs_run: report.epochs.len(),
-            best_epoch,
-            val_loss,
-            val,
-            test,
+            num_params,
             seconds: t0.elapsed().as_secs_f64(),
+            outcome,
         };
         on_trial(i, trials.len(), &result);
         results.push(result);
@@ -215,12 +240,56 @@ pub fn run_search(
     Ok(results)
 }
 
-/// The results as CSV: hyperparameters, epochs, validation loss, every
-/// validation metric (`val_` prefix), the test headline metric, seconds.
+/// Trains one trial's model and scores its kept weights.
+fn score(trainer: &mut Trainer, splits: &Splits) -> Result<TrialScores> {
+    let report = trainer.fit(&splits.train, Some(&splits.val))?;
+    let kept = report.kept().cloned();
+    let (best_epoch, val_loss, val) = match kept {
+        Some(r) => match (r.val_loss, r.val_metrics) {
+            (Some(l), Some(m)) => (r.epoch, l, m),
+            _ => {
+                let e = trainer.evaluate(&splits.val)?;
+                (r.epoch, e.loss, e.metrics)
+            }
+        },
+        None => {
+            let e = trainer.evaluate(&splits.val)?;
+            (0, e.loss, e.metrics)
+        }
+    };
+    let test = trainer.evaluate(&splits.test)?.metrics;
+    Ok(TrialScores {
+        epochs_run: report.epochs.len(),
+        best_epoch,
+        val_loss,
+        val,
+        test,
+    })
+}
+
+/// The results as CSV: rank, hyperparameters, size, epochs, validation
+/// loss, every validation metric (`val_` prefix), the test headline metric,
+/// seconds and a status (`ok` or `diverged: ...`, whose metric cells are empty).
 pub fn results_csv(results: &[TrialResult]) -> String {
     let mut s = String::new();
-    let Some(first) = results.first() else {
-        return "lr,layers,batch_size,hidden\n".into();
+    let Some(first) = results.iter().find_map(TrialResult::scores) else {
+        s.push_str("rank,lr,layers,batch_size,hidden,num_params,seconds,status\n");
+        for (rank, r) in results.iter().enumerate() {
+            let t = &r.trial;
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{:.3},{}",
+                rank + 1,
+                t.lr,
+                t.layers,
+                t.batch_size,
+                t.hidden,
+                r.num_params,
+                r.seconds,
+                status(r)
+            );
+        }
+        return s;
     };
     let names: Vec<String> = first.val.scalars().into_iter().map(|(n, _)| n).collect();
     let (test_name, _) = first.test.headline();
@@ -228,37 +297,52 @@ pub fn results_csv(results: &[TrialResult]) -> String {
     for n in &names {
         let _ = write!(s, ",val_{n}");
     }
-    let _ = writeln!(s, ",test_{test_name},seconds");
+    let _ = writeln!(s, ",test_{test_name},seconds,status");
     for (rank, r) in results.iter().enumerate() {
         let t = &r.trial;
         let _ = write!(
             s,
-            "{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{}",
             rank + 1,
             t.lr,
             t.layers,
             t.batch_size,
             t.hidden,
-            r.num_params,
-            r.epochs_run,
-            r.best_epoch,
-            r.val_loss
+            r.num_params
         );
-        for (_, v) in r.val.scalars() {
-            let _ = write!(s, ",{v}");
+        match r.scores() {
+            Some(x) => {
+                let _ = write!(s, ",{},{},{}", x.epochs_run, x.best_epoch, x.val_loss);
+                for (_, v) in x.val.scalars() {
+                    let _ = write!(s, ",{v}");
+                }
+                let _ = write!(s, ",{}", x.test.headline().1);
+            }
+            None => s.push_str(&",".repeat(names.len() + 4)),
         }
-        let _ = writeln!(s, ",{},{:.3}", r.test.headline().1, r.seconds);
+        let _ = writeln!(s, ",{:.3},{}", r.seconds, status(r));
     }
     s
+}
+
+/// `ok`, or `diverged: <why>` with commas removed (a CSV cell).
+fn status(r: &TrialResult) -> String {
+    match &r.outcome {
+        TrialOutcome::Done(_) => "ok".into(),
+        TrialOutcome::Diverged(why) => format!("diverged: {}", why.replace(',', ";")),
+    }
 }
 
 /// The results as a markdown table, best first.
 pub fn results_markdown(results: &[TrialResult]) -> String {
     let mut s = String::new();
-    let Some(first) = results.first() else {
+    if results.is_empty() {
         return "(no trials)\n".into();
-    };
-    let (head, _) = first.val.headline();
+    }
+    let head = results
+        .iter()
+        .find_map(TrialResult::scores)
+        .map_or("metric", |x| x.val.headline().0);
     let _ = writeln!(
         s,
         "| rank | lr | layers | batch | hidden | params | epochs (best) | val loss | val {head} | test {head} | seconds |"
@@ -266,20 +350,27 @@ pub fn results_markdown(results: &[TrialResult]) -> String {
     s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (rank, r) in results.iter().enumerate() {
         let t = &r.trial;
+        let scores = match r.scores() {
+            Some(x) => format!(
+                "{} ({}) | {:.4} | {:.4} | {:.4}",
+                x.epochs_run,
+                x.best_epoch,
+                x.val_loss,
+                x.val.headline().1,
+                x.test.headline().1
+            ),
+            None => "diverged | | |".to_string(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {:.4} | {:.4} | {:.4} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} |",
             rank + 1,
             t.lr,
             t.layers,
             t.batch_size,
             t.hidden,
             r.num_params,
-            r.epochs_run,
-            r.best_epoch,
-            r.val_loss,
-            r.val.headline().1,
-            r.test.headline().1,
+            scores,
             r.seconds
         );
     }
@@ -321,46 +412,64 @@ mod tests {
         assert_eq!(all, space.grid());
     }
 
+    fn trial(lr: f64) -> Trial {
+        Trial {
+            lr,
+            layers: 3,
+            batch_size: 64,
+            hidden: 64,
+        }
+    }
+
     fn result(lr: f64, f1_labels: &[i64], val_loss: f64) -> TrialResult {
         let truth = [0, 1, 2, 3];
         let m = Metrics::Risk(RiskMetrics::compute(&truth, f1_labels, 5).unwrap());
         TrialResult {
-            trial: Trial {
-                lr,
-                layers: 3,
-                batch_size: 64,
-                hidden: 64,
-            },
+            trial: trial(lr),
             num_params: 10,
-            epochs_run: 2,
-            best_epoch: 1,
-            val_loss,
-            val: m.clone(),
-            test: m,
             seconds: 0.5,
+            outcome: TrialOutcome::Done(TrialScores {
+                epochs_run: 2,
+                best_epoch: 1,
+                val_loss,
+                val: m.clone(),
+                test: m,
+            }),
         }
     }
 
     #[test]
     fn ranking_uses_the_headline_metric_then_loss() {
+        let diverged = TrialResult {
+            trial: trial(1.0),
+            num_params: 10,
+            seconds: 0.1,
+            outcome: TrialOutcome::Diverged("non-finite training loss at epoch 2, batch 3".into()),
+        };
         let mut rs = [
+            diverged,
             result(1e-4, &[0, 0, 0, 0], 1.0),
             result(1e-3, &[0, 1, 2, 3], 2.0),
             result(1e-2, &[0, 1, 2, 3], 1.5),
         ];
         rs.sort_by(better);
         let lrs: Vec<f64> = rs.iter().map(|r| r.trial.lr).collect();
-        assert_eq!(lrs, [1e-2, 1e-3, 1e-4]);
+        assert_eq!(lrs, [1e-2, 1e-3, 1e-4, 1.0]);
         let csv = results_csv(&rs);
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 5);
         assert!(lines[0].starts_with("rank,lr,layers,batch_size,hidden"));
-        assert!(lines[0].contains("val_macro_f1") && lines[0].ends_with("test_macro_f1,seconds"));
-        assert!(lines[1].starts_with("1,0.01,3,64,64"));
+        assert!(lines[0].contains("val_macro_f1"));
+        assert!(lines[0].ends_with("test_macro_f1,seconds,status"));
+        assert!(lines[1].starts_with("1,0.01,3,64,64") && lines[1].ends_with(",ok"));
+        assert!(lines[4].contains("diverged: non-finite training loss at epoch 2; batch 3"));
         let header_cols = lines[0].split(',').count();
-        assert!(lines.iter().all(|l| l.split(',').count() == header_cols));
+        assert!(
+            lines.iter().all(|l| l.split(',').count() == header_cols),
+            "{csv}"
+        );
         let md = results_markdown(&rs);
-        assert_eq!(md.lines().count(), 5);
-        assert!(md.contains("val macro_f1"));
+        assert_eq!(md.lines().count(), 6);
+        assert!(md.contains("val macro_f1") && md.contains("| diverged |"));
     }
 }

@@ -22,6 +22,8 @@ use fedcrime_common::data::tasks::{build_task, GraphSeries, Period, TaskConfig, 
 use fedcrime_common::data::Category;
 use safetensors::tensor::{Dtype, View};
 
+use crate::GlobalOpts;
+
 /// Options of `fedcrime-sim features`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FeaturesArgs {
@@ -46,8 +48,8 @@ pub struct FeaturesArgs {
     pub head: usize,
 }
 
-/// Runs the command.
-pub fn run(args: &FeaturesArgs) -> anyhow::Result<()> {
+/// Runs the command; `--quiet` drops the summary on stdout.
+pub fn run(args: &FeaturesArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     let loaded =
         load_path(&args.data).with_context(|| format!("loading {}", args.data.display()))?;
     let cfg = TaskConfig {
@@ -69,6 +71,9 @@ pub fn run(args: &FeaturesArgs) -> anyhow::Result<()> {
     write_head(&data.splits.train, args.head, &head)
         .with_context(|| format!("writing {}", head.display()))?;
 
+    if global.quiet {
+        return Ok(());
+    }
     let s = &data.splits;
     println!(
         "{} ({}): {} incidents -> train {} / val {} / test {} samples, {} features, sequences [{}, {}]",
@@ -280,7 +285,11 @@ mod tests {
                 out: out.clone(),
                 head: 5,
             };
-            run(&args).unwrap();
+            let quiet = GlobalOpts {
+                log_format: crate::LogFormat::Text,
+                quiet: true,
+            };
+            run(&args, &quiet).unwrap();
             let bytes = std::fs::read(out.join("features.safetensors")).unwrap();
             let st = SafeTensors::deserialize(&bytes).unwrap();
             let built = build_task(

@@ -1,6 +1,6 @@
 //! The subcommands, one module each.
 
-pub mod bench_train;
+pub mod bench;
 pub mod features;
 pub mod inspect;
 pub mod synth;

@@ -27,8 +27,8 @@ use fedcrime_common::model::{
     build, graph_dataset, save_model, GraphWindows, ModelConfig, ModelKind, DEFAULT_GRAPH_STEPS,
 };
 use fedcrime_common::train::{
-    evaluate_baselines, BaselineResult, ClassWeighting, CountPeriod, EpochRecord, Evaluation, FitReport, Metrics,
-    ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
+    evaluate_baselines, BaselineResult, ClassWeighting, CountPeriod, EpochRecord, Evaluation,
+    FitReport, Metrics, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
 };
 use fedcrime_common::DeviceChoice;
 
@@ -62,10 +62,7 @@ impl DataArgs {
     pub fn source(&self) -> String {
         match &self.data {
             Some(p) => p.display().to_string(),
-            None => format!(
-                "synthetic ({} rows, seed {})",
-                self.rows, self.data_seed
-            ),
+            None => format!("synthetic ({} rows, seed {})", self.rows, self.data_seed),
         }
     }
 
@@ -288,8 +285,8 @@ struct MetricsCsv {
 
 impl MetricsCsv {
     fn create(path: PathBuf, task: Task, output_dim: usize) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut me = Self {
             file: std::io::BufWriter::new(file),
             names: Metrics::scalar_names(task, output_dim),
@@ -402,7 +399,11 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         AnyTrainer::Station(Trainer::new(build(&mcfg, device)?, tcfg.clone())?)
     };
 
-    let areas = if graph_splits.is_some() { mcfg.areas } else { 1 };
+    let areas = if graph_splits.is_some() {
+        mcfg.areas
+    } else {
+        1
+    };
     let mut csv = MetricsCsv::create(
         args.out.join("metrics.csv"),
         args.data.task,
@@ -425,7 +426,10 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     let baselines = evaluate_baselines(&data.splits, &data.splits.test, args.data.count_period())?;
 
     let mut meta = BTreeMap::new();
-    meta.insert("fedcrime.train_config".to_string(), serde_json::to_string(&tcfg)?);
+    meta.insert(
+        "fedcrime.train_config".to_string(),
+        serde_json::to_string(&tcfg)?,
+    );
     meta.insert(
         "fedcrime.featurizer".to_string(),
         serde_json::to_string(&data.featurizer)?,
@@ -517,7 +521,10 @@ pub fn verdict(test: &Metrics, baselines: &[BaselineResult]) -> String {
         .map(|b| b.name.as_str())
         .collect();
     if losers.is_empty() {
-        format!("The model beats every naive baseline on test {name} ({}).", fmt_metric(v))
+        format!(
+            "The model beats every naive baseline on test {name} ({}).",
+            fmt_metric(v)
+        )
     } else {
         format!(
             "The model does NOT beat {} on test {name} ({}); see the table.",
@@ -555,7 +562,11 @@ pub struct ReportInputs<'a> {
 pub fn report_markdown(r: &ReportInputs<'_>) -> String {
     let s = r.splits;
     let mut md = String::new();
-    let _ = writeln!(md, "# {} on {} ({})\n", r.model_name, s.train.task, r.source);
+    let _ = writeln!(
+        md,
+        "# {} on {} ({})\n",
+        r.model_name, s.train.task, r.source
+    );
     let _ = writeln!(
         md,
         "- samples: train {}, validation {}, test {}; {} features",
@@ -575,7 +586,10 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
         match &r.model.class_weights {
             Some(w) => format!(
                 ", class weights [{}]",
-                w.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+                w.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             None => String::new(),
         }
@@ -586,7 +600,12 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
         r.train.lr, r.train.batch_size, r.train.epochs, r.train.patience, r.train.seed, r.workers
     );
     let secs: f64 = r.report.epochs.iter().map(|e| e.seconds).sum();
-    let sps = r.report.epochs.iter().map(|e| e.samples_per_sec).sum::<f64>()
+    let sps = r
+        .report
+        .epochs
+        .iter()
+        .map(|e| e.samples_per_sec)
+        .sum::<f64>()
         / r.report.epochs.len().max(1) as f64;
     let _ = writeln!(
         md,
@@ -605,9 +624,139 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
             r.model.areas
         );
     }
-    let _ = writeln!(md, "- test loss of the model: {}\n", fmt_metric(r.test.loss));
+    let _ = writeln!(
+        md,
+        "- test loss of the model: {}\n",
+        fmt_metric(r.test.loss)
+    );
     let _ = writeln!(md, "## Test split: model vs naive baselines\n");
-    md.push_str(&comparison_table(&r.model_name, &r.test.metrics, r.baselines));
+    md.push_str(&comparison_table(
+        &r.model_name,
+        &r.test.metrics,
+        r.baselines,
+    ));
     let _ = writeln!(md, "\n{}", verdict(&r.test.metrics, r.baselines));
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn real_month() -> Option<PathBuf> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/la-crime/la_crime_2024_02.csv");
+        p.is_file().then_some(p)
+    }
+
+    fn quiet() -> GlobalOpts {
+        GlobalOpts {
+            log_format: crate::LogFormat::Text,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn train_writes_metrics_model_and_report() {
+        let Some(data) = real_month() else {
+            eprintln!("skipped: ../shared/data/la-crime is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for (task, model) in [("risk", "dnn"), ("counts", "gat-tcn")] {
+            let out = dir.path().join(model);
+            let args = Cli::parse_from([
+                "x",
+                "--task",
+                task,
+                "--model",
+                model,
+                "--data",
+                data.to_str().unwrap(),
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .train;
+            run(&args, &quiet()).unwrap();
+            let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+            let lines: Vec<&str> = csv.lines().collect();
+            assert_eq!(lines.len(), 2, "{csv}");
+            assert!(lines[0].starts_with("epoch,train_loss,val_loss,"));
+            assert!(lines[0].ends_with(",samples_per_sec,seconds"));
+            let cols = lines[0].split(',').count();
+            assert!(lines.iter().all(|l| l.split(',').count() == cols), "{csv}");
+            if task == "counts" {
+                // Regrouped per (period, area): one column per crime category.
+                assert!(lines[0].contains("mae_vehicle") && !lines[0].contains("c167"));
+            }
+            let (loaded, meta) = fedcrime_common::model::load_model(
+                &out.join("model.safetensors"),
+                tch::Device::Cpu,
+            )
+            .unwrap();
+            assert_eq!(loaded.kind().as_str(), model);
+            assert!(meta.contains_key("fedcrime.featurizer"));
+            let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+            let baseline = if task == "risk" {
+                "majority_class"
+            } else {
+                "last_period"
+            };
+            assert!(report.contains(&format!("| **{model}** |")), "{report}");
+            assert!(report.contains(baseline), "{report}");
+        }
+    }
+
+    #[test]
+    fn gat_tcn_needs_the_counts_task() {
+        let Some(data) = real_month() else {
+            eprintln!("skipped: ../shared/data/la-crime is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let args = Cli::parse_from([
+            "x",
+            "--model",
+            "gat-tcn",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .train;
+        let e = run(&args, &quiet()).unwrap_err();
+        assert!(format!("{e:#}").contains("--task counts"), "{e:#}");
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("train.toml");
+        std::fs::write(&file, "epochs = 7\nlr = 0.01\nbatch_size = 64\n").unwrap();
+        let args = Cli::parse_from([
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--lr",
+            "0.002",
+            "--out",
+            "o",
+        ])
+        .train;
+        let c = args.train_config().unwrap();
+        assert_eq!((c.epochs, c.lr, c.batch_size), (7, 0.002, 64));
+        std::fs::write(&file, "epochs = 0\n").unwrap();
+        assert!(args.train_config().is_err());
+    }
 }

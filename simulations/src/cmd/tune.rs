@@ -39,6 +39,9 @@ pub struct TuneArgs {
     /// Where to train: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// libtorch intra-op threads (libtorch's default when absent).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -46,6 +49,9 @@ pub struct TuneArgs {
 
 /// Runs the command.
 pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t as i32);
+    }
     let data = args.data.task_data()?;
     let graph_splits = args.model.model_splits(&data, args.data.period)?;
     let splits = graph_splits.as_ref().unwrap_or(&data.splits);
@@ -76,26 +82,25 @@ pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         trials.len(),
         args.epochs
     );
-    let results = run_search(
-        &mcfg,
-        &tcfg,
-        splits,
-        &trials,
-        device,
-        &mut |i, n, r| {
-            let (name, v) = r.val.headline();
-            tracing::info!(
-                "[{}/{n}] lr {} layers {} batch {} hidden {}: val loss {:.4}, val {name} {v:.4} ({:.1} s)",
-                i + 1,
-                r.trial.lr,
-                r.trial.layers,
-                r.trial.batch_size,
-                r.trial.hidden,
-                r.val_loss,
-                r.seconds
-            );
-        },
-    )?;
+    let results = run_search(&mcfg, &tcfg, splits, &trials, device, &mut |i, n, r| {
+        let t = &r.trial;
+        let what = match r.scores() {
+            Some(x) => {
+                let (name, v) = x.val.headline();
+                format!("val loss {:.4}, val {name} {v:.4}", x.val_loss)
+            }
+            None => format!("{:?}", r.outcome),
+        };
+        tracing::info!(
+            "[{}/{n}] lr {} layers {} batch {} hidden {}: {what} ({:.1} s)",
+            i + 1,
+            t.lr,
+            t.layers,
+            t.batch_size,
+            t.hidden,
+            r.seconds
+        );
+    })?;
     let csv_path = args.out.join("tune.csv");
     std::fs::write(&csv_path, results_csv(&results))
         .with_context(|| format!("writing {}", csv_path.display()))?;

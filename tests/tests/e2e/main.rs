@@ -3,3 +3,4 @@
 mod data;
 mod federation;
 mod shared_data;
+mod train;

@@ -21,7 +21,7 @@ use fedcrime_common::model::{build, ModelConfig, ModelKind};
 use fedcrime_common::train::{ParallelConfig, ParallelTrainer, TrainConfig, Trainer};
 use fedcrime_common::DeviceChoice;
 
-use super::train::DataArgs;
+use crate::cmd::train::DataArgs;
 
 /// Options of `fedcrime-sim bench train`.
 #[derive(clap::Args, Debug, Clone)]
@@ -47,6 +47,9 @@ pub struct BenchTrainArgs {
     /// The PyTorch script.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/bench/train_torch.py"))]
     pub script: PathBuf,
+    /// Interleaved repetitions of every measurement (shared machines are noisy).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Which cases: `dnn`, `lstm`, `parallel` (comma-separated).
     #[arg(long, default_value = "dnn,lstm,parallel", value_delimiter = ',')]
     pub cases: Vec<String>,
@@ -59,7 +62,8 @@ fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
     for v in values {
         f.write_all(&v.to_le_bytes())?;
     }
-    f.flush().with_context(|| format!("writing {}", path.display()))
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_i64(path: &Path, values: &[i64]) -> anyhow::Result<()> {
@@ -69,7 +73,8 @@ fn write_i64(path: &Path, values: &[i64]) -> anyhow::Result<()> {
     for v in values {
         f.write_all(&v.to_le_bytes())?;
     }
-    f.flush().with_context(|| format!("writing {}", path.display()))
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn python(args: &BenchTrainArgs) -> PathBuf {
@@ -82,15 +87,14 @@ fn python(args: &BenchTrainArgs) -> PathBuf {
     }
 }
 
-/// Runs the PyTorch side on `ds` and returns its best samples/s.
-fn torch_side(
-    args: &BenchTrainArgs,
+/// Writes `ds` and a manifest for the PyTorch script; returns the manifest path.
+fn torch_inputs(
     dir: &Path,
     mcfg: &ModelConfig,
     tcfg: &TrainConfig,
     ds: &Dataset,
     threads: usize,
-) -> anyhow::Result<(f64, String)> {
+) -> anyhow::Result<PathBuf> {
     let tag = mcfg.kind.as_str();
     let features = format!("{tag}_features.bin");
     write_f32(&dir.join(&features), &ds.features)?;
@@ -130,10 +134,15 @@ fn torch_side(
     let mpath = dir.join(format!("{tag}_manifest.json"));
     std::fs::write(&mpath, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("writing {}", mpath.display()))?;
+    Ok(mpath)
+}
+
+/// Runs the PyTorch script on a manifest; returns its best samples/s and torch's version.
+fn torch_side(args: &BenchTrainArgs, manifest: &Path) -> anyhow::Result<(f64, String)> {
     let py = python(args);
     let out = Command::new(&py)
         .arg(&args.script)
-        .arg(&mpath)
+        .arg(manifest)
         .output()
         .with_context(|| format!("running {} {}", py.display(), args.script.display()))?;
     if !out.status.success() {
@@ -145,8 +154,8 @@ fn torch_side(
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(line).with_context(|| format!("parsing the script's output {line:?}"))?;
+    let v: serde_json::Value = serde_json::from_str(line)
+        .with_context(|| format!("parsing the script's output {line:?}"))?;
     let sps = v["samples_per_sec"]
         .as_f64()
         .context("the script's output has no samples_per_sec")?;
@@ -165,7 +174,8 @@ fn rust_side(mcfg: &ModelConfig, tcfg: &TrainConfig, ds: &Dataset) -> anyhow::Re
         .fold(0.0, f64::max))
 }
 
-/// Best epoch seconds of the data-parallel trainer with `workers` CPU workers.
+/// Best epoch seconds of the data-parallel trainer with `workers` CPU
+/// workers sharing `threads` intra-op threads.
 fn parallel_side(
     mcfg: &ModelConfig,
     tcfg: &TrainConfig,
@@ -198,12 +208,22 @@ fn data(task: Task, rows: usize) -> DataArgs {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Runs the command.
 pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         tch::set_num_threads(t as i32);
     }
     let threads = tch::get_num_threads().max(1) as usize;
+    let rounds = args.rounds.max(1);
     let tcfg = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -213,14 +233,20 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     println!(
-        "bench train: {} synthetic rows, batch {}, {} epoch(s), {} thread(s) on each side",
-        args.rows, args.batch_size, args.epochs, threads
+        "bench train: synthetic data ({} rows), batch {}, best of {} epoch(s), {rounds} interleaved round(s), {threads} intra-op thread(s) on each side",
+        args.rows, args.batch_size, args.epochs
     );
     let want = |c: &str| args.cases.iter().any(|x| x == c);
-    let mut risk: Option<fedcrime_common::data::tasks::TaskData> = None;
-    if want("dnn") || want("parallel") {
-        risk = Some(data(Task::Risk, args.rows).task_data()?);
-    }
+    let mut datasets: Vec<(Task, fedcrime_common::data::tasks::TaskData)> = Vec::new();
+    let mut task_data = |task: Task| -> anyhow::Result<Dataset> {
+        if let Some((_, d)) = datasets.iter().find(|(t, _)| *t == task) {
+            return Ok(d.splits.train.clone());
+        }
+        let d = data(task, args.rows).task_data()?;
+        let train = d.splits.train.clone();
+        datasets.push((task, d));
+        Ok(train)
+    };
     for (case, kind, task) in [
         ("dnn", ModelKind::Dnn, Task::Risk),
         ("lstm", ModelKind::Lstm, Task::Counts),
@@ -228,37 +254,57 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         if !want(case) {
             continue;
         }
-        let td = match (&risk, task) {
-            (Some(r), Task::Risk) => r.clone(),
-            _ => data(task, args.rows).task_data()?,
-        };
-        let ds = &td.splits.train;
-        let mcfg = ModelConfig::for_dataset(kind, ds);
-        let rust = rust_side(&mcfg, &tcfg, ds)?;
-        let (torch, version) = torch_side(args, dir.path(), &mcfg, &tcfg, ds, threads)?;
+        let ds = task_data(task)?;
+        let mcfg = ModelConfig::for_dataset(kind, &ds);
+        let manifest = torch_inputs(dir.path(), &mcfg, &tcfg, &ds, threads)?;
+        let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut version = String::new();
+        for _ in 0..rounds {
+            let r = rust_side(&mcfg, &tcfg, &ds)?;
+            let (t, v) = torch_side(args, &manifest)?;
+            version = v;
+            ours.push(r);
+            theirs.push(t);
+            ratios.push(r / t);
+        }
+        let (best_r, best_t) = (
+            ours.iter().copied().fold(0.0, f64::max),
+            theirs.iter().copied().fold(0.0, f64::max),
+        );
         println!(
-            "{case:>5} ({task}, {} samples, {} params): fedcrime {rust:>9.0} samples/s | PyTorch {version} {torch:>9.0} samples/s | ratio {:.2}x",
+            "{case:>5} ({task}, {} samples, {} params): fedcrime {best_r:>8.0} samples/s | PyTorch {version} {best_t:>8.0} samples/s | best/best {:.2}x, median of rounds {:.2}x",
             ds.len(),
             build(&mcfg, tch::Device::Cpu)?.num_params(),
-            rust / torch
+            best_r / best_t,
+            median(ratios)
         );
     }
     if want("parallel") {
-        let Some(td) = &risk else {
-            bail!("no risk data");
-        };
-        let ds = &td.splits.train;
-        let mut mcfg = ModelConfig::for_dataset(ModelKind::Dnn, ds);
-        mcfg.dropout = 0.0;
-        let one = parallel_side(&mcfg, &tcfg, ds, 1, threads)?;
-        let many = parallel_side(&mcfg, &tcfg, ds, args.workers, threads)?;
-        println!(
-            "parallel (dnn, risk, {} samples): 1 worker x {threads} thread(s) {one:.2} s/epoch | {} workers x {} thread(s) {many:.2} s/epoch | speedup {:.2}x",
-            ds.len(),
-            args.workers,
-            (threads / args.workers).max(1),
-            one / many
-        );
+        let w = args.workers.max(2);
+        for (kind, task) in [
+            (ModelKind::Dnn, Task::Risk),
+            (ModelKind::Lstm, Task::Counts),
+        ] {
+            let ds = task_data(task)?;
+            let mut mcfg = ModelConfig::for_dataset(kind, &ds);
+            mcfg.dropout = 0.0;
+            // 1 worker with all threads; w workers sharing them; 1 worker with 1 thread.
+            let (mut all, mut split, mut single) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                all.push(parallel_side(&mcfg, &tcfg, &ds, 1, threads)?);
+                split.push(parallel_side(&mcfg, &tcfg, &ds, w, threads.max(w))?);
+                single.push(parallel_side(&mcfg, &tcfg, &ds, 1, 1)?);
+            }
+            let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+            let (a, s, one) = (best(&all), best(&split), best(&single));
+            println!(
+                "parallel {kind} ({task}, {} samples): 1 worker x {threads} thread(s) {a:.3} s/epoch | 1 worker x 1 thread {one:.3} s/epoch | {w} workers x {} thread(s) {s:.3} s/epoch | speedup {:.2}x vs 1 worker x {threads}, {:.2}x vs 1 worker x 1",
+                ds.len(),
+                (threads.max(w) / w).max(1),
+                a / s,
+                one / s
+            );
+        }
     }
     Ok(())
 }
