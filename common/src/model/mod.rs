@@ -10,11 +10,17 @@
 //!   fills it from a dataset), [`build`] turns it into a `Box<dyn CrimeModel>`.
 //! - [`export_params`] / [`import_params`] move parameters between a model and
 //!   the federated [`Params`] buffer, by name, in name order.
-//! - [`save_safetensors`] / [`load_safetensors`] store a model as a
-//!   self-describing `.safetensors` file (config JSON in its metadata) that
-//!   Python's `safetensors.torch.load_file` reads.
+//! - [`save_model`] / [`load_model`] (over [`save_safetensors`] /
+//!   [`load_safetensors`]) store a model as a self-describing `.safetensors`
+//!   file (config JSON in its metadata) that Python's
+//!   `safetensors.torch.load_file` reads.
 //! - [`to_batch`] and [`DatasetTensors`] turn [`Dataset`](crate::data::Dataset)
-//!   rows into [`Batch`]es.
+//!   rows into [`Batch`]es; [`graph_splits`] turns the `counts` task's
+//!   [`GraphSeries`](crate::data::GraphSeries) into the gat-tcn's samples.
+//!
+//! Models run wherever their [`tch::Device`] says; tests seed with
+//! `tch::manual_seed` and run on the CPU (the `cuda-tests` feature adds a
+//! CPU/GPU equivalence test).
 
 use std::sync::Arc;
 
