@@ -364,11 +364,10 @@ impl Pki {
             });
         }
         let text = files::read_string(&path)?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| CertsError::Manifest {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| CertsError::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if manifest.format != manifest::MANIFEST_FORMAT {
             return Err(CertsError::Manifest {
                 path,
@@ -501,6 +500,9 @@ impl Pki {
         };
         if let Some(serial) = reissue {
             self.retire_station_files(&name, &serial)?;
+            // Record the move at once: should issuing fail below, the
+            // manifest still matches the files.
+            self.save()?;
         }
         let ca = self.load_ca()?;
         let record = self.issue_station(&ca, &name, validity)?;
@@ -548,11 +550,7 @@ impl Pki {
 
     /// Issues a new server certificate (e.g. before the old one expires, or
     /// for new names), replacing `server.pem` and `server.key`.
-    pub fn reissue_server(
-        &mut self,
-        names: &[String],
-        validity: Validity,
-    ) -> Result<ServerRecord> {
+    pub fn reissue_server(&mut self, names: &[String], validity: Validity) -> Result<ServerRecord> {
         validity.check("server certificate")?;
         let _lock = files::DirLock::acquire(&self.dir)?;
         self.refresh()?;
@@ -656,10 +654,15 @@ impl Pki {
                 problems.push(format!("{p}: validity differs from the manifest"));
             }
             if fingerprint(&der) != record.sha256 {
-                problems.push(format!("{p}: SHA-256 fingerprint differs from the manifest"));
+                problems.push(format!(
+                    "{p}: SHA-256 fingerprint differs from the manifest"
+                ));
             }
             if x.verify_signature(Some(ca_spki)).is_err() {
-                problems.push(format!("{p}: not signed by the CA in {}", ca_path.display()));
+                problems.push(format!(
+                    "{p}: not signed by the CA in {}",
+                    ca_path.display()
+                ));
             }
             let sans = x
                 .subject_alternative_name()
@@ -774,9 +777,9 @@ impl Pki {
         // Re-signing the parsed parameters reproduces the subject and key
         // identifier that issued certificates must name; the result is used
         // only as the issuer, never written.
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| CertsError::rcgen(format!("load the CA from {}", key_path.display()), e))?;
+        let cert = params.self_signed(&key).map_err(|e| {
+            CertsError::rcgen(format!("load the CA from {}", key_path.display()), e)
+        })?;
         Ok(Ca { cert, key })
     }
 
@@ -866,9 +869,10 @@ impl Pki {
         let mut dn = dn(&self.manifest.agency, name);
         dn.push(DnType::OrganizationalUnitName, "stations");
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().map_err(|e| {
-            CertsError::rcgen(format!("encode the identity URI of {name}"), e)
-        })?)];
+        params.subject_alt_names =
+            vec![SanType::URI(uri.as_str().try_into().map_err(|e| {
+                CertsError::rcgen(format!("encode the identity URI of {name}"), e)
+            })?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -979,12 +983,11 @@ impl Pki {
     }
 
     fn save(&self) -> Result<()> {
-        let mut json = serde_json::to_string_pretty(&self.manifest).map_err(|e| {
-            CertsError::Manifest {
+        let mut json =
+            serde_json::to_string_pretty(&self.manifest).map_err(|e| CertsError::Manifest {
                 path: self.manifest_path(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         json.push('\n');
         files::write_atomic(&self.manifest_path(), json.as_bytes(), PUBLIC_MODE)
     }
@@ -1067,7 +1070,10 @@ fn server_san(name: &str) -> Result<SanType> {
         if label.is_empty() || label.len() > 63 {
             return Err(bad("each DNS label has 1 to 63 characters"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(bad("DNS labels hold only letters, digits and '-'"));
         }
         if label.starts_with('-') || label.ends_with('-') {

@@ -46,10 +46,10 @@ enum Command {
         #[arg(long = "server-name", value_name = "NAME")]
         server_names: Vec<String>,
         /// Validity of the server and station certificates, in days.
-        #[arg(long, value_name = "D", default_value_t = 365)]
+        #[arg(long, value_name = "D", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         valid_days: u32,
         /// Validity of the CA, in days (at least --valid-days).
-        #[arg(long, value_name = "D", default_value_t = 3650)]
+        #[arg(long, value_name = "D", default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         ca_valid_days: u32,
         /// Agency name, the organisation in every certificate.
         #[arg(long, value_name = "NAME", default_value = "fedcrime agency")]
@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Validity in days.
-        #[arg(long, value_name = "D", default_value_t = 365)]
+        #[arg(long, value_name = "D", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         valid_days: u32,
     },
     /// Revoke a station's certificate: re-signs crl.pem, which a running server picks up.
@@ -96,7 +96,7 @@ enum Command {
         #[arg(long = "server-name", value_name = "NAME")]
         server_names: Vec<String>,
         /// Validity in days.
-        #[arg(long, value_name = "D", default_value_t = 365)]
+        #[arg(long, value_name = "D", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         valid_days: u32,
     },
     /// Show what was issued, expiry and revocations; checks the files against the manifest.
@@ -147,24 +147,29 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
                 .with_context(|| format!("creating the PKI in {}", dir.display()))?;
             let m = pki.manifest();
             writeln!(out, "created PKI in {}", dir.display())?;
-            writeln!(out, 
+            writeln!(
+                out,
                 "  CA        {} (sha256 {}), valid until {}",
                 m.ca.common_name,
                 m.ca.sha256,
                 format_time(m.ca.not_after)
             )?;
             if let Some(server) = pki.server() {
-                writeln!(out, 
+                writeln!(
+                    out,
                     "  server    {} ({}), valid until {}",
                     server.cert.common_name,
                     server.names.join(", "),
                     format_time(server.cert.not_after)
                 )?;
             }
-            writeln!(out, 
+            writeln!(
+                out,
                 "  stations  {} certificate(s) in {}",
                 m.stations.len(),
-                pki.dir().join(fedcrime_certs::layout::STATIONS_DIR).display()
+                pki.dir()
+                    .join(fedcrime_certs::layout::STATIONS_DIR)
+                    .display()
             )?;
             writeln!(out, "  CRL       {}", pki.crl_path().display())?;
             writeln!(out, "  manifest  {}", pki.manifest_path().display())?;
@@ -179,15 +184,24 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
             let rec = pki
                 .add_station(name.as_deref(), Validity::days_from(now, valid_days), now)
                 .with_context(|| format!("adding a station to {}", dir.display()))?;
-            writeln!(out, 
+            writeln!(
+                out,
                 "issued {} (serial {}, {}), valid until {}",
                 rec.name,
                 rec.cert.serial,
                 rec.uri,
                 format_time(rec.cert.not_after)
             )?;
-            writeln!(out, "  certificate {}", pki.station_cert_path(&rec.name).display())?;
-            writeln!(out, "  key         {}", pki.station_key_path(&rec.name).display())?;
+            writeln!(
+                out,
+                "  certificate {}",
+                pki.station_cert_path(&rec.name).display()
+            )?;
+            writeln!(
+                out,
+                "  key         {}",
+                pki.station_key_path(&rec.name).display()
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Revoke {
@@ -200,7 +214,8 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
             let rec = pki
                 .revoke(&station, reason, now)
                 .with_context(|| format!("revoking {station} in {}", dir.display()))?;
-            writeln!(out, 
+            writeln!(
+                out,
                 "revoked {} (serial {}, reason {reason}); CRL number {} written to {}",
                 rec.name,
                 rec.cert.serial,
@@ -223,7 +238,8 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
             let rec = pki
                 .reissue_server(&names, Validity::days_from(now, valid_days))
                 .with_context(|| format!("renewing the server certificate in {}", dir.display()))?;
-            writeln!(out, 
+            writeln!(
+                out,
                 "issued server certificate serial {} for {}, valid until {}",
                 rec.cert.serial,
                 rec.names.join(", "),
@@ -245,7 +261,8 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
                 writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             } else {
                 let m = pki.manifest();
-                writeln!(out, 
+                writeln!(
+                    out,
                     "PKI {} (agency {:?}, created {}), CRL number {} ({} revoked)",
                     pki.dir().display(),
                     m.agency,
@@ -253,7 +270,8 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
                     m.crl.number,
                     m.crl.revoked_serials.len()
                 )?;
-                writeln!(out, 
+                writeln!(
+                    out,
                     "{:<8} {:<24} {:<7} {:<14} {:<21} note",
                     "kind", "name", "serial", "status", "not after"
                 )?;
@@ -262,7 +280,8 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
                         Some(r) => format!("revoked {} ({})", format_time(r.at), r.reason),
                         None => String::new(),
                     };
-                    writeln!(out, 
+                    writeln!(
+                        out,
                         "{:<8} {:<24} {:<7} {:<14} {:<21} {note}",
                         s.kind,
                         s.name,
@@ -290,8 +309,9 @@ mod tests {
     use clap::CommandFactory;
 
     fn run_args(args: &[&str], now: OffsetDateTime) -> (Result<ExitCode>, String) {
-        let cli = Cli::try_parse_from(std::iter::once("fedcrime-certs").chain(args.iter().copied()))
-            .expect("arguments parse");
+        let cli =
+            Cli::try_parse_from(std::iter::once("fedcrime-certs").chain(args.iter().copied()))
+                .expect("arguments parse");
         let mut out = Vec::new();
         let result = run(cli, now, &mut out);
         (result, String::from_utf8(out).unwrap())
@@ -308,39 +328,73 @@ mod tests {
         let dir = tmp.path().join("pki");
         let d = dir.to_str().unwrap();
         let now = OffsetDateTime::from_unix_timestamp(1_760_000_000).unwrap();
-        let (r, out) = run_args(&["init", "--out", d, "--stations", "2", "--valid-days", "10"], now);
+        let (r, out) = run_args(
+            &["init", "--out", d, "--stations", "2", "--valid-days", "10"],
+            now,
+        );
         r.unwrap();
         assert!(out.contains("2 certificate(s)"), "{out}");
 
         let (r, _) = run_args(&["init", "--out", d, "--stations", "2"], now);
         let err = format!("{:#}", r.unwrap_err());
-        assert!(err.contains("manifest.json") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains("manifest.json") && err.contains("--force"),
+            "{err}"
+        );
 
         let (r, out) = run_args(&["add-station", "--dir", d, "--name", "station-22"], now);
         r.unwrap();
         assert!(out.contains("urn:fedcrime:station:station-22"), "{out}");
 
         let (r, out) = run_args(
-            &["revoke", "--dir", d, "--station", "station-01", "--reason", "key-compromise"],
+            &[
+                "revoke",
+                "--dir",
+                d,
+                "--station",
+                "station-01",
+                "--reason",
+                "key-compromise",
+            ],
             now,
         );
         r.unwrap();
         assert!(out.contains("CRL number 2"), "{out}");
 
-        let (r, _) = run_args(&["revoke", "--dir", d, "--station", "station-02", "--reason", "lost"], now);
+        let (r, _) = run_args(
+            &[
+                "revoke",
+                "--dir",
+                d,
+                "--station",
+                "station-02",
+                "--reason",
+                "lost",
+            ],
+            now,
+        );
         assert!(format!("{:#}", r.unwrap_err()).contains("key-compromise"));
 
         let (r, out) = run_args(&["show", "--dir", d], now + time::Duration::days(1));
         assert_eq!(r.unwrap(), ExitCode::SUCCESS);
-        assert!(out.contains("station-01") && out.contains("revoked") && out.contains("key-compromise"), "{out}");
+        assert!(
+            out.contains("station-01") && out.contains("revoked") && out.contains("key-compromise"),
+            "{out}"
+        );
         assert!(!out.contains("problem:"), "{out}");
 
-        let (r, out) = run_args(&["show", "--dir", d, "--json"], now + time::Duration::days(11));
+        let (r, out) = run_args(
+            &["show", "--dir", d, "--json"],
+            now + time::Duration::days(11),
+        );
         assert_eq!(r.unwrap(), ExitCode::SUCCESS);
         let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
         let status = doc["status"].as_array().unwrap();
         let of = |name: &str| {
-            status.iter().find(|s| s["name"] == name).unwrap()["status"].as_str().unwrap().to_owned()
+            status.iter().find(|s| s["name"] == name).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         };
         assert_eq!(of("station-01"), "revoked");
         assert_eq!(of("station-02"), "expired");

@@ -164,9 +164,7 @@ impl RevocationReason {
             RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
             RevocationReason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
             RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
-            RevocationReason::CessationOfOperation => {
-                rcgen::RevocationReason::CessationOfOperation
-            }
+            RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
             RevocationReason::PrivilegeWithdrawn => rcgen::RevocationReason::PrivilegeWithdrawn,
         }
     }
@@ -223,7 +221,10 @@ pub fn serial_hex(serial: u64) -> String {
 /// The minimal big-endian bytes of a serial number (never empty).
 pub(crate) fn serial_bytes(serial: u64) -> Vec<u8> {
     let bytes = serial.to_be_bytes();
-    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len() - 1);
+    let first = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - 1);
     bytes[first..].to_vec()
 }
 

@@ -73,7 +73,13 @@ fn manifest_matches_the_issued_files() {
     let pem = std::fs::read(pki.station_cert_path("station-02")).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
     let (_, x) = X509Certificate::from_der(&pem.contents).unwrap();
-    let cn = x.subject().iter_common_name().next().unwrap().as_str().unwrap();
+    let cn = x
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
     assert_eq!(cn, "station-02");
     let sans = x.subject_alternative_name().unwrap().unwrap();
     assert!(sans
@@ -81,7 +87,10 @@ fn manifest_matches_the_issued_files() {
         .general_names
         .iter()
         .any(|g| matches!(g, GeneralName::URI("urn:fedcrime:station:station-02"))));
-    assert_eq!(x.validity().not_after.timestamp(), (now() + Duration::days(30)).unix_timestamp());
+    assert_eq!(
+        x.validity().not_after.timestamp(),
+        (now() + Duration::days(30)).unix_timestamp()
+    );
     let eku = x.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.server_auth);
 }
@@ -95,8 +104,16 @@ fn verify_notices_a_swapped_certificate() {
     )
     .unwrap();
     let problems = pki.verify().unwrap();
-    assert!(problems.iter().any(|p| p.contains("serial")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("does not match the public key")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("serial")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("does not match the public key")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -128,7 +145,12 @@ fn revoke_updates_the_crl_and_manifest() {
     assert_eq!(rec.cert.serial, "04");
     assert_eq!(crl_serials(&pki), (2, vec!["04".to_owned()]));
     let reopened = Pki::open(dir.path()).unwrap();
-    let rev = reopened.station("station-02").unwrap().revoked.clone().unwrap();
+    let rev = reopened
+        .station("station-02")
+        .unwrap()
+        .revoked
+        .clone()
+        .unwrap();
     assert_eq!(rev.reason, RevocationReason::KeyCompromise);
     assert_eq!(reopened.manifest().crl.revoked_serials, ["04"]);
 
@@ -161,7 +183,10 @@ fn add_station_picks_the_next_name_and_reissues_only_after_revocation() {
     let err = pki.add_station(Some("station-01"), v, now()).unwrap_err();
     assert!(matches!(err, CertsError::StationExists { .. }), "{err}");
     let err = pki.add_station(Some("Station 1"), v, now()).unwrap_err();
-    assert!(matches!(err, CertsError::InvalidStationName { .. }), "{err}");
+    assert!(
+        matches!(err, CertsError::InvalidStationName { .. }),
+        "{err}"
+    );
 
     let old = pki.station("station-01").unwrap().clone();
     pki.revoke("station-01", RevocationReason::Superseded, now())
@@ -181,7 +206,13 @@ fn add_station_picks_the_next_name_and_reissues_only_after_revocation() {
     assert_eq!(crl_serials(&pki).1, vec![old.cert.serial.clone()]);
     assert_eq!(pki.verify().unwrap(), Vec::<String>::new());
     let statuses = pki.statuses(now());
-    let st = |serial: &str| statuses.iter().find(|s| s.cert.serial == serial).unwrap().status;
+    let st = |serial: &str| {
+        statuses
+            .iter()
+            .find(|s| s.cert.serial == serial)
+            .unwrap()
+            .status
+    };
     assert_eq!(st(&old.cert.serial), CertStatus::Revoked);
     assert_eq!(st(&new.cert.serial), CertStatus::Valid);
 }

@@ -44,28 +44,41 @@ pub struct BenchResult {
     pub quic_mb_s: f64,
     /// TCP throughput at the median, MB/s.
     pub tcp_mb_s: f64,
-    /// `quic_mb_s / tcp_mb_s`.
+    /// `quic_mb_s / tcp_mb_s`, at the medians.
     pub ratio: f64,
+    /// The same ratio at the best rounds (less sensitive to a noisy machine).
+    pub ratio_best: f64,
     /// UDP datagrams the QUIC sender sent per round (a measure of packet size).
     pub quic_datagrams_per_round: f64,
+    /// Send system calls of the QUIC sender per round (fewer with segmentation offload).
+    pub quic_send_calls_per_round: f64,
+    /// Path MTU (UDP payload bytes) the QUIC sender ended with.
+    pub quic_mtu: u16,
+    /// Packets the QUIC sender declared lost over all rounds (warm-up included).
+    pub quic_lost_packets: u64,
 }
 
 impl fmt::Display for BenchResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:.1} MB x {} rounds: QUIC+mTLS {:.0} MB/s (median {:.1} ms, best {:.1} ms, {:.0} datagrams/round), \
-             TCP {:.0} MB/s (median {:.1} ms, best {:.1} ms), ratio {:.2}x; handshake {:.2} ms",
+            "{:.1} MB x {} rounds: QUIC+mTLS {:.0} MB/s (median {:.1} ms, best {:.1} ms, MTU {}, \
+             {:.0} datagrams and {:.0} sends/round, {} lost), TCP {:.0} MB/s (median {:.1} ms, \
+             best {:.1} ms), ratio {:.2}x at the medians, {:.2}x at the best; handshake {:.2} ms",
             self.bytes as f64 / 1e6,
             self.rounds,
             self.quic_mb_s,
             self.quic_median_s * 1e3,
             self.quic_best_s * 1e3,
+            self.quic_mtu,
             self.quic_datagrams_per_round,
+            self.quic_send_calls_per_round,
+            self.quic_lost_packets,
             self.tcp_mb_s,
             self.tcp_median_s * 1e3,
             self.tcp_best_s * 1e3,
             self.ratio,
+            self.ratio_best,
             self.quic_handshake_ms,
         )
     }
@@ -82,8 +95,11 @@ pub fn bench_quic_vs_tcp(
     bytes: usize,
     rounds: usize,
 ) -> Result<BenchResult> {
+    // Sender and receiver connection drivers, two endpoint drivers and the
+    // application tasks can all run in parallel.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|source| NetError::Socket {
@@ -146,10 +162,12 @@ pub async fn bench_quic_vs_tcp_async(
             what: "connecting over TCP",
             source,
         })?;
-    tcp_client.set_nodelay(true).map_err(|source| NetError::Socket {
-        what: "setting TCP_NODELAY",
-        source,
-    })?;
+    tcp_client
+        .set_nodelay(true)
+        .map_err(|source| NetError::Socket {
+            what: "setting TCP_NODELAY",
+            source,
+        })?;
 
     // Warm-up rounds (MTU discovery, congestion windows, buffers), untimed;
     // the receivers return what they got the first time, to check it.
@@ -158,7 +176,7 @@ pub async fn bench_quic_vs_tcp_async(
 
     let mut quic_times = Vec::with_capacity(rounds);
     let mut tcp_times = Vec::with_capacity(rounds);
-    let datagrams_before = conn.stats().udp_tx.datagrams;
+    let before = conn.stats().udp_tx;
     for round in 0..rounds {
         if round % 2 == 0 {
             quic_times.push(quic_send(&conn, &payload).await?);
@@ -168,7 +186,9 @@ pub async fn bench_quic_vs_tcp_async(
             quic_times.push(quic_send(&conn, &payload).await?);
         }
     }
-    let datagrams = conn.stats().udp_tx.datagrams - datagrams_before;
+    let stats = conn.stats();
+    let datagrams = stats.udp_tx.datagrams - before.datagrams;
+    let send_calls = stats.udp_tx.ios - before.ios;
 
     conn.close(super::CLOSE_SHUTDOWN, b"benchmark done");
     drop(tcp_client);
@@ -198,7 +218,11 @@ pub async fn bench_quic_vs_tcp_async(
         quic_mb_s,
         tcp_mb_s,
         ratio: quic_mb_s / tcp_mb_s,
+        ratio_best: tcp_best_s / quic_best_s,
         quic_datagrams_per_round: datagrams as f64 / rounds as f64,
+        quic_send_calls_per_round: send_calls as f64 / rounds as f64,
+        quic_mtu: stats.path.current_mtu,
+        quic_lost_packets: stats.path.lost_packets,
     })
 }
 
@@ -248,7 +272,8 @@ async fn quic_send(conn: &quinn::Connection, payload: &bytes::Bytes) -> Result<D
     send.write_chunk(payload.clone())
         .await
         .map_err(|e| stream_err(peer, "sending", e))?;
-    send.finish().map_err(|e| stream_err(peer, "finishing", e))?;
+    send.finish()
+        .map_err(|e| stream_err(peer, "finishing", e))?;
     let mut ack = [0u8; 1];
     recv.read_exact(&mut ack)
         .await
@@ -276,12 +301,17 @@ async fn quic_receiver(conn: quinn::Connection, bytes: usize) -> Result<Vec<u8>>
             buf.extend_from_slice(&data);
         }
         if buf.len() != bytes {
-            return Err(stream_err(peer, "receiving", format!("got {} of {bytes} bytes", buf.len())));
+            return Err(stream_err(
+                peer,
+                "receiving",
+                format!("got {} of {bytes} bytes", buf.len()),
+            ));
         }
         send.write_all(b"k")
             .await
             .map_err(|e| stream_err(peer, "acknowledging", e))?;
-        send.finish().map_err(|e| stream_err(peer, "acknowledging", e))?;
+        send.finish()
+            .map_err(|e| stream_err(peer, "acknowledging", e))?;
         if first.is_none() {
             first = Some(buf.clone());
         }
@@ -296,7 +326,10 @@ async fn tcp_send(stream: &mut TcpStream, payload: &[u8]) -> Result<Duration> {
         .write_all(&(payload.len() as u64).to_le_bytes())
         .await
         .map_err(io("sending over TCP"))?;
-    stream.write_all(payload).await.map_err(io("sending over TCP"))?;
+    stream
+        .write_all(payload)
+        .await
+        .map_err(io("sending over TCP"))?;
     let mut ack = [0u8; 1];
     stream
         .read_exact(&mut ack)
@@ -307,7 +340,9 @@ async fn tcp_send(stream: &mut TcpStream, payload: &[u8]) -> Result<Duration> {
 
 async fn tcp_receiver(mut stream: TcpStream, bytes: usize) -> Result<Vec<u8>> {
     let io = |what: &'static str| move |source| NetError::Socket { what, source };
-    stream.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(io("setting TCP_NODELAY"))?;
     let mut buf = vec![0u8; bytes];
     let mut first = None;
     loop {
@@ -331,7 +366,10 @@ async fn tcp_receiver(mut stream: TcpStream, bytes: usize) -> Result<Vec<u8>> {
             .read_exact(&mut buf)
             .await
             .map_err(io("receiving over TCP"))?;
-        stream.write_all(b"k").await.map_err(io("acknowledging over TCP"))?;
+        stream
+            .write_all(b"k")
+            .await
+            .map_err(io("acknowledging over TCP"))?;
         if first.is_none() {
             first = Some(buf.clone());
         }

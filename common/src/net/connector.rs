@@ -116,9 +116,7 @@ impl Backoff {
         let ceiling = self.ceiling(self.failures);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         let delay = Duration::from_nanos(self.rng.random_range(0..=nanos));
-        if p.give_up_after_ms != 0
-            && elapsed + delay >= Duration::from_millis(p.give_up_after_ms)
-        {
+        if p.give_up_after_ms != 0 && elapsed + delay >= Duration::from_millis(p.give_up_after_ms) {
             return None;
         }
         Some(delay)
@@ -153,14 +151,8 @@ impl Connector {
         seed: u64,
     ) -> Result<Self> {
         let config = tls.quinn_config(transport)?;
-        let mut c = Connector::with_config(
-            config,
-            &tls.server_name,
-            transport,
-            server,
-            policy,
-            seed,
-        )?;
+        let mut c =
+            Connector::with_config(config, &tls.server_name, transport, server, policy, seed)?;
         c.station = Some(tls.station()?);
         Ok(c)
     }
@@ -181,7 +173,7 @@ impl Connector {
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let socket = bind_udp(local)?;
+        let socket = bind_udp(local, transport.socket_buffer)?;
         let mut endpoint = quinn::Endpoint::new(
             transport.endpoint_config()?,
             None,
@@ -279,7 +271,8 @@ impl Connector {
 
     /// Closes the endpoint (and every connection of it).
     pub fn close(&self) {
-        self.endpoint.close(super::CLOSE_SHUTDOWN, b"station shutting down");
+        self.endpoint
+            .close(super::CLOSE_SHUTDOWN, b"station shutting down");
     }
 }
 

@@ -199,7 +199,9 @@ impl NetError {
                 }
             }
             // The server's listener found no station identity in our certificate.
-            quinn::ConnectionError::ApplicationClosed(c) if c.error_code == super::CLOSE_NO_IDENTITY => {
+            quinn::ConnectionError::ApplicationClosed(c)
+                if c.error_code == super::CLOSE_NO_IDENTITY =>
+            {
                 NetError::Refused {
                     peer,
                     by: RefusedBy::Peer,

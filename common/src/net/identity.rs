@@ -35,7 +35,10 @@ impl StationId {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return bad(name, "only lowercase letters a-z, digits and '-' are allowed");
+            return bad(
+                name,
+                "only lowercase letters a-z, digits and '-' are allowed",
+            );
         }
         if !name.as_bytes()[0].is_ascii_lowercase() {
             return bad(name, "must start with a letter");
@@ -94,7 +97,8 @@ impl AsRef<str> for StationId {
 /// Reads the station identity from a DER certificate (see the module docs).
 /// The error is a plain reason; callers add the peer.
 pub fn station_from_certificate(der: &[u8]) -> std::result::Result<StationId, String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("unparsable certificate: {e}"))?;
     let sans = cert
         .subject_alternative_name()
         .map_err(|e| format!("bad subject alternative name extension: {e}"))?;
@@ -112,11 +116,15 @@ pub fn station_from_certificate(der: &[u8]) -> std::result::Result<StationId, St
         }
     }
     let Some(name) = found else {
-        return Err(format!("no {STATION_URI_PREFIX}<name> URI in the subject alternative names"));
+        return Err(format!(
+            "no {STATION_URI_PREFIX}<name> URI in the subject alternative names"
+        ));
     };
     let id = StationId::new(name).map_err(|e| e.to_string())?;
     for cn in cert.subject().iter_common_name() {
-        let cn = cn.as_str().map_err(|e| format!("unreadable common name: {e}"))?;
+        let cn = cn
+            .as_str()
+            .map_err(|e| format!("unreadable common name: {e}"))?;
         if cn != id.as_str() {
             return Err(format!(
                 "common name {cn:?} disagrees with the identity URI {}",
@@ -169,7 +177,9 @@ mod tests {
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(cn) = cn {
-            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
         }
         params.subject_alt_names = uris
             .iter()
@@ -181,7 +191,10 @@ mod tests {
     #[test]
     fn identity_comes_from_the_uri_san() {
         let der = cert_with(Some("station-07"), &["urn:fedcrime:station:station-07"]);
-        assert_eq!(station_from_certificate(&der).unwrap().as_str(), "station-07");
+        assert_eq!(
+            station_from_certificate(&der).unwrap().as_str(),
+            "station-07"
+        );
         let der = cert_with(None, &["https://x.example", "urn:fedcrime:station:rampart"]);
         assert_eq!(station_from_certificate(&der).unwrap().as_str(), "rampart");
     }
@@ -189,14 +202,17 @@ mod tests {
     #[test]
     fn ambiguous_or_missing_identities_are_refused() {
         let no_uri = cert_with(Some("station-07"), &[]);
-        assert!(station_from_certificate(&no_uri).unwrap_err().contains("no urn:fedcrime"));
-        let two = cert_with(
-            None,
-            &["urn:fedcrime:station:a", "urn:fedcrime:station:b"],
-        );
-        assert!(station_from_certificate(&two).unwrap_err().contains("more than one"));
+        assert!(station_from_certificate(&no_uri)
+            .unwrap_err()
+            .contains("no urn:fedcrime"));
+        let two = cert_with(None, &["urn:fedcrime:station:a", "urn:fedcrime:station:b"]);
+        assert!(station_from_certificate(&two)
+            .unwrap_err()
+            .contains("more than one"));
         let mismatch = cert_with(Some("station-01"), &["urn:fedcrime:station:station-02"]);
-        assert!(station_from_certificate(&mismatch).unwrap_err().contains("disagrees"));
+        assert!(station_from_certificate(&mismatch)
+            .unwrap_err()
+            .contains("disagrees"));
         let bad_name = cert_with(None, &["urn:fedcrime:station:Bad_Name"]);
         assert!(station_from_certificate(&bad_name).is_err());
         assert!(station_from_certificate(b"not a certificate").is_err());

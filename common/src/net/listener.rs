@@ -121,7 +121,7 @@ impl Listener {
         limits: ListenerLimits,
     ) -> Result<Self> {
         let (config, verifier) = tls.quinn_config(transport)?;
-        let socket = bind_udp(addr)?;
+        let socket = bind_udp(addr, transport.socket_buffer)?;
         let endpoint = quinn::Endpoint::new(
             transport.endpoint_config()?,
             Some(config),
@@ -150,10 +150,12 @@ impl Listener {
 
     /// The bound address (useful after binding port 0).
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.endpoint.local_addr().map_err(|source| NetError::Socket {
-            what: "reading the listener address",
-            source,
-        })
+        self.endpoint
+            .local_addr()
+            .map_err(|source| NetError::Socket {
+                what: "reading the listener address",
+                source,
+            })
     }
 
     /// The next authenticated station connection; `None` once the listener is closed.

@@ -36,7 +36,7 @@ pub use error::{NetError, RefusedBy, Result};
 pub use identity::{peer_identity, station_from_certificate, StationId, STATION_URI_PREFIX};
 pub use listener::{Listener, ListenerLimits, ListenerStats, Rejection, StationConnection};
 pub use tls::{pki_layout, ClientTls, ServerTls};
-pub use transport::TransportSettings;
+pub use transport::{Congestion, TransportSettings, MAX_MTU_WITH_GSO};
 pub use verifier::CrlVerifier;
 
 use std::net::SocketAddr;
@@ -49,9 +49,31 @@ pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
 /// Application close code: the certificate verified but names no station.
 pub const CLOSE_NO_IDENTITY: quinn::VarInt = quinn::VarInt::from_u32(1);
 
-/// Binds a UDP socket for a quinn endpoint.
-fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
-    std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })
+/// Binds a UDP socket for a quinn endpoint, asking the kernel for
+/// `buffer_bytes` of send and receive buffer (0 keeps the OS default). The
+/// kernel caps the request (Linux: `net.core.rmem_max` / `wmem_max`); bulk
+/// transfers lose packets, and then speed, when the receive buffer overflows.
+fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_err = |source| NetError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    if buffer_bytes > 0 {
+        if let Err(e) = socket.set_recv_buffer_size(buffer_bytes) {
+            tracing::warn!(%addr, error = %e, "cannot enlarge the UDP receive buffer");
+        }
+        if let Err(e) = socket.set_send_buffer_size(buffer_bytes) {
+            tracing::warn!(%addr, error = %e, "cannot enlarge the UDP send buffer");
+        }
+        tracing::debug!(
+            %addr,
+            recv = socket.recv_buffer_size().unwrap_or(0),
+            send = socket.send_buffer_size().unwrap_or(0),
+            "UDP socket buffers"
+        );
+    }
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]

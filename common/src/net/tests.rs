@@ -52,7 +52,12 @@ fn once() -> ReconnectPolicy {
 }
 
 fn listen(pki: &Pki, crl_check_interval_ms: u64) -> Listener {
-    Listener::bind(LOOPBACK, &server_tls(pki, crl_check_interval_ms), &settings()).unwrap()
+    Listener::bind(
+        LOOPBACK,
+        &server_tls(pki, crl_check_interval_ms),
+        &settings(),
+    )
+    .unwrap()
 }
 
 fn connector(tls: &ClientTls, listener: &Listener) -> Connector {
@@ -244,7 +249,12 @@ async fn refused_expired_client_certificate() {
     pki.add_station(Some("station-09"), past, now()).unwrap();
     let listener = listen(&pki, 1000);
     let tls = client_tls(&pki, "station-09");
-    assert_refused_by_server(&listener, &connector(&tls, &listener), "certificate expired").await;
+    assert_refused_by_server(
+        &listener,
+        &connector(&tls, &listener),
+        "certificate expired",
+    )
+    .await;
     connect_and_talk(&listener, &client_tls(&pki, "station-01")).await;
 }
 
@@ -253,7 +263,10 @@ async fn revocation_takes_effect_when_the_crl_file_changes() {
     let (_d, mut pki) = pki(2);
     let listener = listen(&pki, 20);
     let tls = client_tls(&pki, "station-01");
-    assert_eq!(connect_and_talk(&listener, &tls).await.as_str(), "station-01");
+    assert_eq!(
+        connect_and_talk(&listener, &tls).await.as_str(),
+        "station-01"
+    );
     assert_eq!(listener.verifier().loads(), 1);
 
     pki.revoke("station-01", RevocationReason::KeyCompromise, now())
@@ -294,8 +307,11 @@ async fn explicit_crl_reload_and_a_broken_crl_keeps_the_old_one() {
 #[tokio::test]
 async fn a_broken_crl_at_startup_is_an_error_naming_the_file() {
     let (_d, pki) = pki(1);
-    std::fs::write(pki.crl_path(), "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
-        .unwrap();
+    std::fs::write(
+        pki.crl_path(),
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
     let err = Listener::bind(LOOPBACK, &server_tls(&pki, 1000), &settings()).unwrap_err();
     assert!(err.to_string().contains("crl.pem"), "{err}");
     std::fs::remove_file(pki.crl_path()).unwrap();
@@ -308,11 +324,12 @@ async fn a_ca_signed_certificate_without_station_identity_is_refused() {
     let (_d, pki) = pki(1);
     let listener = listen(&pki, 1000);
     // Signed by the agency CA with client-auth usage, but no identity URI.
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key_path()).unwrap())
-        .unwrap();
-    let ca_params =
-        rcgen::CertificateParams::from_ca_cert_pem(&std::fs::read_to_string(pki.ca_cert_path()).unwrap())
-            .unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key_path()).unwrap()).unwrap();
+    let ca_params = rcgen::CertificateParams::from_ca_cert_pem(
+        &std::fs::read_to_string(pki.ca_cert_path()).unwrap(),
+    )
+    .unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::default();
@@ -343,16 +360,30 @@ async fn a_ca_signed_certificate_without_station_identity_is_refused() {
     // The TLS handshake completes (the chain is fine), then the listener
     // closes the connection for want of an identity and never yields it.
     match c.connect().await {
-        Err(NetError::Refused { by: RefusedBy::Peer, .. }) => {}
+        Err(NetError::Refused {
+            by: RefusedBy::Peer,
+            ..
+        }) => {}
         Ok(conn) => {
             let e = NetError::from_connection(conn.remote_address(), conn.closed().await);
-            assert!(matches!(e, NetError::Refused { by: RefusedBy::Peer, .. }), "{e:?}");
+            assert!(
+                matches!(
+                    e,
+                    NetError::Refused {
+                        by: RefusedBy::Peer,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
         }
         Err(e) => panic!("unexpected {e:?}"),
     }
     let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
     assert!(accepted.is_err(), "no connection is handed out");
-    assert!(listener.rejections()[0].reason.contains("no urn:fedcrime:station"));
+    assert!(listener.rejections()[0]
+        .reason
+        .contains("no urn:fedcrime:station"));
 }
 
 #[tokio::test]
@@ -422,7 +453,7 @@ async fn client_refuses_a_server_of_another_ca() {
 
 fn quick_settings() -> TransportSettings {
     TransportSettings {
-        handshake_timeout_ms: 150,
+        handshake_timeout_ms: 300,
         ..settings()
     }
 }
@@ -442,8 +473,14 @@ async fn gives_up_after_the_attempt_limit() {
         ..ReconnectPolicy::default()
     };
     let addr = free_udp_port();
-    let c = Connector::new(&client_tls(&pki, "station-01"), &quick_settings(), addr, policy, 9)
-        .unwrap();
+    let c = Connector::new(
+        &client_tls(&pki, "station-01"),
+        &quick_settings(),
+        addr,
+        policy,
+        9,
+    )
+    .unwrap();
     match c.connect().await {
         Err(NetError::GaveUp { attempts, last, .. }) => {
             assert_eq!(attempts, 3);
@@ -463,8 +500,14 @@ async fn a_station_reconnects_once_the_server_is_up() {
         give_up_after_ms: 10_000,
         ..ReconnectPolicy::default()
     };
-    let c = Connector::new(&client_tls(&pki, "station-01"), &quick_settings(), addr, policy, 3)
-        .unwrap();
+    let c = Connector::new(
+        &client_tls(&pki, "station-01"),
+        &quick_settings(),
+        addr,
+        policy,
+        3,
+    )
+    .unwrap();
     let server_tls = server_tls(&pki, 1000);
     let (conn, listener) = tokio::join!(c.connect(), async {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -537,7 +580,13 @@ fn reconnect_policy_is_validated() {
         multiplier: 0.5,
         ..ReconnectPolicy::default()
     };
-    assert!(matches!(bad.validate(), Err(NetError::Settings { field: "multiplier", .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(NetError::Settings {
+            field: "multiplier",
+            ..
+        })
+    ));
     let bad = ReconnectPolicy {
         initial_delay_ms: 10,
         max_delay_ms: 5,
@@ -560,7 +609,10 @@ fn tls_errors_name_the_file() {
         ..ServerTls::from_pki_dir(pki.dir())
     };
     let err = not_pem.rustls_config().unwrap_err();
-    assert!(err.to_string().contains("crl.pem") && err.to_string().contains("no CERTIFICATE"), "{err}");
+    assert!(
+        err.to_string().contains("crl.pem") && err.to_string().contains("no CERTIFICATE"),
+        "{err}"
+    );
     // A key that does not match the certificate.
     let mismatched = ServerTls {
         key: pki.station_key_path("station-01"),
@@ -622,12 +674,17 @@ fn bench_moves_the_bytes_intact() {
 #[ignore]
 fn bench_40mb() {
     let (_d, pki) = pki(1);
+    let mut settings = TransportSettings::default();
+    // Overrides for tuning experiments, e.g. FEDCRIME_BENCH_TRANSPORT='congestion = "bbr"'.
+    if let Ok(toml_text) = std::env::var("FEDCRIME_BENCH_TRANSPORT") {
+        settings = toml::from_str(&toml_text).unwrap();
+    }
     let r = bench_quic_vs_tcp(
         &server_tls(&pki, 1000),
         &client_tls(&pki, "station-01"),
-        &TransportSettings::default(),
+        &settings,
         40_000_000,
-        9,
+        15,
     )
     .unwrap();
     println!("{r}");
