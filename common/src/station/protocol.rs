@@ -181,7 +181,14 @@ pub fn fit_config_to_wire(config: &Config, delivery: &UpdateDelivery) -> Result<
     let extensions = config
         .iter()
         .filter(|(k, _)| {
-            ![EPOCHS_KEY, "epochs", BATCH_SIZE_KEY, LR_KEY, PROXIMAL_MU_KEY].contains(&k.as_str())
+            ![
+                EPOCHS_KEY,
+                "epochs",
+                BATCH_SIZE_KEY,
+                LR_KEY,
+                PROXIMAL_MU_KEY,
+            ]
+            .contains(&k.as_str())
         })
         .map(|(k, v)| (k.clone(), to_scalar(v)))
         .collect();
