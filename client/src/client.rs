@@ -210,6 +210,8 @@ impl Client {
     /// station, or `shutdown` completes (then the station says Bye).
     pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<ClientReport> {
         let (stop_tx, mut stop) = watch::channel(false);
+        // Polled by every wait below; it flags the shutdown and then stays
+        // pending, so the code waiting on `stop` reacts (a session says Bye).
         let stopper = async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -261,6 +263,7 @@ impl Client {
                     tokio::select! {
                         biased;
                         () = &mut stopper => break Ok(ClientOutcome::Interrupted),
+                        _ = stop.changed() => break Ok(ClientOutcome::Interrupted),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }

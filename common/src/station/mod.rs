@@ -44,20 +44,21 @@ use crate::fl::engine::SERVER_ROUND_KEY;
 use crate::fl::{Config, ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics};
 use crate::model::{self, ModelConfig, ModelError, ModelKind};
 use crate::train::trainer::evaluate_model;
+use crate::train::trainer::round_keys;
 use crate::train::{TrainConfig, TrainError, Trainer};
 
-/// Local epochs of a round (integer).
-pub const EPOCHS_KEY: &str = "epochs";
+/// Local epochs of a round (integer; `epochs` is accepted too).
+pub const EPOCHS_KEY: &str = round_keys::LOCAL_EPOCHS;
 /// Mini-batch size (integer); in evaluation settings, the evaluation batch size.
-pub const BATCH_SIZE_KEY: &str = "batch_size";
+pub const BATCH_SIZE_KEY: &str = round_keys::BATCH_SIZE;
 /// Adam's learning rate.
-pub const LR_KEY: &str = "lr";
+pub const LR_KEY: &str = round_keys::LR;
 /// Adam's weight decay.
-pub const WEIGHT_DECAY_KEY: &str = "weight_decay";
+pub const WEIGHT_DECAY_KEY: &str = round_keys::WEIGHT_DECAY;
 /// Gradient clipping by global norm (absent or 0: none).
 pub const MAX_GRAD_NORM_KEY: &str = "max_grad_norm";
 /// FedProx's proximal coefficient, as the FedProx strategy sends it.
-pub const PROXIMAL_MU_KEY: &str = "proximal_mu";
+pub const PROXIMAL_MU_KEY: &str = round_keys::PROXIMAL_MU;
 /// The run's base seed (integer); see [`round_seed`].
 pub const SEED_KEY: &str = "seed";
 /// Evaluation settings: which local split to score (`val`, the default, `test` or `train`).
@@ -115,18 +116,11 @@ pub trait Learner: Send + Sync {
     fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes>;
 }
 
-/// SplitMix64's finalizer: a bijective mix of 64 bits.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The seed a station trains round `round` with, from the run's base seed:
-/// different every round, the same on every transport.
+/// different every round, the same on every transport (the train module's
+/// [`TrainConfig::for_round`] rule; a unit test keeps them equal).
 pub fn round_seed(seed: u64, round: u64) -> u64 {
-    mix(mix(seed) ^ round)
+    seed.wrapping_add(round.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// The architecture of `kind` for `task`, from the task's feature layout
@@ -392,49 +386,45 @@ fn seed_value(key: &str, v: &ConfigValue) -> Result<u64> {
     }
 }
 
-/// The training settings of a round: `defaults` overridden by the keys of
-/// `config` (see the module docs), the seed replaced by
-/// [`round_seed`]`(seed, server_round)`, early stopping and progress bars off.
+/// The training settings of a round: `defaults` with the run's seed
+/// ([`SEED_KEY`]) and gradient clipping applied, then the train module's
+/// round bridge ([`TrainConfig::for_round`]: epochs, learning rate, batch
+/// size, FedProx `mu`, weight decay, and the seed moved by the round, see
+/// [`round_seed`]); early stopping and progress bars off. A known key with a
+/// value of the wrong type is an error naming it.
 pub fn train_config(config: &Config, defaults: &TrainConfig) -> Result<TrainConfig> {
     let mut cfg = defaults.clone();
     cfg.patience = 0;
     cfg.progress = false;
-    if let Some(v) = config.get(EPOCHS_KEY) {
-        cfg.epochs = positive_int(EPOCHS_KEY, v)?;
+    if let Some(v) = config.get(EPOCHS_KEY).or_else(|| config.get("epochs")) {
+        positive_int(EPOCHS_KEY, v)?;
     }
     if let Some(v) = config.get(BATCH_SIZE_KEY) {
-        cfg.batch_size = positive_int(BATCH_SIZE_KEY, v)?;
+        positive_int(BATCH_SIZE_KEY, v)?;
     }
-    if let Some(v) = config.get(LR_KEY) {
-        cfg.lr = number(LR_KEY, v)?;
-    }
-    if let Some(v) = config.get(WEIGHT_DECAY_KEY) {
-        cfg.weight_decay = number(WEIGHT_DECAY_KEY, v)?;
+    for key in [LR_KEY, WEIGHT_DECAY_KEY, PROXIMAL_MU_KEY] {
+        if let Some(v) = config.get(key) {
+            number(key, v)?;
+        }
     }
     if let Some(v) = config.get(MAX_GRAD_NORM_KEY) {
         let c = number(MAX_GRAD_NORM_KEY, v)?;
         cfg.max_grad_norm = (c > 0.0).then_some(c);
     }
-    if let Some(v) = config.get(PROXIMAL_MU_KEY) {
-        cfg.prox_mu = number(PROXIMAL_MU_KEY, v)?;
+    if let Some(v) = config.get(SEED_KEY) {
+        cfg.seed = seed_value(SEED_KEY, v)?;
     }
-    let seed = match config.get(SEED_KEY) {
-        Some(v) => seed_value(SEED_KEY, v)?,
-        None => defaults.seed,
-    };
-    let round = match config.get(SERVER_ROUND_KEY) {
-        Some(v) => seed_value(SERVER_ROUND_KEY, v)?,
-        None => 0,
-    };
-    cfg.seed = round_seed(seed, round);
-    cfg.validate().map_err(|e| match e {
-        TrainError::Config { field, reason } => StationError::Setting {
-            key: field.to_string(),
-            reason,
-        },
-        other => StationError::Train(other),
-    })?;
-    Ok(cfg)
+    if let Some(v) = config.get(SERVER_ROUND_KEY) {
+        seed_value(SERVER_ROUND_KEY, v)?;
+    }
+    cfg.for_round(|k| config.get(k).and_then(ConfigValue::as_f64))
+        .map_err(|e| match e {
+            TrainError::Config { field, reason } => StationError::Setting {
+                key: field.to_string(),
+                reason,
+            },
+            other => StationError::Train(other),
+        })
 }
 
 #[cfg(test)]

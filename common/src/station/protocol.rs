@@ -161,7 +161,12 @@ fn typed_or<T>(
 /// The wire form of a round's fit settings (see the module docs).
 pub fn fit_config_to_wire(config: &Config, delivery: &UpdateDelivery) -> Result<TrainConfig> {
     let d = default_train_config();
-    let epochs = typed_or(config, EPOCHS_KEY, d.epochs as u32, |v| {
+    let epoch_key = if config.contains_key(EPOCHS_KEY) {
+        EPOCHS_KEY
+    } else {
+        "epochs"
+    };
+    let epochs = typed_or(config, epoch_key, d.epochs as u32, |v| {
         v.as_i64().and_then(|i| u32::try_from(i).ok())
     })?;
     let batch_size = typed_or(config, BATCH_SIZE_KEY, d.batch_size as u32, |v| {
@@ -176,7 +181,14 @@ pub fn fit_config_to_wire(config: &Config, delivery: &UpdateDelivery) -> Result<
     let extensions = config
         .iter()
         .filter(|(k, _)| {
-            ![EPOCHS_KEY, BATCH_SIZE_KEY, LR_KEY, PROXIMAL_MU_KEY].contains(&k.as_str())
+            ![
+                EPOCHS_KEY,
+                "epochs",
+                BATCH_SIZE_KEY,
+                LR_KEY,
+                PROXIMAL_MU_KEY,
+            ]
+            .contains(&k.as_str())
         })
         .map(|(k, v)| (k.clone(), to_scalar(v)))
         .collect();

@@ -242,6 +242,14 @@ fn round_settings_override_defaults_and_seed_each_round() {
     assert_eq!(cfg.seed, round_seed(7, 3));
     assert_ne!(round_seed(7, 3), round_seed(7, 4));
     assert_eq!(cfg.patience, 0);
+    // The station's seed rule is the train module's round bridge.
+    let bridged = TrainConfig {
+        seed: 7,
+        ..TrainConfig::default()
+    }
+    .for_round(|k| (k == SERVER_ROUND_KEY).then_some(3.0))
+    .unwrap();
+    assert_eq!(bridged.seed, round_seed(7, 3));
     let bad = Config::from([(EPOCHS_KEY.to_string(), ConfigValue::Float(1.5))]);
     let err = train_config(&bad, &d).unwrap_err().to_string();
     assert!(err.contains("epochs"), "{err}");
