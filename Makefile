@@ -13,8 +13,6 @@ export FEDCRIME_TORCH_VENV
 export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(FEDCRIME_TORCH_VENV)
 export PATH := $(FEDCRIME_TORCH_VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
-# Tests share the two cores with libtorch's own threads.
-export RUST_TEST_THREADS ?= 2
 
 CARGO ?= cargo
 STAMP := $(FEDCRIME_TORCH_VENV)/.fedcrime-ok
@@ -37,6 +35,7 @@ demo: build
 	@mkdir -p $(DEMO_OUT)
 	target/release/fedcrime-sim synth --rows 200000 --seed 7 --out $(DEMO_OUT)/synthetic.csv.gz
 	target/release/fedcrime-sim inspect --data $(DEMO_OUT)/synthetic.csv.gz
+	target/release/fedcrime-sim simulate --out $(DEMO_OUT)
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -48,7 +47,10 @@ clippy: bootstrap
 # threads each on two cores run ~100x slower.
 test: export OMP_NUM_THREADS = 1
 test: bootstrap fmt clippy
-	$(CARGO) test --workspace --locked
+	@# Tests run one at a time: several check that two runs replay bit for
+	@# bit, and libtorch has one process-wide generator (dropout) and one
+	@# thread-count setting that concurrent tests would share.
+	$(CARGO) test --workspace --locked -- --test-threads=1
 
 env:
 	@echo "export LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(FEDCRIME_TORCH_VENV) PATH=$(FEDCRIME_TORCH_VENV)/bin:\$$PATH"

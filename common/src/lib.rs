@@ -13,6 +13,8 @@
 //! - [`params_io`]: parameters as safetensors files, crash-safe writes.
 //! - [`fl`]: the federated round engine, aggregation strategies, update
 //!   validation and checkpoints.
+//! - [`station`]: a station's logic (local training and evaluation on its own
+//!   data), shared by the QUIC client and the in-memory simulator.
 //!
 //! Models, training, the wire protocol and the QUIC transport complete the
 //! library.
@@ -21,9 +23,12 @@ pub mod data;
 pub mod device;
 pub mod fl;
 pub mod model;
+pub mod net;
 pub mod params;
 pub mod params_io;
+pub mod station;
 pub mod train;
+pub mod wire;
 
 pub use device::DeviceChoice;
 pub use params::{ParamEntry, ParamError, ParamSpec, Params};

@@ -1,12 +1,267 @@
 //! `fedcrime-server`: the agency's federated aggregation server.
 //!
-//! It will accept station connections over QUIC with mutual TLS, run rounds of
-//! federated learning through the shared round engine in `fedcrime-common`,
-//! and checkpoint after every round (see issue "Federated rounds").
+//! Reads `--config server.toml`, applies the flags on top, and runs the
+//! federation until the last round or Ctrl-C (which abandons the round in
+//! progress; completed rounds stay checkpointed for `--resume`).
 
-fn main() {
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use fedcrime_common::data::{Period, Task};
+use fedcrime_common::fl::StrategyConfig;
+use fedcrime_common::model::ModelKind;
+use fedcrime_common::net::ServerTls;
+use fedcrime_server::config::{EvaluationSection, LogFormat};
+use fedcrime_server::ServerConfig;
+
+/// The fedcrime aggregation server: runs federated rounds over precinct
+/// stations connected with QUIC and mutual TLS, checkpointing after every round.
+///
+/// Settings come from --config (see server/server.example.toml); every flag
+/// below overrides the matching setting.
+#[derive(Parser, Debug)]
+#[command(name = "fedcrime-server", version, about, long_about = None)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:4433 [listen].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// A fedcrime-certs PKI folder: ca.pem, server.pem, server.key, crl.pem [tls].
+    #[arg(long, value_name = "DIR")]
+    pki: Option<PathBuf>,
+    /// The agency CA certificate [tls.ca].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// The server certificate [tls.cert].
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The server private key [tls.key].
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The revocation list, re-read when it changes [tls.crl].
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// Number of rounds [federation.rounds].
+    #[arg(long)]
+    rounds: Option<u64>,
+    /// Strategy and parameters, e.g. fedavg, fedprox:mu=0.1, multikrum:byzantine=1,keep=3 [strategy].
+    #[arg(long, value_name = "SPEC")]
+    strategy: Option<String>,
+    /// Task: risk or counts [task.task].
+    #[arg(long)]
+    task: Option<Task>,
+    /// Period of the counts task: day or week [task.period].
+    #[arg(long)]
+    period: Option<Period>,
+    /// Model: dnn or lstm [model.kind].
+    #[arg(long)]
+    model: Option<ModelKind>,
+    /// Stations that must be connected before a round starts [federation.min_stations].
+    #[arg(long)]
+    min_stations: Option<usize>,
+    /// Minimum stations sampled per round [federation.min_fit].
+    #[arg(long)]
+    min_fit: Option<usize>,
+    /// Minimum accepted updates to aggregate [federation.min_updates].
+    #[arg(long)]
+    min_updates: Option<usize>,
+    /// Fraction of connected stations sampled per round [federation.fraction_fit].
+    #[arg(long)]
+    fraction: Option<f64>,
+    /// Round deadline in seconds [federation.round_deadline].
+    #[arg(long, value_name = "SECONDS")]
+    deadline: Option<f64>,
+    /// Seed of the initial model, sampling and station training [federation.seed].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Local epochs per round [train.epochs].
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Local learning rate [train.lr].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Local mini-batch size [train.batch_size].
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Held-out data for server-side evaluation (.csv or .csv.gz) [evaluation.data].
+    #[arg(long, value_name = "FILE")]
+    eval_data: Option<PathBuf>,
+    /// Featurizer shared with the stations (featurizer.json) [task.featurizer].
+    #[arg(long, value_name = "FILE")]
+    featurizer: Option<PathBuf>,
+    /// Output folder: metrics.csv, metrics.jsonl, model.safetensors [output.dir].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Checkpoint folder [output.checkpoint_dir].
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Continue after the last checkpointed round [resume].
+    #[arg(long)]
+    resume: bool,
+    /// Log format: text or json [log.format].
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or fedcrime_server=debug [log.level].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
+    let mut cfg = match &cli.config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => {
+            let pki = cli
+                .pki
+                .clone()
+                .context("no --config: give at least --pki DIR (or --ca, --cert and --key)");
+            match (pki, &cli.ca, &cli.cert, &cli.key) {
+                (Ok(dir), _, _, _) => ServerConfig::new(ServerTls::from_pki_dir(&dir)),
+                (Err(_), Some(ca), Some(cert), Some(key)) => ServerConfig::new(ServerTls {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    crl: None,
+                    crl_check_interval_ms: 1000,
+                }),
+                (Err(e), ..) => return Err(e),
+            }
+        }
+    };
+    if let Some(dir) = &cli.pki {
+        let tls = ServerTls::from_pki_dir(dir);
+        cfg.tls.ca = tls.ca;
+        cfg.tls.cert = tls.cert;
+        cfg.tls.key = tls.key;
+        cfg.tls.crl = tls.crl;
+    }
+    macro_rules! set {
+        ($flag:expr, $field:expr) => {
+            if let Some(v) = $flag.clone() {
+                $field = v;
+            }
+        };
+    }
+    set!(cli.listen, cfg.listen);
+    set!(cli.ca, cfg.tls.ca);
+    set!(cli.cert, cfg.tls.cert);
+    set!(cli.key, cfg.tls.key);
+    if let Some(c) = &cli.crl {
+        cfg.tls.crl = Some(c.clone());
+    }
+    set!(cli.rounds, cfg.federation.rounds);
+    if let Some(s) = &cli.strategy {
+        cfg.strategy = s.parse::<StrategyConfig>().context("--strategy")?;
+    }
+    set!(cli.task, cfg.task.task);
+    set!(cli.period, cfg.task.period);
+    set!(cli.model, cfg.model.kind);
+    set!(cli.min_stations, cfg.federation.min_stations);
+    set!(cli.min_fit, cfg.federation.min_fit);
+    set!(cli.min_updates, cfg.federation.min_updates);
+    set!(cli.fraction, cfg.federation.fraction_fit);
+    if let Some(d) = cli.deadline {
+        cfg.federation.round_deadline = std::time::Duration::try_from_secs_f64(d)
+            .with_context(|| format!("--deadline {d} is not a number of seconds"))?;
+    }
+    set!(cli.seed, cfg.federation.seed);
+    set!(cli.epochs, cfg.train.epochs);
+    set!(cli.lr, cfg.train.lr);
+    set!(cli.batch_size, cfg.train.batch_size);
+    if let Some(data) = &cli.eval_data {
+        match &mut cfg.evaluation {
+            Some(e) => e.data = data.clone(),
+            None => {
+                cfg.evaluation = Some(EvaluationSection {
+                    data: data.clone(),
+                    split: Default::default(),
+                    batch_size: 4096,
+                })
+            }
+        }
+    }
+    if let Some(f) = &cli.featurizer {
+        cfg.task.featurizer = Some(f.clone());
+    }
+    set!(cli.out, cfg.output.dir);
+    if let Some(c) = &cli.checkpoint_dir {
+        cfg.output.checkpoint_dir = Some(c.clone());
+    }
+    if cli.resume {
+        cfg.resume = true;
+    }
+    set!(cli.log_format, cfg.log.format);
+    set!(cli.log_level, cfg.log.level);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn init_logging(cfg: &ServerConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(cfg: ServerConfig) -> anyhow::Result<ExitCode> {
+    let report = fedcrime_server::run(cfg).await?;
+    let last = report.history.last();
     eprintln!(
-        "fedcrime-server: the aggregation server is not built yet (see the project's open issues)"
+        "fedcrime-server: {} round(s) completed ({:?}); metrics in {}",
+        report.summary.rounds_completed,
+        report.summary.outcome,
+        report.metrics_csv.display()
     );
-    std::process::exit(2);
+    if let Some(m) = last {
+        eprintln!(
+            "fedcrime-server: last round: train loss {:?}, evaluation loss {:?}",
+            m.train_loss, m.eval_loss
+        );
+    }
+    Ok(if report.completed() {
+        ExitCode::SUCCESS
+    } else if report.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fedcrime-server: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fedcrime-server: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cfg)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fedcrime-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -53,24 +53,36 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Load and clean a crime data file and print the cleaning report.
     Inspect(cmd::inspect::InspectArgs),
+    /// Build the risk or counts task from a crime data file and write its
+    /// feature matrices, targets and featurizer for inspection.
+    Features(cmd::features::FeaturesArgs),
+    /// Run a whole federation on one machine next to centralized and
+    /// data-parallel training; write metrics.csv, convergence plots and
+    /// report.md.
+    Simulate(Box<cmd::simulate::SimulateArgs>),
     /// Train one model centrally and compare it with the naive baselines.
     Train(cmd::train::TrainArgs),
     /// Grid or random search over the paper's hyperparameters.
     Tune(cmd::tune::TuneArgs),
-    /// Build the risk or counts task from a crime data file and write its
-    /// feature matrices, targets and featurizer for inspection.
-    Features(cmd::features::FeaturesArgs),
     /// Benchmarks against a reference measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
 
-fn init_logging(g: &GlobalOpts) {
-    let default = if g.quiet { "warn" } else { "info" };
+fn init_logging(g: &GlobalOpts, command: &Command) {
+    // Federations log every round and every station's epoch at info; their
+    // progress bars say it better.
+    let default = match (g.quiet, command) {
+        (true, _) => "warn",
+        (false, Command::Simulate(_) | Command::Bench(cmd::bench::Bench::Rounds(_))) => {
+            "warn,fedcrime_sim=info"
+        }
+        (false, _) => "info",
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(fedcrime_sim::progress::log_writer)
         .with_target(false);
     // a second initialization (never here) would only be refused
     let _ = match g.log_format {
@@ -81,14 +93,15 @@ fn init_logging(g: &GlobalOpts) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global);
+    init_logging(&cli.global, &cli.command);
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),
         Command::Features(args) => cmd::features::run(&args, &cli.global),
+        Command::Simulate(args) => cmd::simulate::run(&args, &cli.global),
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
-        Command::Bench(bench) => cmd::bench::run(&bench),
+        Command::Bench(bench) => cmd::bench::run(&bench, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

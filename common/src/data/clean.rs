@@ -250,7 +250,11 @@ fn blank(b: &[u8]) -> bool {
 /// coordinates not yet imputed (NaN when unknown) and `minute_of_day` =
 /// [`MISSING_MINUTE`] when `TIME OCC` was empty. Returns `None` for a dropped
 /// row (counted in `tally`).
-pub(crate) fn parse_row(f: &[&[u8]; COLUMN_COUNT], tally: &mut Tally) -> Option<Incident> {
+pub(crate) fn parse_row(
+    f: &[&[u8]; COLUMN_COUNT],
+    tally: &mut Tally,
+    dates: &mut schema::DateCache,
+) -> Option<Incident> {
     use Column as C;
     tally.rows_read += 1;
     for (i, field) in f.iter().enumerate() {
@@ -264,10 +268,10 @@ pub(crate) fn parse_row(f: &[&[u8]; COLUMN_COUNT], tally: &mut Tally) -> Option<
     let Some(dr_no) = schema::parse_uint(field(C::DrNo)) else {
         return tally.drop_row(DropReason::InvalidDrNo);
     };
-    let Some((date_occurred, occ_fmt)) = schema::parse_date(field(C::DateOcc)) else {
+    let Some((date_occurred, occ_fmt)) = dates.parse(field(C::DateOcc)) else {
         return tally.drop_row(DropReason::InvalidDateOccurred);
     };
-    let Some((date_reported, rpt_fmt)) = schema::parse_date(field(C::DateRptd)) else {
+    let Some((date_reported, rpt_fmt)) = dates.parse(field(C::DateRptd)) else {
         return tally.drop_row(DropReason::InvalidDateReported);
     };
     if date_reported < date_occurred {
@@ -621,7 +625,7 @@ mod tests {
     fn parse(line: &str, tally: &mut Tally) -> Option<Incident> {
         let f = fields(line);
         let refs: [&[u8]; COLUMN_COUNT] = std::array::from_fn(|i| f[i].as_bytes());
-        parse_row(&refs, tally)
+        parse_row(&refs, tally, &mut schema::DateCache::default())
     }
 
     const ROW: &str = "010304468,01/08/2020 00:00,01/08/2020 12:00:00 AM,2230,03,Southwest,0377,2,624,BATTERY - SIMPLE ASSAULT,0444 0913,36,F,B,501,SINGLE FAMILY DWELLING,400,\"STRONG-ARM (HANDS, FIST, FEET OR BODILY FORCE)\",AO,Adult Other,624,,,,1100 W  39TH                         PL,,34.0141,-118.2978";

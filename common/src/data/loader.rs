@@ -36,7 +36,7 @@ use tracing::debug;
 use super::clean::{self, CleaningReport, Tally};
 use super::error::{DataError, Result};
 use super::record::Incident;
-use super::schema::{Column, COLUMN_COUNT};
+use super::schema::{Column, DateCache, COLUMN_COUNT};
 
 /// The cleaned incidents of one input and the report of their cleaning.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,11 +128,18 @@ struct Loader<'a, R> {
     src: R,
     name: &'a str,
     opts: &'a LoadOptions,
-    /// Bytes read but not yet handed out (always starts at a record start).
+    /// Read buffer; `pending[..filled]` are bytes read but not yet handed
+    /// out (always starting at a record start). The rest is initialized
+    /// scratch, so reading into it needs no zeroing.
     pending: Vec<u8>,
+    filled: usize,
     /// Line number of the first byte of `pending`.
     line: u64,
     eof: bool,
+    /// Buffers of parsed chunks, for reuse.
+    spare: Vec<Vec<u8>>,
+    /// Where parser threads return chunk buffers.
+    returned: Option<mpsc::Receiver<Vec<u8>>>,
 }
 
 impl<'a, R: Read> Loader<'a, R> {
@@ -142,29 +149,37 @@ impl<'a, R: Read> Loader<'a, R> {
             name,
             opts,
             pending: Vec::new(),
+            filled: 0,
             line: 1,
             eof: false,
+            spare: Vec::new(),
+            returned: None,
         }
     }
 
-    /// Reads until `pending` holds at least `want` bytes or the input ends.
+    /// The bytes read and not yet handed out.
+    fn data(&self) -> &[u8] {
+        &self.pending[..self.filled]
+    }
+
+    /// Reads until at least `want` bytes are pending or the input ends.
     fn fill(&mut self, want: usize) -> Result<()> {
-        let mut len = self.pending.len();
-        if len >= want || self.eof {
+        if self.filled >= want || self.eof {
             return Ok(());
         }
-        self.pending.resize(want, 0);
-        while len < want {
-            match self.src.read(&mut self.pending[len..]) {
+        if self.pending.len() < want {
+            self.pending.resize(want, 0);
+        }
+        while self.filled < want {
+            match self.src.read(&mut self.pending[self.filled..want]) {
                 Ok(0) => {
                     self.eof = true;
                     break;
                 }
-                Ok(n) => len += n,
+                Ok(n) => self.filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.pending.truncate(len);
-                    let line = self.line + memchr::memchr_iter(b'\n', &self.pending).count() as u64;
+                    let line = self.line + memchr::memchr_iter(b'\n', self.data()).count() as u64;
                     return Err(DataError::Read {
                         file: self.name.to_string(),
                         line,
@@ -173,27 +188,42 @@ impl<'a, R: Read> Loader<'a, R> {
                 }
             }
         }
-        self.pending.truncate(len);
         Ok(())
     }
 
-    /// Takes the next chunk of whole records out of `pending`, reading as
-    /// needed; `None` at the end of the input.
+    /// A buffer for the next read: a returned one when there is one.
+    fn buffer(&mut self) -> Vec<u8> {
+        if let Some(rx) = &self.returned {
+            self.spare.extend(rx.try_iter());
+        }
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Takes the next chunk of whole records out of the pending bytes,
+    /// reading as needed; `None` at the end of the input.
     fn next_chunk(&mut self, index: usize) -> Result<Option<Chunk>> {
         let target = self.opts.chunk_bytes.max(1024);
         self.fill(target)?;
         loop {
-            if self.pending.is_empty() {
+            if self.filled == 0 {
                 return Ok(None);
             }
             let cut = if self.eof {
-                Some(self.pending.len())
+                Some(self.filled)
             } else {
-                record_boundary(&self.pending)
+                record_boundary(self.data())
             };
             if let Some(cut) = cut {
-                let rest = self.pending.split_off(cut);
-                let bytes = std::mem::replace(&mut self.pending, rest);
+                // the rest moves to a fresh (or recycled) buffer
+                let rest = self.filled - cut;
+                let mut next = self.buffer();
+                if next.len() < rest {
+                    next.resize(rest, 0);
+                }
+                next[..rest].copy_from_slice(&self.pending[cut..self.filled]);
+                let mut bytes = std::mem::replace(&mut self.pending, next);
+                bytes.truncate(cut);
+                self.filled = rest;
                 let first_line = self.line;
                 self.line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
                 return Ok(Some(Chunk {
@@ -203,7 +233,7 @@ impl<'a, R: Read> Loader<'a, R> {
                 }));
             }
             // no record end in the whole buffer: a very long record
-            if self.pending.len() > self.opts.max_record_bytes.max(target) {
+            if self.filled > self.opts.max_record_bytes.max(target) {
                 return Err(DataError::Malformed {
                     file: self.name.to_string(),
                     line: self.line,
@@ -211,11 +241,11 @@ impl<'a, R: Read> Loader<'a, R> {
                     field: "?",
                     reason: format!(
                         "record does not end within {} bytes (unbalanced quote?)",
-                        self.pending.len()
+                        self.filled
                     ),
                 });
             }
-            let grow = self.pending.len() * 2;
+            let grow = self.filled * 2;
             self.fill(grow)?;
         }
     }
@@ -223,8 +253,10 @@ impl<'a, R: Read> Loader<'a, R> {
     /// Reads and checks the header line.
     fn header(&mut self) -> Result<Layout> {
         self.fill(1 << 16)?;
-        let end = memchr::memchr(b'\n', &self.pending).map_or(self.pending.len(), |i| i + 1);
-        let line: Vec<u8> = self.pending.drain(..end).collect();
+        let end = memchr::memchr(b'\n', self.data()).map_or(self.filled, |i| i + 1);
+        let line: Vec<u8> = self.pending[..end].to_vec();
+        self.pending.copy_within(end..self.filled, 0);
+        self.filled -= end;
         self.line += 1;
         let header_error = |column: usize, reason: String| DataError::Header {
             file: self.name.to_string(),
@@ -297,9 +329,11 @@ impl<'a, R: Read> Loader<'a, R> {
             // one small chunk (or one thread): no worker threads
             Some(chunk) if threads == 1 || self.eof => {
                 parsed.push((0, parse_chunk(&chunk, &layout, &name)));
+                self.spare.push(chunk.bytes);
                 let mut index = 1;
                 while let Some(chunk) = self.next_chunk(index)? {
                     let result = parse_chunk(&chunk, &layout, &name);
+                    self.spare.push(chunk.bytes);
                     let failed = result.is_err();
                     parsed.push((index, result));
                     if failed {
@@ -347,12 +381,15 @@ impl<'a, R: Read> Loader<'a, R> {
         let (job_tx, job_rx) = mpsc::sync_channel::<Chunk>(threads * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (out_tx, out_rx) = mpsc::channel::<(usize, Result<Parsed>)>();
+        let (ret_tx, ret_rx) = mpsc::channel::<Vec<u8>>();
+        self.returned = Some(ret_rx);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let mut read_error = None;
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 let job_rx = Arc::clone(&job_rx);
                 let out_tx = out_tx.clone();
+                let ret_tx = ret_tx.clone();
                 let (name, failed) = (&name, &failed);
                 scope.spawn(move || loop {
                     let job = match job_rx.lock() {
@@ -364,12 +401,15 @@ impl<'a, R: Read> Loader<'a, R> {
                     if result.is_err() {
                         failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
+                    // the reader may be gone already; the buffer is then dropped
+                    let _ = ret_tx.send(chunk.bytes);
                     if out_tx.send((chunk.index, result)).is_err() {
                         return;
                     }
                 });
             }
             drop(out_tx);
+            drop(ret_tx);
             let mut next = Some(first);
             let mut index = 1;
             while let Some(chunk) = next.take() {
@@ -491,6 +531,7 @@ struct BlockMasks {
     suspect: u64,
 }
 
+#[inline(always)]
 fn block_masks(block: &[u8; 64]) -> BlockMasks {
     let mut m = BlockMasks {
         comma: 0,
@@ -545,10 +586,19 @@ fn split_records<E>(
     let mut in_quote = 0u64; // all ones inside a quoted region
     let mut base = 0usize;
     while base < buf.len() {
-        let valid = (buf.len() - base).min(64);
-        let mut block = [b' '; 64];
-        block[..valid].copy_from_slice(&buf[base..base + valid]);
-        let m = block_masks(&block);
+        let m = match buf
+            .get(base..base + 64)
+            .and_then(|b| <&[u8; 64]>::try_from(b).ok())
+        {
+            Some(block) => block_masks(block),
+            None => {
+                // the last, partial block, padded with spaces
+                let mut block = [b' '; 64];
+                let tail = &buf[base..];
+                block[..tail.len()].copy_from_slice(tail);
+                block_masks(&block)
+            }
+        };
         let inside = if m.quote == 0 {
             in_quote
         } else {
@@ -632,6 +682,7 @@ fn parse_chunk(chunk: &Chunk, layout: &Layout, name: &str) -> Result<Parsed> {
     // about 250 bytes a row in the city's export
     let mut rows = Vec::with_capacity(buf.len() / 200 + 1);
     let mut tally = Tally::default();
+    let mut dates = DateCache::default();
     split_records(buf, |spans, info| {
         let line = chunk.first_line + info.line;
         if spans.len() != COLUMN_COUNT {
@@ -666,7 +717,7 @@ fn parse_chunk(chunk: &Chunk, layout: &Layout, name: &str) -> Result<Parsed> {
             let (s, e) = spans[layout.positions[c]];
             unquote(&buf[s..e])
         });
-        if let Some(incident) = clean::parse_row(&fields, &mut tally) {
+        if let Some(incident) = clean::parse_row(&fields, &mut tally, &mut dates) {
             rows.push(incident);
         }
         Ok(())

@@ -363,9 +363,7 @@ fn time_suffix(b: &[u8]) -> Option<bool> {
     let rest = trim(&b[i..]);
     match rest {
         [] => (h < 24).then_some(false),
-        [b'A' | b'a' | b'P' | b'p', b'M' | b'm'] => {
-            (1..=12).contains(&h).then_some(true)
-        }
+        [b'A' | b'a' | b'P' | b'p', b'M' | b'm'] => (1..=12).contains(&h).then_some(true),
         _ => None,
     }
 }
@@ -417,6 +415,53 @@ pub fn parse_date(bytes: &[u8]) -> Option<(DayNumber, DateFormat)> {
         Some(_) => return None,
     };
     Some((day_number(y as i32, m, d)?, format))
+}
+
+/// A memo of [`parse_date`] for the export's two usual layouts: a file has
+/// only a few thousand distinct dates, so most date fields are found in a
+/// small direct-mapped table keyed by their `MM/DD/YYYY` bytes instead of
+/// being parsed. Results are exactly [`parse_date`]'s.
+#[derive(Clone, Debug)]
+pub struct DateCache {
+    /// `(MM/DD/YYYY bytes as an integer, day)`; key 0 = empty.
+    slots: [(u128, DayNumber); 64],
+}
+
+impl Default for DateCache {
+    fn default() -> Self {
+        DateCache {
+            slots: [(0, 0); 64],
+        }
+    }
+}
+
+impl DateCache {
+    /// A date field, as [`parse_date`] parses it.
+    pub fn parse(&mut self, bytes: &[u8]) -> Option<(DayNumber, DateFormat)> {
+        let b = trim(bytes);
+        let format = match b.get(10..) {
+            Some(b" 12:00:00 AM") => DateFormat::UsAmPm,
+            Some(b" 00:00") => DateFormat::Us24h,
+            _ => return parse_date(bytes),
+        };
+        let date = &b[..10];
+        if date[2] != b'/' || date[5] != b'/' {
+            return parse_date(bytes);
+        }
+        let mut key_bytes = [0u8; 16];
+        key_bytes[..10].copy_from_slice(date);
+        let key = u128::from_le_bytes(key_bytes);
+        // month and day digits pick the slot
+        let slot =
+            (usize::from(date[1]) * 7 + usize::from(date[3]) * 3 + usize::from(date[4])) & 63;
+        if self.slots[slot].0 == key {
+            return Some((self.slots[slot].1, format));
+        }
+        let (day, parsed_format) = parse_date(bytes)?;
+        debug_assert_eq!(parsed_format, format);
+        self.slots[slot] = (key, day);
+        Some((day, format))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -579,6 +624,34 @@ mod tests {
         assert_eq!(parse_date(b"01/08/20"), None);
         assert_eq!(parse_date(b"01-08-2020"), None);
         assert_eq!(parse_date(b""), None);
+    }
+
+    #[test]
+    fn date_cache_agrees_with_parse_date() {
+        let mut cache = DateCache::default();
+        let mut inputs = Vec::new();
+        for day in (days_from_civil(2019, 12, 1)..days_from_civil(2021, 3, 1)).step_by(3) {
+            let (y, m, d) = civil_from_days(day);
+            inputs.push(format!("{m:02}/{d:02}/{y} 12:00:00 AM"));
+            inputs.push(format!("{m:02}/{d:02}/{y} 00:00"));
+            inputs.push(format!("{m}/{d}/{y} 00:00"));
+            inputs.push(format!("{y}-{m:02}-{d:02}"));
+        }
+        inputs.extend(
+            [
+                "02/30/2020 00:00",
+                "13/01/2020 12:00:00 AM",
+                "",
+                "01/08/2020 13:00",
+                " 01/08/2020 00:00 ",
+            ]
+            .map(String::from),
+        );
+        for _ in 0..2 {
+            for s in &inputs {
+                assert_eq!(cache.parse(s.as_bytes()), parse_date(s.as_bytes()), "{s:?}");
+            }
+        }
     }
 
     #[test]

@@ -361,7 +361,7 @@ fn compress(buf: Vec<u8>, c: Compression) -> Result<Vec<u8>> {
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(buf.len() / 5),
-                flate2::Compression::new(5),
+                flate2::Compression::fast(),
             );
             enc.write_all(&buf).map_err(write_error)?;
             enc.finish().map_err(write_error)

@@ -52,7 +52,7 @@ fn fill(out: &mut [f32], seed: u64) {
     out.par_chunks_mut(1 << 16)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let mut s = (seed ^ ((c as u64 + 1) * 0x9E37_79B9_7F4A_7C15)) | 1;
+            let mut s = (seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
             for v in chunk {
                 s ^= s << 13;
                 s ^= s >> 7;

@@ -193,10 +193,12 @@ impl DatasetTensors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::one_thread;
     use crate::model::test_util::{counts_dataset, risk_dataset};
 
     #[test]
     fn rows_land_in_order_with_their_targets() {
+        one_thread();
         let ds = counts_dataset(10, 3, 2, 2);
         let b = to_batch(&ds, &[7, 2], Device::Cpu);
         assert_eq!(b.len(), 2);
@@ -217,6 +219,7 @@ mod tests {
 
     #[test]
     fn class_targets_are_i64() {
+        one_thread();
         let ds = risk_dataset(5, 2);
         let b = to_batch(&ds, &[4, 0], Device::Cpu);
         assert_eq!(b.target.kind(), Kind::Int64);
@@ -232,6 +235,7 @@ mod tests {
 
     #[test]
     fn device_tensors_match_host_batches() {
+        one_thread();
         let ds = counts_dataset(12, 3, 2, 2);
         let dt = DatasetTensors::new(&ds, Device::Cpu).unwrap();
         assert_eq!(dt.len(), 12);
@@ -248,6 +252,7 @@ mod tests {
 
     #[test]
     fn inconsistent_dataset_is_an_error() {
+        one_thread();
         let mut ds = risk_dataset(5, 2);
         ds.features.pop();
         let err = DatasetTensors::new(&ds, Device::Cpu)

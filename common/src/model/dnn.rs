@@ -101,12 +101,14 @@ impl CrimeModel for Dnn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::one_thread;
     use crate::model::test_util::{counts_dataset, risk_dataset};
     use crate::model::{build, to_batch};
     use tch::nn::OptimizerConfig;
 
     #[test]
     fn names_and_shapes_follow_the_config() {
+        one_thread();
         let ds = risk_dataset(16, 7);
         let cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
         let model = Dnn::new(&cfg, Device::Cpu).unwrap();
@@ -135,6 +137,7 @@ mod tests {
 
     #[test]
     fn head_bias_starts_at_the_prior() {
+        one_thread();
         let ds = counts_dataset(32, 6, 4, 3);
         let cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
         let model = Dnn::new(&cfg, Device::Cpu).unwrap();
@@ -147,6 +150,7 @@ mod tests {
 
     #[test]
     fn risk_and_counts_train_down() {
+        one_thread();
         for ds in [risk_dataset(64, 6), counts_dataset(64, 6, 4, 3)] {
             tch::manual_seed(0);
             let cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
@@ -161,7 +165,8 @@ mod tests {
             }
             let last = f64::try_from(model.loss(&model.forward_t(&batch, false), &batch)).unwrap();
             assert!(last < first * 0.8, "{:?}: {first} -> {last}", ds.task);
-            let pred = model.predict(&model.forward_t(&batch, false));
+            let (loss, pred) = model.evaluate(&batch);
+            assert!((loss - last).abs() < 1e-9, "{loss} vs {last}");
             assert_eq!(pred.size()[0], 64);
             if ds.task == Task::Counts {
                 assert!(f64::try_from(pred.min()).unwrap() >= 0.0);
@@ -171,6 +176,7 @@ mod tests {
 
     #[test]
     fn wrong_kind_is_refused() {
+        one_thread();
         let ds = risk_dataset(4, 3);
         let cfg = ModelConfig::for_dataset(ModelKind::Lstm, &ds);
         let err = Dnn::new(&cfg, Device::Cpu).unwrap_err().to_string();

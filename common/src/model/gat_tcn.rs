@@ -336,6 +336,7 @@ impl CrimeModel for GatTcn {
 mod tests {
     use super::*;
     use crate::data::{Dataset, Sequences, Target};
+    use crate::model::test_util::one_thread;
     use crate::model::{build, to_batch};
     use tch::nn::OptimizerConfig;
 
@@ -365,6 +366,7 @@ mod tests {
 
     #[test]
     fn attention_is_a_distribution_over_neighbours() {
+        one_thread();
         tch::manual_seed(1);
         let model = GatTcn::new(&small_cfg(6), Device::Cpu).unwrap();
         let alpha = model.attention(&random_batch(3, 6));
@@ -388,6 +390,7 @@ mod tests {
 
     #[test]
     fn changing_step_t_leaves_earlier_outputs_alone() {
+        one_thread();
         tch::manual_seed(2);
         let steps = 7;
         let mut cfg = small_cfg(steps);
@@ -421,6 +424,7 @@ mod tests {
 
     #[test]
     fn neighbours_influence_each_other_but_not_across_components() {
+        one_thread();
         // One GAT hop per step and the TCN only mixes time, so a node's
         // output depends on its 1-hop neighbourhood only.
         tch::manual_seed(4);
@@ -445,6 +449,7 @@ mod tests {
 
     #[test]
     fn learns_a_graph_counting_task() {
+        one_thread();
         // Target of node i, category c = round(2 + 3 * mean of its
         // neighbours' last-step feature c).
         tch::manual_seed(6);
@@ -496,6 +501,7 @@ mod tests {
 
     #[test]
     fn parameter_names_and_prior_bias() {
+        one_thread();
         let mut cfg = small_cfg(4);
         cfg.target_prior = Some((0..10).map(|v| v as f32).collect());
         let model = GatTcn::new(&cfg, Device::Cpu).unwrap();

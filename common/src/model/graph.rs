@@ -13,7 +13,8 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
-use crate::data::{Dataset, Sequences, Target, Task};
+use crate::data::split::SplitPart;
+use crate::data::{Dataset, GraphSeries, Period, Sequences, Splits, Target, Task};
 
 /// Default window length of the graph model (eight periods: for daily data
 /// the same weekday a week earlier is inside the window).
@@ -38,6 +39,14 @@ impl Default for GraphWindows {
 }
 
 impl GraphWindows {
+    /// [`DEFAULT_GRAPH_STEPS`] periods, with weekdays for daily periods.
+    pub fn for_period(period: Period) -> Self {
+        GraphWindows {
+            steps: DEFAULT_GRAPH_STEPS,
+            weekday: period == Period::Day,
+        }
+    }
+
     /// Node features per area and step for `categories` crime categories.
     pub fn node_features(&self, categories: usize) -> usize {
         categories + if self.weekday { 7 } else { 0 }
@@ -119,6 +128,29 @@ pub fn graph_dataset(
     })
 }
 
+/// The train / validation / test graph datasets of a `counts` task's
+/// [`GraphSeries`], each sample in the split of its target period (the same
+/// temporal boundaries as the flat datasets). Windows may reach back into an
+/// earlier split's periods: those are inputs known at prediction time.
+pub fn graph_splits(series: &GraphSeries, windows: &GraphWindows) -> Result<Splits> {
+    let part = |p: SplitPart| {
+        graph_dataset(
+            &series.counts,
+            series.areas,
+            series.times,
+            series.categories,
+            series.time0,
+            series.bounds.window(p),
+            windows,
+        )
+    };
+    Ok(Splits {
+        train: part(SplitPart::Train)?,
+        val: part(SplitPart::Val)?,
+        test: part(SplitPart::Test)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +209,39 @@ mod tests {
         assert!(err.to_string().contains("19 values"), "{err}");
         let empty = graph_dataset(&counts(), 2, 5, 2, 4, 100..200, &w).unwrap();
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn splits_follow_the_series_bounds() {
+        use crate::data::{build_task, generate_incidents, TaskConfig};
+        let incidents = generate_incidents(3_000, 5);
+        let task = build_task(&incidents, &TaskConfig::new(Task::Counts)).unwrap();
+        let g = task.graph.expect("counts tasks carry a graph series");
+        let w = GraphWindows::for_period(Period::Day);
+        let splits = graph_splits(&g, &w).unwrap();
+        let b = g.bounds;
+        let first = b.start.max(g.time0 + w.steps as u32);
+        assert_eq!(splits.train.time.first(), Some(&first));
+        assert!(splits.train.time.iter().all(|&t| t < b.val_start));
+        assert_eq!(
+            splits.val.time,
+            (b.val_start..b.test_start).collect::<Vec<_>>()
+        );
+        assert_eq!(splits.test.time, (b.test_start..b.end).collect::<Vec<_>>());
+        // Targets are the series' counts, area-major.
+        let Target::Counts { values, dim } = &splits.test.target else {
+            unreachable!()
+        };
+        assert_eq!(*dim, g.areas * g.categories);
+        let step = (b.test_start - g.time0) as usize;
+        for a in 0..g.areas {
+            for c in 0..g.categories {
+                assert_eq!(values[a * g.categories + c], g.get(a, step, c).unwrap());
+            }
+        }
+        let cfg =
+            crate::model::ModelConfig::for_dataset(crate::model::ModelKind::GatTcn, &splits.train);
+        cfg.validate().unwrap();
+        assert_eq!((cfg.areas, cfg.node_features()), (21, g.categories + 7));
     }
 }

@@ -244,6 +244,7 @@ pub fn load_model(
 mod tests {
     use super::*;
     use crate::model::test_util::counts_dataset;
+    use crate::model::test_util::one_thread;
     use crate::model::{to_batch, ModelKind};
 
     fn small(kind: ModelKind) -> Box<dyn CrimeModel> {
@@ -255,6 +256,7 @@ mod tests {
 
     #[test]
     fn save_then_load_model_round_trips() {
+        one_thread();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         tch::manual_seed(1);
@@ -277,6 +279,7 @@ mod tests {
 
     #[test]
     fn wrong_files_are_refused_with_the_tensor_named() {
+        one_thread();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dnn.safetensors");
         let dnn = small(ModelKind::Dnn);
@@ -308,6 +311,7 @@ mod tests {
     /// with the saved `lstm.*` tensors computes the same final hidden state.
     #[test]
     fn python_reads_saved_models() {
+        one_thread();
         let Some(python) = std::env::var_os("VIRTUAL_ENV")
             .map(|v| PathBuf::from(v).join("bin/python"))
             .filter(|p| p.exists())

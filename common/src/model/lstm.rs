@@ -168,12 +168,14 @@ impl CrimeModel for Lstm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::one_thread;
     use crate::model::test_util::{counts_dataset, risk_dataset};
     use crate::model::{build, to_batch};
     use tch::nn::OptimizerConfig;
 
     #[test]
     fn names_follow_pytorch() {
+        one_thread();
         let ds = counts_dataset(8, 5, 4, 3);
         let mut cfg = ModelConfig::for_dataset(ModelKind::Lstm, &ds);
         cfg.layers = 2;
@@ -197,6 +199,7 @@ mod tests {
 
     #[test]
     fn last_hidden_state_equals_the_last_output() {
+        one_thread();
         // Checks the fused call against a step-by-step reference cell.
         tch::manual_seed(3);
         let ds = counts_dataset(5, 2, 3, 2);
@@ -224,6 +227,7 @@ mod tests {
 
     #[test]
     fn risk_and_counts_train_down() {
+        one_thread();
         let mut risk = risk_dataset(64, 4);
         // Give the risk samples a sequence view carrying the signal.
         risk.sequences = Some(crate::data::Sequences {
@@ -251,6 +255,7 @@ mod tests {
 
     #[test]
     fn dropout_only_in_training() {
+        one_thread();
         tch::manual_seed(5);
         let ds = counts_dataset(16, 3, 4, 3);
         let mut cfg = ModelConfig::for_dataset(ModelKind::Lstm, &ds);

@@ -10,11 +10,17 @@
 //!   fills it from a dataset), [`build`] turns it into a `Box<dyn CrimeModel>`.
 //! - [`export_params`] / [`import_params`] move parameters between a model and
 //!   the federated [`Params`] buffer, by name, in name order.
-//! - [`save_safetensors`] / [`load_safetensors`] store a model as a
-//!   self-describing `.safetensors` file (config JSON in its metadata) that
-//!   Python's `safetensors.torch.load_file` reads.
+//! - [`save_model`] / [`load_model`] (over [`save_safetensors`] /
+//!   [`load_safetensors`]) store a model as a self-describing `.safetensors`
+//!   file (config JSON in its metadata) that Python's
+//!   `safetensors.torch.load_file` reads.
 //! - [`to_batch`] and [`DatasetTensors`] turn [`Dataset`](crate::data::Dataset)
-//!   rows into [`Batch`]es.
+//!   rows into [`Batch`]es; [`graph_splits`] turns the `counts` task's
+//!   [`GraphSeries`](crate::data::GraphSeries) into the gat-tcn's samples.
+//!
+//! Models run wherever their [`tch::Device`] says; tests seed with
+//! `tch::manual_seed` and run on the CPU (the `cuda-tests` feature adds a
+//! CPU/GPU equivalence test).
 
 use std::sync::Arc;
 
@@ -35,6 +41,8 @@ mod layers;
 pub mod lstm;
 pub mod params;
 #[cfg(test)]
+mod quality_check;
+#[cfg(test)]
 pub(crate) mod test_util;
 
 pub use batch::{to_batch, DatasetTensors};
@@ -42,13 +50,15 @@ pub use config::{CountLoss, ModelConfig, LAPD_AREAS};
 pub use dnn::Dnn;
 pub use error::{ModelError, Result};
 pub use gat_tcn::{GatTcn, GatTcnTrace};
-pub use graph::{graph_dataset, GraphWindows, DEFAULT_GRAPH_STEPS};
+pub use graph::{graph_dataset, graph_splits, GraphWindows, DEFAULT_GRAPH_STEPS};
 pub use io::{
     load_model, load_safetensors, read_metadata, save_model, save_safetensors, META_FORMAT,
     META_MODEL_CONFIG,
 };
 pub use lstm::Lstm;
-pub use params::{export_params, export_params_into, import_params, num_params, param_spec};
+pub use params::{
+    export_params, export_params_into, import_params, num_params, param_spec, params_to_tensors,
+};
 
 /// Which architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -162,6 +172,16 @@ pub trait CrimeModel: Send {
         params::import_params(self.var_store_mut(), p)
     }
 
+    /// Evaluation-mode mean loss and predictions (see
+    /// [`CrimeModel::predict`]) of a batch, without recording gradients.
+    fn evaluate(&self, batch: &Batch) -> (f64, Tensor) {
+        tch::no_grad(|| {
+            let output = self.forward_t(batch, false);
+            let loss = self.loss(&output, batch).double_value(&[]);
+            (loss, self.predict(&output))
+        })
+    }
+
     /// A new model of the same config on `device` with a copy of these
     /// parameters (a data-parallel replica).
     fn replicate(&self, device: Device) -> Result<Box<dyn CrimeModel>> {
@@ -192,4 +212,152 @@ pub fn build(cfg: &ModelConfig, device: Device) -> Result<Box<dyn CrimeModel>> {
         ModelKind::Lstm => Box::new(Lstm::new(cfg, device)?),
         ModelKind::GatTcn => Box::new(GatTcn::new(cfg, device)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Dataset, Sequences, Target};
+    use tch::nn::OptimizerConfig;
+
+    /// Training-step throughput of dnn (risk) and lstm (counts) at batch 256,
+    /// for comparison with the same step in PyTorch. Not a correctness test:
+    /// `cargo test -p fedcrime-common --lib model::tests::train_step_throughput -- --ignored --nocapture`
+    /// (FEDCRIME_BENCH_THREADS sets torch's intra-op threads).
+    #[test]
+    #[ignore]
+    fn train_step_throughput() {
+        if let Some(t) = std::env::var("FEDCRIME_BENCH_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tch::set_num_threads(t);
+        }
+        let (b, input) = (256usize, 64usize);
+        let n = 10 * b;
+        let features: Vec<f32> = (0..n * input)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        let risk = Dataset {
+            task: Task::Risk,
+            features: features.clone(),
+            feature_dim: input,
+            feature_names: vec![String::new(); input],
+            sequences: None,
+            target: Target::Classes {
+                labels: (0..n).map(|i| (i % 5) as i64).collect(),
+                num_classes: 5,
+            },
+            area: vec![1; n],
+            time: vec![0; n],
+        };
+        let counts = Dataset {
+            task: Task::Counts,
+            features,
+            feature_dim: input,
+            feature_names: vec![String::new(); input],
+            sequences: Some(Sequences {
+                data: (0..n * 32)
+                    .map(|i| ((i * 31) % 100) as f32 / 100.0)
+                    .collect(),
+                steps: 4,
+                step_dim: 8,
+            }),
+            target: Target::Counts {
+                values: (0..n * 8).map(|i| (i % 4) as f32).collect(),
+                dim: 8,
+            },
+            area: vec![1; n],
+            time: vec![0; n],
+        };
+        for (kind, ds) in [(ModelKind::Dnn, risk), (ModelKind::Lstm, counts)] {
+            tch::manual_seed(0);
+            let cfg = ModelConfig::for_dataset(kind, &ds);
+            let model = build(&cfg, Device::Cpu).unwrap();
+            let mut opt = nn::Adam::default().build(model.var_store(), 1e-3).unwrap();
+            let batches: Vec<Batch> = (0..10)
+                .map(|k| to_batch(&ds, &(k * b..(k + 1) * b).collect::<Vec<_>>(), Device::Cpu))
+                .collect();
+            let step = |i: usize, opt: &mut nn::Optimizer| {
+                let batch = &batches[i % 10];
+                let loss = model.loss(&model.forward_t(batch, true), batch);
+                opt.backward_step(&loss);
+            };
+            for i in 0..30 {
+                step(i, &mut opt);
+            }
+            let steps = 300;
+            let t = std::time::Instant::now();
+            for i in 0..steps {
+                step(i, &mut opt);
+            }
+            let dt = t.elapsed().as_secs_f64();
+            println!(
+                "tch {kind} {}: {:.0} samples/s ({:.3} ms/step), threads {}",
+                cfg.task,
+                (steps * b) as f64 / dt,
+                dt / steps as f64 * 1e3,
+                tch::get_num_threads()
+            );
+        }
+    }
+
+    /// The models on a GPU compute what they compute on the CPU, and
+    /// parameters and files move between the two unchanged.
+    /// `cargo test -p fedcrime-common --features cuda-tests --lib model::tests::cuda`
+    #[cfg(feature = "cuda-tests")]
+    #[test]
+    fn cuda_models_match_cpu() {
+        use crate::model::test_util::counts_dataset;
+        assert!(tch::Cuda::is_available(), "cuda-tests needs a CUDA device");
+        let gpu = Device::Cuda(0);
+        let counts = counts_dataset(32, 5, 4, 3);
+        let graph = graph_dataset(
+            &(0..21 * 20 * 8).map(|i| (i % 5) as f32).collect::<Vec<_>>(),
+            21,
+            20,
+            8,
+            0,
+            0..20,
+            &GraphWindows::default(),
+        )
+        .unwrap();
+        for (kind, ds) in [
+            (ModelKind::Dnn, &counts),
+            (ModelKind::Lstm, &counts),
+            (ModelKind::GatTcn, &graph),
+        ] {
+            tch::manual_seed(0);
+            let mut cfg = ModelConfig::for_dataset(kind, ds);
+            cfg.dropout = 0.0;
+            let cpu = build(&cfg, Device::Cpu).unwrap();
+            let mut cuda = build(&cfg, gpu).unwrap();
+            cuda.import_params(&cpu.export_params()).unwrap();
+            assert_eq!(cuda.export_params(), cpu.export_params(), "{kind}");
+            let idx: Vec<usize> = (0..ds.len().min(12)).collect();
+            let batch = to_batch(ds, &idx, Device::Cpu);
+            let on_gpu = to_batch(ds, &idx, gpu);
+            let a = cpu.forward_t(&batch, false);
+            let b = cuda.forward_t(&on_gpu, false).to_device(Device::Cpu);
+            assert!(a.allclose(&b, 1e-4, 1e-4, false), "{kind}");
+            // One optimizer step each: still the same model.
+            let mut opt_c = nn::Adam::default().build(cpu.var_store(), 1e-3).unwrap();
+            let mut opt_g = nn::Adam::default().build(cuda.var_store(), 1e-3).unwrap();
+            opt_c.backward_step(&cpu.loss(&cpu.forward_t(&batch, true), &batch));
+            opt_g.backward_step(&cuda.loss(&cuda.forward_t(&on_gpu, true), &on_gpu));
+            let d = cpu
+                .export_params()
+                .l2_distance(&cuda.export_params())
+                .unwrap();
+            assert!(d < 1e-3, "{kind}: {d}");
+            // Save on the GPU, load on the CPU.
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.safetensors");
+            save_model(cuda.as_ref(), &path, &Default::default()).unwrap();
+            let (back, _) = load_model(&path, Device::Cpu).unwrap();
+            assert_eq!(back.export_params(), cuda.export_params(), "{kind}");
+            let replica = cuda.replicate(Device::Cpu).unwrap();
+            assert_eq!(replica.export_params(), cuda.export_params(), "{kind}");
+        }
+    }
 }

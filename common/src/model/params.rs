@@ -140,6 +140,29 @@ pub fn import_params(vs: &mut VarStore, p: &Params) -> Result<()> {
     })
 }
 
+/// `p`'s tensors on `device`, in `p`'s order, as views of one upload of the
+/// flat buffer (e.g. the global model of a FedProx proximal term,
+/// `mu/2 * sum ||w - w_global||^2`, matched to the store's variables by name).
+pub fn params_to_tensors(p: &Params, device: Device) -> Result<Vec<(String, Tensor)>> {
+    let src = Tensor::f_from_slice(p.data())?;
+    let src = if device == Device::Cpu {
+        src
+    } else {
+        src.f_to_device(device)?
+    };
+    p.spec()
+        .entries()
+        .iter()
+        .map(|e| {
+            let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+            let t = src
+                .f_narrow(0, e.offset as i64, e.numel() as i64)?
+                .f_view(shape.as_slice())?;
+            Ok((e.name.clone(), t))
+        })
+        .collect()
+}
+
 /// Total number of scalar parameters (every variable of the store).
 pub fn num_params(vs: &VarStore) -> usize {
     vs.variables().values().map(Tensor::numel).sum()
@@ -148,6 +171,7 @@ pub fn num_params(vs: &VarStore) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::one_thread;
 
     fn store(seed: i64, out: i64) -> VarStore {
         tch::manual_seed(seed);
@@ -162,6 +186,7 @@ mod tests {
 
     #[test]
     fn export_is_sorted_and_complete() {
+        one_thread();
         let vs = store(1, 2);
         let p = export_params(&vs);
         let names: Vec<_> = p.spec().entries().iter().map(|e| e.name.as_str()).collect();
@@ -175,6 +200,7 @@ mod tests {
 
     #[test]
     fn import_round_trips_between_stores() {
+        one_thread();
         let a = store(1, 2);
         let mut b = store(2, 2);
         let pa = export_params(&a);
@@ -188,6 +214,7 @@ mod tests {
 
     #[test]
     fn export_into_reuses_the_layout() {
+        one_thread();
         let vs = store(3, 2);
         let mut p = export_params(&vs);
         let spec = Arc::clone(p.spec());
@@ -202,6 +229,7 @@ mod tests {
 
     #[test]
     fn mismatches_name_the_tensor_and_write_nothing() {
+        one_thread();
         let mut a = store(1, 2);
         let before = export_params(&a);
         let wrong_shape = export_params(&store(2, 3));
@@ -229,7 +257,21 @@ mod tests {
     }
 
     #[test]
+    fn params_become_named_tensors() {
+        one_thread();
+        let vs = store(4, 2);
+        let p = export_params(&vs);
+        let tensors = params_to_tensors(&p, Device::Cpu).unwrap();
+        let vars = vs.variables();
+        assert_eq!(tensors.len(), vars.len());
+        for (name, t) in &tensors {
+            assert!(t.equal(&vars[name]), "{name}");
+        }
+    }
+
+    #[test]
     fn import_accepts_any_order_of_names() {
+        one_thread();
         let a = store(1, 2);
         let p = export_params(&a);
         // Same tensors, reversed order.

@@ -59,3 +59,10 @@ pub(crate) fn counts_dataset(n: usize, feature_dim: usize, steps: usize, dim: us
         time: (0..n as u32).collect(),
     }
 }
+
+/// Runs libtorch single-threaded on the calling test thread. The tests are
+/// tiny and run two at a time on shared cores; libtorch's OpenMP workers
+/// spinning against each other make them 100x slower than one thread.
+pub(crate) fn one_thread() {
+    tch::set_num_threads(1);
+}

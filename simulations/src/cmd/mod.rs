@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod features;
 pub mod inspect;
+pub mod simulate;
 pub mod synth;
 pub mod train;
 pub mod tune;

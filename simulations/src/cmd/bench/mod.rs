@@ -2,6 +2,8 @@
 //! measured in the same run (see BENCHMARKS.md for the recorded figures).
 
 pub mod data;
+pub mod micro;
+pub mod rounds;
 pub mod train;
 
 /// The benchmarks.
@@ -14,12 +16,28 @@ pub enum Bench {
     /// architectures trained by PyTorch from Python with the same threads,
     /// and the data-parallel trainer's speedup over one worker.
     Train(train::BenchTrainArgs),
+    /// Framework overhead per federated round without training (QUIC or
+    /// memory), against memcpy and TCP loopback copies of the same bytes.
+    Rounds(rounds::BenchRoundsArgs),
+    /// Encode + decode of a model on the wire (default 10M parameters)
+    /// against a memcpy of the same bytes.
+    Wire(micro::WireBenchArgs),
+    /// A 40 MB update over QUIC with mutual TLS on loopback against a plain
+    /// TCP loopback copy of the same bytes.
+    Transport(micro::TransportBenchArgs),
+    /// Aggregating 21 updates (FedAvg, FedMedian, Krum) at 1M and 10M
+    /// parameters against a memcpy of the same bytes.
+    Aggregation(micro::AggregationBenchArgs),
 }
 
 /// Runs one benchmark.
-pub fn run(bench: &Bench) -> anyhow::Result<()> {
+pub fn run(bench: &Bench, global: &crate::GlobalOpts) -> anyhow::Result<()> {
     match bench {
         Bench::Data(args) => data::run(args),
         Bench::Train(args) => train::run(args),
+        Bench::Rounds(args) => rounds::run(args, global),
+        Bench::Wire(args) => micro::wire(args),
+        Bench::Transport(args) => micro::transport(args),
+        Bench::Aggregation(args) => micro::aggregation(args),
     }
 }

@@ -1,0 +1,690 @@
+//! The station's side of the protocol: connect, say Hello, build the learner
+//! for the run the server describes in its Welcome, then serve the server's
+//! requests one at a time until it says Bye; reconnect after network loss.
+//!
+//! Requests are read as they arrive (a reader task) and processed in order
+//! by one worker at a time on a blocking thread. A round the server has
+//! already moved past is not trained (or its update not sent) when a newer
+//! round is waiting. Only parameters and aggregate metrics leave the station.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fedcrime_common::fl::{EvaluateIns, EvaluateRes, FitIns, FitRes};
+use fedcrime_common::model;
+use fedcrime_common::net::{Backoff, Connector, ReconnectPolicy};
+use fedcrime_common::params::{ParamSpec, Params};
+use fedcrime_common::station::protocol::{eval_config_from_wire, fit_config_from_wire, RunSetup};
+use fedcrime_common::station::{Learner, StationError};
+use fedcrime_common::wire::{
+    Bye, ByeReason, Capabilities, Encoding, ErrorCode, ErrorMsg, EvalModel, EvaluateResult,
+    Heartbeat, Hello, Message, ModelHeader, RejectCode, Update, UpdateKind, WireConfig, WireReader,
+    WireWriter,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{ClientError, Result};
+
+/// Builds the learner for a run, from the run's description. The station
+/// client calls it after every Welcome (implementations cache).
+pub trait LearnerFactory: Send + Sync {
+    /// A learner for `setup`; an error means this station cannot take part.
+    fn learner(&self, setup: &RunSetup) -> Result<Arc<dyn Learner>, StationError>;
+}
+
+impl<F> LearnerFactory for F
+where
+    F: Fn(&RunSetup) -> Result<Arc<dyn Learner>, StationError> + Send + Sync,
+{
+    fn learner(&self, setup: &RunSetup) -> Result<Arc<dyn Learner>, StationError> {
+        self(setup)
+    }
+}
+
+/// Settings of the protocol client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Reported in the Hello, e.g. `fedcrime-client 0.1.0`.
+    pub software: String,
+    /// Where the station trains, reported in the Hello.
+    pub device: String,
+    /// Tensor encodings the station reads and writes.
+    pub encodings: Vec<Encoding>,
+    /// Waits between sessions after a lost connection.
+    pub reconnect: ReconnectPolicy,
+    /// Seed of the reconnection jitter.
+    pub seed: u64,
+    /// Limits for reading the server's messages (the model size is bounded
+    /// by the run's model once known).
+    pub wire: WireConfig,
+    /// Time the server has to answer the Hello.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            software: format!("fedcrime-client {}", env!("CARGO_PKG_VERSION")),
+            device: "cpu".into(),
+            encodings: Encoding::ALL.to_vec(),
+            reconnect: ReconnectPolicy::default(),
+            seed: 0,
+            wire: WireConfig::default(),
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a station's participation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientOutcome {
+    /// The server finished the run and said goodbye.
+    Done,
+    /// The server refused the station because its run is over.
+    RunFinished,
+    /// The station was asked to stop.
+    Interrupted,
+}
+
+/// What a station did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientReport {
+    /// How it ended.
+    pub outcome: ClientOutcome,
+    /// Updates sent.
+    pub updates_sent: u64,
+    /// Evaluations sent.
+    pub evaluations_sent: u64,
+    /// Sessions (connections that got a Welcome).
+    pub sessions: u64,
+}
+
+/// Aborts a task when dropped, so a station dropped mid-session (killed)
+/// leaves no task holding its connection open.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How one session ended.
+enum SessionEnd {
+    Done,
+    ServerLeft(String),
+    Lost(String),
+    Interrupted,
+    Refused(RejectCode, String),
+    Fatal(ClientError),
+}
+
+/// A request from the server, decoded.
+enum Work {
+    Fit {
+        round: u64,
+        ins: FitIns,
+        encoding: Encoding,
+        send_delta: bool,
+    },
+    Evaluate {
+        round: u64,
+        ins: EvaluateIns,
+    },
+    /// A request that could not be understood: reported back.
+    Invalid {
+        message: String,
+    },
+}
+
+enum Incoming {
+    Work(Work),
+    Bye(Bye),
+    End(String),
+}
+
+enum Done {
+    Fit {
+        round: u64,
+        res: std::result::Result<FitRes, StationError>,
+        global: Arc<Params>,
+        encoding: Encoding,
+        send_delta: bool,
+        seconds: f64,
+    },
+    Evaluate {
+        round: u64,
+        res: std::result::Result<EvaluateRes, StationError>,
+    },
+    Invalid {
+        message: String,
+    },
+}
+
+/// The protocol client of one station.
+pub struct Client {
+    connector: Connector,
+    factory: Arc<dyn LearnerFactory>,
+    options: ClientOptions,
+    /// The learner of the last Welcome and the run it was built for.
+    learner: Option<(RunSetup, Arc<dyn Learner>, Arc<ParamSpec>)>,
+    report: ClientReport,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.connector.server())
+            .field("station", &self.connector.station())
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client connecting with `connector` and training with the learners `factory` builds.
+    pub fn new(
+        connector: Connector,
+        factory: Arc<dyn LearnerFactory>,
+        options: ClientOptions,
+    ) -> Self {
+        Client {
+            connector,
+            factory,
+            options,
+            learner: None,
+            report: ClientReport {
+                outcome: ClientOutcome::Interrupted,
+                updates_sent: 0,
+                evaluations_sent: 0,
+                sessions: 0,
+            },
+        }
+    }
+
+    /// Takes part in the server's run until it ends, the server refuses the
+    /// station, or `shutdown` completes (then the station says Bye).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<ClientReport> {
+        let (stop_tx, mut stop) = watch::channel(false);
+        // Polled by every wait below; it flags the shutdown and then stays
+        // pending, so the code waiting on `stop` reacts (a session says Bye).
+        let stopper = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(stopper);
+        let mut backoff = Backoff::new(
+            self.options.reconnect.clone(),
+            ChaCha8Rng::seed_from_u64(self.options.seed),
+        );
+        let mut lost_since: Option<Instant> = None;
+        let result = loop {
+            let conn = tokio::select! {
+                biased;
+                () = &mut stopper => break Ok(ClientOutcome::Interrupted),
+                _ = stop.changed() => break Ok(ClientOutcome::Interrupted),
+                c = self.connector.connect() => match c {
+                    Ok(c) => c,
+                    Err(e) => break Err(ClientError::Net(e)),
+                },
+            };
+            let sessions_before = self.report.sessions;
+            let end = tokio::select! {
+                biased;
+                () = &mut stopper => SessionEnd::Interrupted,
+                end = self.session(&conn, &mut stop) => end,
+            };
+            if self.report.sessions > sessions_before {
+                // A session that got going starts a fresh reconnection schedule.
+                backoff.reset();
+                lost_since = None;
+            }
+            conn.close(quinn::VarInt::from_u32(0), b"station leaving");
+            let why = match end {
+                SessionEnd::Done => break Ok(ClientOutcome::Done),
+                SessionEnd::Interrupted => break Ok(ClientOutcome::Interrupted),
+                SessionEnd::Refused(RejectCode::RunFinished, _) => {
+                    break Ok(ClientOutcome::RunFinished)
+                }
+                SessionEnd::Refused(RejectCode::ShuttingDown, text) => text,
+                SessionEnd::Refused(code, text) => break Err(ClientError::Rejected { code, text }),
+                SessionEnd::Fatal(e) => break Err(e),
+                SessionEnd::ServerLeft(why) | SessionEnd::Lost(why) => why,
+            };
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            match backoff.next_delay(since.elapsed()) {
+                Some(delay) => {
+                    tracing::warn!(reason = %why, retry_in = ?delay, "lost the server; reconnecting");
+                    tokio::select! {
+                        biased;
+                        () = &mut stopper => break Ok(ClientOutcome::Interrupted),
+                        _ = stop.changed() => break Ok(ClientOutcome::Interrupted),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                None => {
+                    break Err(ClientError::Handshake(format!(
+                        "gave up reconnecting after {} attempts: {why}",
+                        backoff.failures()
+                    )))
+                }
+            }
+        };
+        self.connector.close();
+        let outcome = result?;
+        self.report.outcome = outcome;
+        Ok(self.report)
+    }
+
+    /// Builds (or reuses) the learner of `setup` and the model layout.
+    async fn learner_for(
+        &mut self,
+        setup: RunSetup,
+    ) -> std::result::Result<(Arc<dyn Learner>, Arc<ParamSpec>), ClientError> {
+        if let Some((s, l, spec)) = &self.learner {
+            if *s == setup {
+                return Ok((l.clone(), spec.clone()));
+            }
+        }
+        let factory = self.factory.clone();
+        let s = setup.clone();
+        let built = tokio::task::spawn_blocking(move || -> std::result::Result<_, StationError> {
+            let spec = model::build(&s.model, tch::Device::Cpu)?.param_spec();
+            Ok((factory.learner(&s)?, spec))
+        })
+        .await
+        .map_err(|e| ClientError::Handshake(format!("building the learner: {e}")))??;
+        self.learner = Some((setup, built.0.clone(), built.1.clone()));
+        Ok(built)
+    }
+
+    async fn session(
+        &mut self,
+        conn: &quinn::Connection,
+        stop: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let (send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return SessionEnd::Lost(format!("opening a stream: {e}")),
+        };
+        let mut writer = WireWriter::new(send, self.options.wire);
+        let mut reader = WireReader::new(recv, self.options.wire);
+        let hello = Message::Hello(Hello::new(
+            self.options.software.clone(),
+            Capabilities {
+                encodings: self.options.encodings.clone(),
+                device: self.options.device.clone(),
+                extensions: Default::default(),
+            },
+        ));
+        if let Err(e) = writer.send(&hello, None).await {
+            return SessionEnd::Lost(format!("sending Hello: {e}"));
+        }
+        let welcome =
+            match tokio::time::timeout(self.options.handshake_timeout, reader.recv_message()).await
+            {
+                Ok(Ok(Some(Message::Welcome(w)))) => w,
+                Ok(Ok(Some(Message::Reject(r)))) => return SessionEnd::Refused(r.code, r.text),
+                Ok(Ok(Some(Message::Bye(b)))) => return SessionEnd::ServerLeft(b.text),
+                Ok(Ok(Some(other))) => {
+                    return SessionEnd::Lost(format!("expected Welcome, got {}", other.name()))
+                }
+                Ok(Ok(None)) => return SessionEnd::Lost("the server closed the stream".into()),
+                Ok(Err(e)) => return SessionEnd::Lost(format!("reading Welcome: {e}")),
+                Err(_) => return SessionEnd::Lost("no Welcome in time".into()),
+            };
+        if !self.options.encodings.contains(&welcome.encoding) {
+            return SessionEnd::Fatal(ClientError::Handshake(format!(
+                "the server sends {} models, which this station does not read",
+                welcome.encoding
+            )));
+        }
+        let setup = match RunSetup::from_extensions(&welcome.extensions) {
+            Ok(s) => s,
+            Err(e) => return SessionEnd::Fatal(e.into()),
+        };
+        let (learner, spec) = match self.learner_for(setup).await {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = Message::Error(ErrorMsg {
+                    code: ErrorCode::TrainingFailed,
+                    text: format!("the station cannot take part: {e}"),
+                });
+                let _ = writer.send(&msg, None).await;
+                return SessionEnd::Fatal(e);
+            }
+        };
+        self.report.sessions += 1;
+        tracing::info!(
+            run = %welcome.run_id,
+            station = %welcome.station,
+            session = welcome.session_id,
+            params = spec.total(),
+            "joined the run"
+        );
+
+        // Reads are bounded by the run's model from here on.
+        let read_cfg = WireConfig {
+            max_model_params: spec.total() as u64,
+            max_tensors: u32::try_from(spec.len()).unwrap_or(u32::MAX),
+            ..self.options.wire
+        };
+        let reader = WireReader::new(reader.into_inner(), read_cfg);
+        let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(4);
+        let reader_task = AbortOnDrop(tokio::spawn(read_loop(reader, spec.clone(), in_tx)));
+        let (out_tx, out_rx) = mpsc::channel::<(Message, Option<Params>)>(8);
+        let mut writer_task = AbortOnDrop(tokio::spawn(write_loop(writer, out_rx)));
+
+        let heartbeat_every = Duration::from_millis(welcome.limits.heartbeat_interval_ms.max(100));
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.tick().await;
+        let mut seq = 0u64;
+        let mut pending: VecDeque<Work> = VecDeque::new();
+        let mut busy: Option<tokio::task::JoinHandle<Done>> = None;
+
+        let end = loop {
+            if busy.is_none() {
+                if let Some(work) = pending.pop_front() {
+                    busy = Some(spawn_work(learner.clone(), work));
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break SessionEnd::Interrupted,
+                incoming = in_rx.recv() => match incoming {
+                    Some(Incoming::Work(w)) => {
+                        if matches!(w, Work::Fit { .. }) {
+                            // Only the newest round is worth training.
+                            pending.retain(|p| !matches!(p, Work::Fit { .. }));
+                        }
+                        pending.push_back(w);
+                    }
+                    Some(Incoming::Bye(b)) => {
+                        break if b.reason == ByeReason::Done {
+                            tracing::info!("the server finished the run: {}", b.text);
+                            SessionEnd::Done
+                        } else {
+                            SessionEnd::ServerLeft(format!("the server said goodbye: {}", b.text))
+                        };
+                    }
+                    Some(Incoming::End(why)) => break SessionEnd::Lost(why),
+                    None => break SessionEnd::Lost("the reader stopped".into()),
+                },
+                done = async { busy.as_mut().expect("guarded by the branch condition").await }, if busy.is_some() => {
+                    busy = None;
+                    let done = match done {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!("the training task failed: {e}");
+                            continue;
+                        }
+                    };
+                    let newer_round = pending.iter().any(|p| matches!(p, Work::Fit { .. }));
+                    if let Some(reply) = self.reply(done, newer_round) {
+                        if out_tx.send(reply).await.is_err() {
+                            break SessionEnd::Lost("the writer stopped".into());
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    seq += 1;
+                    let _ = out_tx.try_send((Message::Heartbeat(Heartbeat { seq }), None));
+                }
+            }
+        };
+        drop(reader_task);
+        if let SessionEnd::Interrupted = end {
+            let bye = Message::Bye(Bye {
+                reason: ByeReason::Shutdown,
+                text: "the station is shutting down".into(),
+            });
+            let _ = out_tx.send((bye, None)).await;
+        }
+        drop(out_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer_task.0).await;
+        end
+    }
+
+    /// The message answering a finished request, if it is still wanted.
+    fn reply(&mut self, done: Done, newer_round: bool) -> Option<(Message, Option<Params>)> {
+        match done {
+            Done::Fit {
+                round,
+                res,
+                global,
+                encoding,
+                send_delta,
+                seconds,
+            } => {
+                if newer_round {
+                    tracing::info!(
+                        round,
+                        "a newer round is waiting; this round's update is dropped"
+                    );
+                    return None;
+                }
+                match res {
+                    Ok(fit) => {
+                        let mut params = fit.params;
+                        let kind = if send_delta && global.spec().check_same(params.spec()).is_ok()
+                        {
+                            for (p, g) in params.data_mut().iter_mut().zip(global.data()) {
+                                *p -= *g;
+                            }
+                            UpdateKind::Delta
+                        } else {
+                            UpdateKind::Full
+                        };
+                        let header = match ModelHeader::describe(&params, encoding) {
+                            Ok(h) => h,
+                            Err(e) => {
+                                return Some((
+                                    Message::Error(ErrorMsg {
+                                        code: ErrorCode::Internal,
+                                        text: format!("round {round}: {e}"),
+                                    }),
+                                    None,
+                                ))
+                            }
+                        };
+                        tracing::info!(
+                            round,
+                            examples = fit.num_examples,
+                            loss = fit.metrics.get("loss").copied(),
+                            seconds,
+                            "sending the update"
+                        );
+                        self.report.updates_sent += 1;
+                        Some((
+                            Message::Update(Update {
+                                round,
+                                kind,
+                                num_examples: fit.num_examples,
+                                metrics: fit.metrics,
+                                train_seconds: seconds,
+                                model: header,
+                            }),
+                            Some(params),
+                        ))
+                    }
+                    Err(e) => {
+                        tracing::error!(round, "local training failed: {e}");
+                        Some((
+                            Message::Error(ErrorMsg {
+                                code: ErrorCode::TrainingFailed,
+                                text: format!("round {round}: {e}"),
+                            }),
+                            None,
+                        ))
+                    }
+                }
+            }
+            Done::Invalid { message } => {
+                tracing::warn!("cannot serve a request: {message}");
+                Some((
+                    Message::Error(ErrorMsg {
+                        code: ErrorCode::TrainingFailed,
+                        text: message,
+                    }),
+                    None,
+                ))
+            }
+            Done::Evaluate { round, res } => match res {
+                Ok(e) => {
+                    self.report.evaluations_sent += 1;
+                    Some((
+                        Message::EvaluateResult(EvaluateResult {
+                            round,
+                            num_examples: e.num_examples,
+                            loss: e.loss,
+                            metrics: e.metrics,
+                        }),
+                        None,
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(round, "local evaluation failed: {e}");
+                    Some((
+                        Message::Error(ErrorMsg {
+                            code: ErrorCode::TrainingFailed,
+                            text: format!("evaluation of round {round}: {e}"),
+                        }),
+                        None,
+                    ))
+                }
+            },
+        }
+    }
+}
+
+fn spawn_work(learner: Arc<dyn Learner>, work: Work) -> tokio::task::JoinHandle<Done> {
+    tokio::task::spawn_blocking(move || match work {
+        Work::Fit {
+            round,
+            ins,
+            encoding,
+            send_delta,
+        } => {
+            let t0 = Instant::now();
+            let res = learner.fit(&ins);
+            Done::Fit {
+                round,
+                res,
+                global: ins.global,
+                encoding,
+                send_delta,
+                seconds: t0.elapsed().as_secs_f64(),
+            }
+        }
+        Work::Evaluate { round, ins } => Done::Evaluate {
+            round,
+            res: learner.evaluate(&ins),
+        },
+        Work::Invalid { message } => Done::Invalid { message },
+    })
+}
+
+async fn write_loop(
+    mut writer: WireWriter<quinn::SendStream>,
+    mut rx: mpsc::Receiver<(Message, Option<Params>)>,
+) {
+    while let Some((msg, params)) = rx.recv().await {
+        let last = matches!(msg, Message::Bye(_));
+        if let Err(e) = writer.send(&msg, params.as_ref()).await {
+            tracing::debug!("writing {} failed: {e}", msg.name());
+            return;
+        }
+        if last {
+            break;
+        }
+    }
+    let send = writer.get_mut();
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+async fn read_loop(
+    mut reader: WireReader<quinn::RecvStream>,
+    spec: Arc<ParamSpec>,
+    tx: mpsc::Sender<Incoming>,
+) {
+    let mut last_global: Option<Arc<Params>> = None;
+    let end = loop {
+        let msg = match reader.recv_message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Incoming::End("the server closed the stream".into()),
+            Err(e) => break Incoming::End(format!("reading: {e}")),
+        };
+        let work = match msg {
+            Message::RoundStart(rs) => {
+                let global = match reader.recv_params(&rs.model, Some(&spec)).await {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => break Incoming::End(format!("round {} model: {e}", rs.round)),
+                };
+                last_global = Some(global.clone());
+                match fit_config_from_wire(&rs.config, rs.round) {
+                    Ok(config) => Work::Fit {
+                        round: rs.round,
+                        ins: FitIns {
+                            global,
+                            config: Arc::new(config),
+                        },
+                        encoding: rs.config.update_encoding,
+                        send_delta: rs.config.send_delta,
+                    },
+                    Err(e) => Work::Invalid {
+                        message: format!("round {}: {e}", rs.round),
+                    },
+                }
+            }
+            Message::EvaluateRequest(req) => {
+                let global = match req.model {
+                    EvalModel::Attached(h) => match reader.recv_params(&h, Some(&spec)).await {
+                        Ok(p) => Some(Arc::new(p)),
+                        Err(e) => {
+                            break Incoming::End(format!(
+                                "round {} evaluation model: {e}",
+                                req.round
+                            ))
+                        }
+                    },
+                    EvalModel::LastGlobal => last_global.clone(),
+                };
+                match (global, eval_config_from_wire(&req.config, req.round)) {
+                    (Some(global), Ok(config)) => Work::Evaluate {
+                        round: req.round,
+                        ins: EvaluateIns {
+                            global,
+                            config: Arc::new(config),
+                        },
+                    },
+                    (None, _) => Work::Invalid {
+                        message: format!(
+                            "round {}: evaluation of the last global model, but none was received",
+                            req.round
+                        ),
+                    },
+                    (_, Err(e)) => Work::Invalid {
+                        message: format!("round {} evaluation: {e}", req.round),
+                    },
+                }
+            }
+            Message::Bye(b) => break Incoming::Bye(b),
+            Message::Heartbeat(_) => continue,
+            Message::Error(e) => {
+                tracing::warn!(code = ?e.code, "the server reports: {}", e.text);
+                continue;
+            }
+            other => break Incoming::End(format!("unexpected {} from the server", other.name())),
+        };
+        if tx.send(Incoming::Work(work)).await.is_err() {
+            return;
+        }
+    };
+    let _ = tx.send(end).await;
+}

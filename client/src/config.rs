@@ -1,0 +1,399 @@
+//! [`StationConfig`]: the typed form of `station.toml` and of the flags that
+//! override it. Unknown keys are errors, and [`StationConfig::validate`]
+//! names the first bad setting by its path in the file (e.g. `data.area`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use fedcrime_common::data::{self, area, Incident, Partition};
+use fedcrime_common::net::{ClientTls, ReconnectPolicy, TransportSettings};
+use fedcrime_common::station::data::{PartRef, Selection};
+use fedcrime_common::DeviceChoice;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClientError, Result};
+
+/// The whole station configuration (see `client/station.example.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    /// The server's address, `host:port` (default `127.0.0.1:4433`).
+    #[serde(default = "default_server")]
+    pub server: String,
+    /// The name the server certificate must carry (default `localhost`).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// CA, station certificate and key.
+    pub tls: TlsSection,
+    /// Which records this station trains on.
+    #[serde(default)]
+    pub data: DataSection,
+    /// `auto` (default: CUDA when available), `cpu`, `cuda` or `cuda:N`.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// CPU threads libtorch may use (0: its default).
+    #[serde(default)]
+    pub threads: usize,
+    /// Seed of the reconnection jitter (default 0).
+    #[serde(default)]
+    pub seed: u64,
+    /// Reconnection after network loss.
+    #[serde(default)]
+    pub reconnect: ReconnectPolicy,
+    /// QUIC settings.
+    #[serde(default)]
+    pub transport: TransportSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+fn default_server() -> String {
+    "127.0.0.1:4433".into()
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+/// `[tls]`: the station's certificate, made by `fedcrime-certs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The agency CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This station's certificate (PEM); the station's identity is in it.
+    pub cert: PathBuf,
+    /// This station's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// One area code or several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Areas {
+    /// One LAPD area code (1..=21).
+    One(u8),
+    /// Several.
+    Many(Vec<u8>),
+}
+
+impl Areas {
+    /// The codes.
+    pub fn codes(&self) -> Vec<u8> {
+        match self {
+            Areas::One(a) => vec![*a],
+            Areas::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[data]`: the records and which of them are this station's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// A LAPD export (`.csv` or `.csv.gz`). Absent: the embedded LA-like
+    /// synthetic data (`synthetic_rows`, `synthetic_seed`).
+    pub file: Option<PathBuf>,
+    /// Rows of synthetic data (default 200,000).
+    pub synthetic_rows: usize,
+    /// Seed of the synthetic data (default 7).
+    pub synthetic_seed: u64,
+    /// This precinct's LAPD area code(s), e.g. `area = 7` or `area = [7, 8]`;
+    /// only their incidents are kept.
+    pub area: Option<Areas>,
+    /// For studies: a partitioner (`natural`, `bureau`, `iid`, `dirichlet:ALPHA`)
+    /// of all the samples, of which this station takes one `part`.
+    pub partition: Option<String>,
+    /// Stations of an `iid` or `dirichlet` partition (default 21).
+    pub stations: Option<usize>,
+    /// Which part: an index from 0 or a station name (`station-03`, `hollywood`).
+    pub part: Option<PartRef>,
+    /// Seed of the partitioner (default 0).
+    pub partition_seed: u64,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            file: None,
+            synthetic_rows: 200_000,
+            synthetic_seed: 7,
+            area: None,
+            partition: None,
+            stations: None,
+            part: None,
+            partition_seed: 0,
+        }
+    }
+}
+
+fn config_err(field: impl Into<String>, message: impl Into<String>) -> ClientError {
+    ClientError::Config {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl DataSection {
+    /// Which records and samples are the station's.
+    pub fn selection(&self) -> Result<Selection> {
+        match (&self.area, &self.partition) {
+            (Some(_), Some(_)) => Err(config_err(
+                "data.area",
+                "give either an area filter or a partition, not both",
+            )),
+            (Some(a), None) => {
+                let codes = a.codes();
+                if codes.is_empty() {
+                    return Err(config_err("data.area", "no area code given"));
+                }
+                if let Some(bad) = codes.iter().find(|c| area(**c).is_none()) {
+                    return Err(config_err(
+                        "data.area",
+                        format!("{bad} is not an LAPD area code (1 to 21)"),
+                    ));
+                }
+                Ok(Selection::Areas(codes))
+            }
+            (None, Some(spec)) => {
+                let mut p: Partition = spec
+                    .parse()
+                    .map_err(|e: String| config_err("data.partition", e))?;
+                if let Some(n) = self.stations {
+                    if !matches!(p, Partition::Iid { .. } | Partition::Dirichlet { .. }) {
+                        return Err(config_err(
+                            "data.stations",
+                            format!(
+                                "only iid and dirichlet partitions take a station count, not {p}"
+                            ),
+                        ));
+                    }
+                    if n == 0 {
+                        return Err(config_err("data.stations", "must be at least 1"));
+                    }
+                    p = p.with_stations(n);
+                }
+                let part = self
+                    .part
+                    .clone()
+                    .ok_or_else(|| config_err("data.part", "a partition needs the part to take"))?;
+                if let PartRef::Index(i) = part {
+                    if i >= p.stations() {
+                        return Err(config_err(
+                            "data.part",
+                            format!(
+                                "index {i} is past the partition's {} stations",
+                                p.stations()
+                            ),
+                        ));
+                    }
+                }
+                Ok(Selection::Part {
+                    partition: p,
+                    part,
+                    seed: self.partition_seed,
+                })
+            }
+            (None, None) => {
+                if self.part.is_some() || self.stations.is_some() {
+                    return Err(config_err("data.part", "given without data.partition"));
+                }
+                Ok(Selection::All)
+            }
+        }
+    }
+
+    /// Loads the records (keeping only the station's areas when filtered).
+    pub fn load(&self) -> Result<Vec<Incident>> {
+        let mut incidents = match &self.file {
+            Some(path) => {
+                let loaded = data::load_path(path)?;
+                tracing::info!(
+                    path = %path.display(),
+                    rows = loaded.report.rows_read,
+                    kept = loaded.incidents.len(),
+                    "loaded the records"
+                );
+                loaded.incidents
+            }
+            None => {
+                tracing::info!(
+                    rows = self.synthetic_rows,
+                    seed = self.synthetic_seed,
+                    "generating LA-like synthetic records"
+                );
+                data::synth::generate_incidents(self.synthetic_rows, self.synthetic_seed)
+            }
+        };
+        if let Some(a) = &self.area {
+            let codes = a.codes();
+            incidents.retain(|i| codes.contains(&i.area));
+            incidents.shrink_to_fit();
+        }
+        Ok(incidents)
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter (default `info`; `RUST_LOG` wins).
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl StationConfig {
+    /// A configuration with every default, with these TLS files.
+    pub fn new(tls: TlsSection) -> Self {
+        StationConfig {
+            server: default_server(),
+            server_name: default_server_name(),
+            tls,
+            data: DataSection::default(),
+            device: DeviceChoice::Auto,
+            threads: 0,
+            seed: 0,
+            reconnect: ReconnectPolicy::default(),
+            transport: TransportSettings::default(),
+            log: LogSection::default(),
+        }
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|source| ClientError::Parse {
+            path: origin.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads a TOML file; relative paths in it are relative to its folder.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClientError::Io {
+            what: "reading the config",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text, path)?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_paths(base);
+        }
+        Ok(cfg)
+    }
+
+    /// Makes every relative path absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(f) = &mut self.data.file {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+    }
+
+    /// The TLS material in the net layer's form.
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls {
+            ca: self.tls.ca.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+            server_name: self.server_name.clone(),
+        }
+    }
+
+    /// The server address (resolving a host name).
+    pub fn server_addr(&self) -> Result<SocketAddr> {
+        let mut addrs = self
+            .server
+            .to_socket_addrs()
+            .map_err(|e| config_err("server", format!("{:?}: {e}", self.server)))?;
+        addrs.next().ok_or_else(|| {
+            config_err(
+                "server",
+                format!("{:?} resolves to no address", self.server),
+            )
+        })
+    }
+
+    /// Checks every section, naming the first bad setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.server.trim().is_empty() {
+            return Err(config_err("server", "is empty"));
+        }
+        if !self.server.contains(':') {
+            return Err(config_err(
+                "server",
+                format!("{:?} has no port (expected host:port)", self.server),
+            ));
+        }
+        if self.server_name.trim().is_empty() {
+            return Err(config_err("server_name", "is empty"));
+        }
+        for (field, p) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(config_err(field, "is empty"));
+            }
+        }
+        self.data.selection()?;
+        if self.data.file.is_none() && self.data.synthetic_rows == 0 {
+            return Err(config_err("data.synthetic_rows", "must be at least 1"));
+        }
+        self.reconnect.validate().map_err(|e| match e {
+            fedcrime_common::net::NetError::Settings { field, reason } => {
+                config_err(format!("reconnect.{field}"), reason)
+            }
+            other => ClientError::Net(other),
+        })?;
+        self.transport.validate().map_err(|e| match e {
+            fedcrime_common::net::NetError::Settings { field, reason } => {
+                config_err(format!("transport.{field}"), reason)
+            }
+            other => ClientError::Net(other),
+        })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! The station library's error type.
+
+use std::path::PathBuf;
+
+use fedcrime_common::data::DataError;
+use fedcrime_common::net::NetError;
+use fedcrime_common::station::StationError;
+use fedcrime_common::wire::{RejectCode, WireError};
+
+/// What stops a station. Network loss is not one of them: the station
+/// reconnects (see [`ReconnectPolicy`](fedcrime_common::net::ReconnectPolicy)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A setting is out of range or inconsistent.
+    #[error("invalid setting {field}: {message}")]
+    Config {
+        /// The setting's path in the config file, e.g. `data.area`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The config file is not valid TOML for [`StationConfig`](crate::StationConfig).
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column and key).
+        source: Box<toml::de::Error>,
+    },
+    /// A file could not be read.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The device cannot be used.
+    #[error("device: {0}")]
+    Device(String),
+    /// Connecting failed for good (certificate refused, retries exhausted).
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The records could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The station cannot take part in the server's run (its data does not
+    /// fit the run's task or model, or the run description is malformed).
+    #[error("cannot join the run: {0}")]
+    Station(#[from] StationError),
+    /// The server refused the station.
+    #[error("the server refused the station ({code:?}): {text}")]
+    Rejected {
+        /// Why, for programs.
+        code: RejectCode,
+        /// Why, for people.
+        text: String,
+    },
+    /// The server broke the protocol during the handshake.
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// Writing to the server failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Shorthand for the station's results.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,147 @@
+//! # fedcrime-client
+//!
+//! A precinct station of a fedcrime federation. It loads only its own
+//! records (an LAPD export filtered to its area, or the embedded synthetic
+//! data; a partition of the samples for studies), connects to the agency's
+//! server over QUIC with mutual TLS, and for each round trains locally from
+//! the global model and sends back its parameters; it answers evaluation
+//! requests on its local validation split. Raw records never leave the
+//! station: only parameters, example counts and aggregate metrics do.
+//!
+//! - [`StationConfig`]: the typed `station.toml`;
+//! - [`run`]: load the data, connect, take part until the run ends or
+//!   Ctrl-C, reconnecting after network loss;
+//! - [`Client`] with a [`LearnerFactory`]: the protocol client on its own,
+//!   for tests and embedders that bring their own learner.
+//!
+//! The station learns the run's task, model architecture and shared
+//! featurizer from the server's Welcome, so it cannot train something other
+//! than what the server aggregates; a station whose data does not fit the
+//! run tells the server and stops.
+
+mod client;
+pub mod config;
+mod error;
+
+use std::sync::{Arc, Mutex};
+
+use fedcrime_common::data::Incident;
+use fedcrime_common::net::Connector;
+use fedcrime_common::station::data::{prepare, Selection};
+use fedcrime_common::station::protocol::RunSetup;
+use fedcrime_common::station::{Learner, Station, StationError};
+
+pub use client::{Client, ClientOptions, ClientOutcome, ClientReport, LearnerFactory};
+pub use config::StationConfig;
+pub use error::{ClientError, Result};
+
+/// The learners of a station with its own records: a [`Station`] per run
+/// setup, its splits prepared from the records on first use.
+pub struct DataStation {
+    name: String,
+    incidents: Vec<Incident>,
+    selection: Selection,
+    device: tch::Device,
+    cache: Mutex<Option<(RunSetup, Arc<Station>)>>,
+}
+
+impl std::fmt::Debug for DataStation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataStation")
+            .field("name", &self.name)
+            .field("incidents", &self.incidents.len())
+            .field("selection", &self.selection)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataStation {
+    /// A station named `name` with `incidents`, of which `selection` are its own.
+    pub fn new(
+        name: impl Into<String>,
+        incidents: Vec<Incident>,
+        selection: Selection,
+        device: tch::Device,
+    ) -> Self {
+        DataStation {
+            name: name.into(),
+            incidents,
+            selection,
+            device,
+            cache: Mutex::new(None),
+        }
+    }
+}
+
+impl LearnerFactory for DataStation {
+    fn learner(&self, setup: &RunSetup) -> std::result::Result<Arc<dyn Learner>, StationError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, station)) = cache.as_ref() {
+            if s == setup {
+                return Ok(station.clone());
+            }
+        }
+        let splits = prepare(
+            &self.incidents,
+            &setup.task,
+            setup.featurizer.as_ref(),
+            &self.selection,
+        )?;
+        tracing::info!(
+            station = %self.name,
+            train = splits.train.len(),
+            val = splits.val.len(),
+            test = splits.test.len(),
+            shared_featurizer = setup.featurizer.is_some(),
+            "prepared the local data"
+        );
+        let station = Arc::new(Station::new(
+            self.name.clone(),
+            splits,
+            setup.model.clone(),
+            self.device,
+        )?);
+        *cache = Some((setup.clone(), station.clone()));
+        Ok(station)
+    }
+}
+
+/// Runs a station with `config` until the server's run ends or Ctrl-C.
+pub async fn run(config: StationConfig) -> Result<ClientReport> {
+    config.validate()?;
+    if config.threads > 0 {
+        tch::set_num_threads(i32::try_from(config.threads).unwrap_or(i32::MAX));
+    }
+    let device = config.device.resolve().map_err(ClientError::Device)?;
+    let tls = config.client_tls();
+    let name = tls.station()?.as_str().to_string();
+    let selection = config.data.selection()?;
+    let data = config.data.clone();
+    let incidents = tokio::task::spawn_blocking(move || data.load())
+        .await
+        .map_err(|e| ClientError::Handshake(format!("loading the data: {e}")))??;
+    tracing::info!(station = %name, incidents = incidents.len(), device = ?device, "records loaded");
+    let factory = DataStation::new(name, incidents, selection, device);
+    let connector = Connector::new(
+        &tls,
+        &config.transport,
+        config.server_addr()?,
+        config.reconnect.clone(),
+        config.seed,
+    )?;
+    let options = ClientOptions {
+        device: config.device.to_string(),
+        reconnect: config.reconnect.clone(),
+        seed: config.seed,
+        ..ClientOptions::default()
+    };
+    Client::new(connector, Arc::new(factory), options)
+        .run(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::warn!("Ctrl-C received");
+        })
+        .await
+}

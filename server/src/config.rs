@@ -1,0 +1,557 @@
+//! [`ServerConfig`]: the typed form of `server.toml` and of the command-line
+//! flags that override it. Every section has defaults except `[tls]`;
+//! unknown keys are errors, and [`ServerConfig::validate`] names the first
+//! bad setting by its path in the file (e.g. `federation.fraction_fit`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fedcrime_common::data::{Period, SplitFractions, Task, TaskConfig};
+use fedcrime_common::fl::{ConfigValue, EngineConfig, FlError, StrategyConfig};
+use fedcrime_common::model::{CountLoss, ModelConfig, ModelError, ModelKind};
+use fedcrime_common::net::{ServerTls, TransportSettings};
+use fedcrime_common::station::{
+    self, BATCH_SIZE_KEY, EPOCHS_KEY, LR_KEY, MAX_GRAD_NORM_KEY, SEED_KEY, WEIGHT_DECAY_KEY,
+};
+use fedcrime_common::wire::{Encoding, WireConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ServerError};
+
+/// The whole server configuration (see `server/server.example.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address to listen on (default `0.0.0.0:4433`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Name of the run, shown to stations and in logs (default: derived from the seed).
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Continue after the last checkpointed round instead of starting afresh.
+    #[serde(default)]
+    pub resume: bool,
+    /// CA, server certificate and key, revocation list.
+    pub tls: ServerTls,
+    /// The prediction task.
+    #[serde(default)]
+    pub task: TaskSection,
+    /// The model architecture.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// Rounds, sampling, deadlines, retries, evaluation cadence, seed.
+    #[serde(default)]
+    pub federation: EngineConfig,
+    /// How stations train each round.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// The aggregation strategy and its parameters.
+    #[serde(default)]
+    pub strategy: StrategyConfig,
+    /// Server-side evaluation on held-out data.
+    #[serde(default)]
+    pub evaluation: Option<EvaluationSection>,
+    /// Model and update encodings, frame limits.
+    #[serde(default)]
+    pub wire: WireSection,
+    /// QUIC settings (keep-alive, idle timeout, windows).
+    #[serde(default)]
+    pub transport: TransportSettings,
+    /// Where metrics, checkpoints and the final model go.
+    #[serde(default)]
+    pub output: OutputSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4433))
+}
+
+/// `[task]`: what the federation learns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskSection {
+    /// `risk` (default) or `counts`.
+    pub task: Task,
+    /// `day` (default) or `week`, for `counts`.
+    pub period: Period,
+    /// Previous periods in the inputs (default 4).
+    pub lags: usize,
+    /// The temporal train/validation/test fractions (default 0.7/0.15/0.15).
+    pub split: SplitFractions,
+    /// A featurizer (`featurizer.json` from `fedcrime-sim features`) every
+    /// station applies. Default: the one fit on the evaluation data when
+    /// there is some, else none (each station fits its own).
+    pub featurizer: Option<PathBuf>,
+}
+
+impl Default for TaskSection {
+    fn default() -> Self {
+        let t = TaskConfig::default();
+        TaskSection {
+            task: t.task,
+            period: t.period,
+            lags: t.lags,
+            split: t.split,
+            featurizer: None,
+        }
+    }
+}
+
+impl TaskSection {
+    /// The data pipeline's task configuration.
+    pub fn task_config(&self) -> TaskConfig {
+        TaskConfig {
+            task: self.task,
+            period: self.period,
+            lags: self.lags,
+            split: self.split,
+        }
+    }
+}
+
+/// `[model]`: the architecture; unset widths take the kind's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// `dnn` (default) or `lstm`.
+    pub kind: ModelKind,
+    /// Hidden width.
+    pub hidden: Option<usize>,
+    /// Depth.
+    pub layers: Option<usize>,
+    /// Dropout probability.
+    pub dropout: Option<f64>,
+    /// `counts` loss: `poisson` or `mse`.
+    pub count_loss: Option<CountLoss>,
+    /// LSTM: the head also sees the flat features.
+    pub static_features: Option<bool>,
+    /// Start from this saved model (`.safetensors`, tensors matched by name)
+    /// instead of a fresh one built with `federation.seed`.
+    pub initial: Option<PathBuf>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            kind: ModelKind::Dnn,
+            hidden: None,
+            layers: None,
+            dropout: None,
+            count_loss: None,
+            static_features: None,
+            initial: None,
+        }
+    }
+}
+
+/// `[train]`: what stations are told to do each round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    /// Local epochs per round (default 1).
+    pub epochs: u32,
+    /// Mini-batch size (default 64).
+    pub batch_size: u32,
+    /// Adam's learning rate (default 1e-3).
+    pub lr: f64,
+    /// Adam's weight decay (default 0).
+    pub weight_decay: f64,
+    /// Gradient clipping by global norm (default none).
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        let d = station::default_train_config();
+        TrainSection {
+            epochs: d.epochs as u32,
+            batch_size: d.batch_size as u32,
+            lr: d.lr,
+            weight_decay: d.weight_decay,
+            max_grad_norm: None,
+        }
+    }
+}
+
+/// Which split of the evaluation data the server scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalSplit {
+    /// The validation window.
+    Val,
+    /// The test window (default).
+    #[default]
+    Test,
+}
+
+/// `[evaluation]`: the server's held-out data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSection {
+    /// A LAPD export (`.csv` or `.csv.gz`).
+    pub data: PathBuf,
+    /// Which temporal split to score (default `test`).
+    #[serde(default)]
+    pub split: EvalSplit,
+    /// Samples per evaluation batch (default 4096).
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+fn default_eval_batch() -> usize {
+    4096
+}
+
+/// `[wire]`: encodings and limits of the protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WireSection {
+    /// Encoding of the global model sent to stations: `f32` (default), `f16`, `int8`.
+    #[serde(with = "encoding_name")]
+    pub model_encoding: Encoding,
+    /// Encoding stations send updates in (default `f32`).
+    #[serde(with = "encoding_name")]
+    pub update_encoding: Encoding,
+    /// Stations send `trained - global` instead of the trained model (default false);
+    /// with `f16`/`int8` this loses far less than quantizing the weights.
+    pub send_delta: bool,
+    /// Largest frame accepted, bytes (default 16 MiB).
+    pub max_frame_bytes: u32,
+    /// Tensor data frame size, bytes (default 1 MiB).
+    pub chunk_bytes: u32,
+}
+
+impl Default for WireSection {
+    fn default() -> Self {
+        let w = WireConfig::default();
+        WireSection {
+            model_encoding: Encoding::F32,
+            update_encoding: Encoding::F32,
+            send_delta: false,
+            max_frame_bytes: w.max_frame_bytes,
+            chunk_bytes: w.chunk_bytes,
+        }
+    }
+}
+
+mod encoding_name {
+    use fedcrime_common::wire::Encoding;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(e.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Encoding, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[output]`: where results go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputSection {
+    /// `metrics.csv`, `metrics.jsonl` and the final `model.safetensors` (default `runs/server`).
+    pub dir: PathBuf,
+    /// Checkpoints (default `<dir>/checkpoints`).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Round checkpoints kept (default 3).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        OutputSection {
+            dir: PathBuf::from("runs/server"),
+            checkpoint_dir: None,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+impl OutputSection {
+    /// The checkpoint folder.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("checkpoints"))
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` (default) or `fedcrime=debug` (overridden by `RUST_LOG`).
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+fn config_err(field: impl Into<String>, message: impl Into<String>) -> ServerError {
+    ServerError::Config {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl ServerConfig {
+    /// A configuration with every default, using the PKI files of `tls`.
+    pub fn new(tls: ServerTls) -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            run_id: None,
+            resume: false,
+            tls,
+            task: TaskSection::default(),
+            model: ModelSection::default(),
+            federation: EngineConfig::default(),
+            train: TrainSection::default(),
+            strategy: StrategyConfig::default(),
+            evaluation: None,
+            wire: WireSection::default(),
+            transport: TransportSettings::default(),
+            output: OutputSection::default(),
+            log: LogSection::default(),
+        }
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|source| ServerError::Parse {
+            path: origin.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads a TOML file; relative paths in it are taken relative to the
+    /// file's folder.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
+            what: "reading the config",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text, path)?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_paths(base);
+        }
+        Ok(cfg)
+    }
+
+    /// Makes every relative path absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.ca);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        if let Some(c) = &mut self.tls.crl {
+            fix(c);
+        }
+        if let Some(f) = &mut self.task.featurizer {
+            fix(f);
+        }
+        if let Some(f) = &mut self.model.initial {
+            fix(f);
+        }
+        if let Some(e) = &mut self.evaluation {
+            fix(&mut e.data);
+        }
+        fix(&mut self.output.dir);
+        if let Some(c) = &mut self.output.checkpoint_dir {
+            fix(c);
+        }
+    }
+
+    /// The run's name.
+    pub fn run_id(&self) -> String {
+        self.run_id
+            .clone()
+            .unwrap_or_else(|| format!("fedcrime-{}", self.federation.seed))
+    }
+
+    /// The model architecture (the server adds the target prior of its
+    /// evaluation data, when it has some).
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let model_err = |e: ModelError| match e {
+            ModelError::Config { field, reason } => config_err(format!("model.{field}"), reason),
+            other => ServerError::Model(other),
+        };
+        let mut cfg = station::model_config(self.model.kind, &self.task.task_config())
+            .map_err(|e| config_err("model.kind", e.to_string()))?;
+        let m = &self.model;
+        if let Some(h) = m.hidden {
+            cfg.hidden = h;
+        }
+        if let Some(l) = m.layers {
+            cfg.layers = l;
+        }
+        if let Some(d) = m.dropout {
+            cfg.dropout = d;
+        }
+        if let Some(c) = m.count_loss {
+            cfg.count_loss = c;
+        }
+        if let Some(s) = m.static_features {
+            cfg.static_features = s;
+        }
+        cfg.validate().map_err(model_err)?;
+        Ok(cfg)
+    }
+
+    /// The engine settings with the `[train]` section and the seed in the fit settings.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut e = self.federation.clone();
+        let t = &self.train;
+        let fit = &mut e.fit_config;
+        fit.insert(EPOCHS_KEY.into(), ConfigValue::Int(i64::from(t.epochs)));
+        fit.insert(
+            BATCH_SIZE_KEY.into(),
+            ConfigValue::Int(i64::from(t.batch_size)),
+        );
+        fit.insert(LR_KEY.into(), ConfigValue::Float(t.lr));
+        fit.insert(WEIGHT_DECAY_KEY.into(), ConfigValue::Float(t.weight_decay));
+        if let Some(c) = t.max_grad_norm {
+            fit.insert(MAX_GRAD_NORM_KEY.into(), ConfigValue::Float(c));
+        }
+        fit.insert(
+            SEED_KEY.into(),
+            ConfigValue::Int(self.federation.seed as i64),
+        );
+        e
+    }
+
+    /// The wire limits the server reads with.
+    pub fn wire_config(&self) -> WireConfig {
+        WireConfig {
+            max_frame_bytes: self.wire.max_frame_bytes,
+            chunk_bytes: self.wire.chunk_bytes,
+            ..WireConfig::default()
+        }
+    }
+
+    /// Checks every section, naming the first bad setting.
+    pub fn validate(&self) -> Result<()> {
+        self.engine_config().validate().map_err(|e| match e {
+            FlError::Config { field, message } => {
+                config_err(format!("federation.{field}"), message)
+            }
+            other => ServerError::Fl(other),
+        })?;
+        self.strategy.build().map_err(|e| match e {
+            FlError::Config { field, message } => {
+                let field = field
+                    .strip_prefix("strategy.")
+                    .unwrap_or(&field)
+                    .to_string();
+                config_err(format!("strategy.{field}"), message)
+            }
+            other => config_err("strategy", other.to_string()),
+        })?;
+        self.task
+            .task_config()
+            .validate()
+            .map_err(|e| config_err("task", e.to_string()))?;
+        self.model_config()?;
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(config_err("train.epochs", "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(config_err("train.batch_size", "must be at least 1"));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(config_err(
+                "train.lr",
+                format!("must be a positive number, got {}", t.lr),
+            ));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(config_err("train.weight_decay", "must be >= 0"));
+        }
+        if let Some(c) = t.max_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(config_err("train.max_grad_norm", "must be positive"));
+            }
+        }
+        if let Some(e) = &self.evaluation {
+            if e.batch_size == 0 {
+                return Err(config_err("evaluation.batch_size", "must be at least 1"));
+            }
+        }
+        let w = &self.wire;
+        if w.max_frame_bytes < 4096 {
+            return Err(config_err(
+                "wire.max_frame_bytes",
+                format!("{} is below the 4096-byte minimum", w.max_frame_bytes),
+            ));
+        }
+        if w.chunk_bytes < 4 || w.chunk_bytes > w.max_frame_bytes {
+            return Err(config_err(
+                "wire.chunk_bytes",
+                format!("must be in 4..=max_frame_bytes, got {}", w.chunk_bytes),
+            ));
+        }
+        self.transport.validate().map_err(|e| match e {
+            fedcrime_common::net::NetError::Settings { field, reason } => {
+                config_err(format!("transport.{field}"), reason)
+            }
+            other => ServerError::Net(other),
+        })?;
+        if self.output.keep_checkpoints == 0 {
+            return Err(config_err("output.keep_checkpoints", "must be at least 1"));
+        }
+        for (field, p) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(config_err(field, "is empty"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! The server library's error type.
+
+use std::path::PathBuf;
+
+use fedcrime_common::data::DataError;
+use fedcrime_common::fl::FlError;
+use fedcrime_common::model::ModelError;
+use fedcrime_common::net::NetError;
+use fedcrime_common::params_io::ParamsIoError;
+use fedcrime_common::station::StationError;
+use fedcrime_common::wire::WireError;
+
+/// What can stop the server from starting or running. Misbehaving stations
+/// never produce one: their traffic is refused, logged and counted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A setting is out of range or inconsistent.
+    #[error("invalid setting {field}: {message}")]
+    Config {
+        /// The setting's path in the config file, e.g. `federation.min_fit`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The config file is not valid TOML for [`ServerConfig`](crate::ServerConfig).
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column and key).
+        source: Box<toml::de::Error>,
+    },
+    /// A file could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The checkpoint folder holds a run and `--resume` was not given.
+    #[error(
+        "checkpoint folder {} already holds a run (last completed round {round}); pass --resume \
+         to continue it, or choose another output.checkpoint_dir",
+        dir.display()
+    )]
+    CheckpointExists {
+        /// The folder.
+        dir: PathBuf,
+        /// Its last completed round.
+        round: u64,
+    },
+    /// The round engine or a checkpoint failed.
+    #[error(transparent)]
+    Fl(#[from] FlError),
+    /// The QUIC endpoint failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The run setup could not be derived.
+    #[error(transparent)]
+    Station(#[from] StationError),
+    /// The evaluation data could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model could not be built.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Encoding a message failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Writing the final model failed.
+    #[error(transparent)]
+    ParamsIo(#[from] ParamsIoError),
+    /// Writing the metrics failed.
+    #[error("metrics file {}: {message}", path.display())]
+    Metrics {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A background task died.
+    #[error("{0} task failed")]
+    Task(&'static str),
+}
+
+/// Shorthand for the server's results.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;

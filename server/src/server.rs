@@ -1,0 +1,1002 @@
+//! The QUIC driver of the round engine.
+//!
+//! One task owns the [`Engine`] and everything it decides; it selects over
+//! new connections, messages from the sessions, the engine's timer and the
+//! shutdown signal. Events go into the engine with the current time; the
+//! engine's actions come out and are carried out here: models are encoded
+//! once per round and the same bytes queued to every sampled station,
+//! finished rounds are appended to the metrics files and checkpoints are
+//! written in order by a persistence thread (off the round's critical path;
+//! the run waits for them before it returns), and at the end every station
+//! gets a Bye.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fedcrime_common::data::{load_path, Dataset};
+use fedcrime_common::fl::strategy::WithServerEval;
+use fedcrime_common::fl::{
+    Action, Checkpoint, CheckpointStore, Config, Engine, EvalSummary, EvaluateRes, Event, FitRes,
+    Metrics as FlMetrics, Outcome, RoundMetrics, StationId, Strategy, Summary,
+};
+use fedcrime_common::model::{self, ModelConfig};
+use fedcrime_common::net::{Listener, ListenerStats};
+use fedcrime_common::params::Params;
+use fedcrime_common::station::data::{prepare, Selection};
+use fedcrime_common::station::protocol::{
+    eval_config_to_wire, fit_config_to_wire, RunSetup, UpdateDelivery,
+};
+use fedcrime_common::train::trainer::evaluate_model;
+use fedcrime_common::wire::{
+    Bye, ByeReason, ErrorCode, EvalModel, EvaluateRequest, Message, ModelHeader, Reject,
+    RejectCode, RoundStart, ServerLimits, UpdateKind, WireConfig,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{EvalSplit, ServerConfig};
+use crate::error::{Result, ServerError};
+use crate::metrics::{MetricsWriter, RoundRecord};
+use crate::session::{self, encode, FromSession, Outgoing, SessionCtx};
+
+/// How long stations get to receive their Bye before the endpoint closes.
+const BYE_GRACE: Duration = Duration::from_secs(3);
+
+/// Where a run stands, published after every change (see [`Server::progress`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// The round in progress (one past the last after the run).
+    pub round: u64,
+    /// The last round whose checkpoint is on disk.
+    pub checkpointed: u64,
+    /// Stations connected now.
+    pub connected: usize,
+    /// Whether the run is over.
+    pub finished: bool,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The engine's summary (completed or aborted, rounds completed).
+    pub summary: Summary,
+    /// Every completed round, including rounds before a resume.
+    pub history: Vec<RoundMetrics>,
+    /// The final global model.
+    pub global: Arc<Params>,
+    /// The model's architecture.
+    pub model: ModelConfig,
+    /// The metrics CSV.
+    pub metrics_csv: PathBuf,
+    /// Connection counters.
+    pub listener: ListenerStats,
+    /// Whether the run was stopped by the shutdown signal.
+    pub interrupted: bool,
+}
+
+impl RunReport {
+    /// Whether every round completed.
+    pub fn completed(&self) -> bool {
+        self.summary.outcome == Outcome::Completed
+    }
+}
+
+/// What the driver last asked a station, to attribute its error reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Fit(u64),
+    Evaluate(u64),
+}
+
+struct SessionHandle {
+    id: u64,
+    connection: quinn::Connection,
+    outbox: mpsc::Sender<Outgoing>,
+    last_request: Option<Request>,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    config: ServerConfig,
+    model: ModelConfig,
+    engine: Engine,
+    listener: Listener,
+    ctx: Arc<SessionCtx>,
+    store: CheckpointStore,
+    metrics: MetricsWriter,
+    progress: watch::Sender<Progress>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("engine", &self.engine)
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `f`, letting the runtime move other tasks off this thread when it
+/// can (aggregation and server-side evaluation are CPU work).
+fn cpu<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The server's held-out data and how to score a model on it.
+struct ServerEval {
+    model: ModelConfig,
+    data: Dataset,
+    batch_size: usize,
+}
+
+impl ServerEval {
+    fn evaluate(&self, round: u64, global: &Params) -> Option<EvalSummary> {
+        let outcome = (|| -> std::result::Result<EvalSummary, String> {
+            let mut m = model::build(&self.model, tch::Device::Cpu).map_err(|e| e.to_string())?;
+            m.import_params(global).map_err(|e| e.to_string())?;
+            let e = evaluate_model(m.as_ref(), &self.data, self.batch_size)
+                .map_err(|e| e.to_string())?;
+            Ok(EvalSummary {
+                loss: Some(e.loss),
+                metrics: e
+                    .metrics
+                    .scalars()
+                    .into_iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .collect(),
+                num_examples: e.n as u64,
+            })
+        })();
+        match outcome {
+            Ok(s) => {
+                tracing::info!(
+                    round,
+                    loss = s.loss,
+                    examples = s.num_examples,
+                    "server-side evaluation"
+                );
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!(round, "server-side evaluation failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Validates `config`, prepares the run (featurizer, initial model or the
+    /// checkpoint to resume, strategy, metrics files) and binds the listener.
+    /// Must be called inside a tokio runtime.
+    pub async fn bind(config: ServerConfig) -> Result<Server> {
+        config.validate()?;
+        let task = config.task.task_config();
+        let mut model = config.model_config()?;
+
+        // The featurizer stations share, and the server's held-out data.
+        let mut featurizer = match &config.task.featurizer {
+            Some(path) => Some(fedcrime_common::data::Featurizer::load_json(path)?),
+            None => None,
+        };
+        let mut eval: Option<ServerEval> = None;
+        if let Some(e) = &config.evaluation {
+            let loaded = cpu(|| load_path(&e.data))?;
+            tracing::info!(
+                path = %e.data.display(),
+                incidents = loaded.incidents.len(),
+                "loaded the evaluation data"
+            );
+            if featurizer.is_none() {
+                let built = cpu(|| fedcrime_common::data::build_task(&loaded.incidents, &task))?;
+                featurizer = Some(built.featurizer);
+            }
+            let splits = cpu(|| {
+                prepare(
+                    &loaded.incidents,
+                    &task,
+                    featurizer.as_ref(),
+                    &Selection::All,
+                )
+            })?;
+            model.target_prior = ModelConfig::for_dataset(model.kind, &splits.train).target_prior;
+            let data = match e.split {
+                EvalSplit::Val => splits.val,
+                EvalSplit::Test => splits.test,
+            };
+            fedcrime_common::station::check_dataset(&model, &data, "evaluation")?;
+            eval = Some(ServerEval {
+                model: model.clone(),
+                data,
+                batch_size: e.batch_size,
+            });
+        }
+        if featurizer.is_none() {
+            tracing::warn!(
+                "no shared featurizer (task.featurizer or evaluation data): every station fits \
+                 its own scalers and risk levels"
+            );
+        }
+
+        // The initial model: built from the architecture with the run's
+        // seed, or loaded by tensor name from a saved model.
+        let seed = config.federation.seed;
+        let initial_file = config.model.initial.clone();
+        let initial = cpu(|| -> Result<Params> {
+            tch::manual_seed(seed as i64);
+            let mut m = model::build(&model, tch::Device::Cpu)?;
+            if let Some(path) = &initial_file {
+                let bad = |message: String| ServerError::Config {
+                    field: "model.initial".into(),
+                    message: format!("{}: {message}", path.display()),
+                };
+                let (p, _) = Params::load_safetensors(path).map_err(|e| bad(e.to_string()))?;
+                m.import_params(&p).map_err(|e| bad(e.to_string()))?;
+                tracing::info!(path = %path.display(), "initial model loaded");
+            }
+            Ok(m.export_params())
+        })?;
+        let spec = initial.spec().clone();
+
+        let mut strategy: Box<dyn Strategy> = config.strategy.build()?;
+        if let Some(e) = eval {
+            strategy = Box::new(WithServerEval::new(
+                strategy,
+                move |round, global: &Params| e.evaluate(round, global),
+            ));
+        }
+
+        let ckpt_dir = config.output.checkpoint_dir();
+        let store = CheckpointStore::new(&ckpt_dir).with_keep(config.output.keep_checkpoints);
+        let engine_cfg = config.engine_config();
+        let mut engine = if config.resume {
+            let e = Engine::resume(&ckpt_dir, engine_cfg, strategy, initial, now())?;
+            tracing::info!(
+                dir = %ckpt_dir.display(),
+                next_round = e.round(),
+                "resuming"
+            );
+            e
+        } else {
+            if let Some(latest) = store.load_latest()? {
+                return Err(ServerError::CheckpointExists {
+                    dir: ckpt_dir,
+                    round: latest.round,
+                });
+            }
+            Engine::new(engine_cfg, strategy, initial, now())?
+        };
+        engine.set_stopwatch(Instant::now);
+
+        let metrics = MetricsWriter::open(
+            &config.output.dir,
+            model.task,
+            model.output_dim,
+            engine.history(),
+        )?;
+
+        let setup = RunSetup {
+            model: model.clone(),
+            task,
+            featurizer,
+        };
+        let write_cfg = config.wire_config();
+        let read_cfg = WireConfig {
+            max_model_params: (spec.total() as u64).saturating_mul(2).saturating_add(1024),
+            max_tensors: u32::try_from(spec.len().saturating_mul(2).saturating_add(16))
+                .unwrap_or(u32::MAX),
+            ..write_cfg
+        };
+        let ctx = Arc::new(SessionCtx {
+            run_id: config.run_id(),
+            welcome_ext: setup.to_extensions()?,
+            limits: ServerLimits {
+                max_frame_bytes: write_cfg.max_frame_bytes,
+                max_model_params: read_cfg.max_model_params,
+                heartbeat_interval_ms: config.transport.keep_alive_ms,
+                idle_timeout_ms: config.transport.idle_timeout_ms,
+            },
+            model_encoding: config.wire.model_encoding,
+            update_encoding: config.wire.update_encoding,
+            read_cfg,
+            write_cfg,
+            hello_timeout: config.transport.handshake_timeout(),
+        });
+
+        let listener = Listener::bind(config.listen, &config.tls, &config.transport)?;
+        let (progress, _) = watch::channel(Progress {
+            round: engine.round(),
+            checkpointed: engine.history().last().map_or(0, |m| m.round),
+            connected: 0,
+            finished: false,
+        });
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            run = %ctx.run_id,
+            rounds = engine.config().rounds,
+            strategy = engine.strategy_name(),
+            model = %model.kind,
+            params = spec.total(),
+            "server ready"
+        );
+        Ok(Server {
+            config,
+            model,
+            engine,
+            listener,
+            ctx,
+            store,
+            metrics,
+            progress,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// A live view of the run's progress.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Runs the federation until the last round, an abort, or `shutdown`
+    /// completes (then the round in progress is abandoned, its stations get
+    /// a Bye, and completed rounds stay checkpointed for `--resume`).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunReport> {
+        let metrics_csv = self.metrics.csv_path().to_path_buf();
+        let (persisted_tx, mut persisted) = mpsc::unbounded_channel();
+        let persister = Persister::spawn(self.metrics, self.store, persisted_tx)?;
+        let mut driver = Driver {
+            engine: self.engine,
+            ctx: self.ctx,
+            persister,
+            progress: self.progress,
+            sessions: HashMap::new(),
+            fit_cache: None,
+            eval_cache: None,
+            train_times: BTreeMap::new(),
+            model: self.model.clone(),
+            out_dir: self.config.output.dir.clone(),
+            delivery: UpdateDelivery {
+                deadline: self.config.federation.round_deadline,
+                encoding: self.config.wire.update_encoding,
+                send_delta: self.config.wire.send_delta,
+            },
+            summary: None,
+        };
+        let (tx, mut rx) = mpsc::channel::<FromSession>(256);
+        let mut tasks = JoinSet::new();
+        let mut next_session: u64 = 1;
+        let listener = self.listener;
+        tokio::pin!(shutdown);
+        let mut interrupted = false;
+
+        let outcome: Result<()> = async {
+            loop {
+                driver.act().await?;
+                if driver.summary.is_some() {
+                    return Ok(());
+                }
+                let timer = driver.engine.poll_timeout();
+                let sleep = async {
+                    match timer {
+                        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => {
+                        interrupted = true;
+                        return Ok(());
+                    }
+                    Some(msg) = rx.recv() => driver.on_session(msg),
+                    Some(p) = persisted.recv() => driver.on_persisted(p)?,
+                    Some(conn) = listener.accept() => {
+                        let id = next_session;
+                        next_session += 1;
+                        let station = StationId::from(conn.station.as_str());
+                        tasks.spawn(session::serve(station, id, conn.connection, driver.ctx.clone(), tx.clone()));
+                    }
+                    () = sleep => {
+                        let t = now();
+                        cpu(|| driver.engine.handle_timeout(t));
+                    }
+                }
+                // Reap finished session tasks.
+                while let Some(done) = tasks.try_join_next() {
+                    if let Err(e) = done {
+                        tracing::error!("session task failed: {e}");
+                    }
+                }
+            }
+        }
+        .await;
+
+        // Goodbye to every station, whatever happened.
+        let (reason, text) = match (&outcome, interrupted) {
+            (Ok(()), false) => (ByeReason::Done, "the run is over".to_string()),
+            (Ok(()), true) => (
+                ByeReason::Shutdown,
+                "the server is shutting down".to_string(),
+            ),
+            (Err(e), _) => (ByeReason::Shutdown, format!("the server failed: {e}")),
+        };
+        if interrupted {
+            tracing::warn!(
+                round = driver.engine.round(),
+                "shutting down: the round in progress is abandoned; completed rounds are checkpointed"
+            );
+        }
+        let bye = encode(
+            &Message::Bye(Bye { reason, text }),
+            None,
+            &driver.ctx.write_cfg,
+        );
+        for (_, s) in driver.sessions.drain() {
+            let _ = s.outbox.try_send(Outgoing::Bye(bye.clone()));
+        }
+        drop(tx);
+        let _ = tokio::time::timeout(BYE_GRACE, async {
+            loop {
+                tokio::select! {
+                    Some(msg) = rx.recv() => {
+                        if let FromSession::Hello { reply, .. } = msg {
+                            let _ = reply.send(Some(Reject {
+                                code: if interrupted { RejectCode::ShuttingDown } else { RejectCode::RunFinished },
+                                text: "the run is over".into(),
+                            }));
+                        }
+                    }
+                    joined = tasks.join_next() => if joined.is_none() { break },
+                }
+            }
+        })
+        .await;
+        tasks.abort_all();
+        let stats = listener.stats();
+        listener.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), listener.wait_idle()).await;
+        drop(listener);
+        // Every queued metrics row and checkpoint is on disk before returning.
+        let written = driver.persister.finish().await;
+        while let Ok(p) = persisted.try_recv() {
+            if let Err(e) = driver.on_persisted(p) {
+                tracing::error!("{e}");
+                if outcome.is_ok() {
+                    return Err(e);
+                }
+            }
+        }
+        written?;
+        let mut progress = driver.progress.borrow().clone();
+        progress.finished = true;
+        progress.connected = 0;
+        driver.progress.send_replace(progress);
+        outcome?;
+
+        let summary = driver.summary.clone().unwrap_or_else(|| Summary {
+            rounds_completed: driver.engine.history().last().map_or(0, |m| m.round),
+            outcome: Outcome::Aborted {
+                round: driver.engine.round(),
+                reason: "interrupted".into(),
+            },
+        });
+        Ok(RunReport {
+            summary,
+            history: driver.engine.history().to_vec(),
+            global: driver.engine.global().clone(),
+            model: self.model,
+            metrics_csv,
+            listener: stats,
+            interrupted,
+        })
+    }
+}
+
+/// A request encoded once and sent to every sampled station. Weak
+/// references identify the model and settings it was made from (a live
+/// allocation's address cannot be reused while a weak reference holds it).
+struct Encoded {
+    round: u64,
+    global: Weak<Params>,
+    config: Weak<Config>,
+    bytes: Bytes,
+}
+
+impl Encoded {
+    fn matches(&self, round: u64, global: &Arc<Params>, config: &Arc<Config>) -> bool {
+        self.round == round
+            && std::ptr::eq(self.global.as_ptr(), Arc::as_ptr(global))
+            && std::ptr::eq(self.config.as_ptr(), Arc::as_ptr(config))
+    }
+
+    fn new(round: u64, global: &Arc<Params>, config: &Arc<Config>, bytes: Bytes) -> Self {
+        Encoded {
+            round,
+            global: Arc::downgrade(global),
+            config: Arc::downgrade(config),
+            bytes,
+        }
+    }
+}
+
+/// What the persistence thread writes, in order.
+enum Persist {
+    Metrics(Box<RoundRecord>),
+    Checkpoint(Box<Checkpoint>),
+}
+
+/// What it reports back.
+enum Persisted {
+    Checkpoint(u64),
+    Failed(ServerError),
+}
+
+/// A thread that appends metrics and writes checkpoints in order, off the
+/// round's critical path: the next round's models go out while the last
+/// round's files are fsynced. A round counts as completed (for `--resume`)
+/// once its checkpoint is durable; the run waits for every write before it
+/// returns.
+struct Persister {
+    jobs: Option<std_mpsc::Sender<Persist>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Persister {
+    fn spawn(
+        metrics: MetricsWriter,
+        store: CheckpointStore,
+        done: mpsc::UnboundedSender<Persisted>,
+    ) -> Result<Persister> {
+        let (jobs, queue) = std_mpsc::channel::<Persist>();
+        let thread = std::thread::Builder::new()
+            .name("fedcrime-persist".into())
+            .spawn(move || {
+                for job in queue {
+                    let outcome = match job {
+                        Persist::Metrics(r) => metrics.append(&r).map(|()| None),
+                        Persist::Checkpoint(c) => store
+                            .save(&c)
+                            .map(|_| Some(c.round))
+                            .map_err(ServerError::from),
+                    };
+                    let report = match outcome {
+                        Ok(None) => continue,
+                        Ok(Some(round)) => Persisted::Checkpoint(round),
+                        Err(e) => Persisted::Failed(e),
+                    };
+                    if done.send(report).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| ServerError::Io {
+                what: "starting the persistence thread for",
+                path: PathBuf::from("metrics and checkpoints"),
+                source,
+            })?;
+        Ok(Persister {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Persist) -> Result<()> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or(ServerError::Task("persistence"))
+    }
+
+    /// Waits until everything queued is written.
+    async fn finish(&mut self) -> Result<()> {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|_| ServerError::Task("persistence"))?
+                .map_err(|_| ServerError::Task("persistence"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Most metrics kept from one station message, and their longest name.
+const MAX_METRICS: usize = 64;
+const MAX_METRIC_NAME: usize = 64;
+
+/// Keeps a bounded number of sensibly named metrics from a station.
+fn bounded_metrics(metrics: FlMetrics) -> FlMetrics {
+    metrics
+        .into_iter()
+        .filter(|(k, _)| !k.is_empty() && k.len() <= MAX_METRIC_NAME)
+        .take(MAX_METRICS)
+        .collect()
+}
+
+struct Driver {
+    engine: Engine,
+    ctx: Arc<SessionCtx>,
+    persister: Persister,
+    progress: watch::Sender<Progress>,
+    sessions: HashMap<StationId, SessionHandle>,
+    /// The encoded RoundStart of the current round and what it was made from.
+    fit_cache: Option<Encoded>,
+    /// The encoded EvaluateRequest of the current round and what it was made from.
+    eval_cache: Option<Encoded>,
+    /// Reported training seconds of this round's updates, by station.
+    train_times: BTreeMap<StationId, f64>,
+    model: ModelConfig,
+    out_dir: PathBuf,
+    delivery: UpdateDelivery,
+    summary: Option<Summary>,
+}
+
+impl Driver {
+    fn handle(&mut self, event: Event) {
+        let t = now();
+        cpu(|| self.engine.handle(t, event));
+    }
+
+    fn publish(&self) {
+        let round = self.engine.round();
+        let connected = self.sessions.len();
+        self.progress.send_modify(|p| {
+            p.round = round;
+            p.connected = connected;
+        });
+    }
+
+    /// Queues `bytes` to a station; a station whose queue is full or gone is dropped.
+    fn queue(&mut self, station: &StationId, item: Outgoing, request: Option<Request>) -> u64 {
+        let Some(s) = self.sessions.get_mut(station) else {
+            tracing::debug!(station = %station, "no session to send to");
+            return 0;
+        };
+        let len = match &item {
+            Outgoing::Frames(b) | Outgoing::Bye(b) => b.len() as u64,
+        };
+        match s.outbox.try_send(item) {
+            Ok(()) => {
+                if request.is_some() {
+                    s.last_request = request;
+                }
+                len
+            }
+            Err(e) => {
+                tracing::warn!(station = %station, "station is not keeping up ({e}); dropping it");
+                s.connection
+                    .close(quinn::VarInt::from_u32(2), b"not keeping up");
+                0
+            }
+        }
+    }
+
+    /// Carries out every queued engine action.
+    async fn act(&mut self) -> Result<()> {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::SendFit {
+                    station,
+                    round,
+                    ins,
+                } => {
+                    let bytes = match &self.fit_cache {
+                        Some(e) if e.matches(round, &ins.global, &ins.config) => e.bytes.clone(),
+                        _ => {
+                            let config = fit_config_to_wire(&ins.config, &self.delivery)?;
+                            let msg = Message::RoundStart(RoundStart {
+                                round,
+                                config,
+                                model: ModelHeader::describe(&ins.global, self.ctx.model_encoding)?,
+                            });
+                            let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
+                            self.fit_cache =
+                                Some(Encoded::new(round, &ins.global, &ins.config, b.clone()));
+                            self.train_times.clear();
+                            b
+                        }
+                    };
+                    let sent =
+                        self.queue(&station, Outgoing::Frames(bytes), Some(Request::Fit(round)));
+                    self.handle(Event::Traffic {
+                        bytes_in: 0,
+                        bytes_out: sent,
+                    });
+                }
+                Action::SendEvaluate {
+                    station,
+                    round,
+                    ins,
+                } => {
+                    let bytes = match &self.eval_cache {
+                        Some(e) if e.matches(round, &ins.global, &ins.config) => e.bytes.clone(),
+                        _ => {
+                            let msg = Message::EvaluateRequest(EvaluateRequest {
+                                round,
+                                model: EvalModel::Attached(ModelHeader::describe(
+                                    &ins.global,
+                                    self.ctx.model_encoding,
+                                )?),
+                                config: eval_config_to_wire(&ins.config),
+                            });
+                            let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
+                            self.eval_cache =
+                                Some(Encoded::new(round, &ins.global, &ins.config, b.clone()));
+                            b
+                        }
+                    };
+                    let sent = self.queue(
+                        &station,
+                        Outgoing::Frames(bytes),
+                        Some(Request::Evaluate(round)),
+                    );
+                    self.handle(Event::Traffic {
+                        bytes_in: 0,
+                        bytes_out: sent,
+                    });
+                }
+                Action::RoundFinished(m) => {
+                    let max_train = m
+                        .completed
+                        .iter()
+                        .filter_map(|s| self.train_times.get(s).copied())
+                        .reduce(f64::max);
+                    let record = RoundRecord::new(*m, max_train);
+                    self.train_times.clear();
+                    tracing::info!(
+                        round = record.metrics.round,
+                        round_s = record.metrics.round_s,
+                        max_train_s = record.max_train_s,
+                        overhead_s = record.overhead_s,
+                        bytes_out = record.metrics.bytes_out,
+                        bytes_in = record.metrics.bytes_in,
+                        "round recorded"
+                    );
+                    self.persister.send(Persist::Metrics(Box::new(record)))?;
+                }
+                Action::Checkpoint(c) => self.persister.send(Persist::Checkpoint(c))?,
+                Action::Finished(summary) => {
+                    if summary.rounds_completed > 0 {
+                        let (path, job) = self.final_model_job(summary.rounds_completed);
+                        tokio::task::spawn_blocking(job)
+                            .await
+                            .map_err(|_| ServerError::Task("saving the model"))??;
+                        tracing::info!(path = %path.display(), "final model saved");
+                    }
+                    match &summary.outcome {
+                        Outcome::Completed => tracing::info!(
+                            rounds = summary.rounds_completed,
+                            "federated run completed"
+                        ),
+                        Outcome::Aborted { round, reason } => {
+                            tracing::error!(round, "federated run aborted: {reason}")
+                        }
+                    }
+                    self.summary = Some(summary);
+                }
+                _ => {}
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// The job writing the final global model as a self-describing
+    /// `model.safetensors` (run it off the async threads), and its path.
+    fn final_model_job(&self, round: u64) -> (PathBuf, impl FnOnce() -> Result<()> + Send) {
+        let path = self.out_dir.join("model.safetensors");
+        let cfg = self.model.clone();
+        let global = self.engine.global().clone();
+        let meta = BTreeMap::from([
+            ("round".to_string(), round.to_string()),
+            ("run_id".to_string(), self.ctx.run_id.clone()),
+            (
+                "strategy".to_string(),
+                self.engine.strategy_name().to_string(),
+            ),
+        ]);
+        let p = path.clone();
+        let job = move || -> Result<()> {
+            let mut m = model::build(&cfg, tch::Device::Cpu)?;
+            m.import_params(&global)?;
+            model::save_model(m.as_ref(), &p, &meta)?;
+            Ok(())
+        };
+        (path, job)
+    }
+
+    fn on_persisted(&mut self, p: Persisted) -> Result<()> {
+        match p {
+            Persisted::Checkpoint(round) => {
+                tracing::debug!(round, "checkpoint durable");
+                self.progress.send_modify(|p| p.checkpointed = round);
+                Ok(())
+            }
+            Persisted::Failed(e) => {
+                tracing::error!("writing metrics or a checkpoint failed: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn current(&self, station: &StationId, session: u64) -> bool {
+        self.sessions.get(station).is_some_and(|s| s.id == session)
+    }
+
+    fn on_session(&mut self, msg: FromSession) {
+        match msg {
+            FromSession::Hello {
+                station,
+                session,
+                connection,
+                outbox,
+                reply,
+            } => {
+                if self.summary.is_some() || self.engine.is_finished() {
+                    let _ = reply.send(Some(Reject {
+                        code: RejectCode::RunFinished,
+                        text: "the run is over".into(),
+                    }));
+                    return;
+                }
+                if let Some(old) = self.sessions.remove(&station) {
+                    tracing::info!(station = %station, old = old.id, new = session,
+                        "station reconnected; the new connection replaces the old one");
+                    old.connection.close(
+                        quinn::VarInt::from_u32(3),
+                        b"replaced by a newer connection",
+                    );
+                    self.handle(Event::StationDisconnected {
+                        id: station.clone(),
+                    });
+                }
+                if reply.send(None).is_err() {
+                    return;
+                }
+                self.sessions.insert(
+                    station.clone(),
+                    SessionHandle {
+                        id: session,
+                        connection,
+                        outbox,
+                        last_request: None,
+                    },
+                );
+                self.handle(Event::StationConnected { id: station });
+            }
+            FromSession::Update {
+                station,
+                session,
+                update,
+                params,
+                bytes,
+            } => {
+                if !self.current(&station, session) {
+                    return;
+                }
+                self.handle(Event::Traffic {
+                    bytes_in: bytes,
+                    bytes_out: 0,
+                });
+                let mut params = params;
+                if update.kind == UpdateKind::Delta {
+                    let global = self.engine.global();
+                    if global.spec().check_same(params.spec()).is_ok() {
+                        for (p, g) in params.data_mut().iter_mut().zip(global.data()) {
+                            *p += *g;
+                        }
+                    }
+                }
+                if update.round == self.engine.round()
+                    && update.train_seconds.is_finite()
+                    && update.train_seconds >= 0.0
+                {
+                    self.train_times
+                        .insert(station.clone(), update.train_seconds);
+                }
+                self.handle(Event::UpdateReceived {
+                    id: station,
+                    round: update.round,
+                    update: FitRes {
+                        params,
+                        num_examples: update.num_examples,
+                        metrics: bounded_metrics(update.metrics),
+                    },
+                });
+            }
+            FromSession::Evaluation {
+                station,
+                session,
+                result,
+                bytes,
+            } => {
+                if !self.current(&station, session) {
+                    return;
+                }
+                self.handle(Event::Traffic {
+                    bytes_in: bytes,
+                    bytes_out: 0,
+                });
+                self.handle(Event::EvaluationReceived {
+                    id: station,
+                    round: result.round,
+                    result: EvaluateRes {
+                        loss: result.loss,
+                        num_examples: result.num_examples,
+                        metrics: bounded_metrics(result.metrics),
+                    },
+                });
+            }
+            FromSession::Report {
+                station,
+                session,
+                error,
+            } => {
+                if !self.current(&station, session) {
+                    return;
+                }
+                let last = self.sessions.get(&station).and_then(|s| s.last_request);
+                tracing::warn!(station = %station, code = ?error.code, "station reports: {}", error.text);
+                if error.code == ErrorCode::TrainingFailed {
+                    match last {
+                        Some(Request::Fit(round)) => self.handle(Event::FitFailed {
+                            id: station,
+                            round,
+                            message: error.text,
+                        }),
+                        Some(Request::Evaluate(round)) => self.handle(Event::EvaluateFailed {
+                            id: station,
+                            round,
+                            message: error.text,
+                        }),
+                        None => {}
+                    }
+                }
+            }
+            FromSession::Closed {
+                station,
+                session,
+                reason,
+            } => {
+                if !self.current(&station, session) {
+                    return;
+                }
+                self.sessions.remove(&station);
+                tracing::info!(station = %station, session, "station left: {reason}");
+                self.handle(Event::StationDisconnected { id: station });
+            }
+        }
+    }
+}
+
+/// Runs a server with `config` until the run ends or Ctrl-C.
+pub async fn run(config: ServerConfig) -> Result<RunReport> {
+    let server = Server::bind(config).await?;
+    server
+        .run(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::warn!("Ctrl-C received");
+        })
+        .await
+}

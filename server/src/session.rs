@@ -1,0 +1,383 @@
+//! One station's connection: the Hello/Welcome handshake on the stream the
+//! station opens, then a reader (decoding what the station sends and handing
+//! it to the driver) and a writer (sending what the driver queued, bytes
+//! encoded once per round and shared by every station).
+//!
+//! Nothing a station sends can take the server down: every read is bounded
+//! (frame size, model size against the global model's), a malformed or
+//! unexpected message ends only this session, with an Error message to the
+//! station when the stream still works.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fedcrime_common::fl::StationId;
+use fedcrime_common::params::Params;
+use fedcrime_common::wire::{
+    encode_message, negotiate_version, Encoding, ErrorCode, ErrorMsg, EvaluateResult, Extensions,
+    Message, Reject, RejectCode, ServerLimits, Update, Welcome, WireConfig, WireReader,
+    SUPPORTED_VERSIONS,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Outgoing items a session's writer can hold before the station counts as stuck.
+pub(crate) const OUTBOX: usize = 16;
+/// How long a finished session's writer may take to deliver what is queued.
+const WRITER_GRACE: Duration = Duration::from_secs(2);
+
+/// What the writer sends.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// Encoded frames (a message and, maybe, its model).
+    Frames(Bytes),
+    /// An encoded Bye: the last thing sent; the stream is finished after it.
+    Bye(Bytes),
+}
+
+/// What every session needs to know about the run.
+#[derive(Debug)]
+pub(crate) struct SessionCtx {
+    /// The run's name.
+    pub run_id: String,
+    /// The run description for the Welcome.
+    pub welcome_ext: Extensions,
+    /// The limits announced in the Welcome.
+    pub limits: ServerLimits,
+    /// Encoding of models sent to stations.
+    pub model_encoding: Encoding,
+    /// Encoding of updates.
+    pub update_encoding: Encoding,
+    /// Limits for reading from stations (model sizes bounded by the global model's).
+    pub read_cfg: WireConfig,
+    /// Limits for writing.
+    pub write_cfg: WireConfig,
+    /// Time a station has to open its stream and say Hello.
+    pub hello_timeout: Duration,
+}
+
+/// What a session tells the driver.
+#[derive(Debug)]
+pub(crate) enum FromSession {
+    /// A station passed the handshake and asks to join; the driver answers
+    /// `None` (welcome) or a refusal.
+    Hello {
+        station: StationId,
+        session: u64,
+        connection: quinn::Connection,
+        outbox: mpsc::Sender<Outgoing>,
+        reply: oneshot::Sender<Option<Reject>>,
+    },
+    /// A decoded update (not yet validated).
+    Update {
+        station: StationId,
+        session: u64,
+        update: Update,
+        params: Params,
+        bytes: u64,
+    },
+    /// An evaluation result.
+    Evaluation {
+        station: StationId,
+        session: u64,
+        result: EvaluateResult,
+        bytes: u64,
+    },
+    /// The station reported a problem.
+    Report {
+        station: StationId,
+        session: u64,
+        error: ErrorMsg,
+    },
+    /// The session is over.
+    Closed {
+        station: StationId,
+        session: u64,
+        reason: String,
+    },
+}
+
+/// Encodes `msg` (and its model) into one buffer.
+pub(crate) fn encode(msg: &Message, model: Option<&Params>, cfg: &WireConfig) -> Bytes {
+    let mut out = Vec::new();
+    match encode_message(msg, model, cfg, &mut out) {
+        Ok(()) => Bytes::from(out),
+        Err(e) => {
+            // Only a model/header mismatch or an oversized control message can
+            // fail here, both bugs of ours; send an Error instead.
+            tracing::error!(message = msg.name(), "cannot encode: {e}");
+            let mut out = Vec::new();
+            let fallback = Message::Error(ErrorMsg {
+                code: ErrorCode::Internal,
+                text: format!("server could not encode {}", msg.name()),
+            });
+            let _ = encode_message(&fallback, None, cfg, &mut out);
+            Bytes::from(out)
+        }
+    }
+}
+
+/// Writes `msg` on `send`, finishes the stream and waits (bounded) until the
+/// station has it.
+async fn send_last(send: &mut quinn::SendStream, msg: &Message, cfg: &WireConfig) {
+    let bytes = encode(msg, None, cfg);
+    if send.write_chunk(bytes).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(WRITER_GRACE, send.stopped()).await;
+    }
+}
+
+/// Serves one authenticated connection until it ends.
+pub(crate) async fn serve(
+    station: StationId,
+    session: u64,
+    connection: quinn::Connection,
+    ctx: Arc<SessionCtx>,
+    tx: mpsc::Sender<FromSession>,
+) {
+    let end = run(&station, session, &connection, &ctx, &tx).await;
+    let reason = match end {
+        Ok(r) => {
+            tracing::info!(station = %station, session, "session ended: {r}");
+            r
+        }
+        Err(r) => {
+            tracing::warn!(station = %station, session, "session ended: {r}");
+            r
+        }
+    };
+    connection.close(quinn::VarInt::from_u32(0), reason.as_bytes());
+}
+
+async fn run(
+    station: &StationId,
+    session: u64,
+    connection: &quinn::Connection,
+    ctx: &SessionCtx,
+    tx: &mpsc::Sender<FromSession>,
+) -> Result<String, String> {
+    let (mut send, recv) =
+        match tokio::time::timeout(ctx.hello_timeout, connection.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connection lost before the handshake: {e}")),
+            Err(_) => return Err("no stream opened in time".into()),
+        };
+    let mut reader = WireReader::new(recv, ctx.read_cfg);
+    let reject = |code, text: String| Message::Reject(Reject { code, text });
+    let hello = match tokio::time::timeout(ctx.hello_timeout, reader.recv_message()).await {
+        Ok(Ok(Some(Message::Hello(h)))) => h,
+        Ok(Ok(Some(other))) => {
+            let text = format!("expected Hello, got {}", other.name());
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
+            return Err(text);
+        }
+        Ok(Ok(None)) => return Err("stream ended before Hello".into()),
+        Ok(Err(e)) => {
+            let text = format!("bad Hello: {e}");
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
+            return Err(text);
+        }
+        Err(_) => {
+            let text = "no Hello in time".to_string();
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
+            return Err(text);
+        }
+    };
+    let version = match negotiate_version(&hello.protocol_versions, SUPPORTED_VERSIONS) {
+        Ok(v) => v,
+        Err(e) => {
+            let text = e.to_string();
+            send_last(
+                &mut send,
+                &reject(RejectCode::UnsupportedVersion, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
+            return Err(text);
+        }
+    };
+    for enc in [ctx.model_encoding, ctx.update_encoding] {
+        if !hello.capabilities.encodings.contains(&enc) {
+            let text = format!("the run uses {enc} tensors, which the station does not support");
+            send_last(
+                &mut send,
+                &reject(RejectCode::BadHello, text.clone()),
+                &ctx.write_cfg,
+            )
+            .await;
+            return Err(text);
+        }
+    }
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+    let (reply, answer) = oneshot::channel();
+    let hello_msg = FromSession::Hello {
+        station: station.clone(),
+        session,
+        connection: connection.clone(),
+        outbox: outbox.clone(),
+        reply,
+    };
+    if tx.send(hello_msg).await.is_err() {
+        return Err("server stopping".into());
+    }
+    match answer.await {
+        Ok(None) => {}
+        Ok(Some(r)) => {
+            let text = r.text.clone();
+            send_last(&mut send, &Message::Reject(r), &ctx.write_cfg).await;
+            return Ok(format!("refused: {text}"));
+        }
+        Err(_) => return Err("server stopping".into()),
+    }
+    let welcome = Message::Welcome(Welcome {
+        protocol_version: version,
+        session_id: session,
+        run_id: ctx.run_id.clone(),
+        station: station.to_string(),
+        encoding: ctx.model_encoding,
+        limits: ctx.limits,
+        extensions: ctx.welcome_ext.clone(),
+    });
+    if let Err(e) = send
+        .write_chunk(encode(&welcome, None, &ctx.write_cfg))
+        .await
+    {
+        let _ = tx
+            .send(FromSession::Closed {
+                station: station.clone(),
+                session,
+                reason: format!("writing Welcome: {e}"),
+            })
+            .await;
+        return Err(format!("writing Welcome: {e}"));
+    }
+    tracing::info!(
+        station = %station,
+        session,
+        software = %hello.software_version,
+        device = %hello.capabilities.device,
+        "station joined"
+    );
+    let writer = tokio::spawn(write_loop(send, outbox_rx));
+    let end = read_loop(station, session, &mut reader, tx, &outbox, ctx).await;
+    let reason = match &end {
+        Ok(r) | Err(r) => r.clone(),
+    };
+    let _ = tx
+        .send(FromSession::Closed {
+            station: station.clone(),
+            session,
+            reason,
+        })
+        .await;
+    drop(outbox);
+    let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
+    end
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(item) = rx.recv().await {
+        let (bytes, last) = match item {
+            Outgoing::Frames(b) => (b, false),
+            Outgoing::Bye(b) => (b, true),
+        };
+        if let Err(e) = send.write_chunk(bytes).await {
+            tracing::debug!("write failed: {e}");
+            return;
+        }
+        if last {
+            break;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// Reads the station's messages until the stream ends, the station says
+/// Bye, or it breaks the protocol.
+async fn read_loop(
+    station: &StationId,
+    session: u64,
+    reader: &mut WireReader<quinn::RecvStream>,
+    tx: &mpsc::Sender<FromSession>,
+    outbox: &mpsc::Sender<Outgoing>,
+    ctx: &SessionCtx,
+) -> Result<String, String> {
+    let complain = |code: ErrorCode, text: String| {
+        let msg = Message::Error(ErrorMsg { code, text });
+        let _ = outbox.try_send(Outgoing::Frames(encode(&msg, None, &ctx.write_cfg)));
+    };
+    loop {
+        let start = reader.bytes_read();
+        let msg = match reader.recv_message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok("the station closed its stream".into()),
+            Err(e) => {
+                if e.is_protocol_violation() {
+                    complain(ErrorCode::Protocol, e.to_string());
+                }
+                return Err(format!("reading: {e}"));
+            }
+        };
+        let to_driver = match msg {
+            Message::Update(update) => {
+                let params = match reader.recv_params(&update.model, None).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let text = format!("update for round {}: {e}", update.round);
+                        complain(ErrorCode::InvalidUpdate, text.clone());
+                        return Err(text);
+                    }
+                };
+                FromSession::Update {
+                    station: station.clone(),
+                    session,
+                    update,
+                    params,
+                    bytes: reader.bytes_read() - start,
+                }
+            }
+            Message::EvaluateResult(result) => FromSession::Evaluation {
+                station: station.clone(),
+                session,
+                result,
+                bytes: reader.bytes_read() - start,
+            },
+            Message::Error(error) => FromSession::Report {
+                station: station.clone(),
+                session,
+                error,
+            },
+            Message::Heartbeat(_) => continue,
+            Message::Bye(b) => {
+                return Ok(format!(
+                    "the station said goodbye ({:?}: {})",
+                    b.reason, b.text
+                ))
+            }
+            other => {
+                let text = format!("unexpected {} from a station", other.name());
+                complain(ErrorCode::UnexpectedMessage, text.clone());
+                return Err(text);
+            }
+        };
+        if tx.send(to_driver).await.is_err() {
+            return Ok("server stopping".into());
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! `fedcrime-sim bench rounds`: the framework's cost per federated round
+//! without training, over QUIC or in memory (see `fedcrime_sim::sim::bench`).
+//!
+//! ```text
+//! fedcrime-sim bench rounds --params 1m --stations 21 --transport quic
+//! fedcrime-sim bench rounds --params 20k --stations 1000 --fraction 0.1 --transport memory
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use fedcrime_common::fl::StrategyConfig;
+use fedcrime_sim::progress;
+use fedcrime_sim::sim::bench::{self, parse_count, BenchSpec};
+use fedcrime_sim::sim::Transport;
+
+use crate::GlobalOpts;
+
+/// Options of `fedcrime-sim bench rounds`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchRoundsArgs {
+    /// Model parameters: 20k, 1m, 10m or any count (a dnn of that size).
+    #[arg(long, value_parser = parse_count, default_value = "20k")]
+    pub params: usize,
+    /// Stations connected.
+    #[arg(long, default_value_t = 21)]
+    pub stations: usize,
+    /// Fraction of the stations sampled each round.
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction: f64,
+    /// Rounds to run (the first, with the connections, is not counted).
+    #[arg(long, default_value_t = 6)]
+    pub rounds: u64,
+    /// quic (real server and clients, mutual TLS, 127.0.0.1) or memory.
+    #[arg(long, value_enum, default_value = "quic")]
+    pub transport: Transport,
+    /// Stations working at once [default: all].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// The aggregation strategy.
+    #[arg(long, default_value = "fedavg")]
+    pub strategy: StrategyConfig,
+    /// Folder for the QUIC run's certificates and server files
+    /// [default: a temporary folder].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command.
+pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
+    let tmp = tempfile::tempdir().context("creating a temporary folder")?;
+    let spec = BenchSpec {
+        params: args.params,
+        stations: args.stations,
+        fraction: args.fraction,
+        rounds: args.rounds,
+        transport: args.transport,
+        concurrency: args.concurrency,
+        strategy: args.strategy.clone(),
+        dir: args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf()),
+    };
+    let bar = progress::bar(global.quiet || args.json, args.rounds, "bench", "rounds");
+    let r = bench::run(&spec, &bar)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} stations ({} sampled), {} params (dnn width {}), {} over {} rounds:",
+        r.stations, r.sampled, r.params, r.hidden, r.transport, r.rounds
+    );
+    println!(
+        "  seconds per round  {:.4} median, {:.4} mean; slowest station {:.4}; aggregation {:.4}",
+        r.round_s, r.round_mean_s, r.slowest_fit_s, r.aggregate_s
+    );
+    println!(
+        "  framework overhead {:.4} s per round ({:.1} MB moved)",
+        r.overhead_s,
+        r.bytes_per_round as f64 / 1e6
+    );
+    println!(
+        "  reference: memcpy of the round's model bytes {:.4} s ({:.1}x), TCP loopback {:.4} s ({:.1}x)",
+        r.memcpy_s, r.overhead_vs_memcpy, r.tcp_s, r.overhead_vs_tcp
+    );
+    println!("  peak RSS {:.0} MiB", r.peak_rss_mib);
+    Ok(())
+}

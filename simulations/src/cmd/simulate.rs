@@ -1,0 +1,287 @@
+//! `fedcrime-sim simulate`: a whole federation on one machine next to the
+//! centralized baselines, written to `--out` as `metrics.csv`,
+//! `convergence.svg` / `.png`, `report.md` and `sim.toml` (see
+//! `fedcrime_sim::sim`).
+//!
+//! Without arguments it runs the default study: the embedded
+//! LA-like synthetic data, task `risk`, model `dnn`, 21 stations (one per
+//! LAPD area), FedAvg for 20 rounds of 1 local epoch over QUIC with mutual
+//! TLS on 127.0.0.1, and the single-worker and data-parallel centralized
+//! baselines with as many passes over the data.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use fedcrime_common::data::{Partition, Period, Task};
+use fedcrime_common::fl::StrategyConfig;
+use fedcrime_common::model::ModelKind;
+use fedcrime_common::DeviceChoice;
+use fedcrime_sim::sim::{self, RunOptions, SimConfig, Transport};
+
+use crate::GlobalOpts;
+
+/// Options of `fedcrime-sim simulate`; each overrides the `--config` file.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A TOML file describing the study (see `sim.toml` in any output
+    /// folder); flags override its settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// An LAPD export (.csv or .csv.gz) instead of the synthetic data.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Synthetic incidents to generate when no --data is given [default: 200000].
+    #[arg(long)]
+    pub rows: Option<usize>,
+    /// Days of synthetic data [default: 365].
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// The task: risk or counts [default: risk].
+    #[arg(long)]
+    pub task: Option<Task>,
+    /// The period of the counts task: day or week [default: day].
+    #[arg(long)]
+    pub period: Option<Period>,
+    /// The model: dnn or lstm [default: dnn].
+    #[arg(long)]
+    pub model: Option<ModelKind>,
+    /// Hidden width of the model (the architecture's default when absent).
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Dropout probability [default: 0; with dropout stations train one at a time].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// The aggregation strategy, with parameters: fedavg, fedprox:mu=0.01,
+    /// fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, fedtrimmedavg:beta=0.2,
+    /// krum:byzantine=1, multikrum:byzantine=1,keep=2 [default: fedavg].
+    #[arg(long)]
+    pub strategy: Option<StrategyConfig>,
+    /// Federated rounds [default: 20].
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Local epochs per round [default: 1].
+    #[arg(long)]
+    pub local_epochs: Option<usize>,
+    /// natural (one station per LAPD area), bureau, iid or dirichlet:ALPHA
+    /// [default: natural].
+    #[arg(long)]
+    pub partition: Option<Partition>,
+    /// Stations of the iid and dirichlet partitions [default: 21].
+    #[arg(long)]
+    pub stations: Option<usize>,
+    /// Fraction of the stations sampled each round [default: 1.0].
+    #[arg(long)]
+    pub fraction: Option<f64>,
+    /// quic (a real server and clients with mutual TLS on 127.0.0.1) or
+    /// memory (no sockets, for scale) [default: quic].
+    #[arg(long, value_enum)]
+    pub transport: Option<Transport>,
+    /// Stations training at once [default: the cores].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Where every method trains: cpu, auto, cuda or cuda:N [default: cpu].
+    #[arg(long)]
+    pub device: Option<DeviceChoice>,
+    /// Samples per optimizer step, for every method [default: 64].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Adam's learning rate, for every method [default: 0.001].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of the partition, initial model, sampling and training [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Skip the centralized baselines (for scale runs).
+    #[arg(long)]
+    pub no_centralized: bool,
+    /// Output folder [default: runs/<timestamp>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+impl SimulateArgs {
+    /// The study: the file's settings (or the defaults), then the flags.
+    pub fn config(&self) -> Result<SimConfig> {
+        let mut c = match &self.config {
+            Some(path) => SimConfig::load(path)?,
+            None => SimConfig::default(),
+        };
+        if let Some(v) = &self.data {
+            c.data.file = Some(v.clone());
+        }
+        if let Some(v) = self.rows {
+            c.data.rows = v;
+        }
+        if let Some(v) = self.days {
+            c.data.days = v;
+        }
+        if let Some(v) = self.task {
+            c.data.task = v;
+        }
+        if let Some(v) = self.period {
+            c.data.period = v;
+        }
+        if let Some(v) = self.model {
+            c.model.kind = v;
+        }
+        if let Some(v) = self.hidden {
+            c.model.hidden = Some(v);
+        }
+        if let Some(v) = self.dropout {
+            c.model.dropout = v;
+        }
+        if let Some(v) = &self.strategy {
+            c.federation.strategy = v.clone();
+        }
+        if let Some(v) = self.rounds {
+            c.federation.rounds = v;
+        }
+        if let Some(v) = self.local_epochs {
+            c.federation.local_epochs = v;
+        }
+        if let Some(v) = &self.partition {
+            c.federation.partition = v.clone();
+            if matches!(v, Partition::Natural | Partition::Bureau) {
+                c.federation.stations = None;
+            }
+        }
+        if let Some(v) = self.stations {
+            c.federation.stations = Some(v);
+        }
+        if let Some(v) = self.fraction {
+            c.federation.fraction = v;
+        }
+        if let Some(v) = self.transport {
+            c.federation.transport = v;
+        }
+        if let Some(v) = self.concurrency {
+            c.federation.concurrency = Some(v);
+        }
+        if let Some(v) = self.device {
+            c.federation.device = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.train.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            c.train.lr = v;
+        }
+        if let Some(v) = self.seed {
+            c.seed = v;
+        }
+        if self.no_centralized {
+            c.centralized.enabled = false;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The output folder: `--out`, else `runs/<unix seconds>`.
+    pub fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from("runs").join(timestamp(secs))
+        })
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` (UTC) of a Unix time.
+fn timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = fedcrime_common::data::features::civil_from_days(days);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Runs the command.
+pub fn run(args: &SimulateArgs, global: &GlobalOpts) -> Result<()> {
+    let cfg = args.config()?;
+    let out = args.out();
+    let outcome = sim::simulate(
+        &cfg,
+        &out,
+        RunOptions {
+            quiet: global.quiet,
+        },
+    )
+    .with_context(|| format!("simulation into {}", out.display()))?;
+    if !global.quiet {
+        println!("{}", outcome.report);
+        eprintln!(
+            "wrote {}: metrics.csv, convergence.svg, convergence.png, report.md, sim.toml",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sim.toml");
+        std::fs::write(
+            &path,
+            "seed = 3\n[federation]\nrounds = 7\npartition = \"iid\"\nstations = 9\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--rounds",
+            "2",
+            "--strategy",
+            "fedprox:mu=0.5",
+            "--transport",
+            "memory",
+            "--no-centralized",
+        ]);
+        let c = cli.args.config().unwrap();
+        assert_eq!(c.seed, 3);
+        assert_eq!(c.federation.rounds, 2);
+        assert_eq!(c.federation.stations, Some(9));
+        assert_eq!(c.federation.strategy, StrategyConfig::FedProx { mu: 0.5 });
+        assert_eq!(c.federation.transport, Transport::Memory);
+        assert!(!c.centralized.enabled);
+        let cli = Cli::parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--partition",
+            "natural",
+        ]);
+        assert_eq!(cli.args.config().unwrap().federation.stations, None);
+        let cli = Cli::parse_from(["x", "--fraction", "2"]);
+        let e = cli.args.config().unwrap_err().to_string();
+        assert!(e.contains("federation.fraction"), "{e}");
+    }
+
+    #[test]
+    fn default_out_is_a_timestamped_runs_folder() {
+        assert_eq!(timestamp(0), "19700101-000000");
+        assert_eq!(timestamp(1_700_000_000), "20231114-221320");
+        let cli = Cli::parse_from(["x"]);
+        assert!(cli.args.out().starts_with("runs"));
+    }
+}

@@ -1,0 +1,182 @@
+//! The centralized baselines: one model trained on the pooled training
+//! split, by the station trainer on one worker (`centralized`) and by the
+//! data-parallel trainer on W CPU workers (`data-parallel-W`).
+//!
+//! Both start from the federation's initial model, use its optimizer
+//! settings and seed, and make as many passes over the data as the
+//! federation ([`SimConfig::centralized_epochs`]); early stopping is off so
+//! that every method trains for its whole budget. After every epoch the
+//! model is scored on the pooled validation split (by the trainer) and test
+//! split (here, on a second model that reads the live weights), like the
+//! global model after every round; the rows' seconds count training only.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use tch::{Device, Tensor};
+
+use fedcrime_common::model::{build, CrimeModel};
+use fedcrime_common::train::trainer::evaluate_model;
+use fedcrime_common::train::{
+    EpochRecord, FitReport, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
+};
+use fedcrime_common::Params;
+
+use super::config::SimConfig;
+use super::data::StudyData;
+use super::eval::Scores;
+use super::record::Row;
+
+/// Which centralized trainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Central {
+    /// The station trainer on one worker (one CPU thread by default).
+    Single,
+    /// The data-parallel trainer with this many replicas (CPU workers sharing
+    /// the cores, or CUDA devices).
+    DataParallel(usize),
+}
+
+impl Central {
+    /// The method's name in `metrics.csv`.
+    pub fn method(self) -> String {
+        match self {
+            Central::Single => "centralized".into(),
+            Central::DataParallel(w) => format!("data-parallel-{w}"),
+        }
+    }
+}
+
+/// The centralized training settings of a study.
+pub fn train_config(cfg: &SimConfig) -> TrainConfig {
+    TrainConfig {
+        epochs: cfg.centralized_epochs(),
+        batch_size: cfg.train.batch_size,
+        lr: cfg.train.lr,
+        weight_decay: cfg.train.weight_decay,
+        max_grad_norm: cfg.train.max_grad_norm,
+        eval_batch_size: cfg.train.eval_batch_size,
+        seed: cfg.seed,
+        patience: 0,
+        progress: false,
+        ..TrainConfig::default()
+    }
+}
+
+/// Pairs of (live variable, evaluation model's variable), by name.
+fn mirror(live: &dyn CrimeModel, shadow: &dyn CrimeModel) -> Result<Vec<(Tensor, Tensor)>> {
+    let live = live.var_store().variables();
+    let shadow = shadow.var_store().variables();
+    let sorted: BTreeMap<String, Tensor> = live.into_iter().collect();
+    sorted
+        .into_iter()
+        .map(|(name, v)| {
+            let s = shadow
+                .get(&name)
+                .with_context(|| format!("the evaluation model has no variable {name}"))?;
+            Ok((v, s.shallow_clone()))
+        })
+        .collect()
+}
+
+/// Trains `which` on the study's pooled data from `initial`, calling
+/// `on_row` after every epoch with the epoch's scores; `threads` is
+/// libtorch's intra-op thread budget (shared by the data-parallel replicas).
+pub fn run(
+    which: Central,
+    data: &StudyData,
+    cfg: &SimConfig,
+    initial: &Params,
+    threads: usize,
+    mut on_row: impl FnMut(Row) -> Result<()>,
+) -> Result<FitReport> {
+    let tcfg = train_config(cfg);
+    let splits = &*data.splits;
+    let method = which.method();
+    let shadow = build(&data.model, Device::Cpu)?;
+    // Seconds spent training: the epochs' batch loops, without the
+    // validation the trainer runs and the test scoring here.
+    let mut trained_s = 0.0;
+    let mut failure: Option<anyhow::Error> = None;
+    let mut observe = |pairs: &[(Tensor, Tensor)], r: &EpochRecord| {
+        if failure.is_some() {
+            return;
+        }
+        let outcome = (|| -> Result<()> {
+            tch::no_grad(|| {
+                for (live, mut s) in pairs.iter().map(|(l, s)| (l, s.shallow_clone())) {
+                    s.copy_(live);
+                }
+            });
+            let test = evaluate_model(shadow.as_ref(), &splits.test, tcfg.eval_batch_size)?;
+            let val = match (&r.val_loss, &r.val_metrics) {
+                (Some(loss), Some(metrics)) => Scores {
+                    loss: *loss,
+                    metrics: metrics.clone(),
+                },
+                _ => {
+                    let e = evaluate_model(shadow.as_ref(), &splits.val, tcfg.eval_batch_size)?;
+                    Scores {
+                        loss: e.loss,
+                        metrics: e.metrics,
+                    }
+                }
+            };
+            if r.samples_per_sec > 0.0 {
+                trained_s += splits.train.len() as f64 / r.samples_per_sec;
+            }
+            on_row(Row {
+                method: method.clone(),
+                step: r.epoch as u64,
+                wall_seconds: trained_s,
+                bytes_sent: 0,
+                train_loss: Some(r.train_loss),
+                val,
+                test: Scores {
+                    loss: test.loss,
+                    metrics: test.metrics,
+                },
+            })
+        })();
+        if let Err(e) = outcome {
+            failure = Some(e);
+        }
+    };
+    let report = match which {
+        Central::Single => {
+            let before = tch::get_num_threads();
+            tch::set_num_threads(threads.max(1) as i32);
+            let device = cfg
+                .federation
+                .device
+                .resolve()
+                .map_err(anyhow::Error::msg)?;
+            let mut model = build(&data.model, device)?;
+            model.import_params(initial)?;
+            let mut trainer = Trainer::new(model, tcfg.clone())?;
+            let pairs = mirror(trainer.model(), shadow.as_ref())?;
+            let outcome = trainer.fit_observed(&splits.train, Some(&splits.val), &mut |r| {
+                observe(&pairs, r)
+            });
+            tch::set_num_threads(before);
+            outcome?
+        }
+        Central::DataParallel(workers) => {
+            let par = ParallelConfig {
+                workers,
+                device: cfg.federation.device,
+                threads: Some(threads.max(1)),
+            };
+            let mut trainer = ParallelTrainer::new(&data.model, tcfg.clone(), &par)?;
+            trainer.set_params(initial)?;
+            let pairs = mirror(trainer.model(), shadow.as_ref())?;
+            trainer.fit_observed(&splits.train, Some(&splits.val), &mut |r| {
+                observe(&pairs, r)
+            })?
+        }
+    };
+    if let Some(e) = failure {
+        return Err(e.context(format!("scoring {method}")));
+    }
+    Ok(report)
+}

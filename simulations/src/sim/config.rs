@@ -1,0 +1,559 @@
+//! [`SimConfig`]: the typed description of one simulation, read from a TOML
+//! file (`--config sim.toml`) and overridden by command-line flags.
+//!
+//! Every field has a default, so an empty file (or no file) is the issue's
+//! default study: the embedded LA-like synthetic data, task `risk`, model
+//! `dnn`, 21 stations split by LAPD area, FedAvg for 20 rounds of 1 local
+//! epoch over QUIC, plus both centralized baselines. Settings that depend on
+//! the machine (worker counts) may be left out and are filled in by
+//! [`SimConfig::resolve`]; the resolved configuration is what `report.md`
+//! and `sim.toml` in the output folder record, so a run can be replayed
+//! exactly with `--config <out>/sim.toml`.
+//!
+//! ```toml
+//! seed = 0
+//! [data]
+//! rows = 200000          # synthetic incidents when no file is given
+//! task = "risk"
+//! [model]
+//! kind = "dnn"
+//! [federation]
+//! rounds = 20
+//! local_epochs = 1
+//! partition = "natural"  # natural | bureau | iid | dirichlet:ALPHA
+//! transport = "quic"     # quic | memory
+//! [federation.strategy]
+//! name = "fedprox"
+//! mu = 0.01
+//! [train]
+//! batch_size = 64
+//! lr = 0.001
+//! [centralized]
+//! enabled = true
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use fedcrime_common::data::{Partition, Period, Task};
+use fedcrime_common::fl::StrategyConfig;
+use fedcrime_common::model::ModelKind;
+use fedcrime_common::train::ClassWeighting;
+use fedcrime_common::DeviceChoice;
+
+/// A setting is missing, malformed or out of range.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a [`SimConfig`].
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A setting is out of range or inconsistent with another.
+    #[error("invalid setting {field}: {reason}")]
+    Invalid {
+        /// The setting, as written in the file (`federation.rounds`).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid<T>(field: &'static str, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    })
+}
+
+/// How the server and the stations talk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A real server and one client per station, QUIC with mutual TLS on
+    /// 127.0.0.1 (certificates generated into the output folder).
+    #[default]
+    Quic,
+    /// No sockets: the round engine and the station logic driven directly,
+    /// stations trained on a bounded worker pool (for scale).
+    Memory,
+}
+
+impl Transport {
+    /// The name used on the command line and in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Memory => "memory",
+        }
+    }
+}
+
+/// Where the incidents come from and which task is built from them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSettings {
+    /// An LAPD export (.csv or .csv.gz); absent: the embedded synthetic data.
+    pub file: Option<PathBuf>,
+    /// Synthetic incidents to generate when no file is given (default 200,000).
+    pub rows: usize,
+    /// Days of synthetic data from 2023-01-01 (default 365).
+    pub days: u32,
+    /// Seed of the synthetic data (default 7).
+    pub data_seed: u64,
+    /// `risk` or `counts` (default `risk`).
+    pub task: Task,
+    /// The period of the `counts` task (default `day`).
+    pub period: Period,
+    /// Previous periods in the sequence view (default 4).
+    pub lags: usize,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        DataSettings {
+            file: None,
+            rows: 200_000,
+            days: 365,
+            data_seed: 7,
+            task: Task::Risk,
+            period: Period::Day,
+            lags: 4,
+        }
+    }
+}
+
+/// The architecture every method trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// `dnn` or `lstm` (default `dnn`; `gat-tcn` needs every area's data and
+    /// cannot be federated).
+    pub kind: ModelKind,
+    /// Hidden width (the architecture's default when absent).
+    pub hidden: Option<usize>,
+    /// Layers (the architecture's default when absent).
+    pub layers: Option<usize>,
+    /// Dropout probability (default 0). Dropout draws from libtorch's one
+    /// process-wide generator, so with dropout stations train one at a time
+    /// to keep runs reproducible.
+    pub dropout: f64,
+    /// Class weights of the risk cross-entropy, from the pooled training
+    /// labels (default `balanced`; `sqrt` or `none`).
+    pub class_weights: ClassWeighting,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            kind: ModelKind::Dnn,
+            hidden: None,
+            layers: None,
+            dropout: 0.0,
+            class_weights: ClassWeighting::Balanced,
+        }
+    }
+}
+
+/// The federated side of the study.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationSettings {
+    /// The aggregation strategy and its parameters (default FedAvg).
+    pub strategy: StrategyConfig,
+    /// Federated rounds (default 20).
+    pub rounds: u64,
+    /// Local epochs per round (default 1).
+    pub local_epochs: usize,
+    /// How samples are divided among stations: `natural` (one station per
+    /// LAPD area, the default), `bureau`, `iid` or `dirichlet:ALPHA`.
+    #[serde(with = "partition_text")]
+    pub partition: Partition,
+    /// Stations of `iid` and `dirichlet` partitions (default 21).
+    pub stations: Option<usize>,
+    /// Fraction of the stations sampled each round (default 1.0).
+    pub fraction: f64,
+    /// `quic` (default) or `memory`.
+    pub transport: Transport,
+    /// Stations training at the same time (default: the cores). libtorch's
+    /// intra-op threads are divided among them.
+    pub concurrency: Option<usize>,
+    /// How long a round waits for updates, seconds (default 3600).
+    pub round_deadline_s: f64,
+    /// Where stations and the centralized baselines train (default `cpu`;
+    /// `auto`, `cuda` or `cuda:N`: the data-parallel baseline then takes
+    /// one CUDA device per replica).
+    pub device: DeviceChoice,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        FederationSettings {
+            strategy: StrategyConfig::default(),
+            rounds: 20,
+            local_epochs: 1,
+            partition: Partition::Natural,
+            stations: None,
+            fraction: 1.0,
+            transport: Transport::Quic,
+            concurrency: None,
+            round_deadline_s: 3600.0,
+            device: DeviceChoice::Cpu,
+        }
+    }
+}
+
+/// Optimizer settings shared by every method (stations and centralized).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSettings {
+    /// Samples per optimizer step (default 64).
+    pub batch_size: usize,
+    /// Adam's learning rate (default 0.001).
+    pub lr: f64,
+    /// Adam's weight decay (default 0).
+    pub weight_decay: f64,
+    /// Gradient clipping by global norm (default: none).
+    pub max_grad_norm: Option<f64>,
+    /// Samples per evaluation batch (default 4096).
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            batch_size: 64,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            max_grad_norm: None,
+            eval_batch_size: 4096,
+        }
+    }
+}
+
+/// The centralized baselines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CentralizedSettings {
+    /// Run them (default true; `--no-centralized` for scale runs).
+    pub enabled: bool,
+    /// Replicas of the data-parallel baseline (default: the cores, at least 2).
+    pub workers: Option<usize>,
+}
+
+impl Default for CentralizedSettings {
+    fn default() -> Self {
+        CentralizedSettings {
+            enabled: true,
+            workers: None,
+        }
+    }
+}
+
+/// One simulation; see the [module docs](self).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Seeds the initial model, station sampling, partitions and local
+    /// training (default 0).
+    pub seed: u64,
+    /// Data and task.
+    pub data: DataSettings,
+    /// Model.
+    pub model: ModelSettings,
+    /// Federation.
+    pub federation: FederationSettings,
+    /// Optimizer settings of every method.
+    pub train: TrainSettings,
+    /// Centralized baselines.
+    pub centralized: CentralizedSettings,
+}
+
+/// Cores of this machine (at least 1).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl SimConfig {
+    /// Reads a TOML file (unknown keys are errors).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str::<SimConfig>(text)
+            .map(SimConfig::normalized)
+            .map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// The station count of `federation.stations` applied to the partition
+    /// (which its text form does not carry).
+    fn normalized(mut self) -> Self {
+        self.federation.partition = self.partition();
+        self
+    }
+
+    /// The configuration as TOML (what `sim.toml` and `report.md` hold).
+    pub fn to_toml(&self) -> String {
+        // Plain data with string keys and no maps of non-string keys.
+        toml::to_string(self).unwrap_or_else(|e| format!("# not representable as TOML: {e}\n"))
+    }
+
+    /// The partition with its station count applied.
+    pub fn partition(&self) -> Partition {
+        match self.federation.stations {
+            Some(n) => self.federation.partition.clone().with_stations(n),
+            None => self.federation.partition.clone(),
+        }
+    }
+
+    /// Stations training at once: the setting, else the cores; 1 when the
+    /// model draws random numbers while training (dropout), see
+    /// [`ModelSettings::dropout`].
+    pub fn concurrency(&self) -> usize {
+        if self.model.dropout > 0.0 {
+            return 1;
+        }
+        self.federation.concurrency.unwrap_or_else(cores).max(1)
+    }
+
+    /// Replicas of the data-parallel baseline.
+    pub fn dp_workers(&self) -> usize {
+        self.centralized.workers.unwrap_or_else(|| cores().max(2))
+    }
+
+    /// Passes over the training data of the centralized baselines: as many
+    /// as the federation makes on average (`rounds x local_epochs x
+    /// fraction`), at least one.
+    pub fn centralized_epochs(&self) -> usize {
+        let passes = self.federation.rounds as f64
+            * self.federation.local_epochs as f64
+            * self.federation.fraction;
+        (passes.round() as usize).max(1)
+    }
+
+    /// Fills the machine-dependent settings, so that the configuration
+    /// describes this run exactly.
+    pub fn resolve(self) -> Self {
+        let mut me = self.normalized();
+        me.fill_machine_settings();
+        me
+    }
+
+    fn fill_machine_settings(&mut self) {
+        self.federation.concurrency = Some(self.concurrency());
+        self.centralized.workers = Some(self.dp_workers());
+        if matches!(
+            self.federation.partition,
+            Partition::Iid { .. } | Partition::Dirichlet { .. }
+        ) {
+            self.federation.stations = Some(self.partition().stations());
+        }
+    }
+
+    /// Checks every setting's range, naming the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.data;
+        if d.file.is_none() && d.rows == 0 {
+            return invalid("data.rows", "must be at least 1");
+        }
+        if !(14..=36_500).contains(&d.days) {
+            return invalid(
+                "data.days",
+                format!(
+                    "{} is outside 14..=36500 (the features reach a week back)",
+                    d.days
+                ),
+            );
+        }
+        if !(1..=64).contains(&d.lags) {
+            return invalid("data.lags", format!("{} is outside 1..=64", d.lags));
+        }
+        let m = &self.model;
+        if m.kind == ModelKind::GatTcn {
+            return invalid(
+                "model.kind",
+                "gat-tcn models all 21 areas jointly and cannot be trained by one station; use dnn or lstm",
+            );
+        }
+        if m.hidden == Some(0) {
+            return invalid("model.hidden", "must be at least 1");
+        }
+        if m.layers == Some(0) {
+            return invalid("model.layers", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return invalid("model.dropout", format!("{} is outside [0, 1)", m.dropout));
+        }
+        let f = &self.federation;
+        if f.rounds == 0 {
+            return invalid("federation.rounds", "must be at least 1");
+        }
+        if f.local_epochs == 0 {
+            return invalid("federation.local_epochs", "must be at least 1");
+        }
+        if f.stations == Some(0) {
+            return invalid("federation.stations", "must be at least 1");
+        }
+        if f.stations.is_some() && matches!(f.partition, Partition::Natural | Partition::Bureau) {
+            return invalid(
+                "federation.stations",
+                format!(
+                    "the {} partition has a fixed number of stations; stations applies to iid and dirichlet",
+                    f.partition
+                ),
+            );
+        }
+        if !(f.fraction > 0.0 && f.fraction <= 1.0) {
+            return invalid(
+                "federation.fraction",
+                format!("{} is outside (0, 1]", f.fraction),
+            );
+        }
+        if f.concurrency == Some(0) {
+            return invalid("federation.concurrency", "must be at least 1");
+        }
+        if !(f.round_deadline_s.is_finite() && f.round_deadline_s > 0.0) {
+            return invalid("federation.round_deadline_s", "must be a positive number");
+        }
+        if let Err(e) = f.strategy.build() {
+            return invalid("federation.strategy", e.to_string());
+        }
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return invalid("train.batch_size", "must be at least 1");
+        }
+        if t.eval_batch_size == 0 {
+            return invalid("train.eval_batch_size", "must be at least 1");
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return invalid("train.lr", format!("{} is not a positive number", t.lr));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return invalid("train.weight_decay", "must be a non-negative number");
+        }
+        if t.max_grad_norm.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return invalid("train.max_grad_norm", "must be a positive number");
+        }
+        if self.centralized.workers == Some(0) {
+            return invalid("centralized.workers", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// [`Partition`] as its text form (`natural`, `dirichlet:0.5`, ...) in files;
+/// the station count lives in `federation.stations`.
+mod partition_text {
+    use fedcrime_common::data::Partition;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Partition, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Partition, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_study() {
+        let c = SimConfig::from_toml("").unwrap();
+        assert_eq!(c, SimConfig::default());
+        assert_eq!(c.federation.rounds, 20);
+        assert_eq!(c.federation.partition, Partition::Natural);
+        assert_eq!(c.federation.transport, Transport::Quic);
+        assert_eq!(c.model.kind, ModelKind::Dnn);
+        assert_eq!(c.data.task, Task::Risk);
+        assert_eq!(c.centralized_epochs(), 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_file_is_the_default_study() {
+        let text = include_str!("../../sim.example.toml");
+        let c = SimConfig::from_toml(text).unwrap();
+        assert_eq!(c, SimConfig::default());
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_toml() {
+        let mut c = SimConfig::default();
+        c.federation.partition = "dirichlet:0.5".parse().unwrap();
+        c.federation.stations = Some(50);
+        c.federation.strategy = "fedprox:mu=0.1".parse().unwrap();
+        c.data.file = Some(PathBuf::from("/tmp/x.csv"));
+        let c = c.resolve();
+        let text = c.to_toml();
+        let back = SimConfig::from_toml(&text).unwrap();
+        assert_eq!(back, c, "{text}");
+        assert_eq!(
+            back.partition(),
+            Partition::Dirichlet {
+                alpha: 0.5,
+                stations: 50
+            }
+        );
+        assert!(text.contains("partition = \"dirichlet:0.5\""), "{text}");
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let err = |text: &str| SimConfig::from_toml(text).unwrap().validate().unwrap_err();
+        for (text, field) in [
+            ("[federation]\nrounds = 0", "federation.rounds"),
+            ("[federation]\nfraction = 1.5", "federation.fraction"),
+            ("[federation]\nstations = 5", "federation.stations"),
+            ("[model]\nkind = \"gat-tcn\"", "model.kind"),
+            ("[model]\ndropout = 1.0", "model.dropout"),
+            ("[train]\nlr = -1.0", "train.lr"),
+            (
+                "[federation.strategy]\nname = \"fedtrimmedavg\"\nbeta = 0.7",
+                "federation.strategy",
+            ),
+        ] {
+            let e = err(text).to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let e = SimConfig::from_toml("[federation]\nround = 3").unwrap_err();
+        assert!(e.contains("round"), "{e}");
+        let e = SimConfig::from_toml("[federation]\npartition = \"zipf\"").unwrap_err();
+        assert!(e.contains("zipf"), "{e}");
+    }
+
+    #[test]
+    fn dropout_forces_one_station_at_a_time() {
+        let mut c = SimConfig::default();
+        c.federation.concurrency = Some(8);
+        assert_eq!(c.concurrency(), 8);
+        c.model.dropout = 0.1;
+        assert_eq!(c.concurrency(), 1);
+    }
+}

@@ -1,0 +1,486 @@
+//! The memory transport: the federated round [`Engine`] and the stations'
+//! [`Learner`]s driven directly, without sockets.
+//!
+//! The driver thread owns the engine. Every station connects at once; each
+//! `SendFit` / `SendEvaluate` action becomes a job on a bounded pool of
+//! worker threads (the concurrency of the run, normally the cores), which
+//! call the station's learner and send the outcome back. Outcomes are fed
+//! to the engine in the order the requests were made (a result that arrives
+//! early waits for its predecessors), so the engine sees the same sequence
+//! of events whatever the threads' timing; together with the engine's
+//! station-ordered aggregation this makes a run replay exactly, and equal
+//! the QUIC transport's for the same seed.
+//!
+//! Memory stays bounded: a job holds the round's shared global model (an
+//! `Arc`) and the station's handle; a station materializes its rows and a
+//! model only inside its job. At most `workers` trainings run at once, and
+//! the engine holds one model per accepted update of the round.
+//!
+//! Bytes are counted as the wire protocol would carry the round messages
+//! ([`super::traffic`]) and reported to the engine as
+//! [`Event::Traffic`], so the round metrics have the same columns as over
+//! QUIC.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use fedcrime_common::fl::{
+    Action, Engine, EvaluateIns, EvaluateRes, Event, FitIns, FitRes, RoundMetrics, StationId,
+    Summary,
+};
+use fedcrime_common::station::{Learner, StationError};
+use fedcrime_common::Params;
+
+use super::traffic;
+
+/// What happened in a round besides the engine's record, for the
+/// framework-overhead figures.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoundTiming {
+    /// Seconds from the start of the run to the end of this round.
+    pub elapsed_s: f64,
+    /// The longest local training of the round, seconds.
+    pub slowest_fit_s: f64,
+    /// Local training summed over the round's stations, seconds.
+    pub total_fit_s: f64,
+}
+
+/// A finished round as a transport reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundDone<'a> {
+    /// The engine's record of the round.
+    pub metrics: &'a RoundMetrics,
+    /// Training times of the round.
+    pub timing: &'a RoundTiming,
+    /// The global model after the round.
+    pub global: &'a Arc<Params>,
+}
+
+/// A station request for the pool.
+enum Request {
+    Fit(FitIns),
+    Evaluate(EvaluateIns),
+}
+
+struct Job {
+    seq: u64,
+    station: usize,
+    round: u64,
+    request: Request,
+}
+
+enum Outcome {
+    Fit(Result<FitRes, StationError>),
+    Evaluate(Result<EvaluateRes, StationError>),
+}
+
+struct Done {
+    seq: u64,
+    station: usize,
+    round: u64,
+    outcome: Outcome,
+    seconds: f64,
+}
+
+/// The stations of an in-memory federation and how many train at once.
+pub struct MemoryFederation {
+    ids: Vec<StationId>,
+    learners: Vec<Arc<dyn Learner>>,
+    index: HashMap<StationId, usize>,
+    workers: usize,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for MemoryFederation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryFederation")
+            .field("stations", &self.ids.len())
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryFederation {
+    /// Stations by name; `workers` of them train at once. `deadline` only
+    /// appears in the byte counts (the RoundStart carries it).
+    pub fn new(
+        stations: Vec<(StationId, Arc<dyn Learner>)>,
+        workers: usize,
+        deadline: Duration,
+    ) -> Result<Self> {
+        let mut index = HashMap::with_capacity(stations.len());
+        let mut ids = Vec::with_capacity(stations.len());
+        let mut learners = Vec::with_capacity(stations.len());
+        for (i, (id, learner)) in stations.into_iter().enumerate() {
+            if index.insert(id.clone(), i).is_some() {
+                bail!("two stations are called {id}");
+            }
+            ids.push(id);
+            learners.push(learner);
+        }
+        Ok(MemoryFederation {
+            ids,
+            learners,
+            index,
+            workers: workers.max(1),
+            deadline,
+        })
+    }
+
+    /// Runs `engine` to its end, calling `on_round` after every round.
+    pub fn run(
+        &self,
+        engine: &mut Engine,
+        mut on_round: impl FnMut(RoundDone<'_>) -> Result<()>,
+    ) -> Result<Summary> {
+        let start = Instant::now();
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let job_rx = Mutex::new(job_rx);
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        std::thread::scope(|scope| -> Result<Summary> {
+            for w in 0..self.workers {
+                let job_rx = &job_rx;
+                let done_tx = done_tx.clone();
+                std::thread::Builder::new()
+                    .name(format!("station-worker-{w}"))
+                    .spawn_scoped(scope, move || self.work(job_rx, done_tx))
+                    .context("starting a station worker")?;
+            }
+            drop(done_tx);
+            let outcome = self.drive(engine, start, &job_tx, &done_rx, &mut on_round);
+            // Closing the queue stops the workers.
+            drop(job_tx);
+            outcome
+        })
+    }
+
+    /// A worker: takes jobs until the queue closes.
+    fn work(&self, jobs: &Mutex<mpsc::Receiver<Job>>, done: mpsc::Sender<Done>) {
+        loop {
+            let job = match jobs.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else { return };
+            let learner = &self.learners[job.station];
+            let t0 = Instant::now();
+            let outcome = match &job.request {
+                Request::Fit(ins) => Outcome::Fit(learner.fit(ins)),
+                Request::Evaluate(ins) => Outcome::Evaluate(learner.evaluate(ins)),
+            };
+            let seconds = t0.elapsed().as_secs_f64();
+            let sent = done.send(Done {
+                seq: job.seq,
+                station: job.station,
+                round: job.round,
+                outcome,
+                seconds,
+            });
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn drive(
+        &self,
+        engine: &mut Engine,
+        start: Instant,
+        jobs: &mpsc::Sender<Job>,
+        done: &mpsc::Receiver<Done>,
+        on_round: &mut impl FnMut(RoundDone<'_>) -> Result<()>,
+    ) -> Result<Summary> {
+        let now = Instant::now();
+        for id in &self.ids {
+            engine.handle(now, Event::StationConnected { id: id.clone() });
+        }
+        let mut next_seq = 0u64;
+        let mut expected = 0u64;
+        let mut early: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut timing = RoundTiming::default();
+        // A finished round's record, until its checkpoint brings the model.
+        let mut finished: Option<Box<RoundMetrics>> = None;
+        // The RoundStart size of the current round's model (computed once per round).
+        let mut round_start: Option<(u64, u64)> = None;
+        loop {
+            while let Some(action) = engine.poll_action() {
+                match action {
+                    Action::SendFit {
+                        station,
+                        round,
+                        ins,
+                    } => {
+                        let bytes = match round_start {
+                            Some((r, b)) if r == round => b,
+                            _ => {
+                                let b = traffic::round_start_bytes(round, &ins, self.deadline)?;
+                                round_start = Some((round, b));
+                                b
+                            }
+                        };
+                        engine.handle(
+                            Instant::now(),
+                            Event::Traffic {
+                                bytes_in: 0,
+                                bytes_out: bytes,
+                            },
+                        );
+                        self.submit(jobs, &mut next_seq, &station, round, Request::Fit(ins))?;
+                    }
+                    Action::SendEvaluate {
+                        station,
+                        round,
+                        ins,
+                    } => {
+                        self.submit(jobs, &mut next_seq, &station, round, Request::Evaluate(ins))?;
+                    }
+                    Action::RoundFinished(metrics) => {
+                        timing.elapsed_s = start.elapsed().as_secs_f64();
+                        finished = Some(metrics);
+                    }
+                    // Checkpoints are for servers that may be restarted (a
+                    // simulation is rerun instead); the model is reported.
+                    Action::Checkpoint(c) => {
+                        if let Some(metrics) = finished.take() {
+                            on_round(RoundDone {
+                                metrics: &metrics,
+                                timing: &timing,
+                                global: &c.global,
+                            })?;
+                        }
+                        timing = RoundTiming::default();
+                    }
+                    Action::Finished(summary) => return Ok(summary),
+                    _ => {}
+                }
+            }
+            if expected == next_seq {
+                // Nothing in flight: only the engine's timer can move it on.
+                let Some(at) = engine.poll_timeout() else {
+                    bail!(
+                        "the round engine stalled in round {} with no request in flight",
+                        engine.round()
+                    );
+                };
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                engine.handle_timeout(Instant::now());
+                continue;
+            }
+            let received = match engine.poll_timeout() {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    match done.recv_timeout(wait) {
+                        Ok(d) => Some(d),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            bail!("every station worker stopped")
+                        }
+                    }
+                }
+                None => Some(done.recv().context("every station worker stopped")?),
+            };
+            match received {
+                Some(d) => {
+                    early.insert(d.seq, d);
+                }
+                None => engine.handle_timeout(Instant::now()),
+            }
+            while let Some(d) = early.remove(&expected) {
+                expected += 1;
+                self.deliver(engine, d, &mut timing)?;
+            }
+        }
+    }
+
+    fn submit(
+        &self,
+        jobs: &mpsc::Sender<Job>,
+        next_seq: &mut u64,
+        station: &StationId,
+        round: u64,
+        request: Request,
+    ) -> Result<()> {
+        let Some(&i) = self.index.get(station) else {
+            bail!("the engine asked for an unknown station {station}");
+        };
+        jobs.send(Job {
+            seq: *next_seq,
+            station: i,
+            round,
+            request,
+        })
+        .map_err(|_| anyhow::anyhow!("every station worker stopped"))?;
+        *next_seq += 1;
+        Ok(())
+    }
+
+    /// Hands a finished request to the engine.
+    fn deliver(&self, engine: &mut Engine, d: Done, timing: &mut RoundTiming) -> Result<()> {
+        let id = self.ids[d.station].clone();
+        let round = d.round;
+        let event = match d.outcome {
+            Outcome::Fit(Ok(update)) => {
+                timing.slowest_fit_s = timing.slowest_fit_s.max(d.seconds);
+                timing.total_fit_s += d.seconds;
+                let bytes = traffic::update_bytes(round, &update, d.seconds)?;
+                engine.handle(
+                    Instant::now(),
+                    Event::Traffic {
+                        bytes_in: bytes,
+                        bytes_out: 0,
+                    },
+                );
+                Event::UpdateReceived { id, round, update }
+            }
+            Outcome::Fit(Err(e)) => Event::FitFailed {
+                id,
+                round,
+                message: format!("{e:#}"),
+            },
+            Outcome::Evaluate(Ok(result)) => Event::EvaluationReceived { id, round, result },
+            Outcome::Evaluate(Err(e)) => Event::EvaluateFailed {
+                id,
+                round,
+                message: format!("{e:#}"),
+            },
+        };
+        engine.handle(Instant::now(), event);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedcrime_common::fl::{EngineConfig, FitIns, Metrics, StrategyConfig};
+    use fedcrime_common::station;
+    use fedcrime_common::{ParamSpec, Params};
+
+    /// A station whose "training" adds its number to every value, slowly
+    /// for low numbers so that results arrive out of order.
+    struct Adder {
+        add: f32,
+        examples: u64,
+    }
+
+    impl Learner for Adder {
+        fn fit(&self, ins: &FitIns) -> station::Result<FitRes> {
+            std::thread::sleep(Duration::from_millis((40.0 / self.add) as u64));
+            let mut params = (*ins.global).clone();
+            for v in params.data_mut() {
+                *v += self.add;
+            }
+            Ok(FitRes {
+                params,
+                num_examples: self.examples,
+                metrics: Metrics::from([("loss".to_string(), f64::from(self.add))]),
+            })
+        }
+        fn evaluate(&self, _: &EvaluateIns) -> station::Result<EvaluateRes> {
+            Ok(EvaluateRes {
+                loss: f64::from(self.add),
+                num_examples: self.examples,
+                metrics: Metrics::new(),
+            })
+        }
+    }
+
+    fn engine(rounds: u64, fraction: f64, stations: usize) -> Engine {
+        let spec = Arc::new(ParamSpec::new([("w", vec![3])]).unwrap());
+        let config = EngineConfig {
+            rounds,
+            min_stations: stations,
+            fraction_fit: fraction,
+            min_fit: 1,
+            min_updates: 1,
+            seed: 5,
+            ..EngineConfig::default()
+        };
+        let strategy = StrategyConfig::default().build().unwrap();
+        Engine::new(config, strategy, Params::zeros(spec), Instant::now()).unwrap()
+    }
+
+    fn federation(n: usize, workers: usize) -> MemoryFederation {
+        let stations = (1..=n)
+            .map(|i| {
+                let learner: Arc<dyn Learner> = Arc::new(Adder {
+                    add: i as f32,
+                    examples: i as u64,
+                });
+                (StationId::from(format!("s{i:02}")), learner)
+            })
+            .collect();
+        MemoryFederation::new(stations, workers, Duration::from_secs(60)).unwrap()
+    }
+
+    #[test]
+    fn fedavg_rounds_match_the_hand_computed_average() {
+        let fed = federation(4, 3);
+        let mut engine = engine(2, 1.0, 4);
+        let mut seen = Vec::new();
+        let summary = fed
+            .run(&mut engine, |r| {
+                seen.push((
+                    r.metrics.clone(),
+                    r.timing.clone(),
+                    r.global.data().to_vec(),
+                ));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(summary.rounds_completed, 2);
+        // Each round adds the example-weighted mean of 1..4: (1+4+9+16)/10 = 3.
+        assert_eq!(engine.global().data(), &[6.0, 6.0, 6.0]);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].2, vec![6.0; 3]);
+        let (m, t, g) = &seen[0];
+        assert_eq!(g, &vec![3.0; 3]);
+        assert_eq!(m.completed.len(), 4);
+        assert_eq!(m.train_loss, Some(3.0));
+        assert!(m.bytes_out > 4 * 12 && m.bytes_in > 4 * 12, "{m:?}");
+        assert!(t.slowest_fit_s >= 0.009 && t.total_fit_s >= t.slowest_fit_s);
+        // Federated evaluation ran on every connected station.
+        assert_eq!(m.eval_completed, 4);
+        assert_eq!(m.eval_loss, Some(3.0));
+    }
+
+    #[test]
+    fn sampled_rounds_replay_exactly_with_any_worker_count() {
+        let run = |workers| {
+            let fed = federation(12, workers);
+            let mut engine = engine(3, 0.25, 12);
+            let mut sampled = Vec::new();
+            fed.run(&mut engine, |r| {
+                sampled.push(r.metrics.completed.clone());
+                Ok(())
+            })
+            .unwrap();
+            (engine.global().data().to_vec(), sampled)
+        };
+        let (a, sa) = run(1);
+        let (b, sb) = run(4);
+        assert_eq!(a, b);
+        assert_eq!(sa, sb);
+        assert!(sa.iter().all(|s| s.len() == 3), "{sa:?}");
+    }
+
+    #[test]
+    fn duplicate_station_names_are_refused() {
+        let learner: Arc<dyn Learner> = Arc::new(Adder {
+            add: 1.0,
+            examples: 1,
+        });
+        let stations = vec![
+            (StationId::from("a"), learner.clone()),
+            (StationId::from("a"), learner),
+        ];
+        assert!(MemoryFederation::new(stations, 1, Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,498 @@
+//! One-machine federations and the convergence study: federated learning
+//! against centralized and data-parallel training on the same data.
+//!
+//! [`simulate`] runs a study from a [`SimConfig`]:
+//!
+//! 1. [`StudyData::prepare`]: load or generate the incidents, build the task
+//!    once (features, temporal split, shared featurizer), partition its
+//!    samples into stations (index lists) and derive the model architecture.
+//! 2. The initial model, built once with the run's seed: every method
+//!    starts from it.
+//! 3. The federation ([`federate`]): the round [`Engine`] with the
+//!    configured strategy, driven over QUIC with mutual TLS by the real
+//!    server and clients ([`quic`]) or in memory ([`memory`]); both drive
+//!    the same engine and the same station logic, so they give identical
+//!    models and metrics for a seed. The global model is scored on the
+//!    pooled validation and test splits after every round.
+//! 4. The centralized baselines ([`central`]): single worker and data
+//!    parallel, as many passes over the data as the federation.
+//! 5. Outputs: `metrics.csv` (streamed, [`record`]), `convergence.svg` and
+//!    `.png`, `report.md` ([`report`]) and `sim.toml` (the resolved
+//!    configuration, to replay the run).
+//!
+//! Reproducibility: seeds fix the data, partition, initial model, sampling
+//! and local shuffling; the intra-op thread count of libtorch is fixed for
+//! the federated phase whatever the transport; and dropout, which draws
+//! from libtorch's process-wide generator, makes stations train one at a
+//! time ([`SimConfig::concurrency`]).
+
+pub mod bench;
+pub mod central;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod memory;
+pub mod quic;
+pub mod record;
+pub mod report;
+pub mod traffic;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use tch::Device;
+
+use fedcrime_common::fl::{
+    ConfigValue, Engine, EngineConfig, Outcome, RoundMetrics, StationId, Summary,
+};
+use fedcrime_common::model::build;
+use fedcrime_common::station::{
+    Learner, BATCH_SIZE_KEY, EPOCHS_KEY, LR_KEY, MAX_GRAD_NORM_KEY, SEED_KEY, WEIGHT_DECAY_KEY,
+};
+use fedcrime_common::train::{evaluate_baselines, BaselineResult};
+use fedcrime_common::{DeviceChoice, Params};
+
+pub use config::{SimConfig, Transport};
+pub use data::{SimStation, StudyData};
+pub use memory::{MemoryFederation, RoundTiming};
+pub use record::Row;
+pub use report::MethodRun;
+
+use crate::progress;
+use eval::Evaluator;
+use fedcrime_server::config::TrainSection;
+
+/// How a simulation reports progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// No progress bars and no summary on stdout.
+    pub quiet: bool,
+}
+
+/// What a simulation produced.
+#[derive(Debug)]
+pub struct SimOutcome {
+    /// The output folder.
+    pub out: PathBuf,
+    /// The resolved configuration.
+    pub config: SimConfig,
+    /// Every method's rows, federated first.
+    pub runs: Vec<MethodRun>,
+    /// The federation's round records and timings.
+    pub rounds: Vec<(RoundMetrics, RoundTiming)>,
+    /// The naive baselines on the test split.
+    pub baselines: Vec<BaselineResult>,
+    /// The text of `report.md`.
+    pub report: String,
+}
+
+/// The engine settings of a study: every station must connect, the
+/// configured fraction trains each round, one update suffices to
+/// aggregate, and no federated evaluation (the study scores the global
+/// model on the pooled splits itself).
+pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
+    let t = &cfg.train;
+    let mut fit = fedcrime_common::fl::Config::new();
+    fit.insert(
+        EPOCHS_KEY.into(),
+        ConfigValue::Int(cfg.federation.local_epochs as i64),
+    );
+    fit.insert(BATCH_SIZE_KEY.into(), ConfigValue::Int(t.batch_size as i64));
+    fit.insert(LR_KEY.into(), ConfigValue::Float(t.lr));
+    fit.insert(WEIGHT_DECAY_KEY.into(), ConfigValue::Float(t.weight_decay));
+    if let Some(c) = t.max_grad_norm {
+        fit.insert(MAX_GRAD_NORM_KEY.into(), ConfigValue::Float(c));
+    }
+    // Seeds travel as i64 (two's complement for the upper half).
+    fit.insert(SEED_KEY.into(), ConfigValue::Int(cfg.seed as i64));
+    EngineConfig {
+        rounds: cfg.federation.rounds,
+        min_stations: stations,
+        fraction_fit: cfg.federation.fraction,
+        min_fit: 1,
+        min_updates: 1,
+        round_deadline: Duration::from_secs_f64(cfg.federation.round_deadline_s),
+        station_wait_timeout: Some(Duration::from_secs(300)),
+        eval_every: 0,
+        fraction_evaluate: 0.0,
+        seed: cfg.seed,
+        fit_config: fit,
+        ..EngineConfig::default()
+    }
+}
+
+/// Peak resident memory of this process in MiB (Linux's `VmHWM`; NaN elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The initial global model: built once from the architecture with the
+/// run's seed; every method starts from it.
+pub fn initial_model(data: &StudyData, seed: u64) -> Result<Params> {
+    tch::manual_seed(seed as i64);
+    let model = build(&data.model, Device::Cpu)?;
+    Ok(model.export_params())
+}
+
+/// The study's stations as the transports take them, by certificate name.
+pub fn station_list(
+    data: &StudyData,
+    cfg: &SimConfig,
+) -> Result<Vec<(StationId, Arc<dyn Learner>)>> {
+    let device = cfg
+        .federation
+        .device
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    Ok(data
+        .learners(cfg, device)
+        .into_iter()
+        .map(|s| {
+            let id = s.id();
+            let l: Arc<dyn Learner> = s;
+            (id, l)
+        })
+        .collect())
+}
+
+/// What the stations are told to train with, in the server's terms.
+pub fn train_section(cfg: &SimConfig) -> TrainSection {
+    TrainSection {
+        epochs: u32::try_from(cfg.federation.local_epochs).unwrap_or(u32::MAX),
+        batch_size: u32::try_from(cfg.train.batch_size).unwrap_or(u32::MAX),
+        lr: cfg.train.lr,
+        weight_decay: cfg.train.weight_decay,
+        max_grad_norm: cfg.train.max_grad_norm,
+    }
+}
+
+/// A finished federated round with its scores.
+#[derive(Clone, Debug)]
+pub struct FedRound {
+    /// The engine's record.
+    pub metrics: RoundMetrics,
+    /// Training times at the stations.
+    pub timing: RoundTiming,
+    /// The row of `metrics.csv`.
+    pub row: Row,
+}
+
+/// libtorch's intra-op thread count is one setting for the whole process,
+/// and results depend on it: simulations in one process (tests) take turns.
+static TORCH_THREADS: Mutex<()> = Mutex::new(());
+
+fn torch_threads_lock() -> MutexGuard<'static, ()> {
+    TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the federation of a study from `initial` on the configured
+/// transport, scoring the global model after every round and handing each
+/// round to `on_round` as it is scored.
+pub fn federate(
+    data: &StudyData,
+    cfg: &SimConfig,
+    initial: &Params,
+    out: &Path,
+    bar: &ProgressBar,
+    on_round: impl FnMut(&FedRound) -> Result<()>,
+) -> Result<Summary> {
+    let _threads = torch_threads_lock();
+    federate_locked(data, cfg, initial, out, bar, on_round)
+}
+
+fn federate_locked(
+    data: &StudyData,
+    cfg: &SimConfig,
+    initial: &Params,
+    out: &Path,
+    bar: &ProgressBar,
+    mut on_round: impl FnMut(&FedRound) -> Result<()>,
+) -> Result<Summary> {
+    let method = cfg.federation.strategy.name().to_string();
+    let stations = station_list(data, cfg)?;
+    let engine_cfg = engine_config(cfg, stations.len());
+    let concurrency = cfg.concurrency();
+    let mut evaluator =
+        Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size)?;
+    let mut bytes = 0u64;
+    let mut row_of = |m: &RoundMetrics, wall: f64, global: &Params| -> Result<Row> {
+        bytes += m.bytes_in + m.bytes_out;
+        let s = evaluator.evaluate(global)?;
+        Ok(Row {
+            method: method.clone(),
+            step: m.round,
+            wall_seconds: wall,
+            bytes_sent: bytes,
+            train_loss: m.train_loss,
+            val: s.val,
+            test: s.test,
+        })
+    };
+    // libtorch's intra-op threads are shared by the stations training at once,
+    // the same on both transports (results depend on the thread count).
+    let threads_before = tch::get_num_threads();
+    tch::set_num_threads((config::cores() / concurrency).max(1) as i32);
+    let outcome = match cfg.federation.transport {
+        Transport::Memory => {
+            let mut engine = Engine::new(
+                engine_cfg,
+                cfg.federation.strategy.build()?,
+                initial.clone(),
+                Instant::now(),
+            )?;
+            engine.set_stopwatch(Instant::now);
+            let transport = MemoryFederation::new(
+                stations,
+                concurrency,
+                Duration::from_secs_f64(cfg.federation.round_deadline_s),
+            )?;
+            // Scoring runs between rounds; its time is not the federation's.
+            let mut scoring = 0.0;
+            transport.run(&mut engine, |r| {
+                let t0 = Instant::now();
+                let wall = r.metrics.started_s + r.metrics.round_s - scoring;
+                let row = row_of(r.metrics, wall, r.global)?;
+                scoring += t0.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "test {} {:.4}",
+                    row.test.metrics.headline().0,
+                    row.test.headline()
+                ));
+                bar.inc(1);
+                on_round(&FedRound {
+                    metrics: r.metrics.clone(),
+                    timing: r.timing.clone(),
+                    row,
+                })
+            })
+        }
+        Transport::Quic => quic::run(quic::QuicSetup {
+            dir: &out.join("quic"),
+            engine: engine_cfg,
+            train: train_section(cfg),
+            strategy: cfg.federation.strategy.clone(),
+            task: data.task,
+            featurizer: Some(&data.featurizer),
+            model: &data.model,
+            initial,
+            stations,
+            concurrency,
+            keep_globals: true,
+            bar: bar.clone(),
+        })
+        .and_then(|run| {
+            bar.set_message("scoring the rounds");
+            for r in run.rounds {
+                let global = r
+                    .global
+                    .with_context(|| format!("round {} has no model", r.metrics.round))?;
+                let row = row_of(&r.metrics, r.timing.elapsed_s, &global)?;
+                bar.set_position(r.metrics.round);
+                on_round(&FedRound {
+                    metrics: r.metrics,
+                    timing: r.timing,
+                    row,
+                })?;
+            }
+            Ok(run.summary)
+        }),
+    };
+    tch::set_num_threads(threads_before);
+    outcome
+}
+
+/// Runs a whole study into `out` (created if missing); see the [module docs](self).
+pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutcome> {
+    cfg.validate()?;
+    let _threads = torch_threads_lock();
+    let cfg = cfg.clone().resolve();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let config_toml = cfg.to_toml();
+    std::fs::write(out.join("sim.toml"), &config_toml)
+        .with_context(|| format!("writing {}", out.join("sim.toml").display()))?;
+
+    let spinner = progress::spinner(opts.quiet, "preparing the data");
+    let data = StudyData::prepare(&cfg)?;
+    spinner.finish_and_clear();
+    let sizes = data.station_sizes();
+    tracing::info!(
+        "{}: {} incidents, {} train / {} val / {} test samples, {} stations ({} partition)",
+        data.source,
+        data.incidents,
+        data.splits.train.len(),
+        data.splits.val.len(),
+        data.splits.test.len(),
+        sizes.len(),
+        cfg.partition()
+    );
+    let initial = initial_model(&data, cfg.seed)?;
+    let baselines = evaluate_baselines(&data.splits, &data.splits.test, data.count_period())?;
+    let mut csv =
+        record::MetricsCsv::create(&out.join("metrics.csv"), data.task.task, data.output_dim())?;
+
+    // The federation.
+    let method = cfg.federation.strategy.name().to_string();
+    let bar = progress::bar(opts.quiet, cfg.federation.rounds, &method, "rounds");
+    let mut fed_run = MethodRun {
+        method: method.clone(),
+        federated: true,
+        rows: Vec::new(),
+    };
+    let mut rounds = Vec::new();
+    let summary = federate_locked(&data, &cfg, &initial, out, &bar, |r| {
+        csv.push(&r.row)?;
+        fed_run.rows.push(r.row.clone());
+        rounds.push((r.metrics.clone(), r.timing.clone()));
+        Ok(())
+    })
+    .with_context(|| format!("the {method} federation"))?;
+    bar.finish();
+    if let Outcome::Aborted { round, reason } = &summary.outcome {
+        bail!("the federation stopped in round {round}: {reason}");
+    }
+    let mut runs = vec![fed_run];
+
+    // The centralized baselines.
+    if cfg.centralized.enabled {
+        for which in [
+            central::Central::Single,
+            central::Central::DataParallel(cfg.dp_workers()),
+        ] {
+            let name = which.method();
+            let bar = progress::bar(opts.quiet, cfg.centralized_epochs() as u64, &name, "epochs");
+            let mut run = MethodRun {
+                method: name.clone(),
+                federated: false,
+                rows: Vec::new(),
+            };
+            let threads = match which {
+                central::Central::Single => 1,
+                central::Central::DataParallel(w) => w.max(config::cores()),
+            };
+            central::run(which, &data, &cfg, &initial, threads, |row| {
+                csv.push(&row)?;
+                bar.set_message(format!(
+                    "test {} {:.4}",
+                    row.test.metrics.headline().0,
+                    row.test.headline()
+                ));
+                bar.inc(1);
+                run.rows.push(row);
+                Ok(())
+            })
+            .with_context(|| format!("training {name}"))?;
+            bar.finish();
+            runs.push(run);
+        }
+    }
+    drop(csv);
+
+    let title = format!(
+        "{} / {}: {} over {} stations vs centralized",
+        data.task.task,
+        data.model.kind,
+        cfg.federation.strategy.name(),
+        sizes.len()
+    );
+    report::write_plots(out, &title, data.task.task, &runs, &baselines)?;
+    let mut setup = setup_lines(&cfg, &data, &initial);
+    setup.push(format!(
+        "peak resident memory of the process: {:.0} MiB (libtorch included)",
+        peak_rss_mib()
+    ));
+    let md = report::markdown(
+        &report::ReportContext {
+            title,
+            setup,
+            task: data.task.task,
+            baselines: &baselines,
+            config_toml,
+        },
+        &runs,
+    );
+    std::fs::write(out.join("report.md"), &md)
+        .with_context(|| format!("writing {}", out.join("report.md").display()))?;
+    Ok(SimOutcome {
+        out: out.to_path_buf(),
+        config: cfg,
+        runs,
+        rounds,
+        baselines,
+        report: md,
+    })
+}
+
+/// The setup bullets of `report.md`.
+fn setup_lines(cfg: &SimConfig, data: &StudyData, initial: &Params) -> Vec<String> {
+    let mut sizes = data.station_sizes();
+    sizes.sort_unstable();
+    let median = sizes.get(sizes.len() / 2).copied().unwrap_or(0);
+    let f = &cfg.federation;
+    vec![
+        format!(
+            "data: {} ({} incidents after cleaning); task {} ({} features): {} train / {} validation / {} test samples, split in time",
+            data.source,
+            data.incidents,
+            data.task.task,
+            data.splits.train.feature_dim,
+            data.splits.train.len(),
+            data.splits.val.len(),
+            data.splits.test.len()
+        ),
+        format!(
+            "stations: {} ({} partition), training samples per station min {} / median {} / max {}",
+            sizes.len(),
+            cfg.partition(),
+            sizes.first().copied().unwrap_or(0),
+            median,
+            sizes.last().copied().unwrap_or(0)
+        ),
+        format!(
+            "model: {} (hidden {}, layers {}, dropout {}), {} parameters, same initial weights (seed {}) for every method",
+            data.model.kind,
+            data.model.hidden,
+            data.model.layers,
+            data.model.dropout,
+            initial.spec().total(),
+            cfg.seed
+        ),
+        format!(
+            "federation: {} for {} rounds of {} local epoch(s), fraction {}, transport {}, {} station(s) training at once; the global model scored after every round",
+            f.strategy,
+            f.rounds,
+            f.local_epochs,
+            f.fraction,
+            f.transport.as_str(),
+            cfg.concurrency()
+        ),
+        if cfg.centralized.enabled {
+            format!(
+                "centralized: {} epochs (the federation's passes over the data) on one worker and on {} data-parallel workers ({})",
+                cfg.centralized_epochs(),
+                cfg.dp_workers(),
+                if cfg.federation.device == DeviceChoice::Cpu {
+                    "CPU, one thread per worker".to_string()
+                } else {
+                    format!("device {}", cfg.federation.device)
+                }
+            )
+        } else {
+            "centralized: not run (--no-centralized)".into()
+        },
+        format!(
+            "optimizer: Adam lr {}, batch {}, weight decay {}; naive baselines fit on the training split",
+            cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay
+        ),
+    ]
+}

@@ -1,0 +1,408 @@
+//! The QUIC transport: the real `fedcrime-server` and one `fedcrime-client`
+//! per station, all in this process, talking QUIC with mutual TLS over
+//! 127.0.0.1.
+//!
+//! A fresh PKI (agency CA, server certificate, one client certificate per
+//! station, empty CRL) is generated into `<dir>/pki` with the certs
+//! library. The server is configured like an agency's would be (the run's
+//! engine settings, strategy, task, architecture and shared featurizer) and
+//! starts from the study's initial model, written to
+//! `<dir>/initial.safetensors`; it writes its own `metrics.csv`,
+//! `metrics.jsonl`, checkpoints and final model under `<dir>/server`. Each
+//! station is a protocol [`Client`] whose learner is the study's station
+//! (the same [`Learner`] the memory transport calls), behind a gate that
+//! lets at most `concurrency` stations train at once and times each fit.
+//!
+//! The global model after each round is read back from the server's
+//! checkpoints when asked, so the study scores exactly what the server
+//! aggregated.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+
+use fedcrime_certs::{Pki, PkiOptions, Validity};
+use fedcrime_client::{Client, ClientOptions, ClientOutcome, LearnerFactory};
+use fedcrime_common::data::{Featurizer, TaskConfig};
+use fedcrime_common::fl::engine::SERVER_ROUND_KEY;
+use fedcrime_common::fl::{
+    CheckpointStore, EngineConfig, EvaluateIns, EvaluateRes, FitIns, FitRes, RoundMetrics,
+    StationId, StrategyConfig, Summary,
+};
+use fedcrime_common::model::{self, ModelConfig};
+use fedcrime_common::net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
+use fedcrime_common::station::protocol::RunSetup;
+use fedcrime_common::station::{self, Learner, StationError};
+use fedcrime_common::Params;
+use fedcrime_server::config::{ModelSection, OutputSection, TaskSection, TrainSection};
+use fedcrime_server::{Server, ServerConfig};
+
+use super::memory::RoundTiming;
+
+/// The name the server certificate carries and stations check.
+const SERVER_NAME: &str = "localhost";
+
+/// Everything a QUIC federation needs.
+pub struct QuicSetup<'a> {
+    /// Folder for the PKI, the initial model and the server's files.
+    pub dir: &'a Path,
+    /// The round engine's settings (rounds, sampling, deadlines, fit settings, seed).
+    pub engine: EngineConfig,
+    /// What stations are told to train with (must agree with `engine.fit_config`).
+    pub train: TrainSection,
+    /// The aggregation strategy.
+    pub strategy: StrategyConfig,
+    /// The task.
+    pub task: TaskConfig,
+    /// The featurizer every station applies (sent in the Welcome).
+    pub featurizer: Option<&'a Featurizer>,
+    /// The architecture (the server builds the same layout from its kind and widths).
+    pub model: &'a ModelConfig,
+    /// The model the run starts from.
+    pub initial: &'a Params,
+    /// The stations by certificate name.
+    pub stations: Vec<(StationId, Arc<dyn Learner>)>,
+    /// Stations training at once.
+    pub concurrency: usize,
+    /// Keep every round's checkpoint and return the global models.
+    pub keep_globals: bool,
+    /// Advanced to the round in progress.
+    pub bar: ProgressBar,
+}
+
+/// A finished round of a QUIC federation.
+#[derive(Clone, Debug)]
+pub struct QuicRound {
+    /// The server engine's record.
+    pub metrics: RoundMetrics,
+    /// Training times measured at the stations.
+    pub timing: RoundTiming,
+    /// The global model after the round (when kept).
+    pub global: Option<Arc<Params>>,
+}
+
+/// The outcome of a QUIC federation.
+#[derive(Clone, Debug)]
+pub struct QuicRun {
+    /// How the server's run ended.
+    pub summary: Summary,
+    /// Every round.
+    pub rounds: Vec<QuicRound>,
+    /// Seconds from binding the server to its last round.
+    pub seconds: f64,
+}
+
+/// Counting semaphore for blocking threads.
+#[derive(Debug)]
+struct Gate {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn new(permits: usize) -> Self {
+        Gate {
+            free: Mutex::new(permits.max(1)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            while *free == 0 {
+                free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+            }
+            *free -= 1;
+        }
+        let out = f();
+        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_one();
+        out
+    }
+}
+
+/// Training seconds by round: (slowest, sum).
+type FitTimes = Arc<Mutex<BTreeMap<u64, (f64, f64)>>>;
+
+/// A station's learner behind the shared gate, timing each fit.
+struct Gated {
+    inner: Arc<dyn Learner>,
+    gate: Arc<Gate>,
+    times: FitTimes,
+}
+
+impl Learner for Gated {
+    fn fit(&self, ins: &FitIns) -> station::Result<FitRes> {
+        let round = ins
+            .config
+            .get(SERVER_ROUND_KEY)
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0) as u64;
+        let (res, secs) = self.gate.run(|| {
+            let t0 = Instant::now();
+            let res = self.inner.fit(ins);
+            (res, t0.elapsed().as_secs_f64())
+        });
+        if let Ok(mut t) = self.times.lock() {
+            let e = t.entry(round).or_insert((0.0, 0.0));
+            e.0 = e.0.max(secs);
+            e.1 += secs;
+        }
+        res
+    }
+
+    fn evaluate(&self, ins: &EvaluateIns) -> station::Result<EvaluateRes> {
+        self.gate.run(|| self.inner.evaluate(ins))
+    }
+}
+
+/// Hands the client its station's learner once the Welcome's run matches
+/// the study's architecture.
+struct Fixed {
+    learner: Arc<dyn Learner>,
+    model: ModelConfig,
+}
+
+impl LearnerFactory for Fixed {
+    fn learner(&self, setup: &RunSetup) -> Result<Arc<dyn Learner>, StationError> {
+        let (a, b) = (&setup.model, &self.model);
+        let same = a.kind == b.kind
+            && a.task == b.task
+            && a.input_dim == b.input_dim
+            && a.output_dim == b.output_dim
+            && a.hidden == b.hidden
+            && a.layers == b.layers
+            && a.seq_steps == b.seq_steps
+            && a.seq_dim == b.seq_dim;
+        if !same {
+            return Err(StationError::Setup(format!(
+                "the server runs a {} {}x{} model for {} inputs, the study a {} {}x{} model for {}",
+                a.kind, a.layers, a.hidden, a.input_dim, b.kind, b.layers, b.hidden, b.input_dim
+            )));
+        }
+        Ok(self.learner.clone())
+    }
+}
+
+/// Generates the PKI: a CA, the server certificate and one certificate per station.
+fn make_pki(dir: &Path, stations: &[StationId]) -> Result<Pki> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut pki = Pki::generate(dir, 0, &PkiOptions::new(now, 30))
+        .with_context(|| format!("generating a PKI in {}", dir.display()))?;
+    for id in stations {
+        pki.add_station(Some(id.as_str()), Validity::days_from(now, 30), now)
+            .with_context(|| format!("issuing the certificate of station {id}"))?;
+    }
+    Ok(pki)
+}
+
+/// The model section describing `model`'s layout, starting from `initial`.
+fn model_section(model: &ModelConfig, initial: PathBuf) -> ModelSection {
+    ModelSection {
+        kind: model.kind,
+        hidden: Some(model.hidden),
+        layers: Some(model.layers),
+        dropout: Some(model.dropout),
+        count_loss: Some(model.count_loss),
+        static_features: Some(model.static_features),
+        initial: Some(initial),
+    }
+}
+
+/// Runs the federation; see the [module docs](self).
+pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
+    let dir = setup.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ids: Vec<StationId> = setup.stations.iter().map(|(id, _)| id.clone()).collect();
+    let pki = make_pki(&dir.join("pki"), &ids)?;
+
+    let initial_path = dir.join("initial.safetensors");
+    {
+        let mut m = model::build(setup.model, tch::Device::Cpu)?;
+        m.import_params(setup.initial)?;
+        model::save_model(m.as_ref(), &initial_path, &BTreeMap::new())
+            .with_context(|| format!("writing {}", initial_path.display()))?;
+    }
+    let featurizer_path = match setup.featurizer {
+        Some(f) => {
+            let p = dir.join("featurizer.json");
+            f.save_json(&p)?;
+            Some(p)
+        }
+        None => None,
+    };
+    let server_dir = dir.join("server");
+    if server_dir.exists() {
+        std::fs::remove_dir_all(&server_dir)
+            .with_context(|| format!("clearing {}", server_dir.display()))?;
+    }
+    let rounds = setup.engine.rounds;
+    let mut config = ServerConfig::new(ServerTls::from_pki_dir(pki.dir()));
+    config.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    config.run_id = Some("fedcrime-sim".into());
+    config.task = TaskSection {
+        task: setup.task.task,
+        period: setup.task.period,
+        lags: setup.task.lags,
+        split: setup.task.split,
+        featurizer: featurizer_path,
+    };
+    config.model = model_section(setup.model, initial_path);
+    config.federation = setup.engine.clone();
+    config.train = setup.train.clone();
+    config.strategy = setup.strategy.clone();
+    config.output = OutputSection {
+        dir: server_dir.clone(),
+        checkpoint_dir: None,
+        keep_checkpoints: if setup.keep_globals {
+            usize::try_from(rounds).unwrap_or(usize::MAX).max(1)
+        } else {
+            1
+        },
+    };
+    let checkpoint_dir = config.output.checkpoint_dir();
+
+    let gate = Arc::new(Gate::new(setup.concurrency));
+    let times: FitTimes = Arc::new(Mutex::new(BTreeMap::new()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(super::config::cores().max(2))
+        .thread_name("fedcrime-quic")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let bar = setup.bar.clone();
+    let model = setup.model.clone();
+    let fit_times = times.clone();
+    let stations = setup.stations;
+    let report = runtime.block_on(async move {
+        let t0 = Instant::now();
+        let server = Server::bind(config).await.context("starting the server")?;
+        let addr = server.local_addr()?;
+        let mut progress = server.progress();
+        let bar_task = tokio::spawn(async move {
+            while progress.changed().await.is_ok() {
+                let p = progress.borrow().clone();
+                bar.set_position(p.round.saturating_sub(1).min(rounds));
+                if p.finished {
+                    break;
+                }
+            }
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut clients = tokio::task::JoinSet::new();
+        for (i, (id, learner)) in stations.into_iter().enumerate() {
+            let tls = ClientTls::from_pki_dir(pki.dir(), id.as_str(), SERVER_NAME);
+            let connector = Connector::new(
+                &tls,
+                &TransportSettings::default(),
+                addr,
+                ReconnectPolicy::default(),
+                i as u64,
+            )
+            .with_context(|| format!("the connector of station {id}"))?;
+            let factory = Fixed {
+                learner: Arc::new(Gated {
+                    inner: learner,
+                    gate: gate.clone(),
+                    times: fit_times.clone(),
+                }),
+                model: model.clone(),
+            };
+            let options = ClientOptions {
+                seed: i as u64,
+                ..ClientOptions::default()
+            };
+            let mut stop = stop_rx.clone();
+            clients.spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                let r = Client::new(connector, Arc::new(factory), options)
+                    .run(shutdown)
+                    .await;
+                (id, r)
+            });
+        }
+        let report = server.run(std::future::pending()).await;
+        let seconds = t0.elapsed().as_secs_f64();
+        // Stations leave on the server's Bye; stragglers are told to stop.
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut failures = Vec::new();
+            while let Some(joined) = clients.join_next().await {
+                match joined {
+                    Ok((_, Ok(r))) if r.outcome != ClientOutcome::Interrupted => {}
+                    Ok((id, Ok(r))) => failures.push(format!("{id}: {:?}", r.outcome)),
+                    Ok((id, Err(e))) => failures.push(format!("{id}: {e:#}")),
+                    Err(e) => failures.push(format!("a station task: {e}")),
+                }
+            }
+            failures
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        clients.abort_all();
+        bar_task.abort();
+        let report = report.context("the server failed")?;
+        match waited {
+            Ok(failures) if !failures.is_empty() => {
+                tracing::warn!(
+                    "stations that did not finish cleanly: {}",
+                    failures.join("; ")
+                );
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("stations still running 10 s after the server finished"),
+        }
+        anyhow::Ok((report, seconds))
+    })?;
+    let (report, seconds) = report;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+
+    let times = times.lock().map(|t| t.clone()).unwrap_or_default();
+    let store = CheckpointStore::new(&checkpoint_dir);
+    let mut out = Vec::with_capacity(report.history.len());
+    for m in report.history {
+        let (slowest, total) = times.get(&m.round).copied().unwrap_or((0.0, 0.0));
+        let global = if setup.keep_globals {
+            let c = store.load_round(m.round).with_context(|| {
+                format!(
+                    "reading the checkpoint of round {} in {}",
+                    m.round,
+                    checkpoint_dir.display()
+                )
+            })?;
+            Some(c.global)
+        } else {
+            None
+        };
+        out.push(QuicRound {
+            timing: RoundTiming {
+                elapsed_s: m.started_s + m.round_s,
+                slowest_fit_s: slowest,
+                total_fit_s: total,
+            },
+            metrics: m,
+            global,
+        });
+    }
+    if out.is_empty() && rounds > 0 {
+        bail!(
+            "the server completed no round: {:?}",
+            report.summary.outcome
+        );
+    }
+    Ok(QuicRun {
+        summary: report.summary,
+        rounds: out,
+        seconds,
+    })
+}

@@ -1,0 +1,1202 @@
+//! Federations over real QUIC with mutual TLS on 127.0.0.1: an aggregation
+//! server and several stations in one process, a PKI generated per test,
+//! small LA-like synthetic data (6 weeks), a small model, so each test takes
+//! seconds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedcrime_certs::{Pki, PkiOptions};
+use fedcrime_client::config::{Areas, TlsSection};
+use fedcrime_client::{
+    Client, ClientOptions, ClientOutcome, ClientReport, DataStation, LearnerFactory, StationConfig,
+};
+use fedcrime_common::data::synth::{generate, generate_incidents_with};
+use fedcrime_common::data::{Incident, SynthConfig};
+use fedcrime_common::fl::engine::SERVER_ROUND_KEY;
+use fedcrime_common::fl::strategy::weighted_average;
+use fedcrime_common::fl::{
+    CheckpointStore, ConfigValue, EvaluateIns, EvaluateRes, FailureKind, FitIns, FitRes, Metrics,
+};
+use fedcrime_common::model;
+use fedcrime_common::net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
+use fedcrime_common::params::{ParamSpec, Params};
+use fedcrime_common::station::data::{prepare, Selection};
+use fedcrime_common::station::protocol::RunSetup;
+use fedcrime_common::station::{round_seed, Learner, StationError};
+use fedcrime_common::train::{TrainConfig, Trainer};
+use fedcrime_common::wire::{
+    Bye, ByeReason, Capabilities, Encoding, Hello, Message, ModelHeader, Received, Update,
+    UpdateKind, WireConfig, WireReader, WireWriter,
+};
+use fedcrime_server::{Progress, RunReport, Server, ServerConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+const SEED: u64 = 11;
+
+fn make_pki(dir: &Path, stations: usize) -> PathBuf {
+    let pki = dir.join("pki");
+    Pki::generate(
+        &pki,
+        stations,
+        &PkiOptions::new(time::OffsetDateTime::now_utc(), 30),
+    )
+    .unwrap();
+    pki
+}
+
+fn station(i: usize) -> String {
+    fedcrime_certs::station_name(i)
+}
+
+fn synth_config() -> SynthConfig {
+    let mut cfg = SynthConfig::new(8_000, 5);
+    cfg.days = 42;
+    cfg
+}
+
+fn incidents() -> Vec<Incident> {
+    generate_incidents_with(&synth_config()).unwrap().incidents
+}
+
+fn fast_transport() -> TransportSettings {
+    TransportSettings {
+        keep_alive_ms: 1_000,
+        idle_timeout_ms: 10_000,
+        handshake_timeout_ms: 2_000,
+        ..TransportSettings::default()
+    }
+}
+
+fn fast_reconnect() -> ReconnectPolicy {
+    ReconnectPolicy {
+        initial_delay_ms: 50,
+        max_delay_ms: 400,
+        ..ReconnectPolicy::default()
+    }
+}
+
+/// A small, deterministic run: dnn 16 x 2 without dropout, all stations
+/// sampled, FedAvg.
+fn server_config(pki: &Path, out: &Path, rounds: u64, stations: usize) -> ServerConfig {
+    let mut c = ServerConfig::new(ServerTls::from_pki_dir(pki));
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.model.hidden = Some(16);
+    c.model.layers = Some(2);
+    c.model.dropout = Some(0.0);
+    c.federation.rounds = rounds;
+    c.federation.min_stations = stations;
+    c.federation.min_fit = stations;
+    c.federation.min_updates = stations;
+    c.federation.round_deadline = Duration::from_secs(60);
+    c.federation.evaluate_deadline = Duration::from_secs(60);
+    c.federation.eval_every = 0;
+    c.federation.seed = SEED;
+    c.train.epochs = 1;
+    c.train.batch_size = 32;
+    c.train.lr = 0.01;
+    c.output.dir = out.to_path_buf();
+    c.transport = fast_transport();
+    c
+}
+
+struct Running {
+    addr: SocketAddr,
+    progress: watch::Receiver<Progress>,
+    /// Dropping or sending on it stops the server.
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<fedcrime_server::Result<RunReport>>,
+}
+
+impl Running {
+    async fn start(cfg: ServerConfig) -> Running {
+        let server = Server::bind(cfg).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let progress = server.progress();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            addr,
+            progress,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    /// Waits for the run to end on its own.
+    async fn finish(self) -> RunReport {
+        let report = tokio::time::timeout(Duration::from_secs(120), self.handle)
+            .await
+            .expect("the run ends")
+            .unwrap()
+            .unwrap();
+        drop(self.stop);
+        report
+    }
+}
+
+fn connector(pki: &Path, name: &str, addr: SocketAddr) -> Connector {
+    let tls = ClientTls::from_pki_dir(pki, name, "localhost");
+    Connector::new(&tls, &fast_transport(), addr, fast_reconnect(), 1).unwrap()
+}
+
+fn spawn_client(
+    pki: &Path,
+    name: &str,
+    addr: SocketAddr,
+    factory: Arc<dyn LearnerFactory>,
+) -> JoinHandle<fedcrime_client::Result<ClientReport>> {
+    spawn_client_until(pki, name, addr, factory, std::future::pending())
+}
+
+fn spawn_client_until(
+    pki: &Path,
+    name: &str,
+    addr: SocketAddr,
+    factory: Arc<dyn LearnerFactory>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<fedcrime_client::Result<ClientReport>> {
+    let options = ClientOptions {
+        reconnect: fast_reconnect(),
+        handshake_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let client = Client::new(connector(pki, name, addr), factory, options);
+    tokio::spawn(client.run(shutdown))
+}
+
+fn data_station(name: &str, incidents: &[Incident], area: u8) -> Arc<dyn LearnerFactory> {
+    Arc::new(DataStation::new(
+        name,
+        incidents.to_vec(),
+        Selection::Areas(vec![area]),
+        tch::Device::Cpu,
+    ))
+}
+
+async fn join_client(h: JoinHandle<fedcrime_client::Result<ClientReport>>) -> ClientReport {
+    tokio::time::timeout(Duration::from_secs(60), h)
+        .await
+        .expect("the station stops")
+        .unwrap()
+        .unwrap()
+}
+
+/// `N(0, 1)` values for a layout, seeded.
+fn values(spec: &ParamSpec, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..spec.total())
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect()
+}
+
+/// What a scripted station does when asked to train.
+enum Script {
+    /// Sends seeded values with its number of examples.
+    Honest,
+    /// Sends a NaN among seeded values.
+    NaN,
+    /// Sends a matrix transposed: same size, wrong shape.
+    WrongShape,
+    /// Signals that it started, then blocks until released (or 60 s).
+    Hang {
+        started: Mutex<std_mpsc::Sender<()>>,
+        release: Mutex<std_mpsc::Receiver<()>>,
+    },
+}
+
+struct Scripted {
+    script: Script,
+    examples: u64,
+    seed: u64,
+}
+
+impl Learner for Scripted {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
+        let spec = ins.global.spec().clone();
+        let mut v = values(&spec, self.seed);
+        let params = match &self.script {
+            Script::Honest => Params::new(spec, v).unwrap(),
+            Script::NaN => {
+                v[3] = f32::NAN;
+                Params::new(spec, v).unwrap()
+            }
+            Script::WrongShape => {
+                let matrix = spec
+                    .entries()
+                    .iter()
+                    .position(|e| e.shape.len() == 2 && e.shape[0] != e.shape[1])
+                    .expect("the model has a non-square matrix");
+                let tensors: Vec<(String, Vec<usize>)> = spec
+                    .entries()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        let mut shape = e.shape.clone();
+                        if i == matrix {
+                            shape.reverse();
+                        }
+                        (e.name.clone(), shape)
+                    })
+                    .collect();
+                Params::new(Arc::new(ParamSpec::new(tensors).unwrap()), v).unwrap()
+            }
+            Script::Hang { started, release } => {
+                let _ = started.lock().unwrap().send(());
+                let _ = release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(60));
+                Params::new(spec, v).unwrap()
+            }
+        };
+        Ok(FitRes {
+            params,
+            num_examples: self.examples,
+            metrics: Metrics::from([("loss".to_string(), 1.0)]),
+        })
+    }
+
+    fn evaluate(&self, _ins: &EvaluateIns) -> Result<EvaluateRes, StationError> {
+        Ok(EvaluateRes {
+            loss: 1.0,
+            num_examples: self.examples,
+            metrics: Metrics::new(),
+        })
+    }
+}
+
+fn scripted(script: Script, examples: u64, seed: u64) -> Arc<dyn LearnerFactory> {
+    let learner: Arc<dyn Learner> = Arc::new(Scripted {
+        script,
+        examples,
+        seed,
+    });
+    Arc::new(move |_: &RunSetup| Ok(learner.clone()))
+}
+
+/// `sum(n_i v_i) / sum(n_i)` in f64, rounded to f32.
+fn hand_average(parts: &[(Vec<f32>, u64)]) -> Vec<f32> {
+    let total: f64 = parts.iter().map(|(_, n)| *n as f64).sum();
+    (0..parts[0].0.len())
+        .map(|i| {
+            (parts
+                .iter()
+                .map(|(v, n)| f64::from(v[i]) * *n as f64)
+                .sum::<f64>()
+                / total) as f32
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1.0),
+            "value {i}: {a} vs {b}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 4);
+    // The stations read a real CSV file through the full client path.
+    // Three months, and the server's held-out copy defines the features
+    // every station uses.
+    let csv = dir.path().join("la.csv");
+    let mut synth = synth_config();
+    synth.days = 91;
+    synth.rows = 18_000;
+    generate(&synth, std::fs::File::create(&csv).unwrap()).unwrap();
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 3, 4);
+    cfg.train.epochs = 2;
+    cfg.federation.eval_every = 1;
+    cfg.evaluation = Some(fedcrime_server::config::EvaluationSection {
+        data: csv.clone(),
+        split: Default::default(),
+        batch_size: 4096,
+    });
+    let server = Running::start(cfg).await;
+    let clients: Vec<_> = (1..=4)
+        .map(|i| {
+            let mut sc = StationConfig::new(TlsSection {
+                ca: pki.join("ca.pem"),
+                cert: pki.join(format!("stations/{}.pem", station(i))),
+                key: pki.join(format!("stations/{}.key", station(i))),
+            });
+            sc.server = server.addr.to_string();
+            sc.data.file = Some(csv.clone());
+            sc.data.area = Some(Areas::One(i as u8));
+            sc.device = fedcrime_common::DeviceChoice::Cpu;
+            sc.reconnect = fast_reconnect();
+            sc.transport = fast_transport();
+            tokio::spawn(fedcrime_client::run(sc))
+        })
+        .collect();
+    let report = server.finish().await;
+    assert!(report.completed(), "{:?}", report.summary);
+    assert_eq!(report.history.len(), 3);
+    for m in &report.history {
+        assert_eq!(m.completed.len(), 4, "round {}: {:?}", m.round, m.failed);
+        assert!(m.aggregated);
+        assert_eq!(m.eval_completed, 4);
+        assert!(m.bytes_out > 0 && m.bytes_in > 0);
+    }
+    for m in &report.history {
+        eprintln!(
+            "round {}: train {:?} federated eval {:?} server eval {:?}",
+            m.round, m.train_loss, m.eval_loss, m.server_eval_loss
+        );
+    }
+    let loss = |r: usize, f: fn(&fedcrime_common::fl::RoundMetrics) -> Option<f64>| {
+        f(&report.history[r]).unwrap()
+    };
+    assert!(
+        loss(2, |m| m.train_loss) < loss(0, |m| m.train_loss),
+        "train loss {:?}",
+        report
+            .history
+            .iter()
+            .map(|m| m.train_loss)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        loss(2, |m| m.eval_loss) < loss(0, |m| m.eval_loss),
+        "evaluation loss {:?}",
+        report
+            .history
+            .iter()
+            .map(|m| m.eval_loss)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        loss(2, |m| m.server_eval_loss) < loss(0, |m| m.server_eval_loss),
+        "server-side evaluation loss {:?}",
+        report
+            .history
+            .iter()
+            .map(|m| m.server_eval_loss)
+            .collect::<Vec<_>>()
+    );
+    for c in clients {
+        let r = join_client(c).await;
+        assert_eq!(r.outcome, ClientOutcome::Done);
+        assert_eq!((r.updates_sent, r.evaluations_sent), (3, 3));
+    }
+    // The outputs: metrics files, checkpoints and the final model.
+    let out = dir.path().join("out");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.lines().next().unwrap().contains("overhead_s"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    let latest = CheckpointStore::new(out.join("checkpoints"))
+        .load_latest()
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.round, 3);
+    assert_eq!(latest.global.data(), report.global.data());
+    let saved = model::load_model(&out.join("model.safetensors"), tch::Device::Cpu).unwrap();
+    assert_eq!(saved.0.export_params().data(), report.global.data());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_equals_the_hand_computed_weighted_average() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 3);
+    let server = Running::start(server_config(&pki, &dir.path().join("out"), 1, 3)).await;
+    let examples = [10u64, 30, 60];
+    let clients: Vec<_> = (1..=3)
+        .map(|i| {
+            spawn_client(
+                &pki,
+                &station(i),
+                server.addr,
+                scripted(Script::Honest, examples[i - 1], i as u64),
+            )
+        })
+        .collect();
+    let report = server.finish().await;
+    assert!(report.completed());
+    let spec = report.global.spec();
+    let parts: Vec<(Vec<f32>, u64)> = (1..=3)
+        .map(|i| (values(spec, i as u64), examples[i - 1]))
+        .collect();
+    assert_close(report.global.data(), &hand_average(&parts), 1e-6);
+    assert_eq!(report.history[0].num_examples, 100);
+    for c in clients {
+        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
+    }
+}
+
+type ClientTask = JoinHandle<fedcrime_client::Result<ClientReport>>;
+
+/// The stations of a run with one that hangs in training: the honest
+/// clients, the hanging one, its "started training" signal and its release.
+struct WithHang {
+    clients: Vec<ClientTask>,
+    victim: ClientTask,
+    started: std_mpsc::Receiver<()>,
+    release: std_mpsc::Sender<()>,
+}
+
+/// Starts `honest` scripted stations and one that hangs in training.
+fn with_a_hanging_station(pki: &Path, addr: SocketAddr, honest: usize) -> WithHang {
+    with_a_hanging_station_until(pki, addr, honest, std::future::pending())
+}
+
+/// [`with_a_hanging_station`] whose hanging station stops when `shutdown` completes.
+fn with_a_hanging_station_until(
+    pki: &Path,
+    addr: SocketAddr,
+    honest: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> WithHang {
+    let clients = (1..=honest)
+        .map(|i| {
+            spawn_client(
+                pki,
+                &station(i),
+                addr,
+                scripted(Script::Honest, 10, i as u64),
+            )
+        })
+        .collect();
+    let (started_tx, started) = std_mpsc::channel();
+    let (release, release_rx) = std_mpsc::channel();
+    let victim = spawn_client_until(
+        pki,
+        &station(honest + 1),
+        addr,
+        scripted(
+            Script::Hang {
+                started: Mutex::new(started_tx),
+                release: Mutex::new(release_rx),
+            },
+            10,
+            99,
+        ),
+        shutdown,
+    );
+    WithHang {
+        clients,
+        victim,
+        started,
+        release,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_killed_mid_round_does_not_stall_the_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 4);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 1, 4);
+    cfg.federation.min_updates = 3;
+    let server = Running::start(cfg).await;
+    let WithHang {
+        clients,
+        victim,
+        started,
+        release,
+    } = with_a_hanging_station(&pki, server.addr, 3);
+    // Kill the station while it trains.
+    tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the victim starts training");
+    victim.abort();
+    let report = server.finish().await;
+    drop(release);
+    assert!(report.completed(), "{:?}", report.summary);
+    let m = &report.history[0];
+    assert!(m.aggregated);
+    assert_eq!(m.completed.len(), 3);
+    assert_eq!(
+        m.failed.get(&FailureKind::Disconnected),
+        Some(&1),
+        "{:?}",
+        m.failed
+    );
+    // Well before the 60 s deadline.
+    assert!(m.round_s < 20.0, "round took {} s", m.round_s);
+    for c in clients {
+        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_stopped_mid_round_says_goodbye_and_the_round_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 4);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 1, 4);
+    cfg.federation.min_updates = 3;
+    let server = Running::start(cfg).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let WithHang {
+        clients,
+        victim,
+        started,
+        release,
+    } = with_a_hanging_station_until(&pki, server.addr, 3, async move {
+        let _ = stopped.await;
+    });
+    tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the station starts training");
+    // Ctrl-C at the station: it says goodbye instead of vanishing.
+    stop.send(()).unwrap();
+    let victim = join_client(victim).await;
+    assert_eq!(victim.outcome, ClientOutcome::Interrupted);
+    assert_eq!(victim.updates_sent, 0);
+    let report = server.finish().await;
+    drop(release);
+    let m = &report.history[0];
+    assert_eq!(m.completed.len(), 3);
+    assert_eq!(
+        m.failed.get(&FailureKind::Disconnected),
+        Some(&1),
+        "{:?}",
+        m.failed
+    );
+    assert!(m.round_s < 20.0, "round took {} s", m.round_s);
+    for c in clients {
+        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_station_is_timed_out_and_the_round_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 4);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 1, 4);
+    cfg.federation.min_updates = 3;
+    cfg.federation.round_deadline = Duration::from_millis(1500);
+    let server = Running::start(cfg).await;
+    let WithHang {
+        clients,
+        victim,
+        release,
+        ..
+    } = with_a_hanging_station(&pki, server.addr, 3);
+    let report = server.finish().await;
+    drop(release);
+    assert!(report.completed(), "{:?}", report.summary);
+    let m = &report.history[0];
+    assert_eq!(m.completed.len(), 3);
+    assert_eq!(
+        m.failed.get(&FailureKind::Timeout),
+        Some(&1),
+        "{:?}",
+        m.failed
+    );
+    for c in clients {
+        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
+    }
+    assert_eq!(join_client(victim).await.outcome, ClientOutcome::Done);
+}
+
+/// A station speaking the protocol by hand: it answers the first round with
+/// an update for the previous round, then leaves.
+async fn stale_station(pki: PathBuf, name: String, addr: SocketAddr) {
+    let connector = connector(&pki, &name, addr);
+    let conn = connector.connect().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut w = WireWriter::new(send, WireConfig::default());
+    let mut r = WireReader::new(recv, WireConfig::default());
+    let hello = Hello::new(
+        "stale-station",
+        Capabilities {
+            encodings: Encoding::ALL.to_vec(),
+            device: "cpu".into(),
+            extensions: Default::default(),
+        },
+    );
+    w.send(&Message::Hello(hello), None).await.unwrap();
+    assert!(matches!(
+        r.recv_message().await.unwrap(),
+        Some(Message::Welcome(_))
+    ));
+    loop {
+        match r.recv(None).await.unwrap() {
+            Some(Received {
+                message: Message::RoundStart(rs),
+                params: Some(p),
+            }) => {
+                let update = Update {
+                    round: rs.round - 1,
+                    kind: UpdateKind::Full,
+                    num_examples: 10,
+                    metrics: Metrics::new(),
+                    train_seconds: 0.0,
+                    model: ModelHeader::describe(&p, Encoding::F32).unwrap(),
+                };
+                w.send(&Message::Update(update), Some(&p)).await.unwrap();
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the server closed the stream"),
+        }
+    }
+    let bye = Bye {
+        reason: ByeReason::Shutdown,
+        text: "done cheating".into(),
+    };
+    w.send(&Message::Bye(bye), None).await.unwrap();
+    let _ = w.get_mut().finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_wrong_shapes_and_stale_rounds_are_refused_while_the_others_are_aggregated() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 5);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 1, 5);
+    cfg.federation.min_updates = 2;
+    let server = Running::start(cfg).await;
+    let honest = [(1usize, 20u64), (2, 40)];
+    let mut clients: Vec<_> = honest
+        .iter()
+        .map(|&(i, n)| {
+            spawn_client(
+                &pki,
+                &station(i),
+                server.addr,
+                scripted(Script::Honest, n, i as u64),
+            )
+        })
+        .collect();
+    clients.push(spawn_client(
+        &pki,
+        &station(3),
+        server.addr,
+        scripted(Script::NaN, 50, 3),
+    ));
+    clients.push(spawn_client(
+        &pki,
+        &station(4),
+        server.addr,
+        scripted(Script::WrongShape, 50, 4),
+    ));
+    let stale = tokio::spawn(stale_station(pki.clone(), station(5), server.addr));
+    let report = server.finish().await;
+    stale.await.unwrap();
+    assert!(report.completed(), "{:?}", report.summary);
+    let m = &report.history[0];
+    assert!(m.aggregated);
+    assert_eq!(
+        m.completed
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        vec![station(1), station(2)]
+    );
+    for kind in [
+        FailureKind::NonFinite,
+        FailureKind::SpecMismatch,
+        FailureKind::StaleRound,
+    ] {
+        assert_eq!(m.failed.get(&kind), Some(&1), "{kind}: {:?}", m.failed);
+    }
+    let spec = report.global.spec();
+    let parts: Vec<(Vec<f32>, u64)> = honest
+        .iter()
+        .map(|&(i, n)| (values(spec, i as u64), n))
+        .collect();
+    assert_close(report.global.data(), &hand_average(&parts), 1e-6);
+    for c in clients {
+        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
+    }
+}
+
+/// A learner whose training of one round waits until a gate opens.
+struct Gated {
+    inner: Arc<dyn Learner>,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    round: i64,
+}
+
+impl Learner for Gated {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
+        if ins.config.get(SERVER_ROUND_KEY) == Some(&ConfigValue::Int(self.round)) {
+            let (open, cv) = &*self.gate;
+            let guard = open.lock().unwrap();
+            let _ = cv
+                .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
+                .unwrap();
+        }
+        self.inner.fit(ins)
+    }
+
+    fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes, StationError> {
+        self.inner.evaluate(ins)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_resumes_round_three_from_round_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 3);
+    let data = incidents();
+    let out = dir.path().join("out");
+    let cfg = server_config(&pki, &out, 3, 3);
+    let first = Running::start(cfg.clone()).await;
+    let addr = first.addr;
+    // Round 3 training waits for the gate, so the first server is surely
+    // stopped after round 2 and before round 3 completes.
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let clients: Vec<_> = (1..=3)
+        .map(|i| {
+            let inner = data_station(&station(i), &data, i as u8);
+            let gate = gate.clone();
+            let factory: Arc<dyn LearnerFactory> = Arc::new(move |setup: &RunSetup| {
+                let learner: Arc<dyn Learner> = Arc::new(Gated {
+                    inner: inner.learner(setup)?,
+                    gate: gate.clone(),
+                    round: 3,
+                });
+                Ok(learner)
+            });
+            spawn_client(&pki, &station(i), addr, factory)
+        })
+        .collect();
+    // Stop the server once round 2 is checkpointed.
+    let mut progress = first.progress.clone();
+    progress.wait_for(|p| p.checkpointed >= 2).await.unwrap();
+    let _ = first.stop.unwrap().send(());
+    let stopped = first.handle.await.unwrap().unwrap();
+    assert!(!stopped.completed());
+    assert_eq!(stopped.summary.rounds_completed, 2);
+    let round2 = CheckpointStore::new(out.join("checkpoints"))
+        .load_latest()
+        .unwrap()
+        .unwrap();
+    assert_eq!(round2.round, 2);
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+
+    // Restart on the same address with --resume; the stations reconnect.
+    let mut cfg2 = cfg.clone();
+    cfg2.listen = addr;
+    cfg2.resume = true;
+    let mut second = None;
+    for _ in 0..50 {
+        match Server::bind(cfg2.clone()).await {
+            Ok(s) => {
+                second = Some(s);
+                break;
+            }
+            Err(e) => {
+                eprintln!("rebinding: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let second = second.expect("the address is free again");
+    let report = tokio::time::timeout(Duration::from_secs(60), second.run(std::future::pending()))
+        .await
+        .expect("the resumed run ends")
+        .unwrap();
+    assert!(report.completed(), "{:?}", report.summary);
+    assert_eq!(
+        report.history.iter().map(|m| m.round).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for c in clients {
+        let r = join_client(c).await;
+        assert_eq!(r.outcome, ClientOutcome::Done);
+        assert_eq!(r.sessions, 2);
+    }
+    let rounds: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["round"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(rounds, vec![1, 2, 3]);
+
+    // Round 3 by hand from round 2's model: the same stations, trained in
+    // memory with round 3's settings, averaged by their examples.
+    let setup = RunSetup {
+        model: cfg.model_config().unwrap(),
+        task: cfg.task.task_config(),
+        featurizer: None,
+    };
+    let mut config = cfg.engine_config().fit_config;
+    config.insert(SERVER_ROUND_KEY.into(), ConfigValue::Int(3));
+    let ins = FitIns {
+        global: round2.global.clone(),
+        config: Arc::new(config),
+    };
+    let results: Vec<FitRes> = (1..=3)
+        .map(|i| {
+            data_station(&station(i), &data, i as u8)
+                .learner(&setup)
+                .unwrap()
+                .fit(&ins)
+                .unwrap()
+        })
+        .collect();
+    let expected = weighted_average("fedavg", &round2.global, &results).unwrap();
+    assert_close(report.global.data(), expected.data(), 1e-5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedavg_with_one_station_equals_local_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 1);
+    let data = incidents();
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 2, 1);
+    cfg.train.epochs = 2;
+    // Both sides start from the same saved model.
+    let architecture = cfg.model_config().unwrap();
+    let m = model::build(&architecture, tch::Device::Cpu).unwrap();
+    let initial = m.export_params();
+    let initial_file = dir.path().join("initial.safetensors");
+    model::save_model(m.as_ref(), &initial_file, &Default::default()).unwrap();
+    cfg.model.initial = Some(initial_file);
+    let server = Running::start(cfg.clone()).await;
+    let client = spawn_client(
+        &pki,
+        &station(1),
+        server.addr,
+        data_station(&station(1), &data, 4),
+    );
+    let report = server.finish().await;
+    assert!(report.completed());
+    assert_eq!(join_client(client).await.updates_sent, 2);
+
+    // Local training: two runs of the trainer, each from the last, with the
+    // rounds' seeds.
+    let splits = prepare(
+        &data,
+        &cfg.task.task_config(),
+        None,
+        &Selection::Areas(vec![4]),
+    )
+    .unwrap();
+    let mut params = initial;
+    for round in 1..=2 {
+        let tc = TrainConfig {
+            epochs: 2,
+            batch_size: 32,
+            lr: 0.01,
+            seed: round_seed(SEED, round),
+            patience: 0,
+            ..TrainConfig::default()
+        };
+        let model = model::build(&architecture, tch::Device::Cpu).unwrap();
+        let mut trainer = Trainer::new(model, tc).unwrap();
+        params = trainer
+            .fit_from(&params, &splits.train, None)
+            .unwrap()
+            .params;
+    }
+    assert_close(report.global.data(), params.data(), 1e-6);
+}
+
+#[test]
+fn example_configs_parse_and_bad_settings_name_the_field() {
+    let server = ServerConfig::from_toml(
+        include_str!("../../../server/server.example.toml"),
+        Path::new("server.example.toml"),
+    )
+    .unwrap();
+    server.validate().unwrap();
+    assert_eq!(server.federation.rounds, 20);
+    assert_eq!(server.tls.crl.as_deref(), Some(Path::new("pki/crl.pem")));
+    let station = StationConfig::from_toml(
+        include_str!("../../../client/station.example.toml"),
+        Path::new("station.example.toml"),
+    )
+    .unwrap();
+    station.validate().unwrap();
+    assert_eq!(station.data.area, Some(Areas::One(7)));
+
+    let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+    let server_err = |extra: &str| {
+        let text = format!("{extra}\n{tls}");
+        match ServerConfig::from_toml(&text, Path::new("s.toml")) {
+            Ok(c) => c.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    for (extra, field) in [
+        (
+            "[federation]\nfraction_fit = 2.0\n",
+            "federation.fraction_fit",
+        ),
+        ("[federation]\nrouns = 3\n", "rouns"),
+        (
+            "[federation]\nmin_fit = 5\nmin_stations = 2\n",
+            "federation.min_fit",
+        ),
+        ("[train]\nlr = -1.0\n", "train.lr"),
+        ("[strategy]\nname = \"fedprox\"\nmu = -1.0\n", "strategy.mu"),
+        ("[model]\nkind = \"gat-tcn\"\n", "model.kind"),
+        ("[model]\ndropout = 1.5\n", "model.dropout"),
+        ("[wire]\nmodel_encoding = \"f64\"\n", "f64"),
+        (
+            "[transport]\nkeep_alive_ms = 99999\n",
+            "transport.keep_alive_ms",
+        ),
+    ] {
+        let err = server_err(extra);
+        assert!(err.contains(field), "{extra:?}: {err}");
+    }
+    let station_err = |extra: &str| {
+        let text = format!("{extra}\n{tls}");
+        match StationConfig::from_toml(&text, Path::new("c.toml")) {
+            Ok(c) => c.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    for (extra, field) in [
+        ("[data]\narea = 30\n", "data.area"),
+        (
+            "[data]\narea = 3\npartition = \"iid\"\npart = 1\n",
+            "data.area",
+        ),
+        ("[data]\npartition = \"iid\"\n", "data.part"),
+        (
+            "[data]\npartition = \"natural\"\nstations = 3\npart = 1\n",
+            "data.stations",
+        ),
+        (
+            "[data]\npartition = \"lottery\"\npart = 1\n",
+            "data.partition",
+        ),
+        ("server = \"localhost\"\n", "server"),
+        ("device = \"tpu\"\n", "tpu"),
+        ("[reconnect]\nmultiplier = 0.5\n", "reconnect.multiplier"),
+    ] {
+        let err = station_err(extra);
+        assert!(err.contains(field), "{extra:?}: {err}");
+    }
+}
+
+/// A station that does not train: its update is the global model it got,
+/// so a round costs only what the framework does (transfer, decoding,
+/// validation, aggregation).
+struct Echo;
+
+impl Learner for Echo {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
+        Ok(FitRes {
+            params: (*ins.global).clone(),
+            num_examples: 100,
+            metrics: Metrics::new(),
+        })
+    }
+
+    fn evaluate(&self, _ins: &EvaluateIns) -> Result<EvaluateRes, StationError> {
+        Ok(EvaluateRes {
+            loss: 1.0,
+            num_examples: 100,
+            metrics: Metrics::new(),
+        })
+    }
+}
+
+/// Seconds to move `bytes` to each of `stations` TCP clients on loopback and
+/// back (what a round must move, without QUIC, TLS, framing or
+/// aggregation): the best of three.
+async fn tcp_round_trip(stations: usize, bytes: usize) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = Arc::new(vec![7u8; bytes]);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echoes: Vec<_> = (0..stations)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let mut buf = vec![0u8; bytes];
+                    s.read_exact(&mut buf).await.unwrap();
+                    s.write_all(&buf).await.unwrap();
+                })
+            })
+            .collect();
+        let mut conns = Vec::new();
+        for _ in 0..stations {
+            conns.push(listener.accept().await.unwrap().0);
+        }
+        let t0 = std::time::Instant::now();
+        let sides: Vec<_> = conns
+            .into_iter()
+            .map(|mut s| {
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let mut back = vec![0u8; bytes];
+                    let (a, b) = tokio::join!(w.write_all(&payload), r.read_exact(&mut back));
+                    a.unwrap();
+                    b.unwrap();
+                })
+            })
+            .collect();
+        for s in sides {
+            s.await.unwrap();
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+        for e in echoes {
+            e.await.unwrap();
+        }
+    }
+    best
+}
+
+/// Seconds to move `bytes` to each of `stations` and back over QUIC with
+/// mutual TLS on loopback (the same listener, connector, certificates and
+/// transport settings as the federation, warm connections, one stream each
+/// way per station, no framing, decoding or aggregation): the best of three.
+async fn quic_round_trip(pki: &Path, stations: usize, bytes: usize) -> f64 {
+    const TRIES: usize = 3;
+    let listener = fedcrime_common::net::Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &ServerTls::from_pki_dir(pki),
+        &fast_transport(),
+    )
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let payload = Arc::new(vec![7u8; bytes]);
+    let echoes: Vec<_> = (1..=stations)
+        .map(|i| {
+            let c = connector(pki, &station(i), addr);
+            tokio::spawn(async move {
+                let conn = c.connect().await.unwrap();
+                for _ in 0..TRIES {
+                    let mut r = conn.accept_uni().await.unwrap();
+                    let buf = r.read_to_end(bytes).await.unwrap();
+                    let mut w = conn.open_uni().await.unwrap();
+                    w.write_all(&buf).await.unwrap();
+                    w.finish().unwrap();
+                }
+                conn.closed().await;
+            })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for _ in 0..stations {
+        conns.push(listener.accept().await.unwrap().connection);
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..TRIES {
+        let t0 = std::time::Instant::now();
+        let sides: Vec<_> = conns
+            .iter()
+            .map(|conn| {
+                let conn = conn.clone();
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    let mut w = conn.open_uni().await.unwrap();
+                    w.write_all(&payload).await.unwrap();
+                    w.finish().unwrap();
+                    let mut r = conn.accept_uni().await.unwrap();
+                    r.read_to_end(bytes).await.unwrap().len()
+                })
+            })
+            .collect();
+        for s in sides {
+            assert_eq!(s.await.unwrap(), bytes);
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    for e in echoes {
+        e.await.unwrap();
+    }
+    listener.close();
+    best
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Framework overhead per round (round wall time minus the slowest
+/// station's training time; medians of rounds 2 to 5) for 21 stations over
+/// QUIC + mutual TLS on loopback, at about 20 thousand, 1 million and 10
+/// million parameters, against round trips of the same bytes over bare
+/// QUIC + mutual TLS streams and over plain TCP on loopback in the same run.
+///
+/// Run: `.ci/bench/round-overhead.sh` (or `cargo test --release -p
+/// fedcrime-tests --test e2e -- --ignored --nocapture bench_round_overhead`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run with .ci/bench/round-overhead.sh"]
+async fn bench_round_overhead() {
+    const STATIONS: usize = 21;
+    const ROUNDS: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), STATIONS);
+    println!(
+        "| params | model MB | round s | slowest station s | overhead s | of which fit phase s | aggregate s | QUIC+mTLS round trip s | TCP round trip s | overhead / QUIC | overhead / TCP |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (i, hidden) in [90usize, 700, 2230].into_iter().enumerate() {
+        let mut cfg = server_config(&pki, &dir.path().join(format!("out-{i}")), ROUNDS, STATIONS);
+        cfg.model.hidden = Some(hidden);
+        cfg.model.layers = Some(3);
+        cfg.wire.max_frame_bytes = 64 << 20;
+        let server = Running::start(cfg).await;
+        let clients: Vec<_> = (1..=STATIONS)
+            .map(|s| {
+                let echo: Arc<dyn Learner> = Arc::new(Echo);
+                let factory: Arc<dyn LearnerFactory> =
+                    Arc::new(move |_: &RunSetup| Ok(echo.clone()));
+                spawn_client(&pki, &station(s), server.addr, factory)
+            })
+            .collect();
+        let report = server.finish().await;
+        assert!(report.completed(), "{:?}", report.summary);
+        for c in clients {
+            join_client(c).await;
+        }
+        let params = report.global.spec().total();
+        let records: Vec<fedcrime_server::RoundRecord> =
+            std::fs::read_to_string(dir.path().join(format!("out-{i}/metrics.jsonl")))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .skip(1)
+                .collect();
+        let pick =
+            |f: fn(&fedcrime_server::RoundRecord) -> f64| median(records.iter().map(f).collect());
+        let round_s = pick(|r| r.metrics.round_s);
+        let train_s = pick(|r| r.max_train_s.unwrap_or(0.0));
+        let overhead_s = pick(|r| r.overhead_s.unwrap_or(f64::NAN));
+        let fit_overhead_s = pick(|r| r.fit_overhead_s.unwrap_or(f64::NAN));
+        let aggregate_s = pick(|r| r.metrics.aggregate_s.unwrap_or(f64::NAN));
+        let quic_s = quic_round_trip(&pki, STATIONS, params * 4).await;
+        let tcp_s = tcp_round_trip(STATIONS, params * 4).await;
+        println!(
+            "| {params} | {:.1} | {round_s:.4} | {train_s:.4} | {overhead_s:.4} | {fit_overhead_s:.4} | {aggregate_s:.4} | {quic_s:.4} | {tcp_s:.4} | {:.2} | {:.2} |",
+            params as f64 * 4.0 / 1e6,
+            overhead_s / quic_s,
+            overhead_s / tcp_s
+        );
+    }
+}

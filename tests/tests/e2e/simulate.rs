@@ -1,0 +1,305 @@
+//! `fedcrime-sim simulate` end to end: a small study on both transports
+//! (the QUIC one with real sockets and certificates on 127.0.0.1) writes
+//! every output with sane values, and the two transports give identical
+//! metrics for the same seed.
+
+use std::path::Path;
+
+use fedcrime_common::data::Partition;
+use fedcrime_common::fl::StrategyConfig;
+use fedcrime_sim::sim::record::CsvTable;
+use fedcrime_sim::sim::{self, RunOptions, SimConfig, SimOutcome, Transport};
+
+/// A study small enough for a debug build: 3 stations, 2 rounds, 75 days.
+fn small(transport: Transport) -> SimConfig {
+    let mut c = SimConfig::default();
+    c.data.rows = 6_000;
+    c.data.days = 75;
+    c.federation.partition = Partition::Iid { stations: 3 };
+    c.federation.stations = Some(3);
+    c.federation.rounds = 2;
+    c.federation.transport = transport;
+    c.federation.concurrency = Some(2);
+    c.train.batch_size = 128;
+    c.seed = 11;
+    c
+}
+
+fn run(cfg: &SimConfig, dir: &Path) -> SimOutcome {
+    sim::simulate(cfg, dir, RunOptions { quiet: true }).unwrap()
+}
+
+#[test]
+fn small_study_writes_every_output_with_sane_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = small(Transport::Memory);
+    let outcome = run(&cfg, &out);
+
+    // metrics.csv: a row per round and per epoch of each method.
+    let t = CsvTable::read(&out.join("metrics.csv")).unwrap();
+    for col in [
+        "method",
+        "step",
+        "wall_seconds",
+        "bytes_sent",
+        "train_loss",
+        "val_loss",
+        "val_macro_f1",
+        "test_loss",
+        "test_macro_f1",
+        "test_accuracy",
+    ] {
+        assert!(t.column(col).is_some(), "no column {col} in {:?}", t.header);
+    }
+    assert!(t.rows.iter().all(|r| r.len() == t.header.len()));
+    let mut per_round = Vec::new();
+    for method in ["fedavg", "centralized", "data-parallel-2"] {
+        let rows: Vec<_> = t.method(method).collect();
+        assert_eq!(rows.len(), 2, "{method}");
+        let mut last_wall = 0.0;
+        let mut last_bytes = 0.0;
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(t.number(r, "step"), Some((i + 1) as f64), "{method}");
+            let wall = t.number(r, "wall_seconds").unwrap();
+            assert!(wall > last_wall && wall < 600.0, "{method}: wall {wall}");
+            last_wall = wall;
+            for col in ["train_loss", "val_loss", "test_loss"] {
+                let v = t.number(r, col).unwrap();
+                assert!(v.is_finite() && v > 0.0 && v < 10.0, "{method} {col} {v}");
+            }
+            for col in ["val_macro_f1", "test_macro_f1", "test_accuracy"] {
+                let v = t.number(r, col).unwrap();
+                assert!((0.0..=1.0).contains(&v), "{method} {col} {v}");
+            }
+            let bytes = t.number(r, "bytes_sent").unwrap();
+            if method == "fedavg" {
+                per_round.push(bytes - last_bytes);
+            } else {
+                assert_eq!(bytes, 0.0);
+            }
+            last_bytes = bytes;
+        }
+    }
+    // Each round sends the model (40k f32 values) to 3 stations and gets 3 back.
+    assert_eq!(per_round[0], per_round[1]);
+    assert!(per_round[0] > 6.0 * 4.0 * 40_000.0, "{per_round:?}");
+    assert_eq!(outcome.runs.len(), 3);
+
+    // Every method starts from the same model and sees the same data: after
+    // one pass, the single-worker and data-parallel baselines agree closely.
+    let c1 = t
+        .number(t.method("centralized").next().unwrap(), "val_loss")
+        .unwrap();
+    let d1 = t
+        .number(t.method("data-parallel-2").next().unwrap(), "val_loss")
+        .unwrap();
+    assert!((c1 - d1).abs() < 1e-3, "{c1} vs {d1}");
+
+    // The plots name every method and the naive baseline.
+    let svg = std::fs::read_to_string(out.join("convergence.svg")).unwrap();
+    for needle in [
+        "fedavg",
+        "centralized",
+        "data-parallel-2",
+        "(naive)",
+        "MB sent",
+    ] {
+        assert!(svg.contains(needle), "convergence.svg lacks {needle}");
+    }
+    let png = std::fs::read(out.join("convergence.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+
+    // The report: final scores, baselines, time to target, gap, configuration.
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(md, outcome.report);
+    for needle in [
+        "## Final scores",
+        "| **fedavg** | 2 |",
+        "| **centralized** | 2 |",
+        "majority_class (naive)",
+        "## Time to reach 95% of the centralized score",
+        "gap fedavg - centralized on test macro_f1",
+        "```toml",
+    ] {
+        assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
+    }
+    // The recorded configuration replays the run.
+    let replay = SimConfig::load(&out.join("sim.toml")).unwrap();
+    assert_eq!(replay, cfg.clone().resolve());
+    let toml_block = md
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    assert_eq!(SimConfig::from_toml(toml_block).unwrap(), replay);
+}
+
+#[test]
+fn memory_and_quic_transports_give_identical_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mem = small(Transport::Memory);
+    mem.centralized.enabled = false;
+    mem.federation.strategy = StrategyConfig::FedProx { mu: 0.1 };
+    let quic = SimConfig {
+        federation: sim::config::FederationSettings {
+            transport: Transport::Quic,
+            // A different number of stations training at once changes nothing.
+            concurrency: Some(3),
+            ..mem.federation.clone()
+        },
+        ..mem.clone()
+    };
+    let a = run(&mem, &tmp.path().join("memory"));
+    let b = run(&quic, &tmp.path().join("quic"));
+    // The QUIC run really went through the server, with certificates.
+    let q = tmp.path().join("quic/quic");
+    assert!(q.join("pki/ca.pem").is_file());
+    let certs = std::fs::read_dir(q.join("pki/stations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pem")
+        })
+        .count();
+    assert_eq!(certs, 3);
+    assert!(q.join("server/metrics.jsonl").is_file());
+    for file in [
+        "metrics.csv",
+        "convergence.svg",
+        "convergence.png",
+        "report.md",
+        "sim.toml",
+    ] {
+        assert!(tmp.path().join("quic").join(file).is_file(), "{file}");
+    }
+    assert!(b.report.contains("transport quic"), "{}", b.report);
+
+    let (ra, rb) = (&a.runs[0].rows, &b.runs[0].rows);
+    assert_eq!(ra.len(), 2);
+    assert_eq!(rb.len(), 2);
+    for (x, y) in ra.iter().zip(rb) {
+        assert_eq!(x.step, y.step);
+        assert_eq!(x.train_loss, y.train_loss, "round {}", x.step);
+        assert_eq!(x.val, y.val, "round {}", x.step);
+        assert_eq!(x.test, y.test, "round {}", x.step);
+        // The memory transport counts what the wire protocol carries.
+        assert_eq!(x.bytes_sent, y.bytes_sent, "round {}", x.step);
+    }
+    for ((ma, _), (mb, _)) in a.rounds.iter().zip(&b.rounds) {
+        assert_eq!(ma.completed, mb.completed);
+        assert_eq!(ma.num_examples, mb.num_examples);
+        assert_eq!(ma.fit_metrics, mb.fit_metrics);
+    }
+    // And the metrics files agree column for column, wall-clock aside.
+    let ta = CsvTable::read(&tmp.path().join("memory/metrics.csv")).unwrap();
+    let tb = CsvTable::read(&tmp.path().join("quic/metrics.csv")).unwrap();
+    let wall = ta.column("wall_seconds").unwrap();
+    let strip = |t: &CsvTable| -> Vec<Vec<String>> {
+        t.rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != wall)
+                    .map(|(_, c)| c.clone())
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(strip(&ta), strip(&tb));
+}
+
+#[test]
+fn a_real_lapd_month_federates_by_area_on_both_transports() {
+    let Some(dir) = crate::shared_data::la_crime_dir() else {
+        eprintln!("skipped: ../shared/data/la-crime is absent");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mem = SimConfig::default();
+    mem.data.file = Some(dir.join("la_crime_2024_02.csv"));
+    mem.federation.rounds = 2;
+    mem.federation.transport = Transport::Memory;
+    mem.centralized.enabled = false;
+    let mut quic = mem.clone();
+    quic.federation.transport = Transport::Quic;
+    let a = run(&mem, &tmp.path().join("memory"));
+    let b = run(&quic, &tmp.path().join("quic"));
+    // One station per LAPD area, each with its own records' samples.
+    assert_eq!(a.rounds[0].0.completed.len(), 21);
+    assert!(
+        a.report.contains("stations: 21 (natural partition)"),
+        "{}",
+        a.report
+    );
+    let certs = tmp.path().join("quic/quic/pki/stations");
+    assert!(certs.join("station-77th-street.pem").is_file());
+    assert!(certs.join("central.pem").is_file());
+    for (x, y) in a.runs[0].rows.iter().zip(&b.runs[0].rows) {
+        assert_eq!(
+            (x.train_loss, &x.val, &x.test, x.bytes_sent),
+            (y.train_loss, &y.val, &y.test, y.bytes_sent)
+        );
+        assert!(x.test.loss.is_finite());
+    }
+}
+
+#[test]
+fn dropout_runs_replay_on_both_transports_too() {
+    // Dropout draws from libtorch's one generator: stations take turns.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mem = small(Transport::Memory);
+    mem.centralized.enabled = false;
+    mem.model.dropout = 0.2;
+    let mut quic = mem.clone();
+    quic.federation.transport = Transport::Quic;
+    let a = run(&mem, &tmp.path().join("memory"));
+    let b = run(&quic, &tmp.path().join("quic"));
+    assert_eq!(a.config.federation.concurrency, Some(1));
+    for (x, y) in a.runs[0].rows.iter().zip(&b.runs[0].rows) {
+        assert_eq!(
+            (x.train_loss, &x.val, &x.test),
+            (y.train_loss, &y.val, &y.test)
+        );
+    }
+}
+
+#[test]
+fn every_strategy_runs_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = small(Transport::Memory);
+    cfg.federation.rounds = 1;
+    cfg.federation.partition = Partition::Iid { stations: 5 };
+    cfg.federation.stations = Some(5);
+    cfg.centralized.enabled = false;
+    let data = sim::StudyData::prepare(&cfg).unwrap();
+    let initial = sim::initial_model(&data, cfg.seed).unwrap();
+    for name in StrategyConfig::NAMES {
+        cfg.federation.strategy = name.parse().unwrap();
+        let mut rows = Vec::new();
+        let summary = sim::federate(
+            &data,
+            &cfg,
+            &initial,
+            tmp.path(),
+            &indicatif::ProgressBar::hidden(),
+            |r| {
+                rows.push(r.clone());
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(summary.rounds_completed, 1, "{name}");
+        let r = &rows[0];
+        assert!(r.metrics.aggregated, "{name}: {:?}", r.metrics.note);
+        assert_eq!(r.metrics.completed.len(), 5, "{name}");
+        assert!(r.row.test.loss.is_finite(), "{name}");
+        assert_eq!(r.row.method, name);
+    }
+}
