@@ -6,6 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use fedcrime_common::data::{self, area, Incident, Partition};
+pub use fedcrime_common::logging::{LogFormat, LogSection};
 use fedcrime_common::net::{ClientTls, ReconnectPolicy, TransportSettings};
 use fedcrime_common::station::data::{PartRef, Selection};
 use fedcrime_common::DeviceChoice;
@@ -232,49 +233,6 @@ impl DataSection {
             incidents.shrink_to_fit();
         }
         Ok(incidents)
-    }
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines (default).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?} (expected text or json)"
-            )),
-        }
-    }
-}
-
-/// `[log]`: logging.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSection {
-    /// `text` (default) or `json`.
-    pub format: LogFormat,
-    /// A `tracing` filter (default `info`; `RUST_LOG` wins).
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
     }
 }
 

@@ -22,6 +22,7 @@
 pub mod data;
 pub mod device;
 pub mod fl;
+pub mod logging;
 pub mod model;
 pub mod net;
 pub mod params;

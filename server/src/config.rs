@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use fedcrime_common::data::{Period, SplitFractions, Task, TaskConfig};
 use fedcrime_common::fl::{ConfigValue, EngineConfig, FlError, StrategyConfig};
+pub use fedcrime_common::logging::{LogFormat, LogSection};
 use fedcrime_common::model::{CountLoss, ModelConfig, ModelError, ModelKind};
 use fedcrime_common::net::{ServerTls, TransportSettings};
 use fedcrime_common::station::{
@@ -280,49 +281,6 @@ impl OutputSection {
         self.checkpoint_dir
             .clone()
             .unwrap_or_else(|| self.dir.join("checkpoints"))
-    }
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines (default).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?} (expected text or json)"
-            )),
-        }
-    }
-}
-
-/// `[log]`: logging.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSection {
-    /// `text` (default) or `json`.
-    pub format: LogFormat,
-    /// A `tracing` filter, e.g. `info` (default) or `fedcrime=debug` (overridden by `RUST_LOG`).
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
     }
 }
 
