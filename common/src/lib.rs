@@ -19,6 +19,7 @@
 //! Models, training, the wire protocol and the QUIC transport complete the
 //! library.
 
+pub mod config_file;
 pub mod data;
 pub mod device;
 pub mod fl;

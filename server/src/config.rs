@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use fedcrime_common::config_file::{parse_toml, read_toml, ConfigFileError};
 use fedcrime_common::data::{Period, SplitFractions, Task, TaskConfig};
 use fedcrime_common::fl::{ConfigValue, EngineConfig, FlError, StrategyConfig};
 pub use fedcrime_common::logging::{LogFormat, LogSection};
@@ -285,10 +286,7 @@ impl OutputSection {
 }
 
 fn config_err(field: impl Into<String>, message: impl Into<String>) -> ServerError {
-    ServerError::Config {
-        field: field.into(),
-        message: message.into(),
-    }
+    ConfigFileError::setting(field, message).into()
 }
 
 impl ServerConfig {
@@ -314,21 +312,13 @@ impl ServerConfig {
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|source| ServerError::Parse {
-            path: origin.to_path_buf(),
-            source: Box::new(source),
-        })
+        Ok(parse_toml(text, origin)?)
     }
 
     /// Reads a TOML file; relative paths in it are taken relative to the
     /// file's folder.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
-            what: "reading the config",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg = Self::from_toml(&text, path)?;
+        let mut cfg: Self = read_toml(path)?;
         if let Some(base) = path.parent() {
             cfg.resolve_paths(base);
         }
