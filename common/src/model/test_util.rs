@@ -3,7 +3,10 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use tch::nn::{self, OptimizerConfig};
+
 use crate::data::{Dataset, Sequences, Target, Task};
+use crate::model::{Batch, CrimeModel};
 
 /// `len` uniform draws from `[0, 1)`.
 pub(crate) fn uniform(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
@@ -83,6 +86,27 @@ pub(crate) fn counts_dataset(n: usize, feature_dim: usize, steps: usize, dim: us
     };
     let target = Target::Counts { values, dim };
     dataset(Task::Counts, features, feature_dim, Some(sequences), target)
+}
+
+/// Trains `model` with Adam (learning rate `lr`) for `steps` steps on the
+/// whole `batch`; returns its loss in evaluation mode before and after.
+pub(crate) fn train_full_batch(
+    model: &dyn CrimeModel,
+    batch: &Batch,
+    steps: usize,
+    lr: f64,
+) -> (f64, f64) {
+    let eval_loss =
+        || f64::try_from(model.loss(&model.forward_t(batch, false), batch)).expect("scalar loss");
+    let mut opt = nn::Adam::default()
+        .build(model.var_store(), lr)
+        .expect("an optimizer over the model's variables");
+    let first = eval_loss();
+    for _ in 0..steps {
+        let loss = model.loss(&model.forward_t(batch, true), batch);
+        opt.backward_step(&loss);
+    }
+    (first, eval_loss())
 }
 
 /// Runs libtorch single-threaded on the calling test thread. The tests are
