@@ -1,7 +1,6 @@
 //! The station library's error type.
 
-use std::path::PathBuf;
-
+use fedcrime_common::config_file::ConfigFileError;
 use fedcrime_common::data::DataError;
 use fedcrime_common::net::NetError;
 use fedcrime_common::station::StationError;
@@ -12,32 +11,9 @@ use fedcrime_common::wire::{RejectCode, WireError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// A setting is out of range or inconsistent.
-    #[error("invalid setting {field}: {message}")]
-    Config {
-        /// The setting's path in the config file, e.g. `data.area`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The config file is not valid TOML for [`StationConfig`](crate::StationConfig).
-    #[error("{}: {source}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message (line, column and key).
-        source: Box<toml::de::Error>,
-    },
-    /// A file could not be read.
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// The config file cannot be read or parsed, or a setting in it is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigFileError),
     /// The device cannot be used.
     #[error("device: {0}")]
     Device(String),

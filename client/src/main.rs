@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use fedcrime_client::config::{Areas, LogFormat, TlsSection};
 use fedcrime_client::{ClientOutcome, StationConfig};
+use fedcrime_common::logging::block_on_main;
 use fedcrime_common::net::pki_layout;
 use fedcrime_common::DeviceChoice;
 
@@ -150,17 +151,24 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
     Ok(cfg)
 }
 
-fn init_logging(cfg: &StationConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Takes part in the run and says how it ended.
+async fn station(cfg: StationConfig) -> fedcrime_client::Result<ExitCode> {
+    let report = fedcrime_client::run(cfg).await?;
+    eprintln!(
+        "fedcrime-client: {} ({} update(s), {} evaluation(s) sent)",
+        match report.outcome {
+            ClientOutcome::Done => "the run is complete",
+            ClientOutcome::RunFinished => "the run was already over",
+            ClientOutcome::Interrupted => "stopped",
+        },
+        report.updates_sent,
+        report.evaluations_sent
+    );
+    Ok(if report.outcome == ClientOutcome::Interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn main() -> ExitCode {
@@ -172,38 +180,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fedcrime-client: error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(fedcrime_client::run(cfg)) {
-        Ok(report) => {
-            eprintln!(
-                "fedcrime-client: {} ({} update(s), {} evaluation(s) sent)",
-                match report.outcome {
-                    ClientOutcome::Done => "the run is complete",
-                    ClientOutcome::RunFinished => "the run was already over",
-                    ClientOutcome::Interrupted => "stopped",
-                },
-                report.updates_sent,
-                report.evaluations_sent
-            );
-            if report.outcome == ClientOutcome::Interrupted {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => {
-            eprintln!("fedcrime-client: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cfg.log.init();
+    block_on_main("fedcrime-client", station(cfg))
 }

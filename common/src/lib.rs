@@ -19,9 +19,11 @@
 //! Models, training, the wire protocol and the QUIC transport complete the
 //! library.
 
+pub mod config_file;
 pub mod data;
 pub mod device;
 pub mod fl;
+pub mod logging;
 pub mod model;
 pub mod net;
 pub mod params;

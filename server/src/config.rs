@@ -6,8 +6,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use fedcrime_common::config_file::{parse_toml, read_toml, ConfigFileError};
 use fedcrime_common::data::{Period, SplitFractions, Task, TaskConfig};
 use fedcrime_common::fl::{ConfigValue, EngineConfig, FlError, StrategyConfig};
+pub use fedcrime_common::logging::{LogFormat, LogSection};
 use fedcrime_common::model::{CountLoss, ModelConfig, ModelError, ModelKind};
 use fedcrime_common::net::{ServerTls, TransportSettings};
 use fedcrime_common::station::{
@@ -283,54 +285,8 @@ impl OutputSection {
     }
 }
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines (default).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?} (expected text or json)"
-            )),
-        }
-    }
-}
-
-/// `[log]`: logging.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSection {
-    /// `text` (default) or `json`.
-    pub format: LogFormat,
-    /// A `tracing` filter, e.g. `info` (default) or `fedcrime=debug` (overridden by `RUST_LOG`).
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
 fn config_err(field: impl Into<String>, message: impl Into<String>) -> ServerError {
-    ServerError::Config {
-        field: field.into(),
-        message: message.into(),
-    }
+    ConfigFileError::setting(field, message).into()
 }
 
 impl ServerConfig {
@@ -356,21 +312,13 @@ impl ServerConfig {
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|source| ServerError::Parse {
-            path: origin.to_path_buf(),
-            source: Box::new(source),
-        })
+        Ok(parse_toml(text, origin)?)
     }
 
     /// Reads a TOML file; relative paths in it are taken relative to the
     /// file's folder.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
-            what: "reading the config",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg = Self::from_toml(&text, path)?;
+        let mut cfg: Self = read_toml(path)?;
         if let Some(base) = path.parent() {
             cfg.resolve_paths(base);
         }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use fedcrime_common::config_file::ConfigFileError;
 use fedcrime_common::data::DataError;
 use fedcrime_common::fl::FlError;
 use fedcrime_common::model::ModelError;
@@ -15,22 +16,9 @@ use fedcrime_common::wire::WireError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// A setting is out of range or inconsistent.
-    #[error("invalid setting {field}: {message}")]
-    Config {
-        /// The setting's path in the config file, e.g. `federation.min_fit`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The config file is not valid TOML for [`ServerConfig`](crate::ServerConfig).
-    #[error("{}: {source}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message (line, column and key).
-        source: Box<toml::de::Error>,
-    },
+    /// The config file cannot be read or parsed, or a setting in it is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigFileError),
     /// A file could not be read or written.
     #[error("{what} {}: {source}", path.display())]
     Io {

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use fedcrime_common::data::{Period, Task};
 use fedcrime_common::fl::StrategyConfig;
+use fedcrime_common::logging::block_on_main;
 use fedcrime_common::model::ModelKind;
 use fedcrime_common::net::ServerTls;
 use fedcrime_server::config::{EvaluationSection, LogFormat};
@@ -200,19 +201,6 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
     Ok(cfg)
 }
 
-fn init_logging(cfg: &ServerConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn serve(cfg: ServerConfig) -> anyhow::Result<ExitCode> {
     let report = fedcrime_server::run(cfg).await?;
     let last = report.history.last();
@@ -246,22 +234,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fedcrime-server: error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(cfg)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("fedcrime-server: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cfg.log.init();
+    block_on_main("fedcrime-server", serve(cfg))
 }

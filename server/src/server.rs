@@ -19,6 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fedcrime_common::config_file::ConfigFileError;
 use fedcrime_common::data::{load_path, Dataset};
 use fedcrime_common::fl::strategy::WithServerEval;
 use fedcrime_common::fl::{
@@ -241,9 +242,11 @@ impl Server {
             tch::manual_seed(seed as i64);
             let mut m = model::build(&model, tch::Device::Cpu)?;
             if let Some(path) = &initial_file {
-                let bad = |message: String| ServerError::Config {
-                    field: "model.initial".into(),
-                    message: format!("{}: {message}", path.display()),
+                let bad = |message: String| {
+                    ServerError::from(ConfigFileError::setting(
+                        "model.initial",
+                        format!("{}: {message}", path.display()),
+                    ))
                 };
                 let (p, _) = Params::load_safetensors(path).map_err(|e| bad(e.to_string()))?;
                 m.import_params(&p).map_err(|e| bad(e.to_string()))?;

@@ -336,9 +336,8 @@ impl CrimeModel for GatTcn {
 mod tests {
     use super::*;
     use crate::data::{Dataset, Sequences, Target};
-    use crate::model::test_util::one_thread;
+    use crate::model::test_util::{one_thread, train_full_batch};
     use crate::model::{build, to_batch};
-    use tch::nn::OptimizerConfig;
 
     /// A small graph: 5 nodes on a path 0-1-2-3, node 4 isolated.
     fn small_cfg(steps: usize) -> ModelConfig {
@@ -487,13 +486,7 @@ mod tests {
         };
         let model = build(&cfg, Device::Cpu).unwrap();
         let batch = to_batch(&ds, &(0..n as usize).collect::<Vec<_>>(), Device::Cpu);
-        let mut opt = nn::Adam::default().build(model.var_store(), 1e-2).unwrap();
-        let first = f64::try_from(model.loss(&model.forward_t(&batch, false), &batch)).unwrap();
-        for _ in 0..80 {
-            let loss = model.loss(&model.forward_t(&batch, true), &batch);
-            opt.backward_step(&loss);
-        }
-        let last = f64::try_from(model.loss(&model.forward_t(&batch, false), &batch)).unwrap();
+        let (first, last) = train_full_batch(model.as_ref(), &batch, 80, 1e-2);
         assert!(last < first * 0.8, "{first} -> {last}");
         let pred = model.predict(&model.forward_t(&batch, false));
         assert_eq!(pred.size(), [n, 10]);

@@ -169,9 +169,8 @@ impl CrimeModel for Lstm {
 mod tests {
     use super::*;
     use crate::model::test_util::one_thread;
-    use crate::model::test_util::{counts_dataset, risk_dataset};
+    use crate::model::test_util::{counts_dataset, risk_dataset, train_full_batch};
     use crate::model::{build, to_batch};
-    use tch::nn::OptimizerConfig;
 
     #[test]
     fn names_follow_pytorch() {
@@ -242,13 +241,7 @@ mod tests {
             let model = build(&cfg, Device::Cpu).unwrap();
             let idx: Vec<usize> = (0..ds.len()).collect();
             let batch = to_batch(&ds, &idx, Device::Cpu);
-            let mut opt = nn::Adam::default().build(model.var_store(), 1e-2).unwrap();
-            let first = f64::try_from(model.loss(&model.forward_t(&batch, false), &batch)).unwrap();
-            for _ in 0..40 {
-                let loss = model.loss(&model.forward_t(&batch, true), &batch);
-                opt.backward_step(&loss);
-            }
-            let last = f64::try_from(model.loss(&model.forward_t(&batch, false), &batch)).unwrap();
+            let (first, last) = train_full_batch(model.as_ref(), &batch, 40, 1e-2);
             assert!(last < first * 0.8, "{:?}: {first} -> {last}", ds.task);
         }
     }

@@ -27,8 +27,8 @@ use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::loader::{for_each_batch, BatchPlan};
 use super::trainer::{
-    batch_to, check_task, epoch_bar, evaluate_model, usable_val, EarlyStop, EpochOrder,
-    EpochRecord, Evaluation, FitReport, Snapshot, TrainConfig,
+    batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, restore_best, track_best,
+    usable_val, EarlyStop, EpochOrder, EpochRecord, Evaluation, FitReport, Snapshot, TrainConfig,
 };
 use super::{Result, TrainError};
 use crate::data::Dataset;
@@ -550,28 +550,19 @@ impl ParallelTrainer {
             broadcast_to(&self.replicas[0], &views);
             let train_secs = t0.elapsed().as_secs_f64();
             pb.finish_and_clear();
-            let train_loss = f64::try_from(&loss_sum)? / train.len() as f64;
-            if !train_loss.is_finite() {
-                return Err(TrainError::NonFinite {
-                    what: "training loss",
-                    at: format!("epoch {epoch}"),
-                });
-            }
+            let train_loss = epoch_train_loss(&loss_sum, train.len(), epoch)?;
             let eval = match val {
                 Some(v) => Some(self.evaluate(v)?),
                 None => None,
             };
-            let mut stopping = false;
-            if let Some(e) = &eval {
-                let (improved, stop_now) = stop.observe(epoch, e.loss);
-                if improved && epoch < cfg.epochs {
-                    match &mut snapshot {
-                        Some(s) => s.update(),
-                        None => snapshot = Some(Snapshot::take(self.model().var_store())),
-                    }
-                }
-                stopping = stop_now;
-            }
+            let stopping = track_best(
+                &mut stop,
+                &mut snapshot,
+                self.model().var_store(),
+                epoch,
+                cfg.epochs,
+                eval.as_ref(),
+            );
             let record = EpochRecord {
                 epoch,
                 train_loss,
@@ -595,16 +586,8 @@ impl ParallelTrainer {
                 break;
             }
         }
-        if let Some((best, loss)) = stop.best {
-            report.best_epoch = Some(best);
-            report.best_val_loss = Some(loss);
-            let last = report.epochs.last().map_or(0, |r| r.epoch);
-            if best != last {
-                if let Some(s) = &snapshot {
-                    s.restore();
-                    self.broadcast();
-                }
-            }
+        if restore_best(&stop, snapshot.as_ref(), &mut report) {
+            self.broadcast();
         }
         Ok(report)
     }

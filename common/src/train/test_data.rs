@@ -4,13 +4,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{Dataset, Sequences, Target, Task};
+use crate::model::test_util::{dataset, step_means, uniform};
 use crate::model::{build, CrimeModel, ModelConfig, ModelKind};
 
 /// `n` risk samples with `dim` uniform features; the level is a noisy
 /// function of the first two features.
 pub(crate) fn risk(n: usize, dim: usize, seed: u64) -> Dataset {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let features: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>()).collect();
+    let features = uniform(&mut rng, n * dim);
     let labels = (0..n)
         .map(|i| {
             let x = 0.7 * features[i * dim] + 0.3 * features[i * dim + 1];
@@ -18,50 +19,29 @@ pub(crate) fn risk(n: usize, dim: usize, seed: u64) -> Dataset {
             (((x + noise) * 5.0) as i64).clamp(0, 4)
         })
         .collect();
-    Dataset {
-        task: Task::Risk,
-        feature_names: (0..dim).map(|i| format!("f{i}")).collect(),
-        features,
-        feature_dim: dim,
-        sequences: None,
-        target: Target::Classes {
-            labels,
-            num_classes: 5,
-        },
-        area: (0..n).map(|i| (i % 21 + 1) as u8).collect(),
-        time: (0..n as u32).collect(),
-    }
+    let target = Target::Classes {
+        labels,
+        num_classes: 5,
+    };
+    dataset(Task::Risk, features, dim, None, target)
 }
 
 /// `n` counts samples with a `steps x dim` sequence view (also flattened as
 /// the features) whose per-category mean drives Poisson-like targets.
 pub(crate) fn counts(n: usize, steps: usize, dim: usize, seed: u64) -> Dataset {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let seq: Vec<f32> = (0..n * steps * dim).map(|_| rng.random::<f32>()).collect();
-    let mut values = Vec::with_capacity(n * dim);
-    for i in 0..n {
-        for c in 0..dim {
-            let mean: f32 = (0..steps)
-                .map(|t| seq[(i * steps + t) * dim + c])
-                .sum::<f32>()
-                / steps as f32;
-            values.push((4.0 * mean + rng.random::<f32>()).floor());
-        }
-    }
-    Dataset {
-        task: Task::Counts,
-        feature_names: (0..steps * dim).map(|i| format!("f{i}")).collect(),
-        features: seq.clone(),
-        feature_dim: steps * dim,
-        sequences: Some(Sequences {
-            data: seq,
-            steps,
-            step_dim: dim,
-        }),
-        target: Target::Counts { values, dim },
-        area: (0..n).map(|i| (i % 21 + 1) as u8).collect(),
-        time: (0..n as u32).collect(),
-    }
+    let seq = uniform(&mut rng, n * steps * dim);
+    let values = step_means(&seq, steps, dim)
+        .iter()
+        .map(|mean| (4.0 * mean + rng.random::<f32>()).floor())
+        .collect();
+    let sequences = Sequences {
+        data: seq.clone(),
+        steps,
+        step_dim: dim,
+    };
+    let target = Target::Counts { values, dim };
+    dataset(Task::Counts, seq, steps * dim, Some(sequences), target)
 }
 
 /// A copy of `m` (same config, same parameters) built without touching

@@ -476,6 +476,65 @@ impl EarlyStop {
     }
 }
 
+/// An epoch's mean training loss from the sum of its per-sample losses, or
+/// an error when it is not finite.
+pub(crate) fn epoch_train_loss(loss_sum: &Tensor, samples: usize, epoch: usize) -> Result<f64> {
+    let train_loss = f64::try_from(loss_sum)? / samples as f64;
+    if !train_loss.is_finite() {
+        return Err(TrainError::NonFinite {
+            what: "training loss",
+            at: format!("epoch {epoch}"),
+        });
+    }
+    Ok(train_loss)
+}
+
+/// Feeds an epoch's validation result (if any) to `stop`, snapshotting the
+/// weights of `vs` when they improved before the last of `epochs`; returns
+/// whether to stop early.
+pub(crate) fn track_best(
+    stop: &mut EarlyStop,
+    snapshot: &mut Option<Snapshot>,
+    vs: &nn::VarStore,
+    epoch: usize,
+    epochs: usize,
+    eval: Option<&Evaluation>,
+) -> bool {
+    let Some(e) = eval else {
+        return false;
+    };
+    let (improved, stop_now) = stop.observe(epoch, e.loss);
+    if improved && epoch < epochs {
+        match snapshot {
+            Some(s) => s.update(),
+            None => *snapshot = Some(Snapshot::take(vs)),
+        }
+    }
+    stop_now
+}
+
+/// Writes the best epoch into `report` and restores its weights from
+/// `snapshot` when a later epoch ended the fit; returns whether it did.
+pub(crate) fn restore_best(
+    stop: &EarlyStop,
+    snapshot: Option<&Snapshot>,
+    report: &mut FitReport,
+) -> bool {
+    let Some((best, loss)) = stop.best else {
+        return false;
+    };
+    report.best_epoch = Some(best);
+    report.best_val_loss = Some(loss);
+    let last = report.epochs.last().map_or(0, |r| r.epoch);
+    match snapshot {
+        Some(s) if best != last => {
+            s.restore();
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Checks that a dataset suits a model and that its buffers agree with its
 /// declared widths (a dataset read from a file may not), so batch assembly
 /// cannot index out of bounds.
@@ -791,29 +850,21 @@ impl Trainer {
                 }
             }
             let train_secs = t0.elapsed().as_secs_f64();
-            let train_loss = f64::try_from(&loss_sum)? / train.len() as f64;
+            let train_loss = epoch_train_loss(&loss_sum, train.len(), epoch);
             pb.finish_and_clear();
-            if !train_loss.is_finite() {
-                return Err(TrainError::NonFinite {
-                    what: "training loss",
-                    at: format!("epoch {epoch}"),
-                });
-            }
+            let train_loss = train_loss?;
             let eval = match val {
                 Some(v) => Some(self.evaluate(v)?),
                 None => None,
             };
-            let mut stopping = false;
-            if let Some(e) = &eval {
-                let (improved, stop_now) = stop.observe(epoch, e.loss);
-                if improved && epoch < cfg.epochs {
-                    match &mut snapshot {
-                        Some(s) => s.update(),
-                        None => snapshot = Some(Snapshot::take(self.model.var_store())),
-                    }
-                }
-                stopping = stop_now;
-            }
+            let stopping = track_best(
+                &mut stop,
+                &mut snapshot,
+                self.model.var_store(),
+                epoch,
+                cfg.epochs,
+                eval.as_ref(),
+            );
             let record = EpochRecord {
                 epoch,
                 train_loss,
@@ -836,16 +887,7 @@ impl Trainer {
                 break;
             }
         }
-        if let Some((best, loss)) = stop.best {
-            report.best_epoch = Some(best);
-            report.best_val_loss = Some(loss);
-            let last = report.epochs.last().map_or(0, |r| r.epoch);
-            if best != last {
-                if let Some(s) = &snapshot {
-                    s.restore();
-                }
-            }
-        }
+        restore_best(&stop, snapshot.as_ref(), &mut report);
         Ok(report)
     }
 }
