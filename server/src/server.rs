@@ -845,6 +845,19 @@ impl Driver {
         self.sessions.get(station).is_some_and(|s| s.id == session)
     }
 
+    /// Whether a reply comes from the station's current session; if so, its
+    /// bytes are counted as received.
+    fn accept_from(&mut self, station: &StationId, session: u64, bytes: u64) -> bool {
+        if !self.current(station, session) {
+            return false;
+        }
+        self.handle(Event::Traffic {
+            bytes_in: bytes,
+            bytes_out: 0,
+        });
+        true
+    }
+
     fn on_session(&mut self, msg: FromSession) {
         match msg {
             FromSession::Hello {
@@ -893,13 +906,9 @@ impl Driver {
                 params,
                 bytes,
             } => {
-                if !self.current(&station, session) {
+                if !self.accept_from(&station, session, bytes) {
                     return;
                 }
-                self.handle(Event::Traffic {
-                    bytes_in: bytes,
-                    bytes_out: 0,
-                });
                 let mut params = params;
                 if update.kind == UpdateKind::Delta {
                     let global = self.engine.global();
@@ -932,13 +941,9 @@ impl Driver {
                 result,
                 bytes,
             } => {
-                if !self.current(&station, session) {
+                if !self.accept_from(&station, session, bytes) {
                     return;
                 }
-                self.handle(Event::Traffic {
-                    bytes_in: bytes,
-                    bytes_out: 0,
-                });
                 self.handle(Event::EvaluationReceived {
                     id: station,
                     round: result.round,
