@@ -18,7 +18,7 @@ CARGO ?= cargo
 STAMP := $(FEDCRIME_TORCH_VENV)/.fedcrime-ok
 DEMO_OUT ?= runs/demo
 
-.PHONY: all bootstrap build demo test fmt clippy check clean env
+.PHONY: all bootstrap build demo test fmt clippy layering check clean env
 
 all: build
 
@@ -43,10 +43,22 @@ fmt:
 clippy: bootstrap
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The crate graph's promises (README, Design): the data pipeline, parameters,
+# wire codec and round engine link no libtorch; the wire codec and the round
+# engine no async runtime or sockets.
+layering:
+	@for c in fedcrime-data fedcrime-params fedcrime-wire fedcrime-fl fedcrime-files; do \
+	  if $(CARGO) tree -p $$c -e normal --prefix none | grep -qE '^(tch|torch-sys) '; then \
+	    echo "layering: $$c links libtorch"; exit 1; fi; done
+	@for c in fedcrime-wire fedcrime-fl; do \
+	  if $(CARGO) tree -p $$c -e normal --prefix none | grep -qE '^(tokio|quinn|rustls) '; then \
+	    echo "layering: $$c links an async runtime or the transport"; exit 1; fi; done
+	@echo "layering: ok"
+
 # One libtorch (OpenMP) thread per test: two tests spinning several OpenMP
 # threads each on two cores run ~100x slower.
 test: export OMP_NUM_THREADS = 1
-test: bootstrap fmt clippy
+test: bootstrap fmt layering clippy
 	@# Tests run one at a time: several check that two runs replay bit for
 	@# bit, and libtorch has one process-wide generator (dropout) and one
 	@# thread-count setting that concurrent tests would share.

@@ -9,6 +9,9 @@ pub type Result<T, E = CertsError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertsError {
+    /// Writing a file failed.
+    #[error(transparent)]
+    File(#[from] fedcrime_files::FilesError),
     /// Reading or writing a file failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

@@ -1,15 +1,15 @@
 //! File helpers: atomic writes with explicit permissions and a directory lock.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{CertsError, Result};
 
 /// Permission bits of private keys: owner read/write only.
-pub const KEY_MODE: u32 = 0o600;
+pub const KEY_MODE: u32 = fedcrime_files::PRIVATE_MODE;
 /// Permission bits of certificates, CRL and manifest: world readable.
-pub const PUBLIC_MODE: u32 = 0o644;
+pub const PUBLIC_MODE: u32 = fedcrime_files::PUBLIC_MODE;
 /// Permission bits of the directories the tool creates (they hold the CA key).
 pub const DIR_MODE: u32 = 0o700;
 
@@ -30,51 +30,11 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
         .map_err(|e| CertsError::io("creating directory", dir, e))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
-/// created with `mode` from the start (a key is never readable by others, not
-/// even briefly), fsynced, renamed over `path`, then the directory fsynced.
+/// Writes `bytes` to `path` atomically with permission bits `mode`, set on
+/// the temp file from the start (a key is never readable by others, not even
+/// briefly): [`fedcrime_files::write_atomic_with_mode`].
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let result = (|| {
-        let mut file = options
-            .open(&tmp)
-            .map_err(|e| CertsError::io("creating", &tmp, e))?;
-        // `mode` is filtered by the umask at creation; set it exactly.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(|e| CertsError::io("setting permissions of", &tmp, e))?;
-        }
-        file.write_all(bytes)
-            .map_err(|e| CertsError::io("writing", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| CertsError::io("syncing", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| CertsError::io("renaming into place", path, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    // Make the rename durable; not every platform can open a directory.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(fedcrime_files::write_atomic_with_mode(path, bytes, mode)?)
 }
 
 /// Reads a whole file, naming it in the error.

@@ -3,7 +3,7 @@
 //! The agency's public-key infrastructure for fedcrime: one self-signed agency
 //! CA, a server certificate for the aggregation server, one client certificate
 //! per precinct station, and a certificate revocation list (CRL) signed by the
-//! CA. The aggregation server (`fedcrime_common::net`) accepts a station only
+//! CA. The aggregation server (`fedcrime_net`) accepts a station only
 //! if its certificate chains to this CA, is within its validity period, and is
 //! not listed in the CRL; the server re-reads the CRL file when it changes, so
 //! a revocation takes effect without a restart.

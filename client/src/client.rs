@@ -12,13 +12,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedcrime_common::fl::{EvaluateIns, EvaluateRes, FitIns, FitRes};
-use fedcrime_common::model;
-use fedcrime_common::net::{Backoff, Connector, ReconnectPolicy};
-use fedcrime_common::params::{ParamSpec, Params};
-use fedcrime_common::station::protocol::{eval_config_from_wire, fit_config_from_wire, RunSetup};
-use fedcrime_common::station::{Learner, StationError};
-use fedcrime_common::wire::{
+use fedcrime_fl::{EvaluateIns, EvaluateRes, FitIns, FitRes};
+use fedcrime_ml::model;
+use fedcrime_net::{Backoff, Connector, ReconnectPolicy};
+use fedcrime_params::{ParamSpec, Params};
+use fedcrime_station::protocol::{eval_config_from_wire, fit_ins, RunSetup};
+use fedcrime_station::{Learner, StationError};
+use fedcrime_wire::{
     Bye, ByeReason, Capabilities, Encoding, ErrorCode, ErrorMsg, EvalModel, EvaluateResult,
     Heartbeat, Hello, Message, ModelHeader, RejectCode, Update, UpdateKind, WireConfig, WireReader,
     WireWriter,
@@ -331,9 +331,15 @@ impl Client {
                 Ok(Ok(Some(Message::Welcome(w)))) => w,
                 Ok(Ok(Some(Message::Reject(r)))) => return SessionEnd::Refused(r.code, r.text),
                 Ok(Ok(Some(Message::Bye(b)))) => return SessionEnd::ServerLeft(b.text),
-                Ok(Ok(Some(other))) => {
-                    return SessionEnd::Lost(format!("expected Welcome, got {}", other.name()))
-                }
+                Ok(Ok(Some(
+                    other @ (Message::Hello(_)
+                    | Message::RoundStart(_)
+                    | Message::Update(_)
+                    | Message::EvaluateRequest(_)
+                    | Message::EvaluateResult(_)
+                    | Message::Heartbeat(_)
+                    | Message::Error(_)),
+                ))) => return SessionEnd::Lost(format!("expected Welcome, got {}", other.name())),
                 Ok(Ok(None)) => return SessionEnd::Lost("the server closed the stream".into()),
                 Ok(Err(e)) => return SessionEnd::Lost(format!("reading Welcome: {e}")),
                 Err(_) => return SessionEnd::Lost("no Welcome in time".into()),
@@ -627,19 +633,11 @@ async fn read_loop(
                     Err(e) => break Incoming::End(format!("round {} model: {e}", rs.round)),
                 };
                 last_global = Some(global.clone());
-                match fit_config_from_wire(&rs.config, rs.round) {
-                    Ok(config) => Work::Fit {
-                        round: rs.round,
-                        ins: FitIns {
-                            global,
-                            config: Arc::new(config),
-                        },
-                        encoding: rs.config.update_encoding,
-                        send_delta: rs.config.send_delta,
-                    },
-                    Err(e) => Work::Invalid {
-                        message: format!("round {}: {e}", rs.round),
-                    },
+                Work::Fit {
+                    round: rs.round,
+                    ins: fit_ins(&rs, global),
+                    encoding: rs.update_encoding,
+                    send_delta: rs.send_delta,
                 }
             }
             Message::EvaluateRequest(req) => {
@@ -680,7 +678,13 @@ async fn read_loop(
                 tracing::warn!(code = ?e.code, "the server reports: {}", e.text);
                 continue;
             }
-            other => break Incoming::End(format!("unexpected {} from the server", other.name())),
+            other @ (Message::Hello(_)
+            | Message::Welcome(_)
+            | Message::Reject(_)
+            | Message::Update(_)
+            | Message::EvaluateResult(_)) => {
+                break Incoming::End(format!("unexpected {} from the server", other.name()))
+            }
         };
         if tx.send(Incoming::Work(work)).await.is_err() {
             return;

@@ -5,12 +5,12 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use fedcrime_common::config_file::{parse_toml, read_toml, ConfigFileError};
-use fedcrime_common::data::{self, area, Incident, Partition};
-pub use fedcrime_common::logging::{LogFormat, LogSection};
-use fedcrime_common::net::{ClientTls, ReconnectPolicy, TransportSettings};
-use fedcrime_common::station::data::{PartRef, Selection};
-use fedcrime_common::DeviceChoice;
+use fedcrime_cli::config_file::{parse_toml, read_toml, ConfigFileError};
+pub use fedcrime_cli::logging::{LogFormat, LogSection};
+use fedcrime_data::{area, Incident, Partition};
+use fedcrime_ml::DeviceChoice;
+use fedcrime_net::{ClientTls, ReconnectPolicy, TransportSettings};
+use fedcrime_station::data::{PartRef, Selection};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
@@ -207,7 +207,7 @@ impl DataSection {
     pub fn load(&self) -> Result<Vec<Incident>> {
         let mut incidents = match &self.file {
             Some(path) => {
-                let loaded = data::load_path(path)?;
+                let loaded = fedcrime_data::load_path(path)?;
                 tracing::info!(
                     path = %path.display(),
                     rows = loaded.report.rows_read,
@@ -222,7 +222,7 @@ impl DataSection {
                     seed = self.synthetic_seed,
                     "generating LA-like synthetic records"
                 );
-                data::synth::generate_incidents(self.synthetic_rows, self.synthetic_seed)
+                fedcrime_data::synth::generate_incidents(self.synthetic_rows, self.synthetic_seed)
             }
         };
         if let Some(a) = &self.area {
@@ -331,13 +331,13 @@ impl StationConfig {
             return Err(config_err("data.synthetic_rows", "must be at least 1"));
         }
         self.reconnect.validate().map_err(|e| match e {
-            fedcrime_common::net::NetError::Settings { field, reason } => {
+            fedcrime_net::NetError::Settings { field, reason } => {
                 config_err(format!("reconnect.{field}"), reason)
             }
             other => ClientError::Net(other),
         })?;
         self.transport.validate().map_err(|e| match e {
-            fedcrime_common::net::NetError::Settings { field, reason } => {
+            fedcrime_net::NetError::Settings { field, reason } => {
                 config_err(format!("transport.{field}"), reason)
             }
             other => ClientError::Net(other),

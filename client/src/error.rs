@@ -1,13 +1,13 @@
 //! The station library's error type.
 
-use fedcrime_common::config_file::ConfigFileError;
-use fedcrime_common::data::DataError;
-use fedcrime_common::net::NetError;
-use fedcrime_common::station::StationError;
-use fedcrime_common::wire::{RejectCode, WireError};
+use fedcrime_cli::config_file::ConfigFileError;
+use fedcrime_data::DataError;
+use fedcrime_net::NetError;
+use fedcrime_station::StationError;
+use fedcrime_wire::{RejectCode, WireError};
 
 /// What stops a station. Network loss is not one of them: the station
-/// reconnects (see [`ReconnectPolicy`](fedcrime_common::net::ReconnectPolicy)).
+/// reconnects (see [`ReconnectPolicy`](fedcrime_net::ReconnectPolicy)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {

@@ -25,11 +25,11 @@ mod error;
 
 use std::sync::{Arc, Mutex};
 
-use fedcrime_common::data::Incident;
-use fedcrime_common::net::Connector;
-use fedcrime_common::station::data::{prepare, Selection};
-use fedcrime_common::station::protocol::RunSetup;
-use fedcrime_common::station::{Learner, Station, StationError};
+use fedcrime_data::Incident;
+use fedcrime_net::Connector;
+use fedcrime_station::data::{prepare, Selection};
+use fedcrime_station::protocol::RunSetup;
+use fedcrime_station::{Learner, Station, StationError};
 
 pub use client::{Client, ClientOptions, ClientOutcome, ClientReport, LearnerFactory};
 pub use config::StationConfig;

@@ -9,11 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use fedcrime_cli::logging::block_on_main;
 use fedcrime_client::config::{Areas, LogFormat, TlsSection};
 use fedcrime_client::{ClientOutcome, StationConfig};
-use fedcrime_common::logging::block_on_main;
-use fedcrime_common::net::pki_layout;
-use fedcrime_common::DeviceChoice;
+use fedcrime_ml::DeviceChoice;
+use fedcrime_net::pki_layout;
 
 /// A fedcrime precinct station: trains on its own crime records and sends
 /// only model updates to the agency's aggregation server.
@@ -139,8 +139,8 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
     }
     if let Some(part) = &cli.part {
         cfg.data.part = Some(match part.parse::<usize>() {
-            Ok(i) => fedcrime_common::station::data::PartRef::Index(i),
-            Err(_) => fedcrime_common::station::data::PartRef::Name(part.clone()),
+            Ok(i) => fedcrime_station::data::PartRef::Index(i),
+            Err(_) => fedcrime_station::data::PartRef::Name(part.clone()),
         });
     }
     set!(cli.device, cfg.device);

@@ -6,16 +6,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use fedcrime_common::config_file::{parse_toml, read_toml, ConfigFileError};
-use fedcrime_common::data::{Period, SplitFractions, Task, TaskConfig};
-use fedcrime_common::fl::{ConfigValue, EngineConfig, FlError, StrategyConfig};
-pub use fedcrime_common::logging::{LogFormat, LogSection};
-use fedcrime_common::model::{CountLoss, ModelConfig, ModelError, ModelKind};
-use fedcrime_common::net::{ServerTls, TransportSettings};
-use fedcrime_common::station::{
-    self, BATCH_SIZE_KEY, EPOCHS_KEY, LR_KEY, MAX_GRAD_NORM_KEY, SEED_KEY, WEIGHT_DECAY_KEY,
-};
-use fedcrime_common::wire::{Encoding, WireConfig};
+use fedcrime_cli::config_file::{parse_toml, read_toml, ConfigFileError};
+pub use fedcrime_cli::logging::{LogFormat, LogSection};
+use fedcrime_data::{Period, SplitFractions, Task, TaskConfig};
+use fedcrime_fl::{EngineConfig, FlError, RoundSettings, StrategyConfig};
+use fedcrime_ml::model::{CountLoss, ModelConfig, ModelError, ModelKind};
+use fedcrime_net::{ServerTls, TransportSettings};
+use fedcrime_wire::{Encoding, WireConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServerError};
@@ -167,13 +164,33 @@ pub struct TrainSection {
 
 impl Default for TrainSection {
     fn default() -> Self {
-        let d = station::default_train_config();
+        TrainSection::from(&RoundSettings::default())
+    }
+}
+
+impl From<&RoundSettings> for TrainSection {
+    fn from(s: &RoundSettings) -> Self {
         TrainSection {
-            epochs: d.epochs as u32,
-            batch_size: d.batch_size as u32,
-            lr: d.lr,
-            weight_decay: d.weight_decay,
-            max_grad_norm: None,
+            epochs: s.local_epochs,
+            batch_size: s.batch_size,
+            lr: s.lr,
+            weight_decay: s.weight_decay,
+            max_grad_norm: s.max_grad_norm,
+        }
+    }
+}
+
+impl TrainSection {
+    /// The round settings this section describes (the engine adds the run's
+    /// seed, the strategy its own settings).
+    pub fn round_settings(&self) -> RoundSettings {
+        RoundSettings {
+            local_epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            ..RoundSettings::default()
         }
     }
 }
@@ -240,7 +257,7 @@ impl Default for WireSection {
 }
 
 mod encoding_name {
-    use fedcrime_common::wire::Encoding;
+    use fedcrime_wire::Encoding;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Error> {
@@ -367,7 +384,7 @@ impl ServerConfig {
             ModelError::Config { field, reason } => config_err(format!("model.{field}"), reason),
             other => ServerError::Model(other),
         };
-        let mut cfg = station::model_config(self.model.kind, &self.task.task_config())
+        let mut cfg = fedcrime_station::model_config(self.model.kind, &self.task.task_config())
             .map_err(|e| config_err("model.kind", e.to_string()))?;
         let m = &self.model;
         if let Some(h) = m.hidden {
@@ -389,26 +406,13 @@ impl ServerConfig {
         Ok(cfg)
     }
 
-    /// The engine settings with the `[train]` section and the seed in the fit settings.
+    /// The engine settings: `[federation]` with the `[train]` section as
+    /// the round settings.
     pub fn engine_config(&self) -> EngineConfig {
-        let mut e = self.federation.clone();
-        let t = &self.train;
-        let fit = &mut e.fit_config;
-        fit.insert(EPOCHS_KEY.into(), ConfigValue::Int(i64::from(t.epochs)));
-        fit.insert(
-            BATCH_SIZE_KEY.into(),
-            ConfigValue::Int(i64::from(t.batch_size)),
-        );
-        fit.insert(LR_KEY.into(), ConfigValue::Float(t.lr));
-        fit.insert(WEIGHT_DECAY_KEY.into(), ConfigValue::Float(t.weight_decay));
-        if let Some(c) = t.max_grad_norm {
-            fit.insert(MAX_GRAD_NORM_KEY.into(), ConfigValue::Float(c));
+        EngineConfig {
+            train: self.train.round_settings(),
+            ..self.federation.clone()
         }
-        fit.insert(
-            SEED_KEY.into(),
-            ConfigValue::Int(self.federation.seed as i64),
-        );
-        e
     }
 
     /// The wire limits the server reads with.
@@ -443,27 +447,13 @@ impl ServerConfig {
             .validate()
             .map_err(|e| config_err("task", e.to_string()))?;
         self.model_config()?;
-        let t = &self.train;
-        if t.epochs == 0 {
-            return Err(config_err("train.epochs", "must be at least 1"));
-        }
-        if t.batch_size == 0 {
-            return Err(config_err("train.batch_size", "must be at least 1"));
-        }
-        if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(config_err(
-                "train.lr",
-                format!("must be a positive number, got {}", t.lr),
-            ));
-        }
-        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            return Err(config_err("train.weight_decay", "must be >= 0"));
-        }
-        if let Some(c) = t.max_grad_norm {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(config_err("train.max_grad_norm", "must be positive"));
-            }
-        }
+        self.train.round_settings().validate().map_err(|e| {
+            let field = match e.field {
+                "local_epochs" => "epochs",
+                other => other,
+            };
+            config_err(format!("train.{field}"), e.reason)
+        })?;
         if let Some(e) = &self.evaluation {
             if e.batch_size == 0 {
                 return Err(config_err("evaluation.batch_size", "must be at least 1"));
@@ -483,7 +473,7 @@ impl ServerConfig {
             ));
         }
         self.transport.validate().map_err(|e| match e {
-            fedcrime_common::net::NetError::Settings { field, reason } => {
+            fedcrime_net::NetError::Settings { field, reason } => {
                 config_err(format!("transport.{field}"), reason)
             }
             other => ServerError::Net(other),

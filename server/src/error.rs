@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use fedcrime_common::config_file::ConfigFileError;
-use fedcrime_common::data::DataError;
-use fedcrime_common::fl::FlError;
-use fedcrime_common::model::ModelError;
-use fedcrime_common::net::NetError;
-use fedcrime_common::params_io::ParamsIoError;
-use fedcrime_common::station::StationError;
-use fedcrime_common::wire::WireError;
+use fedcrime_cli::config_file::ConfigFileError;
+use fedcrime_data::DataError;
+use fedcrime_fl::FlError;
+use fedcrime_ml::model::ModelError;
+use fedcrime_net::NetError;
+use fedcrime_params::io::ParamsIoError;
+use fedcrime_station::StationError;
+use fedcrime_wire::WireError;
 
 /// What can stop the server from starting or running. Misbehaving stations
 /// never produce one: their traffic is refused, logged and counted.
@@ -62,6 +62,9 @@ pub enum ServerError {
     /// Writing the final model failed.
     #[error(transparent)]
     ParamsIo(#[from] ParamsIoError),
+    /// Writing an output file failed.
+    #[error(transparent)]
+    File(#[from] fedcrime_files::FilesError),
     /// Writing the metrics failed.
     #[error("metrics file {}: {message}", path.display())]
     Metrics {

@@ -3,10 +3,10 @@
 //! The agency's aggregation server: it accepts precinct stations over QUIC
 //! with mutual TLS (a station's identity is the one in its certificate),
 //! runs rounds of federated learning with the shared round engine of
-//! `fedcrime-common` and checkpoints after every round.
+//! `fedcrime-fl` and checkpoints after every round.
 //!
 //! The design is a pure core in a thin I/O shell. The round engine
-//! ([`fedcrime_common::fl::Engine`]) decides everything: when a round
+//! ([`fedcrime_fl::Engine`]) decides everything: when a round
 //! starts, which stations train, when collection ends, what is aggregated.
 //! This crate only feeds it events (stations joining and leaving, decoded
 //! updates and evaluations, the clock) and carries out its actions: the

@@ -10,11 +10,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fedcrime_common::data::{Period, Task};
-use fedcrime_common::fl::StrategyConfig;
-use fedcrime_common::logging::block_on_main;
-use fedcrime_common::model::ModelKind;
-use fedcrime_common::net::ServerTls;
+use fedcrime_cli::logging::block_on_main;
+use fedcrime_data::{Period, Task};
+use fedcrime_fl::StrategyConfig;
+use fedcrime_ml::model::ModelKind;
+use fedcrime_net::ServerTls;
 use fedcrime_server::config::{EvaluationSection, LogFormat};
 use fedcrime_server::ServerConfig;
 

@@ -5,14 +5,14 @@
 //! checkpointed (a resumed run drops rows of a round that was cut short, so
 //! no round appears twice), then each finished round is appended and flushed.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use fedcrime_common::data::Task;
-use fedcrime_common::fl::RoundMetrics;
-use fedcrime_common::params_io::write_atomic;
-use fedcrime_common::train::Metrics as TaskMetrics;
+use fedcrime_data::Task;
+use fedcrime_files::{append_durable, write_atomic, CsvLog};
+use fedcrime_fl::RoundMetrics;
+use fedcrime_ml::train::Metrics as TaskMetrics;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServerError};
@@ -50,7 +50,7 @@ impl RoundRecord {
 /// Writes `metrics.csv` and `metrics.jsonl`.
 #[derive(Debug)]
 pub struct MetricsWriter {
-    csv: PathBuf,
+    csv: CsvLog,
     jsonl: PathBuf,
     metric_names: Vec<String>,
 }
@@ -69,7 +69,7 @@ fn opt(v: Option<f64>) -> String {
 impl MetricsWriter {
     /// The CSV file.
     pub fn csv_path(&self) -> &Path {
-        &self.csv
+        self.csv.path()
     }
 
     /// The JSON lines file.
@@ -92,13 +92,10 @@ impl MetricsWriter {
             path: dir.to_path_buf(),
             source,
         })?;
-        let w = MetricsWriter {
-            csv: dir.join("metrics.csv"),
-            jsonl: dir.join("metrics.jsonl"),
-            metric_names: TaskMetrics::scalar_names(task, output_dim),
-        };
+        let jsonl = dir.join("metrics.jsonl");
+        let metric_names = TaskMetrics::scalar_names(task, output_dim);
         let mut previous: Vec<RoundRecord> = Vec::new();
-        if let Ok(f) = File::open(&w.jsonl) {
+        if let Ok(f) = File::open(&jsonl) {
             for line in BufReader::new(f).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(r) = serde_json::from_str::<RoundRecord>(&line) {
@@ -120,93 +117,73 @@ impl MetricsWriter {
                     .unwrap_or_else(|| RoundRecord::new(m.clone(), None))
             })
             .collect();
-        let mut csv = Vec::new();
-        w.write_csv_header(&mut csv)?;
-        let mut jsonl = Vec::new();
+        let mut lines = Vec::new();
         for r in &records {
-            w.write_csv_row(&mut csv, r)?;
-            jsonl.extend(serde_json::to_vec(r).map_err(|e| err(&w.jsonl, e))?);
-            jsonl.push(b'\n');
+            lines.extend(serde_json::to_vec(r).map_err(|e| err(&jsonl, e))?);
+            lines.push(b'\n');
         }
-        write_atomic(&w.csv, &csv)?;
-        write_atomic(&w.jsonl, &jsonl)?;
-        Ok(w)
+        let keys: Vec<&str> = metric_names.iter().map(String::as_str).collect();
+        let csv = CsvLog::create(
+            dir.join("metrics.csv"),
+            &columns(&keys),
+            records.iter().map(|r| row(&keys, r)),
+        )?;
+        write_atomic(&jsonl, &lines)?;
+        Ok(MetricsWriter {
+            csv,
+            jsonl,
+            metric_names,
+        })
     }
 
     fn keys(&self) -> Vec<&str> {
         self.metric_names.iter().map(String::as_str).collect()
     }
 
-    /// The engine's columns ([`RoundMetrics::csv_header`]) and the driver's.
-    fn columns(&self) -> Vec<String> {
-        let mut c = RoundMetrics::csv_header(&self.keys());
-        c.extend(
-            [
-                "model_delta_norm",
-                "max_train_s",
-                "overhead_s",
-                "fit_overhead_s",
-                "note",
-            ]
-            .map(String::from),
-        );
-        c
-    }
-
-    fn write_csv_header(&self, out: &mut Vec<u8>) -> Result<()> {
-        let mut w = csv::Writer::from_writer(out);
-        w.write_record(self.columns())
-            .map_err(|e| err(&self.csv, e))?;
-        w.flush().map_err(|e| err(&self.csv, e))
-    }
-
-    fn write_csv_row(&self, out: &mut Vec<u8>, r: &RoundRecord) -> Result<()> {
-        let m = &r.metrics;
-        let mut row = m.csv_record(&self.keys());
-        row.extend([
-            opt(m.model_delta_norm),
-            opt(r.max_train_s),
-            opt(r.overhead_s),
-            opt(r.fit_overhead_s),
-            m.note.clone().unwrap_or_default(),
-        ]);
-        let mut w = csv::Writer::from_writer(out);
-        w.write_record(&row).map_err(|e| err(&self.csv, e))?;
-        w.flush().map_err(|e| err(&self.csv, e))
-    }
-
     /// Appends one round to both files and flushes them to disk.
     pub fn append(&self, r: &RoundRecord) -> Result<()> {
-        let mut row = Vec::new();
-        self.write_csv_row(&mut row, r)?;
+        self.csv.append(&row(&self.keys(), r))?;
         let mut line = serde_json::to_vec(r).map_err(|e| err(&self.jsonl, e))?;
         line.push(b'\n');
-        for (path, bytes) in [(&self.csv, &row), (&self.jsonl, &line)] {
-            let mut f = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)
-                .map_err(|source| ServerError::Io {
-                    what: "opening",
-                    path: path.clone(),
-                    source,
-                })?;
-            f.write_all(bytes)
-                .and_then(|()| f.sync_data())
-                .map_err(|source| ServerError::Io {
-                    what: "appending to",
-                    path: path.clone(),
-                    source,
-                })?;
-        }
+        append_durable(&self.jsonl, &line)?;
         Ok(())
     }
+}
+
+/// The engine's columns ([`RoundMetrics::csv_header`]) and the driver's.
+fn columns(keys: &[&str]) -> Vec<String> {
+    let mut c = RoundMetrics::csv_header(keys);
+    c.extend(
+        [
+            "model_delta_norm",
+            "max_train_s",
+            "overhead_s",
+            "fit_overhead_s",
+            "note",
+        ]
+        .map(String::from),
+    );
+    c
+}
+
+/// The CSV cells of one round.
+fn row(keys: &[&str], r: &RoundRecord) -> Vec<String> {
+    let m = &r.metrics;
+    let mut row = m.csv_record(keys);
+    row.extend([
+        opt(m.model_delta_norm),
+        opt(r.max_train_s),
+        opt(r.overhead_s),
+        opt(r.fit_overhead_s),
+        m.note.clone().unwrap_or_default(),
+    ]);
+    row
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrime_common::fl::FailureKind;
+    use fedcrime_fl::FailureKind;
 
     fn round(r: u64) -> RoundMetrics {
         let mut m = RoundMetrics::new(r);

@@ -19,24 +19,22 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fedcrime_common::config_file::ConfigFileError;
-use fedcrime_common::data::{load_path, Dataset};
-use fedcrime_common::fl::strategy::WithServerEval;
-use fedcrime_common::fl::{
+use fedcrime_cli::config_file::ConfigFileError;
+use fedcrime_data::{load_path, Dataset};
+use fedcrime_fl::strategy::WithServerEval;
+use fedcrime_fl::{
     Action, Checkpoint, CheckpointStore, Config, Engine, EvalSummary, EvaluateRes, Event, FitRes,
-    Metrics as FlMetrics, Outcome, RoundMetrics, StationId, Strategy, Summary,
+    Metrics as FlMetrics, Outcome, RoundMetrics, RoundSettings, StationId, Strategy, Summary,
 };
-use fedcrime_common::model::{self, ModelConfig};
-use fedcrime_common::net::{Listener, ListenerStats};
-use fedcrime_common::params::Params;
-use fedcrime_common::station::data::{prepare, Selection};
-use fedcrime_common::station::protocol::{
-    eval_config_to_wire, fit_config_to_wire, RunSetup, UpdateDelivery,
-};
-use fedcrime_common::train::trainer::evaluate_model;
-use fedcrime_common::wire::{
+use fedcrime_ml::model::{self, ModelConfig};
+use fedcrime_ml::train::trainer::evaluate_model;
+use fedcrime_net::{Listener, ListenerStats};
+use fedcrime_params::Params;
+use fedcrime_station::data::{prepare, Selection};
+use fedcrime_station::protocol::{eval_config_to_wire, round_start, RunSetup, UpdateDelivery};
+use fedcrime_wire::{
     Bye, ByeReason, ErrorCode, EvalModel, EvaluateRequest, Message, ModelHeader, Reject,
-    RejectCode, RoundStart, ServerLimits, UpdateKind, WireConfig,
+    RejectCode, ServerLimits, UpdateKind, WireConfig,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -192,7 +190,7 @@ impl Server {
 
         // The featurizer stations share, and the server's held-out data.
         let mut featurizer = match &config.task.featurizer {
-            Some(path) => Some(fedcrime_common::data::Featurizer::load_json(path)?),
+            Some(path) => Some(fedcrime_data::Featurizer::load_json(path)?),
             None => None,
         };
         let mut eval: Option<ServerEval> = None;
@@ -204,7 +202,7 @@ impl Server {
                 "loaded the evaluation data"
             );
             if featurizer.is_none() {
-                let built = cpu(|| fedcrime_common::data::build_task(&loaded.incidents, &task))?;
+                let built = cpu(|| fedcrime_data::build_task(&loaded.incidents, &task))?;
                 featurizer = Some(built.featurizer);
             }
             let splits = cpu(|| {
@@ -220,7 +218,7 @@ impl Server {
                 EvalSplit::Val => splits.val,
                 EvalSplit::Test => splits.test,
             };
-            fedcrime_common::station::check_dataset(&model, &data, "evaluation")?;
+            fedcrime_station::check_dataset(&model, &data, "evaluation")?;
             eval = Some(ServerEval {
                 model: model.clone(),
                 data,
@@ -378,7 +376,6 @@ impl Server {
             model: self.model.clone(),
             out_dir: self.config.output.dir.clone(),
             delivery: UpdateDelivery {
-                deadline: self.config.federation.round_deadline,
                 encoding: self.config.wire.update_encoding,
                 send_delta: self.config.wire.send_delta,
             },
@@ -517,21 +514,21 @@ impl Server {
 /// A request encoded once and sent to every sampled station. Weak
 /// references identify the model and settings it was made from (a live
 /// allocation's address cannot be reused while a weak reference holds it).
-struct Encoded {
+struct Encoded<C> {
     round: u64,
     global: Weak<Params>,
-    config: Weak<Config>,
+    config: Weak<C>,
     bytes: Bytes,
 }
 
-impl Encoded {
-    fn matches(&self, round: u64, global: &Arc<Params>, config: &Arc<Config>) -> bool {
+impl<C> Encoded<C> {
+    fn matches(&self, round: u64, global: &Arc<Params>, config: &Arc<C>) -> bool {
         self.round == round
             && std::ptr::eq(self.global.as_ptr(), Arc::as_ptr(global))
             && std::ptr::eq(self.config.as_ptr(), Arc::as_ptr(config))
     }
 
-    fn new(round: u64, global: &Arc<Params>, config: &Arc<Config>, bytes: Bytes) -> Self {
+    fn new(round: u64, global: &Arc<Params>, config: &Arc<C>, bytes: Bytes) -> Self {
         Encoded {
             round,
             global: Arc::downgrade(global),
@@ -642,9 +639,9 @@ struct Driver {
     progress: watch::Sender<Progress>,
     sessions: HashMap<StationId, SessionHandle>,
     /// The encoded RoundStart of the current round and what it was made from.
-    fit_cache: Option<Encoded>,
+    fit_cache: Option<Encoded<RoundSettings>>,
     /// The encoded EvaluateRequest of the current round and what it was made from.
-    eval_cache: Option<Encoded>,
+    eval_cache: Option<Encoded<Config>>,
     /// Reported training seconds of this round's updates, by station.
     train_times: BTreeMap<StationId, f64>,
     model: ModelConfig,
@@ -703,17 +700,14 @@ impl Driver {
                     ins,
                 } => {
                     let bytes = match &self.fit_cache {
-                        Some(e) if e.matches(round, &ins.global, &ins.config) => e.bytes.clone(),
+                        Some(e) if e.matches(round, &ins.global, &ins.settings) => e.bytes.clone(),
                         _ => {
-                            let config = fit_config_to_wire(&ins.config, &self.delivery)?;
-                            let msg = Message::RoundStart(RoundStart {
-                                round,
-                                config,
-                                model: ModelHeader::describe(&ins.global, self.ctx.model_encoding)?,
-                            });
+                            let model =
+                                ModelHeader::describe(&ins.global, self.ctx.model_encoding)?;
+                            let msg = Message::RoundStart(round_start(&ins, self.delivery, model));
                             let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
                             self.fit_cache =
-                                Some(Encoded::new(round, &ins.global, &ins.config, b.clone()));
+                                Some(Encoded::new(round, &ins.global, &ins.settings, b.clone()));
                             self.train_times.clear();
                             b
                         }
@@ -796,7 +790,6 @@ impl Driver {
                     }
                     self.summary = Some(summary);
                 }
-                _ => {}
             }
         }
         self.publish();

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fedcrime_common::fl::StationId;
-use fedcrime_common::params::Params;
-use fedcrime_common::wire::{
+use fedcrime_fl::StationId;
+use fedcrime_params::Params;
+use fedcrime_wire::{
     encode_message, negotiate_version, Encoding, ErrorCode, ErrorMsg, EvaluateResult, Extensions,
     Message, Reject, RejectCode, ServerLimits, Update, Welcome, WireConfig, WireReader,
     SUPPORTED_VERSIONS,
@@ -166,7 +166,17 @@ async fn run(
     let reject = |code, text: String| Message::Reject(Reject { code, text });
     let hello = match tokio::time::timeout(ctx.hello_timeout, reader.recv_message()).await {
         Ok(Ok(Some(Message::Hello(h)))) => h,
-        Ok(Ok(Some(other))) => {
+        Ok(Ok(Some(
+            other @ (Message::Welcome(_)
+            | Message::Reject(_)
+            | Message::RoundStart(_)
+            | Message::Update(_)
+            | Message::EvaluateRequest(_)
+            | Message::EvaluateResult(_)
+            | Message::Heartbeat(_)
+            | Message::Error(_)
+            | Message::Bye(_)),
+        ))) => {
             let text = format!("expected Hello, got {}", other.name());
             send_last(
                 &mut send,
@@ -370,7 +380,11 @@ async fn read_loop(
                     b.reason, b.text
                 ))
             }
-            other => {
+            other @ (Message::Hello(_)
+            | Message::Welcome(_)
+            | Message::Reject(_)
+            | Message::RoundStart(_)
+            | Message::EvaluateRequest(_)) => {
                 let text = format!("unexpected {} from a station", other.name());
                 complain(ErrorCode::UnexpectedMessage, text.clone());
                 return Err(text);

@@ -3,7 +3,8 @@
 //! bars that log lines do not tear ([`progress`]).
 //!
 //! The `fedcrime-sim` binary is a command-line shell over these (and over
-//! the data, training and tuning tools of `fedcrime-common`); end-to-end
+//! the data pipeline of `fedcrime-data` and the training and tuning tools of
+//! `fedcrime-ml`); end-to-end
 //! tests call [`sim::simulate`] directly.
 
 pub mod plot;

@@ -7,8 +7,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use clap::{Args, Parser, Subcommand};
+use fedcrime_cli::logging::{init_tracing, LogFormat};
 
 mod cmd;
 #[allow(dead_code)] // the plotting helpers serve commands still to come
@@ -36,15 +36,6 @@ pub struct GlobalOpts {
     /// summaries on stdout (--json output is still printed).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,16 +70,13 @@ fn init_logging(g: &GlobalOpts, command: &Command) {
         }
         (false, _) => "info",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(fedcrime_sim::progress::log_writer)
-        .with_target(false);
     // a second initialization (never here) would only be refused
-    let _ = match g.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let _ = init_tracing(
+        g.log_format,
+        default,
+        fedcrime_sim::progress::log_writer,
+        false,
+    );
 }
 
 fn main() -> ExitCode {

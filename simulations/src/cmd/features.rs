@@ -16,10 +16,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use fedcrime_common::data::dataset::{Dataset, Target, Task};
-use fedcrime_common::data::loader::load_path;
-use fedcrime_common::data::tasks::{build_task, GraphSeries, Period, TaskConfig, TaskData};
-use fedcrime_common::data::Category;
+use fedcrime_data::dataset::{Dataset, Target, Task};
+use fedcrime_data::loader::load_path;
+use fedcrime_data::tasks::{build_task, GraphSeries, Period, TaskConfig, TaskData};
+use fedcrime_data::Category;
 use safetensors::tensor::{Dtype, View};
 
 use crate::GlobalOpts;
@@ -316,8 +316,7 @@ mod tests {
                 assert_eq!(st.tensor(&format!("{name}.area")).unwrap().data(), ds.area);
             }
             assert_eq!(st.tensor("graph.counts").unwrap().shape()[0], 21);
-            let fz =
-                fedcrime_common::data::Featurizer::load_json(&out.join("featurizer.json")).unwrap();
+            let fz = fedcrime_data::Featurizer::load_json(&out.join("featurizer.json")).unwrap();
             assert_eq!(fz, built.featurizer);
             let head = std::fs::read_to_string(out.join("head.csv")).unwrap();
             assert_eq!(head.lines().count(), 6);

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fedcrime_common::data::areas;
-use fedcrime_common::data::loader::load_path;
-use fedcrime_common::data::schema::iso_date;
-use fedcrime_common::data::CleaningReport;
+use fedcrime_data::areas;
+use fedcrime_data::calendar::iso_date;
+use fedcrime_data::loader::load_path;
+use fedcrime_data::CleaningReport;
 use tracing::info;
 
 use crate::GlobalOpts;

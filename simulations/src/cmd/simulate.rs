@@ -15,10 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use fedcrime_common::data::{Partition, Period, Task};
-use fedcrime_common::fl::StrategyConfig;
-use fedcrime_common::model::ModelKind;
-use fedcrime_common::DeviceChoice;
+use fedcrime_data::{Partition, Period, Task};
+use fedcrime_fl::StrategyConfig;
+use fedcrime_ml::model::ModelKind;
+use fedcrime_ml::DeviceChoice;
 use fedcrime_sim::sim::{self, RunOptions, SimConfig, Transport};
 
 use crate::GlobalOpts;
@@ -192,9 +192,9 @@ impl SimulateArgs {
 
 /// `YYYYMMDD-HHMMSS` (UTC) of a Unix time.
 fn timestamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
+    let days = (secs / 86_400) as fedcrime_data::DayNumber;
     let rem = secs % 86_400;
-    let (y, m, d) = fedcrime_common::data::features::civil_from_days(days);
+    let (y, m, d) = fedcrime_data::calendar::civil_from_days(days);
     format!(
         "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
         rem / 3600,

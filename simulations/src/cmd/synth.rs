@@ -1,15 +1,15 @@
 //! `fedcrime-sim synth`: LA-like synthetic crime data in the city's CSV
-//! export format (see `fedcrime_common::data::synth`).
+//! export format (see `fedcrime_data::synth`).
 
-use std::fs::File;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fedcrime_common::data::schema;
-use fedcrime_common::data::synth::{self, Compression, SynthConfig};
+use fedcrime_data::synth::{self, Compression, SynthConfig};
+use fedcrime_data::{calendar, schema};
+use fedcrime_files::AtomicFile;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
@@ -58,21 +58,13 @@ impl SynthArgs {
     }
 }
 
-/// The name the output is written under until it is complete.
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".partial");
-    out.with_file_name(name)
-}
-
 /// Runs `fedcrime-sim synth`.
 pub fn run(args: &SynthArgs, global: &GlobalOpts) -> Result<()> {
     let cfg = args.config()?;
-    let tmp = partial_path(&args.out);
-    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    // Written to a temp file that replaces the output only once complete
+    // and on disk.
+    let file = AtomicFile::create(&args.out)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     let bar = if global.quiet {
         ProgressBar::hidden()
     } else {
@@ -84,21 +76,17 @@ pub fn run(args: &SynthArgs, global: &GlobalOpts) -> Result<()> {
         )
     };
     let t0 = Instant::now();
-    let result =
-        synth::generate_with_progress(&cfg, BufWriter::with_capacity(1 << 20, file), &|n| {
-            bar.set_position(n)
-        });
+    let result = synth::generate_with_progress(&cfg, &mut out, &|n| bar.set_position(n));
     bar.finish_and_clear();
     let summary = match result {
         Ok(s) => s,
-        Err(e) => {
-            // best effort: the partial file is useless
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("cannot generate {}", args.out.display()));
-        }
+        // Dropping the unfinished file removes it.
+        Err(e) => return Err(e).with_context(|| format!("cannot generate {}", args.out.display())),
     };
-    std::fs::rename(&tmp, &args.out)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), args.out.display()))?;
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}", args.out.display()))?
+        .commit()?;
     let secs = t0.elapsed().as_secs_f64();
     info!(
         rows = summary.rows,
@@ -112,8 +100,8 @@ pub fn run(args: &SynthArgs, global: &GlobalOpts) -> Result<()> {
             "wrote {} rows ({:.1} MB, {} .. {}) to {} in {:.2} s",
             summary.rows,
             summary.bytes as f64 / 1e6,
-            schema::iso_date(summary.date_min),
-            schema::iso_date(summary.date_max),
+            calendar::iso_date(summary.date_min),
+            calendar::iso_date(summary.date_max),
             args.out.display(),
             secs
         );
@@ -124,7 +112,7 @@ pub fn run(args: &SynthArgs, global: &GlobalOpts) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrime_common::data::loader::load_path;
+    use fedcrime_data::loader::load_path;
 
     fn args(out: PathBuf) -> SynthArgs {
         SynthArgs {
@@ -146,7 +134,11 @@ mod tests {
             quiet: true,
         };
         run(&args(out.clone()), &quiet).unwrap();
-        assert!(!partial_path(&out).exists());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["s.csv.gz"], "only the finished file is left");
         let loaded = load_path(&out).unwrap();
         assert_eq!(loaded.report.rows_kept, 2_000);
         assert_eq!(loaded.report.date_min, schema::parse_iso_date("2024-02-01"));
@@ -165,9 +157,5 @@ mod tests {
         assert!(err.contains("rows"), "{err}");
         let a = args(PathBuf::from("dir/x.csv.gz"));
         assert_eq!(a.config().unwrap().compression, Compression::Gzip);
-        assert_eq!(
-            partial_path(Path::new("dir/x.csv.gz")),
-            PathBuf::from("dir/x.csv.gz.partial")
-        );
     }
 }

@@ -15,22 +15,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use fedcrime_common::data::split::SplitPart;
-use fedcrime_common::data::tasks::{build_task, Period, TaskConfig, TaskData};
-use fedcrime_common::data::{Dataset, Incident, Splits, Task};
-use fedcrime_common::model::{
+use fedcrime_data::split::SplitPart;
+use fedcrime_data::tasks::{build_task, Period, TaskConfig, TaskData};
+use fedcrime_data::{Dataset, Incident, Splits, Task};
+use fedcrime_ml::model::{
     build, graph_dataset, save_model, GraphWindows, ModelConfig, ModelKind, DEFAULT_GRAPH_STEPS,
 };
-use fedcrime_common::train::{
-    evaluate_baselines, BaselineResult, ClassWeighting, CountPeriod, EpochRecord, Evaluation,
-    FitReport, Metrics, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
+use fedcrime_ml::train::{
+    evaluate_baselines, BaselineResult, ClassWeighting, EpochRecord, Evaluation, FitReport,
+    Metrics, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
 };
-use fedcrime_common::DeviceChoice;
+use fedcrime_ml::DeviceChoice;
 
 use crate::GlobalOpts;
 
@@ -70,11 +69,11 @@ impl DataArgs {
     pub fn incidents(&self) -> anyhow::Result<Vec<Incident>> {
         match &self.data {
             Some(path) => {
-                let loaded = fedcrime_common::data::loader::load_path(path)
+                let loaded = fedcrime_data::loader::load_path(path)
                     .with_context(|| format!("loading {}", path.display()))?;
                 Ok(loaded.incidents)
             }
-            None => Ok(fedcrime_common::data::synth::generate_incidents(
+            None => Ok(fedcrime_data::synth::generate_incidents(
                 self.rows,
                 self.data_seed,
             )),
@@ -97,14 +96,6 @@ impl DataArgs {
                 self.source()
             )
         })
-    }
-
-    /// The baseline period matching `--period`.
-    pub fn count_period(&self) -> CountPeriod {
-        match self.period {
-            Period::Day => CountPeriod::Day,
-            Period::Week => CountPeriod::Week,
-        }
     }
 }
 
@@ -276,55 +267,41 @@ impl TrainArgs {
     }
 }
 
-/// Streams `metrics.csv`, one row per epoch.
+/// Streams `metrics.csv`, one row per epoch (each on disk before the next).
 struct MetricsCsv {
-    file: std::io::BufWriter<std::fs::File>,
+    log: fedcrime_files::CsvLog,
     names: Vec<String>,
-    path: PathBuf,
 }
 
 impl MetricsCsv {
     fn create(path: PathBuf, task: Task, output_dim: usize) -> anyhow::Result<Self> {
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let mut me = Self {
-            file: std::io::BufWriter::new(file),
-            names: Metrics::scalar_names(task, output_dim),
-            path,
-        };
-        let mut header = String::from("epoch,train_loss,val_loss");
-        for n in &me.names {
-            let _ = write!(header, ",{n}");
-        }
-        header.push_str(",samples_per_sec,seconds\n");
-        me.file
-            .write_all(header.as_bytes())
-            .with_context(|| format!("writing {}", me.path.display()))?;
-        Ok(me)
+        let names = Metrics::scalar_names(task, output_dim);
+        let mut header: Vec<String> = ["epoch", "train_loss", "val_loss"].map(String::from).into();
+        header.extend(names.iter().cloned());
+        header.extend(["samples_per_sec", "seconds"].map(String::from));
+        let log = fedcrime_files::CsvLog::create(&path, &header, Vec::<Vec<String>>::new())?;
+        Ok(Self { log, names })
     }
 
     fn row(&mut self, r: &EpochRecord) -> anyhow::Result<()> {
-        let mut line = format!("{},{}", r.epoch, r.train_loss);
-        match r.val_loss {
-            Some(v) => {
-                let _ = write!(line, ",{v}");
-            }
-            None => line.push(','),
-        }
+        let mut cells = vec![
+            r.epoch.to_string(),
+            r.train_loss.to_string(),
+            r.val_loss.map(|v| v.to_string()).unwrap_or_default(),
+        ];
         let scalars = r.val_metrics.as_ref().map(Metrics::scalars);
-        for (i, _) in self.names.iter().enumerate() {
-            match scalars.as_ref().and_then(|s| s.get(i)) {
-                Some((_, v)) => {
-                    let _ = write!(line, ",{v}");
-                }
-                None => line.push(','),
-            }
+        for i in 0..self.names.len() {
+            cells.push(
+                scalars
+                    .as_ref()
+                    .and_then(|s| s.get(i))
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default(),
+            );
         }
-        let _ = writeln!(line, ",{:.1},{:.3}", r.samples_per_sec, r.seconds);
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|_| self.file.flush())
-            .with_context(|| format!("writing {}", self.path.display()))
+        cells.push(format!("{:.1}", r.samples_per_sec));
+        cells.push(format!("{:.3}", r.seconds));
+        Ok(self.log.append(&cells)?)
     }
 }
 
@@ -353,7 +330,7 @@ impl AnyTrainer {
         })
     }
 
-    fn model(&self) -> &dyn fedcrime_common::model::CrimeModel {
+    fn model(&self) -> &dyn fedcrime_ml::model::CrimeModel {
         match self {
             AnyTrainer::Station(t) => t.model(),
             AnyTrainer::Parallel(t) => t.model(),
@@ -423,7 +400,7 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     let mut test = trainer.evaluate(&s.test)?;
     test.metrics = per_area_metrics(test.metrics, areas);
     // The baselines predict the flat samples of the same test periods.
-    let baselines = evaluate_baselines(&data.splits, &data.splits.test, args.data.count_period())?;
+    let baselines = evaluate_baselines(&data.splits, &data.splits.test, args.data.period)?;
 
     let mut meta = BTreeMap::new();
     meta.insert(
@@ -700,11 +677,9 @@ mod tests {
                 // Regrouped per (period, area): one column per crime category.
                 assert!(lines[0].contains("mae_vehicle") && !lines[0].contains("c167"));
             }
-            let (loaded, meta) = fedcrime_common::model::load_model(
-                &out.join("model.safetensors"),
-                tch::Device::Cpu,
-            )
-            .unwrap();
+            let (loaded, meta) =
+                fedcrime_ml::model::load_model(&out.join("model.safetensors"), tch::Device::Cpu)
+                    .unwrap();
             assert_eq!(loaded.kind().as_str(), model);
             assert!(meta.contains_key("fedcrime.featurizer"));
             let report = std::fs::read_to_string(out.join("report.md")).unwrap();

@@ -1,16 +1,16 @@
 //! `fedcrime-sim tune`: grid or random search over the paper's
-//! hyperparameters (see [`fedcrime_common::train::tune`]), writing
+//! hyperparameters (see [`fedcrime_ml::train::tune`]), writing
 //! `tune.csv` and `tune.md` (trials ranked by the validation headline metric)
 //! to `--out`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fedcrime_common::train::tune::{
-    results_csv, results_markdown, run_search, SearchMode, SearchSpace,
+use fedcrime_ml::train::tune::{
+    results_markdown, results_table, run_search, SearchMode, SearchSpace,
 };
-use fedcrime_common::train::TrainConfig;
-use fedcrime_common::DeviceChoice;
+use fedcrime_ml::train::TrainConfig;
+use fedcrime_ml::DeviceChoice;
 
 use super::train::{DataArgs, ModelArgs};
 use crate::GlobalOpts;
@@ -102,8 +102,8 @@ pub fn run(args: &TuneArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         );
     })?;
     let csv_path = args.out.join("tune.csv");
-    std::fs::write(&csv_path, results_csv(&results))
-        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let (header, rows) = results_table(&results);
+    fedcrime_files::CsvLog::create(&csv_path, &header, rows)?;
     let md = format!(
         "# Hyperparameter search: {} on {} ({})\n\nRanked by the validation headline metric; test shown for reference only.\n\n{}",
         mcfg.kind,

@@ -28,14 +28,13 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use fedcrime_common::data::{Task, TaskConfig};
-use fedcrime_common::fl::{
+use fedcrime_data::{Task, TaskConfig};
+use fedcrime_fl::{
     Engine, EngineConfig, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundMetrics,
     StationId, StrategyConfig,
 };
-use fedcrime_common::model::{build, ModelConfig, ModelKind};
-use fedcrime_common::station::{self, Learner};
-use fedcrime_server::config::TrainSection;
+use fedcrime_ml::model::{build, ModelConfig, ModelKind};
+use fedcrime_station::Learner;
 
 use super::config::Transport;
 use super::memory::{MemoryFederation, RoundTiming};
@@ -106,7 +105,7 @@ pub struct BenchResult {
 pub struct NoTraining;
 
 impl Learner for NoTraining {
-    fn fit(&self, ins: &FitIns) -> station::Result<FitRes> {
+    fn fit(&self, ins: &FitIns) -> fedcrime_station::Result<FitRes> {
         Ok(FitRes {
             params: (*ins.global).clone(),
             num_examples: 1,
@@ -114,7 +113,7 @@ impl Learner for NoTraining {
         })
     }
 
-    fn evaluate(&self, _: &EvaluateIns) -> station::Result<EvaluateRes> {
+    fn evaluate(&self, _: &EvaluateIns) -> fedcrime_station::Result<EvaluateRes> {
         Ok(EvaluateRes {
             loss: 0.0,
             num_examples: 1,
@@ -132,7 +131,7 @@ fn dnn_params(cfg: &ModelConfig, h: usize) -> usize {
 /// The `risk` `dnn` whose width gives the number of parameters nearest `params`.
 pub fn model_of_size(params: usize) -> Result<ModelConfig> {
     let task = TaskConfig::new(Task::Risk);
-    let mut cfg = station::model_config(ModelKind::Dnn, &task)?;
+    let mut cfg = fedcrime_station::model_config(ModelKind::Dnn, &task)?;
     cfg.dropout = 0.0;
     let mut best = (usize::MAX, 1);
     // params grow with h, so scan up to the first width past the target.
@@ -279,7 +278,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
             let mut engine =
                 Engine::new(engine_cfg, spec.strategy.build()?, initial, Instant::now())?;
             engine.set_stopwatch(Instant::now);
-            let fed = MemoryFederation::new(stations, concurrency, Duration::from_secs(600))?;
+            let fed = MemoryFederation::new(stations, concurrency)?;
             let mut out = Vec::new();
             fed.run(&mut engine, |r| {
                 bar.inc(1);
@@ -292,7 +291,6 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
             let run = quic::run(quic::QuicSetup {
                 dir: &spec.dir,
                 engine: engine_cfg,
-                train: TrainSection::default(),
                 strategy: spec.strategy.clone(),
                 task: TaskConfig::new(Task::Risk),
                 featurizer: None,

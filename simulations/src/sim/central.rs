@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use tch::{Device, Tensor};
 
-use fedcrime_common::model::{build, CrimeModel};
-use fedcrime_common::train::trainer::evaluate_model;
-use fedcrime_common::train::{
+use fedcrime_ml::model::{build, CrimeModel};
+use fedcrime_ml::train::trainer::evaluate_model;
+use fedcrime_ml::train::{
     EpochRecord, FitReport, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
 };
-use fedcrime_common::Params;
+use fedcrime_params::Params;
 
 use super::config::SimConfig;
 use super::data::StudyData;

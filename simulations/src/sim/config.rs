@@ -36,11 +36,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use fedcrime_common::data::{Partition, Period, Task};
-use fedcrime_common::fl::StrategyConfig;
-use fedcrime_common::model::ModelKind;
-use fedcrime_common::train::ClassWeighting;
-use fedcrime_common::DeviceChoice;
+use fedcrime_data::{Partition, Period, Task};
+use fedcrime_fl::StrategyConfig;
+use fedcrime_ml::model::ModelKind;
+use fedcrime_ml::train::ClassWeighting;
+use fedcrime_ml::DeviceChoice;
 
 /// A setting is missing, malformed or out of range.
 #[derive(Debug, thiserror::Error)]
@@ -466,7 +466,7 @@ impl SimConfig {
 /// [`Partition`] as its text form (`natural`, `dirichlet:0.5`, ...) in files;
 /// the station count lives in `federation.stations`.
 mod partition_text {
-    use fedcrime_common::data::Partition;
+    use fedcrime_data::Partition;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(p: &Partition, s: S) -> Result<S::Ok, S::Error> {

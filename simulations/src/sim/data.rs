@@ -16,15 +16,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
-use fedcrime_common::data::loader::load_path;
-use fedcrime_common::data::partition::{partition_splits, StationSplits};
-use fedcrime_common::data::synth::{generate_incidents_with, SynthConfig};
-use fedcrime_common::data::tasks::{build_task, TaskConfig};
-use fedcrime_common::data::{Dataset, Featurizer, Splits, Task};
-use fedcrime_common::fl::{EvaluateIns, EvaluateRes, FitIns, FitRes, StationId};
-use fedcrime_common::model::ModelConfig;
-use fedcrime_common::station::{self, default_train_config, Learner, Station};
-use fedcrime_common::train::{CountPeriod, TrainConfig};
+use fedcrime_data::loader::load_path;
+use fedcrime_data::partition::{partition_splits, StationSplits};
+use fedcrime_data::synth::{generate_incidents_with, SynthConfig};
+use fedcrime_data::tasks::{build_task, TaskConfig};
+use fedcrime_data::{Dataset, Featurizer, Splits, Task};
+use fedcrime_fl::{EvaluateIns, EvaluateRes, FitIns, FitRes, StationId};
+use fedcrime_ml::model::ModelConfig;
+use fedcrime_ml::train::TrainConfig;
+use fedcrime_station::{default_train_config, Learner, Station};
 
 use super::config::SimConfig;
 
@@ -106,14 +106,6 @@ impl StudyData {
             stations,
             model: Arc::new(model),
         })
-    }
-
-    /// The baseline period of the `counts` task.
-    pub fn count_period(&self) -> CountPeriod {
-        match self.task.period {
-            fedcrime_common::data::Period::Day => CountPeriod::Day,
-            fedcrime_common::data::Period::Week => CountPeriod::Week,
-        }
     }
 
     /// Width of one sample's metrics (classes or count dimensions).
@@ -232,7 +224,7 @@ impl SimStation {
 
     /// A [`Station`] holding the station's training rows and, when `eval`,
     /// its validation and test rows (else those stay empty).
-    fn assemble(&self, eval: bool) -> station::Result<Station> {
+    fn assemble(&self, eval: bool) -> fedcrime_station::Result<Station> {
         let take =
             |ds: &Dataset, idx: &[usize], wanted: bool| ds.subset(if wanted { idx } else { &[] });
         let splits = Splits {
@@ -251,11 +243,11 @@ impl SimStation {
 }
 
 impl Learner for SimStation {
-    fn fit(&self, ins: &FitIns) -> station::Result<FitRes> {
+    fn fit(&self, ins: &FitIns) -> fedcrime_station::Result<FitRes> {
         self.assemble(false)?.fit(ins)
     }
 
-    fn evaluate(&self, ins: &EvaluateIns) -> station::Result<EvaluateRes> {
+    fn evaluate(&self, ins: &EvaluateIns) -> fedcrime_station::Result<EvaluateRes> {
         self.assemble(true)?.evaluate(ins)
     }
 }
@@ -263,7 +255,7 @@ impl Learner for SimStation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrime_common::data::Partition;
+    use fedcrime_data::Partition;
 
     fn small() -> SimConfig {
         let mut c = SimConfig::default();

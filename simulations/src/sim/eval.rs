@@ -12,11 +12,11 @@ use std::sync::Arc;
 use anyhow::Result;
 use tch::Device;
 
-use fedcrime_common::data::Splits;
-use fedcrime_common::model::{build, CrimeModel, ModelConfig};
-use fedcrime_common::train::trainer::evaluate_model;
-use fedcrime_common::train::Metrics;
-use fedcrime_common::Params;
+use fedcrime_data::Splits;
+use fedcrime_ml::model::{build, CrimeModel, ModelConfig};
+use fedcrime_ml::train::trainer::evaluate_model;
+use fedcrime_ml::train::Metrics;
+use fedcrime_params::Params;
 
 /// A model's loss and task metrics on one split.
 #[derive(Clone, Debug, PartialEq)]

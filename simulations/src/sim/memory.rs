@@ -24,16 +24,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use fedcrime_common::fl::{
+use fedcrime_fl::{
     Action, Engine, EvaluateIns, EvaluateRes, Event, FitIns, FitRes, RoundMetrics, StationId,
     Summary,
 };
-use fedcrime_common::station::{Learner, StationError};
-use fedcrime_common::Params;
+use fedcrime_params::Params;
+use fedcrime_station::{Learner, StationError};
 
 use super::traffic;
 
@@ -92,7 +92,6 @@ pub struct MemoryFederation {
     learners: Vec<Arc<dyn Learner>>,
     index: HashMap<StationId, usize>,
     workers: usize,
-    deadline: Duration,
 }
 
 impl std::fmt::Debug for MemoryFederation {
@@ -105,13 +104,8 @@ impl std::fmt::Debug for MemoryFederation {
 }
 
 impl MemoryFederation {
-    /// Stations by name; `workers` of them train at once. `deadline` only
-    /// appears in the byte counts (the RoundStart carries it).
-    pub fn new(
-        stations: Vec<(StationId, Arc<dyn Learner>)>,
-        workers: usize,
-        deadline: Duration,
-    ) -> Result<Self> {
+    /// Stations by name; `workers` of them train at once.
+    pub fn new(stations: Vec<(StationId, Arc<dyn Learner>)>, workers: usize) -> Result<Self> {
         let mut index = HashMap::with_capacity(stations.len());
         let mut ids = Vec::with_capacity(stations.len());
         let mut learners = Vec::with_capacity(stations.len());
@@ -127,7 +121,6 @@ impl MemoryFederation {
             learners,
             index,
             workers: workers.max(1),
-            deadline,
         })
     }
 
@@ -217,7 +210,7 @@ impl MemoryFederation {
                         let bytes = match round_start {
                             Some((r, b)) if r == round => b,
                             _ => {
-                                let b = traffic::round_start_bytes(round, &ins, self.deadline)?;
+                                let b = traffic::round_start_bytes(&ins)?;
                                 round_start = Some((round, b));
                                 b
                             }
@@ -255,7 +248,6 @@ impl MemoryFederation {
                         timing = RoundTiming::default();
                     }
                     Action::Finished(summary) => return Ok(summary),
-                    _ => {}
                 }
             }
             if expected == next_seq {
@@ -359,9 +351,8 @@ impl MemoryFederation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrime_common::fl::{EngineConfig, FitIns, Metrics, StrategyConfig};
-    use fedcrime_common::station;
-    use fedcrime_common::{ParamSpec, Params};
+    use fedcrime_fl::{EngineConfig, FitIns, Metrics, StrategyConfig};
+    use fedcrime_params::{ParamSpec, Params};
 
     /// A station whose "training" adds its number to every value, slowly
     /// for low numbers so that results arrive out of order.
@@ -371,8 +362,8 @@ mod tests {
     }
 
     impl Learner for Adder {
-        fn fit(&self, ins: &FitIns) -> station::Result<FitRes> {
-            std::thread::sleep(Duration::from_millis((40.0 / self.add) as u64));
+        fn fit(&self, ins: &FitIns) -> fedcrime_station::Result<FitRes> {
+            std::thread::sleep(std::time::Duration::from_millis((40.0 / self.add) as u64));
             let mut params = (*ins.global).clone();
             for v in params.data_mut() {
                 *v += self.add;
@@ -383,7 +374,7 @@ mod tests {
                 metrics: Metrics::from([("loss".to_string(), f64::from(self.add))]),
             })
         }
-        fn evaluate(&self, _: &EvaluateIns) -> station::Result<EvaluateRes> {
+        fn evaluate(&self, _: &EvaluateIns) -> fedcrime_station::Result<EvaluateRes> {
             Ok(EvaluateRes {
                 loss: f64::from(self.add),
                 num_examples: self.examples,
@@ -417,7 +408,7 @@ mod tests {
                 (StationId::from(format!("s{i:02}")), learner)
             })
             .collect();
-        MemoryFederation::new(stations, workers, Duration::from_secs(60)).unwrap()
+        MemoryFederation::new(stations, workers).unwrap()
     }
 
     #[test]
@@ -481,6 +472,6 @@ mod tests {
             (StationId::from("a"), learner.clone()),
             (StationId::from("a"), learner),
         ];
-        assert!(MemoryFederation::new(stations, 1, Duration::from_secs(1)).is_err());
+        assert!(MemoryFederation::new(stations, 1).is_err());
     }
 }

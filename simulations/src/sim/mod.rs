@@ -45,15 +45,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use tch::Device;
 
-use fedcrime_common::fl::{
-    ConfigValue, Engine, EngineConfig, Outcome, RoundMetrics, StationId, Summary,
-};
-use fedcrime_common::model::build;
-use fedcrime_common::station::{
-    Learner, BATCH_SIZE_KEY, EPOCHS_KEY, LR_KEY, MAX_GRAD_NORM_KEY, SEED_KEY, WEIGHT_DECAY_KEY,
-};
-use fedcrime_common::train::{evaluate_baselines, BaselineResult};
-use fedcrime_common::{DeviceChoice, Params};
+use fedcrime_fl::{Engine, EngineConfig, Outcome, RoundMetrics, RoundSettings, StationId, Summary};
+use fedcrime_ml::model::build;
+use fedcrime_ml::train::{evaluate_baselines, BaselineResult};
+use fedcrime_station::Learner;
+use {fedcrime_ml::DeviceChoice, fedcrime_params::Params};
 
 pub use config::{SimConfig, Transport};
 pub use data::{SimStation, StudyData};
@@ -63,7 +59,6 @@ pub use report::MethodRun;
 
 use crate::progress;
 use eval::Evaluator;
-use fedcrime_server::config::TrainSection;
 
 /// How a simulation reports progress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,20 +89,6 @@ pub struct SimOutcome {
 /// aggregate, and no federated evaluation (the study scores the global
 /// model on the pooled splits itself).
 pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
-    let t = &cfg.train;
-    let mut fit = fedcrime_common::fl::Config::new();
-    fit.insert(
-        EPOCHS_KEY.into(),
-        ConfigValue::Int(cfg.federation.local_epochs as i64),
-    );
-    fit.insert(BATCH_SIZE_KEY.into(), ConfigValue::Int(t.batch_size as i64));
-    fit.insert(LR_KEY.into(), ConfigValue::Float(t.lr));
-    fit.insert(WEIGHT_DECAY_KEY.into(), ConfigValue::Float(t.weight_decay));
-    if let Some(c) = t.max_grad_norm {
-        fit.insert(MAX_GRAD_NORM_KEY.into(), ConfigValue::Float(c));
-    }
-    // Seeds travel as i64 (two's complement for the upper half).
-    fit.insert(SEED_KEY.into(), ConfigValue::Int(cfg.seed as i64));
     EngineConfig {
         rounds: cfg.federation.rounds,
         min_stations: stations,
@@ -119,7 +100,7 @@ pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
         eval_every: 0,
         fraction_evaluate: 0.0,
         seed: cfg.seed,
-        fit_config: fit,
+        train: round_settings(cfg),
         ..EngineConfig::default()
     }
 }
@@ -166,14 +147,16 @@ pub fn station_list(
         .collect())
 }
 
-/// What the stations are told to train with, in the server's terms.
-pub fn train_section(cfg: &SimConfig) -> TrainSection {
-    TrainSection {
-        epochs: u32::try_from(cfg.federation.local_epochs).unwrap_or(u32::MAX),
+/// What the stations are told to train with each round (the engine adds
+/// the run's seed).
+pub fn round_settings(cfg: &SimConfig) -> RoundSettings {
+    RoundSettings {
+        local_epochs: u32::try_from(cfg.federation.local_epochs).unwrap_or(u32::MAX),
         batch_size: u32::try_from(cfg.train.batch_size).unwrap_or(u32::MAX),
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
         max_grad_norm: cfg.train.max_grad_norm,
+        ..RoundSettings::default()
     }
 }
 
@@ -252,11 +235,7 @@ fn federate_locked(
                 Instant::now(),
             )?;
             engine.set_stopwatch(Instant::now);
-            let transport = MemoryFederation::new(
-                stations,
-                concurrency,
-                Duration::from_secs_f64(cfg.federation.round_deadline_s),
-            )?;
+            let transport = MemoryFederation::new(stations, concurrency)?;
             // Scoring runs between rounds; its time is not the federation's.
             let mut scoring = 0.0;
             transport.run(&mut engine, |r| {
@@ -280,7 +259,6 @@ fn federate_locked(
         Transport::Quic => quic::run(quic::QuicSetup {
             dir: &out.join("quic"),
             engine: engine_cfg,
-            train: train_section(cfg),
             strategy: cfg.federation.strategy.clone(),
             task: data.task,
             featurizer: Some(&data.featurizer),
@@ -337,7 +315,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         cfg.partition()
     );
     let initial = initial_model(&data, cfg.seed)?;
-    let baselines = evaluate_baselines(&data.splits, &data.splits.test, data.count_period())?;
+    let baselines = evaluate_baselines(&data.splits, &data.splits.test, data.task.period)?;
     let mut csv =
         record::MetricsCsv::create(&out.join("metrics.csv"), data.task.task, data.output_dim())?;
 

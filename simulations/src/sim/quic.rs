@@ -28,19 +28,18 @@ use indicatif::ProgressBar;
 
 use fedcrime_certs::{Pki, PkiOptions, Validity};
 use fedcrime_client::{Client, ClientOptions, ClientOutcome, LearnerFactory};
-use fedcrime_common::data::{Featurizer, TaskConfig};
-use fedcrime_common::fl::engine::SERVER_ROUND_KEY;
-use fedcrime_common::fl::{
+use fedcrime_data::{Featurizer, TaskConfig};
+use fedcrime_fl::{
     CheckpointStore, EngineConfig, EvaluateIns, EvaluateRes, FitIns, FitRes, RoundMetrics,
     StationId, StrategyConfig, Summary,
 };
-use fedcrime_common::model::{self, ModelConfig};
-use fedcrime_common::net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
-use fedcrime_common::station::protocol::RunSetup;
-use fedcrime_common::station::{self, Learner, StationError};
-use fedcrime_common::Params;
+use fedcrime_ml::model::{self, ModelConfig};
+use fedcrime_net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
+use fedcrime_params::Params;
 use fedcrime_server::config::{ModelSection, OutputSection, TaskSection, TrainSection};
 use fedcrime_server::{Server, ServerConfig};
+use fedcrime_station::protocol::RunSetup;
+use fedcrime_station::{Learner, StationError};
 
 use super::memory::RoundTiming;
 
@@ -51,10 +50,8 @@ const SERVER_NAME: &str = "localhost";
 pub struct QuicSetup<'a> {
     /// Folder for the PKI, the initial model and the server's files.
     pub dir: &'a Path,
-    /// The round engine's settings (rounds, sampling, deadlines, fit settings, seed).
+    /// The round engine's settings (rounds, sampling, deadlines, round settings, seed).
     pub engine: EngineConfig,
-    /// What stations are told to train with (must agree with `engine.fit_config`).
-    pub train: TrainSection,
     /// The aggregation strategy.
     pub strategy: StrategyConfig,
     /// The task.
@@ -138,12 +135,8 @@ struct Gated {
 }
 
 impl Learner for Gated {
-    fn fit(&self, ins: &FitIns) -> station::Result<FitRes> {
-        let round = ins
-            .config
-            .get(SERVER_ROUND_KEY)
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0) as u64;
+    fn fit(&self, ins: &FitIns) -> fedcrime_station::Result<FitRes> {
+        let round = ins.round;
         let (res, secs) = self.gate.run(|| {
             let t0 = Instant::now();
             let res = self.inner.fit(ins);
@@ -157,7 +150,7 @@ impl Learner for Gated {
         res
     }
 
-    fn evaluate(&self, ins: &EvaluateIns) -> station::Result<EvaluateRes> {
+    fn evaluate(&self, ins: &EvaluateIns) -> fedcrime_station::Result<EvaluateRes> {
         self.gate.run(|| self.inner.evaluate(ins))
     }
 }
@@ -258,7 +251,7 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     };
     config.model = model_section(setup.model, initial_path);
     config.federation = setup.engine.clone();
-    config.train = setup.train.clone();
+    config.train = TrainSection::from(&setup.engine.train);
     config.strategy = setup.strategy.clone();
     config.output = OutputSection {
         dir: server_dir.clone(),

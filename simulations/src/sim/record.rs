@@ -12,15 +12,13 @@
 //! traffic of the round messages in both directions (0 for centralized
 //! methods).
 
-use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use fedcrime_common::data::Task;
-use fedcrime_common::train::Metrics;
+use fedcrime_data::Task;
+use fedcrime_files::{read_csv, CsvLog};
+use fedcrime_ml::train::Metrics;
 
 use super::eval::Scores;
 
@@ -72,57 +70,38 @@ fn num(v: f64) -> String {
     }
 }
 
-/// The CSV line of `row` (no newline).
-pub fn line(row: &Row) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "{},{},{:.4},{},{}",
-        row.method,
-        row.step,
-        row.wall_seconds,
-        row.bytes_sent,
-        row.train_loss.map(num).unwrap_or_default()
-    );
+/// The CSV cells of `row`, in [`header`] order.
+pub fn cells(row: &Row) -> Vec<String> {
+    let mut c = vec![
+        row.method.clone(),
+        row.step.to_string(),
+        format!("{:.4}", row.wall_seconds),
+        row.bytes_sent.to_string(),
+        row.train_loss.map(num).unwrap_or_default(),
+    ];
     for scores in [&row.val, &row.test] {
-        let _ = write!(s, ",{}", num(scores.loss));
-        for (_, v) in scores.metrics.scalars() {
-            let _ = write!(s, ",{}", num(v));
-        }
+        c.push(num(scores.loss));
+        c.extend(scores.metrics.scalars().into_iter().map(|(_, v)| num(v)));
     }
-    s
+    c
 }
 
-/// `metrics.csv`, written row by row.
+/// `metrics.csv`, written row by row (each row on disk before the next).
 #[derive(Debug)]
 pub struct MetricsCsv {
-    file: BufWriter<File>,
-    path: PathBuf,
+    log: CsvLog,
 }
 
 impl MetricsCsv {
     /// Creates the file and writes the header.
     pub fn create(path: &Path, task: Task, output_dim: usize) -> Result<Self> {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut me = MetricsCsv {
-            file: BufWriter::new(file),
-            path: path.to_path_buf(),
-        };
-        let h = header(task, output_dim).join(",");
-        me.write_line(&h)?;
-        Ok(me)
-    }
-
-    fn write_line(&mut self, text: &str) -> Result<()> {
-        writeln!(self.file, "{text}")
-            .and_then(|_| self.file.flush())
-            .with_context(|| format!("writing {}", self.path.display()))
+        let log = CsvLog::create(path, &header(task, output_dim), Vec::<Vec<String>>::new())?;
+        Ok(MetricsCsv { log })
     }
 
     /// Appends a row.
     pub fn push(&mut self, row: &Row) -> Result<()> {
-        let text = line(row);
-        self.write_line(&text)
+        Ok(self.log.append(&cells(row))?)
     }
 }
 
@@ -138,18 +117,7 @@ pub struct CsvTable {
 impl CsvTable {
     /// Reads a `metrics.csv`.
     pub fn read(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut lines = text.lines();
-        let header: Vec<String> = lines
-            .next()
-            .with_context(|| format!("{}: empty file", path.display()))?
-            .split(',')
-            .map(str::to_string)
-            .collect();
-        let rows = lines
-            .map(|l| l.split(',').map(str::to_string).collect())
-            .collect();
+        let (header, rows) = read_csv(path)?;
         Ok(CsvTable { header, rows })
     }
 
@@ -174,7 +142,7 @@ impl CsvTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrime_common::train::RiskMetrics;
+    use fedcrime_ml::train::RiskMetrics;
 
     fn scores(loss: f64) -> Scores {
         Scores {

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use fedcrime_common::data::Task;
-use fedcrime_common::train::BaselineResult;
+use fedcrime_data::Task;
+use fedcrime_ml::train::BaselineResult;
 
 use super::record::Row;
 use crate::plot::{ConvergencePlot, Point, Series};
@@ -300,7 +300,7 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
 mod tests {
     use super::*;
     use crate::sim::eval::Scores;
-    use fedcrime_common::train::{Metrics, RiskMetrics};
+    use fedcrime_ml::train::{Metrics, RiskMetrics};
 
     fn row(method: &str, step: u64, f1_hits: usize) -> Row {
         // 4 samples of 2 classes: f1_hits correct predictions raise macro-F1.

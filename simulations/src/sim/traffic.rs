@@ -4,18 +4,14 @@
 //! control payloads and tensor frames, as `fedcrime/1` encodes them; the
 //! QUIC and TLS layers below are not counted).
 
-use std::time::Duration;
-
 use anyhow::Result;
 
-use fedcrime_common::fl::{FitIns, FitRes};
-use fedcrime_common::station::protocol::{fit_config_to_wire, UpdateDelivery};
-use fedcrime_common::wire::frame::HEADER_LEN;
-use fedcrime_common::wire::tensor::encoded_len;
-use fedcrime_common::wire::{
-    Encoding, Message, ModelHeader, RoundStart, Update, UpdateKind, WireConfig,
-};
-use fedcrime_common::Params;
+use fedcrime_fl::{FitIns, FitRes};
+use fedcrime_params::Params;
+use fedcrime_station::protocol::{round_start, UpdateDelivery};
+use fedcrime_wire::frame::HEADER_LEN;
+use fedcrime_wire::tensor::encoded_len;
+use fedcrime_wire::{Encoding, Message, ModelHeader, Update, UpdateKind, WireConfig};
 
 /// Bytes of one control frame carrying `msg`, plus the model it announces.
 fn message_bytes(msg: &Message, model: &Params, encoding: Encoding) -> Result<u64> {
@@ -25,20 +21,21 @@ fn message_bytes(msg: &Message, model: &Params, encoding: Encoding) -> Result<u6
     Ok((HEADER_LEN + payload.len()) as u64 + encoded_len(model, encoding, chunk))
 }
 
-/// The RoundStart of `round` carrying `ins` (f32 tensors).
-pub fn round_start_bytes(round: u64, ins: &FitIns, deadline: Duration) -> Result<u64> {
-    let delivery = UpdateDelivery {
-        deadline,
-        encoding: Encoding::F32,
-        send_delta: false,
-    };
-    let msg = Message::RoundStart(RoundStart {
-        round,
-        config: fit_config_to_wire(&ins.config, &delivery)?,
-        model: ModelHeader::describe(&ins.global, Encoding::F32)?,
-    });
+/// The RoundStart carrying `ins` (f32 tensors, full updates requested).
+pub fn round_start_bytes(ins: &FitIns) -> Result<u64> {
+    let msg = Message::RoundStart(round_start(
+        ins,
+        F32_FULL,
+        ModelHeader::describe(&ins.global, Encoding::F32)?,
+    ));
     message_bytes(&msg, &ins.global, Encoding::F32)
 }
+
+/// What the memory transport counts: f32 tensors, full updates.
+const F32_FULL: UpdateDelivery = UpdateDelivery {
+    encoding: Encoding::F32,
+    send_delta: false,
+};
 
 /// The Update answering `round` with `res` (f32 tensors).
 pub fn update_bytes(round: u64, res: &FitRes, train_seconds: f64) -> Result<u64> {
@@ -56,9 +53,9 @@ pub fn update_bytes(round: u64, res: &FitRes, train_seconds: f64) -> Result<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrime_common::fl::{Config, ConfigValue};
-    use fedcrime_common::wire::{encode_message, Received};
-    use fedcrime_common::ParamSpec;
+    use fedcrime_fl::RoundSettings;
+    use fedcrime_params::ParamSpec;
+    use fedcrime_wire::{encode_message, Received, RoundStart};
     use std::sync::Arc;
 
     #[test]
@@ -66,23 +63,20 @@ mod tests {
         let spec = Arc::new(ParamSpec::new([("w", vec![300, 7]), ("b", vec![7])]).unwrap());
         let params =
             Params::new(spec.clone(), (0..spec.total()).map(|i| i as f32).collect()).unwrap();
-        let mut config = Config::new();
-        config.insert("epochs".into(), ConfigValue::Int(2));
-        config.insert("server_round".into(), ConfigValue::Int(3));
         let ins = FitIns {
             global: Arc::new(params.clone()),
-            config: Arc::new(config),
+            round: 3,
+            settings: Arc::new(RoundSettings {
+                local_epochs: 2,
+                ..RoundSettings::default()
+            }),
         };
-        let deadline = Duration::from_secs(60);
-        let counted = round_start_bytes(3, &ins, deadline).unwrap();
-        let delivery = UpdateDelivery {
-            deadline,
-            encoding: Encoding::F32,
-            send_delta: false,
-        };
+        let counted = round_start_bytes(&ins).unwrap();
         let msg = Message::RoundStart(RoundStart {
             round: 3,
-            config: fit_config_to_wire(&ins.config, &delivery).unwrap(),
+            settings: (*ins.settings).clone(),
+            update_encoding: Encoding::F32,
+            send_delta: false,
             model: ModelHeader::describe(&params, Encoding::F32).unwrap(),
         });
         let mut out = Vec::new();
@@ -107,8 +101,7 @@ mod tests {
         let mut out = Vec::new();
         encode_message(&msg, Some(&params), &WireConfig::default(), &mut out).unwrap();
         assert_eq!(counted, out.len() as u64);
-        let back: Vec<Received> =
-            fedcrime_common::wire::decode_all(&out, &WireConfig::default()).unwrap();
+        let back: Vec<Received> = fedcrime_wire::decode_all(&out, &WireConfig::default()).unwrap();
         assert_eq!(back.len(), 1);
     }
 }

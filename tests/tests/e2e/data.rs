@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use fedcrime_common::data::loader::{load_path, load_path_with, LoadOptions};
-use fedcrime_common::data::synth::{self, Compression, SynthConfig};
-use fedcrime_common::data::{areas, DataError};
+use fedcrime_data::loader::{load_path, load_path_with, LoadOptions};
+use fedcrime_data::synth::{self, Compression, SynthConfig};
+use fedcrime_data::{areas, DataError};
 
 use crate::shared_data::la_crime_dir;
 

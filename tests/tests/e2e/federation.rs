@@ -14,25 +14,24 @@ use fedcrime_client::config::{Areas, TlsSection};
 use fedcrime_client::{
     Client, ClientOptions, ClientOutcome, ClientReport, DataStation, LearnerFactory, StationConfig,
 };
-use fedcrime_common::data::synth::{generate, generate_incidents_with};
-use fedcrime_common::data::{Incident, SynthConfig};
-use fedcrime_common::fl::engine::SERVER_ROUND_KEY;
-use fedcrime_common::fl::strategy::weighted_average;
-use fedcrime_common::fl::{
-    CheckpointStore, ConfigValue, EvaluateIns, EvaluateRes, FailureKind, FitIns, FitRes, Metrics,
+use fedcrime_data::synth::{generate, generate_incidents_with};
+use fedcrime_data::{Incident, SynthConfig};
+use fedcrime_fl::strategy::weighted_average;
+use fedcrime_fl::{
+    CheckpointStore, EvaluateIns, EvaluateRes, FailureKind, FitIns, FitRes, Metrics, RoundSettings,
 };
-use fedcrime_common::model;
-use fedcrime_common::net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
-use fedcrime_common::params::{ParamSpec, Params};
-use fedcrime_common::station::data::{prepare, Selection};
-use fedcrime_common::station::protocol::RunSetup;
-use fedcrime_common::station::{round_seed, Learner, StationError};
-use fedcrime_common::train::{TrainConfig, Trainer};
-use fedcrime_common::wire::{
+use fedcrime_ml::model;
+use fedcrime_ml::train::{TrainConfig, Trainer};
+use fedcrime_net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
+use fedcrime_params::{ParamSpec, Params};
+use fedcrime_server::{Progress, RunReport, Server, ServerConfig};
+use fedcrime_station::data::{prepare, Selection};
+use fedcrime_station::protocol::RunSetup;
+use fedcrime_station::{Learner, StationError};
+use fedcrime_wire::{
     Bye, ByeReason, Capabilities, Encoding, Hello, Message, ModelHeader, Received, Update,
     UpdateKind, WireConfig, WireReader, WireWriter,
 };
-use fedcrime_server::{Progress, RunReport, Server, ServerConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{oneshot, watch};
@@ -338,7 +337,7 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
             sc.server = server.addr.to_string();
             sc.data.file = Some(csv.clone());
             sc.data.area = Some(Areas::One(i as u8));
-            sc.device = fedcrime_common::DeviceChoice::Cpu;
+            sc.device = fedcrime_ml::DeviceChoice::Cpu;
             sc.reconnect = fast_reconnect();
             sc.transport = fast_transport();
             tokio::spawn(fedcrime_client::run(sc))
@@ -359,9 +358,8 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
             m.round, m.train_loss, m.eval_loss, m.server_eval_loss
         );
     }
-    let loss = |r: usize, f: fn(&fedcrime_common::fl::RoundMetrics) -> Option<f64>| {
-        f(&report.history[r]).unwrap()
-    };
+    let loss =
+        |r: usize, f: fn(&fedcrime_fl::RoundMetrics) -> Option<f64>| f(&report.history[r]).unwrap();
     assert!(
         loss(2, |m| m.train_loss) < loss(0, |m| m.train_loss),
         "train loss {:?}",
@@ -729,12 +727,12 @@ async fn nan_wrong_shapes_and_stale_rounds_are_refused_while_the_others_are_aggr
 struct Gated {
     inner: Arc<dyn Learner>,
     gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
-    round: i64,
+    round: u64,
 }
 
 impl Learner for Gated {
     fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
-        if ins.config.get(SERVER_ROUND_KEY) == Some(&ConfigValue::Int(self.round)) {
+        if ins.round == self.round {
             let (open, cv) = &*self.gate;
             let guard = open.lock().unwrap();
             let _ = cv
@@ -841,11 +839,14 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
         task: cfg.task.task_config(),
         featurizer: None,
     };
-    let mut config = cfg.engine_config().fit_config;
-    config.insert(SERVER_ROUND_KEY.into(), ConfigValue::Int(3));
+    let engine = cfg.engine_config();
     let ins = FitIns {
         global: round2.global.clone(),
-        config: Arc::new(config),
+        round: 3,
+        settings: Arc::new(RoundSettings {
+            seed: engine.seed,
+            ..engine.train
+        }),
     };
     let results: Vec<FitRes> = (1..=3)
         .map(|i| {
@@ -900,7 +901,7 @@ async fn fedavg_with_one_station_equals_local_training() {
             epochs: 2,
             batch_size: 32,
             lr: 0.01,
-            seed: round_seed(SEED, round),
+            seed: fedcrime_fl::round_seed(SEED, round),
             patience: 0,
             ..TrainConfig::default()
         };
@@ -1072,7 +1073,7 @@ async fn tcp_round_trip(stations: usize, bytes: usize) -> f64 {
 /// way per station, no framing, decoding or aggregation): the best of three.
 async fn quic_round_trip(pki: &Path, stations: usize, bytes: usize) -> f64 {
     const TRIES: usize = 3;
-    let listener = fedcrime_common::net::Listener::bind(
+    let listener = fedcrime_net::Listener::bind(
         "127.0.0.1:0".parse().unwrap(),
         &ServerTls::from_pki_dir(pki),
         &fast_transport(),

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use fedcrime_common::data::Partition;
-use fedcrime_common::fl::StrategyConfig;
+use fedcrime_data::Partition;
+use fedcrime_fl::StrategyConfig;
 use fedcrime_sim::sim::record::CsvTable;
 use fedcrime_sim::sim::{self, RunOptions, SimConfig, SimOutcome, Transport};
 

@@ -2,12 +2,12 @@
 //! naive baselines on the test split, through the public API the `train`
 //! command uses.
 
-use fedcrime_common::data::loader::load_path;
-use fedcrime_common::data::tasks::{build_task, TaskConfig};
-use fedcrime_common::data::Task;
-use fedcrime_common::model::{build, ModelConfig, ModelKind};
-use fedcrime_common::train::{
-    evaluate_baselines, ClassWeighting, CountPeriod, Metrics, ParallelTrainer, TrainConfig, Trainer,
+use fedcrime_data::loader::load_path;
+use fedcrime_data::tasks::{build_task, TaskConfig};
+use fedcrime_data::Task;
+use fedcrime_ml::model::{build, ModelConfig, ModelKind};
+use fedcrime_ml::train::{
+    evaluate_baselines, ClassWeighting, Metrics, ParallelTrainer, TrainConfig, Trainer,
 };
 
 use crate::shared_data::la_crime_dir;
@@ -39,7 +39,7 @@ fn dnn_beats_the_risk_baselines_on_the_real_month() {
     let report = t.fit(&s.train, Some(&s.val)).unwrap();
     assert!(report.best_epoch.is_some());
     let test = t.evaluate(&s.test).unwrap();
-    let baselines = evaluate_baselines(s, &s.test, CountPeriod::Day).unwrap();
+    let baselines = evaluate_baselines(s, &s.test, fedcrime_data::Period::Day).unwrap();
     let best_baseline = baselines
         .iter()
         .map(|b| headline(&b.metrics))

@@ -25,10 +25,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use fedcrime_common::data::loader::load_path;
-use fedcrime_common::data::synth::{self, SynthConfig};
-use fedcrime_common::data::tasks::{build_task, Period, TaskConfig};
-use fedcrime_common::data::{Category, Task};
+use fedcrime_data::loader::load_path;
+use fedcrime_data::synth::{self, SynthConfig};
+use fedcrime_data::tasks::{build_task, Period, TaskConfig};
+use fedcrime_data::{Category, Task};
 use serde::Serialize;
 
 /// Options of `fedcrime-sim bench data`.
@@ -180,8 +180,7 @@ fn measure(
         };
         let counts = build_task(&loaded.incidents, &counts_cfg)?;
         let counts_seconds = t.elapsed().as_secs_f64();
-        let samples =
-            |s: &fedcrime_common::data::Splits| s.train.len() + s.val.len() + s.test.len();
+        let samples = |s: &fedcrime_data::Splits| s.train.len() + s.val.len() + s.test.len();
         sizes = (
             loaded.report.rows_read,
             loaded.incidents.len(),

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fedcrime_common::{fl, net, wire};
+use {fedcrime_fl as fl, fedcrime_net as net, fedcrime_wire as wire};
 
 /// `fedcrime-sim bench wire`.
 #[derive(Args, Debug, Clone)]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use fedcrime_common::fl::StrategyConfig;
+use fedcrime_fl::StrategyConfig;
 use fedcrime_sim::progress;
 use fedcrime_sim::sim::bench::{self, parse_count, BenchSpec};
 use fedcrime_sim::sim::Transport;

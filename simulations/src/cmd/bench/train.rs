@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use fedcrime_common::data::tasks::Period;
-use fedcrime_common::data::{Dataset, Target, Task};
-use fedcrime_common::model::{build, ModelConfig, ModelKind};
-use fedcrime_common::train::{ParallelConfig, ParallelTrainer, TrainConfig, Trainer};
-use fedcrime_common::DeviceChoice;
+use fedcrime_data::tasks::Period;
+use fedcrime_data::{Dataset, Target, Task};
+use fedcrime_ml::model::{build, ModelConfig, ModelKind};
+use fedcrime_ml::train::{ParallelConfig, ParallelTrainer, TrainConfig, Trainer};
+use fedcrime_ml::DeviceChoice;
 
 use crate::cmd::train::DataArgs;
 
@@ -279,7 +279,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         args.rows, args.batch_size, args.epochs
     );
     let want = |c: &str| args.cases.iter().any(|x| x == c);
-    let mut datasets: Vec<(Task, fedcrime_common::data::tasks::TaskData)> = Vec::new();
+    let mut datasets: Vec<(Task, fedcrime_data::tasks::TaskData)> = Vec::new();
     let mut task_data = |task: Task| -> anyhow::Result<Dataset> {
         if let Some((_, d)) = datasets.iter().find(|(t, _)| *t == task) {
             return Ok(d.splits.train.clone());

@@ -1,0 +1,158 @@
+//! What the station and server binaries share around `main`: the `[log]`
+//! section of their config files ([`LogSection`], [`LogFormat`]), the
+//! `tracing` subscriber it sets up ([`LogSection::init`]) and the async
+//! runtime that runs the program ([`block_on_main`]).
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+/// Log line format: the one option every binary offers (`--log-format`,
+/// `[log] format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` (default) or `fedcrime=debug` (overridden by `RUST_LOG`).
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl LogSection {
+    /// Installs the process's `tracing` subscriber: lines on stderr in
+    /// [`format`](Self::format), filtered by `RUST_LOG` when set, else by
+    /// [`level`](Self::level), else (when that does not parse) at `info`.
+    ///
+    /// A second call (or any earlier subscriber) leaves the first in place.
+    pub fn init(&self) {
+        init_tracing(self.format, &self.level, std::io::stderr, true);
+    }
+}
+
+/// Installs the process's `tracing` subscriber: lines in `format` to
+/// `writer`, filtered by `RUST_LOG` when set, else by `default_filter`, else
+/// (when that does not parse) at `info`; `with_target` adds each line's
+/// module path. Returns `false`, changing nothing, when a subscriber is
+/// already installed.
+pub fn init_tracing<W>(
+    format: LogFormat,
+    default_filter: &str,
+    writer: W,
+    with_target: bool,
+) -> bool
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(with_target);
+    match format {
+        LogFormat::Text => builder.try_init().is_ok(),
+        LogFormat::Json => builder.json().try_init().is_ok(),
+    }
+}
+
+/// Runs `main` on a new multi-threaded tokio runtime and turns its result
+/// into the process's exit code: its own on success; on an error (or when
+/// the runtime cannot start) `PROGRAM: error: ...` on stderr, with the whole
+/// cause chain (`{:#}`), and failure.
+pub fn block_on_main<F, E>(program: &str, main: F) -> ExitCode
+where
+    F: Future<Output = Result<ExitCode, E>>,
+    E: Display,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_parses_its_names_and_refuses_others() {
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        let err = "yaml".parse::<LogFormat>().unwrap_err();
+        assert!(
+            err.contains("yaml") && err.contains("text or json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_section_reads_toml_with_defaults() {
+        let s: LogSection = toml::from_str("format = \"json\"").unwrap();
+        assert_eq!(s.format, LogFormat::Json);
+        assert_eq!(s.level, "info");
+        assert!(toml::from_str::<LogSection>("colour = true").is_err());
+        assert_eq!(
+            toml::from_str::<LogSection>("").unwrap(),
+            LogSection::default()
+        );
+    }
+
+    #[test]
+    fn block_on_main_maps_results_to_exit_codes() {
+        let ok = block_on_main("t", async { Ok::<_, String>(ExitCode::from(3)) });
+        assert_eq!(ok, ExitCode::from(3));
+        let err = block_on_main("t", async { Err::<ExitCode, _>("boom".to_string()) });
+        assert_eq!(err, ExitCode::FAILURE);
+    }
+}

@@ -1,0 +1,32 @@
+//! The LA crime data pipeline: loading the LAPD export, cleaning it with a
+//! report, featurizing, building the `risk` and `counts` tasks with a temporal
+//! split, partitioning into stations, and generating LA-like synthetic data.
+
+pub mod areas;
+pub mod calendar;
+pub mod calibration;
+pub mod categories;
+pub mod clean;
+pub mod dataset;
+pub mod error;
+pub mod features;
+pub mod loader;
+pub mod partition;
+pub mod record;
+pub mod schema;
+pub mod split;
+pub mod synth;
+pub mod tasks;
+
+pub use areas::{area, AreaInfo, Bureau, AREAS};
+pub use categories::Category;
+pub use clean::{CleaningReport, DropReason};
+pub use dataset::{Dataset, Sequences, Splits, Target, Task};
+pub use error::DataError;
+pub use features::Featurizer;
+pub use loader::{load_path, load_reader, LoadOptions, Loaded};
+pub use partition::{partition, partition_splits, Partition, StationPart, StationSplits};
+pub use record::{DayNumber, Incident};
+pub use split::{SplitBounds, SplitFractions};
+pub use synth::{generate, generate_incidents, SynthConfig, SynthSummary};
+pub use tasks::{build_task, GraphSeries, Period, TaskConfig, TaskData};

@@ -1,0 +1,2117 @@
+//! The round engine: a deterministic state machine that runs federated
+//! rounds (see the [module docs](super) for the driving protocol).
+//!
+//! A round goes through these phases:
+//!
+//! 1. *Waiting* until at least `min_stations` are connected (optionally
+//!    giving up after `station_wait_timeout`).
+//! 2. *Fit*: sample `max(floor(fraction_fit * connected), min_fit)` stations
+//!    with a generator seeded by `(seed, round, attempt)`, send them the
+//!    global model ([`Action::SendFit`]) and collect updates until every
+//!    sampled station answered, failed or disconnected, or the deadline
+//!    passed. Replies are validated ([`super::validate`]); refusals and losses
+//!    are counted by [`FailureKind`]. Collection also ends early once
+//!    `min_updates` has become unreachable.
+//! 3. With at least `min_updates` accepted updates the [`Strategy`]
+//!    aggregates them (sorted by station, so arrival order never changes the
+//!    result). Otherwise the round is retried with a fresh sample after a
+//!    backoff, at most `retry.max_retries` times, and then skipped or the run
+//!    aborted (`retry.on_exhausted`): the engine never hangs.
+//! 4. On evaluation rounds (every `eval_every`, and the last), server-side
+//!    evaluation ([`Strategy::evaluate`]) and, if configured, *Evaluate*:
+//!    federated evaluation on a sample, until all answered or its deadline.
+//! 5. [`Action::RoundFinished`] with the [`RoundMetrics`], then
+//!    [`Action::Checkpoint`]; after the last round [`Action::Finished`].
+//!
+//! Retries discard the failed attempt's updates: the new sample trains again
+//! from the same global model, so every aggregated update answers the same
+//! request.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::error::{FlError, Result};
+use super::metrics::RoundMetrics;
+use super::strategy::{
+    kernels, weighted_metrics, Config, ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes,
+    Strategy, LOSS_KEY,
+};
+use super::validate::{check_round, FailureKind, Refusal, Validator};
+use super::StationId;
+use fedcrime_params::Params;
+use fedcrime_wire::RoundSettings;
+
+/// The config key every evaluate config carries: the round number.
+pub const SERVER_ROUND_KEY: &str = "server_round";
+
+/// What to do when a round still has too few updates after its retries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExhausted {
+    /// Stop the run ([`Outcome::Aborted`]); completed rounds stay checkpointed.
+    #[default]
+    Abort,
+    /// Keep the old model, record the round as not aggregated and go on.
+    Skip,
+}
+
+/// How a round with too few updates is retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Fresh samples tried after the first attempt (default 2).
+    pub max_retries: u32,
+    /// Pause before each retry, seconds in files (default 1).
+    #[serde(with = "secs")]
+    pub backoff: Duration,
+    /// What happens when the retries are used up (default `abort`).
+    pub on_exhausted: OnExhausted,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 2,
+            backoff: Duration::from_secs(1),
+            on_exhausted: OnExhausted::Abort,
+        }
+    }
+}
+
+/// The engine's settings. Durations are seconds in config files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Rounds to run (default 10).
+    pub rounds: u64,
+    /// Stations that must be connected before a round starts (default 2).
+    pub min_stations: usize,
+    /// Fraction of connected stations sampled to train (default 1.0).
+    #[serde(alias = "fraction")]
+    pub fraction_fit: f64,
+    /// Minimum stations sampled to train (default 2).
+    pub min_fit: usize,
+    /// Minimum accepted updates to aggregate (default 2).
+    pub min_updates: usize,
+    /// How long a round waits for updates (default 600 s).
+    #[serde(with = "secs")]
+    pub round_deadline: Duration,
+    /// Retrying rounds with too few updates.
+    pub retry: RetryPolicy,
+    /// Give up when not enough stations connect in this time (default: wait forever).
+    #[serde(with = "opt_secs")]
+    pub station_wait_timeout: Option<Duration>,
+    /// Federated evaluation every k rounds, and after the last (0: never; default 1).
+    pub eval_every: u64,
+    /// Fraction of connected stations asked to evaluate (0 disables; default 1.0).
+    pub fraction_evaluate: f64,
+    /// Minimum stations asked to evaluate (default 1).
+    pub min_evaluate: usize,
+    /// How long evaluation waits for answers (default 300 s).
+    #[serde(with = "secs")]
+    pub evaluate_deadline: Duration,
+    /// Refuse updates with `||w - w_global||` above this (default: no bound).
+    pub max_update_norm: Option<f64>,
+    /// The run's seed (default 0): station sampling, and the base of every
+    /// round's training seed ([`RoundSettings::seed`] is set from it).
+    pub seed: u64,
+    /// How stations train each round, before the strategy adjusts it. Not a
+    /// `[federation]` key: the roles fill it from their `[train]` section.
+    #[serde(skip)]
+    pub train: RoundSettings,
+    /// Settings sent with every evaluate request.
+    pub evaluate_config: Config,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            rounds: 10,
+            min_stations: 2,
+            fraction_fit: 1.0,
+            min_fit: 2,
+            min_updates: 2,
+            round_deadline: Duration::from_secs(600),
+            retry: RetryPolicy::default(),
+            station_wait_timeout: None,
+            eval_every: 1,
+            fraction_evaluate: 1.0,
+            min_evaluate: 1,
+            evaluate_deadline: Duration::from_secs(300),
+            max_update_norm: None,
+            seed: 0,
+            train: RoundSettings::default(),
+            evaluate_config: Config::new(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks ranges and consistency, naming the first bad setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, message: String| Err(FlError::config(field, message));
+        if self.rounds == 0 {
+            return bad("rounds", "must be at least 1".into());
+        }
+        if self.min_stations == 0 {
+            return bad("min_stations", "must be at least 1".into());
+        }
+        if !(self.fraction_fit > 0.0 && self.fraction_fit <= 1.0) {
+            return bad(
+                "fraction_fit",
+                format!("must be in (0, 1], got {}", self.fraction_fit),
+            );
+        }
+        if self.min_fit == 0 {
+            return bad("min_fit", "must be at least 1".into());
+        }
+        if self.min_fit > self.min_stations {
+            return bad(
+                "min_fit",
+                format!(
+                    "{} exceeds min_stations ({})",
+                    self.min_fit, self.min_stations
+                ),
+            );
+        }
+        if self.min_updates == 0 || self.min_updates > self.min_fit {
+            return bad(
+                "min_updates",
+                format!(
+                    "must be in 1..=min_fit ({}), got {}",
+                    self.min_fit, self.min_updates
+                ),
+            );
+        }
+        if self.round_deadline.is_zero() {
+            return bad("round_deadline", "must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.fraction_evaluate) {
+            return bad(
+                "fraction_evaluate",
+                format!("must be in [0, 1], got {}", self.fraction_evaluate),
+            );
+        }
+        if self.evaluate_deadline.is_zero() {
+            return bad("evaluate_deadline", "must be positive".into());
+        }
+        for (field, d) in [
+            ("round_deadline", Some(self.round_deadline)),
+            ("evaluate_deadline", Some(self.evaluate_deadline)),
+            ("retry.backoff", Some(self.retry.backoff)),
+            ("station_wait_timeout", self.station_wait_timeout),
+        ] {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return bad(
+                    field,
+                    format!("must be at most {} s", MAX_DURATION.as_secs()),
+                );
+            }
+        }
+        if let Some(max) = self.max_update_norm {
+            if !(max.is_finite() && max > 0.0) {
+                return bad(
+                    "max_update_norm",
+                    format!("must be finite and > 0, got {max}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `round` is an evaluation round.
+    pub fn is_eval_round(&self, round: u64) -> bool {
+        self.eval_every > 0 && (round % self.eval_every == 0 || round == self.rounds)
+    }
+}
+
+/// Something that happened, fed to [`Engine::handle`].
+///
+/// Not `#[non_exhaustive]`: every driver matches the engine's enums in full,
+/// so a new variant fails to compile where it is not handled.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A station is connected and ready for requests.
+    StationConnected {
+        /// The station.
+        id: StationId,
+    },
+    /// A station is gone; whatever it was asked is lost.
+    StationDisconnected {
+        /// The station.
+        id: StationId,
+    },
+    /// A station sent its trained parameters.
+    UpdateReceived {
+        /// The station.
+        id: StationId,
+        /// The round the station says it answers.
+        round: u64,
+        /// The update.
+        update: FitRes,
+    },
+    /// A station reports that it could not train.
+    FitFailed {
+        /// The station.
+        id: StationId,
+        /// The round it was asked for.
+        round: u64,
+        /// Its explanation, for the log.
+        message: String,
+    },
+    /// A station sent its evaluation of the global model.
+    EvaluationReceived {
+        /// The station.
+        id: StationId,
+        /// The round the station says it answers.
+        round: u64,
+        /// The evaluation.
+        result: EvaluateRes,
+    },
+    /// A station reports that it could not evaluate.
+    EvaluateFailed {
+        /// The station.
+        id: StationId,
+        /// The round it was asked for.
+        round: u64,
+        /// Its explanation, for the log.
+        message: String,
+    },
+    /// Bytes moved on the wire, added to the current round's metrics.
+    Traffic {
+        /// Bytes received from stations.
+        bytes_in: u64,
+        /// Bytes sent to stations.
+        bytes_out: u64,
+    },
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Outcome {
+    /// All rounds completed.
+    Completed,
+    /// The run stopped early.
+    Aborted {
+        /// The round that could not complete.
+        round: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The end of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Rounds completed (including rounds completed before a resume).
+    pub rounds_completed: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Something the driver must do, from [`Engine::poll_action`].
+///
+/// Not `#[non_exhaustive]`: the drivers (the QUIC server and the in-memory
+/// simulator) match it in full, so a new action cannot be silently dropped
+/// by one transport.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Ask a station to train from the global model.
+    SendFit {
+        /// The station.
+        station: StationId,
+        /// The round it answers.
+        round: u64,
+        /// The model and settings (shared by all stations of the round).
+        ins: FitIns,
+    },
+    /// Ask a station to evaluate the global model.
+    SendEvaluate {
+        /// The station.
+        station: StationId,
+        /// The round it answers.
+        round: u64,
+        /// The model and settings.
+        ins: EvaluateIns,
+    },
+    /// A round completed (write its metrics).
+    RoundFinished(Box<RoundMetrics>),
+    /// Persist this state (e.g. [`CheckpointStore::save`]); a resume
+    /// continues after its round.
+    Checkpoint(Box<Checkpoint>),
+    /// The run is over; no further actions follow.
+    Finished(Summary),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Answered,
+    Failed,
+}
+
+struct FitPhase {
+    deadline: Instant,
+    started: Instant,
+    status: BTreeMap<StationId, Status>,
+    validator: Validator,
+    results: BTreeMap<StationId, FitRes>,
+}
+
+struct EvalPhase {
+    deadline: Instant,
+    started: Instant,
+    status: BTreeMap<StationId, Status>,
+    results: BTreeMap<StationId, EvaluateRes>,
+}
+
+enum Phase {
+    Waiting { since: Instant },
+    Backoff { until: Instant },
+    Fit(FitPhase),
+    Evaluate(EvalPhase),
+    Finished,
+}
+
+/// The sampling stream of federated evaluation (fit attempts use 0, 1, ...).
+const EVAL_STREAM: u64 = 1 << 32;
+
+/// The federated round engine. See the [module docs](self).
+pub struct Engine {
+    config: EngineConfig,
+    strategy: Box<dyn Strategy>,
+    global: Arc<Params>,
+    round: u64,
+    phase: Phase,
+    connected: BTreeSet<StationId>,
+    actions: VecDeque<Action>,
+    history: Vec<RoundMetrics>,
+    current: RoundMetrics,
+    start: Instant,
+    round_start: Instant,
+    stopwatch: Option<Box<dyn FnMut() -> Instant + Send>>,
+    /// Stations that failed an earlier attempt of the current round.
+    failed_this_round: BTreeSet<StationId>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("round", &self.round)
+            .field("strategy", &self.strategy.name())
+            .field("connected", &self.connected.len())
+            .field("finished", &self.is_finished())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// A fresh run from `initial` parameters, starting at `now`.
+    pub fn new(
+        config: EngineConfig,
+        strategy: Box<dyn Strategy>,
+        initial: Params,
+        now: Instant,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(Engine {
+            config,
+            strategy,
+            global: Arc::new(initial),
+            round: 1,
+            phase: Phase::Waiting { since: now },
+            connected: BTreeSet::new(),
+            actions: VecDeque::new(),
+            history: Vec::new(),
+            current: RoundMetrics::new(1),
+            start: now,
+            round_start: now,
+            stopwatch: None,
+            failed_this_round: BTreeSet::new(),
+        })
+    }
+
+    /// Continues a run after the checkpoint's round: its global model,
+    /// strategy state and metrics history. If the checkpoint already covers
+    /// `config.rounds`, the engine finishes at once.
+    pub fn from_checkpoint(
+        config: EngineConfig,
+        mut strategy: Box<dyn Strategy>,
+        checkpoint: Checkpoint,
+        now: Instant,
+    ) -> Result<Self> {
+        config.validate()?;
+        strategy.restore(checkpoint.strategy)?;
+        let round = checkpoint.round.saturating_add(1);
+        let mut engine = Engine {
+            config,
+            strategy,
+            global: checkpoint.global,
+            round,
+            phase: Phase::Waiting { since: now },
+            connected: BTreeSet::new(),
+            actions: VecDeque::new(),
+            history: checkpoint.history,
+            current: RoundMetrics::new(round),
+            start: now,
+            round_start: now,
+            stopwatch: None,
+            failed_this_round: BTreeSet::new(),
+        };
+        tracing::info!(after_round = checkpoint.round, "resuming federated run");
+        if checkpoint.round >= engine.config.rounds {
+            engine.finish(Outcome::Completed);
+        }
+        Ok(engine)
+    }
+
+    /// Resumes from the latest checkpoint in `dir` when there is one (its
+    /// model must have `initial`'s layout), otherwise starts from `initial`.
+    pub fn resume(
+        dir: &Path,
+        config: EngineConfig,
+        strategy: Box<dyn Strategy>,
+        initial: Params,
+        now: Instant,
+    ) -> Result<Self> {
+        match CheckpointStore::new(dir).load_latest()? {
+            Some(checkpoint) => {
+                initial.spec().check_same(checkpoint.global.spec())?;
+                Engine::from_checkpoint(config, strategy, checkpoint, now)
+            }
+            None => Engine::new(config, strategy, initial, now),
+        }
+    }
+
+    /// Gives the engine a clock for one purpose: timing aggregation
+    /// ([`RoundMetrics::aggregate_s`]). Decisions never read it.
+    pub fn set_stopwatch(&mut self, stopwatch: impl FnMut() -> Instant + Send + 'static) {
+        self.stopwatch = Some(Box::new(stopwatch));
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The current global model.
+    pub fn global(&self) -> &Arc<Params> {
+        &self.global
+    }
+
+    /// The round in progress (after the run: one past the last).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Completed rounds' metrics, oldest first.
+    pub fn history(&self) -> &[RoundMetrics] {
+        &self.history
+    }
+
+    /// The metrics of the round in progress.
+    pub fn current_metrics(&self) -> &RoundMetrics {
+        &self.current
+    }
+
+    /// Connected stations, sorted.
+    pub fn connected(&self) -> impl Iterator<Item = &StationId> {
+        self.connected.iter()
+    }
+
+    /// The strategy's name.
+    pub fn strategy_name(&self) -> &str {
+        self.strategy.name()
+    }
+
+    /// Whether [`Action::Finished`] has been queued.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Waiting { since } => self.config.station_wait_timeout.map(|t| later(*since, t)),
+            Phase::Backoff { until } => Some(*until),
+            Phase::Fit(f) => Some(f.deadline),
+            Phase::Evaluate(e) => Some(e.deadline),
+            Phase::Finished => None,
+        }
+    }
+
+    /// Processes every deadline that passed by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    /// Processes one event at `now`. Deadlines that passed by `now` are
+    /// processed first, so a reply arriving after its deadline is late even
+    /// if the driver's timer has not fired yet.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        self.advance(now);
+        match event {
+            Event::StationConnected { id } => {
+                if self.connected.insert(id.clone()) {
+                    tracing::debug!(station = %id, "station connected");
+                }
+            }
+            Event::StationDisconnected { id } => self.on_disconnect(id),
+            Event::UpdateReceived { id, round, update } => self.on_update(id, round, update),
+            Event::FitFailed { id, round, message } => self.on_fit_failed(id, round, &message),
+            Event::EvaluationReceived { id, round, result } => {
+                self.on_evaluation(id, round, result)
+            }
+            Event::EvaluateFailed { id, round, message } => {
+                self.on_evaluate_failed(id, round, &message)
+            }
+            Event::Traffic {
+                bytes_in,
+                bytes_out,
+            } => {
+                self.current.bytes_in += bytes_in;
+                self.current.bytes_out += bytes_out;
+            }
+        }
+        self.advance(now);
+    }
+
+    fn on_disconnect(&mut self, id: StationId) {
+        if !self.connected.remove(&id) {
+            return;
+        }
+        tracing::debug!(station = %id, "station disconnected");
+        match &mut self.phase {
+            Phase::Fit(f) => {
+                if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
+                    *s = Status::Failed;
+                    self.current.count_failure(FailureKind::Disconnected);
+                    tracing::warn!(station = %id, round = self.round, "station disconnected during training");
+                }
+            }
+            Phase::Evaluate(e) => {
+                if let Some(s @ Status::Pending) = e.status.get_mut(&id) {
+                    *s = Status::Failed;
+                    self.current.count_eval_failure(FailureKind::Disconnected);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn refuse(&mut self, id: &StationId, refusal: Refusal) {
+        tracing::warn!(station = %id, round = self.round, reason = %refusal.kind(), "update refused: {refusal}");
+        if !self.is_finished() {
+            self.current.count_failure(refusal.kind());
+        }
+    }
+
+    fn on_update(&mut self, id: StationId, round: u64, update: FitRes) {
+        if let Err(r) = check_round(self.round, round) {
+            return self.refuse(&id, r);
+        }
+        let current_round = self.round;
+        let Phase::Fit(f) = &mut self.phase else {
+            return self.refuse(
+                &id,
+                Refusal::NotSampled {
+                    round: current_round,
+                },
+            );
+        };
+        let status = f.status.get(&id).copied();
+        if status.is_none() || (status == Some(Status::Failed) && !f.validator.has_answered(&id)) {
+            // Not asked, or no longer awaited (disconnected, reported an error).
+            return self.refuse(
+                &id,
+                Refusal::NotSampled {
+                    round: current_round,
+                },
+            );
+        }
+        match f.validator.check(&id, round, &self.global, &update) {
+            Ok(()) => {
+                f.status.insert(id.clone(), Status::Answered);
+                f.results.insert(id, update);
+            }
+            Err(refusal) => {
+                if status == Some(Status::Pending) {
+                    f.status.insert(id.clone(), Status::Failed);
+                }
+                self.refuse(&id, refusal);
+            }
+        }
+    }
+
+    fn on_fit_failed(&mut self, id: StationId, round: u64, message: &str) {
+        if round != self.round {
+            return;
+        }
+        if let Phase::Fit(f) = &mut self.phase {
+            if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
+                *s = Status::Failed;
+                self.current.count_failure(FailureKind::StationError);
+                tracing::warn!(station = %id, round, "station could not train: {message}");
+            }
+        }
+    }
+
+    fn on_evaluation(&mut self, id: StationId, round: u64, result: EvaluateRes) {
+        if self.is_finished() {
+            return;
+        }
+        let kind = if round != self.round {
+            Some(FailureKind::StaleRound)
+        } else if let Phase::Evaluate(e) = &mut self.phase {
+            match e.status.get(&id).copied() {
+                Some(Status::Pending) => {
+                    let invalid = if result.num_examples == 0 {
+                        Some(FailureKind::NoExamples)
+                    } else if !result.loss.is_finite()
+                        || result.metrics.values().any(|v| !v.is_finite())
+                    {
+                        Some(FailureKind::NonFinite)
+                    } else {
+                        None
+                    };
+                    if invalid.is_some() {
+                        e.status.insert(id.clone(), Status::Failed);
+                    } else {
+                        e.status.insert(id.clone(), Status::Answered);
+                        e.results.insert(id.clone(), result);
+                    }
+                    invalid
+                }
+                Some(Status::Answered) => Some(FailureKind::Duplicate),
+                _ => Some(FailureKind::NotSampled),
+            }
+        } else {
+            Some(FailureKind::NotSampled)
+        };
+        if let Some(kind) = kind {
+            tracing::warn!(station = %id, round, reason = %kind, "evaluation refused");
+            self.current.count_eval_failure(kind);
+        }
+    }
+
+    fn on_evaluate_failed(&mut self, id: StationId, round: u64, message: &str) {
+        if round != self.round {
+            return;
+        }
+        if let Phase::Evaluate(e) = &mut self.phase {
+            if let Some(s @ Status::Pending) = e.status.get_mut(&id) {
+                *s = Status::Failed;
+                self.current.count_eval_failure(FailureKind::StationError);
+                tracing::warn!(station = %id, round, "station could not evaluate: {message}");
+            }
+        }
+    }
+
+    /// Moves through as many phases as `now` and the state allow.
+    fn advance(&mut self, now: Instant) {
+        enum Step {
+            StartFit,
+            GiveUpWaiting,
+            EndBackoff,
+            CloseFit,
+            CloseEval,
+        }
+        loop {
+            let step = match &self.phase {
+                Phase::Finished => return,
+                Phase::Waiting { since } => {
+                    if self.connected.len() >= self.config.min_stations {
+                        Step::StartFit
+                    } else if self
+                        .config
+                        .station_wait_timeout
+                        .is_some_and(|t| now >= later(*since, t))
+                    {
+                        Step::GiveUpWaiting
+                    } else {
+                        return;
+                    }
+                }
+                Phase::Backoff { until } => {
+                    if now >= *until {
+                        Step::EndBackoff
+                    } else {
+                        return;
+                    }
+                }
+                Phase::Fit(f) => {
+                    let pending = f.status.values().filter(|s| **s == Status::Pending).count();
+                    let unreachable = f.results.len() + pending < self.config.min_updates;
+                    if now >= f.deadline || pending == 0 || unreachable {
+                        Step::CloseFit
+                    } else {
+                        return;
+                    }
+                }
+                Phase::Evaluate(e) => {
+                    if now >= e.deadline || e.status.values().all(|s| *s != Status::Pending) {
+                        Step::CloseEval
+                    } else {
+                        return;
+                    }
+                }
+            };
+            match step {
+                Step::StartFit => self.start_fit(now),
+                Step::GiveUpWaiting => {
+                    let reason = format!(
+                        "only {} of {} stations connected within {:?}",
+                        self.connected.len(),
+                        self.config.min_stations,
+                        self.config.station_wait_timeout.unwrap_or_default()
+                    );
+                    self.abort(reason);
+                }
+                Step::EndBackoff => self.phase = Phase::Waiting { since: now },
+                Step::CloseFit => self.close_fit(now),
+                Step::CloseEval => self.close_evaluate(now),
+            }
+        }
+    }
+
+    fn fit_settings(&mut self) -> RoundSettings {
+        let base = RoundSettings {
+            seed: self.config.seed,
+            ..self.config.train.clone()
+        };
+        self.strategy.configure_fit(self.round, &base)
+    }
+
+    fn base_config(&self, base: &Config) -> Config {
+        let mut config = base.clone();
+        config.insert(
+            SERVER_ROUND_KEY.to_string(),
+            ConfigValue::Int(i64::try_from(self.round).unwrap_or(i64::MAX)),
+        );
+        config
+    }
+
+    fn start_fit(&mut self, now: Instant) {
+        let attempt = self.current.attempts;
+        self.current.attempts += 1;
+        if attempt == 0 {
+            self.current.started_s = secs_between(self.start, self.round_start);
+        }
+        // A retry prefers stations that have not failed this round yet (a
+        // timed-out station is likely still busy), unless too few remain.
+        let fresh: Vec<StationId> = self
+            .connected
+            .difference(&self.failed_this_round)
+            .cloned()
+            .collect();
+        let available: Vec<StationId> = if fresh.len() >= self.config.min_fit {
+            fresh
+        } else {
+            self.connected.iter().cloned().collect()
+        };
+        let n = sample_size(
+            available.len(),
+            self.config.fraction_fit,
+            self.config.min_fit,
+        );
+        let sample = sample_stations(
+            &available,
+            n,
+            self.config.seed,
+            self.round,
+            u64::from(attempt),
+        );
+        let settings = Arc::new(self.fit_settings());
+        tracing::info!(
+            round = self.round,
+            attempt = attempt + 1,
+            sampled = sample.len(),
+            connected = available.len(),
+            "round started"
+        );
+        for station in &sample {
+            self.actions.push_back(Action::SendFit {
+                station: station.clone(),
+                round: self.round,
+                ins: FitIns {
+                    global: self.global.clone(),
+                    round: self.round,
+                    settings: settings.clone(),
+                },
+            });
+        }
+        self.current.sampled = sample.clone();
+        self.phase = Phase::Fit(FitPhase {
+            deadline: later(now, self.config.round_deadline),
+            started: now,
+            status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
+            validator: Validator::new(self.round, self.config.max_update_norm),
+            results: BTreeMap::new(),
+        });
+    }
+
+    fn close_fit(&mut self, now: Instant) {
+        let Phase::Fit(fit) = std::mem::replace(&mut self.phase, Phase::Finished) else {
+            return;
+        };
+        self.current.fit_s += secs_between(fit.started, now);
+        let pending: Vec<&StationId> = fit
+            .status
+            .iter()
+            .filter(|(_, s)| **s == Status::Pending)
+            .map(|(id, _)| id)
+            .collect();
+        if now >= fit.deadline {
+            for id in &pending {
+                tracing::warn!(station = %id, round = self.round, "station missed the round deadline");
+                self.current.count_failure(FailureKind::Timeout);
+            }
+        } else if !pending.is_empty() {
+            tracing::info!(
+                round = self.round,
+                pending = pending.len(),
+                "closing collection early: min_updates is out of reach"
+            );
+        }
+        self.failed_this_round.extend(
+            fit.status
+                .iter()
+                .filter(|(_, s)| **s != Status::Answered)
+                .map(|(id, _)| id.clone()),
+        );
+        let accepted = fit.results.len();
+        if accepted >= self.config.min_updates {
+            self.aggregate(fit.results, now);
+            return;
+        }
+        let retries_used = self.current.attempts.saturating_sub(1);
+        tracing::warn!(
+            round = self.round,
+            accepted,
+            min_updates = self.config.min_updates,
+            "too few updates"
+        );
+        if retries_used < self.config.retry.max_retries {
+            self.phase = Phase::Backoff {
+                until: later(now, self.config.retry.backoff),
+            };
+            return;
+        }
+        let reason = format!(
+            "{accepted} of {} required updates after {} attempts",
+            self.config.min_updates, self.current.attempts
+        );
+        match self.config.retry.on_exhausted {
+            OnExhausted::Abort => self.abort(reason),
+            OnExhausted::Skip => {
+                self.current.completed.clear();
+                self.current.note = Some(format!("skipped: {reason}"));
+                self.finish_round(now);
+            }
+        }
+    }
+
+    fn aggregate(&mut self, results: BTreeMap<StationId, FitRes>, now: Instant) {
+        let (stations, results): (Vec<StationId>, Vec<FitRes>) = results.into_iter().unzip();
+        self.current.completed = stations;
+        self.current.num_examples = results.iter().map(|r| r.num_examples).sum();
+        self.current.fit_metrics =
+            weighted_metrics(results.iter().map(|r| (r.num_examples, &r.metrics)));
+        self.current.train_loss = self.current.fit_metrics.get(LOSS_KEY).copied();
+        let t0 = self.stopwatch.as_mut().map(|clock| clock());
+        let outcome = self
+            .strategy
+            .aggregate_fit(self.round, &self.global, &results);
+        drop(results);
+        match outcome {
+            Ok(aggregated) => {
+                self.current.aggregate_metrics = aggregated.metrics;
+                match aggregated.params {
+                    Some(p) if p.spec().check_same(self.global.spec()).is_err() => {
+                        self.current.note = Some(
+                            "strategy returned a model of another layout; kept the old one".into(),
+                        );
+                    }
+                    Some(p) if !kernels::all_finite(p.data()) => {
+                        self.current.note =
+                            Some("strategy returned non-finite values; kept the old one".into());
+                    }
+                    Some(p) => {
+                        self.current.model_delta_norm =
+                            kernels::par_sq_distance(p.data(), self.global.data())
+                                .ok()
+                                .map(f64::sqrt);
+                        self.global = Arc::new(p);
+                        self.current.aggregated = true;
+                    }
+                    None => self.current.note = Some("strategy kept the old model".into()),
+                }
+            }
+            Err(e) => {
+                tracing::error!(round = self.round, "aggregation failed: {e}");
+                self.current.note = Some(format!("aggregation failed: {e}"));
+            }
+        }
+        if let (Some(t0), Some(clock)) = (t0, self.stopwatch.as_mut()) {
+            self.current.aggregate_s = Some(clock().saturating_duration_since(t0).as_secs_f64());
+        }
+        if let Some(note) = &self.current.note {
+            tracing::warn!(round = self.round, "{note}");
+        }
+        self.start_evaluate(now);
+    }
+
+    fn start_evaluate(&mut self, now: Instant) {
+        if !self.config.is_eval_round(self.round) {
+            return self.finish_round(now);
+        }
+        if let Some(summary) = self.strategy.evaluate(self.round, &self.global) {
+            self.current.server_eval_loss = summary.loss;
+            self.current.server_eval_metrics = summary.metrics;
+        }
+        if self.config.fraction_evaluate <= 0.0 {
+            return self.finish_round(now);
+        }
+        let base = self.base_config(&self.config.evaluate_config);
+        let Some(config) = self.strategy.configure_evaluate(self.round, &base) else {
+            return self.finish_round(now);
+        };
+        let available: Vec<StationId> = self.connected.iter().cloned().collect();
+        if available.len() < self.config.min_evaluate || available.is_empty() {
+            tracing::warn!(
+                round = self.round,
+                connected = available.len(),
+                "too few stations to evaluate"
+            );
+            return self.finish_round(now);
+        }
+        let n = sample_size(
+            available.len(),
+            self.config.fraction_evaluate,
+            self.config.min_evaluate.max(1),
+        );
+        let sample = sample_stations(&available, n, self.config.seed, self.round, EVAL_STREAM);
+        let config = Arc::new(config);
+        for station in &sample {
+            self.actions.push_back(Action::SendEvaluate {
+                station: station.clone(),
+                round: self.round,
+                ins: EvaluateIns {
+                    global: self.global.clone(),
+                    config: config.clone(),
+                },
+            });
+        }
+        self.current.eval_sampled = sample.len();
+        self.phase = Phase::Evaluate(EvalPhase {
+            deadline: later(now, self.config.evaluate_deadline),
+            started: now,
+            status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
+            results: BTreeMap::new(),
+        });
+    }
+
+    fn close_evaluate(&mut self, now: Instant) {
+        let Phase::Evaluate(eval) = std::mem::replace(&mut self.phase, Phase::Finished) else {
+            return;
+        };
+        for _ in eval.status.values().filter(|s| **s == Status::Pending) {
+            self.current.count_eval_failure(FailureKind::Timeout);
+        }
+        let results: Vec<EvaluateRes> = eval.results.into_values().collect();
+        self.current.eval_completed = results.len();
+        if !results.is_empty() {
+            let summary = self.strategy.aggregate_evaluate(self.round, &results);
+            self.current.eval_loss = summary.loss;
+            self.current.eval_metrics = summary.metrics;
+        }
+        self.current.eval_s = secs_between(eval.started, now);
+        self.finish_round(now);
+    }
+
+    fn finish_round(&mut self, now: Instant) {
+        self.current.round_s = secs_between(self.round_start, now);
+        self.current.wait_s =
+            (self.current.round_s - self.current.fit_s - self.current.eval_s).max(0.0);
+        let metrics = std::mem::replace(&mut self.current, RoundMetrics::new(self.round + 1));
+        tracing::info!(
+            round = metrics.round,
+            completed = metrics.completed.len(),
+            failed = metrics.failed_total(),
+            train_loss = metrics.train_loss,
+            eval_loss = metrics.eval_loss,
+            "round finished"
+        );
+        self.history.push(metrics.clone());
+        self.actions
+            .push_back(Action::RoundFinished(Box::new(metrics)));
+        self.actions
+            .push_back(Action::Checkpoint(Box::new(Checkpoint {
+                round: self.round,
+                global: self.global.clone(),
+                strategy: self.strategy.state(),
+                history: self.history.clone(),
+                seed: self.config.seed,
+            })));
+        self.round += 1;
+        self.round_start = now;
+        self.failed_this_round.clear();
+        if self.round > self.config.rounds {
+            self.finish(Outcome::Completed);
+        } else {
+            self.phase = Phase::Waiting { since: now };
+        }
+    }
+
+    fn abort(&mut self, reason: String) {
+        tracing::error!(round = self.round, "federated run aborted: {reason}");
+        self.finish(Outcome::Aborted {
+            round: self.round,
+            reason,
+        });
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.phase = Phase::Finished;
+        self.actions.push_back(Action::Finished(Summary {
+            rounds_completed: self.history.last().map_or(0, |m| m.round),
+            outcome,
+        }));
+    }
+}
+
+/// `at + d`, saturating at a century ahead instead of overflowing (validated
+/// configs stay far below that).
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.min(MAX_DURATION))
+        .or_else(|| at.checked_add(Duration::from_secs(3600)))
+        .unwrap_or(at)
+}
+
+/// The longest duration a setting may have: 10 years.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+fn secs_between(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64()
+}
+
+/// `max(floor(fraction * available), minimum)`, at most `available`.
+pub fn sample_size(available: usize, fraction: f64, minimum: usize) -> usize {
+    let by_fraction = (fraction * available as f64).floor() as usize;
+    by_fraction.max(minimum).min(available)
+}
+
+/// SplitMix64's finalizer: a bijective mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Picks `n` of `available` (which must be sorted) uniformly without
+/// replacement, with a generator seeded by `(seed, round, stream)`; the
+/// result is sorted. The same inputs always give the same sample, also after
+/// a resume.
+pub fn sample_stations(
+    available: &[StationId],
+    n: usize,
+    seed: u64,
+    round: u64,
+    stream: u64,
+) -> Vec<StationId> {
+    let n = n.min(available.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(mix(seed) ^ round) ^ stream));
+    let mut picked = rand::seq::index::sample(&mut rng, available.len(), n).into_vec();
+    picked.sort_unstable();
+    picked.into_iter().map(|i| available[i].clone()).collect()
+}
+
+/// `Duration` as seconds (`f64`) in config files.
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| serde::de::Error::custom(format!("{v} is not a valid number of seconds")))
+    }
+}
+
+/// `Option<Duration>` as seconds in config files.
+mod opt_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|v| {
+                Duration::try_from_secs_f64(v).map_err(|_| {
+                    serde::de::Error::custom(format!("{v} is not a valid number of seconds"))
+                })
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::testutil::params;
+    use crate::strategy::{EvalSummary, FedAvg, FedAvgM, Metrics, StrategyState, WithServerEval};
+
+    /// Drives an engine with injected time and records what it asks for.
+    struct Harness {
+        engine: Engine,
+        t0: Instant,
+        fits: Vec<(StationId, u64, FitIns)>,
+        evals: Vec<(StationId, u64, EvaluateIns)>,
+        rounds: Vec<RoundMetrics>,
+        checkpoints: Vec<Checkpoint>,
+        summary: Option<Summary>,
+    }
+
+    fn id(s: &str) -> StationId {
+        StationId::from(s)
+    }
+
+    fn names(v: &[StationId]) -> Vec<&str> {
+        v.iter().map(|s| s.as_str()).collect()
+    }
+
+    impl Harness {
+        fn new(config: EngineConfig, strategy: Box<dyn Strategy>) -> Self {
+            let t0 = Instant::now();
+            let engine = Engine::new(config, strategy, params(&[0.0, 0.0, 0.0]), t0).unwrap();
+            Self::wrap(engine, t0)
+        }
+
+        fn wrap(engine: Engine, t0: Instant) -> Self {
+            let mut h = Harness {
+                engine,
+                t0,
+                fits: Vec::new(),
+                evals: Vec::new(),
+                rounds: Vec::new(),
+                checkpoints: Vec::new(),
+                summary: None,
+            };
+            h.drain();
+            h
+        }
+
+        fn at(&self, secs: f64) -> Instant {
+            self.t0 + Duration::from_secs_f64(secs)
+        }
+
+        fn drain(&mut self) {
+            while let Some(a) = self.engine.poll_action() {
+                match a {
+                    Action::SendFit {
+                        station,
+                        round,
+                        ins,
+                    } => self.fits.push((station, round, ins)),
+                    Action::SendEvaluate {
+                        station,
+                        round,
+                        ins,
+                    } => self.evals.push((station, round, ins)),
+                    Action::RoundFinished(m) => self.rounds.push(*m),
+                    Action::Checkpoint(c) => self.checkpoints.push(*c),
+                    Action::Finished(s) => {
+                        assert!(self.summary.is_none(), "finished twice");
+                        self.summary = Some(s);
+                    }
+                }
+            }
+        }
+
+        fn handle(&mut self, secs: f64, event: Event) {
+            let now = self.at(secs);
+            self.engine.handle(now, event);
+            self.drain();
+        }
+
+        fn timeout(&mut self, secs: f64) {
+            let now = self.at(secs);
+            self.engine.handle_timeout(now);
+            self.drain();
+        }
+
+        fn connect(&mut self, secs: f64, stations: &[&str]) {
+            for s in stations {
+                self.handle(secs, Event::StationConnected { id: id(s) });
+            }
+        }
+
+        /// Fit requests sent so far for `round`, sorted by station.
+        fn asked(&self, round: u64) -> Vec<StationId> {
+            let mut v: Vec<StationId> = self
+                .fits
+                .iter()
+                .filter(|(_, r, _)| *r == round)
+                .map(|(s, _, _)| s.clone())
+                .collect();
+            v.sort();
+            v
+        }
+
+        /// The request most recently sent to `station`.
+        fn ins(&self, station: &str) -> &FitIns {
+            &self
+                .fits
+                .iter()
+                .rev()
+                .find(|(s, _, _)| s.as_str() == station)
+                .unwrap()
+                .2
+        }
+
+        /// Answers `station`'s latest request with its deterministic fake update.
+        fn answer(&mut self, secs: f64, station: &str) {
+            let (round, ins) = {
+                let (_, r, ins) = self
+                    .fits
+                    .iter()
+                    .rev()
+                    .find(|(s, _, _)| s.as_str() == station)
+                    .unwrap();
+                (*r, ins.clone())
+            };
+            let update = fake_update(station, round, &ins.global);
+            self.handle(
+                secs,
+                Event::UpdateReceived {
+                    id: id(station),
+                    round,
+                    update,
+                },
+            );
+        }
+    }
+
+    /// A station's update: the global model plus a station- and round-specific
+    /// shift; `num_examples` and the loss depend on the station.
+    fn fake_update(station: &str, round: u64, global: &Params) -> FitRes {
+        let k = f32::from(station.bytes().last().unwrap() - b'a' + 1);
+        let mut p = global.clone();
+        for (i, v) in p.data_mut().iter_mut().enumerate() {
+            *v += k * (i as f32 + 1.0) + round as f32 * 0.5;
+        }
+        FitRes {
+            params: p,
+            num_examples: u64::from(k as u8) * 10,
+            metrics: Metrics::from([(LOSS_KEY.to_string(), f64::from(k))]),
+        }
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            rounds: 3,
+            min_stations: 4,
+            fraction_fit: 0.5,
+            min_fit: 2,
+            min_updates: 2,
+            round_deadline: Duration::from_secs(10),
+            eval_every: 0,
+            seed: 7,
+            retry: RetryPolicy {
+                max_retries: 1,
+                backoff: Duration::from_secs(2),
+                on_exhausted: OnExhausted::Abort,
+            },
+            ..EngineConfig::default()
+        }
+    }
+
+    const FOUR: [&str; 4] = ["st-a", "st-b", "st-c", "st-d"];
+
+    #[test]
+    fn three_rounds_with_four_stations() {
+        let mut h = Harness::new(config(), Box::new(FedAvg::new()));
+        h.connect(0.0, &FOUR[..3]);
+        assert!(h.fits.is_empty(), "a round needs min_stations");
+        h.connect(1.0, &FOUR[3..]);
+        let all: Vec<StationId> = FOUR.iter().map(|s| id(s)).collect();
+        for round in 1..=3u64 {
+            let asked = h.asked(round);
+            // floor(0.5 * 4) = 2 sampled, the seeded choice for this round.
+            assert_eq!(
+                asked,
+                sample_stations(&all, 2, 7, round, 0),
+                "round {round}"
+            );
+            let ins = h.ins(asked[0].as_str());
+            assert_eq!(ins.round, round);
+            assert_eq!(ins.settings.seed, 7);
+            let before = h.engine.global().clone();
+            let t = round as f64 * 5.0;
+            h.answer(t, asked[0].as_str());
+            assert_eq!(
+                h.rounds.len(),
+                round as usize - 1,
+                "waits for every sampled station"
+            );
+            h.answer(t + 0.5, asked[1].as_str());
+            assert_eq!(h.rounds.len(), round as usize);
+            let m = &h.rounds[round as usize - 1];
+            assert_eq!(m.round, round);
+            assert_eq!(m.sampled, asked);
+            assert_eq!(m.completed, asked);
+            assert!(m.failed.is_empty() && m.aggregated && m.attempts == 1);
+            // The global model is the example-weighted mean of the two updates.
+            let u: Vec<FitRes> = asked
+                .iter()
+                .map(|s| fake_update(s.as_str(), round, &before))
+                .collect();
+            let (w0, w1) = (u[0].num_examples as f64, u[1].num_examples as f64);
+            for i in 0..3 {
+                let want = (f64::from(u[0].params.data()[i]) * w0
+                    + f64::from(u[1].params.data()[i]) * w1)
+                    / (w0 + w1);
+                assert!((f64::from(h.engine.global().data()[i]) - want).abs() < 1e-5);
+            }
+            let loss = (u[0].metrics[LOSS_KEY] * w0 + u[1].metrics[LOSS_KEY] * w1) / (w0 + w1);
+            assert_eq!(m.train_loss, Some(loss));
+            assert_eq!(m.num_examples, (w0 + w1) as u64);
+            // Round 1 starts when the 4th station connects (t = 1), the others
+            // when the previous round ends.
+            assert_eq!(m.fit_s, if round == 1 { 4.5 } else { 5.0 });
+            let c = &h.checkpoints[round as usize - 1];
+            assert_eq!((c.round, c.history.len()), (round, round as usize));
+            assert!(Arc::ptr_eq(&c.global, h.engine.global()));
+        }
+        assert_eq!(
+            h.summary,
+            Some(Summary {
+                rounds_completed: 3,
+                outcome: Outcome::Completed
+            })
+        );
+        assert!(h.engine.is_finished() && h.engine.poll_timeout().is_none());
+        assert_eq!(h.engine.history().len(), 3);
+    }
+
+    #[test]
+    fn one_step_fedavg_equals_hand_computed_average() {
+        let cfg = EngineConfig {
+            rounds: 1,
+            min_stations: 2,
+            fraction_fit: 1.0,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b"]);
+        let g = h.engine.global().clone();
+        let update = |values: &[f32], n| FitRes {
+            params: Params::new(g.spec().clone(), values.to_vec()).unwrap(),
+            num_examples: n,
+            metrics: Metrics::new(),
+        };
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("b"),
+                round: 1,
+                update: update(&[3.0, 0.0, -1.0], 30),
+            },
+        );
+        h.handle(
+            2.0,
+            Event::UpdateReceived {
+                id: id("a"),
+                round: 1,
+                update: update(&[1.0, 2.0, 3.0], 10),
+            },
+        );
+        // (10 * [1, 2, 3] + 30 * [3, 0, -1]) / 40
+        assert_eq!(h.engine.global().data(), &[2.5, 0.5, 0.0]);
+        assert_eq!(
+            h.rounds[0].model_delta_norm,
+            Some((2.5f64 * 2.5 + 0.25).sqrt())
+        );
+        assert_eq!(h.summary.as_ref().unwrap().outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn deadline_times_out_stragglers_and_late_replies_are_stale() {
+        let cfg = EngineConfig {
+            min_stations: 3,
+            fraction_fit: 1.0,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b", "c"]);
+        assert_eq!(h.engine.poll_timeout(), Some(h.at(10.0)));
+        h.answer(1.0, "a");
+        h.answer(2.0, "b");
+        h.timeout(9.9);
+        assert!(h.rounds.is_empty());
+        h.timeout(10.0);
+        let m = &h.rounds[0];
+        assert_eq!(names(&m.completed), ["a", "b"]);
+        assert_eq!(m.failed, BTreeMap::from([(FailureKind::Timeout, 1)]));
+        assert!(m.aggregated);
+        // Round 2 starts at once; c's round-1 answer arrives late.
+        assert_eq!(h.asked(2).len(), 3);
+        h.answer(11.0, "c");
+        // c's latest request is round 2's, so answer round 1 explicitly.
+        let stale = fake_update("c", 1, h.engine.global());
+        h.handle(
+            11.5,
+            Event::UpdateReceived {
+                id: id("c"),
+                round: 1,
+                update: stale,
+            },
+        );
+        assert_eq!(
+            h.engine.current_metrics().failed,
+            BTreeMap::from([(FailureKind::StaleRound, 1)])
+        );
+        // An answer exactly at the deadline is late: deadlines are processed first.
+        // Only c answered round 2, below min_updates: the round backs off and
+        // a's answer finds no round collecting.
+        let late = fake_update("a", 2, h.engine.global());
+        h.handle(
+            20.0,
+            Event::UpdateReceived {
+                id: id("a"),
+                round: 2,
+                update: late,
+            },
+        );
+        assert_eq!(h.rounds.len(), 1);
+        assert_eq!(
+            h.engine.current_metrics().failed,
+            BTreeMap::from([
+                (FailureKind::StaleRound, 1),
+                (FailureKind::Timeout, 2),
+                (FailureKind::NotSampled, 1)
+            ])
+        );
+        assert_eq!(h.engine.poll_timeout(), Some(h.at(22.0)));
+        // The retry samples afresh (all three again) and completes.
+        h.timeout(22.0);
+        assert_eq!(h.asked(2).len(), 6);
+        for s in ["a", "b", "c"] {
+            h.answer(23.0, s);
+        }
+        let m = &h.rounds[1];
+        assert_eq!((m.attempts, m.aggregated), (2, true));
+        assert_eq!(names(&m.completed), ["a", "b", "c"]);
+        assert_eq!(m.fit_s, 10.0 + 1.0);
+        assert_eq!(m.wait_s, 2.0);
+    }
+
+    #[test]
+    fn disconnect_mid_round_does_not_stall_it() {
+        let cfg = EngineConfig {
+            min_stations: 3,
+            fraction_fit: 1.0,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b", "c"]);
+        h.answer(1.0, "a");
+        h.handle(2.0, Event::StationDisconnected { id: id("c") });
+        assert!(h.rounds.is_empty());
+        h.answer(3.0, "b");
+        // Everyone sampled has answered or left: no wait for the deadline.
+        let m = &h.rounds[0];
+        assert_eq!(m.failed, BTreeMap::from([(FailureKind::Disconnected, 1)]));
+        assert_eq!(names(&m.completed), ["a", "b"]);
+        assert_eq!(m.round_s, 3.0);
+        // Two stations are left, below min_stations: round 2 waits.
+        assert!(h.asked(2).is_empty());
+        assert_eq!(h.engine.poll_timeout(), None);
+        h.connect(4.0, &["c"]);
+        assert_eq!(h.asked(2).len(), 3);
+    }
+
+    #[test]
+    fn invalid_updates_are_refused_while_others_are_aggregated() {
+        let cfg = EngineConfig {
+            rounds: 1,
+            min_stations: 5,
+            fraction_fit: 1.0,
+            max_update_norm: Some(100.0),
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &["a", "b", "c", "d", "e"]);
+        let g = h.engine.global().clone();
+        let mut nan = fake_update("c", 1, &g);
+        nan.params.data_mut()[1] = f32::NAN;
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("c"),
+                round: 1,
+                update: nan,
+            },
+        );
+        let other = Arc::new(fedcrime_params::ParamSpec::new([("w", vec![3])]).unwrap());
+        let shaped = FitRes {
+            params: Params::new(other, vec![1.0, 1.0, 1.0]).unwrap(),
+            ..fake_update("d", 1, &g)
+        };
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("d"),
+                round: 1,
+                update: shaped,
+            },
+        );
+        // A stale round number is refused but does not use up e's answer...
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("e"),
+                round: 0,
+                update: fake_update("e", 1, &g),
+            },
+        );
+        // ...an update far from the global model does.
+        let mut far = fake_update("e", 1, &g);
+        far.params.data_mut()[0] = 1e3;
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("e"),
+                round: 1,
+                update: far,
+            },
+        );
+        // A station that was never sampled.
+        h.handle(
+            1.0,
+            Event::UpdateReceived {
+                id: id("x"),
+                round: 1,
+                update: fake_update("a", 1, &g),
+            },
+        );
+        h.answer(2.0, "a");
+        h.answer(2.0, "a");
+        // c's answer was used up by its refused update.
+        h.answer(2.0, "c");
+        assert!(h.rounds.is_empty());
+        h.answer(3.0, "b");
+        let m = &h.rounds[0];
+        assert_eq!(names(&m.completed), ["a", "b"]);
+        assert_eq!(
+            m.failed,
+            BTreeMap::from([
+                (FailureKind::NonFinite, 1),
+                (FailureKind::SpecMismatch, 1),
+                (FailureKind::StaleRound, 1),
+                (FailureKind::NormTooLarge, 1),
+                (FailureKind::NotSampled, 1),
+                (FailureKind::Duplicate, 2),
+            ])
+        );
+        let (ua, ub) = (fake_update("a", 1, &g), fake_update("b", 1, &g));
+        let want = weighted(&[&ua, &ub]);
+        assert_eq!(h.engine.global().data(), want.as_slice());
+    }
+
+    fn weighted(updates: &[&FitRes]) -> Vec<f32> {
+        let total: f64 = updates.iter().map(|u| u.num_examples as f64).sum();
+        (0..updates[0].params.data().len())
+            .map(|i| {
+                (updates
+                    .iter()
+                    .map(|u| f64::from(u.params.data()[i]) * u.num_examples as f64)
+                    .sum::<f64>()
+                    / total) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exhausted_retries_abort_or_skip() {
+        for on_exhausted in [OnExhausted::Abort, OnExhausted::Skip] {
+            let cfg = EngineConfig {
+                rounds: 2,
+                min_stations: 2,
+                fraction_fit: 1.0,
+                retry: RetryPolicy {
+                    max_retries: 1,
+                    backoff: Duration::from_secs(1),
+                    on_exhausted,
+                },
+                ..config()
+            };
+            let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+            h.connect(0.0, &["a", "b"]);
+            // Attempt 1: b fails, a then cannot reach min_updates = 2 alone:
+            // collection closes at once (no wait for a).
+            h.handle(
+                1.0,
+                Event::FitFailed {
+                    id: id("b"),
+                    round: 1,
+                    message: "out of memory".into(),
+                },
+            );
+            assert_eq!(h.engine.poll_timeout(), Some(h.at(2.0)));
+            h.timeout(2.0);
+            assert_eq!(h.asked(1).len(), 4);
+            // Attempt 2: b disconnects.
+            h.handle(3.0, Event::StationDisconnected { id: id("b") });
+            match on_exhausted {
+                OnExhausted::Abort => {
+                    let s = h.summary.clone().unwrap();
+                    assert_eq!(s.rounds_completed, 0);
+                    assert!(
+                        matches!(s.outcome, Outcome::Aborted { round: 1, .. }),
+                        "{s:?}"
+                    );
+                    assert!(h.rounds.is_empty() && h.checkpoints.is_empty());
+                }
+                OnExhausted::Skip => {
+                    let m = &h.rounds[0];
+                    assert!(!m.aggregated && m.note.as_deref().unwrap().starts_with("skipped"));
+                    assert_eq!(
+                        m.failed,
+                        BTreeMap::from([
+                            (FailureKind::StationError, 1),
+                            (FailureKind::Disconnected, 1)
+                        ])
+                    );
+                    assert_eq!(h.engine.global().data(), &[0.0, 0.0, 0.0]);
+                    assert_eq!(h.checkpoints[0].round, 1);
+                    assert!(h.summary.is_none());
+                    assert_eq!(h.engine.round(), 2);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn waiting_for_stations_gives_up_when_told_to() {
+        let cfg = EngineConfig {
+            station_wait_timeout: Some(Duration::from_secs(30)),
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(1.0, &["a"]);
+        assert_eq!(h.engine.poll_timeout(), Some(h.at(30.0)));
+        h.timeout(29.0);
+        assert!(h.summary.is_none());
+        h.timeout(30.0);
+        let s = h.summary.clone().unwrap();
+        assert!(
+            matches!(&s.outcome, Outcome::Aborted { round: 1, reason } if reason.contains("1 of 4")),
+            "{s:?}"
+        );
+        // Events after the end change nothing.
+        h.connect(31.0, &["b", "c", "d"]);
+        assert!(h.fits.is_empty());
+    }
+
+    #[test]
+    fn evaluation_rounds_collect_federated_and_server_evaluations() {
+        let cfg = EngineConfig {
+            rounds: 3,
+            min_stations: 3,
+            fraction_fit: 1.0,
+            eval_every: 2,
+            fraction_evaluate: 1.0,
+            evaluate_deadline: Duration::from_secs(5),
+            evaluate_config: Config::from([("batch_size".into(), ConfigValue::Int(64))]),
+            ..config()
+        };
+        let strategy = WithServerEval::new(Box::new(FedAvg::new()), |round, _: &Params| {
+            Some(EvalSummary {
+                loss: Some(round as f64 / 10.0),
+                metrics: Metrics::from([("accuracy".into(), 0.5)]),
+                num_examples: 100,
+            })
+        });
+        let mut h = Harness::new(cfg, Box::new(strategy));
+        h.connect(0.0, &["a", "b", "c"]);
+        let eval = |h: &mut Harness, secs: f64, s: &str, loss: f64, n: u64| {
+            let round = h.engine.round();
+            h.handle(
+                secs,
+                Event::EvaluationReceived {
+                    id: id(s),
+                    round,
+                    result: EvaluateRes {
+                        loss,
+                        num_examples: n,
+                        metrics: Metrics::from([("mae".into(), loss * 2.0)]),
+                    },
+                },
+            );
+        };
+        for s in ["a", "b", "c"] {
+            h.answer(1.0, s);
+        }
+        // Round 1 is not an evaluation round.
+        assert!(h.evals.is_empty());
+        assert_eq!(h.rounds[0].eval_loss, None);
+        assert_eq!(h.rounds[0].server_eval_loss, None);
+        for s in ["a", "b", "c"] {
+            h.answer(2.0, s);
+        }
+        assert_eq!(h.evals.len(), 3);
+        assert!(h.rounds.len() == 1, "round 2 waits for its evaluation");
+        let (_, r, ins) = &h.evals[0];
+        assert_eq!(*r, 2);
+        assert!(Arc::ptr_eq(&ins.global, h.engine.global()));
+        assert_eq!(ins.config["batch_size"], ConfigValue::Int(64));
+        eval(&mut h, 3.0, "a", 1.0, 10);
+        eval(&mut h, 3.0, "a", 1.0, 10);
+        eval(&mut h, 3.0, "b", f64::NAN, 10);
+        eval(&mut h, 4.0, "c", 3.0, 30);
+        let m = &h.rounds[1];
+        assert_eq!(m.eval_loss, Some((10.0 + 90.0) / 40.0));
+        assert_eq!(m.eval_metrics["mae"], 5.0);
+        assert_eq!((m.eval_sampled, m.eval_completed), (3, 2));
+        assert_eq!(
+            m.eval_failed,
+            BTreeMap::from([(FailureKind::Duplicate, 1), (FailureKind::NonFinite, 1)])
+        );
+        assert_eq!(m.server_eval_loss, Some(0.2));
+        assert_eq!(m.eval_s, 2.0);
+        // Round 3 is the last, so it evaluates too; c never answers.
+        for s in ["a", "b", "c"] {
+            h.answer(5.0, s);
+        }
+        eval(&mut h, 6.0, "a", 2.0, 10);
+        eval(&mut h, 6.0, "b", 4.0, 10);
+        h.timeout(10.0);
+        let m = &h.rounds[2];
+        assert_eq!(m.eval_loss, Some(3.0));
+        assert_eq!(m.eval_failed, BTreeMap::from([(FailureKind::Timeout, 1)]));
+        assert_eq!(h.summary.as_ref().unwrap().outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn same_seed_same_samples_and_traffic_is_counted() {
+        let stations: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let run = |seed: u64| {
+            let cfg = EngineConfig {
+                rounds: 4,
+                min_stations: 10,
+                min_fit: 3,
+                min_updates: 1,
+                fraction_fit: 0.3,
+                seed,
+                ..config()
+            };
+            let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+            let names: Vec<&str> = stations.iter().map(|s| s.as_str()).collect();
+            h.connect(0.0, &names);
+            let mut t = 0.0;
+            for round in 1..=4u64 {
+                t += 0.5;
+                h.handle(
+                    t,
+                    Event::Traffic {
+                        bytes_in: 10,
+                        bytes_out: 100 * round,
+                    },
+                );
+                let first: Vec<StationId> = h.asked(round);
+                for s in first {
+                    h.handle(
+                        t,
+                        Event::FitFailed {
+                            id: s,
+                            round,
+                            message: String::new(),
+                        },
+                    );
+                }
+                // All failed: too few updates, a retry after the 2 s backoff.
+                t += 2.0;
+                h.timeout(t);
+                let second: Vec<StationId> = h
+                    .fits
+                    .iter()
+                    .filter(|(_, r, _)| *r == round)
+                    .skip(3)
+                    .map(|(s, _, _)| s.clone())
+                    .collect();
+                assert_eq!(second.len(), 3);
+                for s in second {
+                    let update = fake_update("a", round, h.engine.global());
+                    h.handle(
+                        t,
+                        Event::UpdateReceived {
+                            id: s,
+                            round,
+                            update,
+                        },
+                    );
+                }
+            }
+            assert_eq!(h.rounds.len(), 4);
+            h
+        };
+        let a = run(1);
+        let b = run(1);
+        let c = run(2);
+        let samples = |h: &Harness| {
+            h.fits
+                .iter()
+                .map(|(s, r, _)| (s.clone(), *r))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(samples(&a), samples(&b));
+        assert_ne!(samples(&a), samples(&c));
+        assert_eq!(a.rounds[0].sampled.len(), 3);
+        assert_eq!((a.rounds[2].bytes_in, a.rounds[2].bytes_out), (10, 300));
+        // Attempt 2 samples independently of attempt 1.
+        let r1: Vec<_> = a
+            .fits
+            .iter()
+            .filter(|(_, r, _)| *r == 1)
+            .map(|(s, _, _)| s.clone())
+            .collect();
+        assert_eq!(r1.len(), 6);
+        assert_eq!(a.rounds[0].attempts, 2);
+        assert_eq!(a.rounds[0].sampled, r1[3..].to_vec());
+        // The retry avoids the stations that failed the first attempt.
+        assert!(r1[3..].iter().all(|s| !r1[..3].contains(s)), "{r1:?}");
+    }
+
+    fn assert_close_json<T: Serialize + ?Sized>(a: &T, b: &T) {
+        fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str) {
+            use serde_json::Value::*;
+            match (a, b) {
+                (Number(x), Number(y)) => {
+                    let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                    assert!(
+                        (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+                        "{path}: {x} vs {y}"
+                    );
+                }
+                (Array(x), Array(y)) => {
+                    assert_eq!(x.len(), y.len(), "{path}");
+                    for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                        walk(x, y, &format!("{path}[{i}]"));
+                    }
+                }
+                (Object(x), Object(y)) => {
+                    assert_eq!(
+                        x.keys().collect::<Vec<_>>(),
+                        y.keys().collect::<Vec<_>>(),
+                        "{path}"
+                    );
+                    for (k, v) in x {
+                        walk(v, &y[k], &format!("{path}.{k}"));
+                    }
+                }
+                _ => assert_eq!(a, b, "{path}"),
+            }
+        }
+        walk(
+            &serde_json::to_value(a).unwrap(),
+            &serde_json::to_value(b).unwrap(),
+            "",
+        );
+    }
+
+    #[test]
+    fn resume_continues_from_round_n_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(tmp.path());
+        let cfg = EngineConfig {
+            rounds: 3,
+            min_stations: 3,
+            fraction_fit: 0.7,
+            ..config()
+        };
+        let strategy = || Box::new(FedAvgM::new(1.0, 0.9).unwrap()) as Box<dyn Strategy>;
+        let play_round = |h: &mut Harness, round: u64| {
+            for s in h.asked(round) {
+                h.answer(round as f64, s.as_str());
+            }
+        };
+        // The reference run: three rounds in one go, checkpoints persisted as a driver would.
+        let mut full = Harness::new(cfg.clone(), strategy());
+        full.connect(0.0, &["a", "b", "c"]);
+        for round in 1..=3 {
+            play_round(&mut full, round);
+            if round == 2 {
+                store.save(full.checkpoints.last().unwrap()).unwrap();
+            }
+        }
+        assert_eq!(full.rounds.len(), 3);
+
+        // A new server process resumes from the round-2 checkpoint.
+        let t0 = Instant::now();
+        let engine = Engine::resume(
+            tmp.path(),
+            cfg.clone(),
+            strategy(),
+            params(&[0.0, 0.0, 0.0]),
+            t0,
+        )
+        .unwrap();
+        assert_eq!(engine.round(), 3);
+        // serde_json parses floats to within an ulp, not always exactly.
+        assert_close_json(engine.history(), &full.rounds[..2]);
+        let mut resumed = Harness::wrap(engine, t0);
+        resumed.connect(0.0, &["a", "b", "c"]);
+        assert_eq!(resumed.asked(3), full.asked(3));
+        assert!(resumed.asked(1).is_empty() && resumed.asked(2).is_empty());
+        play_round(&mut resumed, 3);
+        // Same model after round 3, which needs FedAvgM's restored momentum.
+        assert_eq!(resumed.engine.global(), full.engine.global());
+        assert_eq!(resumed.rounds[0].completed, full.rounds[2].completed);
+        assert_eq!(resumed.checkpoints[0].history.len(), 3);
+        assert_eq!(resumed.summary.as_ref().unwrap().rounds_completed, 3);
+        // Without momentum restored, round 3 would differ.
+        let mut fresh = Harness::wrap(
+            Engine::from_checkpoint(
+                cfg.clone(),
+                strategy(),
+                Checkpoint {
+                    strategy: StrategyState::stateless("fedavgm"),
+                    ..store.load_latest().unwrap().unwrap()
+                },
+                t0,
+            )
+            .unwrap(),
+            t0,
+        );
+        fresh.connect(0.0, &["a", "b", "c"]);
+        play_round(&mut fresh, 3);
+        assert_ne!(fresh.engine.global(), full.engine.global());
+
+        // Resuming a finished run finishes at once; another layout is refused.
+        store.save(full.checkpoints.last().unwrap()).unwrap();
+        let mut done = Engine::resume(
+            tmp.path(),
+            cfg.clone(),
+            strategy(),
+            params(&[0.0, 0.0, 0.0]),
+            t0,
+        )
+        .unwrap();
+        assert!(done.is_finished());
+        assert!(matches!(
+            done.poll_action(),
+            Some(Action::Finished(Summary {
+                rounds_completed: 3,
+                ..
+            }))
+        ));
+        assert!(
+            Engine::resume(tmp.path(), cfg.clone(), strategy(), params(&[0.0, 0.0]), t0).is_err()
+        );
+        // The wrong strategy is refused too.
+        assert!(Engine::resume(
+            tmp.path(),
+            cfg,
+            Box::new(FedAvg::new()),
+            params(&[0.0, 0.0, 0.0]),
+            t0
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn engine_moves_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Engine>();
+        assert_send::<Action>();
+        assert_send::<Event>();
+    }
+
+    #[test]
+    fn config_validation_and_toml() {
+        assert!(EngineConfig::default().validate().is_ok());
+        let bad = [
+            EngineConfig {
+                rounds: 0,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                fraction_fit: 0.0,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                min_fit: 3,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                min_updates: 3,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                round_deadline: Duration::ZERO,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                max_update_norm: Some(-1.0),
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                round_deadline: Duration::from_secs(u64::MAX),
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                fraction_evaluate: 1.5,
+                ..EngineConfig::default()
+            },
+        ];
+        for cfg in bad {
+            let err = cfg.validate().unwrap_err();
+            assert!(matches!(err, FlError::Config { .. }), "{err}");
+        }
+        let cfg: EngineConfig = toml::from_str(
+            "rounds = 20\nmin_stations = 21\nfraction = 0.5\nround_deadline = 90.5\n\
+             station_wait_timeout = 600\n[retry]\non_exhausted = \"skip\"\n\
+             [evaluate_config]\nbatch_size = 512\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.rounds, 20);
+        assert_eq!(cfg.fraction_fit, 0.5);
+        assert_eq!(cfg.round_deadline, Duration::from_millis(90_500));
+        assert_eq!(cfg.station_wait_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(cfg.retry.on_exhausted, OnExhausted::Skip);
+        assert_eq!(cfg.evaluate_config["batch_size"], ConfigValue::Int(512));
+        assert!(toml::from_str::<EngineConfig>("[fit_config]\nlr = 0.01").is_err());
+        assert!(toml::from_str::<EngineConfig>("roundz = 3").is_err());
+        assert!(toml::from_str::<EngineConfig>("round_deadline = -1").is_err());
+        let back: EngineConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        assert_eq!(sample_size(21, 0.1, 2), 2);
+        assert_eq!(sample_size(21, 0.5, 2), 10);
+        assert_eq!(sample_size(3, 1.0, 5), 3);
+    }
+}

@@ -1,0 +1,122 @@
+//! Federated learning: the round engine, aggregation strategies, update
+//! validation and checkpoints.
+//!
+//! The [`Engine`] is a deterministic state machine in the shape of
+//! quinn-proto: the driver feeds it [`Event`]s with [`Engine::handle`]
+//! (stations connecting, updates arriving) and the current time, fires its
+//! timer ([`Engine::poll_timeout`], [`Engine::handle_timeout`]) and carries
+//! out the [`Action`]s it asks for ([`Engine::poll_action`]): send the global
+//! model to a station, record a finished round, persist a [`Checkpoint`].
+//! It owns no socket, thread, clock or unseeded randomness, so the QUIC
+//! server and the in-memory simulator drive one and the same engine, and
+//! tests step it exactly.
+//!
+//! Per round the engine waits for enough stations, samples them (seeded),
+//! collects updates until all answered or the deadline passed, refuses
+//! invalid ones ([`validate`]), aggregates with a [`Strategy`] when enough
+//! arrived (otherwise retries with a fresh sample), optionally evaluates, and
+//! asks for a checkpoint.
+//!
+//! A driver is a loop around three calls (here synchronous; the QUIC server
+//! does the same from its event loop, the simulator from its scheduler):
+//!
+//! ```rust,ignore
+//! let store = CheckpointStore::new(&checkpoint_dir);
+//! let mut engine = Engine::resume(&checkpoint_dir, config, strategy, initial, Instant::now())?;
+//! loop {
+//!     while let Some(action) = engine.poll_action() {
+//!         match action {
+//!             Action::SendFit { station, round, ins } => transport.send_fit(&station, round, ins),
+//!             Action::SendEvaluate { station, round, ins } => transport.send_evaluate(&station, round, ins),
+//!             Action::RoundFinished(metrics) => metrics_log.write(&metrics)?,
+//!             Action::Checkpoint(c) => { store.save(&c)?; }
+//!             Action::Finished(summary) => return Ok(summary),
+//!             _ => {}
+//!         }
+//!     }
+//!     // Wait for the next event or the engine's timer, whichever comes first.
+//!     match transport.next_event(engine.poll_timeout()) {
+//!         Some(event) => engine.handle(Instant::now(), event),
+//!         None => engine.handle_timeout(Instant::now()),
+//!     }
+//! }
+//! ```
+//!
+//! Updates are buffered until the round closes and aggregated in station
+//! order, so the result does not depend on arrival order (the memory and QUIC
+//! transports give identical models for the same seed); memory per round is
+//! one model per accepted update.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod engine;
+mod error;
+pub mod metrics;
+pub mod strategy;
+pub mod validate;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use engine::{Action, Engine, EngineConfig, Event, OnExhausted, Outcome, RetryPolicy, Summary};
+pub use error::{FlError, Result};
+pub use fedcrime_wire::{round_seed, RoundSettings};
+pub use metrics::RoundMetrics;
+pub use strategy::{
+    Config, ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Strategy,
+    StrategyConfig, StrategyState,
+};
+pub use validate::{FailureKind, Refusal};
+
+/// A station's identity (its certificate name, or a simulated station's name).
+///
+/// Cheap to clone; ordered by name, which is the order samples and
+/// aggregation inputs are sorted in.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StationId(Arc<str>);
+
+impl StationId {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for StationId {
+    fn from(s: &str) -> Self {
+        StationId(Arc::from(s))
+    }
+}
+
+impl From<String> for StationId {
+    fn from(s: String) -> Self {
+        StationId(Arc::from(s))
+    }
+}
+
+impl fmt::Display for StationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for StationId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for StationId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(StationId::from)
+    }
+}

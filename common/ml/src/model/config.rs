@@ -1,0 +1,534 @@
+//! [`ModelConfig`]: the typed description every model is built from.
+//!
+//! A config is plain data (serde, TOML or JSON): it travels in the
+//! `__metadata__` of saved `.safetensors` files so a saved model is
+//! self-describing, and the federated server sends it to stations so
+//! everybody builds the same architecture. [`ModelConfig::for_dataset`] fills
+//! the data-dependent widths from a [`Dataset`] and sane per-architecture
+//! defaults; [`ModelConfig::validate`] checks a hand-written or received
+//! config before anything is allocated.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{ModelError, Result};
+use super::ModelKind;
+use fedcrime_data::{Dataset, Target, Task};
+
+/// Number of LAPD geographic areas (the graph model's default node count).
+pub const LAPD_AREAS: usize = fedcrime_data::areas::AREA_COUNT;
+
+/// The loss of the `counts` task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountLoss {
+    /// Poisson negative log-likelihood; the model outputs log-rates.
+    #[default]
+    Poisson,
+    /// Mean squared error; the model outputs counts directly.
+    Mse,
+}
+
+impl CountLoss {
+    /// The name used on the command line and in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountLoss::Poisson => "poisson",
+            CountLoss::Mse => "mse",
+        }
+    }
+}
+
+impl std::str::FromStr for CountLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "poisson" => Ok(CountLoss::Poisson),
+            "mse" => Ok(CountLoss::Mse),
+            other => Err(format!(
+                "unknown count loss {other:?} (expected poisson or mse)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CountLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything needed to build one of the three models.
+///
+/// Widths are in samples' terms: `input_dim` is the flat feature width,
+/// `seq_steps x seq_dim` the sequence view, `output_dim` the number of classes
+/// (risk) or count dimensions (counts). `hidden` and `layers` mean, per kind:
+///
+/// | kind | `hidden` | `layers` |
+/// |---|---|---|
+/// | dnn | width of each hidden layer (128) | hidden layers (3) |
+/// | lstm | LSTM hidden units (128) | stacked LSTM layers (1) |
+/// | gat-tcn | node embedding width = GAT output (all heads) = TCN channels (64) | TCN levels, dilation `2^level` (3: 1, 2, 4) |
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The architecture.
+    pub kind: ModelKind,
+    /// The task (decides loss, output meaning and metrics).
+    pub task: Task,
+    /// Flat feature width (`Dataset::feature_dim`).
+    pub input_dim: usize,
+    /// Time steps of the sequence view (0 when the dataset has none).
+    #[serde(default)]
+    pub seq_steps: usize,
+    /// Values per time step of the sequence view (for gat-tcn: `areas * node features`).
+    #[serde(default)]
+    pub seq_dim: usize,
+    /// Classes (risk) or count dimensions (counts; for gat-tcn `areas * categories`).
+    pub output_dim: usize,
+    /// Hidden width, see the table above.
+    pub hidden: usize,
+    /// Depth, see the table above.
+    pub layers: usize,
+    /// Dropout probability during training (between hidden layers; for the
+    /// LSTM before the head and between stacked layers; inside TCN blocks).
+    #[serde(default)]
+    pub dropout: f64,
+    /// The loss for `counts` (ignored for `risk`).
+    #[serde(default)]
+    pub count_loss: CountLoss,
+    /// LSTM only: the head also sees the flat features (calendar, area,
+    /// densities) next to the last hidden state. The sequence view carries
+    /// only past counts, so without this the LSTM cannot know the weekday or
+    /// hour it predicts for.
+    #[serde(default = "default_true")]
+    pub static_features: bool,
+    /// Mean of each target dimension (counts) or class frequencies (risk) of
+    /// the data the config was made from; initializes the output bias (log
+    /// mean for Poisson, mean for MSE, log prior for classes) so training
+    /// starts at the marginal instead of at zero. `None`: zero bias.
+    #[serde(default)]
+    pub target_prior: Option<Vec<f32>>,
+    /// Risk only: per-class weights of the cross-entropy (`None`: unweighted).
+    #[serde(default)]
+    pub class_weights: Option<Vec<f32>>,
+    /// gat-tcn: number of graph nodes (areas).
+    #[serde(default)]
+    pub areas: usize,
+    /// gat-tcn: attention heads (must divide `hidden`).
+    #[serde(default)]
+    pub heads: usize,
+    /// gat-tcn: undirected edges between areas (0-based node indices); self
+    /// loops are always added.
+    #[serde(default)]
+    pub adjacency: Vec<(usize, usize)>,
+    /// gat-tcn: TCN convolution kernel size.
+    #[serde(default)]
+    pub tcn_kernel: usize,
+    /// gat-tcn: negative slope of the LeakyReLU on attention scores.
+    #[serde(default = "default_leaky_slope")]
+    pub leaky_slope: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_leaky_slope() -> f64 {
+    0.2
+}
+
+impl ModelConfig {
+    /// A config with the defaults of `kind` and the given widths: dnn 3 x 128
+    /// ReLU, dropout 0.1; lstm 128 hidden, 1 layer, dropout 0.1; gat-tcn 4
+    /// heads, width 64, TCN levels with dilations 1, 2, 4, kernel 2, dropout 0.1.
+    pub fn new(kind: ModelKind, task: Task, input_dim: usize, output_dim: usize) -> Self {
+        let (hidden, layers, heads, tcn_kernel, areas) = match kind {
+            ModelKind::Dnn => (128, 3, 0, 0, 0),
+            ModelKind::Lstm => (128, 1, 0, 0, 0),
+            ModelKind::GatTcn => (64, 3, 4, 2, LAPD_AREAS),
+        };
+        ModelConfig {
+            kind,
+            task,
+            input_dim,
+            seq_steps: 0,
+            seq_dim: 0,
+            output_dim,
+            hidden,
+            layers,
+            dropout: 0.1,
+            count_loss: CountLoss::Poisson,
+            static_features: true,
+            target_prior: None,
+            class_weights: None,
+            areas,
+            heads,
+            adjacency: Vec::new(),
+            tcn_kernel,
+            leaky_slope: default_leaky_slope(),
+        }
+    }
+
+    /// The config of `kind` for samples shaped like `ds` (normally the
+    /// training split): widths from the dataset, the kind's defaults (see
+    /// [`ModelConfig::new`]) and the target prior of `ds`.
+    ///
+    /// For gat-tcn the dataset is a graph dataset (see
+    /// [`graph_dataset`](super::graph_dataset)): `seq_dim = areas x node
+    /// features` with [`LAPD_AREAS`] nodes and LAPD's neighbour graph. The
+    /// result is not validated: call [`ModelConfig::validate`] (or
+    /// [`build`](super::build), which does) before use.
+    pub fn for_dataset(kind: ModelKind, ds: &Dataset) -> Self {
+        let mut cfg = ModelConfig::new(kind, ds.task, ds.feature_dim, ds.target.output_dim());
+        if let Some(seq) = &ds.sequences {
+            cfg.seq_steps = seq.steps;
+            cfg.seq_dim = seq.step_dim;
+        }
+        cfg.target_prior = target_prior(&ds.target);
+        if kind == ModelKind::GatTcn {
+            cfg.adjacency = fedcrime_data::areas::adjacency();
+        }
+        cfg
+    }
+
+    /// gat-tcn: input features per node and time step (`seq_dim / areas`).
+    pub fn node_features(&self) -> usize {
+        self.seq_dim.checked_div(self.areas).unwrap_or(0)
+    }
+
+    /// gat-tcn: predicted values per node (`output_dim / areas`).
+    pub fn node_outputs(&self) -> usize {
+        self.output_dim.checked_div(self.areas).unwrap_or(0)
+    }
+
+    /// The config as JSON (what saved models carry in their metadata).
+    pub fn to_json(&self) -> String {
+        // Plain data with string keys: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and validates a JSON config.
+    pub fn from_json(s: &str) -> Result<Self> {
+        let cfg: ModelConfig =
+            serde_json::from_str(s).map_err(|e| ModelError::config("json", e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field for the config's kind, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, reason: String| Err(ModelError::config(field, reason));
+        if self.output_dim == 0 {
+            return bad("output_dim", "must be at least 1".into());
+        }
+        if self.task == Task::Risk && self.output_dim < 2 {
+            return bad(
+                "output_dim",
+                format!("risk needs at least 2 classes, got {}", self.output_dim),
+            );
+        }
+        if self.hidden == 0 {
+            return bad("hidden", "must be at least 1".into());
+        }
+        if self.layers == 0 {
+            return bad("layers", "must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", format!("{} is outside [0, 1)", self.dropout));
+        }
+        if let Some(prior) = &self.target_prior {
+            if prior.len() != self.output_dim {
+                return bad(
+                    "target_prior",
+                    format!("{} values for output_dim {}", prior.len(), self.output_dim),
+                );
+            }
+            if let Some(i) = prior.iter().position(|v| !v.is_finite() || *v < 0.0) {
+                return bad(
+                    &format!("target_prior[{i}]"),
+                    format!("{} is not a finite non-negative number", prior[i]),
+                );
+            }
+        }
+        if let Some(w) = &self.class_weights {
+            if self.task != Task::Risk {
+                return bad("class_weights", "only the risk task has classes".into());
+            }
+            if w.len() != self.output_dim {
+                return bad(
+                    "class_weights",
+                    format!("{} weights for {} classes", w.len(), self.output_dim),
+                );
+            }
+            if let Some(i) = w.iter().position(|v| !v.is_finite() || *v <= 0.0) {
+                return bad(
+                    &format!("class_weights[{i}]"),
+                    format!("{} is not a finite positive number", w[i]),
+                );
+            }
+        }
+        match self.kind {
+            ModelKind::Dnn => {
+                if self.input_dim == 0 {
+                    return bad("input_dim", "dnn needs flat features (got 0)".into());
+                }
+            }
+            ModelKind::Lstm => {
+                if self.seq_steps == 0 || self.seq_dim == 0 {
+                    return bad(
+                        "seq_steps",
+                        format!(
+                            "lstm needs a sequence view, got {} steps x {} values",
+                            self.seq_steps, self.seq_dim
+                        ),
+                    );
+                }
+                if self.layers > 16 {
+                    return bad(
+                        "layers",
+                        format!("{} stacked LSTM layers (max 16)", self.layers),
+                    );
+                }
+            }
+            ModelKind::GatTcn => self.validate_graph()?,
+        }
+        Ok(())
+    }
+
+    fn validate_graph(&self) -> Result<()> {
+        let bad = |field: &str, reason: String| Err(ModelError::config(field, reason));
+        if self.task != Task::Counts {
+            return bad(
+                "task",
+                "gat-tcn predicts every area's category counts: task must be counts".into(),
+            );
+        }
+        if self.areas == 0 {
+            return bad("areas", "must be at least 1".into());
+        }
+        if self.seq_steps == 0 {
+            return bad("seq_steps", "gat-tcn needs a sequence view".into());
+        }
+        if self.seq_dim == 0 || self.seq_dim % self.areas != 0 {
+            return bad(
+                "seq_dim",
+                format!(
+                    "{} is not a positive multiple of {} areas",
+                    self.seq_dim, self.areas
+                ),
+            );
+        }
+        if self.output_dim % self.areas != 0 {
+            return bad(
+                "output_dim",
+                format!(
+                    "{} is not a multiple of {} areas",
+                    self.output_dim, self.areas
+                ),
+            );
+        }
+        if self.heads == 0 || self.hidden % self.heads != 0 {
+            return bad(
+                "heads",
+                format!("{} heads do not divide hidden {}", self.heads, self.hidden),
+            );
+        }
+        if self.tcn_kernel == 0 {
+            return bad("tcn_kernel", "must be at least 1".into());
+        }
+        if self.layers > 16 {
+            return bad(
+                "layers",
+                format!("{} TCN levels (dilation 2^level, max 16)", self.layers),
+            );
+        }
+        if !(0.0..1.0).contains(&self.leaky_slope) {
+            return bad(
+                "leaky_slope",
+                format!("{} is outside [0, 1)", self.leaky_slope),
+            );
+        }
+        for (k, &(i, j)) in self.adjacency.iter().enumerate() {
+            if i >= self.areas || j >= self.areas {
+                return bad(
+                    &format!("adjacency[{k}]"),
+                    format!("edge ({i}, {j}) names a node outside 0..{}", self.areas),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Column means (counts) or class frequencies (risk) of a target; `None`
+/// when there are no samples.
+fn target_prior(target: &Target) -> Option<Vec<f32>> {
+    match target {
+        Target::Classes {
+            labels,
+            num_classes,
+        } => {
+            if labels.is_empty() || *num_classes == 0 {
+                return None;
+            }
+            let mut freq = vec![0f64; *num_classes];
+            for &l in labels {
+                if let Some(f) = usize::try_from(l).ok().and_then(|l| freq.get_mut(l)) {
+                    *f += 1.0;
+                }
+            }
+            let n = labels.len() as f64;
+            Some(freq.iter().map(|f| (f / n) as f32).collect())
+        }
+        Target::Counts { values, dim } => {
+            if *dim == 0 || values.len() < *dim {
+                return None;
+            }
+            let mut sum = vec![0f64; *dim];
+            for row in values.chunks_exact(*dim) {
+                for (s, v) in sum.iter_mut().zip(row) {
+                    *s += f64::from(*v);
+                }
+            }
+            let n = (values.len() / dim) as f64;
+            Some(sum.iter().map(|s| (s / n).max(0.0) as f32).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedcrime_data::Sequences;
+
+    fn counts_ds() -> Dataset {
+        Dataset {
+            task: Task::Counts,
+            features: vec![0.0; 3 * 5],
+            feature_dim: 5,
+            feature_names: (0..5).map(|i| format!("f{i}")).collect(),
+            sequences: Some(Sequences {
+                data: vec![0.0; 3 * 4 * 2],
+                steps: 4,
+                step_dim: 2,
+            }),
+            target: Target::Counts {
+                values: vec![1.0, 0.0, 3.0, 0.0, 2.0, 0.0],
+                dim: 2,
+            },
+            area: vec![1, 2, 3],
+            time: vec![0, 0, 0],
+        }
+    }
+
+    #[test]
+    fn for_dataset_takes_widths_defaults_and_prior() {
+        let ds = counts_ds();
+        let dnn = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
+        assert_eq!((dnn.input_dim, dnn.output_dim), (5, 2));
+        assert_eq!((dnn.hidden, dnn.layers, dnn.dropout), (128, 3, 0.1));
+        assert_eq!(dnn.target_prior, Some(vec![2.0, 0.0]));
+        dnn.validate().unwrap();
+        let lstm = ModelConfig::for_dataset(ModelKind::Lstm, &ds);
+        assert_eq!(
+            (lstm.seq_steps, lstm.seq_dim, lstm.hidden, lstm.layers),
+            (4, 2, 128, 1)
+        );
+        lstm.validate().unwrap();
+    }
+
+    #[test]
+    fn gat_tcn_config_gets_the_lapd_graph() {
+        let ds = crate::model::graph_dataset(
+            &vec![1.0; 21 * 12 * 8],
+            21,
+            12,
+            8,
+            0,
+            0..12,
+            &crate::model::GraphWindows::default(),
+        )
+        .unwrap();
+        let cfg = ModelConfig::for_dataset(ModelKind::GatTcn, &ds);
+        cfg.validate().unwrap();
+        assert_eq!(
+            (cfg.areas, cfg.node_features(), cfg.node_outputs()),
+            (21, 15, 8)
+        );
+        assert_eq!(
+            (cfg.seq_steps, cfg.heads, cfg.hidden, cfg.layers),
+            (8, 4, 64, 3)
+        );
+        assert_eq!(cfg.adjacency, fedcrime_data::areas::adjacency());
+        assert!(cfg.adjacency.len() > 21);
+        assert_eq!(cfg.target_prior.as_deref(), Some(&[1.0; 21 * 8][..]));
+    }
+
+    #[test]
+    fn risk_prior_is_class_frequency() {
+        let t = Target::Classes {
+            labels: vec![0, 1, 1, 4],
+            num_classes: 5,
+        };
+        assert_eq!(target_prior(&t), Some(vec![0.25, 0.5, 0.0, 0.0, 0.25]));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ds = counts_ds();
+        let mut cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
+        cfg.dropout = 1.0;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("dropout"), "{err}");
+
+        let mut cfg = ModelConfig::for_dataset(ModelKind::Lstm, &ds);
+        cfg.seq_steps = 0;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("seq_steps"));
+
+        let mut cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
+        cfg.class_weights = Some(vec![1.0, 1.0]);
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("class_weights"));
+
+        let mut cfg = ModelConfig::new(ModelKind::GatTcn, Task::Counts, 0, 21 * 8);
+        cfg.seq_steps = 8;
+        cfg.seq_dim = 21 * 9;
+        cfg.adjacency = vec![(0, 1), (3, 21)];
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("adjacency[1]") && err.contains("(3, 21)"),
+            "{err}"
+        );
+        cfg.adjacency.pop();
+        cfg.validate().unwrap();
+        cfg.heads = 3;
+        assert!(cfg.validate().unwrap_err().to_string().contains("heads"));
+        cfg.heads = 4;
+        cfg.task = Task::Risk;
+        assert!(cfg.validate().unwrap_err().to_string().contains("task"));
+    }
+
+    #[test]
+    fn json_round_trip_and_unknown_fields_rejected() {
+        let cfg = ModelConfig::for_dataset(ModelKind::Lstm, &counts_ds());
+        let back = ModelConfig::from_json(&cfg.to_json()).unwrap();
+        assert_eq!(back, cfg);
+        let typo = cfg.to_json().replace("\"hidden\"", "\"hiden\"");
+        let err = ModelConfig::from_json(&typo).unwrap_err().to_string();
+        assert!(err.contains("hiden"), "{err}");
+    }
+
+    #[test]
+    fn count_loss_parses() {
+        assert_eq!("mse".parse::<CountLoss>(), Ok(CountLoss::Mse));
+        assert_eq!("poisson".parse::<CountLoss>(), Ok(CountLoss::Poisson));
+        assert!("l1".parse::<CountLoss>().is_err());
+    }
+}

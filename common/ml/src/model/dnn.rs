@@ -1,0 +1,178 @@
+//! `dnn`: a multi-layer perceptron over the flat features.
+//!
+//! `layers` hidden layers of width `hidden`, each Linear -> ReLU -> Dropout,
+//! then a linear head (`[b, classes]` logits for risk, `[b, dim]` log-rates or
+//! counts for counts). Parameter names match a PyTorch module with
+//! `self.hidden = nn.ModuleList([...])` and `self.head = nn.Linear(...)`:
+//! `hidden.0.weight`, `hidden.0.bias`, ..., `head.weight`, `head.bias`.
+
+use tch::{nn, Device, Tensor};
+
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use super::layers::{class_weights, linear, prior_bias, set_bias, task_loss, task_predict};
+use super::{Batch, CrimeModel, ModelKind};
+use fedcrime_data::Task;
+
+/// The MLP.
+#[derive(Debug)]
+pub struct Dnn {
+    cfg: ModelConfig,
+    vs: nn::VarStore,
+    hidden: Vec<nn::Linear>,
+    head: nn::Linear,
+    class_weights: Option<Tensor>,
+}
+
+impl Dnn {
+    /// Builds the MLP described by `cfg` (which must be a valid dnn config)
+    /// with freshly initialized parameters on `device`.
+    pub fn new(cfg: &ModelConfig, device: Device) -> Result<Self> {
+        if cfg.kind != ModelKind::Dnn {
+            return Err(ModelError::config(
+                "kind",
+                format!("{} config given to the dnn builder", cfg.kind),
+            ));
+        }
+        cfg.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let mut hidden = Vec::with_capacity(cfg.layers);
+        let mut width = cfg.input_dim;
+        for i in 0..cfg.layers {
+            hidden.push(linear(&root / "hidden" / i, width, cfg.hidden));
+            width = cfg.hidden;
+        }
+        let mut head = linear(&root / "head", width, cfg.output_dim);
+        if let (Some(bias), Some(values)) = (head.bs.as_mut(), prior_bias(cfg)) {
+            set_bias(bias, &values)?;
+        }
+        Ok(Dnn {
+            cfg: cfg.clone(),
+            class_weights: class_weights(cfg, device)?,
+            vs,
+            hidden,
+            head,
+        })
+    }
+}
+
+impl CrimeModel for Dnn {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Dnn
+    }
+
+    fn task(&self) -> Task {
+        self.cfg.task
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
+        let mut x = batch.features.shallow_clone();
+        for layer in &self.hidden {
+            x = x.apply(layer).relu();
+            if self.cfg.dropout > 0.0 {
+                x = x.dropout(self.cfg.dropout, train);
+            }
+        }
+        x.apply(&self.head)
+    }
+
+    fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        task_loss(&self.cfg, self.class_weights.as_ref(), output, batch)
+    }
+
+    fn predict(&self, output: &Tensor) -> Tensor {
+        task_predict(&self.cfg, output)
+    }
+
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_util::one_thread;
+    use crate::model::test_util::{counts_dataset, risk_dataset, train_full_batch};
+    use crate::model::{build, to_batch};
+
+    #[test]
+    fn names_and_shapes_follow_the_config() {
+        one_thread();
+        let ds = risk_dataset(16, 7);
+        let cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
+        let model = Dnn::new(&cfg, Device::Cpu).unwrap();
+        let spec = model.param_spec();
+        let names: Vec<_> = spec.entries().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "head.bias",
+                "head.weight",
+                "hidden.0.bias",
+                "hidden.0.weight",
+                "hidden.1.bias",
+                "hidden.1.weight",
+                "hidden.2.bias",
+                "hidden.2.weight"
+            ]
+        );
+        assert_eq!(spec.get("hidden.0.weight").unwrap().shape, vec![128, 7]);
+        assert_eq!(spec.get("head.weight").unwrap().shape, vec![5, 128]);
+        assert_eq!(
+            model.num_params(),
+            7 * 128 + 128 + 2 * (128 * 128 + 128) + 128 * 5 + 5
+        );
+    }
+
+    #[test]
+    fn head_bias_starts_at_the_prior() {
+        one_thread();
+        let ds = counts_dataset(32, 6, 4, 3);
+        let cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
+        let model = Dnn::new(&cfg, Device::Cpu).unwrap();
+        let bias = Vec::<f32>::try_from(&model.vs.variables()["head.bias"]).unwrap();
+        let prior = cfg.target_prior.unwrap();
+        for (b, p) in bias.iter().zip(&prior) {
+            assert!((b - p.max(1e-3).ln()).abs() < 1e-6, "{b} vs {p}");
+        }
+    }
+
+    #[test]
+    fn risk_and_counts_train_down() {
+        one_thread();
+        for ds in [risk_dataset(64, 6), counts_dataset(64, 6, 4, 3)] {
+            tch::manual_seed(0);
+            let cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
+            let model = build(&cfg, Device::Cpu).unwrap();
+            let idx: Vec<usize> = (0..ds.len()).collect();
+            let batch = to_batch(&ds, &idx, Device::Cpu);
+            let (first, last) = train_full_batch(model.as_ref(), &batch, 60, 1e-2);
+            assert!(last < first * 0.8, "{:?}: {first} -> {last}", ds.task);
+            let (loss, pred) = model.evaluate(&batch);
+            assert!((loss - last).abs() < 1e-9, "{loss} vs {last}");
+            assert_eq!(pred.size()[0], 64);
+            if ds.task == Task::Counts {
+                assert!(f64::try_from(pred.min()).unwrap() >= 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_kind_is_refused() {
+        one_thread();
+        let ds = risk_dataset(4, 3);
+        let cfg = ModelConfig::for_dataset(ModelKind::Lstm, &ds);
+        let err = Dnn::new(&cfg, Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("kind"), "{err}");
+    }
+}

@@ -1,0 +1,375 @@
+//! A federated station's logic, without any transport: what a precinct does
+//! with the requests of a round.
+//!
+//! A [`Station`] holds its own data (a [`Splits`] partition, nothing else) and
+//! the model architecture of the run ([`ModelConfig`]). For each fit request
+//! ([`FitIns`]: the global model and the round's settings) it builds a model,
+//! loads the global parameters, trains locally with the train module's
+//! [`Trainer`] (epochs, batch size, learning rate, FedProx `mu`, seed) and
+//! returns the trained parameters with its number of examples and training
+//! loss ([`FitRes`]). For each evaluation request ([`EvaluateIns`]) it scores
+//! the given model on its local validation split ([`EvaluateRes`]). Models are
+//! built per request and dropped after it, so a simulator can hold a thousand
+//! stations without a thousand models.
+//!
+//! The QUIC client (`fedcrime-client`) and the in-memory simulator drive the
+//! same [`Learner`] trait, so both give the same numbers for the same seeds.
+//! The pieces around it:
+//!
+//! - [`data`]: from cleaned incidents to a station's [`Splits`] (area filter
+//!   or partition, with the run's shared featurizer or one fit locally);
+//! - [`protocol`]: fit requests on and off the wire (one typed
+//!   [`RoundSettings`] end to end), evaluation settings, and the run
+//!   description ([`RunSetup`](protocol::RunSetup)) the server sends in its
+//!   Welcome;
+//! - [`model_config`]: the architecture of a task, derived from the task's
+//!   feature layout alone (the server builds the initial model without data).
+//!
+//! A round trains with its [`RoundSettings`] (see [`train_config`]) and the
+//! station's defaults for everything a round does not set (evaluation batch
+//! size, class weighting, ...: [`Station::with_defaults`]).
+
+pub mod data;
+pub mod protocol;
+
+use std::time::Instant;
+
+use tch::Device;
+
+use fedcrime_data::categories::Category;
+use fedcrime_data::features::{Layout, RISK_LEVELS};
+use fedcrime_data::{DataError, Dataset, Splits, Task, TaskConfig};
+use fedcrime_fl::strategy::LOSS_KEY;
+use fedcrime_fl::{ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings};
+use fedcrime_ml::model::{self, ModelConfig, ModelError, ModelKind};
+use fedcrime_ml::train::trainer::evaluate_model;
+use fedcrime_ml::train::{TrainConfig, TrainError, Trainer};
+
+/// Evaluation settings: the evaluation batch size (integer).
+pub const BATCH_SIZE_KEY: &str = "batch_size";
+/// Evaluation settings: which local split to score (`val`, the default, `test` or `train`).
+pub const SPLIT_KEY: &str = "split";
+/// The fit metric carrying the number of local epochs run.
+pub const EPOCHS_METRIC: &str = "epochs";
+
+/// A station could not set up, train or evaluate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StationError {
+    /// A round setting has the wrong type or range.
+    #[error("round setting {key:?}: {reason}")]
+    Setting {
+        /// The setting's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The station's data does not fit the run's model or task.
+    #[error("station data: {0}")]
+    Mismatch(String),
+    /// The station has no samples in a split it needs.
+    #[error("station has no {split} samples")]
+    EmptySplit {
+        /// The split.
+        split: &'static str,
+    },
+    /// The run's description (from the server) is malformed.
+    #[error("run setup: {0}")]
+    Setup(String),
+    /// The architecture cannot be derived or built.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Training or evaluation failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Loading or featurizing data failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = StationError> = std::result::Result<T, E>;
+
+/// What a station does with a round's requests: implemented by [`Station`],
+/// and by scripted stand-ins in tests. `&self`: one learner may serve
+/// requests from several threads.
+pub trait Learner: Send + Sync {
+    /// Trains from `ins.global` with `ins.config` and returns the update.
+    fn fit(&self, ins: &FitIns) -> Result<FitRes>;
+    /// Scores `ins.global` on local data.
+    fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes>;
+}
+
+/// The architecture of `kind` for `task`, from the task's feature layout
+/// alone (no data needed): the flat feature width of the task's layout, the
+/// sequence view `lags x categories`, 5 risk classes or one count per
+/// category, and the kind's default widths (see [`ModelConfig::new`]).
+/// `gat-tcn` models the 21 areas jointly and cannot be trained by one
+/// precinct on its own records, so it is refused here.
+pub fn model_config(kind: ModelKind, task: &TaskConfig) -> Result<ModelConfig> {
+    task.validate()?;
+    if kind == ModelKind::GatTcn {
+        return Err(StationError::Model(ModelError::config(
+            "kind",
+            "gat-tcn needs every area's counts as input and cannot be trained on one station's \
+             records; use dnn or lstm for federated runs",
+        )));
+    }
+    let input_dim = Layout::new(task.task, task.period, task.lags).names().len();
+    let output_dim = match task.task {
+        Task::Risk => RISK_LEVELS,
+        Task::Counts => Category::COUNT,
+    };
+    let mut cfg = ModelConfig::new(kind, task.task, input_dim, output_dim);
+    cfg.seq_steps = task.lags;
+    cfg.seq_dim = Category::COUNT;
+    Ok(cfg)
+}
+
+/// Checks that `ds` has the shapes `model` expects.
+pub fn check_dataset(model: &ModelConfig, ds: &Dataset, split: &str) -> Result<()> {
+    let bad = |what: String| Err(StationError::Mismatch(format!("{split} split: {what}")));
+    if ds.task != model.task {
+        return bad(format!("{} samples for a {} model", ds.task, model.task));
+    }
+    if ds.feature_dim != model.input_dim {
+        return bad(format!(
+            "{} features per sample, the model takes {}",
+            ds.feature_dim, model.input_dim
+        ));
+    }
+    if ds.target.output_dim() != model.output_dim {
+        return bad(format!(
+            "targets of width {}, the model predicts {}",
+            ds.target.output_dim(),
+            model.output_dim
+        ));
+    }
+    if model.kind == ModelKind::Lstm {
+        match &ds.sequences {
+            Some(s) if s.steps == model.seq_steps && s.step_dim == model.seq_dim => {}
+            Some(s) => {
+                return bad(format!(
+                    "sequences of {} x {}, the model takes {} x {}",
+                    s.steps, s.step_dim, model.seq_steps, model.seq_dim
+                ))
+            }
+            None => return bad("no sequence view, which the lstm model needs".into()),
+        }
+    }
+    Ok(())
+}
+
+/// A station: its own data, the run's architecture, where it computes, and
+/// its default training settings. See the module docs.
+#[derive(Debug)]
+pub struct Station {
+    name: String,
+    splits: Splits,
+    model: ModelConfig,
+    device: Device,
+    defaults: TrainConfig,
+}
+
+/// The defaults a station trains with when a round does not say otherwise:
+/// 1 epoch, batch 64, learning rate 1e-3, no early stopping.
+pub fn default_train_config() -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        lr: 1e-3,
+        patience: 0,
+        progress: false,
+        ..TrainConfig::default()
+    }
+}
+
+impl Station {
+    /// A station named `name` holding `splits`, training `model` on `device`.
+    /// The training split must not be empty and every split must fit the model.
+    pub fn new(
+        name: impl Into<String>,
+        splits: Splits,
+        model: ModelConfig,
+        device: Device,
+    ) -> Result<Self> {
+        model.validate()?;
+        if splits.train.is_empty() {
+            return Err(StationError::EmptySplit { split: "train" });
+        }
+        check_dataset(&model, &splits.train, "train")?;
+        if !splits.val.is_empty() {
+            check_dataset(&model, &splits.val, "val")?;
+        }
+        if !splits.test.is_empty() {
+            check_dataset(&model, &splits.test, "test")?;
+        }
+        Ok(Station {
+            name: name.into(),
+            splits,
+            model,
+            device,
+            defaults: default_train_config(),
+        })
+    }
+
+    /// Replaces the default training settings (rounds' settings override them).
+    pub fn with_defaults(mut self, defaults: TrainConfig) -> Result<Self> {
+        defaults.validate()?;
+        self.defaults = defaults;
+        Ok(self)
+    }
+
+    /// The station's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The station's data.
+    pub fn splits(&self) -> &Splits {
+        &self.splits
+    }
+
+    /// The architecture.
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model
+    }
+
+    /// Where it computes.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The default training settings.
+    pub fn defaults(&self) -> &TrainConfig {
+        &self.defaults
+    }
+
+    /// The training settings of round `round`: see [`train_config`].
+    pub fn train_config(&self, settings: &RoundSettings, round: u64) -> Result<TrainConfig> {
+        train_config(settings, round, &self.defaults)
+    }
+
+    fn build_model(&self) -> Result<Box<dyn model::CrimeModel>> {
+        Ok(model::build(&self.model, self.device)?)
+    }
+
+    /// One local round: see [`Learner::fit`].
+    pub fn fit(&self, ins: &FitIns) -> Result<FitRes> {
+        let cfg = self.train_config(&ins.settings, ins.round)?;
+        let t0 = Instant::now();
+        let model = self.build_model()?;
+        let mut trainer = Trainer::new(model, cfg)?;
+        let update = trainer.fit_from(&ins.global, &self.splits.train, None)?;
+        let mut metrics = Metrics::new();
+        if let Some(kept) = update.report.kept() {
+            metrics.insert(LOSS_KEY.to_string(), kept.train_loss);
+        }
+        metrics.insert(EPOCHS_METRIC.to_string(), update.report.epochs.len() as f64);
+        tracing::debug!(
+            station = %self.name,
+            examples = update.num_examples,
+            loss = metrics.get(LOSS_KEY).copied(),
+            seconds = t0.elapsed().as_secs_f64(),
+            "local training done"
+        );
+        Ok(FitRes {
+            params: update.params,
+            num_examples: update.num_examples as u64,
+            metrics,
+        })
+    }
+
+    /// Scores a model on a local split: see [`Learner::evaluate`].
+    pub fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes> {
+        let (split, ds) = match ins.config.get(SPLIT_KEY) {
+            None => ("val", &self.splits.val),
+            Some(ConfigValue::Str(s)) if s == "val" => ("val", &self.splits.val),
+            Some(ConfigValue::Str(s)) if s == "test" => ("test", &self.splits.test),
+            Some(ConfigValue::Str(s)) if s == "train" => ("train", &self.splits.train),
+            Some(other) => {
+                return Err(StationError::Setting {
+                    key: SPLIT_KEY.into(),
+                    reason: format!("{other:?} is not \"val\", \"test\" or \"train\""),
+                })
+            }
+        };
+        if ds.is_empty() {
+            return Err(StationError::EmptySplit { split });
+        }
+        let batch = match ins.config.get(BATCH_SIZE_KEY) {
+            Some(v) => positive_int(BATCH_SIZE_KEY, v)?,
+            None => self.defaults.eval_batch_size,
+        };
+        let mut model = self.build_model()?;
+        model.import_params(&ins.global)?;
+        let eval = evaluate_model(model.as_ref(), ds, batch)?;
+        let metrics: Metrics = eval
+            .metrics
+            .scalars()
+            .into_iter()
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        Ok(EvaluateRes {
+            loss: eval.loss,
+            num_examples: eval.n as u64,
+            metrics,
+        })
+    }
+}
+
+impl Learner for Station {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes> {
+        Station::fit(self, ins)
+    }
+
+    fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes> {
+        Station::evaluate(self, ins)
+    }
+}
+
+fn positive_int(key: &str, v: &ConfigValue) -> Result<usize> {
+    match v.as_i64() {
+        Some(i) if i >= 1 => usize::try_from(i).map_err(|_| StationError::Setting {
+            key: key.into(),
+            reason: format!("{i} is too large"),
+        }),
+        _ => Err(StationError::Setting {
+            key: key.into(),
+            reason: format!("{v:?} is not a positive integer"),
+        }),
+    }
+}
+
+/// The trainer settings of round `round`: `settings` (epochs, batch size,
+/// learning rate, weight decay, clipping, FedProx `mu`, and the seed moved by
+/// the round, [`RoundSettings::seed_for_round`]) over the station's
+/// `defaults` for the rest; early stopping and progress bars off. A setting
+/// out of range is an error naming it.
+pub fn train_config(
+    settings: &RoundSettings,
+    round: u64,
+    defaults: &TrainConfig,
+) -> Result<TrainConfig> {
+    settings.validate().map_err(|e| StationError::Setting {
+        key: e.field.to_string(),
+        reason: e.reason,
+    })?;
+    let cfg = TrainConfig {
+        epochs: settings.local_epochs as usize,
+        batch_size: settings.batch_size as usize,
+        lr: settings.lr,
+        weight_decay: settings.weight_decay,
+        max_grad_norm: settings.max_grad_norm,
+        prox_mu: settings.proximal_mu,
+        seed: settings.seed_for_round(round),
+        patience: 0,
+        progress: false,
+        ..defaults.clone()
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests;
