@@ -65,13 +65,8 @@ pub enum CertsError {
         source: rcgen::Error,
     },
     /// A station name breaks the naming rules.
-    #[error("invalid station name {name:?}: {reason}")]
-    InvalidStationName {
-        /// The name given.
-        name: String,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    InvalidStationName(#[from] fedcrime_identity::IdentityError),
     /// A server name (DNS name or IP address) cannot go into a certificate.
     #[error("invalid server name {name:?}: {reason}")]
     InvalidServerName {

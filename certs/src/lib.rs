@@ -80,8 +80,7 @@ pub mod layout {
     }
 }
 
-/// Prefix of the URI subject alternative name that carries a station identity.
-pub const STATION_URI_PREFIX: &str = "urn:fedcrime:station:";
+pub use fedcrime_identity::{StationId, STATION_URI_PREFIX};
 
 /// Server names used when none are given.
 pub const DEFAULT_SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
@@ -94,43 +93,10 @@ pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::minutes(5);
 /// server keeps using the newest CRL it has, however old.
 pub const CRL_VALIDITY: Duration = Duration::days(365);
 
-/// The identity URI of a station: `urn:fedcrime:station:<name>`.
-pub fn station_uri(name: &str) -> String {
-    format!("{STATION_URI_PREFIX}{name}")
-}
-
 /// The conventional name of the `index`-th station: `station-01`, `station-02`, ...
 /// (two digits at least).
 pub fn station_name(index: usize) -> String {
     format!("station-{index:02}")
-}
-
-/// Checks the station naming rules: 1 to 63 characters, lowercase ASCII
-/// letters, digits and `-`, starting with a letter and not ending with `-`.
-/// (The name goes into a URI, a file name and log lines.)
-pub fn validate_station_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(CertsError::InvalidStationName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() || name.len() > 63 {
-        return bad("must be 1 to 63 characters long");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return bad("only lowercase letters a-z, digits and '-' are allowed");
-    }
-    if !name.as_bytes()[0].is_ascii_lowercase() {
-        return bad("must start with a letter");
-    }
-    if name.ends_with('-') {
-        return bad("must not end with '-'");
-    }
-    Ok(())
 }
 
 /// A validity period.
@@ -485,7 +451,7 @@ impl Pki {
             Some(n) => n.to_owned(),
             None => self.next_station_name(),
         };
-        validate_station_name(&name)?;
+        StationId::new(name.as_str())?;
         let reissue = if let Some(prev) = self.station(&name) {
             let expired = now > prev.cert.not_after;
             if prev.revoked.is_none() && !expired {
@@ -670,12 +636,16 @@ impl Pki {
                 .flatten()
                 .map(|s| s.value.general_names.clone())
                 .unwrap_or_default();
+            // A station certificate must give the identity the manifest
+            // records, by the same rule the server applies to a peer.
             if let Some(uri) = expect_uri {
-                let found = sans
-                    .iter()
-                    .any(|g| matches!(g, GeneralName::URI(u) if *u == uri));
-                if !found {
-                    problems.push(format!("{p}: missing the identity URI {uri}"));
+                match fedcrime_identity::station_from_certificate(&der) {
+                    Ok(id) if id.uri() == uri => {}
+                    Ok(id) => problems.push(format!(
+                        "{p}: identifies {} but the manifest says {uri}",
+                        id.uri()
+                    )),
+                    Err(e) => problems.push(format!("{p}: no usable station identity: {e}")),
                 }
             }
             for name in expect_names {
@@ -860,11 +830,11 @@ impl Pki {
     }
 
     fn issue_station(&mut self, ca: &Ca, name: &str, validity: Validity) -> Result<StationRecord> {
-        validate_station_name(name)?;
+        let id = StationId::new(name)?;
         self.check_within_ca(&validity, &format!("the certificate of {name}"))?;
         let key = new_key(&format!("the key of {name}"))?;
         let serial = self.take_serial();
-        let uri = station_uri(name);
+        let uri = id.uri();
         let mut params = CertificateParams::default();
         let mut dn = dn(&self.manifest.agency, name);
         dn.push(DnType::OrganizationalUnitName, "stations");

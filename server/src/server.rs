@@ -412,7 +412,7 @@ impl Server {
                     Some(conn) = listener.accept() => {
                         let id = next_session;
                         next_session += 1;
-                        let station = StationId::from(conn.station.as_str());
+                        let station = conn.station.clone();
                         tasks.spawn(session::serve(station, id, conn.connection, driver.ctx.clone(), tx.clone()));
                     }
                     () = sleep => {

@@ -1197,7 +1197,7 @@ mod tests {
     }
 
     fn id(s: &str) -> StationId {
-        StationId::from(s)
+        StationId::new(s).unwrap()
     }
 
     fn names(v: &[StationId]) -> Vec<&str> {

@@ -55,14 +55,10 @@ pub mod metrics;
 pub mod strategy;
 pub mod validate;
 
-use std::fmt;
-use std::sync::Arc;
-
-use serde::{Deserialize, Serialize};
-
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use engine::{Action, Engine, EngineConfig, Event, OnExhausted, Outcome, RetryPolicy, Summary};
 pub use error::{FlError, Result};
+pub use fedcrime_identity::StationId;
 pub use fedcrime_wire::{round_seed, RoundSettings};
 pub use metrics::RoundMetrics;
 pub use strategy::{
@@ -70,53 +66,3 @@ pub use strategy::{
     StrategyConfig, StrategyState,
 };
 pub use validate::{FailureKind, Refusal};
-
-/// A station's identity (its certificate name, or a simulated station's name).
-///
-/// Cheap to clone; ordered by name, which is the order samples and
-/// aggregation inputs are sorted in.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StationId(Arc<str>);
-
-impl StationId {
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for StationId {
-    fn from(s: &str) -> Self {
-        StationId(Arc::from(s))
-    }
-}
-
-impl From<String> for StationId {
-    fn from(s: String) -> Self {
-        StationId(Arc::from(s))
-    }
-}
-
-impl fmt::Display for StationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for StationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl Serialize for StationId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for StationId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d).map(StationId::from)
-    }
-}

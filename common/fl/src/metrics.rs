@@ -196,7 +196,7 @@ mod tests {
         m.count_failure(FailureKind::Timeout);
         m.count_failure(FailureKind::Timeout);
         m.count_failure(FailureKind::NonFinite);
-        m.sampled = vec!["a".into(), "b".into()];
+        m.sampled = vec![StationId::new("a").unwrap(), StationId::new("b").unwrap()];
         m.train_loss = Some(0.5);
         m.eval_metrics.insert("accuracy".into(), 0.75);
         let json = serde_json::to_string(&m).unwrap();

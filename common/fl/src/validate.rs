@@ -260,7 +260,7 @@ mod tests {
     fn each_refusal_has_its_kind() {
         let g = params(&[0.0, 0.0, 0.0]);
         let ok = res(&[1.0, 1.0, 1.0], 3);
-        let s = StationId::from("station-01");
+        let s = StationId::new("station-01").unwrap();
         let mut v = Validator::new(4, Some(2.0));
         assert_eq!(v.round(), 4);
 
@@ -323,7 +323,7 @@ mod tests {
     #[test]
     fn an_invalid_update_uses_up_the_answer() {
         let g = params(&[0.0, 0.0]);
-        let s = StationId::from("a");
+        let s = StationId::new("a").unwrap();
         let mut v = Validator::new(1, None);
         let mut bad = res(&[1.0, 1.0], 1);
         bad.params.data_mut()[0] = f32::NAN;
@@ -337,7 +337,7 @@ mod tests {
         );
         // Another station is unaffected.
         assert!(v
-            .check(&StationId::from("b"), 1, &g, &res(&[1.0, 1.0], 1))
+            .check(&StationId::new("b").unwrap(), 1, &g, &res(&[1.0, 1.0], 1))
             .is_ok());
     }
 

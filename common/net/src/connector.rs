@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::bind_udp;
 use super::error::{NetError, Result};
-use super::identity::StationId;
 use super::tls::ClientTls;
 use super::transport::TransportSettings;
+use fedcrime_identity::StationId;
 
 /// When and how often to retry a failed connection.
 ///

@@ -131,13 +131,8 @@ pub enum NetError {
         reason: String,
     },
     /// A station name breaks the naming rules.
-    #[error("invalid station identity {name:?}: {reason}")]
-    InvalidStationId {
-        /// The name.
-        name: String,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    InvalidStationId(#[from] fedcrime_identity::IdentityError),
     /// Reconnection gave up.
     #[error("gave up connecting to {peer} after {attempts} attempt(s) in {elapsed:?}: {last}")]
     GaveUp {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::error::{NetError, Result};
-use super::identity::{peer_identity, StationId};
+use super::identity::peer_identity;
 use super::tls::ServerTls;
 use super::transport::TransportSettings;
 use super::verifier::CrlVerifier;
 use super::{bind_udp, CLOSE_NO_IDENTITY, CLOSE_SHUTDOWN};
+use fedcrime_identity::StationId;
 
 /// How many refused handshakes [`Listener::rejections`] remembers.
 const REJECTIONS_KEPT: usize = 64;

@@ -632,7 +632,6 @@ fn pki_layout_matches_the_certs_crate() {
     assert_eq!(pki_layout::SERVER_KEY, layout::SERVER_KEY);
     assert_eq!(pki_layout::CRL, layout::CRL);
     assert_eq!(pki_layout::STATIONS_DIR, layout::STATIONS_DIR);
-    assert_eq!(STATION_URI_PREFIX, fedcrime_certs::STATION_URI_PREFIX);
     let (_d, pki) = pki(1);
     let c = client_tls(&pki, "station-01");
     assert_eq!(c.cert, pki.station_cert_path("station-01"));

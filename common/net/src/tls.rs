@@ -13,10 +13,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use super::error::{NetError, Result};
-use super::identity::{station_from_certificate, StationId};
 use super::transport::TransportSettings;
 use super::verifier::CrlVerifier;
 use super::ALPN;
+use fedcrime_identity::{station_from_certificate, StationId};
 
 /// File names of a PKI directory made by `fedcrime-certs` (kept in step with
 /// `fedcrime_certs::layout`; a test checks they agree).
@@ -154,10 +154,10 @@ impl ClientTls {
             path: self.cert.clone(),
             reason: "no certificate".to_owned(),
         })?;
-        station_from_certificate(leaf).map_err(|reason| NetError::Pem {
+        station_from_certificate(leaf).map_err(|e| NetError::Pem {
             what: "station certificate",
             path: self.cert.clone(),
-            reason,
+            reason: e.to_string(),
         })
     }
 

@@ -256,9 +256,9 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
     let stations: Vec<(StationId, Arc<dyn Learner>)> = (1..=spec.stations)
         .map(|i| {
             let l: Arc<dyn Learner> = Arc::new(NoTraining);
-            (StationId::from(format!("station-{i:0width$}")), l)
+            Ok((StationId::new(format!("station-{i:0width$}"))?, l))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let engine_cfg = EngineConfig {
         rounds: spec.rounds,
         min_stations: spec.stations,

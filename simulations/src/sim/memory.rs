@@ -405,7 +405,7 @@ mod tests {
                     add: i as f32,
                     examples: i as u64,
                 });
-                (StationId::from(format!("s{i:02}")), learner)
+                (StationId::new(format!("s{i:02}")).unwrap(), learner)
             })
             .collect();
         MemoryFederation::new(stations, workers).unwrap()
@@ -469,8 +469,8 @@ mod tests {
             examples: 1,
         });
         let stations = vec![
-            (StationId::from("a"), learner.clone()),
-            (StationId::from("a"), learner),
+            (StationId::new("a").unwrap(), learner.clone()),
+            (StationId::new("a").unwrap(), learner),
         ];
         assert!(MemoryFederation::new(stations, 1).is_err());
     }

@@ -140,11 +140,11 @@ pub fn station_list(
         .learners(cfg, device)
         .into_iter()
         .map(|s| {
-            let id = s.id();
+            let id = s.id()?;
             let l: Arc<dyn Learner> = s;
-            (id, l)
+            Ok((id, l))
         })
-        .collect())
+        .collect::<Result<_>>()?)
 }
 
 /// What the stations are told to train with each round (the engine adds
