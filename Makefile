@@ -47,7 +47,7 @@ clippy: bootstrap
 # wire codec and round engine link no libtorch; the wire codec and the round
 # engine no async runtime or sockets.
 layering:
-	@for c in fedcrime-data fedcrime-params fedcrime-wire fedcrime-fl fedcrime-files; do \
+	@for c in fedcrime-data fedcrime-params fedcrime-wire fedcrime-fl fedcrime-files fedcrime-identity; do \
 	  if $(CARGO) tree -p $$c -e normal --prefix none | grep -qE '^(tch|torch-sys) '; then \
 	    echo "layering: $$c links libtorch"; exit 1; fi; done
 	@for c in fedcrime-wire fedcrime-fl; do \

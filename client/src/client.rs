@@ -12,7 +12,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedcrime_fl::{EvaluateIns, EvaluateRes, FitIns, FitRes};
+use fedcrime_fl::{
+    encode_update, ClientSession, EvaluateIns, EvaluateRes, FitIns, FitRes, FromServer,
+    HandshakeError,
+};
 use fedcrime_ml::model;
 use fedcrime_net::{Backoff, Connector, ReconnectPolicy};
 use fedcrime_params::{ParamSpec, Params};
@@ -20,8 +23,7 @@ use fedcrime_station::protocol::{eval_config_from_wire, fit_ins, RunSetup};
 use fedcrime_station::{Learner, StationError};
 use fedcrime_wire::{
     Bye, ByeReason, Capabilities, Encoding, ErrorCode, ErrorMsg, EvalModel, EvaluateResult,
-    Heartbeat, Hello, Message, ModelHeader, RejectCode, Update, UpdateKind, WireConfig, WireReader,
-    WireWriter,
+    Heartbeat, Message, ModelHeader, RejectCode, Update, WireConfig, WireReader, WireWriter,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -314,42 +316,35 @@ impl Client {
         };
         let mut writer = WireWriter::new(send, self.options.wire);
         let mut reader = WireReader::new(recv, self.options.wire);
-        let hello = Message::Hello(Hello::new(
+        let mut machine = ClientSession::new(
             self.options.software.clone(),
             Capabilities {
                 encodings: self.options.encodings.clone(),
                 device: self.options.device.clone(),
                 extensions: Default::default(),
             },
-        ));
+        );
+        let hello = Message::Hello(machine.hello().clone());
         if let Err(e) = writer.send(&hello, None).await {
             return SessionEnd::Lost(format!("sending Hello: {e}"));
         }
-        let welcome =
+        let answer =
             match tokio::time::timeout(self.options.handshake_timeout, reader.recv_message()).await
             {
-                Ok(Ok(Some(Message::Welcome(w)))) => w,
-                Ok(Ok(Some(Message::Reject(r)))) => return SessionEnd::Refused(r.code, r.text),
-                Ok(Ok(Some(Message::Bye(b)))) => return SessionEnd::ServerLeft(b.text),
-                Ok(Ok(Some(
-                    other @ (Message::Hello(_)
-                    | Message::RoundStart(_)
-                    | Message::Update(_)
-                    | Message::EvaluateRequest(_)
-                    | Message::EvaluateResult(_)
-                    | Message::Heartbeat(_)
-                    | Message::Error(_)),
-                ))) => return SessionEnd::Lost(format!("expected Welcome, got {}", other.name())),
+                Ok(Ok(Some(msg))) => machine.on_answer(msg),
                 Ok(Ok(None)) => return SessionEnd::Lost("the server closed the stream".into()),
                 Ok(Err(e)) => return SessionEnd::Lost(format!("reading Welcome: {e}")),
                 Err(_) => return SessionEnd::Lost("no Welcome in time".into()),
             };
-        if !self.options.encodings.contains(&welcome.encoding) {
-            return SessionEnd::Fatal(ClientError::Handshake(format!(
-                "the server sends {} models, which this station does not read",
-                welcome.encoding
-            )));
-        }
+        let welcome = match answer {
+            Ok(w) => w,
+            Err(HandshakeError::Refused { code, text }) => return SessionEnd::Refused(code, text),
+            Err(HandshakeError::ServerLeft(text)) => return SessionEnd::ServerLeft(text),
+            Err(HandshakeError::Protocol(e)) => return SessionEnd::Lost(e.to_string()),
+            Err(HandshakeError::Incompatible(text)) => {
+                return SessionEnd::Fatal(ClientError::Handshake(text))
+            }
+        };
         let setup = match RunSetup::from_extensions(&welcome.extensions) {
             Ok(s) => s,
             Err(e) => return SessionEnd::Fatal(e.into()),
@@ -382,7 +377,12 @@ impl Client {
         };
         let reader = WireReader::new(reader.into_inner(), read_cfg);
         let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(4);
-        let reader_task = AbortOnDrop(tokio::spawn(read_loop(reader, spec.clone(), in_tx)));
+        let reader_task = AbortOnDrop(tokio::spawn(read_loop(
+            reader,
+            machine,
+            spec.clone(),
+            in_tx,
+        )));
         let (out_tx, out_rx) = mpsc::channel::<(Message, Option<Params>)>(8);
         let mut writer_task = AbortOnDrop(tokio::spawn(write_loop(writer, out_rx)));
 
@@ -476,16 +476,7 @@ impl Client {
                 }
                 match res {
                     Ok(fit) => {
-                        let mut params = fit.params;
-                        let kind = if send_delta && global.spec().check_same(params.spec()).is_ok()
-                        {
-                            for (p, g) in params.data_mut().iter_mut().zip(global.data()) {
-                                *p -= *g;
-                            }
-                            UpdateKind::Delta
-                        } else {
-                            UpdateKind::Full
-                        };
+                        let (params, kind) = encode_update(fit.params, &global, send_delta);
                         let header = match ModelHeader::describe(&params, encoding) {
                             Ok(h) => h,
                             Err(e) => {
@@ -616,6 +607,7 @@ async fn write_loop(
 
 async fn read_loop(
     mut reader: WireReader<quinn::RecvStream>,
+    mut machine: ClientSession,
     spec: Arc<ParamSpec>,
     tx: mpsc::Sender<Incoming>,
 ) {
@@ -626,8 +618,8 @@ async fn read_loop(
             Ok(None) => break Incoming::End("the server closed the stream".into()),
             Err(e) => break Incoming::End(format!("reading: {e}")),
         };
-        let work = match msg {
-            Message::RoundStart(rs) => {
+        let work = match machine.on_message(msg) {
+            Ok(FromServer::RoundStart(rs)) => {
                 let global = match reader.recv_params(&rs.model, Some(&spec)).await {
                     Ok(p) => Arc::new(p),
                     Err(e) => break Incoming::End(format!("round {} model: {e}", rs.round)),
@@ -640,7 +632,7 @@ async fn read_loop(
                     send_delta: rs.send_delta,
                 }
             }
-            Message::EvaluateRequest(req) => {
+            Ok(FromServer::EvaluateRequest(req)) => {
                 let global = match req.model {
                     EvalModel::Attached(h) => match reader.recv_params(&h, Some(&spec)).await {
                         Ok(p) => Some(Arc::new(p)),
@@ -672,19 +664,13 @@ async fn read_loop(
                     },
                 }
             }
-            Message::Bye(b) => break Incoming::Bye(b),
-            Message::Heartbeat(_) => continue,
-            Message::Error(e) => {
+            Ok(FromServer::Bye(b)) => break Incoming::Bye(b),
+            Ok(FromServer::Heartbeat(_)) => continue,
+            Ok(FromServer::Error(e)) => {
                 tracing::warn!(code = ?e.code, "the server reports: {}", e.text);
                 continue;
             }
-            other @ (Message::Hello(_)
-            | Message::Welcome(_)
-            | Message::Reject(_)
-            | Message::Update(_)
-            | Message::EvaluateResult(_)) => {
-                break Incoming::End(format!("unexpected {} from the server", other.name()))
-            }
+            Err(e) => break Incoming::End(e.to_string()),
         };
         if tx.send(Incoming::Work(work)).await.is_err() {
             return;

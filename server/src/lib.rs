@@ -29,4 +29,4 @@ mod session;
 pub use config::ServerConfig;
 pub use error::{Result, ServerError};
 pub use metrics::RoundRecord;
-pub use server::{run, Progress, RunReport, Server};
+pub use server::{run, Progress, RunReport, Server, ServerBuilder};

@@ -20,21 +20,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fedcrime_cli::config_file::ConfigFileError;
-use fedcrime_data::{load_path, Dataset};
+use fedcrime_data::{load_path, Dataset, Featurizer, TaskConfig};
 use fedcrime_fl::strategy::WithServerEval;
 use fedcrime_fl::{
-    Action, Checkpoint, CheckpointStore, Config, Engine, EvalSummary, EvaluateRes, Event, FitRes,
-    Metrics as FlMetrics, Outcome, RoundMetrics, RoundSettings, StationId, Strategy, Summary,
+    decode_update, Action, Admission, Checkpoint, CheckpointStore, Config, Engine, EvalSummary,
+    EvaluateRes, Event, FitRes, Metrics as FlMetrics, Outcome, RoundMetrics, RoundSettings,
+    StationId, Strategy, Summary,
 };
 use fedcrime_ml::model::{self, ModelConfig};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_net::{Listener, ListenerStats};
-use fedcrime_params::Params;
+use fedcrime_params::{ParamSpec, Params};
 use fedcrime_station::data::{prepare, Selection};
 use fedcrime_station::protocol::{eval_config_to_wire, round_start, RunSetup, UpdateDelivery};
 use fedcrime_wire::{
     Bye, ByeReason, ErrorCode, EvalModel, EvaluateRequest, Message, ModelHeader, Reject,
-    RejectCode, ServerLimits, UpdateKind, WireConfig,
+    RejectCode, ServerLimits, WireConfig,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -179,81 +180,58 @@ impl ServerEval {
     }
 }
 
-impl Server {
-    /// Validates `config`, prepares the run (featurizer, initial model or the
-    /// checkpoint to resume, strategy, metrics files) and binds the listener.
-    /// Must be called inside a tokio runtime.
-    pub async fn bind(config: ServerConfig) -> Result<Server> {
+/// Sets up a [`Server`]: the config, and optionally the initial model and
+/// the shared featurizer as values (the one-machine simulator hands over
+/// what it already holds instead of writing files for the server to read).
+#[derive(Debug)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    initial: Option<Params>,
+    featurizer: Option<Featurizer>,
+}
+
+impl ServerBuilder {
+    /// Start from these parameters (matched by tensor name against the
+    /// configured architecture) instead of `model.initial` or a freshly
+    /// seeded model.
+    pub fn initial(mut self, params: Params) -> Self {
+        self.initial = Some(params);
+        self
+    }
+
+    /// Share this featurizer instead of `task.featurizer` or one fitted on
+    /// the evaluation data.
+    pub fn featurizer(mut self, featurizer: Featurizer) -> Self {
+        self.featurizer = Some(featurizer);
+        self
+    }
+
+    /// Validates the config, prepares the run (featurizer, initial model or
+    /// the checkpoint to resume, strategy, metrics files) and binds the
+    /// listener. Must be called inside a tokio runtime.
+    pub async fn bind(self) -> Result<Server> {
+        let ServerBuilder {
+            config,
+            initial,
+            featurizer,
+        } = self;
         config.validate()?;
         let task = config.task.task_config();
         let mut model = config.model_config()?;
-
-        // The featurizer stations share, and the server's held-out data.
-        let mut featurizer = match &config.task.featurizer {
-            Some(path) => Some(fedcrime_data::Featurizer::load_json(path)?),
-            None => None,
+        let mut featurizer = match (featurizer, &config.task.featurizer) {
+            (Some(f), _) => Some(f),
+            (None, Some(path)) => Some(Featurizer::load_json(path)?),
+            (None, None) => None,
         };
-        let mut eval: Option<ServerEval> = None;
-        if let Some(e) = &config.evaluation {
-            let loaded = cpu(|| load_path(&e.data))?;
-            tracing::info!(
-                path = %e.data.display(),
-                incidents = loaded.incidents.len(),
-                "loaded the evaluation data"
-            );
-            if featurizer.is_none() {
-                let built = cpu(|| fedcrime_data::build_task(&loaded.incidents, &task))?;
-                featurizer = Some(built.featurizer);
-            }
-            let splits = cpu(|| {
-                prepare(
-                    &loaded.incidents,
-                    &task,
-                    featurizer.as_ref(),
-                    &Selection::All,
-                )
-            })?;
-            model.target_prior = ModelConfig::for_dataset(model.kind, &splits.train).target_prior;
-            let data = match e.split {
-                EvalSplit::Val => splits.val,
-                EvalSplit::Test => splits.test,
-            };
-            fedcrime_station::check_dataset(&model, &data, "evaluation")?;
-            eval = Some(ServerEval {
-                model: model.clone(),
-                data,
-                batch_size: e.batch_size,
-            });
-        }
+        let eval = load_evaluation(&config, &task, &mut model, &mut featurizer)?;
         if featurizer.is_none() {
             tracing::warn!(
                 "no shared featurizer (task.featurizer or evaluation data): every station fits \
                  its own scalers and risk levels"
             );
         }
-
-        // The initial model: built from the architecture with the run's
-        // seed, or loaded by tensor name from a saved model.
-        let seed = config.federation.seed;
-        let initial_file = config.model.initial.clone();
-        let initial = cpu(|| -> Result<Params> {
-            tch::manual_seed(seed as i64);
-            let mut m = model::build(&model, tch::Device::Cpu)?;
-            if let Some(path) = &initial_file {
-                let bad = |message: String| {
-                    ServerError::from(ConfigFileError::setting(
-                        "model.initial",
-                        format!("{}: {message}", path.display()),
-                    ))
-                };
-                let (p, _) = Params::load_safetensors(path).map_err(|e| bad(e.to_string()))?;
-                m.import_params(&p).map_err(|e| bad(e.to_string()))?;
-                tracing::info!(path = %path.display(), "initial model loaded");
-            }
-            Ok(m.export_params())
-        })?;
+        let initial = initial_params(&config, &model, initial)?;
         let spec = initial.spec().clone();
-
         let mut strategy: Box<dyn Strategy> = config.strategy.build()?;
         if let Some(e) = eval {
             strategy = Box::new(WithServerEval::new(
@@ -261,64 +239,19 @@ impl Server {
                 move |round, global: &Params| e.evaluate(round, global),
             ));
         }
-
-        let ckpt_dir = config.output.checkpoint_dir();
-        let store = CheckpointStore::new(&ckpt_dir).with_keep(config.output.keep_checkpoints);
-        let engine_cfg = config.engine_config();
-        let mut engine = if config.resume {
-            let e = Engine::resume(&ckpt_dir, engine_cfg, strategy, initial, now())?;
-            tracing::info!(
-                dir = %ckpt_dir.display(),
-                next_round = e.round(),
-                "resuming"
-            );
-            e
-        } else {
-            if let Some(latest) = store.load_latest()? {
-                return Err(ServerError::CheckpointExists {
-                    dir: ckpt_dir,
-                    round: latest.round,
-                });
-            }
-            Engine::new(engine_cfg, strategy, initial, now())?
-        };
-        engine.set_stopwatch(Instant::now);
-
+        let (engine, store) = start_engine(&config, strategy, initial)?;
         let metrics = MetricsWriter::open(
             &config.output.dir,
             model.task,
             model.output_dim,
             engine.history(),
         )?;
-
         let setup = RunSetup {
             model: model.clone(),
             task,
             featurizer,
         };
-        let write_cfg = config.wire_config();
-        let read_cfg = WireConfig {
-            max_model_params: (spec.total() as u64).saturating_mul(2).saturating_add(1024),
-            max_tensors: u32::try_from(spec.len().saturating_mul(2).saturating_add(16))
-                .unwrap_or(u32::MAX),
-            ..write_cfg
-        };
-        let ctx = Arc::new(SessionCtx {
-            run_id: config.run_id(),
-            welcome_ext: setup.to_extensions()?,
-            limits: ServerLimits {
-                max_frame_bytes: write_cfg.max_frame_bytes,
-                max_model_params: read_cfg.max_model_params,
-                heartbeat_interval_ms: config.transport.keep_alive_ms,
-                idle_timeout_ms: config.transport.idle_timeout_ms,
-            },
-            model_encoding: config.wire.model_encoding,
-            update_encoding: config.wire.update_encoding,
-            read_cfg,
-            write_cfg,
-            hello_timeout: config.transport.handshake_timeout(),
-        });
-
+        let ctx = Arc::new(session_ctx(&config, &setup, &spec)?);
         let listener = Listener::bind(config.listen, &config.tls, &config.transport)?;
         let (progress, _) = watch::channel(Progress {
             round: engine.round(),
@@ -328,7 +261,7 @@ impl Server {
         });
         tracing::info!(
             addr = %listener.local_addr()?,
-            run = %ctx.run_id,
+            run = %ctx.admission.run_id,
             rounds = engine.config().rounds,
             strategy = engine.strategy_name(),
             model = %model.kind,
@@ -345,6 +278,157 @@ impl Server {
             metrics,
             progress,
         })
+    }
+}
+
+/// The server's held-out data (`[evaluation]`), when configured: loaded,
+/// featurized with the shared featurizer (fitted here when there is none
+/// yet), and the model's target prior set from its training window.
+fn load_evaluation(
+    config: &ServerConfig,
+    task: &TaskConfig,
+    model: &mut ModelConfig,
+    featurizer: &mut Option<Featurizer>,
+) -> Result<Option<ServerEval>> {
+    let Some(e) = &config.evaluation else {
+        return Ok(None);
+    };
+    let loaded = cpu(|| load_path(&e.data))?;
+    tracing::info!(
+        path = %e.data.display(),
+        incidents = loaded.incidents.len(),
+        "loaded the evaluation data"
+    );
+    if featurizer.is_none() {
+        let built = cpu(|| fedcrime_data::build_task(&loaded.incidents, task))?;
+        *featurizer = Some(built.featurizer);
+    }
+    let splits = cpu(|| {
+        prepare(
+            &loaded.incidents,
+            task,
+            featurizer.as_ref(),
+            &Selection::All,
+        )
+    })?;
+    model.target_prior = ModelConfig::for_dataset(model.kind, &splits.train).target_prior;
+    let data = match e.split {
+        EvalSplit::Val => splits.val,
+        EvalSplit::Test => splits.test,
+    };
+    fedcrime_station::check_dataset(model, &data, "evaluation")?;
+    Ok(Some(ServerEval {
+        model: model.clone(),
+        data,
+        batch_size: e.batch_size,
+    }))
+}
+
+/// The initial model: the architecture built with the run's seed, then
+/// `given` parameters or the `model.initial` file loaded into it by tensor
+/// name.
+fn initial_params(
+    config: &ServerConfig,
+    model: &ModelConfig,
+    given: Option<Params>,
+) -> Result<Params> {
+    let seed = config.federation.seed;
+    let file = config.model.initial.clone();
+    cpu(|| -> Result<Params> {
+        tch::manual_seed(seed as i64);
+        let mut m = model::build(model, tch::Device::Cpu)?;
+        if let Some(p) = &given {
+            m.import_params(p)?;
+        } else if let Some(path) = &file {
+            let bad = |message: String| {
+                ServerError::from(ConfigFileError::setting(
+                    "model.initial",
+                    format!("{}: {message}", path.display()),
+                ))
+            };
+            let (p, _) = Params::load_safetensors(path).map_err(|e| bad(e.to_string()))?;
+            m.import_params(&p).map_err(|e| bad(e.to_string()))?;
+            tracing::info!(path = %path.display(), "initial model loaded");
+        }
+        Ok(m.export_params())
+    })
+}
+
+/// The round engine, resumed from the checkpoint folder (`--resume`) or new
+/// (refused when that folder already holds a run), and its checkpoint store.
+fn start_engine(
+    config: &ServerConfig,
+    strategy: Box<dyn Strategy>,
+    initial: Params,
+) -> Result<(Engine, CheckpointStore)> {
+    let ckpt_dir = config.output.checkpoint_dir();
+    let store = CheckpointStore::new(&ckpt_dir).with_keep(config.output.keep_checkpoints);
+    let engine_cfg = config.engine_config();
+    let mut engine = if config.resume {
+        let e = Engine::resume(&ckpt_dir, engine_cfg, strategy, initial, now())?;
+        tracing::info!(
+            dir = %ckpt_dir.display(),
+            next_round = e.round(),
+            "resuming"
+        );
+        e
+    } else {
+        if let Some(latest) = store.load_latest()? {
+            return Err(ServerError::CheckpointExists {
+                dir: ckpt_dir,
+                round: latest.round,
+            });
+        }
+        Engine::new(engine_cfg, strategy, initial, now())?
+    };
+    engine.set_stopwatch(Instant::now);
+    Ok((engine, store))
+}
+
+/// What every station session needs: the Welcome's contents and the read
+/// and write limits (reads bounded by the global model's size).
+fn session_ctx(config: &ServerConfig, setup: &RunSetup, spec: &ParamSpec) -> Result<SessionCtx> {
+    let write_cfg = config.wire_config();
+    let read_cfg = WireConfig {
+        max_model_params: (spec.total() as u64).saturating_mul(2).saturating_add(1024),
+        max_tensors: u32::try_from(spec.len().saturating_mul(2).saturating_add(16))
+            .unwrap_or(u32::MAX),
+        ..write_cfg
+    };
+    Ok(SessionCtx {
+        admission: Admission {
+            run_id: config.run_id(),
+            model_encoding: config.wire.model_encoding,
+            update_encoding: config.wire.update_encoding,
+            limits: ServerLimits {
+                max_frame_bytes: write_cfg.max_frame_bytes,
+                max_model_params: read_cfg.max_model_params,
+                heartbeat_interval_ms: config.transport.keep_alive_ms,
+                idle_timeout_ms: config.transport.idle_timeout_ms,
+            },
+            extensions: setup.to_extensions()?,
+        },
+        read_cfg,
+        write_cfg,
+        hello_timeout: config.transport.handshake_timeout(),
+    })
+}
+
+impl Server {
+    /// A builder for a server of `config`.
+    pub fn builder(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            initial: None,
+            featurizer: None,
+        }
+    }
+
+    /// [`Server::builder`] with nothing handed over: validates `config`,
+    /// prepares the run and binds the listener. Must be called inside a
+    /// tokio runtime.
+    pub async fn bind(config: ServerConfig) -> Result<Server> {
+        Server::builder(config).bind().await
     }
 
     /// The bound address.
@@ -702,8 +786,10 @@ impl Driver {
                     let bytes = match &self.fit_cache {
                         Some(e) if e.matches(round, &ins.global, &ins.settings) => e.bytes.clone(),
                         _ => {
-                            let model =
-                                ModelHeader::describe(&ins.global, self.ctx.model_encoding)?;
+                            let model = ModelHeader::describe(
+                                &ins.global,
+                                self.ctx.admission.model_encoding,
+                            )?;
                             let msg = Message::RoundStart(round_start(&ins, self.delivery, model));
                             let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
                             self.fit_cache =
@@ -731,7 +817,7 @@ impl Driver {
                                 round,
                                 model: EvalModel::Attached(ModelHeader::describe(
                                     &ins.global,
-                                    self.ctx.model_encoding,
+                                    self.ctx.admission.model_encoding,
                                 )?),
                                 config: eval_config_to_wire(&ins.config),
                             });
@@ -804,7 +890,7 @@ impl Driver {
         let global = self.engine.global().clone();
         let meta = BTreeMap::from([
             ("round".to_string(), round.to_string()),
-            ("run_id".to_string(), self.ctx.run_id.clone()),
+            ("run_id".to_string(), self.ctx.admission.run_id.clone()),
             (
                 "strategy".to_string(),
                 self.engine.strategy_name().to_string(),
@@ -902,15 +988,7 @@ impl Driver {
                 if !self.accept_from(&station, session, bytes) {
                     return;
                 }
-                let mut params = params;
-                if update.kind == UpdateKind::Delta {
-                    let global = self.engine.global();
-                    if global.spec().check_same(params.spec()).is_ok() {
-                        for (p, g) in params.data_mut().iter_mut().zip(global.data()) {
-                            *p += *g;
-                        }
-                    }
-                }
+                let params = decode_update(update.kind, params, self.engine.global());
                 if update.round == self.engine.round()
                     && update.train_seconds.is_finite()
                     && update.train_seconds >= 0.0

@@ -1,7 +1,9 @@
 //! One station's connection: the Hello/Welcome handshake on the stream the
 //! station opens, then a reader (decoding what the station sends and handing
 //! it to the driver) and a writer (sending what the driver queued, bytes
-//! encoded once per round and shared by every station).
+//! encoded once per round and shared by every station). What may be said
+//! when is decided by the sans-IO [`ServerSession`]; this module only moves
+//! bytes and waits.
 //!
 //! Nothing a station sends can take the server down: every read is bounded
 //! (frame size, model size against the global model's), a malformed or
@@ -12,12 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fedcrime_fl::StationId;
+use fedcrime_fl::{Admission, FromStation, ServerSession, StationId};
 use fedcrime_params::Params;
 use fedcrime_wire::{
-    encode_message, negotiate_version, Encoding, ErrorCode, ErrorMsg, EvaluateResult, Extensions,
-    Message, Reject, RejectCode, ServerLimits, Update, Welcome, WireConfig, WireReader,
-    SUPPORTED_VERSIONS,
+    encode_message, ErrorCode, ErrorMsg, EvaluateResult, Message, Reject, Update, WireConfig,
+    WireReader,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,16 +39,8 @@ pub(crate) enum Outgoing {
 /// What every session needs to know about the run.
 #[derive(Debug)]
 pub(crate) struct SessionCtx {
-    /// The run's name.
-    pub run_id: String,
-    /// The run description for the Welcome.
-    pub welcome_ext: Extensions,
-    /// The limits announced in the Welcome.
-    pub limits: ServerLimits,
-    /// Encoding of models sent to stations.
-    pub model_encoding: Encoding,
-    /// Encoding of updates.
-    pub update_encoding: Encoding,
+    /// What the Welcome tells every station (run, encodings, limits, run description).
+    pub admission: Admission,
     /// Limits for reading from stations (model sizes bounded by the global model's).
     pub read_cfg: WireConfig,
     /// Limits for writing.
@@ -163,76 +156,21 @@ async fn run(
             Err(_) => return Err("no stream opened in time".into()),
         };
     let mut reader = WireReader::new(recv, ctx.read_cfg);
-    let reject = |code, text: String| Message::Reject(Reject { code, text });
+    let mut machine = ServerSession::new(station.clone(), session);
     let hello = match tokio::time::timeout(ctx.hello_timeout, reader.recv_message()).await {
-        Ok(Ok(Some(Message::Hello(h)))) => h,
-        Ok(Ok(Some(
-            other @ (Message::Welcome(_)
-            | Message::Reject(_)
-            | Message::RoundStart(_)
-            | Message::Update(_)
-            | Message::EvaluateRequest(_)
-            | Message::EvaluateResult(_)
-            | Message::Heartbeat(_)
-            | Message::Error(_)
-            | Message::Bye(_)),
-        ))) => {
-            let text = format!("expected Hello, got {}", other.name());
-            send_last(
-                &mut send,
-                &reject(RejectCode::BadHello, text.clone()),
-                &ctx.write_cfg,
-            )
-            .await;
-            return Err(text);
-        }
+        Ok(Ok(Some(msg))) => machine.on_first_message(msg, &ctx.admission),
         Ok(Ok(None)) => return Err("stream ended before Hello".into()),
-        Ok(Err(e)) => {
-            let text = format!("bad Hello: {e}");
-            send_last(
-                &mut send,
-                &reject(RejectCode::BadHello, text.clone()),
-                &ctx.write_cfg,
-            )
-            .await;
-            return Err(text);
-        }
-        Err(_) => {
-            let text = "no Hello in time".to_string();
-            send_last(
-                &mut send,
-                &reject(RejectCode::BadHello, text.clone()),
-                &ctx.write_cfg,
-            )
-            .await;
+        Ok(Err(e)) => Err(machine.hello_failed(format!("bad Hello: {e}"))),
+        Err(_) => Err(machine.hello_failed("no Hello in time".into())),
+    };
+    let hello = match hello {
+        Ok(h) => h,
+        Err(reject) => {
+            let text = reject.text.clone();
+            send_last(&mut send, &Message::Reject(reject), &ctx.write_cfg).await;
             return Err(text);
         }
     };
-    let version = match negotiate_version(&hello.protocol_versions, SUPPORTED_VERSIONS) {
-        Ok(v) => v,
-        Err(e) => {
-            let text = e.to_string();
-            send_last(
-                &mut send,
-                &reject(RejectCode::UnsupportedVersion, text.clone()),
-                &ctx.write_cfg,
-            )
-            .await;
-            return Err(text);
-        }
-    };
-    for enc in [ctx.model_encoding, ctx.update_encoding] {
-        if !hello.capabilities.encodings.contains(&enc) {
-            let text = format!("the run uses {enc} tensors, which the station does not support");
-            send_last(
-                &mut send,
-                &reject(RejectCode::BadHello, text.clone()),
-                &ctx.write_cfg,
-            )
-            .await;
-            return Err(text);
-        }
-    }
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
     let (reply, answer) = oneshot::channel();
     let hello_msg = FromSession::Hello {
@@ -248,21 +186,17 @@ async fn run(
     match answer.await {
         Ok(None) => {}
         Ok(Some(r)) => {
+            let r = machine.refuse_admission(r);
             let text = r.text.clone();
             send_last(&mut send, &Message::Reject(r), &ctx.write_cfg).await;
             return Ok(format!("refused: {text}"));
         }
         Err(_) => return Err("server stopping".into()),
     }
-    let welcome = Message::Welcome(Welcome {
-        protocol_version: version,
-        session_id: session,
-        run_id: ctx.run_id.clone(),
-        station: station.to_string(),
-        encoding: ctx.model_encoding,
-        limits: ctx.limits,
-        extensions: ctx.welcome_ext.clone(),
-    });
+    let Some(welcome) = machine.welcome(&ctx.admission) else {
+        return Err("no Hello to welcome".into());
+    };
+    let welcome = Message::Welcome(welcome);
     if let Err(e) = send
         .write_chunk(encode(&welcome, None, &ctx.write_cfg))
         .await
@@ -284,7 +218,7 @@ async fn run(
         "station joined"
     );
     let writer = tokio::spawn(write_loop(send, outbox_rx));
-    let end = read_loop(station, session, &mut reader, tx, &outbox, ctx).await;
+    let end = read_loop(&mut machine, &mut reader, tx, &outbox, ctx).await;
     let reason = match &end {
         Ok(r) | Err(r) => r.clone(),
     };
@@ -321,8 +255,7 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoing
 /// Reads the station's messages until the stream ends, the station says
 /// Bye, or it breaks the protocol.
 async fn read_loop(
-    station: &StationId,
-    session: u64,
+    machine: &mut ServerSession,
     reader: &mut WireReader<quinn::RecvStream>,
     tx: &mpsc::Sender<FromSession>,
     outbox: &mpsc::Sender<Outgoing>,
@@ -332,6 +265,8 @@ async fn read_loop(
         let msg = Message::Error(ErrorMsg { code, text });
         let _ = outbox.try_send(Outgoing::Frames(encode(&msg, None, &ctx.write_cfg)));
     };
+    let station = machine.station().clone();
+    let session = machine.id();
     loop {
         let start = reader.bytes_read();
         let msg = match reader.recv_message().await {
@@ -344,8 +279,8 @@ async fn read_loop(
                 return Err(format!("reading: {e}"));
             }
         };
-        let to_driver = match msg {
-            Message::Update(update) => {
+        let to_driver = match machine.on_message(msg) {
+            Ok(FromStation::Update(update)) => {
                 let params = match reader.recv_params(&update.model, None).await {
                     Ok(p) => p,
                     Err(e) => {
@@ -362,32 +297,27 @@ async fn read_loop(
                     bytes: reader.bytes_read() - start,
                 }
             }
-            Message::EvaluateResult(result) => FromSession::Evaluation {
+            Ok(FromStation::Evaluation(result)) => FromSession::Evaluation {
                 station: station.clone(),
                 session,
                 result,
                 bytes: reader.bytes_read() - start,
             },
-            Message::Error(error) => FromSession::Report {
+            Ok(FromStation::Report(error)) => FromSession::Report {
                 station: station.clone(),
                 session,
                 error,
             },
-            Message::Heartbeat(_) => continue,
-            Message::Bye(b) => {
+            Ok(FromStation::Heartbeat(_)) => continue,
+            Ok(FromStation::Bye(b)) => {
                 return Ok(format!(
                     "the station said goodbye ({:?}: {})",
                     b.reason, b.text
                 ))
             }
-            other @ (Message::Hello(_)
-            | Message::Welcome(_)
-            | Message::Reject(_)
-            | Message::RoundStart(_)
-            | Message::EvaluateRequest(_)) => {
-                let text = format!("unexpected {} from a station", other.name());
-                complain(ErrorCode::UnexpectedMessage, text.clone());
-                return Err(text);
+            Err(e) => {
+                complain(e.code, e.text.clone());
+                return Err(e.to_string());
             }
         };
         if tx.send(to_driver).await.is_err() {

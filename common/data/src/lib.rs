@@ -1,6 +1,13 @@
+//! # fedcrime-data
+//!
 //! The LA crime data pipeline: loading the LAPD export, cleaning it with a
 //! report, featurizing, building the `risk` and `counts` tasks with a temporal
 //! split, partitioning into stations, and generating LA-like synthetic data.
+//!
+//! Plain Rust on CPU (rayon for the parallel loader); it knows nothing of
+//! models or federations, and links no libtorch: `fedcrime-ml` turns its
+//! [`Dataset`]s into tensors. [`calendar`] is the one calendar of the
+//! workspace.
 
 pub mod areas;
 pub mod calendar;

@@ -104,6 +104,122 @@ pub fn load_reader_with<R: Read>(r: R, source_name: &str, opts: &LoadOptions) ->
     }
 }
 
+/// Where each column sits, from the header record; errors name the column.
+fn layout_of(rec: &csv::ByteRecord, name: &str) -> Result<Layout> {
+    let header_error = |column: usize, reason: String| DataError::Header {
+        file: name.to_string(),
+        line: 1,
+        column,
+        reason,
+    };
+    let mut positions = [usize::MAX; COLUMN_COUNT];
+    for (i, raw) in rec.iter().enumerate() {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            return Err(header_error(i + 1, "not UTF-8 text (binary data?)".into()));
+        };
+        let Some(col) = Column::from_name(text) else {
+            let expected = Column::ALL.get(i).map_or("none", |c| c.name());
+            return Err(header_error(
+                i + 1,
+                format!(
+                    "found {:?}, expected {expected:?} (the LAPD export's 28 columns)",
+                    truncate(text, 40)
+                ),
+            ));
+        };
+        if positions[col.index()] != usize::MAX {
+            return Err(header_error(
+                i + 1,
+                format!("column {:?} appears twice", col.name()),
+            ));
+        }
+        positions[col.index()] = i;
+    }
+    if let Some(missing) = Column::ALL
+        .iter()
+        .find(|c| positions[c.index()] == usize::MAX)
+    {
+        return Err(header_error(
+            rec.len() + 1,
+            format!(
+                "column {:?} is missing (found {} columns)",
+                missing.name(),
+                rec.len()
+            ),
+        ));
+    }
+    Ok(Layout { positions })
+}
+
+/// The loader with the `csv` crate's reader splitting the records
+/// (`ByteRecord`, one thread) instead of the hand-written splitter, and
+/// everything after it the same (field parsing, cleaning, the report): the
+/// reference `fedcrime-sim bench data` measures the splitter against.
+#[cfg(feature = "bench")]
+pub fn load_path_csv_crate(path: &Path) -> Result<Loaded> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|e| DataError::io("open", path, e))?;
+    let mut buffered = BufReader::with_capacity(1 << 16, file);
+    let head = buffered.fill_buf().map_err(|e| DataError::Read {
+        file: name.clone(),
+        line: 1,
+        source: e,
+    })?;
+    let input: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(input);
+    let mut rec = csv::ByteRecord::new();
+    let read_err = |line: u64, e: csv::Error| DataError::Malformed {
+        file: name.clone(),
+        line,
+        column: 1,
+        field: "?",
+        reason: e.to_string(),
+    };
+    if !rdr.read_byte_record(&mut rec).map_err(|e| read_err(1, e))? {
+        return Err(DataError::Empty { file: name });
+    }
+    let layout = layout_of(&rec, &name)?;
+    let mut tally = Tally::default();
+    let mut dates = DateCache::default();
+    let mut rows = Vec::new();
+    let mut line = 1u64;
+    while rdr
+        .read_byte_record(&mut rec)
+        .map_err(|e| read_err(line + 1, e))?
+    {
+        line += 1;
+        if rec.len() != COLUMN_COUNT {
+            if rec.len() == 1 && rec[0].is_empty() {
+                continue;
+            }
+            return Err(DataError::FieldCount {
+                file: name,
+                line,
+                column: rec.len().min(COLUMN_COUNT) + 1,
+                expected: COLUMN_COUNT,
+                found: rec.len(),
+            });
+        }
+        let fields: [&[u8]; COLUMN_COUNT] = std::array::from_fn(|c| &rec[layout.positions[c]]);
+        if let Some(incident) = clean::parse_row(&fields, &mut tally, &mut dates) {
+            rows.push(incident);
+        }
+    }
+    if tally.rows_read == 0 {
+        return Err(DataError::Empty { file: name });
+    }
+    let (incidents, report) = clean::finish(rows, tally, &name);
+    Ok(Loaded { incidents, report })
+}
+
 /// Where each [`Column`] sits in the file's rows.
 #[derive(Clone, Copy, Debug)]
 struct Layout {
@@ -276,43 +392,7 @@ impl<'a, R: Read> Loader<'a, R> {
         if !matches!(ok, Ok(true)) {
             return Err(header_error(1, "not a CSV header line".into()));
         }
-        let mut positions = [usize::MAX; COLUMN_COUNT];
-        for (i, raw) in rec.iter().enumerate() {
-            let Ok(text) = std::str::from_utf8(raw) else {
-                return Err(header_error(i + 1, "not UTF-8 text (binary data?)".into()));
-            };
-            let Some(col) = Column::from_name(text) else {
-                let expected = Column::ALL.get(i).map_or("none", |c| c.name());
-                return Err(header_error(
-                    i + 1,
-                    format!(
-                        "found {:?}, expected {expected:?} (the LAPD export's 28 columns)",
-                        truncate(text, 40)
-                    ),
-                ));
-            };
-            if positions[col.index()] != usize::MAX {
-                return Err(header_error(
-                    i + 1,
-                    format!("column {:?} appears twice", col.name()),
-                ));
-            }
-            positions[col.index()] = i;
-        }
-        if let Some(missing) = Column::ALL
-            .iter()
-            .find(|c| positions[c.index()] == usize::MAX)
-        {
-            return Err(header_error(
-                rec.len() + 1,
-                format!(
-                    "column {:?} is missing (found {} columns)",
-                    missing.name(),
-                    rec.len()
-                ),
-            ));
-        }
-        Ok(Layout { positions })
+        layout_of(&rec, self.name)
     }
 
     fn run(mut self) -> Result<Loaded> {

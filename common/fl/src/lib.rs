@@ -1,5 +1,9 @@
+//! # fedcrime-fl
+//!
 //! Federated learning: the round engine, aggregation strategies, update
-//! validation and checkpoints.
+//! validation and checkpoints. No libtorch, no async runtime, no sockets:
+//! parameters are `fedcrime-params` buffers, what travels is
+//! `fedcrime-wire`'s vocabulary, and identities are `fedcrime-identity`'s.
 //!
 //! The [`Engine`] is a deterministic state machine in the shape of
 //! quinn-proto: the driver feeds it [`Event`]s with [`Engine::handle`]
@@ -31,7 +35,6 @@
 //!             Action::RoundFinished(metrics) => metrics_log.write(&metrics)?,
 //!             Action::Checkpoint(c) => { store.save(&c)?; }
 //!             Action::Finished(summary) => return Ok(summary),
-//!             _ => {}
 //!         }
 //!     }
 //!     // Wait for the next event or the engine's timer, whichever comes first.
@@ -42,16 +45,23 @@
 //! }
 //! ```
 //!
+//! Beside the engine, [`session`] is the station session protocol in the
+//! same shape: the Hello/Welcome handshake and the classification of every
+//! later message on both sides, and the delta encoding of updates, driven by
+//! the QUIC server and client and by the in-memory simulator alike.
+//!
 //! Updates are buffered until the round closes and aggregated in station
 //! order, so the result does not depend on arrival order (the memory and QUIC
 //! transports give identical models for the same seed); memory per round is
 //! one model per accepted update.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
 pub mod engine;
 mod error;
 pub mod metrics;
+pub mod session;
 pub mod strategy;
 pub mod validate;
 
@@ -61,6 +71,10 @@ pub use error::{FlError, Result};
 pub use fedcrime_identity::StationId;
 pub use fedcrime_wire::{round_seed, RoundSettings};
 pub use metrics::RoundMetrics;
+pub use session::{
+    decode_update, encode_update, Admission, ClientSession, FromServer, FromStation,
+    HandshakeError, ServerSession, SessionError,
+};
 pub use strategy::{
     Config, ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Strategy,
     StrategyConfig, StrategyState,

@@ -189,7 +189,7 @@ mod tests {
         assert!(serde_json::from_str::<StationId>("\"Station 3\"").is_err());
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"station-03\"");
         // Ordered by name, the order samples and aggregation inputs follow.
-        let mut ids = vec![StationId::new("b").unwrap(), StationId::new("a").unwrap()];
+        let mut ids = [StationId::new("b").unwrap(), StationId::new("a").unwrap()];
         ids.sort();
         assert_eq!(ids[0].as_str(), "a");
         assert_eq!(format!("{:?}", ids[0]), "\"a\"");

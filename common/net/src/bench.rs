@@ -139,40 +139,12 @@ pub async fn bench_quic_vs_tcp_async(
     let quic_server = tokio::spawn(quic_receiver(accepted.connection, bytes));
 
     // Plain TCP.
-    let tcp = TcpListener::bind(loopback)
-        .await
-        .map_err(|source| NetError::Bind {
-            addr: loopback,
-            source,
-        })?;
-    let tcp_addr = tcp.local_addr().map_err(|source| NetError::Socket {
-        what: "reading the TCP listener address",
-        source,
-    })?;
-    let tcp_server = tokio::spawn(async move {
-        let (stream, _) = tcp.accept().await.map_err(|source| NetError::Socket {
-            what: "accepting the TCP connection",
-            source,
-        })?;
-        tcp_receiver(stream, bytes).await
-    });
-    let mut tcp_client = TcpStream::connect(tcp_addr)
-        .await
-        .map_err(|source| NetError::Socket {
-            what: "connecting over TCP",
-            source,
-        })?;
-    tcp_client
-        .set_nodelay(true)
-        .map_err(|source| NetError::Socket {
-            what: "setting TCP_NODELAY",
-            source,
-        })?;
+    let mut tcp = TcpReference::connect(bytes).await?;
 
     // Warm-up rounds (MTU discovery, congestion windows, buffers), untimed;
     // the receivers return what they got the first time, to check it.
     quic_send(&conn, &payload).await?;
-    tcp_send(&mut tcp_client, &payload).await?;
+    tcp.transfer(&payload, 1).await?;
 
     let mut quic_times = Vec::with_capacity(rounds);
     let mut tcp_times = Vec::with_capacity(rounds);
@@ -180,9 +152,9 @@ pub async fn bench_quic_vs_tcp_async(
     for round in 0..rounds {
         if round % 2 == 0 {
             quic_times.push(quic_send(&conn, &payload).await?);
-            tcp_times.push(tcp_send(&mut tcp_client, &payload).await?);
+            tcp_times.push(tcp.transfer(&payload, 1).await?);
         } else {
-            tcp_times.push(tcp_send(&mut tcp_client, &payload).await?);
+            tcp_times.push(tcp.transfer(&payload, 1).await?);
             quic_times.push(quic_send(&conn, &payload).await?);
         }
     }
@@ -191,9 +163,8 @@ pub async fn bench_quic_vs_tcp_async(
     let send_calls = stats.udp_tx.ios - before.ios;
 
     conn.close(super::CLOSE_SHUTDOWN, b"benchmark done");
-    drop(tcp_client);
     let quic_first = join(quic_server).await?;
-    let tcp_first = join(tcp_server).await?;
+    let tcp_first = tcp.finish().await?;
     if quic_first != payload || tcp_first != payload {
         return Err(NetError::Stream {
             peer: addr,
@@ -319,23 +290,109 @@ async fn quic_receiver(conn: quinn::Connection, bytes: usize) -> Result<Vec<u8>>
     first.ok_or_else(|| stream_err(peer, "receiving", "nothing received"))
 }
 
-async fn tcp_send(stream: &mut TcpStream, payload: &[u8]) -> Result<Duration> {
-    let io = |what: &'static str| move |source| NetError::Socket { what, source };
-    let t = Instant::now();
-    stream
-        .write_all(&(payload.len() as u64).to_le_bytes())
-        .await
-        .map_err(io("sending over TCP"))?;
-    stream
-        .write_all(payload)
-        .await
-        .map_err(io("sending over TCP"))?;
-    let mut ack = [0u8; 1];
-    stream
-        .read_exact(&mut ack)
-        .await
-        .map_err(io("reading the TCP acknowledgement"))?;
-    Ok(t.elapsed())
+/// A plain TCP loopback connection with its receiver: the reference every
+/// fedcrime transport benchmark measures against in the same run (the QUIC
+/// transfer above, and the rounds benchmark of the one-machine federation).
+///
+/// A transfer sends one length prefix and then the payload `copies` times;
+/// the receiver reads everything into a payload-sized buffer and answers one
+/// byte, so a transfer is timed from the first byte sent to the answer.
+#[derive(Debug)]
+pub struct TcpReference {
+    client: TcpStream,
+    receiver: tokio::task::JoinHandle<Result<Vec<u8>>>,
+}
+
+impl TcpReference {
+    /// Connects a sender and a receiver of `bytes`-long payloads on loopback
+    /// (`TCP_NODELAY` on both ends).
+    pub async fn connect(bytes: usize) -> Result<Self> {
+        let loopback: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+        let listener = TcpListener::bind(loopback)
+            .await
+            .map_err(|source| NetError::Bind {
+                addr: loopback,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| NetError::Socket {
+            what: "reading the TCP listener address",
+            source,
+        })?;
+        let receiver = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.map_err(|source| NetError::Socket {
+                what: "accepting the TCP connection",
+                source,
+            })?;
+            tcp_receiver(stream, bytes).await
+        });
+        let client = TcpStream::connect(addr)
+            .await
+            .map_err(|source| NetError::Socket {
+                what: "connecting over TCP",
+                source,
+            })?;
+        client
+            .set_nodelay(true)
+            .map_err(|source| NetError::Socket {
+                what: "setting TCP_NODELAY",
+                source,
+            })?;
+        Ok(TcpReference { client, receiver })
+    }
+
+    /// Sends `payload` `copies` times and waits for the answer.
+    pub async fn transfer(&mut self, payload: &[u8], copies: usize) -> Result<Duration> {
+        let io = |what: &'static str| move |source| NetError::Socket { what, source };
+        let total = (payload.len() as u64).saturating_mul(copies as u64);
+        let t = Instant::now();
+        self.client
+            .write_all(&total.to_le_bytes())
+            .await
+            .map_err(io("sending over TCP"))?;
+        for _ in 0..copies {
+            self.client
+                .write_all(payload)
+                .await
+                .map_err(io("sending over TCP"))?;
+        }
+        let mut ack = [0u8; 1];
+        self.client
+            .read_exact(&mut ack)
+            .await
+            .map_err(io("reading the TCP acknowledgement"))?;
+        Ok(t.elapsed())
+    }
+
+    /// Closes the connection; the first payload the receiver got, to check.
+    pub async fn finish(self) -> Result<Vec<u8>> {
+        drop(self.client);
+        join(self.receiver).await
+    }
+}
+
+/// The best of `reps` seconds to move `copies` copies of a `bytes`-long
+/// payload over one warm TCP loopback connection ([`TcpReference`]), on a
+/// runtime of its own (do not call from inside a runtime).
+pub fn tcp_seconds(bytes: usize, copies: usize, reps: usize) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| NetError::Socket {
+            what: "starting the tokio runtime",
+            source,
+        })?;
+    rt.block_on(async {
+        let payload = pattern(bytes.max(1));
+        let mut tcp = TcpReference::connect(payload.len()).await?;
+        tcp.transfer(&payload, 1).await?;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            best = best.min(tcp.transfer(&payload, copies).await?.as_secs_f64());
+        }
+        tcp.finish().await?;
+        Ok(best)
+    })
 }
 
 async fn tcp_receiver(mut stream: TcpStream, bytes: usize) -> Result<Vec<u8>> {
@@ -343,7 +400,7 @@ async fn tcp_receiver(mut stream: TcpStream, bytes: usize) -> Result<Vec<u8>> {
     stream
         .set_nodelay(true)
         .map_err(io("setting TCP_NODELAY"))?;
-    let mut buf = vec![0u8; bytes];
+    let mut buf = vec![0u8; bytes.max(1)];
     let mut first = None;
     loop {
         let mut len = [0u8; 8];
@@ -352,27 +409,29 @@ async fn tcp_receiver(mut stream: TcpStream, bytes: usize) -> Result<Vec<u8>> {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(io("receiving over TCP")(e)),
         }
-        let len = u64::from_le_bytes(len);
-        if len != bytes as u64 {
+        let total = u64::from_le_bytes(len);
+        if bytes == 0 || total % bytes as u64 != 0 {
             return Err(NetError::Socket {
                 what: "receiving over TCP",
                 source: std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("announced {len} bytes, expected {bytes}"),
+                    format!("announced {total} bytes, not whole {bytes}-byte payloads"),
                 ),
             });
         }
-        stream
-            .read_exact(&mut buf)
-            .await
-            .map_err(io("receiving over TCP"))?;
+        for _ in 0..total / bytes as u64 {
+            stream
+                .read_exact(&mut buf)
+                .await
+                .map_err(io("receiving over TCP"))?;
+            if first.is_none() {
+                first = Some(buf.clone());
+            }
+        }
         stream
             .write_all(b"k")
             .await
             .map_err(io("acknowledging over TCP"))?;
-        if first.is_none() {
-            first = Some(buf.clone());
-        }
     }
     first.ok_or_else(|| NetError::Socket {
         what: "receiving over TCP",

@@ -1,3 +1,5 @@
+//! # fedcrime-net
+//!
 //! The connection layer: QUIC (quinn) with mutual TLS (rustls, ring, TLS 1.3,
 //! ALPN `fedcrime/1`) between the aggregation server and the stations.
 //!
@@ -21,7 +23,8 @@
 //! The wire protocol (frames and messages) runs on the streams of these
 //! connections and lives in its own module.
 
-mod bench;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod connector;
 mod error;
 mod identity;
@@ -30,7 +33,8 @@ mod tls;
 mod transport;
 mod verifier;
 
-pub use bench::{bench_quic_vs_tcp, bench_quic_vs_tcp_async, BenchResult};
+#[cfg(feature = "bench")]
+pub use bench::{bench_quic_vs_tcp, bench_quic_vs_tcp_async, BenchResult, TcpReference};
 pub use connector::{Backoff, Connector, ReconnectPolicy};
 pub use error::{NetError, RefusedBy, Result};
 pub use fedcrime_identity::{station_from_certificate, StationId, STATION_URI_PREFIX};

@@ -651,6 +651,7 @@ fn tls_configs_round_trip_through_toml() {
 }
 
 /// The benchmark code path, small and in debug: it must move the bytes intact.
+#[cfg(feature = "bench")]
 #[test]
 fn bench_moves_the_bytes_intact() {
     let (_d, pki) = pki(1);
@@ -669,6 +670,7 @@ fn bench_moves_the_bytes_intact() {
 /// The issue-4 benchmark: 40 MB over QUIC + mTLS vs plain TCP on loopback.
 /// Run in release:
 /// `cargo test --release -p fedcrime-net --lib tests::bench_40mb -- --ignored --nocapture`
+#[cfg(feature = "bench")]
 #[test]
 #[ignore]
 fn bench_40mb() {

@@ -1,3 +1,5 @@
+//! # fedcrime-station
+//!
 //! A federated station's logic, without any transport: what a precinct does
 //! with the requests of a round.
 //!

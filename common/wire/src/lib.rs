@@ -42,11 +42,12 @@
 //! larger than the configured limits. The fuzz target in `common/wire/fuzz` and a
 //! property test feed arbitrary bytes to [`decode_all`].
 
-#[cfg(feature = "tokio")]
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod codec;
 mod error;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod message;
 pub mod settings;

@@ -19,8 +19,6 @@
 //! a plain TCP loopback connection; the overhead is reported as ratios to
 //! both. Peak resident memory comes from the kernel (`VmHWM`).
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,48 +196,6 @@ fn memcpy_seconds(model: usize, copies: usize, reps: usize) -> f64 {
     best
 }
 
-/// Best of `reps` timings of sending `model` bytes `copies` times over one
-/// TCP loopback connection (the receiver reads into a model-sized buffer).
-fn tcp_seconds(model: usize, copies: usize, reps: usize) -> Result<f64> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a TCP socket")?;
-    let addr = listener.local_addr()?;
-    let total = model * copies;
-    let receiver = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        let mut buf = vec![0u8; model.max(1)];
-        let cap = buf.len();
-        for _ in 0..reps {
-            let mut left = total;
-            while left > 0 {
-                let n = s.read(&mut buf[..left.min(cap)])?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                left -= n;
-            }
-            s.write_all(&[1])?;
-        }
-        Ok(())
-    });
-    let mut s = TcpStream::connect(addr).context("connecting over TCP loopback")?;
-    s.set_nodelay(true)?;
-    let data = vec![7u8; model.max(1)];
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        for _ in 0..copies {
-            s.write_all(&data)?;
-        }
-        let mut ack = [0u8; 1];
-        s.read_exact(&mut ack)?;
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("the TCP receiver panicked"))??;
-    Ok(best)
-}
-
 /// Runs the benchmark.
 pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
     if spec.rounds < 2 {
@@ -332,7 +288,8 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
     let model_bytes = 4 * n_params;
     let copies = 2 * sampled;
     let memcpy_s = memcpy_seconds(model_bytes, copies, 5);
-    let tcp_s = tcp_seconds(model_bytes, copies, 3)?;
+    let tcp_s = fedcrime_net::bench::tcp_seconds(model_bytes, copies, 3)
+        .context("the plain TCP reference")?;
     let overhead_s = median(&mut overhead);
     Ok(BenchResult {
         transport: spec.transport.as_str(),

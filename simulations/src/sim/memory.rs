@@ -16,6 +16,12 @@
 //! model only inside its job. At most `workers` trainings run at once, and
 //! the engine holds one model per accepted update of the round.
 //!
+//! Stations join and send updates through the same sans-IO session
+//! protocol as over QUIC ([`fedcrime_fl::session`]): each station's Hello is
+//! answered by a server-side session before the engine hears of it, and
+//! every update goes through the station's encoding and the server's
+//! decoding (full f32 updates here).
+//!
 //! Bytes are counted as the wire protocol would carry the round messages
 //! ([`super::traffic`]) and reported to the engine as
 //! [`Event::Traffic`], so the round metrics have the same columns as over
@@ -29,13 +35,53 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use fedcrime_fl::{
-    Action, Engine, EvaluateIns, EvaluateRes, Event, FitIns, FitRes, RoundMetrics, StationId,
-    Summary,
+    decode_update, encode_update, Action, Admission, ClientSession, Engine, EvaluateIns,
+    EvaluateRes, Event, FitIns, FitRes, RoundMetrics, ServerSession, StationId, Summary,
 };
 use fedcrime_params::Params;
 use fedcrime_station::{Learner, StationError};
+use fedcrime_wire::{Capabilities, Encoding, Extensions, Message, ServerLimits, WireConfig};
 
 use super::traffic;
+
+/// A station joins the in-memory run: its Hello through a server-side
+/// session and that session's Welcome back through the station's, as over
+/// QUIC (f32 tensors both ways).
+fn join(id: &StationId, session: u64) -> Result<()> {
+    let wire = WireConfig::default();
+    let run = Admission {
+        run_id: "memory".into(),
+        model_encoding: Encoding::F32,
+        update_encoding: Encoding::F32,
+        limits: ServerLimits {
+            max_frame_bytes: wire.max_frame_bytes,
+            max_model_params: wire.max_model_params,
+            heartbeat_interval_ms: 0,
+            idle_timeout_ms: 0,
+        },
+        extensions: Extensions::new(),
+    };
+    let mut station = ClientSession::new(
+        concat!("fedcrime-sim ", env!("CARGO_PKG_VERSION")),
+        Capabilities {
+            encodings: vec![Encoding::F32],
+            device: "memory".into(),
+            extensions: Extensions::new(),
+        },
+    );
+    let mut server = ServerSession::new(id.clone(), session);
+    let refused = |r: fedcrime_wire::Reject| anyhow::anyhow!("{id} refused: {}", r.text);
+    server
+        .on_first_message(Message::Hello(station.hello().clone()), &run)
+        .map_err(refused)?;
+    let welcome = server
+        .welcome(&run)
+        .with_context(|| format!("{id}: no Welcome"))?;
+    station
+        .on_answer(Message::Welcome(welcome))
+        .with_context(|| format!("{id} cannot join"))?;
+    Ok(())
+}
 
 /// What happened in a round besides the engine's record, for the
 /// framework-overhead figures.
@@ -188,7 +234,8 @@ impl MemoryFederation {
         on_round: &mut impl FnMut(RoundDone<'_>) -> Result<()>,
     ) -> Result<Summary> {
         let now = Instant::now();
-        for id in &self.ids {
+        for (session, id) in self.ids.iter().enumerate() {
+            join(id, session as u64)?;
             engine.handle(now, Event::StationConnected { id: id.clone() });
         }
         let mut next_seq = 0u64;
@@ -318,10 +365,14 @@ impl MemoryFederation {
         let id = self.ids[d.station].clone();
         let round = d.round;
         let event = match d.outcome {
-            Outcome::Fit(Ok(update)) => {
+            Outcome::Fit(Ok(mut update)) => {
                 timing.slowest_fit_s = timing.slowest_fit_s.max(d.seconds);
                 timing.total_fit_s += d.seconds;
                 let bytes = traffic::update_bytes(round, &update, d.seconds)?;
+                // As over the wire: encoded by the station, decoded by the server.
+                let global = engine.global().clone();
+                let (sent, kind) = encode_update(update.params, &global, false);
+                update.params = decode_update(kind, sent, &global);
                 engine.handle(
                     Instant::now(),
                     Event::Traffic {

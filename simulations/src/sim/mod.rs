@@ -136,15 +136,14 @@ pub fn station_list(
         .device
         .resolve()
         .map_err(anyhow::Error::msg)?;
-    Ok(data
-        .learners(cfg, device)
+    data.learners(cfg, device)
         .into_iter()
         .map(|s| {
             let id = s.id()?;
             let l: Arc<dyn Learner> = s;
             Ok((id, l))
         })
-        .collect::<Result<_>>()?)
+        .collect()
 }
 
 /// What the stations are told to train with each round (the engine adds

@@ -5,9 +5,9 @@
 //! A fresh PKI (agency CA, server certificate, one client certificate per
 //! station, empty CRL) is generated into `<dir>/pki` with the certs
 //! library. The server is configured like an agency's would be (the run's
-//! engine settings, strategy, task, architecture and shared featurizer) and
-//! starts from the study's initial model, written to
-//! `<dir>/initial.safetensors`; it writes its own `metrics.csv`,
+//! engine settings, strategy, task and architecture); the study's initial
+//! model and shared featurizer are handed to it as values
+//! ([`Server::builder`]). It writes its own `metrics.csv`,
 //! `metrics.jsonl`, checkpoints and final model under `<dir>/server`. Each
 //! station is a protocol [`Client`] whose learner is the study's station
 //! (the same [`Learner`] the memory transport calls), behind a gate that
@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use fedcrime_fl::{
     CheckpointStore, EngineConfig, EvaluateIns, EvaluateRes, FitIns, FitRes, RoundMetrics,
     StationId, StrategyConfig, Summary,
 };
-use fedcrime_ml::model::{self, ModelConfig};
+use fedcrime_ml::model::ModelConfig;
 use fedcrime_net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
 use fedcrime_params::Params;
 use fedcrime_server::config::{ModelSection, OutputSection, TaskSection, TrainSection};
@@ -198,8 +198,9 @@ fn make_pki(dir: &Path, stations: &[StationId]) -> Result<Pki> {
     Ok(pki)
 }
 
-/// The model section describing `model`'s layout, starting from `initial`.
-fn model_section(model: &ModelConfig, initial: PathBuf) -> ModelSection {
+/// The model section describing `model`'s layout (its parameters are handed
+/// to the server as a value).
+fn model_section(model: &ModelConfig) -> ModelSection {
     ModelSection {
         kind: model.kind,
         hidden: Some(model.hidden),
@@ -207,7 +208,7 @@ fn model_section(model: &ModelConfig, initial: PathBuf) -> ModelSection {
         dropout: Some(model.dropout),
         count_loss: Some(model.count_loss),
         static_features: Some(model.static_features),
-        initial: Some(initial),
+        initial: None,
     }
 }
 
@@ -218,21 +219,6 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     let ids: Vec<StationId> = setup.stations.iter().map(|(id, _)| id.clone()).collect();
     let pki = make_pki(&dir.join("pki"), &ids)?;
 
-    let initial_path = dir.join("initial.safetensors");
-    {
-        let mut m = model::build(setup.model, tch::Device::Cpu)?;
-        m.import_params(setup.initial)?;
-        model::save_model(m.as_ref(), &initial_path, &BTreeMap::new())
-            .with_context(|| format!("writing {}", initial_path.display()))?;
-    }
-    let featurizer_path = match setup.featurizer {
-        Some(f) => {
-            let p = dir.join("featurizer.json");
-            f.save_json(&p)?;
-            Some(p)
-        }
-        None => None,
-    };
     let server_dir = dir.join("server");
     if server_dir.exists() {
         std::fs::remove_dir_all(&server_dir)
@@ -247,9 +233,9 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
         period: setup.task.period,
         lags: setup.task.lags,
         split: setup.task.split,
-        featurizer: featurizer_path,
+        featurizer: None,
     };
-    config.model = model_section(setup.model, initial_path);
+    config.model = model_section(setup.model);
     config.federation = setup.engine.clone();
     config.train = TrainSection::from(&setup.engine.train);
     config.strategy = setup.strategy.clone();
@@ -276,9 +262,15 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     let model = setup.model.clone();
     let fit_times = times.clone();
     let stations = setup.stations;
+    let initial = setup.initial.clone();
+    let featurizer = setup.featurizer.cloned();
     let report = runtime.block_on(async move {
         let t0 = Instant::now();
-        let server = Server::bind(config).await.context("starting the server")?;
+        let mut server = Server::builder(config).initial(initial);
+        if let Some(f) = featurizer {
+            server = server.featurizer(f);
+        }
+        let server = server.bind().await.context("starting the server")?;
         let addr = server.local_addr()?;
         let mut progress = server.progress();
         let bar_task = tokio::spawn(async move {

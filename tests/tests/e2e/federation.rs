@@ -1018,52 +1018,20 @@ impl Learner for Echo {
     }
 }
 
-/// Seconds to move `bytes` to each of `stations` TCP clients on loopback and
-/// back (what a round must move, without QUIC, TLS, framing or
-/// aggregation): the best of three.
+/// Seconds to move `bytes` to each of `stations` and back over one warm
+/// plain TCP loopback connection (the workspace's one TCP reference,
+/// `fedcrime_net::TcpReference`: what a round must move, without QUIC, TLS,
+/// framing or aggregation): the best of three.
 async fn tcp_round_trip(stations: usize, bytes: usize) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let payload = Arc::new(vec![7u8; bytes]);
+    let payload = vec![7u8; bytes];
+    let mut tcp = fedcrime_net::TcpReference::connect(bytes).await.unwrap();
+    tcp.transfer(&payload, 1).await.unwrap();
     let mut best = f64::INFINITY;
     for _ in 0..3 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let echoes: Vec<_> = (0..stations)
-            .map(|_| {
-                tokio::spawn(async move {
-                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-                    let mut buf = vec![0u8; bytes];
-                    s.read_exact(&mut buf).await.unwrap();
-                    s.write_all(&buf).await.unwrap();
-                })
-            })
-            .collect();
-        let mut conns = Vec::new();
-        for _ in 0..stations {
-            conns.push(listener.accept().await.unwrap().0);
-        }
-        let t0 = std::time::Instant::now();
-        let sides: Vec<_> = conns
-            .into_iter()
-            .map(|mut s| {
-                let payload = payload.clone();
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let mut back = vec![0u8; bytes];
-                    let (a, b) = tokio::join!(w.write_all(&payload), r.read_exact(&mut back));
-                    a.unwrap();
-                    b.unwrap();
-                })
-            })
-            .collect();
-        for s in sides {
-            s.await.unwrap();
-        }
-        best = best.min(t0.elapsed().as_secs_f64());
-        for e in echoes {
-            e.await.unwrap();
-        }
+        let t = tcp.transfer(&payload, 2 * stations).await.unwrap();
+        best = best.min(t.as_secs_f64());
     }
+    tcp.finish().await.unwrap();
     best
 }
 

@@ -16,6 +16,11 @@
 //! memory is our resident-set high-water mark (`VmHWM`, reset before the first
 //! load so that the generator does not count) and the script's `ru_maxrss`.
 //!
+//! It also times our hand-written record splitter against the `csv` crate's
+//! `ByteRecord` reader doing the same work (both on one thread, with the same
+//! field parsing and cleaning after the split, and checked to keep the same
+//! incidents), so the choice of splitter stays a measured one.
+//!
 //!     cargo build --release -p fedcrime-sim
 //!     target/release/fedcrime-sim bench data --rows 1000000
 
@@ -25,7 +30,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use fedcrime_data::loader::load_path;
+use fedcrime_data::loader::{load_path, load_path_csv_crate, load_path_with, LoadOptions};
 use fedcrime_data::synth::{self, SynthConfig};
 use fedcrime_data::tasks::{build_task, Period, TaskConfig};
 use fedcrime_data::{Category, Task};
@@ -102,6 +107,12 @@ struct Report {
     speedup_best: Option<f64>,
     /// pandas median / ours median.
     speedup_median: Option<f64>,
+    /// Load and clean on one thread with our record splitter, seconds per run.
+    splitter_ours_seconds: Vec<f64>,
+    /// The same with the `csv` crate's `ByteRecord` reader splitting, seconds per run.
+    splitter_csv_crate_seconds: Vec<f64>,
+    /// csv crate best / ours best (above 1: ours is faster).
+    splitter_ratio_best: f64,
 }
 
 /// Runs the benchmark.
@@ -199,6 +210,9 @@ fn measure(
         }
     }
     let ours_peak_rss_mb = peak_rss_mb();
+    let (splitter_ours_seconds, splitter_csv_crate_seconds) = splitters(file, repeat)?;
+    let splitter_ratio_best = best_median(&splitter_csv_crate_seconds).map_or(f64::NAN, |b| b.0)
+        / best_median(&splitter_ours_seconds).map_or(f64::NAN, |b| b.0);
     let ours_times: Vec<f64> = ours.iter().map(|r| r.seconds).collect();
     let pandas_times: Vec<f64> = pandas.iter().filter_map(|p| field(p, "seconds")).collect();
     let (ours_best, ours_median) = best_median(&ours_times).unwrap_or((f64::NAN, f64::NAN));
@@ -226,7 +240,34 @@ fn measure(
         speedup_median: pandas_stats.map(|s| s.1 / ours_median),
         ours,
         pandas,
+        splitter_ours_seconds,
+        splitter_csv_crate_seconds,
+        splitter_ratio_best,
     })
+}
+
+/// Our loader on one thread against the same loader with the `csv` crate
+/// splitting the records (same parsing and cleaning after), interleaved
+/// `repeat` times; both must keep the same incidents.
+fn splitters(file: &Path, repeat: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let one_thread = LoadOptions {
+        threads: 1,
+        ..LoadOptions::default()
+    };
+    let mut ours = Vec::with_capacity(repeat);
+    let mut theirs = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        let a = load_path_with(file, &one_thread)?;
+        ours.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let b = load_path_csv_crate(file)?;
+        theirs.push(t.elapsed().as_secs_f64());
+        if a.incidents != b.incidents || a.report.rows_read != b.report.rows_read {
+            bail!("the csv-crate reference loaded different incidents than ours");
+        }
+    }
+    Ok((ours, theirs))
 }
 
 fn field(v: &serde_json::Value, key: &str) -> Option<f64> {
@@ -360,4 +401,11 @@ fn print_table(r: &Report) {
             r.repeat
         );
     }
+    println!(
+        "record splitter      ours {:.3} s, csv crate {:.3} s (best of {}, one thread, same parsing and cleaning): ours {:.2}x faster",
+        best_median(&r.splitter_ours_seconds).map_or(f64::NAN, |b| b.0),
+        best_median(&r.splitter_csv_crate_seconds).map_or(f64::NAN, |b| b.0),
+        r.repeat,
+        r.splitter_ratio_best
+    );
 }
