@@ -24,7 +24,7 @@ for pass in 1 2; do
   for side in before after; do
     bin=$BEFORE; [ "$side" = after ] && bin=$AFTER
     rounds "$bin" | sed "s/^/$side pass$pass rounds /"
-    "$bin" bench aggregation --params 1m --json -q | sed "s/^/$side pass$pass aggregation /"
+    "$bin" bench aggregation --params 1000000 --json -q | sed "s/^/$side pass$pass aggregation /"
     "$bin" bench train --cases dnn,lstm --rounds 1 --rows 100000 -q 2>/dev/null | sed "s/^/$side pass$pass train /"
   done
 done

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fedcrime_fl::{
-    encode_update, ClientSession, EvaluateIns, EvaluateRes, FitIns, FitRes, FromServer,
-    HandshakeError,
+    encode_update, heartbeat_interval, station_write_config, ClientSession, EvaluateIns,
+    EvaluateRes, FitIns, FitRes, FromServer, HandshakeError,
 };
 use fedcrime_ml::model;
 use fedcrime_net::{Backoff, Connector, ReconnectPolicy};
@@ -383,10 +383,13 @@ impl Client {
             spec.clone(),
             in_tx,
         )));
+        // Writes stay within what the server said it accepts.
+        let write_cfg = station_write_config(&welcome, self.options.wire);
+        let writer = WireWriter::new(writer.into_inner(), write_cfg);
         let (out_tx, out_rx) = mpsc::channel::<(Message, Option<Params>)>(8);
         let mut writer_task = AbortOnDrop(tokio::spawn(write_loop(writer, out_rx)));
 
-        let heartbeat_every = Duration::from_millis(welcome.limits.heartbeat_interval_ms.max(100));
+        let heartbeat_every = heartbeat_interval(&welcome.limits);
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.tick().await;
         let mut seq = 0u64;

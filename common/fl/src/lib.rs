@@ -72,8 +72,8 @@ pub use fedcrime_identity::StationId;
 pub use fedcrime_wire::{round_seed, RoundSettings};
 pub use metrics::RoundMetrics;
 pub use session::{
-    decode_update, encode_update, Admission, ClientSession, FromServer, FromStation,
-    HandshakeError, ServerSession, SessionError,
+    decode_update, encode_update, heartbeat_interval, station_write_config, Admission,
+    ClientSession, FromServer, FromStation, HandshakeError, ServerSession, SessionError,
 };
 pub use strategy::{
     Config, ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Strategy,

@@ -19,11 +19,13 @@
 //! The QUIC server and client drive these over streams; the in-memory
 //! simulator drives the same machines by passing the messages by value.
 
+use std::time::Duration;
+
 use fedcrime_params::Params;
 use fedcrime_wire::{
     negotiate_version, Bye, Capabilities, Encoding, ErrorCode, ErrorMsg, EvaluateRequest,
     EvaluateResult, Extensions, Heartbeat, Hello, Message, Reject, RejectCode, RoundStart,
-    ServerLimits, Update, UpdateKind, Welcome, SUPPORTED_VERSIONS,
+    ServerLimits, Update, UpdateKind, Welcome, WireConfig, SUPPORTED_VERSIONS,
 };
 
 use crate::StationId;
@@ -402,6 +404,37 @@ impl ClientSession {
     }
 }
 
+/// What a station writes with in a session: its own wire limits, lowered to
+/// what the server's Welcome says it accepts (frame size, model size), so the
+/// station never sends what the server would refuse.
+pub fn station_write_config(welcome: &Welcome, own: WireConfig) -> WireConfig {
+    let max_frame_bytes = own
+        .max_frame_bytes
+        .min(welcome.limits.max_frame_bytes.max(MIN_FRAME_BYTES));
+    WireConfig {
+        max_frame_bytes,
+        chunk_bytes: own.chunk_bytes.min(max_frame_bytes),
+        max_model_params: own.max_model_params.min(welcome.limits.max_model_params),
+        ..own
+    }
+}
+
+/// The smallest frame limit a server may announce that a station honours
+/// (below it a control message may not fit; the server's own config refuses
+/// less).
+const MIN_FRAME_BYTES: u32 = 4096;
+
+/// How often an idle station sends a heartbeat: as the server asks, and at
+/// least three times within the server's idle timeout (never more often than
+/// every 100 ms).
+pub fn heartbeat_interval(limits: &ServerLimits) -> Duration {
+    let mut ms = limits.heartbeat_interval_ms;
+    if limits.idle_timeout_ms > 0 {
+        ms = ms.min(limits.idle_timeout_ms / 3);
+    }
+    Duration::from_millis(ms.max(100))
+}
+
 /// The parameters a station sends for its `trained` model: `trained -
 /// global` when the server asked for deltas and the layouts match, else the
 /// trained parameters themselves.
@@ -599,6 +632,29 @@ mod tests {
         let mut c5 = client(&[Encoding::F32]);
         let e = c5.on_message(Message::Heartbeat(Heartbeat { seq: 1 }));
         assert!(e.is_err(), "nothing before the Welcome");
+    }
+
+    #[test]
+    fn stations_honour_the_servers_limits() {
+        let run = admission();
+        let mut s = ServerSession::new(StationId::new("a").unwrap(), 1);
+        let c = client(&[Encoding::F32, Encoding::F16]);
+        s.on_first_message(Message::Hello(c.hello().clone()), &run)
+            .unwrap();
+        let mut w = s.welcome(&run).unwrap();
+        let own = WireConfig::default();
+        let cfg = station_write_config(&w, own);
+        assert_eq!(cfg.max_frame_bytes, 1 << 20);
+        assert_eq!(cfg.chunk_bytes, own.chunk_bytes.min(1 << 20));
+        assert_eq!(cfg.max_model_params, 100);
+        w.limits.max_frame_bytes = 10;
+        assert_eq!(station_write_config(&w, own).max_frame_bytes, 4096);
+        assert_eq!(heartbeat_interval(&w.limits), Duration::from_millis(1000));
+        w.limits.idle_timeout_ms = 1500;
+        assert_eq!(heartbeat_interval(&w.limits), Duration::from_millis(500));
+        w.limits.heartbeat_interval_ms = 0;
+        w.limits.idle_timeout_ms = 0;
+        assert_eq!(heartbeat_interval(&w.limits), Duration::from_millis(100));
     }
 
     #[test]

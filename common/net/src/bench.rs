@@ -14,8 +14,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::connector::{Connector, ReconnectPolicy};
 use super::error::{NetError, Result};
@@ -139,12 +137,13 @@ pub async fn bench_quic_vs_tcp_async(
     let quic_server = tokio::spawn(quic_receiver(accepted.connection, bytes));
 
     // Plain TCP.
-    let mut tcp = TcpReference::connect(bytes).await?;
+    let mut tcp = TcpReference::connect(bytes)?;
 
     // Warm-up rounds (MTU discovery, congestion windows, buffers), untimed;
     // the receivers return what they got the first time, to check it.
     quic_send(&conn, &payload).await?;
-    tcp.transfer(&payload, 1).await?;
+    let shared = payload.clone();
+    tcp = on_tcp(tcp, move |t| t.transfer(&shared, 1)).await?.0;
 
     let mut quic_times = Vec::with_capacity(rounds);
     let mut tcp_times = Vec::with_capacity(rounds);
@@ -152,9 +151,15 @@ pub async fn bench_quic_vs_tcp_async(
     for round in 0..rounds {
         if round % 2 == 0 {
             quic_times.push(quic_send(&conn, &payload).await?);
-            tcp_times.push(tcp.transfer(&payload, 1).await?);
+            let shared = payload.clone();
+            let (t, d) = on_tcp(tcp, move |t| t.transfer(&shared, 1)).await?;
+            tcp = t;
+            tcp_times.push(d);
         } else {
-            tcp_times.push(tcp.transfer(&payload, 1).await?);
+            let shared = payload.clone();
+            let (t, d) = on_tcp(tcp, move |t| t.transfer(&shared, 1)).await?;
+            tcp = t;
+            tcp_times.push(d);
             quic_times.push(quic_send(&conn, &payload).await?);
         }
     }
@@ -164,7 +169,12 @@ pub async fn bench_quic_vs_tcp_async(
 
     conn.close(super::CLOSE_SHUTDOWN, b"benchmark done");
     let quic_first = join(quic_server).await?;
-    let tcp_first = tcp.finish().await?;
+    let tcp_first = tokio::task::spawn_blocking(move || tcp.finish())
+        .await
+        .map_err(|e| NetError::Socket {
+            what: "the TCP reference",
+            source: std::io::Error::other(e.to_string()),
+        })??;
     if quic_first != payload || tcp_first != payload {
         return Err(NetError::Stream {
             peer: addr,
@@ -290,151 +300,152 @@ async fn quic_receiver(conn: quinn::Connection, bytes: usize) -> Result<Vec<u8>>
     first.ok_or_else(|| stream_err(peer, "receiving", "nothing received"))
 }
 
-/// A plain TCP loopback connection with its receiver: the reference every
-/// fedcrime transport benchmark measures against in the same run (the QUIC
-/// transfer above, and the rounds benchmark of the one-machine federation).
+/// A plain TCP loopback connection with its receiver thread: the reference
+/// every fedcrime transport benchmark measures against in the same run (the
+/// QUIC transfer above, the rounds benchmark of the one-machine federation,
+/// the end-to-end round-overhead test).
 ///
-/// A transfer sends one length prefix and then the payload `copies` times;
-/// the receiver reads everything into a payload-sized buffer and answers one
-/// byte, so a transfer is timed from the first byte sent to the answer.
+/// Blocking std sockets and a receiver thread, the fastest plain copy the OS
+/// offers (an async runtime would only add to the reference). A transfer
+/// sends one length prefix and then the payload `copies` times; the receiver
+/// reads everything into a payload-sized buffer and answers one byte, so a
+/// transfer is timed from the first byte sent to the answer. From async
+/// code, call it through `spawn_blocking`.
 #[derive(Debug)]
 pub struct TcpReference {
-    client: TcpStream,
-    receiver: tokio::task::JoinHandle<Result<Vec<u8>>>,
+    client: std::net::TcpStream,
+    receiver: std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
+}
+
+fn tcp_err(what: &'static str) -> impl FnOnce(std::io::Error) -> NetError {
+    move |source| NetError::Socket { what, source }
 }
 
 impl TcpReference {
     /// Connects a sender and a receiver of `bytes`-long payloads on loopback
     /// (`TCP_NODELAY` on both ends).
-    pub async fn connect(bytes: usize) -> Result<Self> {
+    pub fn connect(bytes: usize) -> Result<Self> {
+        use std::net::{TcpListener, TcpStream};
         let loopback: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
-        let listener = TcpListener::bind(loopback)
-            .await
-            .map_err(|source| NetError::Bind {
-                addr: loopback,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| NetError::Socket {
-            what: "reading the TCP listener address",
+        let listener = TcpListener::bind(loopback).map_err(|source| NetError::Bind {
+            addr: loopback,
             source,
         })?;
-        let receiver = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.map_err(|source| NetError::Socket {
-                what: "accepting the TCP connection",
-                source,
-            })?;
-            tcp_receiver(stream, bytes).await
+        let addr = listener
+            .local_addr()
+            .map_err(tcp_err("reading the TCP listener address"))?;
+        let receiver = std::thread::spawn(move || {
+            let (stream, _) = listener.accept()?;
+            tcp_receiver(stream, bytes)
         });
-        let client = TcpStream::connect(addr)
-            .await
-            .map_err(|source| NetError::Socket {
-                what: "connecting over TCP",
-                source,
-            })?;
+        let client = TcpStream::connect(addr).map_err(tcp_err("connecting over TCP"))?;
         client
             .set_nodelay(true)
-            .map_err(|source| NetError::Socket {
-                what: "setting TCP_NODELAY",
-                source,
-            })?;
+            .map_err(tcp_err("setting TCP_NODELAY"))?;
         Ok(TcpReference { client, receiver })
     }
 
     /// Sends `payload` `copies` times and waits for the answer.
-    pub async fn transfer(&mut self, payload: &[u8], copies: usize) -> Result<Duration> {
-        let io = |what: &'static str| move |source| NetError::Socket { what, source };
+    pub fn transfer(&mut self, payload: &[u8], copies: usize) -> Result<Duration> {
+        use std::io::{Read, Write};
         let total = (payload.len() as u64).saturating_mul(copies as u64);
         let t = Instant::now();
         self.client
             .write_all(&total.to_le_bytes())
-            .await
-            .map_err(io("sending over TCP"))?;
+            .map_err(tcp_err("sending over TCP"))?;
         for _ in 0..copies {
             self.client
                 .write_all(payload)
-                .await
-                .map_err(io("sending over TCP"))?;
+                .map_err(tcp_err("sending over TCP"))?;
         }
         let mut ack = [0u8; 1];
         self.client
             .read_exact(&mut ack)
-            .await
-            .map_err(io("reading the TCP acknowledgement"))?;
+            .map_err(tcp_err("reading the TCP acknowledgement"))?;
         Ok(t.elapsed())
     }
 
     /// Closes the connection; the first payload the receiver got, to check.
-    pub async fn finish(self) -> Result<Vec<u8>> {
+    pub fn finish(self) -> Result<Vec<u8>> {
         drop(self.client);
-        join(self.receiver).await
+        match self.receiver.join() {
+            Ok(r) => r.map_err(tcp_err("receiving over TCP")),
+            Err(_) => Err(NetError::Socket {
+                what: "receiving over TCP",
+                source: std::io::Error::other("the receiver thread panicked"),
+            }),
+        }
     }
+}
+
+/// Runs `f` on `tcp` on a blocking thread of the current runtime.
+async fn on_tcp<T: Send + 'static>(
+    mut tcp: TcpReference,
+    f: impl FnOnce(&mut TcpReference) -> Result<T> + Send + 'static,
+) -> Result<(TcpReference, T)> {
+    tokio::task::spawn_blocking(move || {
+        let out = f(&mut tcp)?;
+        Ok((tcp, out))
+    })
+    .await
+    .map_err(|e| NetError::Socket {
+        what: "the TCP reference",
+        source: std::io::Error::other(e.to_string()),
+    })?
 }
 
 /// The best of `reps` seconds to move `copies` copies of a `bytes`-long
-/// payload over one warm TCP loopback connection ([`TcpReference`]), on a
-/// runtime of its own (do not call from inside a runtime).
+/// payload over one warm TCP loopback connection ([`TcpReference`]).
 pub fn tcp_seconds(bytes: usize, copies: usize, reps: usize) -> Result<f64> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| NetError::Socket {
-            what: "starting the tokio runtime",
-            source,
-        })?;
-    rt.block_on(async {
-        let payload = pattern(bytes.max(1));
-        let mut tcp = TcpReference::connect(payload.len()).await?;
-        tcp.transfer(&payload, 1).await?;
-        let mut best = f64::INFINITY;
-        for _ in 0..reps.max(1) {
-            best = best.min(tcp.transfer(&payload, copies).await?.as_secs_f64());
-        }
-        tcp.finish().await?;
-        Ok(best)
-    })
+    let payload = pattern(bytes.max(1));
+    let mut tcp = TcpReference::connect(payload.len())?;
+    tcp.transfer(&payload, 1)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        best = best.min(tcp.transfer(&payload, copies)?.as_secs_f64());
+    }
+    if tcp.finish()? != payload {
+        return Err(NetError::Socket {
+            what: "receiving over TCP",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bytes changed"),
+        });
+    }
+    Ok(best)
 }
 
-async fn tcp_receiver(mut stream: TcpStream, bytes: usize) -> Result<Vec<u8>> {
-    let io = |what: &'static str| move |source| NetError::Socket { what, source };
-    stream
-        .set_nodelay(true)
-        .map_err(io("setting TCP_NODELAY"))?;
+/// The receiver side of a [`TcpReference`]: reads each announced transfer
+/// into a payload-sized buffer (large reads, as a real receiver would) and
+/// answers one byte; returns the first payload.
+fn tcp_receiver(mut stream: std::net::TcpStream, bytes: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    stream.set_nodelay(true)?;
     let mut buf = vec![0u8; bytes.max(1)];
-    let mut first = None;
+    let mut first: Option<Vec<u8>> = None;
     loop {
         let mut len = [0u8; 8];
-        match stream.read_exact(&mut len).await {
-            Ok(_) => {}
+        match stream.read_exact(&mut len) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(io("receiving over TCP")(e)),
+            Err(e) => return Err(e),
         }
-        let total = u64::from_le_bytes(len);
-        if bytes == 0 || total % bytes as u64 != 0 {
-            return Err(NetError::Socket {
-                what: "receiving over TCP",
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("announced {total} bytes, not whole {bytes}-byte payloads"),
-                ),
-            });
-        }
-        for _ in 0..total / bytes as u64 {
-            stream
-                .read_exact(&mut buf)
-                .await
-                .map_err(io("receiving over TCP"))?;
-            if first.is_none() {
-                first = Some(buf.clone());
+        let mut left = u64::from_le_bytes(len);
+        let mut filled = 0usize;
+        while left > 0 {
+            let want = (buf.len() - filled).min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = stream.read(&mut buf[filled..filled + want])?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            filled += n;
+            left -= n as u64;
+            if filled == buf.len() {
+                if first.is_none() {
+                    first = Some(buf.clone());
+                }
+                filled = 0;
             }
         }
-        stream
-            .write_all(b"k")
-            .await
-            .map_err(io("acknowledging over TCP"))?;
+        stream.write_all(b"k")?;
     }
-    first.ok_or_else(|| NetError::Socket {
-        what: "receiving over TCP",
-        source: std::io::ErrorKind::UnexpectedEof.into(),
-    })
+    first.ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
 }

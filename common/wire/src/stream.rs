@@ -32,10 +32,21 @@ pub struct Received {
 fn check_model<'p>(
     msg: &Message,
     model: Option<&'p Params>,
+    cfg: &WireConfig,
 ) -> Result<Option<(ModelHeader, &'p Params)>> {
     match (msg.model(), model) {
         (Some(h), Some(p)) => {
             h.check_matches(p)?;
+            // What the peer said it reads (or this side's own limit): a
+            // larger model is refused here rather than by the peer.
+            let values = p.spec().total() as u64;
+            if values > cfg.max_model_params {
+                return Err(WireError::Model(format!(
+                    "{} carries {values} values, above the limit of {}",
+                    msg.name(),
+                    cfg.max_model_params
+                )));
+            }
             Ok(Some((*h, p)))
         }
         (None, None) => Ok(None),
@@ -75,7 +86,7 @@ pub fn encode_message(
     cfg: &WireConfig,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let model = check_model(msg, model)?;
+    let model = check_model(msg, model, cfg)?;
     encode_control_frame(msg, cfg.max_frame_bytes, out)?;
     if let Some((header, params)) = model {
         tensor::encode_params(params, header.encoding, cfg.chunk_bytes(), out)?;
@@ -285,7 +296,7 @@ impl<W: AsyncWrite + Unpin> WireWriter<W> {
     /// announcement), tensor by tensor without building a model-sized buffer;
     /// then flushes.
     pub async fn send(&mut self, msg: &Message, model: Option<&Params>) -> Result<()> {
-        let model = check_model(msg, model)?;
+        let model = check_model(msg, model, &self.cfg)?;
         self.buf.clear();
         encode_control_frame(msg, self.cfg.max_frame_bytes, &mut self.buf)?;
         self.inner

@@ -1023,16 +1023,11 @@ impl Learner for Echo {
 /// `fedcrime_net::TcpReference`: what a round must move, without QUIC, TLS,
 /// framing or aggregation): the best of three.
 async fn tcp_round_trip(stations: usize, bytes: usize) -> f64 {
-    let payload = vec![7u8; bytes];
-    let mut tcp = fedcrime_net::TcpReference::connect(bytes).await.unwrap();
-    tcp.transfer(&payload, 1).await.unwrap();
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t = tcp.transfer(&payload, 2 * stations).await.unwrap();
-        best = best.min(t.as_secs_f64());
-    }
-    tcp.finish().await.unwrap();
-    best
+    tokio::task::spawn_blocking(move || {
+        fedcrime_net::bench::tcp_seconds(bytes, 2 * stations, 3).unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 /// Seconds to move `bytes` to each of `stations` and back over QUIC with
