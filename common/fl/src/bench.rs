@@ -8,7 +8,7 @@
 //! it; the ignored test below prints the figures for 1M and 10M parameters:
 //!
 //! ```text
-//! cargo test -p fedcrime-fl --release --lib bench -- --ignored --nocapture
+//! cargo test -p fedcrime-fl --features bench --release --lib bench -- --ignored --nocapture
 //! ```
 
 use std::sync::Arc;
@@ -206,7 +206,7 @@ mod tests {
     }
 
     /// The figures for the report (release build):
-    /// `cargo test -p fedcrime-fl --release --lib bench -- --ignored --nocapture`
+    /// `cargo test -p fedcrime-fl --features bench --release --lib bench -- --ignored --nocapture`
     #[test]
     #[ignore = "benchmark; run in release with --ignored --nocapture"]
     fn aggregation_21_updates_1m_and_10m() {

@@ -669,7 +669,7 @@ fn bench_moves_the_bytes_intact() {
 
 /// The issue-4 benchmark: 40 MB over QUIC + mTLS vs plain TCP on loopback.
 /// Run in release:
-/// `cargo test --release -p fedcrime-net --lib tests::bench_40mb -- --ignored --nocapture`
+/// `cargo test --release -p fedcrime-net --features bench --lib tests::bench_40mb -- --ignored --nocapture`
 #[cfg(feature = "bench")]
 #[test]
 #[ignore]

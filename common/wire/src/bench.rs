@@ -3,7 +3,7 @@
 //! only the ratio means something).
 //!
 //! Run it with `fedcrime-sim bench wire`, or from the ignored test:
-//! `cargo test --release -p fedcrime-wire --features tokio --lib bench -- --ignored --nocapture`.
+//! `cargo test --release -p fedcrime-wire --features bench --lib bench -- --ignored --nocapture`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -254,7 +254,7 @@ mod tests {
     }
 
     /// The benchmark: 10M parameters. Run in release:
-    /// `cargo test --release -p fedcrime-wire --features tokio --lib bench -- --ignored --nocapture`
+    /// `cargo test --release -p fedcrime-wire --features bench --lib bench -- --ignored --nocapture`
     #[test]
     #[ignore = "benchmark; run in release (see the doc comment)"]
     fn bench_10m_parameters() {
