@@ -18,7 +18,7 @@ CARGO ?= cargo
 STAMP := $(FEDCRIME_TORCH_VENV)/.fedcrime-ok
 DEMO_OUT ?= runs/demo
 
-.PHONY: all bootstrap build demo test fmt clippy layering check clean env
+.PHONY: all bootstrap build demo test fmt clippy layering docs check clean env
 
 all: build
 
@@ -55,10 +55,14 @@ layering:
 	    echo "layering: $$c links an async runtime or the transport"; exit 1; fi; done
 	@echo "layering: ok"
 
+# The API docs build without a broken or private link.
+docs: bootstrap
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked
+
 # One libtorch (OpenMP) thread per test: two tests spinning several OpenMP
 # threads each on two cores run ~100x slower.
 test: export OMP_NUM_THREADS = 1
-test: bootstrap fmt layering clippy
+test: bootstrap fmt layering clippy docs
 	@# Tests run one at a time: several check that two runs replay bit for
 	@# bit, and libtorch has one process-wide generator (dropout) and one
 	@# thread-count setting that concurrent tests would share.

@@ -301,7 +301,7 @@ pub fn area(code: u8) -> Option<&'static AreaInfo> {
 /// The area whose export name (`"West LA"`) or GIS layer name
 /// (`"WEST LOS ANGELES"`) matches `name`, ignoring ASCII case and surrounding
 /// spaces.
-pub fn area_by_name(name: &str) -> Option<&'static AreaInfo> {
+pub(crate) fn area_by_name(name: &str) -> Option<&'static AreaInfo> {
     let name = name.trim();
     let alias = match name.to_ascii_uppercase().as_str() {
         "WEST LOS ANGELES" => "West LA",
@@ -341,7 +341,7 @@ pub fn distance_km(a: (f32, f32), b: (f32, f32)) -> f32 {
 }
 
 /// Mean Earth radius (IUGG) in kilometres.
-pub(crate) const EARTH_RADIUS_KM: f64 = 6371.0088;
+pub const EARTH_RADIUS_KM: f64 = 6371.0088;
 
 #[cfg(test)]
 mod tests {

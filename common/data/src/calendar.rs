@@ -7,12 +7,12 @@
 use super::record::DayNumber;
 
 /// Whether `y` is a leap year (proleptic Gregorian).
-pub fn is_leap_year(y: i32) -> bool {
+pub(crate) fn is_leap_year(y: i32) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
 
 /// Days in month `m` (1..=12) of year `y`; 0 for an invalid month.
-pub fn days_in_month(y: i32, m: u32) -> u32 {
+pub(crate) fn days_in_month(y: i32, m: u32) -> u32 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -23,7 +23,7 @@ pub fn days_in_month(y: i32, m: u32) -> u32 {
 }
 
 /// The day number of a valid civil date in years 1900..=2199, or `None`.
-pub fn day_number(y: i32, m: u32, d: u32) -> Option<DayNumber> {
+pub(crate) fn day_number(y: i32, m: u32, d: u32) -> Option<DayNumber> {
     if !(1900..=2199).contains(&y) || d == 0 || d > days_in_month(y, m) {
         return None;
     }
@@ -32,7 +32,7 @@ pub fn day_number(y: i32, m: u32, d: u32) -> Option<DayNumber> {
 
 /// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d` (no
 /// validation; H. Hinnant's algorithm).
-pub fn days_from_civil(y: i32, m: u32, d: u32) -> DayNumber {
+pub(crate) fn days_from_civil(y: i32, m: u32, d: u32) -> DayNumber {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400) as u32; // [0, 399]
@@ -62,7 +62,7 @@ pub fn weekday(day: DayNumber) -> u32 {
 }
 
 /// Day of the year, 1..=366.
-pub fn day_of_year(day: DayNumber) -> u32 {
+pub(crate) fn day_of_year(day: DayNumber) -> u32 {
     let (y, _, _) = civil_from_days(day);
     (day - days_from_civil(y, 1, 1) + 1) as u32
 }

@@ -30,7 +30,7 @@ use super::categories::Category;
 
 /// A code with its share and its description in the export.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Coded {
+pub(crate) struct Coded {
     /// The code (premise, weapon).
     pub code: u16,
     /// Its share within its list.
@@ -47,7 +47,7 @@ impl Coded {
 
 /// A crime code of a category.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CrimeCode {
+pub(crate) struct CrimeCode {
     /// The category the code maps to.
     pub category: Category,
     /// `Crm Cd`.
@@ -73,12 +73,12 @@ impl CrimeCode {
 }
 
 /// Share of all incidents per area (index = code - 1), February 2024.
-pub const AREA_SHARE: [f32; AREA_COUNT] = [
+pub(crate) const AREA_SHARE: [f32; AREA_COUNT] = [
     0.0734, 0.0482, 0.0583, 0.041, 0.04, 0.0513, 0.052, 0.0456, 0.0421, 0.0414, 0.0437, 0.0558,
     0.0502, 0.0559, 0.0534, 0.0297, 0.0434, 0.048, 0.0366, 0.0507, 0.0392,
 ];
 /// Per area, the share of each crime category (rows sum to 1), February 2024.
-pub const CATEGORY_MIX: [[f32; Category::COUNT]; AREA_COUNT] = [
+pub(crate) const CATEGORY_MIX: [[f32; Category::COUNT]; AREA_COUNT] = [
     [
         0.2591, 0.0452, 0.133, 0.2287, 0.1183, 0.0896, 0.0183, 0.1078,
     ],
@@ -138,7 +138,7 @@ pub const CATEGORY_MIX: [[f32; Category::COUNT]; AREA_COUNT] = [
     ],
 ];
 /// Per category, the share of incidents by hour of occurrence 0..24, February 2024.
-pub const HOUR_PROFILE: [[f32; 24]; Category::COUNT] = [
+pub(crate) const HOUR_PROFILE: [[f32; 24]; Category::COUNT] = [
     [
         0.0367, 0.0315, 0.0296, 0.0217, 0.015, 0.0116, 0.0148, 0.0283, 0.0377, 0.0414, 0.0446,
         0.0515, 0.049, 0.0481, 0.0434, 0.0569, 0.0567, 0.0495, 0.0476, 0.0586, 0.0589, 0.0606,
@@ -181,7 +181,7 @@ pub const HOUR_PROFILE: [[f32; 24]; Category::COUNT] = [
     ],
 ];
 /// Per category, the relative rate by weekday (0 = Monday; rows sum to 1): incidents per calendar weekday in each file's date range, both files pooled.
-pub const WEEKDAY_PROFILE: [[f32; 7]; Category::COUNT] = [
+pub(crate) const WEEKDAY_PROFILE: [[f32; 7]; Category::COUNT] = [
     [0.1277, 0.1139, 0.14, 0.1333, 0.1567, 0.1638, 0.1647],
     [0.119, 0.128, 0.1314, 0.1425, 0.1802, 0.1558, 0.1432],
     [0.1411, 0.145, 0.1331, 0.1318, 0.1632, 0.1574, 0.1284],
@@ -192,7 +192,7 @@ pub const WEEKDAY_PROFILE: [[f32; 7]; Category::COUNT] = [
     [0.1321, 0.1412, 0.137, 0.1549, 0.163, 0.1343, 0.1374],
 ];
 /// Share of `TIME OCC` minutes 0..60 (officers round to :00 and :30), February 2024.
-pub const MINUTE_PROFILE: [f32; 60] = [
+pub(crate) const MINUTE_PROFILE: [f32; 60] = [
     0.36351, 0.01283, 0.00287, 0.00275, 0.00198, 0.02139, 0.00179, 0.00268, 0.00332, 0.00179,
     0.03193, 0.00236, 0.00211, 0.00243, 0.00153, 0.04553, 0.00236, 0.00306, 0.00262, 0.00281,
     0.04451, 0.0023, 0.00262, 0.00198, 0.003, 0.02114, 0.00223, 0.00223, 0.00345, 0.00198, 0.1733,
@@ -201,12 +201,12 @@ pub const MINUTE_PROFILE: [f32; 60] = [
     0.00217, 0.0016, 0.00198, 0.01922, 0.00211, 0.00217, 0.00262, 0.00281,
 ];
 /// Per area, its share of incidents between 20:00 and 04:00 relative to the city's (the area x hour interaction), February 2024.
-pub const NIGHT_FACTOR: [f32; AREA_COUNT] = [
+pub(crate) const NIGHT_FACTOR: [f32; AREA_COUNT] = [
     1.011, 0.947, 0.903, 1.048, 1.022, 1.237, 0.918, 0.83, 0.967, 1.042, 1.011, 1.102, 1.139,
     0.975, 0.881, 0.983, 0.891, 1.088, 1.034, 1.026, 0.928,
 ];
 /// Per area, `(mean lat, mean lon, sd lat, sd lon)` of incident locations, February 2024.
-pub const AREA_PLACE: [(f32, f32, f32, f32); AREA_COUNT] = [
+pub(crate) const AREA_PLACE: [(f32, f32, f32, f32); AREA_COUNT] = [
     (34.0488, -118.251, 0.0077, 0.0103),
     (34.0639, -118.2743, 0.0123, 0.0104),
     (34.0216, -118.3152, 0.0092, 0.0275),
@@ -230,7 +230,7 @@ pub const AREA_PLACE: [(f32, f32, f32, f32); AREA_COUNT] = [
     (34.1902, -118.6002, 0.0183, 0.0192),
 ];
 /// Per category, the share of `Vict Sex` empty, M, F, X, H (empty: no person victim, e.g. a stolen car), February 2024.
-pub const VICTIM_SEX: [[f32; 5]; Category::COUNT] = [
+pub(crate) const VICTIM_SEX: [[f32; 5]; Category::COUNT] = [
     [0.0002, 0.4993, 0.4724, 0.0281, 0.0],
     [0.0031, 0.5438, 0.2227, 0.2304, 0.0],
     [0.0, 0.5045, 0.3347, 0.1594, 0.0014],
@@ -241,9 +241,9 @@ pub const VICTIM_SEX: [[f32; 5]; Category::COUNT] = [
     [0.0, 0.3, 0.3638, 0.3362, 0.0],
 ];
 /// Probability that `Vict Age` is 0 (unknown) given `Vict Sex` empty, M, F, X, H, February 2024.
-pub const AGE_UNKNOWN_BY_SEX: [f32; 5] = [1.0, 0.0929, 0.0114, 0.9019, 0.0];
+pub(crate) const AGE_UNKNOWN_BY_SEX: [f32; 5] = [1.0, 0.0929, 0.0114, 0.9019, 0.0];
 /// Known victim ages: `(from, to, share)`, February 2024.
-pub const AGE_BINS: [(u8, u8, f32); 7] = [
+pub(crate) const AGE_BINS: [(u8, u8, f32); 7] = [
     (1, 17, 0.0416),
     (18, 24, 0.1332),
     (25, 34, 0.2679),
@@ -253,9 +253,9 @@ pub const AGE_BINS: [(u8, u8, f32); 7] = [
     (65, 99, 0.0784),
 ];
 /// Probability that `Vict Descent` is X (unknown) when `Vict Sex` is X, February 2024.
-pub const DESCENT_X_GIVEN_SEX_X: f32 = 0.994;
+pub(crate) const DESCENT_X_GIVEN_SEX_X: f32 = 0.994;
 /// `Vict Descent` codes of victims with sex M, F or H (at least 0.1 %), February 2024.
-pub const DESCENT: [(u8, f32); 12] = [
+pub(crate) const DESCENT: [(u8, f32); 12] = [
     (b'H', 0.4076),
     (b'W', 0.2491),
     (b'B', 0.1641),
@@ -270,10 +270,10 @@ pub const DESCENT: [(u8, f32); 12] = [
     (b'I', 0.0013),
 ];
 /// Per category, the share of rows with a weapon recorded, February 2024.
-pub const WEAPON_RATE: [f32; Category::COUNT] =
+pub(crate) const WEAPON_RATE: [f32; Category::COUNT] =
     [0.9968, 0.9969, 0.115, 0.0391, 0.007, 0.116, 0.4602, 0.0686];
 /// The 12 most common weapons among rows that record one, February 2024.
-pub const WEAPONS: [Coded; 12] = [
+pub(crate) const WEAPONS: [Coded; 12] = [
     Coded::new(
         400,
         0.5692,
@@ -292,7 +292,7 @@ pub const WEAPONS: [Coded; 12] = [
     Coded::new(306, 0.0087, "ROCK/THROWN OBJECT"),
 ];
 /// Per category, the crime codes covering 95 % of its rows (at most 8), with their part and share within the category, February 2024.
-pub const CRIME_CODES: [CrimeCode; N_CRIME_CODES] = [
+pub(crate) const CRIME_CODES: [CrimeCode; N_CRIME_CODES] = [
     CrimeCode::new(
         Category::Violent,
         624,
@@ -463,9 +463,9 @@ pub const CRIME_CODES: [CrimeCode; N_CRIME_CODES] = [
     CrimeCode::new(Category::Other, 886, 2, 0.0226, "DISTURBING THE PEACE"),
 ];
 /// Number of entries in [`CRIME_CODES`].
-pub const N_CRIME_CODES: usize = 42;
+pub(crate) const N_CRIME_CODES: usize = 42;
 /// Per category, the 5 most common premises and their share among those 5, February 2024.
-pub const PREMISES: [[Coded; 5]; Category::COUNT] = [
+pub(crate) const PREMISES: [[Coded; 5]; Category::COUNT] = [
     [
         Coded::new(101, 0.2766, "STREET"),
         Coded::new(501, 0.2607, "SINGLE FAMILY DWELLING"),
@@ -524,7 +524,7 @@ pub const PREMISES: [[Coded; 5]; Category::COUNT] = [
     ],
 ];
 /// Case status `(code, description, share)`, February 2024.
-pub const STATUS: [(&str, &str, f32); 5] = [
+pub(crate) const STATUS: [(&str, &str, f32); 5] = [
     ("IC", "Invest Cont", 0.8063),
     ("AO", "Adult Other", 0.1025),
     ("AA", "Adult Arrest", 0.0827),
@@ -532,20 +532,20 @@ pub const STATUS: [(&str, &str, f32); 5] = [
     ("JO", "Juv Other", 0.0036),
 ];
 /// The 24 most common modus operandi codes, February 2024.
-pub const MOCODES: [&str; 24] = [
+pub(crate) const MOCODES: [&str; 24] = [
     "1822", "0344", "0913", "0416", "0329", "1300", "0400", "0325", "1402", "2000", "1609", "2004",
     "1814", "1309", "0334", "1307", "1501", "0446", "0444", "1202", "0342", "0358", "0421", "0216",
 ];
 /// Share of rows with 0..=10 MO codes (10 = 10 or more), February 2024.
-pub const MOCODE_COUNT: [f32; 11] = [
+pub(crate) const MOCODE_COUNT: [f32; 11] = [
     0.1541, 0.1191, 0.1884, 0.1606, 0.1367, 0.0909, 0.0602, 0.0394, 0.0231, 0.0138, 0.0137,
 ];
 /// Share of rows located at an intersection (`Cross Street` filled), February 2024.
-pub const P_CROSS_STREET: f32 = 0.1411;
+pub(crate) const P_CROSS_STREET: f32 = 0.1411;
 /// Share of rows with a second crime code, February 2024.
-pub const P_CRM_CD_2: f32 = 0.0762;
+pub(crate) const P_CRM_CD_2: f32 = 0.0762;
 /// Days from occurrence to report: `(from, to, share)`, 2020 sample (the February file is cut a month after the crimes, so it lacks the long tail).
-pub const REPORT_DELAY: [(u16, u16, f32); 8] = [
+pub(crate) const REPORT_DELAY: [(u16, u16, f32); 8] = [
     (0, 0, 0.4365),
     (1, 1, 0.2535),
     (2, 2, 0.0795),
@@ -556,15 +556,15 @@ pub const REPORT_DELAY: [(u16, u16, f32); 8] = [
     (366, 1100, 0.0223),
 ];
 /// Share of date fields in the older `MM/DD/YYYY 00:00` layout, 2020 sample.
-pub const P_DATE_24H: f32 = 0.4142;
+pub(crate) const P_DATE_24H: f32 = 0.4142;
 /// Share of rows whose two date fields use different layouts, 2020 sample.
-pub const P_MIXED_DATE_ROW: f32 = 0.118;
+pub(crate) const P_MIXED_DATE_ROW: f32 = 0.118;
 /// Among unknown victim ages, the share written negative (`-1`) rather than 0, 2020 sample.
-pub const P_NEGATIVE_AGE: f32 = 0.001;
+pub(crate) const P_NEGATIVE_AGE: f32 = 0.001;
 /// Share of rows with LAT/LON 0,0 (unknown place), 2020 sample.
-pub const P_ZERO_COORDS: f32 = 0.0013;
+pub(crate) const P_ZERO_COORDS: f32 = 0.0013;
 /// Share of `DR_NO`s with a leading zero, 2020 sample.
-pub const P_LEADING_ZERO_DR_NO: f32 = 0.0001;
+pub(crate) const P_LEADING_ZERO_DR_NO: f32 = 0.0001;
 
 #[cfg(test)]
 mod tests {

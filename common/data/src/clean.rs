@@ -176,9 +176,9 @@ mod iso_day_opt {
 
 /// Latitude/longitude box that contains the City of Los Angeles with a
 /// margin; coordinates outside it are treated as unknown.
-pub const LAT_RANGE: (f32, f32) = (33.3, 34.9);
+pub(crate) const LAT_RANGE: (f32, f32) = (33.3, 34.9);
 /// See [`LAT_RANGE`].
-pub const LON_RANGE: (f32, f32) = (-119.0, -117.6);
+pub(crate) const LON_RANGE: (f32, f32) = (-119.0, -117.6);
 
 /// `minute_of_day` of a row whose `TIME OCC` was empty, until imputed.
 pub(crate) const MISSING_MINUTE: u16 = u16::MAX;
@@ -421,7 +421,7 @@ fn optional_code(b: &[u8], c: Column, tally: &mut Tally) -> Option<u16> {
 }
 
 /// Whether a coordinate pair lies in the Los Angeles box.
-pub fn in_la(lat: f32, lon: f32) -> bool {
+pub(crate) fn in_la(lat: f32, lon: f32) -> bool {
     (LAT_RANGE.0..=LAT_RANGE.1).contains(&lat) && (LON_RANGE.0..=LON_RANGE.1).contains(&lon)
 }
 

@@ -67,7 +67,7 @@ const RISK_WINDOW: u32 = 42;
 const WEEK_DAYS: u32 = 7;
 
 /// Version of the [`Featurizer`] file format.
-pub const FEATURIZER_VERSION: u32 = 1;
+pub(crate) const FEATURIZER_VERSION: u32 = 1;
 
 /// `(sin, cos)` of `x` on a cycle of length `period`.
 fn cyc(x: f32, period: f32) -> (f32, f32) {
@@ -144,7 +144,7 @@ impl MinMaxScaler {
     }
 
     /// Scales the row-major `rows` in place (`dim()` columns, rows in parallel).
-    pub fn transform_in_place(&self, rows: &mut [f32]) {
+    pub(crate) fn transform_in_place(&self, rows: &mut [f32]) {
         let dim = self.dim();
         if dim == 0 {
             return;
@@ -244,7 +244,7 @@ pub fn risk_level(thresholds: &[u32], count: u32) -> u8 {
 /// model-ready samples; serde-saveable (JSON) next to a model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Featurizer {
-    /// File format version ([`FEATURIZER_VERSION`]).
+    /// File format version (`FEATURIZER_VERSION`).
     pub version: u32,
     /// The task.
     pub task: Task,

@@ -88,7 +88,11 @@ pub fn load_reader<R: Read>(r: R, source_name: &str) -> Result<Loaded> {
 }
 
 /// [`load_reader`] with explicit [`LoadOptions`].
-pub fn load_reader_with<R: Read>(r: R, source_name: &str, opts: &LoadOptions) -> Result<Loaded> {
+pub(crate) fn load_reader_with<R: Read>(
+    r: R,
+    source_name: &str,
+    opts: &LoadOptions,
+) -> Result<Loaded> {
     let mut buffered = BufReader::with_capacity(1 << 16, r);
     let head = buffered.fill_buf().map_err(|e| DataError::Read {
         file: source_name.to_string(),

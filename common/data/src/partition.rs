@@ -17,7 +17,7 @@
 //!   from the currently largest station, so every station can train.
 //!
 //! Every partitioner is deterministic for a seed, and its parts are disjoint and
-//! cover the dataset ([`check_partition`]); each part's indices are ascending,
+//! cover the dataset (`check_partition`); each part's indices are ascending,
 //! i.e. in time order. `natural` and `bureau` leave out stations without
 //! samples (a dataset from [`build_task`](super::tasks::build_task) has all).
 
@@ -33,7 +33,7 @@ use super::error::DataError;
 use super::features::{fit_risk_thresholds, risk_level};
 
 /// Stations of `iid` and `dirichlet` when not given.
-pub const DEFAULT_STATIONS: usize = 21;
+pub(crate) const DEFAULT_STATIONS: usize = 21;
 
 /// How samples are divided among stations.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -100,7 +100,7 @@ impl Partition {
 impl std::str::FromStr for Partition {
     type Err = String;
     /// `natural`, `bureau`, `iid` or `dirichlet:ALPHA` (e.g. `dirichlet:0.5`);
-    /// `iid` and `dirichlet` get [`DEFAULT_STATIONS`], see [`Partition::with_stations`].
+    /// `iid` and `dirichlet` get `DEFAULT_STATIONS`, see [`Partition::with_stations`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         match s {
@@ -237,7 +237,7 @@ pub fn partition_splits(
 /// The label [`Partition::Dirichlet`] skews: the risk class, or for counts the
 /// 1-5 level (minus one) of each target's total count under quantile
 /// thresholds fit on `ds`.
-pub fn skew_labels(ds: &Dataset) -> Vec<usize> {
+pub(crate) fn skew_labels(ds: &Dataset) -> Vec<usize> {
     match &ds.target {
         Target::Classes { labels, .. } => labels
             .iter()
@@ -259,7 +259,7 @@ pub fn skew_labels(ds: &Dataset) -> Vec<usize> {
 }
 
 /// Checks that `parts` are disjoint and together cover `0..n` exactly once.
-pub fn check_partition(parts: &[StationPart], n: usize) -> Result<(), DataError> {
+pub(crate) fn check_partition(parts: &[StationPart], n: usize) -> Result<(), DataError> {
     let mut owner: Vec<Option<usize>> = vec![None; n];
     for (s, part) in parts.iter().enumerate() {
         for &i in &part.indices {

@@ -79,10 +79,10 @@ pub enum Column {
 }
 
 /// Number of columns in the export.
-pub const COLUMN_COUNT: usize = 28;
+pub(crate) const COLUMN_COUNT: usize = 28;
 
 /// The export's header, in order.
-pub const HEADER: [&str; COLUMN_COUNT] = [
+pub(crate) const HEADER: [&str; COLUMN_COUNT] = [
     "DR_NO",
     "Date Rptd",
     "DATE OCC",
@@ -158,7 +158,7 @@ impl Column {
 
     /// The column whose header name is `name` (exact, after trimming spaces and
     /// a UTF-8 byte order mark).
-    pub fn from_name(name: &str) -> Option<Column> {
+    pub(crate) fn from_name(name: &str) -> Option<Column> {
         let name = name.trim_start_matches('\u{feff}').trim();
         HEADER
             .iter()
@@ -184,7 +184,7 @@ pub fn trim(bytes: &[u8]) -> &[u8] {
 
 /// An unsigned decimal integer with optional leading zeros (at most 19
 /// digits), e.g. `010304468`, `05`, ` 45 `.
-pub fn parse_uint(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn parse_uint(bytes: &[u8]) -> Option<u64> {
     let b = trim(bytes);
     if b.is_empty() || b.len() > 19 {
         return None;
@@ -201,7 +201,7 @@ pub fn parse_uint(bytes: &[u8]) -> Option<u64> {
 }
 
 /// A signed decimal integer, e.g. `-1`, `+36`, `0`.
-pub fn parse_int(bytes: &[u8]) -> Option<i64> {
+pub(crate) fn parse_int(bytes: &[u8]) -> Option<i64> {
     let b = trim(bytes);
     let (neg, digits) = match b.first() {
         Some(b'-') => (true, &b[1..]),
@@ -216,7 +216,7 @@ pub fn parse_int(bytes: &[u8]) -> Option<i64> {
 /// The result is `mantissa / 10^scale` rounded to `f32` through `f64`, the
 /// same rounding [`decimal_f32`] applies (so generated and parsed coordinates
 /// agree bit for bit).
-pub fn parse_decimal(bytes: &[u8]) -> Option<f32> {
+pub(crate) fn parse_decimal(bytes: &[u8]) -> Option<f32> {
     let b = trim(bytes);
     let (neg, rest) = match b.first() {
         Some(b'-') => (true, &b[1..]),
@@ -255,7 +255,7 @@ pub fn parse_decimal(bytes: &[u8]) -> Option<f32> {
 }
 
 /// `mantissa / 10^scale` as `f32` (via a correctly rounded `f64` division).
-pub fn decimal_f32(mantissa: i64, scale: u32) -> f32 {
+pub(crate) fn decimal_f32(mantissa: i64, scale: u32) -> f32 {
     const POW10: [f64; 19] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
         1e17, 1e18,
@@ -266,7 +266,7 @@ pub fn decimal_f32(mantissa: i64, scale: u32) -> f32 {
 
 /// `TIME OCC` (`HHMM`, 1 to 4 digits: `0615`, `130` = 01:30, `45` = 00:45,
 /// `5` = 00:05) as minutes after midnight, 0..1440.
-pub fn parse_time_occ(bytes: &[u8]) -> Option<u16> {
+pub(crate) fn parse_time_occ(bytes: &[u8]) -> Option<u16> {
     let b = trim(bytes);
     if b.is_empty() || b.len() > 4 {
         return None;
@@ -278,7 +278,7 @@ pub fn parse_time_occ(bytes: &[u8]) -> Option<u16> {
 
 /// The layouts dates come in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DateFormat {
+pub(crate) enum DateFormat {
     /// `MM/DD/YYYY 12:00:00 AM` (the current city export).
     UsAmPm,
     /// `MM/DD/YYYY 00:00` (older downloads).
@@ -371,7 +371,7 @@ fn time_suffix(b: &[u8]) -> Option<bool> {
 
 /// A date field (`Date Rptd`, `DATE OCC`) in any of the [`DateFormat`]s, as
 /// days since 1970-01-01, with the format it had.
-pub fn parse_date(bytes: &[u8]) -> Option<(DayNumber, DateFormat)> {
+pub(crate) fn parse_date(bytes: &[u8]) -> Option<(DayNumber, DateFormat)> {
     let b = trim(bytes);
     let mut i = 0;
     if b.get(4) == Some(&b'-') {
@@ -423,7 +423,7 @@ pub fn parse_date(bytes: &[u8]) -> Option<(DayNumber, DateFormat)> {
 /// small direct-mapped table keyed by their `MM/DD/YYYY` bytes instead of
 /// being parsed. Results are exactly [`parse_date`]'s.
 #[derive(Clone, Debug)]
-pub struct DateCache {
+pub(crate) struct DateCache {
     /// `(MM/DD/YYYY bytes as an integer, day)`; key 0 = empty.
     slots: [(u128, DayNumber); 64],
 }

@@ -132,7 +132,7 @@ impl SplitBounds {
 /// Checks the no-leakage ordering of `splits`: every training time is before
 /// every validation time, which is before every test time, and no split is
 /// empty.
-pub fn check_temporal_order(splits: &Splits) -> Result<(), DataError> {
+pub(crate) fn check_temporal_order(splits: &Splits) -> Result<(), DataError> {
     fn range(name: &str, ds: &Dataset) -> Result<(u32, u32), DataError> {
         let lo = ds.time.iter().copied().min();
         let hi = ds.time.iter().copied().max();

@@ -187,7 +187,7 @@ pub struct SynthConfig {
 
 impl SynthConfig {
     /// `rows` incidents from seed `seed` over [`SynthConfig::DEFAULT_DAYS`]
-    /// days from [`SynthConfig::default_start`], plain CSV.
+    /// days from `SynthConfig::default_start`, plain CSV.
     pub fn new(rows: usize, seed: u64) -> Self {
         SynthConfig {
             rows,
@@ -203,7 +203,7 @@ impl SynthConfig {
     pub const DEFAULT_DAYS: u32 = 365;
 
     /// Default first day: 2023-01-01.
-    pub fn default_start() -> DayNumber {
+    pub(crate) fn default_start() -> DayNumber {
         calendar::days_from_civil(2023, 1, 1)
     }
 

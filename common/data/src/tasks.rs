@@ -57,12 +57,12 @@ impl Period {
     }
 
     /// The week index (weeks since Monday 1970-01-05) of a day number.
-    pub fn week_of_day(day: i64) -> i64 {
+    pub(crate) fn week_of_day(day: i64) -> i64 {
         (day - 4).div_euclid(7)
     }
 
     /// The day number of the Monday starting week `week`.
-    pub fn week_monday(week: u32) -> i64 {
+    pub(crate) fn week_monday(week: u32) -> i64 {
         4 + 7 * i64::from(week)
     }
 }

@@ -90,7 +90,7 @@ impl AtomicFile {
 
     /// Starts replacing `dest` with a file of permission bits `mode` (set
     /// exactly, whatever the umask, on Unix; ignored elsewhere).
-    pub fn create_with_mode(dest: impl AsRef<Path>, mode: u32) -> Result<Self> {
+    pub(crate) fn create_with_mode(dest: impl AsRef<Path>, mode: u32) -> Result<Self> {
         let dest = dest.as_ref();
         let name = dest
             .file_name()

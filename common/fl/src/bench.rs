@@ -2,7 +2,7 @@
 //! same run (these machines are shared and noisy, so only the ratio travels).
 //!
 //! [`bench_aggregation`] builds `updates` random models of `params` values,
-//! times each strategy's [`Strategy::aggregate_fit`] (the full call,
+//! times each strategy's `Strategy::aggregate_fit` (the full call,
 //! including allocating the new model) and a reference that copies every
 //! update's buffer once with `copy_from_slice`. `fedcrime-sim bench` calls
 //! it; the ignored test below prints the figures for 1M and 10M parameters:

@@ -227,7 +227,7 @@ impl EngineConfig {
     }
 
     /// Whether `round` is an evaluation round.
-    pub fn is_eval_round(&self, round: u64) -> bool {
+    pub(crate) fn is_eval_round(&self, round: u64) -> bool {
         self.eval_every > 0 && (round % self.eval_every == 0 || round == self.rounds)
     }
 }
@@ -442,7 +442,7 @@ impl Engine {
     /// Continues a run after the checkpoint's round: its global model,
     /// strategy state and metrics history. If the checkpoint already covers
     /// `config.rounds`, the engine finishes at once.
-    pub fn from_checkpoint(
+    pub(crate) fn from_checkpoint(
         config: EngineConfig,
         mut strategy: Box<dyn Strategy>,
         checkpoint: Checkpoint,
@@ -1109,7 +1109,7 @@ fn secs_between(from: Instant, to: Instant) -> f64 {
 }
 
 /// `max(floor(fraction * available), minimum)`, at most `available`.
-pub fn sample_size(available: usize, fraction: f64, minimum: usize) -> usize {
+pub(crate) fn sample_size(available: usize, fraction: f64, minimum: usize) -> usize {
     let by_fraction = (fraction * available as f64).floor() as usize;
     by_fraction.max(minimum).min(available)
 }
@@ -1126,7 +1126,7 @@ fn mix(mut z: u64) -> u64 {
 /// replacement, with a generator seeded by `(seed, round, stream)`; the
 /// result is sorted. The same inputs always give the same sample, also after
 /// a resume.
-pub fn sample_stations(
+pub(crate) fn sample_stations(
     available: &[StationId],
     n: usize,
     seed: u64,

@@ -81,7 +81,7 @@ impl RoundMetrics {
     }
 
     /// Total lost or refused fit contributions.
-    pub fn failed_total(&self) -> u32 {
+    pub(crate) fn failed_total(&self) -> u32 {
         self.failed.values().sum()
     }
 
@@ -181,7 +181,7 @@ impl RoundMetrics {
     }
 
     /// Counts one failed evaluation of `kind`.
-    pub fn count_eval_failure(&mut self, kind: FailureKind) {
+    pub(crate) fn count_eval_failure(&mut self, kind: FailureKind) {
         *self.eval_failed.entry(kind).or_default() += 1;
     }
 }

@@ -54,7 +54,7 @@ impl SessionError {
 }
 
 /// The round a message belongs to, when it has one.
-pub fn round_of(msg: &Message) -> Option<u64> {
+pub(crate) fn round_of(msg: &Message) -> Option<u64> {
     match msg {
         Message::RoundStart(m) => Some(m.round),
         Message::Update(m) => Some(m.round),

@@ -147,7 +147,7 @@ impl Refusal {
 }
 
 /// Refuses a reply naming another round than `current`.
-pub fn check_round(current: u64, got: u64) -> Result<(), Refusal> {
+pub(crate) fn check_round(current: u64, got: u64) -> Result<(), Refusal> {
     if got == current {
         Ok(())
     } else {
@@ -157,7 +157,7 @@ pub fn check_round(current: u64, got: u64) -> Result<(), Refusal> {
 
 /// Checks an update's content against the global model: layout, example
 /// count, finiteness and (when `max_norm` is set) `||w - w_global|| <= max_norm`.
-pub fn check_update(
+pub(crate) fn check_update(
     global: &Params,
     update: &FitRes,
     max_norm: Option<f64>,
@@ -205,7 +205,7 @@ pub fn check_update(
 /// The checks of one round (attempt): the round number, one update per
 /// station, and the content checks of [`check_update`].
 #[derive(Clone, Debug)]
-pub struct Validator {
+pub(crate) struct Validator {
     round: u64,
     max_norm: Option<f64>,
     answered: HashSet<StationId>,
@@ -221,13 +221,8 @@ impl Validator {
         }
     }
 
-    /// The round being validated.
-    pub fn round(&self) -> u64 {
-        self.round
-    }
-
     /// Whether `station` has used up its answer (accepted or refused for its content).
-    pub fn has_answered(&self, station: &StationId) -> bool {
+    pub(crate) fn has_answered(&self, station: &StationId) -> bool {
         self.answered.contains(station)
     }
 
@@ -262,7 +257,7 @@ mod tests {
         let ok = res(&[1.0, 1.0, 1.0], 3);
         let s = StationId::new("station-01").unwrap();
         let mut v = Validator::new(4, Some(2.0));
-        assert_eq!(v.round(), 4);
+        assert_eq!(v.round, 4);
 
         let stale = v.check(&s, 3, &g, &ok).unwrap_err();
         assert_eq!(stale.kind(), FailureKind::StaleRound);

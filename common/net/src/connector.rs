@@ -159,7 +159,7 @@ impl Connector {
 
     /// A connector from a ready quinn client configuration (e.g. one built
     /// from a custom rustls configuration).
-    pub fn with_config(
+    pub(crate) fn with_config(
         config: quinn::ClientConfig,
         server_name: &str,
         transport: &TransportSettings,
@@ -215,7 +215,7 @@ impl Connector {
     /// it (QUIC HANDSHAKE_DONE), which it sends only after accepting our
     /// certificate. A refused certificate therefore fails here, with
     /// [`NetError::Refused`], rather than on first use of the connection.
-    pub async fn connect_once(&self) -> Result<quinn::Connection> {
+    pub(crate) async fn connect_once(&self) -> Result<quinn::Connection> {
         let peer = self.server;
         let connecting = self
             .endpoint

@@ -25,7 +25,7 @@ impl std::fmt::Display for RefusedBy {
     }
 }
 
-/// Errors of the certificate, endpoint and connection code in [`crate::net`].
+/// Errors of the certificate, endpoint and connection code in `crate::net`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
@@ -171,7 +171,7 @@ pub enum NetError {
 impl NetError {
     /// Classifies a quinn connection error: TLS alerts (crypto error codes)
     /// become [`NetError::Refused`]; everything else is a [`NetError::Connection`].
-    pub fn from_connection(peer: SocketAddr, e: quinn::ConnectionError) -> Self {
+    pub(crate) fn from_connection(peer: SocketAddr, e: quinn::ConnectionError) -> Self {
         match &e {
             // Our own TLS stack failed the handshake (e.g. the peer's
             // certificate did not verify).
@@ -209,7 +209,7 @@ impl NetError {
 
     /// Whether trying again later could succeed: network trouble yes,
     /// certificate and configuration problems no.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             NetError::Connection { source, .. } => !matches!(
                 source,

@@ -50,9 +50,9 @@ use std::net::SocketAddr;
 pub const ALPN: &[u8] = b"fedcrime/1";
 
 /// Application close code: orderly shutdown of an endpoint.
-pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
+pub(crate) const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
 /// Application close code: the certificate verified but names no station.
-pub const CLOSE_NO_IDENTITY: quinn::VarInt = quinn::VarInt::from_u32(1);
+pub(crate) const CLOSE_NO_IDENTITY: quinn::VarInt = quinn::VarInt::from_u32(1);
 
 /// Binds a UDP socket for a quinn endpoint, asking the kernel for
 /// `buffer_bytes` of send and receive buffer (0 keeps the OS default). The

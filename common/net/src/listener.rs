@@ -115,7 +115,7 @@ impl Listener {
     }
 
     /// [`Listener::bind`] with explicit limits.
-    pub fn bind_with_limits(
+    pub(crate) fn bind_with_limits(
         addr: SocketAddr,
         tls: &ServerTls,
         transport: &TransportSettings,

@@ -68,7 +68,7 @@ impl ServerTls {
 
     /// Builds the rustls server configuration and the CRL-reloading verifier
     /// it uses (keep it to call [`CrlVerifier::reload`]).
-    pub fn rustls_config(&self) -> Result<(rustls::ServerConfig, Arc<CrlVerifier>)> {
+    pub(crate) fn rustls_config(&self) -> Result<(rustls::ServerConfig, Arc<CrlVerifier>)> {
         let provider = provider();
         let roots = Arc::new(load_roots(&self.ca)?);
         let verifier = Arc::new(CrlVerifier::new(
@@ -100,7 +100,7 @@ impl ServerTls {
     }
 
     /// Builds the quinn server configuration with `transport` settings.
-    pub fn quinn_config(
+    pub(crate) fn quinn_config(
         &self,
         transport: &TransportSettings,
     ) -> Result<(quinn::ServerConfig, Arc<CrlVerifier>)> {
@@ -163,7 +163,7 @@ impl ClientTls {
 
     /// Builds the rustls client configuration: verify the server against the
     /// CA (the server name is checked per connection), present our certificate.
-    pub fn rustls_config(&self) -> Result<rustls::ClientConfig> {
+    pub(crate) fn rustls_config(&self) -> Result<rustls::ClientConfig> {
         let roots = load_roots(&self.ca)?;
         let chain = load_certs(&self.cert, "station certificate")?;
         let key = load_key(&self.key)?;
@@ -179,7 +179,10 @@ impl ClientTls {
     }
 
     /// Builds the quinn client configuration with `transport` settings.
-    pub fn quinn_config(&self, transport: &TransportSettings) -> Result<quinn::ClientConfig> {
+    pub(crate) fn quinn_config(
+        &self,
+        transport: &TransportSettings,
+    ) -> Result<quinn::ClientConfig> {
         quinn_client_config(self.rustls_config()?, transport)
     }
 }

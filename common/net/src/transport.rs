@@ -189,7 +189,7 @@ impl TransportSettings {
     }
 
     /// The quinn transport configuration.
-    pub fn to_quinn(&self) -> Result<quinn::TransportConfig> {
+    pub(crate) fn to_quinn(&self) -> Result<quinn::TransportConfig> {
         self.validate()?;
         let var = |field, v: u64| {
             quinn::VarInt::from_u64(v).map_err(|e| NetError::Settings {
@@ -239,7 +239,7 @@ impl TransportSettings {
     }
 
     /// The quinn endpoint configuration (largest accepted UDP payload).
-    pub fn endpoint_config(&self) -> Result<quinn::EndpointConfig> {
+    pub(crate) fn endpoint_config(&self) -> Result<quinn::EndpointConfig> {
         self.validate()?;
         let mut e = quinn::EndpointConfig::default();
         e.max_udp_payload_size(self.max_udp_payload)

@@ -5,7 +5,7 @@
 //! with `__metadata__`), so Python reads them with
 //! `safetensors.numpy.load_file` or `safetensors.torch.load_file`. safetensors
 //! stores tensors sorted by name; the layout's own order is kept in the
-//! reserved metadata key [`ORDER_KEY`] and restored on load. Files written
+//! reserved metadata key `ORDER_KEY` and restored on load. Files written
 //! elsewhere (PyTorch, another framework) load too: without that key the order
 //! is the file's data order, and `F16`, `BF16` and `F64` tensors are converted
 //! to `f32`.
@@ -23,7 +23,7 @@ use crate::{ParamError, ParamSpec, Params};
 ///
 /// Reserved: a caller's value under this key is replaced on save and removed
 /// from the metadata returned on load.
-pub const ORDER_KEY: &str = "fedcrime.order";
+pub(crate) const ORDER_KEY: &str = "fedcrime.order";
 
 /// Reading or writing parameters failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,10 @@ impl safetensors::tensor::View for F32View<'_> {
 
 impl Params {
     /// Serializes to safetensors bytes with `metadata` in the header.
-    pub fn to_safetensors_bytes(&self, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    pub(crate) fn to_safetensors_bytes(
+        &self,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>> {
         let mut info: HashMap<String, String> = metadata
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -153,7 +156,7 @@ impl Params {
 
     /// Parses safetensors bytes into parameters and the header's metadata
     /// (without [`ORDER_KEY`]). `source_name` names the origin in errors.
-    pub fn from_safetensors_bytes(
+    pub(crate) fn from_safetensors_bytes(
         bytes: &[u8],
         source_name: &str,
     ) -> Result<(Params, BTreeMap<String, String>)> {

@@ -48,11 +48,11 @@ use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::{TrainConfig, TrainError, Trainer};
 
 /// Evaluation settings: the evaluation batch size (integer).
-pub const BATCH_SIZE_KEY: &str = "batch_size";
+pub(crate) const BATCH_SIZE_KEY: &str = "batch_size";
 /// Evaluation settings: which local split to score (`val`, the default, `test` or `train`).
-pub const SPLIT_KEY: &str = "split";
+pub(crate) const SPLIT_KEY: &str = "split";
 /// The fit metric carrying the number of local epochs run.
-pub const EPOCHS_METRIC: &str = "epochs";
+pub(crate) const EPOCHS_METRIC: &str = "epochs";
 
 /// A station could not set up, train or evaluate.
 #[derive(Debug, thiserror::Error)]

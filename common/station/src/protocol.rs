@@ -1,6 +1,6 @@
 //! The mapping between the round engine's vocabulary and the wire protocol's.
 //!
-//! - Fit settings are one typed [`RoundSettings`] from the server's config to
+//! - Fit settings are one typed `RoundSettings` from the server's config to
 //!   the station's trainer: [`round_start`] puts the engine's fit request on
 //!   the wire as is, [`fit_ins`] takes it off, so a station over QUIC trains
 //!   exactly as one driven in memory.
@@ -20,11 +20,11 @@ use fedcrime_params::Params;
 use fedcrime_wire::{Encoding, Extensions, ModelHeader, RoundStart, Scalar};
 
 /// Welcome extension: the model architecture ([`ModelConfig`] as JSON).
-pub const EXT_MODEL_CONFIG: &str = "fedcrime.model_config";
+pub(crate) const EXT_MODEL_CONFIG: &str = "fedcrime.model_config";
 /// Welcome extension: the task ([`TaskConfig`] as JSON).
-pub const EXT_TASK_CONFIG: &str = "fedcrime.task_config";
+pub(crate) const EXT_TASK_CONFIG: &str = "fedcrime.task_config";
 /// Welcome extension: the shared featurizer ([`Featurizer`] as JSON), when the run has one.
-pub const EXT_FEATURIZER: &str = "fedcrime.featurizer";
+pub(crate) const EXT_FEATURIZER: &str = "fedcrime.featurizer";
 
 /// What a station must know about a run before it can train: sent by the
 /// server in its Welcome.
@@ -103,7 +103,7 @@ impl RunSetup {
 }
 
 /// A round setting as an extension value.
-pub fn to_scalar(v: &ConfigValue) -> Scalar {
+pub(crate) fn to_scalar(v: &ConfigValue) -> Scalar {
     match v {
         ConfigValue::Bool(b) => Scalar::Bool(*b),
         ConfigValue::Int(i) => Scalar::Int(*i),
@@ -113,7 +113,7 @@ pub fn to_scalar(v: &ConfigValue) -> Scalar {
 }
 
 /// An extension value as a round setting (bytes have no counterpart).
-pub fn from_scalar(key: &str, s: &Scalar) -> Result<ConfigValue> {
+pub(crate) fn from_scalar(key: &str, s: &Scalar) -> Result<ConfigValue> {
     Ok(match s {
         Scalar::Bool(b) => ConfigValue::Bool(*b),
         Scalar::Int(i) => ConfigValue::Int(*i),

@@ -95,7 +95,7 @@ impl fmt::Display for CodecBench {
 
 /// A model of about `params` values: 1024x1024 weight + bias layers and a
 /// remainder tensor, weights ~ N(0, 0.05), seeded.
-pub fn synthetic_model(params: usize, seed: u64) -> Params {
+pub(crate) fn synthetic_model(params: usize, seed: u64) -> Params {
     let mut tensors: Vec<(String, Vec<usize>)> = Vec::new();
     let mut left = params;
     let mut layer = 0;

@@ -3,13 +3,13 @@
 //! Control messages (everything but tensor data) are serde types encoded with
 //! bincode 2's standard configuration: little-endian, variable-length
 //! integers. bincode is no longer maintained upstream; keeping every call
-//! behind [`encode_control`] / [`decode_control`] makes it replaceable by
+//! behind [`encode_control`] / `decode_control` makes it replaceable by
 //! another serde format without touching the protocol code.
 //!
 //! ## Allocation bound
 //! bincode trusts length prefixes: a string that claims to be 4 GiB long is
 //! allocated before its bytes are read. Its *limit* (a const generic of the
-//! configuration) caps the bytes a decode may claim. [`decode_control`] first
+//! configuration) caps the bytes a decode may claim. `decode_control` first
 //! refuses payloads longer than the caller's `limit`, then decodes under the
 //! smallest limit tier that is at least eight times the payload length (a
 //! valid payload never claims more: the widest primitive we use, a `u64`,
@@ -44,7 +44,7 @@ pub fn encode_control<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 
 /// Appends the encoding of a control value to `out` (which keeps its capacity
 /// between messages).
-pub fn encode_control_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<usize> {
+pub(crate) fn encode_control_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<usize> {
     bincode::serde::encode_into_std_write(value, out, base_config()).map_err(|e| {
         WireError::Encode {
             what: type_label::<T>(),
@@ -56,7 +56,7 @@ pub fn encode_control_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result
 /// Decodes a control value that must fill `bytes` exactly, refusing payloads
 /// over `limit` bytes and bounding what the decoder may allocate (see the
 /// module documentation).
-pub fn decode_control<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T> {
+pub(crate) fn decode_control<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T> {
     let message = type_label::<T>();
     if bytes.len() > limit {
         return Err(WireError::TooLarge {

@@ -13,7 +13,7 @@
 //! single payload byte is read or allocated. Flags: the low byte holds
 //! *critical* bits (a receiver that does not know one refuses the frame), the
 //! high byte bits a receiver may ignore. The only flag defined today is
-//! [`FLAG_FINAL`], set on the last data frame of a tensor.
+//! `FLAG_FINAL`, set on the last data frame of a tensor.
 //!
 //! Kinds are listed in [`FrameKind`] and, for the roadmap, in [`reserved`].
 
@@ -23,15 +23,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::error::{Result, WireError};
 
 /// The two bytes every frame starts with.
-pub const MAGIC: [u8; 2] = *b"FC";
+pub(crate) const MAGIC: [u8; 2] = *b"FC";
 /// The frame format version this build reads and writes.
-pub const FRAME_VERSION: u8 = 1;
+pub(crate) const FRAME_VERSION: u8 = 1;
 /// Size of a frame header in bytes.
 pub const HEADER_LEN: usize = 12;
 /// Flag on a [`FrameKind::TensorData`] frame: the tensor's last chunk.
-pub const FLAG_FINAL: u16 = 0x0001;
+pub(crate) const FLAG_FINAL: u16 = 0x0001;
 /// Flag bits a receiver must understand (the low byte).
-pub const CRITICAL_FLAGS: u16 = 0x00ff;
+pub(crate) const CRITICAL_FLAGS: u16 = 0x00ff;
 
 /// The kinds of frame this build understands. The numbers are the kind byte.
 ///
@@ -77,19 +77,19 @@ pub enum FrameKind {
 /// one says clearly what is missing instead of "garbage".
 pub mod reserved {
     /// Secure aggregation: a station advertises its public keys.
-    pub const SECAGG_ADVERTISE_KEYS: u8 = 0x40;
+    pub(crate) const SECAGG_ADVERTISE_KEYS: u8 = 0x40;
     /// Secure aggregation: encrypted key shares relayed between stations.
-    pub const SECAGG_KEY_SHARES: u8 = 0x41;
+    pub(crate) const SECAGG_KEY_SHARES: u8 = 0x41;
     /// Secure aggregation: a masked update (tensor frames would follow).
-    pub const SECAGG_MASKED_UPDATE: u8 = 0x42;
+    pub(crate) const SECAGG_MASKED_UPDATE: u8 = 0x42;
     /// Secure aggregation: shares revealed to unmask dropped stations.
-    pub const SECAGG_UNMASK: u8 = 0x43;
+    pub(crate) const SECAGG_UNMASK: u8 = 0x43;
     /// Differential privacy metadata (clipping norm, noise multiplier, spent budget).
-    pub const DP_METADATA: u8 = 0x50;
+    pub(crate) const DP_METADATA: u8 = 0x50;
     /// A signature over an update (station key bound to its certificate).
-    pub const UPDATE_SIGNATURE: u8 = 0x58;
+    pub(crate) const UPDATE_SIGNATURE: u8 = 0x58;
     /// First kind of the extension range (`0x80..=0xff`).
-    pub const EXTENSION_FIRST: u8 = 0x80;
+    pub(crate) const EXTENSION_FIRST: u8 = 0x80;
 
     /// What a reserved kind is for, or `None` when the kind is not reserved.
     pub fn describe(kind: u8) -> Option<&'static str> {
@@ -127,7 +127,7 @@ impl FrameKind {
     ];
 
     /// Parses a kind byte: unknown and reserved kinds are errors.
-    pub fn from_u8(kind: u8) -> Result<Self> {
+    pub(crate) fn from_u8(kind: u8) -> Result<Self> {
         FrameKind::ALL
             .iter()
             .copied()
@@ -139,7 +139,7 @@ impl FrameKind {
     }
 
     /// The kind byte.
-    pub fn as_u8(self) -> u8 {
+    pub(crate) fn as_u8(self) -> u8 {
         self as u8
     }
 
@@ -249,14 +249,14 @@ impl FrameHeader {
     }
 
     /// Whether [`FLAG_FINAL`] is set.
-    pub fn is_final(&self) -> bool {
+    pub(crate) fn is_final(&self) -> bool {
         self.flags & FLAG_FINAL != 0
     }
 }
 
 /// A frame borrowed from an input buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     /// The header.
     pub header: FrameHeader,
     /// The payload.
@@ -282,7 +282,7 @@ pub fn encode_frame(kind: FrameKind, flags: u16, payload: &[u8], out: &mut Vec<u
 }
 
 /// Parses a frame header at the start of `buf`.
-pub fn decode_header(buf: &[u8], max_frame: u32) -> Result<FrameHeader> {
+pub(crate) fn decode_header(buf: &[u8], max_frame: u32) -> Result<FrameHeader> {
     let head: &[u8; HEADER_LEN] = buf
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
@@ -296,7 +296,7 @@ pub fn decode_header(buf: &[u8], max_frame: u32) -> Result<FrameHeader> {
 
 /// Decodes the frame at the start of `buf`, returning it and the number of
 /// bytes it took.
-pub fn decode_frame(buf: &[u8], max_frame: u32) -> Result<(Frame<'_>, usize)> {
+pub(crate) fn decode_frame(buf: &[u8], max_frame: u32) -> Result<(Frame<'_>, usize)> {
     let header = decode_header(buf, max_frame)?;
     let end = HEADER_LEN + header.len as usize;
     let payload = buf
@@ -350,7 +350,7 @@ pub(crate) async fn read_exact_or_truncated<R: AsyncRead + Unpin + ?Sized>(
 #[cfg(feature = "tokio")]
 /// Reads and checks a frame header. `Ok(None)` means the stream ended cleanly
 /// before the first byte of a frame.
-pub async fn read_header<R: AsyncRead + Unpin + ?Sized>(
+pub(crate) async fn read_header<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     max_frame: u32,
 ) -> Result<Option<FrameHeader>> {
@@ -372,7 +372,7 @@ pub async fn read_header<R: AsyncRead + Unpin + ?Sized>(
 #[cfg(feature = "tokio")]
 /// Reads one whole frame, its payload into `buf` (resized only after the
 /// length passed the `max_frame` check). `Ok(None)` on a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
+pub(crate) async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     max_frame: u32,
     buf: &mut Vec<u8>,

@@ -20,7 +20,7 @@ use fedcrime_params::{ParamSpec, Params};
 
 /// Limits for hostile input: whatever it announces, decoding it allocates
 /// at most a few hundred KiB.
-pub const FUZZ_CONFIG: WireConfig = WireConfig {
+pub(crate) const FUZZ_CONFIG: WireConfig = WireConfig {
     max_frame_bytes: 1 << 16,
     chunk_bytes: 64,
     max_model_params: 1 << 16,
@@ -30,7 +30,7 @@ pub const FUZZ_CONFIG: WireConfig = WireConfig {
 /// Decodes `data` as a stream of messages, both learning model layouts from
 /// the stream and against [`sample_spec`]. Returns how many messages decoded
 /// (an error stops a pass). Never panics, whatever `data` is.
-pub fn decode_untrusted(data: &[u8]) -> usize {
+pub(crate) fn decode_untrusted(data: &[u8]) -> usize {
     let learned = decode_all(data, &FUZZ_CONFIG).map_or(0, |v| v.len());
     let spec = sample_spec();
     let expected = usize::from(decode_message(data, Some(&spec), &FUZZ_CONFIG).is_ok());
@@ -39,7 +39,7 @@ pub fn decode_untrusted(data: &[u8]) -> usize {
 
 /// The layout of [`sample_model`]: a matrix, a vector, a scalar, an empty
 /// tensor and another matrix.
-pub fn sample_spec() -> Arc<ParamSpec> {
+pub(crate) fn sample_spec() -> Arc<ParamSpec> {
     let spec = ParamSpec::new([
         ("lstm.weight_ih_l0", vec![8, 5]),
         ("lstm.bias", vec![8]),
@@ -64,7 +64,7 @@ pub fn sample_model(seed: u64, std: f32) -> Params {
 
 /// The seed corpus of the fuzz target: every message in every encoding, one
 /// file each (`(file name, bytes)`).
-pub fn seed_corpus() -> Result<Vec<(String, Vec<u8>)>> {
+pub(crate) fn seed_corpus() -> Result<Vec<(String, Vec<u8>)>> {
     let model = sample_model(1, 0.1);
     let mut out = Vec::new();
     for enc in Encoding::ALL {
@@ -86,7 +86,7 @@ fn metrics() -> Metrics {
 
 /// One message of every kind (two EvaluateRequests: with and without a
 /// model); those announcing a model come with `model`.
-pub fn sample_messages(
+pub(crate) fn sample_messages(
     model: &Params,
     encoding: Encoding,
 ) -> Result<Vec<(Message, Option<Params>)>> {

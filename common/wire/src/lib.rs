@@ -119,7 +119,7 @@ pub(crate) mod testutil {
     pub use super::fuzzing::sample_model as small_model;
 
     /// Params of `spec` filled with N(0, std) values.
-    pub fn normal_params(spec: Arc<ParamSpec>, seed: u64, std: f32) -> Params {
+    pub(crate) fn normal_params(spec: Arc<ParamSpec>, seed: u64, std: f32) -> Params {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, std).unwrap();
         let data = (0..spec.total()).map(|_| normal.sample(&mut rng)).collect();
@@ -127,7 +127,10 @@ pub(crate) mod testutil {
     }
 
     /// One message of every kind; those announcing a model come with it.
-    pub fn every_message(model: &Params, encoding: Encoding) -> Vec<(Message, Option<Params>)> {
+    pub(crate) fn every_message(
+        model: &Params,
+        encoding: Encoding,
+    ) -> Vec<(Message, Option<Params>)> {
         fuzzing::sample_messages(model, encoding).unwrap()
     }
 }

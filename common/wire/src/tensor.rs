@@ -11,7 +11,7 @@
 //!    (all little-endian);
 //! 2. one or more [`FrameKind::TensorData`] frames of at most
 //!    [`WireConfig::chunk_bytes`], whole elements each, the last one flagged
-//!    [`FLAG_FINAL`] (an empty tensor sends one empty final frame).
+//!    `FLAG_FINAL` (an empty tensor sends one empty final frame).
 //!
 //! Nothing is serialized element by element. With `f32` on a little-endian
 //! host the writer hands the parameter buffer's own bytes to the stream and
@@ -33,11 +33,11 @@
 //!   infinity gets a NaN scale, so every value decodes as NaN and the
 //!   receiver's validation refuses it rather than the encoding hiding it.
 //!
-//! The reading side is a sans-I/O state machine, [`ModelDecoder`]: given a
-//! frame header it says where the payload must go ([`ModelDecoder::begin_frame`]),
-//! then checks and converts it ([`ModelDecoder::end_frame`]). The sync
-//! ([`decode_params`]) and async ([`read_params`]) drivers are thin loops
-//! around it. [`ModelEncoder`] is its mirror for writing.
+//! The reading side is a sans-I/O state machine, `ModelDecoder`: given a
+//! frame header it says where the payload must go (`ModelDecoder::begin_frame`),
+//! then checks and converts it (`ModelDecoder::end_frame`). The sync
+//! (`decode_params`) and async (`read_params`) drivers are thin loops
+//! around it. `ModelEncoder` is its mirror for writing.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -56,11 +56,11 @@ use super::WireConfig;
 use fedcrime_params::{ParamSpec, Params};
 
 /// Longest tensor name accepted, in bytes.
-pub const MAX_NAME_LEN: usize = 1024;
+pub(crate) const MAX_NAME_LEN: usize = 1024;
 /// Most dimensions a tensor may have.
-pub const MAX_DIMS: usize = 8;
+pub(crate) const MAX_DIMS: usize = 8;
 /// Largest tensor header payload (index, dtype, ndim, scale, dims, name).
-pub const MAX_TENSOR_HEADER_LEN: usize = 4 + 1 + 1 + 4 + 8 * MAX_DIMS + 2 + MAX_NAME_LEN;
+pub(crate) const MAX_TENSOR_HEADER_LEN: usize = 4 + 1 + 1 + 4 + 8 * MAX_DIMS + 2 + MAX_NAME_LEN;
 
 /// How tensor values are written on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,12 +89,12 @@ impl Encoding {
     }
 
     /// The encoding for a wire code, if this build knows it.
-    pub fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         Encoding::ALL.into_iter().find(|e| e.code() == code)
     }
 
     /// Bytes per element.
-    pub fn elem_size(self) -> usize {
+    pub(crate) fn elem_size(self) -> usize {
         match self {
             Encoding::F32 => 4,
             Encoding::F16 => 2,
@@ -171,12 +171,12 @@ impl ModelHeader {
     }
 
     /// Checks that `params` is what this header announces.
-    pub fn check_matches(&self, params: &Params) -> Result<()> {
+    pub(crate) fn check_matches(&self, params: &Params) -> Result<()> {
         self.check_spec(params.spec())
     }
 
     /// Checks that a model of layout `spec` is what this header announces.
-    pub fn check_spec(&self, spec: &ParamSpec) -> Result<()> {
+    pub(crate) fn check_spec(&self, spec: &ParamSpec) -> Result<()> {
         if self.tensors as usize != spec.len() || self.elements != spec.total() as u64 {
             return Err(WireError::Model(format!(
                 "header announces {} tensors / {} values, parameters have {} / {}",
@@ -192,7 +192,7 @@ impl ModelHeader {
 
 /// One tensor's header as it travels.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TensorHeader {
+pub(crate) struct TensorHeader {
     /// Position in the model (0-based).
     pub index: u32,
     /// The tensor's name.
@@ -207,7 +207,7 @@ pub struct TensorHeader {
 
 impl TensorHeader {
     /// Appends the header's bytes to `out`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
         let named = |reason: String| WireError::Tensor {
             tensor: self.name.clone(),
             reason,
@@ -354,7 +354,7 @@ impl Cursor<'_> {
 
 /// The int8 scale of a tensor: `max|x| / 127`, 0 for an all-zero tensor and
 /// NaN when a value is not finite.
-pub fn int8_scale(values: &[f32]) -> f32 {
+pub(crate) fn int8_scale(values: &[f32]) -> f32 {
     // Eight independent lanes so the loop vectorizes: a running maximum of
     // |x| (the `if` is exactly `maxps`) and a sum of `x * 0`, which stays 0
     // for finite values and turns NaN at the first infinity or NaN.
@@ -388,7 +388,7 @@ const ROUND_MAGIC_BITS: i32 = 0x4b40_0000;
 
 /// Quantizes `src` with `scale` into `dst` (same length): `round(x / scale)`
 /// to the nearest integer (ties to even), clamped to [-127, 127].
-pub fn quantize_int8(src: &[f32], scale: f32, dst: &mut [i8]) {
+pub(crate) fn quantize_int8(src: &[f32], scale: f32, dst: &mut [i8]) {
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for (d, &x) in dst.iter_mut().zip(src) {
         // Float clamp, then the rounding trick: no float-to-int conversion,
@@ -401,7 +401,7 @@ pub fn quantize_int8(src: &[f32], scale: f32, dst: &mut [i8]) {
 }
 
 /// Dequantizes `src` with `scale` into `dst` (same length).
-pub fn dequantize_int8(src: &[i8], scale: f32, dst: &mut [f32]) {
+pub(crate) fn dequantize_int8(src: &[i8], scale: f32, dst: &mut [f32]) {
     for (d, &q) in dst.iter_mut().zip(src) {
         *d = f32::from(q) * scale;
     }
@@ -424,7 +424,7 @@ const LITTLE_ENDIAN: bool = cfg!(target_endian = "little");
 /// One frame produced by [`ModelEncoder`]: a header and a payload borrowed
 /// from the parameters or the encoder's scratch buffer.
 #[derive(Debug)]
-pub struct OutFrame<'b> {
+pub(crate) struct OutFrame<'b> {
     /// The frame header.
     pub header: FrameHeader,
     /// The payload.
@@ -440,7 +440,7 @@ enum EncState {
 
 /// Produces the frames of a model, tensor by tensor, chunk by chunk.
 #[derive(Debug)]
-pub struct ModelEncoder<'a> {
+pub(crate) struct ModelEncoder<'a> {
     params: &'a Params,
     encoding: Encoding,
     chunk_elems: usize,
@@ -473,7 +473,7 @@ impl<'a> ModelEncoder<'a> {
     }
 
     /// The next frame, or `None` when the model has been written.
-    pub fn next_frame(&mut self) -> Result<Option<OutFrame<'_>>> {
+    pub(crate) fn next_frame(&mut self) -> Result<Option<OutFrame<'_>>> {
         let spec = self.params.spec();
         match self.state {
             EncState::Done => Ok(None),
@@ -553,7 +553,7 @@ impl<'a> ModelEncoder<'a> {
 }
 
 /// Appends the frames of `params` to `out`.
-pub fn encode_params(
+pub(crate) fn encode_params(
     params: &Params,
     encoding: Encoding,
     chunk_bytes: u32,
@@ -571,7 +571,7 @@ pub fn encode_params(
 #[cfg(feature = "tokio")]
 /// Writes the frames of `params` to `w`, tensor by tensor (the caller
 /// flushes). Returns the number of bytes written.
-pub async fn write_params<W: AsyncWrite + Unpin + ?Sized>(
+pub(crate) async fn write_params<W: AsyncWrite + Unpin + ?Sized>(
     w: &mut W,
     params: &Params,
     encoding: Encoding,
@@ -737,7 +737,7 @@ fn convert_payload(dtype: Encoding, scale: f32, payload: &[u8], dst: &mut [f32])
 /// Drive it with [`begin_frame`](Self::begin_frame) (which returns the buffer
 /// the payload must be read into) and [`end_frame`](Self::end_frame) until
 /// [`is_complete`](Self::is_complete), then [`finish`](Self::finish).
-pub struct ModelDecoder<'a> {
+pub(crate) struct ModelDecoder<'a> {
     header: ModelHeader,
     target: Target<'a>,
     state: DecState,
@@ -818,7 +818,7 @@ impl<'a> ModelDecoder<'a> {
 
     /// A decoder that fills `params` in place; every tensor must match its
     /// layout (names, order, shapes), and the result shares its `Arc<ParamSpec>`.
-    pub fn into_params(header: ModelHeader, params: &'a mut Params) -> Result<Self> {
+    pub(crate) fn into_params(header: ModelHeader, params: &'a mut Params) -> Result<Self> {
         header.check_matches(params)?;
         let spec = params.spec().clone();
         Self::with_target(
@@ -831,13 +831,13 @@ impl<'a> ModelDecoder<'a> {
     }
 
     /// Whether every announced tensor has been read.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         matches!(self.state, DecState::Done)
     }
 
     /// Checks a frame header and returns the buffer its payload must be read
     /// into (exactly `header.len` bytes).
-    pub fn begin_frame(&mut self, header: &FrameHeader) -> Result<&mut [u8]> {
+    pub(crate) fn begin_frame(&mut self, header: &FrameHeader) -> Result<&mut [u8]> {
         let len = header.len as usize;
         match (&self.state, header.kind) {
             (DecState::ExpectHeader, FrameKind::TensorHeader) => {
@@ -962,7 +962,7 @@ impl<'a> ModelDecoder<'a> {
     }
 
     /// Processes the payload that was read into the buffer [`begin_frame`](Self::begin_frame) returned.
-    pub fn end_frame(&mut self) -> Result<()> {
+    pub(crate) fn end_frame(&mut self) -> Result<()> {
         match std::mem::replace(&mut self.pending, Pending::None) {
             Pending::None => Err(WireError::Model("end_frame without begin_frame".into())),
             Pending::Header => self.accept_header(),
@@ -1068,7 +1068,7 @@ impl<'a> ModelDecoder<'a> {
     /// used. Frames are validated in order; the data is then copied or
     /// converted straight from `buf` into the flat buffer, in parallel
     /// across chunks for large models.
-    pub fn feed_slice(&mut self, buf: &[u8], max_frame: u32) -> Result<usize> {
+    pub(crate) fn feed_slice(&mut self, buf: &[u8], max_frame: u32) -> Result<usize> {
         let mut pos = 0;
         let mut jobs: Vec<(DataChunk, &[u8])> = Vec::new();
         while !self.is_complete() {
@@ -1099,7 +1099,7 @@ impl<'a> ModelDecoder<'a> {
 
     #[cfg(feature = "tokio")]
     /// Reads frames from `r` until the model is complete; returns the bytes read.
-    pub async fn read_from<R: AsyncRead + Unpin + ?Sized>(
+    pub(crate) async fn read_from<R: AsyncRead + Unpin + ?Sized>(
         &mut self,
         r: &mut R,
         max_frame: u32,
@@ -1132,7 +1132,7 @@ impl<'a> ModelDecoder<'a> {
 /// buffer of layout `expected` when given (the result shares that `Arc`),
 /// else learning the layout from the stream. Returns the parameters and the
 /// bytes used.
-pub fn decode_params(
+pub(crate) fn decode_params(
     buf: &[u8],
     header: ModelHeader,
     expected: Option<&Arc<ParamSpec>>,
@@ -1164,7 +1164,7 @@ pub fn decode_params(
 #[cfg(feature = "tokio")]
 /// Reads a model announced by `header` from `r` (see [`decode_params`]).
 /// Returns the parameters and the bytes read.
-pub async fn read_params<R: AsyncRead + Unpin + ?Sized>(
+pub(crate) async fn read_params<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     header: ModelHeader,
     expected: Option<&Arc<ParamSpec>>,
@@ -1191,7 +1191,7 @@ pub async fn read_params<R: AsyncRead + Unpin + ?Sized>(
 #[cfg(feature = "tokio")]
 /// Reads a model announced by `header` from `r` into `params` in place (its
 /// layout must match). Returns the bytes read.
-pub async fn read_params_into<R: AsyncRead + Unpin + ?Sized>(
+pub(crate) async fn read_params_into<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     header: ModelHeader,
     params: &mut Params,

@@ -109,28 +109,28 @@ mod defaults {
     pub fn one() -> f64 {
         1.0
     }
-    pub fn momentum() -> f64 {
+    pub(crate) fn momentum() -> f64 {
         0.9
     }
-    pub fn eta_01() -> f64 {
+    pub(crate) fn eta_01() -> f64 {
         0.1
     }
-    pub fn eta_001() -> f64 {
+    pub(crate) fn eta_001() -> f64 {
         0.01
     }
-    pub fn beta1() -> f64 {
+    pub(crate) fn beta1() -> f64 {
         0.9
     }
-    pub fn beta2() -> f64 {
+    pub(crate) fn beta2() -> f64 {
         0.99
     }
-    pub fn tau_small() -> f64 {
+    pub(crate) fn tau_small() -> f64 {
         1e-9
     }
-    pub fn tau_yogi() -> f64 {
+    pub(crate) fn tau_yogi() -> f64 {
         1e-3
     }
-    pub fn beta_trim() -> f64 {
+    pub(crate) fn beta_trim() -> f64 {
         0.2
     }
     pub fn byzantine() -> usize {

@@ -11,24 +11,24 @@
 //! `f32` of a sum whose error does not grow with the number of updates; the
 //! loop stays memory-bound, so the wider type costs little (see
 //! [`crate::bench`]). Squared distances add `f32` lanes over blocks of
-//! [`LANE_BLOCK`] elements and carry the block sums in `f64`, which bounds
+//! `LANE_BLOCK` elements and carry the block sums in `f64`, which bounds
 //! the relative error by about `LANE_BLOCK / 8 * f32::EPSILON`.
 
 use rayon::prelude::*;
 
 /// Coordinates per parallel task for streaming kernels (mean): 16 Ki values,
 /// 64 KiB per input.
-pub const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 /// Coordinates per `f64` accumulator block of the weighted mean (16 KiB, L1).
 const MEAN_BLOCK: usize = 1 << 11;
 
 /// Coordinates per parallel task for kernels that revisit every input
 /// (distances, median): small enough that all inputs' chunks stay in L2.
-pub const SMALL_CHUNK: usize = 1 << 11;
+pub(crate) const SMALL_CHUNK: usize = 1 << 11;
 
 /// Elements summed in `f32` lanes before the partial sums move to `f64`.
-pub const LANE_BLOCK: usize = 1 << 10;
+pub(crate) const LANE_BLOCK: usize = 1 << 10;
 
 const LANES: usize = 8;
 
@@ -69,7 +69,7 @@ fn check_inputs(inputs: &[&[f32]], len: usize) -> Result<(), KernelError> {
 }
 
 /// `out = Σ_k w_k x_k / Σ_k w_k`, accumulated in `f64`.
-pub fn weighted_mean(
+pub(crate) fn weighted_mean(
     inputs: &[&[f32]],
     weights: &[f64],
     out: &mut [f32],
@@ -157,7 +157,7 @@ pub fn weighted_mean(
 /// input. Built for the next power of two; comparators that touch a position
 /// `>= n` are dropped, which is exact because padding with `+inf` would never
 /// move.
-pub fn sorting_network(n: usize) -> Vec<(usize, usize)> {
+pub(crate) fn sorting_network(n: usize) -> Vec<(usize, usize)> {
     let size = n.next_power_of_two();
     let mut out = Vec::new();
     let mut p = 1;
@@ -284,7 +284,11 @@ pub fn median(inputs: &[&[f32]], out: &mut [f32]) -> Result<(), KernelError> {
 /// Coordinate-wise mean after dropping the `trim` smallest and `trim`
 /// largest values (`2 * trim < inputs.len()`), summed in `f64`. Inputs must
 /// be finite.
-pub fn trimmed_mean(inputs: &[&[f32]], trim: usize, out: &mut [f32]) -> Result<(), KernelError> {
+pub(crate) fn trimmed_mean(
+    inputs: &[&[f32]],
+    trim: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     check_inputs(inputs, out.len())?;
     let k = inputs.len();
     if 2 * trim >= k {
@@ -316,7 +320,7 @@ pub fn trimmed_mean(inputs: &[&[f32]], trim: usize, out: &mut [f32]) -> Result<(
 
 /// `Σ (a_i - b_i)^2` in `f32` lanes per block, blocks summed in `f64`.
 #[inline]
-pub fn sq_distance(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn sq_distance(a: &[f32], b: &[f32]) -> f64 {
     let mut total = 0f64;
     for (ab, bb) in a.chunks(LANE_BLOCK).zip(b.chunks(LANE_BLOCK)) {
         let mut lanes = [0f32; LANES];
@@ -338,7 +342,7 @@ pub fn sq_distance(a: &[f32], b: &[f32]) -> f64 {
     total
 }
 
-/// `Σ a_i^2`, like [`sq_distance`] against zero.
+/// `Σ a_i^2`, like `sq_distance` against zero.
 #[inline]
 pub fn sq_norm(a: &[f32]) -> f64 {
     let mut total = 0f64;
@@ -360,7 +364,7 @@ pub fn sq_norm(a: &[f32]) -> f64 {
 }
 
 /// Squared Euclidean distance between two equally long vectors, in parallel.
-pub fn par_sq_distance(a: &[f32], b: &[f32]) -> Result<f64, KernelError> {
+pub(crate) fn par_sq_distance(a: &[f32], b: &[f32]) -> Result<f64, KernelError> {
     check_inputs(&[b], a.len())?;
     Ok(a.par_chunks(CHUNK)
         .zip(b.par_chunks(CHUNK))
@@ -369,7 +373,7 @@ pub fn par_sq_distance(a: &[f32], b: &[f32]) -> Result<f64, KernelError> {
 }
 
 /// Whether every value is finite; exact, vectorized bit test, in parallel.
-pub fn all_finite(a: &[f32]) -> bool {
+pub(crate) fn all_finite(a: &[f32]) -> bool {
     const EXP: u32 = 0x7f80_0000;
     a.par_chunks(CHUNK).all(|chunk| {
         let mut bad = [0u32; LANES];
@@ -433,7 +437,7 @@ fn sq_distances_x4(a: &[f32], b: [&[f32]; 4]) -> [f64; 4] {
 /// coordinates, whose slices from every input stay in cache while all pairs
 /// are compared, four pairs per pass ([`sq_distances_x4`]); per-worker
 /// `k x k` partial matrices are summed at the end.
-pub fn pairwise_sq_distances(inputs: &[&[f32]]) -> Result<Vec<f64>, KernelError> {
+pub(crate) fn pairwise_sq_distances(inputs: &[&[f32]]) -> Result<Vec<f64>, KernelError> {
     let len = inputs.first().map_or(0, |x| x.len());
     check_inputs(inputs, len)?;
     let k = inputs.len();

@@ -158,7 +158,7 @@ pub struct StrategyState {
 
 impl StrategyState {
     /// The state of a strategy that keeps none.
-    pub fn stateless(strategy: &str) -> Self {
+    pub(crate) fn stateless(strategy: &str) -> Self {
         StrategyState {
             strategy: strategy.to_string(),
             json: serde_json::Value::Null,
@@ -167,7 +167,7 @@ impl StrategyState {
     }
 
     /// Fails unless the state was saved by a strategy called `name`.
-    pub fn expect_strategy(&self, name: &str) -> Result<()> {
+    pub(crate) fn expect_strategy(&self, name: &str) -> Result<()> {
         if self.strategy == name {
             Ok(())
         } else {
@@ -237,7 +237,7 @@ pub trait Strategy: Send {
 }
 
 /// Example-weighted average of each metric over the entries that report it.
-pub fn weighted_metrics<'a, I>(entries: I) -> Metrics
+pub(crate) fn weighted_metrics<'a, I>(entries: I) -> Metrics
 where
     I: IntoIterator<Item = (u64, &'a Metrics)>,
 {
@@ -259,7 +259,7 @@ where
 }
 
 /// The default evaluation summary: example-weighted loss and metrics.
-pub fn weighted_eval_summary(results: &[EvaluateRes]) -> EvalSummary {
+pub(crate) fn weighted_eval_summary(results: &[EvaluateRes]) -> EvalSummary {
     let num_examples: u64 = results.iter().map(|r| r.num_examples).sum();
     let (sum, weight) =
         results

@@ -169,7 +169,7 @@ impl DatasetTensors {
     }
 
     /// The samples at `indices`; fails on an index past the end.
-    pub fn batch_of(&self, indices: &[usize]) -> Result<Batch> {
+    pub(crate) fn batch_of(&self, indices: &[usize]) -> Result<Batch> {
         if let Some(&i) = indices.iter().find(|&&i| i >= self.len) {
             return Err(ModelError::Dataset(format!(
                 "index {i} past the end of a {}-sample dataset",

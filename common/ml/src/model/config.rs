@@ -192,17 +192,17 @@ impl ModelConfig {
     }
 
     /// gat-tcn: input features per node and time step (`seq_dim / areas`).
-    pub fn node_features(&self) -> usize {
+    pub(crate) fn node_features(&self) -> usize {
         self.seq_dim.checked_div(self.areas).unwrap_or(0)
     }
 
     /// gat-tcn: predicted values per node (`output_dim / areas`).
-    pub fn node_outputs(&self) -> usize {
+    pub(crate) fn node_outputs(&self) -> usize {
         self.output_dim.checked_div(self.areas).unwrap_or(0)
     }
 
     /// The config as JSON (what saved models carry in their metadata).
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // Plain data with string keys: serialization cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }

@@ -251,7 +251,7 @@ impl GatTcn {
     ///
     /// # Panics
     /// When the batch has no sequence view of width `areas * node features`.
-    pub fn trace(&self, batch: &Batch, train: bool) -> GatTcnTrace {
+    pub(crate) fn trace(&self, batch: &Batch, train: bool) -> GatTcnTrace {
         let seq = batch
             .sequences
             .as_ref()

@@ -48,7 +48,7 @@ impl GraphWindows {
     }
 
     /// Node features per area and step for `categories` crime categories.
-    pub fn node_features(&self, categories: usize) -> usize {
+    pub(crate) fn node_features(&self, categories: usize) -> usize {
         categories + if self.weekday { 7 } else { 0 }
     }
 }

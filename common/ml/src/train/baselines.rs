@@ -34,7 +34,7 @@ pub struct BaselineResult {
 }
 
 /// Weekday (0 = Monday) and 4-hour block (0..6) of a `risk` time index.
-pub fn risk_weekday_block(time: u32) -> (u8, u8) {
+pub(crate) fn risk_weekday_block(time: u32) -> (u8, u8) {
     let day = (time / 6) as fedcrime_data::DayNumber;
     (
         fedcrime_data::calendar::weekday(day) as u8,
@@ -113,7 +113,10 @@ fn argmax_by_order(counts: &[u64], order: &[usize]) -> usize {
 }
 
 /// Majority class and (area, weekday, block) frequency baselines.
-pub fn risk_baselines(train: &Dataset, eval: &Dataset) -> Result<Vec<BaselineResult>, TrainError> {
+pub(crate) fn risk_baselines(
+    train: &Dataset,
+    eval: &Dataset,
+) -> Result<Vec<BaselineResult>, TrainError> {
     let (train_y, k) = classes(train, "train labels")?;
     let (eval_y, k_eval) = classes(eval, "evaluated labels")?;
     if k == 0 || k != k_eval {
@@ -184,7 +187,7 @@ pub fn risk_baselines(train: &Dataset, eval: &Dataset) -> Result<Vec<BaselineRes
 }
 
 /// Last-period, same-weekday-last-week (daily periods) and period-mean baselines.
-pub fn count_baselines(
+pub(crate) fn count_baselines(
     splits: &Splits,
     eval: &Dataset,
     period: Period,

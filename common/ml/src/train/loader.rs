@@ -44,7 +44,7 @@ impl LoadedBatch {
 /// The sample ranges of `parts` contiguous, near-equal parts of `n` samples
 /// (sizes differ by at most one, larger parts first, so the first part is
 /// empty only when `n` is 0).
-pub fn split_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn split_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     let parts = parts.max(1);
     let (q, r) = (n / parts, n % parts);
     let start = |k: usize| k * q + k.min(r);
@@ -95,7 +95,7 @@ pub fn assemble(
 
 /// How [`for_each_batch`] cuts batches.
 #[derive(Clone, Copy, Debug)]
-pub struct BatchPlan<'a> {
+pub(crate) struct BatchPlan<'a> {
     /// Samples per batch.
     pub batch_size: usize,
     /// Parts per batch (replicas).
@@ -110,7 +110,7 @@ pub struct BatchPlan<'a> {
 /// split into `plan.parts`), assembling batches on a background thread at
 /// most `plan.prefetch` ahead. Stops at the first error `step` returns and
 /// returns it.
-pub fn for_each_batch<F>(
+pub(crate) fn for_each_batch<F>(
     ds: &Dataset,
     order: &[usize],
     plan: BatchPlan<'_>,

@@ -16,7 +16,7 @@ use fedcrime_data::{Category, Task};
 
 /// Smallest predicted rate used inside the Poisson deviance (a prediction of
 /// exactly zero for a non-zero count would make it infinite).
-pub const POISSON_EPS: f64 = 1e-8;
+pub(crate) const POISSON_EPS: f64 = 1e-8;
 
 /// Metrics of a classification (`risk`) prediction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl RiskMetrics {
     }
 
     /// Derives every metric from a confusion matrix (`[true][predicted]`).
-    pub fn from_confusion(confusion: Vec<Vec<u64>>) -> Self {
+    pub(crate) fn from_confusion(confusion: Vec<Vec<u64>>) -> Self {
         let k = confusion.len();
         let n: u64 = confusion.iter().flatten().sum();
         let correct: u64 = (0..k).map(|c| confusion[c][c]).sum();
@@ -119,7 +119,7 @@ pub struct CountMetrics {
     /// Root mean squared error over all values.
     pub rmse: f64,
     /// Mean Poisson deviance `2 (y ln(y/mu) - (y - mu))` over all values,
-    /// with `mu` floored at [`POISSON_EPS`] inside the logarithm and
+    /// with `mu` floored at `POISSON_EPS` inside the logarithm and
     /// `0 ln(0/mu) = 0`.
     pub poisson_deviance: f64,
     /// Mean absolute error of each output column (crime category).
