@@ -23,7 +23,8 @@ use fedcrime_station::protocol::{eval_config_from_wire, fit_ins, RunSetup};
 use fedcrime_station::{Learner, StationError};
 use fedcrime_wire::{
     Bye, ByeReason, Capabilities, Encoding, ErrorCode, ErrorMsg, EvalModel, EvaluateResult,
-    Heartbeat, Message, ModelHeader, RejectCode, Update, WireConfig, WireReader, WireWriter,
+    Heartbeat, Message, ModelHeader, RejectCode, Update, Welcome, WireConfig, WireReader,
+    WireWriter,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -305,6 +306,45 @@ impl Client {
         Ok(built)
     }
 
+    /// Says Hello and waits (bounded) for the server's checked answer.
+    async fn handshake(
+        &self,
+        writer: &mut WireWriter<quinn::SendStream>,
+        reader: &mut WireReader<quinn::RecvStream>,
+    ) -> std::result::Result<(ClientSession, Welcome), SessionEnd> {
+        let mut machine = ClientSession::new(
+            self.options.software.clone(),
+            Capabilities {
+                encodings: self.options.encodings.clone(),
+                device: self.options.device.clone(),
+                extensions: Default::default(),
+            },
+        );
+        let hello = Message::Hello(machine.hello().clone());
+        if let Err(e) = writer.send(&hello, None).await {
+            return Err(SessionEnd::Lost(format!("sending Hello: {e}")));
+        }
+        let answer =
+            match tokio::time::timeout(self.options.handshake_timeout, reader.recv_message()).await
+            {
+                Ok(Ok(Some(msg))) => machine.on_answer(msg),
+                Ok(Ok(None)) => {
+                    return Err(SessionEnd::Lost("the server closed the stream".into()))
+                }
+                Ok(Err(e)) => return Err(SessionEnd::Lost(format!("reading Welcome: {e}"))),
+                Err(_) => return Err(SessionEnd::Lost("no Welcome in time".into())),
+            };
+        match answer {
+            Ok(w) => Ok((machine, w)),
+            Err(HandshakeError::Refused { code, text }) => Err(SessionEnd::Refused(code, text)),
+            Err(HandshakeError::ServerLeft(text)) => Err(SessionEnd::ServerLeft(text)),
+            Err(HandshakeError::Protocol(e)) => Err(SessionEnd::Lost(e.to_string())),
+            Err(HandshakeError::Incompatible(text)) => {
+                Err(SessionEnd::Fatal(ClientError::Handshake(text)))
+            }
+        }
+    }
+
     async fn session(
         &mut self,
         conn: &quinn::Connection,
@@ -316,34 +356,9 @@ impl Client {
         };
         let mut writer = WireWriter::new(send, self.options.wire);
         let mut reader = WireReader::new(recv, self.options.wire);
-        let mut machine = ClientSession::new(
-            self.options.software.clone(),
-            Capabilities {
-                encodings: self.options.encodings.clone(),
-                device: self.options.device.clone(),
-                extensions: Default::default(),
-            },
-        );
-        let hello = Message::Hello(machine.hello().clone());
-        if let Err(e) = writer.send(&hello, None).await {
-            return SessionEnd::Lost(format!("sending Hello: {e}"));
-        }
-        let answer =
-            match tokio::time::timeout(self.options.handshake_timeout, reader.recv_message()).await
-            {
-                Ok(Ok(Some(msg))) => machine.on_answer(msg),
-                Ok(Ok(None)) => return SessionEnd::Lost("the server closed the stream".into()),
-                Ok(Err(e)) => return SessionEnd::Lost(format!("reading Welcome: {e}")),
-                Err(_) => return SessionEnd::Lost("no Welcome in time".into()),
-            };
-        let welcome = match answer {
-            Ok(w) => w,
-            Err(HandshakeError::Refused { code, text }) => return SessionEnd::Refused(code, text),
-            Err(HandshakeError::ServerLeft(text)) => return SessionEnd::ServerLeft(text),
-            Err(HandshakeError::Protocol(e)) => return SessionEnd::Lost(e.to_string()),
-            Err(HandshakeError::Incompatible(text)) => {
-                return SessionEnd::Fatal(ClientError::Handshake(text))
-            }
+        let (machine, welcome) = match self.handshake(&mut writer, &mut reader).await {
+            Ok(x) => x,
+            Err(end) => return end,
         };
         let setup = match RunSetup::from_extensions(&welcome.extensions) {
             Ok(s) => s,

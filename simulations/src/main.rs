@@ -11,8 +11,6 @@ use clap::{Args, Parser, Subcommand};
 use fedcrime_cli::logging::{init_tracing, LogFormat};
 
 mod cmd;
-#[allow(dead_code)] // the plotting helpers serve commands still to come
-mod plot;
 
 /// Federated crime prediction across LAPD precincts: one-machine runs, data
 /// tools and baselines.

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -212,19 +212,10 @@ fn model_section(model: &ModelConfig) -> ModelSection {
     }
 }
 
-/// Runs the federation; see the [module docs](self).
-pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
-    let dir = setup.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ids: Vec<StationId> = setup.stations.iter().map(|(id, _)| id.clone()).collect();
-    let pki = make_pki(&dir.join("pki"), &ids)?;
-
-    let server_dir = dir.join("server");
-    if server_dir.exists() {
-        std::fs::remove_dir_all(&server_dir)
-            .with_context(|| format!("clearing {}", server_dir.display()))?;
-    }
-    let rounds = setup.engine.rounds;
+/// The server's config for the study: loopback, the study's task, layout,
+/// engine settings and strategy; outputs under `server_dir`, keeping every
+/// round's checkpoint when the study scores each global model.
+fn server_config(setup: &QuicSetup<'_>, pki: &Pki, server_dir: PathBuf) -> ServerConfig {
     let mut config = ServerConfig::new(ServerTls::from_pki_dir(pki.dir()));
     config.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     config.run_id = Some("fedcrime-sim".into());
@@ -240,14 +231,71 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     config.train = TrainSection::from(&setup.engine.train);
     config.strategy = setup.strategy.clone();
     config.output = OutputSection {
-        dir: server_dir.clone(),
+        dir: server_dir,
         checkpoint_dir: None,
         keep_checkpoints: if setup.keep_globals {
-            usize::try_from(rounds).unwrap_or(usize::MAX).max(1)
+            usize::try_from(setup.engine.rounds)
+                .unwrap_or(usize::MAX)
+                .max(1)
         } else {
             1
         },
     };
+    config
+}
+
+/// The study's rounds from the server's history, with the stations' fit
+/// times and, when `checkpoints` is given, each round's global model read
+/// back from it.
+fn rounds_of(
+    history: Vec<RoundMetrics>,
+    times: &BTreeMap<u64, (f64, f64)>,
+    checkpoints: Option<&Path>,
+) -> Result<Vec<QuicRound>> {
+    let store = checkpoints.map(CheckpointStore::new);
+    let mut out = Vec::with_capacity(history.len());
+    for m in history {
+        let (slowest, total) = times.get(&m.round).copied().unwrap_or((0.0, 0.0));
+        let global = match (&store, checkpoints) {
+            (Some(store), Some(dir)) => {
+                let c = store.load_round(m.round).with_context(|| {
+                    format!(
+                        "reading the checkpoint of round {} in {}",
+                        m.round,
+                        dir.display()
+                    )
+                })?;
+                Some(c.global)
+            }
+            _ => None,
+        };
+        out.push(QuicRound {
+            timing: RoundTiming {
+                elapsed_s: m.started_s + m.round_s,
+                slowest_fit_s: slowest,
+                total_fit_s: total,
+            },
+            metrics: m,
+            global,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs the federation; see the [module docs](self).
+pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
+    let dir = setup.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ids: Vec<StationId> = setup.stations.iter().map(|(id, _)| id.clone()).collect();
+    let pki = make_pki(&dir.join("pki"), &ids)?;
+
+    let server_dir = dir.join("server");
+    if server_dir.exists() {
+        std::fs::remove_dir_all(&server_dir)
+            .with_context(|| format!("clearing {}", server_dir.display()))?;
+    }
+    let rounds = setup.engine.rounds;
+    let config = server_config(&setup, &pki, server_dir);
     let checkpoint_dir = config.output.checkpoint_dir();
 
     let gate = Arc::new(Gate::new(setup.concurrency));
@@ -353,32 +401,11 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     runtime.shutdown_timeout(Duration::from_secs(2));
 
     let times = times.lock().map(|t| t.clone()).unwrap_or_default();
-    let store = CheckpointStore::new(&checkpoint_dir);
-    let mut out = Vec::with_capacity(report.history.len());
-    for m in report.history {
-        let (slowest, total) = times.get(&m.round).copied().unwrap_or((0.0, 0.0));
-        let global = if setup.keep_globals {
-            let c = store.load_round(m.round).with_context(|| {
-                format!(
-                    "reading the checkpoint of round {} in {}",
-                    m.round,
-                    checkpoint_dir.display()
-                )
-            })?;
-            Some(c.global)
-        } else {
-            None
-        };
-        out.push(QuicRound {
-            timing: RoundTiming {
-                elapsed_s: m.started_s + m.round_s,
-                slowest_fit_s: slowest,
-                total_fit_s: total,
-            },
-            metrics: m,
-            global,
-        });
-    }
+    let out = rounds_of(
+        report.history,
+        &times,
+        setup.keep_globals.then_some(checkpoint_dir.as_path()),
+    )?;
     if out.is_empty() && rounds > 0 {
         bail!(
             "the server completed no round: {:?}",
