@@ -36,9 +36,11 @@ pub struct StationConfig {
     /// CPU threads libtorch may use (0: its default).
     #[serde(default)]
     pub threads: usize,
-    /// Seed of the reconnection jitter (default 0).
+    /// Seed of the reconnection jitter. Default: drawn from the station's
+    /// name, its process and the start time ([`jitter_seed`]), so stations
+    /// restarted together do not reconnect in lockstep; set it to replay.
     #[serde(default)]
-    pub seed: u64,
+    pub seed: Option<u64>,
     /// Reconnection after network loss.
     #[serde(default)]
     pub reconnect: ReconnectPolicy,
@@ -244,7 +246,7 @@ impl StationConfig {
             data: DataSection::default(),
             device: DeviceChoice::Auto,
             threads: 0,
-            seed: 0,
+            seed: None,
             reconnect: ReconnectPolicy::default(),
             transport: TransportSettings::default(),
             log: LogSection::default(),
@@ -343,5 +345,51 @@ impl StationConfig {
             other => ClientError::Net(other),
         })?;
         Ok(())
+    }
+}
+
+/// The seed of a station's reconnection jitter: `configured` when set, else
+/// a mix of the station's `name`, this process's id and the clock, different
+/// for every station and every start.
+pub fn jitter_seed(configured: Option<u64>, name: &str) -> u64 {
+    if let Some(seed) = configured {
+        return seed;
+    }
+    // FNV-1a over the name, then the process and the time folded in.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    h ^ u64::from(std::process::id()).rotate_left(32) ^ nanos
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, defect 4: every station drew the same reconnection jitter
+    /// (seed 0), so after a server restart they all reconnected in lockstep.
+    #[test]
+    fn every_station_draws_the_same_reconnect_jitter() {
+        use rand::SeedableRng;
+        let delays = |seed: u64| {
+            let mut b = fedcrime_net::Backoff::new(
+                fedcrime_net::ReconnectPolicy::default(),
+                rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            );
+            (0..4)
+                .map(|_| b.next_delay(std::time::Duration::ZERO))
+                .collect::<Vec<_>>()
+        };
+        let a = jitter_seed(None, "station-01");
+        let b = jitter_seed(None, "station-02");
+        assert_ne!(a, b);
+        assert_ne!(delays(a), delays(b), "two stations wait differently");
+        // A configured seed replays exactly.
+        assert_eq!(jitter_seed(Some(7), "station-01"), 7);
+        assert_eq!(delays(7), delays(7));
     }
 }

@@ -116,6 +116,7 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
     let device = config.device.resolve().map_err(ClientError::Device)?;
     let tls = config.client_tls();
     let name = tls.station()?.as_str().to_string();
+    let seed = config::jitter_seed(config.seed, &name);
     let selection = config.data.selection()?;
     let data = config.data.clone();
     let incidents = tokio::task::spawn_blocking(move || data.load())
@@ -128,20 +129,17 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         &config.transport,
         config.server_addr()?,
         config.reconnect.clone(),
-        config.seed,
+        seed,
     )?;
     let options = ClientOptions {
         device: config.device.to_string(),
         reconnect: config.reconnect.clone(),
-        seed: config.seed,
+        seed,
         ..ClientOptions::default()
     };
     Client::new(connector, Arc::new(factory), options)
         .run(async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            tracing::warn!("Ctrl-C received");
+            fedcrime_cli::logging::shutdown_signal().await;
         })
         .await
 }

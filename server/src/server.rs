@@ -326,7 +326,8 @@ fn load_evaluation(
 
 /// The initial model: the architecture built with the run's seed, then
 /// `given` parameters or the `model.initial` file loaded into it by tensor
-/// name.
+/// name. A non-finite value is refused here, naming its tensor, rather than
+/// at every station in round 1.
 fn initial_params(
     config: &ServerConfig,
     model: &ModelConfig,
@@ -350,7 +351,25 @@ fn initial_params(
             m.import_params(&p).map_err(|e| bad(e.to_string()))?;
             tracing::info!(path = %path.display(), "initial model loaded");
         }
-        Ok(m.export_params())
+        let params = m.export_params();
+        if let Some((entry, i)) = params
+            .iter()
+            .find_map(|(e, v)| v.iter().position(|x| !x.is_finite()).map(|i| (e, i)))
+        {
+            let source = match (&given, &file) {
+                (None, Some(path)) => path.display().to_string(),
+                _ => "the initial parameters".to_string(),
+            };
+            return Err(ConfigFileError::setting(
+                "model.initial",
+                format!(
+                    "{source}: tensor {} has a non-finite value at index {i}",
+                    entry.name
+                ),
+            )
+            .into());
+        }
+        Ok(params)
     })
 }
 
@@ -1072,10 +1091,7 @@ pub async fn run(config: ServerConfig) -> Result<RunReport> {
     let server = Server::bind(config).await?;
     server
         .run(async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            tracing::warn!("Ctrl-C received");
+            fedcrime_cli::logging::shutdown_signal().await;
         })
         .await
 }

@@ -1,7 +1,8 @@
 //! What the station and server binaries share around `main`: the `[log]`
 //! section of their config files ([`LogSection`], [`LogFormat`]), the
-//! `tracing` subscriber it sets up ([`LogSection::init`]) and the async
-//! runtime that runs the program ([`block_on_main`]).
+//! `tracing` subscriber it sets up ([`LogSection::init`]), the async
+//! runtime that runs the program ([`block_on_main`]) and the signals that
+//! stop it ([`shutdown_signal`]).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -93,6 +94,45 @@ where
     }
 }
 
+/// Waits for the process to be asked to stop: Ctrl-C (SIGINT) or, on Unix,
+/// SIGTERM (what service managers send), and logs which. The handlers are
+/// installed when this is called, so a signal that arrives before the
+/// future is first polled is not lost; where a handler cannot be installed,
+/// that signal is simply not waited for.
+pub fn shutdown_signal() -> impl Future<Output = &'static str> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::pin!(term);
+        let which = tokio::select! {
+            r = ctrl_c => {
+                if r.is_err() {
+                    // No Ctrl-C handler: wait for the other signal only.
+                    (&mut term).await;
+                    "SIGTERM"
+                } else {
+                    "Ctrl-C"
+                }
+            }
+            () = &mut term => "SIGTERM",
+        };
+        tracing::warn!("{which} received: stopping");
+        which
+    }
+}
+
 /// Runs `main` on a new multi-threaded tokio runtime and turns its result
 /// into the process's exit code: its own on success; on an error (or when
 /// the runtime cannot start) `PROGRAM: error: ...` on stderr, with the whole
@@ -154,5 +194,28 @@ mod tests {
         assert_eq!(ok, ExitCode::from(3));
         let err = block_on_main("t", async { Err::<ExitCode, _>("boom".to_string()) });
         assert_eq!(err, ExitCode::FAILURE);
+    }
+
+    /// Issue 11, defect 5: SIGTERM (a service manager's stop) was not
+    /// handled, so a station stopped that way said no goodbye.
+    #[cfg(unix)]
+    #[test]
+    fn sigterm_is_not_handled() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let which = rt.block_on(async {
+            let stop = shutdown_signal();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &std::process::id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+            tokio::time::timeout(std::time::Duration::from_secs(10), stop)
+                .await
+                .unwrap()
+        });
+        assert_eq!(which, "SIGTERM");
     }
 }

@@ -457,4 +457,24 @@ mod tests {
             }
         }
     }
+
+    /// Issue 11, defect 7: a resumed run rewrote metrics by one float step,
+    /// because JSON read floats back to the nearest of two neighbours. Every
+    /// f64 a checkpoint or a metrics file holds must come back bit for bit.
+    #[test]
+    fn resume_rewrites_metrics_by_one_float_step() {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = f64::from_bits(state);
+            if !x.is_finite() {
+                continue;
+            }
+            let text = serde_json::to_string(&x).unwrap();
+            let back: f64 = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:e} came back as {back:e}");
+        }
+    }
 }

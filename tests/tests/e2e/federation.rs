@@ -861,6 +861,29 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
     assert_close(report.global.data(), expected.data(), 1e-5);
 }
 
+/// Issue 11, defect 9: an initial model containing NaN was accepted and
+/// failed only later, at the stations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_model_containing_nan_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 1);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 1, 1);
+    let architecture = cfg.model_config().unwrap();
+    let m = model::build(&architecture, tch::Device::Cpu).unwrap();
+    let mut params = m.export_params();
+    params.data_mut()[3] = f32::NAN;
+    let file = dir.path().join("initial.safetensors");
+    params.save_safetensors(&file, &Default::default()).unwrap();
+    cfg.model.initial = Some(file);
+    let err = Server::bind(cfg).await.map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("model.initial"), "{err}");
+    assert!(err.contains("non-finite value at index 3"), "{err}");
+    assert!(
+        !dir.path().join("out").join("metrics.csv").exists(),
+        "a refused start writes no output"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fedavg_with_one_station_equals_local_training() {
     let dir = tempfile::tempdir().unwrap();
