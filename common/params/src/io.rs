@@ -86,6 +86,41 @@ fn io_err<'a>(
     }
 }
 
+/// The same safetensors file with its JSON header's keys in sorted order
+/// (tensors, then `__metadata__`, each object's keys sorted too), padded with
+/// spaces to 8 bytes: the same tensors and metadata then always give the
+/// same bytes. The `safetensors` crate writes the metadata from a `HashMap`,
+/// in a different order every time; data offsets are relative to the data
+/// section, so the data is copied unchanged.
+pub fn canonical_safetensors(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("shorter than the 8-byte header length")?;
+    let header_len =
+        usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| "header length out of range")?;
+    let header = bytes
+        .get(8..8 + header_len)
+        .ok_or("header longer than the file")?;
+    let parsed: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
+    let sorted: BTreeMap<String, BTreeMap<String, serde_json::Value>> = parsed
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Object(o) => Ok((k, o.into_iter().collect())),
+            other => Err(format!("header entry {k:?} is {other}, not an object")),
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    let mut json = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let data = &bytes[8 + header_len..];
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
 /// One tensor of a [`Params`] seen as safetensors bytes, without copying on
 /// little-endian machines.
 struct F32View<'a> {
@@ -148,9 +183,15 @@ impl Params {
                 },
             )
         });
-        safetensors::tensor::serialize(views, &Some(info)).map_err(|e| ParamsIoError::Format {
+        let bytes = safetensors::tensor::serialize(views, &Some(info)).map_err(|e| {
+            ParamsIoError::Format {
+                source_name: "<memory>".into(),
+                message: e.to_string(),
+            }
+        })?;
+        canonical_safetensors(&bytes).map_err(|message| ParamsIoError::Format {
             source_name: "<memory>".into(),
-            message: e.to_string(),
+            message,
         })
     }
 
@@ -420,5 +461,25 @@ with safe_open(sys.argv[1], 'numpy') as f:
             return;
         }
         assert_eq!(stdout.trim(), "v [2, 3] 1.25 [] 3.25 float32");
+    }
+
+    /// Issue 11, defect 8: model files were not byte-reproducible (the
+    /// safetensors metadata went through a HashMap).
+    #[test]
+    fn model_files_are_not_byte_reproducible() {
+        let spec = Arc::new(ParamSpec::new([("b", vec![2]), ("a", vec![3, 2])]).unwrap());
+        let p = Params::new(spec, (0..8).map(|i| i as f32 * 0.5).collect()).unwrap();
+        let meta: BTreeMap<String, String> = (0..8)
+            .map(|i| (format!("key{i}"), format!("value {i}")))
+            .collect();
+        let first = p.to_safetensors_bytes(&meta).unwrap();
+        for _ in 0..5 {
+            assert_eq!(p.to_safetensors_bytes(&meta).unwrap(), first);
+        }
+        let (back, m) = Params::from_safetensors_bytes(&first, "mem").unwrap();
+        assert_eq!((back, m), (p, meta));
+        // Still a safetensors file to the reference reader.
+        let st = SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("a").unwrap().shape(), &[3, 2]);
     }
 }

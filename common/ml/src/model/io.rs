@@ -101,6 +101,13 @@ pub fn save_safetensors(
         )
     };
     let bytes = safetensors::tensor::serialize(views, &meta).map_err(st_err(path))?;
+    // The same model and metadata always give the same bytes.
+    let bytes = fedcrime_params::io::canonical_safetensors(&bytes).map_err(|reason| {
+        ModelError::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })?;
     Ok(fedcrime_files::write_atomic(path, &bytes)?)
 }
 
