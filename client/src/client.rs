@@ -91,6 +91,8 @@ pub enum ClientOutcome {
     RunFinished,
     /// The station was asked to stop.
     Interrupted,
+    /// The server gave the run up (too few stations or updates).
+    Aborted,
 }
 
 /// What a station did.
@@ -119,6 +121,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// How one session ended.
 enum SessionEnd {
     Done,
+    Aborted(String),
     ServerLeft(String),
     Lost(String),
     Interrupted,
@@ -250,6 +253,10 @@ impl Client {
             conn.close(quinn::VarInt::from_u32(0), b"station leaving");
             let why = match end {
                 SessionEnd::Done => break Ok(ClientOutcome::Done),
+                SessionEnd::Aborted(why) => {
+                    tracing::error!("{why}");
+                    break Ok(ClientOutcome::Aborted);
+                }
                 SessionEnd::Interrupted => break Ok(ClientOutcome::Interrupted),
                 SessionEnd::Refused(RejectCode::RunFinished, _) => {
                     break Ok(ClientOutcome::RunFinished)
@@ -429,11 +436,19 @@ impl Client {
                         pending.push_back(w);
                     }
                     Some(Incoming::Bye(b)) => {
-                        break if b.reason == ByeReason::Done {
-                            tracing::info!("the server finished the run: {}", b.text);
-                            SessionEnd::Done
-                        } else {
-                            SessionEnd::ServerLeft(format!("the server said goodbye: {}", b.text))
+                        break match b.reason {
+                            ByeReason::Done => {
+                                tracing::info!("the server finished the run: {}", b.text);
+                                SessionEnd::Done
+                            }
+                            ByeReason::Aborted => SessionEnd::Aborted(b.text),
+                            ByeReason::Shutdown
+                            | ByeReason::Restart
+                            | ByeReason::IdleTimeout
+                            | ByeReason::Other(_) => SessionEnd::ServerLeft(format!(
+                                "the server said goodbye: {}",
+                                b.text
+                            )),
                         };
                     }
                     Some(Incoming::End(why)) => break SessionEnd::Lost(why),

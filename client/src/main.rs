@@ -160,14 +160,15 @@ async fn station(cfg: StationConfig) -> fedcrime_client::Result<ExitCode> {
             ClientOutcome::Done => "the run is complete",
             ClientOutcome::RunFinished => "the run was already over",
             ClientOutcome::Interrupted => "stopped",
+            ClientOutcome::Aborted => "the server aborted the run",
         },
         report.updates_sent,
         report.evaluations_sent
     );
-    Ok(if report.outcome == ClientOutcome::Interrupted {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match report.outcome {
+        ClientOutcome::Interrupted => ExitCode::from(130),
+        ClientOutcome::Aborted => ExitCode::FAILURE,
+        ClientOutcome::Done | ClientOutcome::RunFinished => ExitCode::SUCCESS,
     })
 }
 

@@ -534,13 +534,21 @@ impl Server {
         .await;
 
         // Goodbye to every station, whatever happened.
-        let (reason, text) = match (&outcome, interrupted) {
-            (Ok(()), false) => (ByeReason::Done, "the run is over".to_string()),
-            (Ok(()), true) => (
+        let aborted = match driver.summary.as_ref().map(|s| &s.outcome) {
+            Some(Outcome::Aborted { round, reason }) => Some((*round, reason.clone())),
+            Some(Outcome::Completed) | None => None,
+        };
+        let (reason, text) = match (&outcome, interrupted, aborted) {
+            (Ok(()), false, Some((round, why))) => (
+                ByeReason::Aborted,
+                format!("the run was aborted in round {round}: {why}"),
+            ),
+            (Ok(()), false, None) => (ByeReason::Done, "the run is over".to_string()),
+            (Ok(()), true, _) => (
                 ByeReason::Shutdown,
                 "the server is shutting down".to_string(),
             ),
-            (Err(e), _) => (ByeReason::Shutdown, format!("the server failed: {e}")),
+            (Err(e), _, _) => (ByeReason::Shutdown, format!("the server failed: {e}")),
         };
         if interrupted {
             tracing::warn!(

@@ -159,6 +159,9 @@ code_enum! {
         Restart = 3,
         /// The other side was idle for too long.
         IdleTimeout = 4,
+        /// The server gave the run up (too few stations or updates); its
+        /// completed rounds are kept. Stations stop: the run will not go on.
+        Aborted = 5,
     }
 }
 

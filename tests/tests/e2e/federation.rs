@@ -18,7 +18,8 @@ use fedcrime_data::synth::{generate, generate_incidents_with};
 use fedcrime_data::{Incident, SynthConfig};
 use fedcrime_fl::strategy::weighted_average;
 use fedcrime_fl::{
-    CheckpointStore, EvaluateIns, EvaluateRes, FailureKind, FitIns, FitRes, Metrics, RoundSettings,
+    CheckpointStore, EvaluateIns, EvaluateRes, FailureKind, FitIns, FitRes, Metrics, Outcome,
+    RoundSettings,
 };
 use fedcrime_ml::model;
 use fedcrime_ml::train::{TrainConfig, Trainer};
@@ -859,6 +860,27 @@ async fn a_restarted_server_resumes_round_three_from_round_two() {
         .collect();
     let expected = weighted_average("fedavg", &round2.global, &results).unwrap();
     assert_close(report.global.data(), expected.data(), 1e-5);
+}
+
+/// Issue 11, defect 6: stations printed "the run is complete" and exited 0
+/// when the server had aborted the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stations_print_the_run_is_complete_when_the_server_aborted_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 1);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 3, 1);
+    // The only station's update is refused (NaN) and no retry is allowed:
+    // round 1 ends without an update and the run is aborted.
+    cfg.federation.retry.max_retries = 0;
+    let server = Running::start(cfg).await;
+    let client = spawn_client(&pki, &station(1), server.addr, scripted(Script::NaN, 10, 1));
+    let report = server.finish().await;
+    assert!(
+        matches!(report.summary.outcome, Outcome::Aborted { round: 1, .. }),
+        "{:?}",
+        report.summary.outcome
+    );
+    assert_eq!(join_client(client).await.outcome, ClientOutcome::Aborted);
 }
 
 /// Issue 11, defect 9: an initial model containing NaN was accepted and
