@@ -43,5 +43,18 @@ pub enum ClientError {
     Wire(#[from] WireError),
 }
 
+impl ClientError {
+    /// Whether the station could not start because of its configuration or
+    /// the files it names (config settings, its certificate, key or CA, the
+    /// data file): `fedcrime-client` exits 2.
+    pub fn is_setup(&self) -> bool {
+        match self {
+            ClientError::Config(_) | ClientError::Device(_) | ClientError::Data(_) => true,
+            ClientError::Net(e) => e.is_setup(),
+            _ => false,
+        }
+    }
+}
+
 /// Shorthand for the station's results.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

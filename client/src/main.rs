@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fedcrime_cli::logging::block_on_main;
+use fedcrime_cli::logging::{block_on_main, describe_error};
 use fedcrime_client::config::{Areas, LogFormat, TlsSection};
 use fedcrime_client::{ClientOutcome, StationConfig};
 use fedcrime_ml::DeviceChoice;
@@ -152,8 +152,16 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
 }
 
 /// Takes part in the run and says how it ended.
-async fn station(cfg: StationConfig) -> fedcrime_client::Result<ExitCode> {
-    let report = fedcrime_client::run(cfg).await?;
+async fn station(cfg: StationConfig) -> anyhow::Result<ExitCode> {
+    let report = match fedcrime_client::run(cfg).await {
+        Ok(r) => r,
+        // The configuration or the files it names: the documented exit 2.
+        Err(e) if e.is_setup() => {
+            eprintln!("fedcrime-client: error: {}", describe_error(&e));
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
     eprintln!(
         "fedcrime-client: {} ({} update(s), {} evaluation(s) sent)",
         match report.outcome {
@@ -177,7 +185,7 @@ fn main() -> ExitCode {
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fedcrime-client: error: {e:#}");
+            eprintln!("fedcrime-client: error: {}", describe_error(e.as_ref()));
             return ExitCode::from(2);
         }
     };

@@ -78,5 +78,18 @@ pub enum ServerError {
     Task(&'static str),
 }
 
+impl ServerError {
+    /// Whether the run could not start because of its configuration or the
+    /// files it names (config settings, TLS material, the initial model, an
+    /// output folder that already holds a run): `fedcrime-server` exits 2.
+    pub fn is_setup(&self) -> bool {
+        match self {
+            ServerError::Config(_) | ServerError::CheckpointExists { .. } => true,
+            ServerError::Net(e) => e.is_setup(),
+            _ => false,
+        }
+    }
+}
+
 /// Shorthand for the server's results.
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fedcrime_cli::logging::block_on_main;
+use fedcrime_cli::logging::{block_on_main, describe_error};
 use fedcrime_data::{Period, Task};
 use fedcrime_fl::StrategyConfig;
 use fedcrime_ml::model::ModelKind;
@@ -202,7 +202,15 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
 }
 
 async fn serve(cfg: ServerConfig) -> anyhow::Result<ExitCode> {
-    let report = fedcrime_server::run(cfg).await?;
+    let report = match fedcrime_server::run(cfg).await {
+        Ok(r) => r,
+        // The configuration or the files it names: the documented exit 2.
+        Err(e) if e.is_setup() => {
+            eprintln!("fedcrime-server: error: {}", describe_error(&e));
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let last = report.history.last();
     eprintln!(
         "fedcrime-server: {} round(s) completed ({:?}); metrics in {}",
@@ -230,7 +238,7 @@ fn main() -> ExitCode {
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fedcrime-server: error: {e:#}");
+            eprintln!("fedcrime-server: error: {}", describe_error(e.as_ref()));
             return ExitCode::from(2);
         }
     };

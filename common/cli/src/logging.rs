@@ -4,7 +4,6 @@
 //! runtime that runs the program ([`block_on_main`]) and the signals that
 //! stop it ([`shutdown_signal`]).
 
-use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
 
@@ -137,10 +136,9 @@ pub fn shutdown_signal() -> impl Future<Output = &'static str> {
 /// into the process's exit code: its own on success; on an error (or when
 /// the runtime cannot start) `PROGRAM: error: ...` on stderr, with the whole
 /// cause chain (`{:#}`), and failure.
-pub fn block_on_main<F, E>(program: &str, main: F) -> ExitCode
+pub fn block_on_main<F>(program: &str, main: F) -> ExitCode
 where
-    F: Future<Output = Result<ExitCode, E>>,
-    E: Display,
+    F: Future<Output = anyhow::Result<ExitCode>>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,10 +153,27 @@ where
     match runtime.block_on(main) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{program}: error: {e:#}");
+            eprintln!("{program}: error: {}", describe_error(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, each
+/// said once: a cause whose text the message already ends with (errors that
+/// print their source in their own message) is not repeated.
+pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -190,10 +205,30 @@ mod tests {
 
     #[test]
     fn block_on_main_maps_results_to_exit_codes() {
-        let ok = block_on_main("t", async { Ok::<_, String>(ExitCode::from(3)) });
+        let ok = block_on_main("t", async { Ok(ExitCode::from(3)) });
         assert_eq!(ok, ExitCode::from(3));
-        let err = block_on_main("t", async { Err::<ExitCode, _>("boom".to_string()) });
+        let err = block_on_main("t", async { Err(anyhow::anyhow!("boom")) });
         assert_eq!(err, ExitCode::FAILURE);
+    }
+
+    /// Issue 11, defect 10: error text was printed twice, once in the
+    /// message and again as its cause.
+    #[test]
+    fn error_text_is_printed_twice() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading CA certificate pki/ca.pem: {source}")]
+        struct Reading {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Reading {
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+        .context("starting the server");
+        let text = describe_error(e.as_ref());
+        assert_eq!(
+            text,
+            "starting the server: reading CA certificate pki/ca.pem: entity not found"
+        );
     }
 
     /// Issue 11, defect 5: SIGTERM (a service manager's stop) was not

@@ -226,3 +226,20 @@ impl NetError {
 fn is_crypto(code: quinn::TransportErrorCode) -> bool {
     (0x100..=0x1ff).contains(&u64::from(code))
 }
+
+impl NetError {
+    /// Whether this is a problem of the local set-up (a TLS file missing or
+    /// unreadable, a bad CA, key or CRL, invalid settings) rather than of the
+    /// network or the peer: binaries exit 2 for it, as for a bad config.
+    pub fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            NetError::Io { .. }
+                | NetError::Pem { .. }
+                | NetError::Tls { .. }
+                | NetError::Verifier { .. }
+                | NetError::Settings { .. }
+                | NetError::InvalidStationId(_)
+        )
+    }
+}

@@ -883,6 +883,24 @@ async fn stations_print_the_run_is_complete_when_the_server_aborted_the_run() {
     assert_eq!(join_client(client).await.outcome, ClientOutcome::Aborted);
 }
 
+/// Issue 11, defect 10: a missing CA, CRL or initial model exited 1 though
+/// the README promises 2 for a bad configuration; such errors are set-up
+/// errors now, which the binaries map to exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ca_exits_1_though_the_readme_promises_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-pki");
+    let cfg = server_config(&missing, &dir.path().join("out"), 1, 1);
+    let err = Server::bind(cfg).await.map(|_| ()).unwrap_err();
+    assert!(err.is_setup(), "{err}");
+    let mut cfg = server_config(&make_pki(dir.path(), 1), &dir.path().join("out2"), 1, 1);
+    cfg.model.initial = Some(dir.path().join("no-such-model.safetensors"));
+    let err = Server::bind(cfg).await.map(|_| ()).unwrap_err();
+    assert!(err.is_setup(), "{err}");
+    let text = fedcrime_cli::logging::describe_error(&err);
+    assert_eq!(text.matches("No such file").count(), 1, "said once: {text}");
+}
+
 /// Issue 11, defect 9: an initial model containing NaN was accepted and
 /// failed only later, at the stations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
