@@ -30,6 +30,10 @@ pub struct ServerConfig {
     /// Continue after the last checkpointed round instead of starting afresh.
     #[serde(default)]
     pub resume: bool,
+    /// Start afresh even when `output.dir` holds another run's files, which
+    /// are then replaced (without it such a start is refused).
+    #[serde(default)]
+    pub force: bool,
     /// CA, server certificate and key, revocation list.
     pub tls: ServerTls,
     /// The prediction task.
@@ -313,6 +317,7 @@ impl ServerConfig {
             listen: default_listen(),
             run_id: None,
             resume: false,
+            force: false,
             tls,
             task: TaskSection::default(),
             model: ModelSection::default(),

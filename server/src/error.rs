@@ -29,6 +29,19 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The output folder holds another run's files and neither `--resume`
+    /// nor `--force` was given.
+    #[error(
+        "output folder {} already holds a run ({file}); pass --resume to continue it, --force \
+         to replace it, or choose another output.dir",
+        dir.display()
+    )]
+    OutputExists {
+        /// The folder.
+        dir: PathBuf,
+        /// The file found there.
+        file: String,
+    },
     /// The checkpoint folder holds a run and `--resume` was not given.
     #[error(
         "checkpoint folder {} already holds a run (last completed round {round}); pass --resume \
@@ -84,7 +97,9 @@ impl ServerError {
     /// output folder that already holds a run): `fedcrime-server` exits 2.
     pub fn is_setup(&self) -> bool {
         match self {
-            ServerError::Config(_) | ServerError::CheckpointExists { .. } => true,
+            ServerError::Config(_)
+            | ServerError::CheckpointExists { .. }
+            | ServerError::OutputExists { .. } => true,
             ServerError::Net(e) => e.is_setup(),
             _ => false,
         }

@@ -104,6 +104,10 @@ struct Cli {
     /// Continue after the last checkpointed round [resume].
     #[arg(long)]
     resume: bool,
+    /// Start afresh even when --out holds another run's files, replacing
+    /// them [force].
+    #[arg(long)]
+    force: bool,
     /// Log format: text or json [log.format].
     #[arg(long)]
     log_format: Option<LogFormat>,
@@ -194,6 +198,9 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
     }
     if cli.resume {
         cfg.resume = true;
+    }
+    if cli.force {
+        cfg.force = true;
     }
     set!(cli.log_format, cfg.log.format);
     set!(cli.log_level, cfg.log.level);

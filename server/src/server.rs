@@ -240,19 +240,22 @@ impl ServerBuilder {
             ));
         }
         let (engine, store) = start_engine(&config, strategy, initial)?;
-        let metrics = MetricsWriter::open(
-            &config.output.dir,
-            model.task,
-            model.output_dim,
-            engine.history(),
-        )?;
         let setup = RunSetup {
             model: model.clone(),
             task,
             featurizer,
         };
         let ctx = Arc::new(session_ctx(&config, &setup, &spec)?);
+        // TLS material and the port first: a start that fails on them
+        // writes no output file.
         let listener = Listener::bind(config.listen, &config.tls, &config.transport)?;
+        check_output(&config)?;
+        let metrics = MetricsWriter::open(
+            &config.output.dir,
+            model.task,
+            model.output_dim,
+            engine.history(),
+        )?;
         let (progress, _) = watch::channel(Progress {
             round: engine.round(),
             checkpointed: engine.history().last().map_or(0, |m| m.round),
@@ -402,6 +405,23 @@ fn start_engine(
     };
     engine.set_stopwatch(Instant::now);
     Ok((engine, store))
+}
+
+/// A fresh run (no `--resume`) may not replace another run's files in the
+/// output folder unless `--force` says so.
+fn check_output(config: &ServerConfig) -> Result<()> {
+    if config.resume || config.force {
+        return Ok(());
+    }
+    for file in ["metrics.csv", "metrics.jsonl", "model.safetensors"] {
+        if config.output.dir.join(file).exists() {
+            return Err(ServerError::OutputExists {
+                dir: config.output.dir.clone(),
+                file: file.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What every station session needs: the Welcome's contents and the read

@@ -25,7 +25,7 @@ use fedcrime_ml::model;
 use fedcrime_ml::train::{TrainConfig, Trainer};
 use fedcrime_net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
 use fedcrime_params::{ParamSpec, Params};
-use fedcrime_server::{Progress, RunReport, Server, ServerConfig};
+use fedcrime_server::{Progress, RunReport, Server, ServerConfig, ServerError};
 use fedcrime_station::data::{prepare, Selection};
 use fedcrime_station::protocol::RunSetup;
 use fedcrime_station::{Learner, StationError};
@@ -899,6 +899,45 @@ async fn a_missing_ca_exits_1_though_the_readme_promises_2() {
     assert!(err.is_setup(), "{err}");
     let text = fedcrime_cli::logging::describe_error(&err);
     assert_eq!(text.matches("No such file").count(), 1, "said once: {text}");
+}
+
+/// Issue 11, defect 2: a new run with `--out` pointing at an existing run's
+/// folder truncated its metrics.csv, and a start that failed on its TLS
+/// files had already written output files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_with_out_pointing_at_an_existing_run_truncates_its_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 1);
+    let out = dir.path().join("out");
+    let cfg = server_config(&pki, &out, 1, 1);
+    let server = Running::start(cfg.clone()).await;
+    let c = spawn_client(
+        &pki,
+        &station(1),
+        server.addr,
+        scripted(Script::Honest, 10, 1),
+    );
+    assert!(server.finish().await.completed());
+    join_client(c).await;
+    let before = std::fs::read(out.join("metrics.csv")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&before).lines().count(), 2);
+
+    // Another run into the same folder (its own checkpoint folder) is refused.
+    let mut again = cfg.clone();
+    again.output.checkpoint_dir = Some(dir.path().join("other-checkpoints"));
+    let err = Server::bind(again.clone()).await.map(|_| ()).unwrap_err();
+    assert!(matches!(err, ServerError::OutputExists { .. }), "{err}");
+    assert!(err.is_setup());
+    assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), before);
+    // --force replaces it.
+    again.force = true;
+    drop(Server::bind(again).await.unwrap());
+
+    // A start that fails on its TLS files writes nothing.
+    let fresh = dir.path().join("fresh");
+    let bad = server_config(&dir.path().join("no-such-pki"), &fresh, 1, 1);
+    assert!(Server::bind(bad).await.is_err());
+    assert!(!fresh.join("metrics.csv").exists());
 }
 
 /// Issue 11, defect 9: an initial model containing NaN was accepted and
