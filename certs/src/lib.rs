@@ -257,8 +257,16 @@ impl Pki {
 
         let now = truncate(opts.now);
         let key = new_key("the CA key")?;
+        // The agency's name and a short fingerprint of the CA key: two
+        // authorities never share a subject, so a certificate of another one
+        // is refused as from an unknown issuer, not as a bad signature.
+        let ca_name = format!(
+            "{} Root CA {}",
+            opts.agency,
+            &fingerprint(&key.public_key_der())[..8]
+        );
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&opts.agency, &format!("{} Root CA", opts.agency));
+        params.distinguished_name = dn(&opts.agency, &ca_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -273,7 +281,7 @@ impl Pki {
             .map_err(|e| CertsError::rcgen("sign the CA certificate", e))?;
         let ca_record = CertRecord {
             serial: manifest::serial_hex(1),
-            common_name: format!("{} Root CA", opts.agency),
+            common_name: ca_name,
             not_before: opts.ca_validity.not_before,
             not_after: opts.ca_validity.not_after,
             cert: layout::CA_CERT.to_owned(),

@@ -178,7 +178,7 @@ impl NetError {
             quinn::ConnectionError::TransportError(t) if is_crypto(t.code) => NetError::Refused {
                 peer,
                 by: RefusedBy::Local,
-                reason: t.reason.clone(),
+                reason: explain(&t.reason),
             },
             // The peer aborted with a TLS alert.
             quinn::ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => {
@@ -189,7 +189,7 @@ impl NetError {
                     reason: if reason.is_empty() {
                         format!("{}", c.error_code)
                     } else {
-                        reason
+                        explain(&reason)
                     },
                 }
             }
@@ -241,5 +241,23 @@ impl NetError {
                 | NetError::Settings { .. }
                 | NetError::InvalidStationId(_)
         )
+    }
+}
+
+/// A TLS refusal reason with what it means for an agency's PKI added
+/// (rustls names only the check that failed).
+fn explain(reason: &str) -> String {
+    let meaning = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+        Some("the certificate was signed by a different authority than this agency's CA")
+    } else if reason.contains("Revoked") {
+        Some("the certificate is on the agency's revocation list")
+    } else if reason.contains("Expired") {
+        Some("the certificate has expired")
+    } else {
+        None
+    };
+    match meaning {
+        Some(m) => format!("{reason} ({m})"),
+        None => reason.to_string(),
     }
 }

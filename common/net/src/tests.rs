@@ -215,13 +215,37 @@ async fn refused_certificate_from_another_ca() {
         ..client_tls(&other, "station-01")
     };
     assert_refused_by_server(&listener, &connector(&tls, &listener), "UnknownIssuer").await;
-    // A look-alike CA with our CA's very name: the signature gives it away.
+    connect_and_talk(&listener, &client_tls(&pki, "station-01")).await;
+}
+
+/// Issue 11, defect 12: a second CA of the same agency got the same subject
+/// name by default, so its certificates were refused only as "BadSignature".
+/// Every CA's name now carries its key's fingerprint, and the refusal says
+/// what happened.
+#[tokio::test]
+async fn two_certificate_authorities_get_the_same_subject_name_by_default() {
+    let (_d, pki) = pki(1);
+    let listener = listen(&pki, 1000);
     let (_d3, twin) = pki_pair();
+    assert_ne!(
+        pki.manifest().ca.common_name,
+        twin.manifest().ca.common_name
+    );
+    assert!(pki
+        .manifest()
+        .ca
+        .common_name
+        .starts_with("fedcrime agency Root CA "));
     let tls = ClientTls {
         ca: pki.ca_cert_path(),
         ..client_tls(&twin, "station-01")
     };
-    assert_refused_by_server(&listener, &connector(&tls, &listener), "BadSignature").await;
+    assert_refused_by_server(
+        &listener,
+        &connector(&tls, &listener),
+        "signed by a different authority",
+    )
+    .await;
     connect_and_talk(&listener, &client_tls(&pki, "station-01")).await;
 }
 
