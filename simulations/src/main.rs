@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use fedcrime_cli::logging::{init_tracing, LogFormat};
+use fedcrime_cli::logging::{describe_error, init_tracing, LogFormat};
 
 mod cmd;
 
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fedcrime-sim: error: {e:#}");
+            eprintln!("fedcrime-sim: error: {}", describe_error(e.as_ref()));
             ExitCode::FAILURE
         }
     }

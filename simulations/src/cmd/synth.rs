@@ -63,6 +63,9 @@ pub fn run(args: &SynthArgs, global: &GlobalOpts) -> Result<()> {
     let cfg = args.config()?;
     // Written to a temp file that replaces the output only once complete
     // and on disk.
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let file = AtomicFile::create(&args.out)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let bar = if global.quiet {
