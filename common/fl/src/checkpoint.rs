@@ -255,28 +255,98 @@ impl CheckpointStore {
         }
     }
 
-    /// The latest complete checkpoint, or `None` when the folder holds none.
+    /// The latest intact checkpoint, or `None` when the folder holds none.
+    ///
+    /// `latest.json` names the newest round; when that round's files cannot
+    /// be read (a disk that lost the tail of a file, an edit by hand), the
+    /// newest older round folder that loads is used instead, with a warning
+    /// naming what was broken, and the broken folder is renamed aside
+    /// (`round-000007.broken`) so that nothing is lost and the round is
+    /// written afresh. Only when no round loads is the newest error returned.
     pub fn load_latest(&self) -> Result<Option<Checkpoint>> {
         let latest = self.dir.join(LATEST);
-        let bytes = match fs::read(&latest) {
+        let newest = match self.read_pointer(&latest) {
+            Ok(None) => return Ok(None),
+            Ok(Some(round)) => self.load_round(round).map_err(|e| (Some(round), e)),
+            Err(e) => Err((None, e)),
+        };
+        let (broken_round, first_err) = match newest {
+            Ok(c) => return Ok(Some(c)),
+            Err(x) => x,
+        };
+        tracing::warn!(error = %first_err, "the latest checkpoint cannot be read; looking for an older one");
+        let mut rounds: Vec<u64> = fs::read_dir(&self.dir)
+            .map_err(io("read", &self.dir))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(parse_round_dir))
+            .filter(|r| broken_round.is_none_or(|b| *r < b))
+            .collect();
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let mut broken: Vec<u64> = broken_round.into_iter().collect();
+        for round in rounds {
+            match self.load_round(round) {
+                Ok(c) => {
+                    for b in broken {
+                        self.set_aside(b);
+                    }
+                    tracing::warn!(round, "resuming from the newest intact checkpoint");
+                    return Ok(Some(c));
+                }
+                Err(e) => {
+                    tracing::warn!(round, error = %e, "this checkpoint cannot be read either");
+                    broken.push(round);
+                }
+            }
+        }
+        Err(first_err)
+    }
+
+    /// The round `latest.json` names; `None` when there is no such file.
+    fn read_pointer(&self, latest: &Path) -> Result<Option<u64>> {
+        let bytes = match fs::read(latest) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("read", &latest)(e)),
+            Err(e) => return Err(io("read", latest)(e)),
         };
         let pointer: Pointer = serde_json::from_slice(&bytes).map_err(|e| FlError::Checkpoint {
-            path: latest.clone(),
+            path: latest.to_owned(),
             message: e.to_string(),
         })?;
         if pointer.format != FORMAT || parse_round_dir(&pointer.dir) != Some(pointer.round) {
             return Err(FlError::Checkpoint {
-                path: latest,
+                path: latest.to_owned(),
                 message: format!(
                     "unsupported pointer (format {}, dir {:?}, round {})",
                     pointer.format, pointer.dir, pointer.round
                 ),
             });
         }
-        self.load_round(pointer.round).map(Some)
+        Ok(Some(pointer.round))
+    }
+
+    /// Renames a broken round folder aside (kept for inspection, out of the
+    /// way of the round's next save).
+    fn set_aside(&self, round: u64) {
+        let from = self.dir.join(round_dir_name(round));
+        if !from.exists() {
+            return;
+        }
+        let mut to = self.dir.join(format!("{}.broken", round_dir_name(round)));
+        let mut n = 1;
+        while to.exists() {
+            n += 1;
+            to = self
+                .dir
+                .join(format!("{}.broken-{n}", round_dir_name(round)));
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => {
+                tracing::warn!(from = %from.display(), to = %to.display(), "broken checkpoint set aside")
+            }
+            Err(e) => {
+                tracing::warn!(path = %from.display(), "could not set the broken checkpoint aside: {e}")
+            }
+        }
     }
 
     /// The checkpoint of `round`, which must be complete.
@@ -443,6 +513,41 @@ mod tests {
         let m = bad.strategy.buffers.remove("m").unwrap();
         bad.strategy.buffers.insert("../m".into(), m);
         assert!(store.save(&bad).is_err());
+    }
+
+    /// Issue 11, defect 11: a truncated latest checkpoint falls back to the
+    /// previous intact one; the broken folder is kept aside.
+    #[test]
+    fn defect_11_resume_falls_back_to_the_previous_intact_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(tmp.path()).with_keep(3);
+        for r in 1..=3 {
+            store.save(&checkpoint(r, true)).unwrap();
+        }
+        let model = tmp.path().join("round-000003").join(MODEL);
+        let len = fs::metadata(&model).unwrap().len();
+        let f = fs::OpenOptions::new().write(true).open(&model).unwrap();
+        f.set_len(len / 2).unwrap();
+        drop(f);
+        let c = store.load_latest().unwrap().unwrap();
+        assert_same(&c, &checkpoint(2, true));
+        assert!(tmp.path().join("round-000003.broken").join(MODEL).exists());
+        assert!(!tmp.path().join("round-000003").exists());
+        // The next save of round 3 is clean and becomes the latest again.
+        store.save(&checkpoint(3, true)).unwrap();
+        assert_same(&store.load_latest().unwrap().unwrap(), &checkpoint(3, true));
+
+        // A broken pointer falls back to the newest round folder that loads.
+        fs::write(tmp.path().join(LATEST), b"{\"form").unwrap();
+        assert_same(&store.load_latest().unwrap().unwrap(), &checkpoint(3, true));
+
+        // When nothing loads, the newest error is returned.
+        let lone = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(lone.path());
+        store.save(&checkpoint(1, false)).unwrap();
+        fs::write(lone.path().join("round-000001").join(STATE), b"{").unwrap();
+        let err = store.load_latest().unwrap_err().to_string();
+        assert!(err.contains("state.json"), "{err}");
     }
 
     fn copy_dir(from: &Path, to: &Path) {
