@@ -17,7 +17,7 @@ use fedcrime_fl::{
     EvaluateRes, FitIns, FitRes, FromServer, HandshakeError,
 };
 use fedcrime_ml::model;
-use fedcrime_net::{Backoff, Connector, ReconnectPolicy};
+use fedcrime_net::{Backoff, CloseCode, Connector, ReconnectPolicy};
 use fedcrime_params::{ParamSpec, Params};
 use fedcrime_station::protocol::{eval_config_from_wire, fit_ins, RunSetup};
 use fedcrime_station::{Learner, StationError};
@@ -26,7 +26,7 @@ use fedcrime_wire::{
     Heartbeat, Message, ModelHeader, RejectCode, Update, Welcome, WireConfig, WireReader,
     WireWriter,
 };
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, watch};
 
@@ -66,7 +66,19 @@ pub struct ClientOptions {
     pub wire: WireConfig,
     /// Time the server has to answer the Hello.
     pub handshake_timeout: Duration,
+    /// This process's instance number, sent in the Hello: the server lets a
+    /// reconnecting process replace its own old connection at once.
+    pub instance: u64,
+    /// The first wait after the server refused the station because another
+    /// live process holds its identity; it doubles up to
+    /// [`MAX_STANDBY`] (default: twice the idle timeout, by when a dead
+    /// process's connection has timed out on the server).
+    pub standby: Duration,
 }
+
+/// The longest wait between two attempts of a station that another process
+/// keeps out.
+pub const MAX_STANDBY: Duration = Duration::from_secs(300);
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -78,6 +90,8 @@ impl Default for ClientOptions {
             seed: 0,
             wire: WireConfig::default(),
             handshake_timeout: Duration::from_secs(30),
+            instance: rand::random(),
+            standby: Duration::from_secs(10),
         }
     }
 }
@@ -126,7 +140,27 @@ enum SessionEnd {
     Lost(String),
     Interrupted,
     Refused(RejectCode, String),
+    /// Another process holds the station's identity (refused as already
+    /// connected, or this connection was replaced).
+    Duplicate(String),
+    /// The server ended the session: the certificate is no longer valid.
+    Revoked(String),
     Fatal(ClientError),
+}
+
+impl SessionEnd {
+    /// Reads the server's close code when the connection ended under the
+    /// session: a replaced or revoked session is not a network loss.
+    fn with_close_code(self, conn: &quinn::Connection) -> SessionEnd {
+        match self {
+            SessionEnd::Lost(why) | SessionEnd::ServerLeft(why) => match CloseCode::of_peer(conn) {
+                Some((CloseCode::Replaced, text)) => SessionEnd::Duplicate(text),
+                Some((CloseCode::Revoked, text)) => SessionEnd::Revoked(text),
+                _ => SessionEnd::Lost(why),
+            },
+            other => other,
+        }
+    }
 }
 
 /// A request from the server, decoded.
@@ -169,6 +203,53 @@ enum Done {
     Invalid {
         message: String,
     },
+}
+
+/// The waits of a station that another live process keeps out: from
+/// [`ClientOptions::standby`], doubling up to [`MAX_STANDBY`], each with up
+/// to a quarter more drawn at random; it gives up after the reconnection
+/// policy's `max_attempts` refusals or `give_up_after_ms`.
+struct Standby {
+    first: Duration,
+    policy: ReconnectPolicy,
+    rng: ChaCha8Rng,
+    refusals: u32,
+    since: Option<Instant>,
+}
+
+impl Standby {
+    fn new(options: &ClientOptions) -> Self {
+        Standby {
+            first: options.standby.max(Duration::from_millis(100)),
+            policy: options.reconnect.clone(),
+            rng: ChaCha8Rng::seed_from_u64(options.seed ^ 0x5354_414e_4442_5900),
+            refusals: 0,
+            since: None,
+        }
+    }
+
+    fn next_delay(&mut self) -> Option<Duration> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.refusals = self.refusals.saturating_add(1);
+        if self.policy.max_attempts != 0 && self.refusals >= self.policy.max_attempts {
+            return None;
+        }
+        let base = self
+            .first
+            .saturating_mul(1u32 << self.refusals.saturating_sub(1).min(16))
+            .min(MAX_STANDBY);
+        let delay = base.mul_f64(1.0 + 0.25 * self.rng.random::<f64>());
+        let limit = Duration::from_millis(self.policy.give_up_after_ms);
+        if !limit.is_zero() && since.elapsed() + delay >= limit {
+            return None;
+        }
+        Some(delay)
+    }
+
+    fn reset(&mut self) {
+        self.refusals = 0;
+        self.since = None;
+    }
 }
 
 /// The protocol client of one station.
@@ -229,6 +310,7 @@ impl Client {
             ChaCha8Rng::seed_from_u64(self.options.seed),
         );
         let mut lost_since: Option<Instant> = None;
+        let mut standby = Standby::new(&self.options);
         let result = loop {
             let conn = tokio::select! {
                 biased;
@@ -245,10 +327,14 @@ impl Client {
                 () = &mut stopper => SessionEnd::Interrupted,
                 end = self.session(&conn, &mut stop) => end,
             };
+            let end = end.with_close_code(&conn);
             if self.report.sessions > sessions_before {
                 // A session that got going starts a fresh reconnection schedule.
                 backoff.reset();
                 lost_since = None;
+            }
+            if !matches!(end, SessionEnd::Duplicate(_)) {
+                standby.reset();
             }
             conn.close(quinn::VarInt::from_u32(0), b"station leaving");
             let why = match end {
@@ -258,9 +344,33 @@ impl Client {
                     break Ok(ClientOutcome::Aborted);
                 }
                 SessionEnd::Interrupted => break Ok(ClientOutcome::Interrupted),
-                SessionEnd::Refused(RejectCode::RunFinished, _) => {
-                    break Ok(ClientOutcome::RunFinished)
+                SessionEnd::Refused(RejectCode::RunFinished, text) => {
+                    tracing::info!("{text}");
+                    break Ok(ClientOutcome::RunFinished);
                 }
+                SessionEnd::Refused(RejectCode::RunAborted, text) => {
+                    tracing::error!("{text}");
+                    break Ok(ClientOutcome::Aborted);
+                }
+                SessionEnd::Refused(RejectCode::AlreadyConnected, text)
+                | SessionEnd::Duplicate(text) => {
+                    // Another live process holds this identity: stand by
+                    // (never take turns with it), and stop after the
+                    // policy's limit.
+                    let Some(delay) = standby.next_delay() else {
+                        break Err(ClientError::Duplicate(text));
+                    };
+                    tracing::warn!(retry_in = ?delay,
+                        "another process is connected with this station's certificate; standing by: {text}");
+                    tokio::select! {
+                        biased;
+                        () = &mut stopper => break Ok(ClientOutcome::Interrupted),
+                        _ = stop.changed() => break Ok(ClientOutcome::Interrupted),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+                SessionEnd::Revoked(text) => break Err(ClientError::Revoked(text)),
                 SessionEnd::Refused(RejectCode::ShuttingDown, text) => text,
                 SessionEnd::Refused(code, text) => break Err(ClientError::Rejected { code, text }),
                 SessionEnd::Fatal(e) => break Err(e),
@@ -319,14 +429,13 @@ impl Client {
         writer: &mut WireWriter<quinn::SendStream>,
         reader: &mut WireReader<quinn::RecvStream>,
     ) -> std::result::Result<(ClientSession, Welcome), SessionEnd> {
-        let mut machine = ClientSession::new(
-            self.options.software.clone(),
-            Capabilities {
-                encodings: self.options.encodings.clone(),
-                device: self.options.device.clone(),
-                extensions: Default::default(),
-            },
-        );
+        let mut capabilities = Capabilities {
+            encodings: self.options.encodings.clone(),
+            device: self.options.device.clone(),
+            extensions: Default::default(),
+        };
+        capabilities.set_instance(self.options.instance);
+        let mut machine = ClientSession::new(self.options.software.clone(), capabilities);
         let hello = Message::Hello(machine.hello().clone());
         if let Err(e) = writer.send(&hello, None).await {
             return Err(SessionEnd::Lost(format!("sending Hello: {e}")));

@@ -35,6 +35,14 @@ pub enum ClientError {
         /// Why, for people.
         text: String,
     },
+    /// The server ended the session because the station's certificate is
+    /// no longer valid (revoked, or expired while connected).
+    #[error("the server ended the session: this station's certificate is no longer valid ({0}); ask the agency for a new one")]
+    Revoked(String),
+    /// Another process held this station's identity for longer than the
+    /// reconnection policy waits.
+    #[error("gave up: another process is connected with this station's certificate: {0}")]
+    Duplicate(String),
     /// The server broke the protocol during the handshake.
     #[error("handshake: {0}")]
     Handshake(String),

@@ -135,6 +135,7 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         device: config.device.to_string(),
         reconnect: config.reconnect.clone(),
         seed,
+        standby: std::time::Duration::from_millis(2 * config.transport.idle_timeout_ms),
         ..ClientOptions::default()
     };
     Client::new(connector, Arc::new(factory), options)

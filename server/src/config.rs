@@ -34,6 +34,12 @@ pub struct ServerConfig {
     /// are then replaced (without it such a start is refused).
     #[serde(default)]
     pub force: bool,
+    /// After the run ends, how long (seconds) the server stays up to tell
+    /// stations that took part but are away (restarting, reconnecting) that
+    /// the run is over, so they stop instead of retrying (default 30; the
+    /// wait ends as soon as every such station was told).
+    #[serde(default = "default_linger_s")]
+    pub linger_s: f64,
     /// CA, server certificate and key, revocation list.
     pub tls: ServerTls,
     /// The prediction task.
@@ -66,6 +72,10 @@ pub struct ServerConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+}
+
+fn default_linger_s() -> f64 {
+    30.0
 }
 
 fn default_listen() -> SocketAddr {
@@ -318,6 +328,7 @@ impl ServerConfig {
             run_id: None,
             resume: false,
             force: false,
+            linger_s: default_linger_s(),
             tls,
             task: TaskSection::default(),
             model: ModelSection::default(),
@@ -451,6 +462,12 @@ impl ServerConfig {
             .task_config()
             .validate()
             .map_err(|e| config_err("task", e.to_string()))?;
+        if !(self.linger_s.is_finite() && (0.0..=3600.0).contains(&self.linger_s)) {
+            return Err(config_err(
+                "linger_s",
+                format!("{} must be between 0 and 3600 seconds", self.linger_s),
+            ));
+        }
         self.model_config()?;
         self.train.round_settings().validate().map_err(|e| {
             let field = match e.field {

@@ -10,7 +10,7 @@
 //! the run waits for them before it returns), and at the end every station
 //! gets a Bye.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ use fedcrime_fl::{
 };
 use fedcrime_ml::model::{self, ModelConfig};
 use fedcrime_ml::train::trainer::evaluate_model;
-use fedcrime_net::{Listener, ListenerStats};
+use fedcrime_net::{CloseCode, EndpointSecret, Listener, ListenerStats};
 use fedcrime_params::{ParamSpec, Params};
 use fedcrime_station::data::{prepare, Selection};
 use fedcrime_station::protocol::{eval_config_to_wire, round_start, RunSetup, UpdateDelivery};
@@ -44,6 +44,10 @@ use crate::config::{EvalSplit, ServerConfig};
 use crate::error::{Result, ServerError};
 use crate::metrics::{MetricsWriter, RoundRecord};
 use crate::session::{self, encode, FromSession, Outgoing, SessionCtx};
+
+/// The file in the output folder that keeps the QUIC endpoint's secret, so
+/// that a restarted server resets its stations' old connections at once.
+pub const ENDPOINT_SECRET: &str = "endpoint.secret";
 
 /// How long stations get to receive their Bye before the endpoint closes.
 const BYE_GRACE: Duration = Duration::from_secs(3);
@@ -96,9 +100,45 @@ enum Request {
 
 struct SessionHandle {
     id: u64,
+    /// The station process's instance number from its Hello.
+    instance: Option<u64>,
     connection: quinn::Connection,
     outbox: mpsc::Sender<Outgoing>,
     last_request: Option<Request>,
+    since: Instant,
+}
+
+/// What to do with a Hello of a station that already has a session.
+#[derive(Debug, PartialEq, Eq)]
+enum Duplicate {
+    /// The old session is over (its connection closed or timed out), or the
+    /// same process reconnects: the new connection takes its place.
+    Replace(&'static str),
+    /// Another live process holds the identity: the newcomer is refused.
+    Refuse,
+}
+
+/// The one rule for two connections of one station: the session whose
+/// connection is alive keeps the identity. A connection is alive until it
+/// closes or stays silent for the transport's idle timeout (5 s by default;
+/// both sides send keep-alives every second), so a station restarted after
+/// a crash is admitted at most that long after its old process died, while
+/// a second process holding a copied certificate is refused for as long as
+/// the first one runs: the two never take turns, and the run goes on with
+/// the first. A process that reconnects (same instance number) replaces its
+/// own old connection at once.
+fn on_duplicate(
+    old_alive: bool,
+    old_instance: Option<u64>,
+    new_instance: Option<u64>,
+) -> Duplicate {
+    if !old_alive {
+        Duplicate::Replace("its old connection is gone")
+    } else if old_instance.is_some() && old_instance == new_instance {
+        Duplicate::Replace("the same station process reconnected")
+    } else {
+        Duplicate::Refuse
+    }
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -248,7 +288,11 @@ impl ServerBuilder {
         let ctx = Arc::new(session_ctx(&config, &setup, &spec)?);
         // TLS material and the port first: a start that fails on them
         // writes no output file.
-        let listener = Listener::bind(config.listen, &config.tls, &config.transport)?;
+        let secret_path = config.output.dir.join(ENDPOINT_SECRET);
+        let kept_secret = EndpointSecret::load(&secret_path)?;
+        let secret = kept_secret.clone().unwrap_or_else(EndpointSecret::random);
+        let listener =
+            Listener::bind_with_secret(config.listen, &config.tls, &config.transport, &secret)?;
         check_output(&config)?;
         let metrics = MetricsWriter::open(
             &config.output.dir,
@@ -256,6 +300,9 @@ impl ServerBuilder {
             model.output_dim,
             engine.history(),
         )?;
+        if kept_secret.is_none() {
+            secret.save(&secret_path)?;
+        }
         let (progress, _) = watch::channel(Progress {
             round: engine.round(),
             checkpointed: engine.history().last().map_or(0, |m| m.round),
@@ -503,8 +550,14 @@ impl Server {
                 send_delta: self.config.wire.send_delta,
             },
             summary: None,
+            participants: BTreeSet::new(),
         };
         let (tx, mut rx) = mpsc::channel::<FromSession>(256);
+        let crl_watched = self.listener.verifier().crl_path().is_some();
+        let mut crl_check = tokio::time::interval(Duration::from_millis(
+            self.config.tls.crl_check_interval_ms.max(100),
+        ));
+        crl_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tasks = JoinSet::new();
         let mut next_session: u64 = 1;
         let listener = self.listener;
@@ -541,6 +594,11 @@ impl Server {
                     () = sleep => {
                         let t = now();
                         cpu(|| driver.engine.handle_timeout(t));
+                    }
+                    _ = crl_check.tick(), if crl_watched => {
+                        if listener.verifier().refresh() {
+                            driver.recheck_certificates(&listener);
+                        }
                     }
                 }
                 // Reap finished session tasks.
@@ -581,26 +639,59 @@ impl Server {
             None,
             &driver.ctx.write_cfg,
         );
-        for (_, s) in driver.sessions.drain() {
+        let mut untold = driver.participants.clone();
+        for (station, s) in driver.sessions.drain() {
             let _ = s.outbox.try_send(Outgoing::Bye(bye.clone()));
+            untold.remove(&station);
         }
-        drop(tx);
-        let _ = tokio::time::timeout(BYE_GRACE, async {
-            loop {
-                tokio::select! {
-                    Some(msg) = rx.recv() => {
-                        if let FromSession::Hello { reply, .. } = msg {
-                            let _ = reply.send(Some(Reject {
-                                code: if interrupted { RejectCode::ShuttingDown } else { RejectCode::RunFinished },
-                                text: "the run is over".into(),
-                            }));
-                        }
-                    }
-                    joined = tasks.join_next() => if joined.is_none() { break },
-                }
+        // Stations that took part but are away (restarting, between
+        // connections) learn that the run is over when they come back, for
+        // up to `linger_s`; the server does not wait for stations that were
+        // told already.
+        let lingering = outcome.is_ok() && !interrupted && !untold.is_empty();
+        let linger = if lingering {
+            let linger = Duration::from_secs_f64(self.config.linger_s);
+            if !linger.is_zero() {
+                tracing::info!(stations = untold.len(), ?linger,
+                    "the run is over; waiting for stations that are away to learn it (Ctrl-C ends the wait)");
             }
-        })
-        .await;
+            linger
+        } else {
+            Duration::ZERO
+        };
+        drop(tx);
+        let (late_tx, mut late_rx) = mpsc::channel::<FromSession>(64);
+        let mut grace_end = tokio::time::Instant::now() + BYE_GRACE;
+        let linger_end = tokio::time::Instant::now() + linger;
+        let mut sessions_done = false;
+        loop {
+            let now = tokio::time::Instant::now();
+            let linger_over = untold.is_empty() || now >= linger_end;
+            if (sessions_done || now >= grace_end) && linger_over {
+                break;
+            }
+            let wake = if sessions_done || now >= grace_end {
+                linger_end
+            } else {
+                grace_end
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown, if lingering => break,
+                Some(msg) = rx.recv() => refuse_late(&driver, msg, interrupted, &mut untold),
+                Some(msg) = late_rx.recv() => refuse_late(&driver, msg, interrupted, &mut untold),
+                Some(conn) = listener.accept(), if !linger_over => {
+                    let id = next_session;
+                    next_session += 1;
+                    tasks.spawn(session::serve(conn.station.clone(), id, conn.connection, driver.ctx.clone(), late_tx.clone()));
+                    // Its refusal is delivered before the server exits.
+                    sessions_done = false;
+                    grace_end = grace_end.max(tokio::time::Instant::now() + BYE_GRACE);
+                }
+                joined = tasks.join_next(), if !sessions_done => if joined.is_none() { sessions_done = true },
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
         tasks.abort_all();
         let stats = listener.stats();
         listener.close();
@@ -639,6 +730,28 @@ impl Server {
             listener: stats,
             interrupted,
         })
+    }
+}
+
+/// Answers what a session says after the run ended: a Hello is refused with
+/// the run's outcome (or "shutting down"), and the station counts as told.
+fn refuse_late(
+    driver: &Driver,
+    msg: FromSession,
+    interrupted: bool,
+    untold: &mut BTreeSet<StationId>,
+) {
+    if let FromSession::Hello { station, reply, .. } = msg {
+        let reject = match driver.finished_reject() {
+            Some(r) if !interrupted => r,
+            _ => Reject {
+                code: RejectCode::ShuttingDown,
+                text: "the server is shutting down".into(),
+            },
+        };
+        if reply.send(Some(reject)).is_ok() {
+            untold.remove(&station);
+        }
     }
 }
 
@@ -779,9 +892,65 @@ struct Driver {
     out_dir: PathBuf,
     delivery: UpdateDelivery,
     summary: Option<Summary>,
+    /// Every station admitted during this process's run.
+    participants: BTreeSet<StationId>,
 }
 
 impl Driver {
+    /// The refusal for a station that asks to join once the run has ended.
+    fn finished_reject(&self) -> Option<Reject> {
+        if let Some(summary) = &self.summary {
+            return Some(match &summary.outcome {
+                Outcome::Completed => Reject {
+                    code: RejectCode::RunFinished,
+                    text: format!(
+                        "the run {} is over: it completed {} rounds",
+                        self.ctx.admission.run_id, summary.rounds_completed
+                    ),
+                },
+                Outcome::Aborted { round, reason } => Reject {
+                    code: RejectCode::RunAborted,
+                    text: format!(
+                        "the run {} was aborted in round {round}: {reason}",
+                        self.ctx.admission.run_id
+                    ),
+                },
+            });
+        }
+        self.engine.is_finished().then(|| Reject {
+            code: RejectCode::RunFinished,
+            text: format!("the run {} is over", self.ctx.admission.run_id),
+        })
+    }
+
+    /// Checks every connected station's certificate again after the CRL
+    /// changed; a revoked one's session ends now (whatever it was asked is
+    /// lost, like a disconnect) instead of when it next reconnects.
+    fn recheck_certificates(&mut self, listener: &Listener) {
+        let revoked: Vec<(StationId, String)> = self
+            .sessions
+            .iter()
+            .filter_map(|(station, s)| {
+                listener
+                    .verifier()
+                    .recheck(&s.connection)
+                    .err()
+                    .map(|e| (station.clone(), e.to_string()))
+            })
+            .collect();
+        for (station, why) in revoked {
+            tracing::warn!(station = %station, "ending the session of a station no longer trusted: {why}");
+            if let Some(s) = self.sessions.remove(&station) {
+                s.connection.close(
+                    CloseCode::Revoked.code(),
+                    b"the station's certificate is no longer valid (revoked or expired)",
+                );
+            }
+            self.handle(Event::StationDisconnected { id: station });
+        }
+        self.publish();
+    }
+
     fn handle(&mut self, event: Event) {
         let t = now();
         cpu(|| self.engine.handle(t, event));
@@ -815,7 +984,7 @@ impl Driver {
             Err(e) => {
                 tracing::warn!(station = %station, "station is not keeping up ({e}); dropping it");
                 s.connection
-                    .close(quinn::VarInt::from_u32(2), b"not keeping up");
+                    .close(CloseCode::NotKeepingUp.code(), b"not keeping up");
                 0
             }
         }
@@ -989,27 +1158,51 @@ impl Driver {
             FromSession::Hello {
                 station,
                 session,
+                instance,
                 connection,
                 outbox,
                 reply,
             } => {
-                if self.summary.is_some() || self.engine.is_finished() {
-                    let _ = reply.send(Some(Reject {
-                        code: RejectCode::RunFinished,
-                        text: "the run is over".into(),
-                    }));
+                if let Some(reject) = self.finished_reject() {
+                    let _ = reply.send(Some(reject));
                     return;
                 }
-                if let Some(old) = self.sessions.remove(&station) {
-                    tracing::info!(station = %station, old = old.id, new = session,
-                        "station reconnected; the new connection replaces the old one");
-                    old.connection.close(
-                        quinn::VarInt::from_u32(3),
-                        b"replaced by a newer connection",
-                    );
-                    self.handle(Event::StationDisconnected {
-                        id: station.clone(),
-                    });
+                if let Some(old) = self.sessions.get(&station) {
+                    let alive = old.connection.close_reason().is_none();
+                    match on_duplicate(alive, old.instance, instance) {
+                        Duplicate::Refuse => {
+                            let text = format!(
+                                "station {station} is already connected from {} (session {}, for {:.0} s); \
+                                 this second connection from {} is refused and that session goes on. \
+                                 Two processes hold this station's certificate: stop one, or revoke \
+                                 and reissue the certificate if its key was copied",
+                                old.connection.remote_address(),
+                                old.id,
+                                old.since.elapsed().as_secs_f64(),
+                                connection.remote_address(),
+                            );
+                            tracing::warn!(station = %station, session = old.id, refused = session,
+                                from = %connection.remote_address(),
+                                "a second connection with this station's certificate is refused");
+                            let _ = reply.send(Some(Reject {
+                                code: RejectCode::AlreadyConnected,
+                                text,
+                            }));
+                            return;
+                        }
+                        Duplicate::Replace(why) => {
+                            tracing::info!(station = %station, old = old.id, new = session,
+                                "the new connection replaces the old one: {why}");
+                            old.connection.close(
+                                CloseCode::Replaced.code(),
+                                b"replaced by a newer connection",
+                            );
+                            self.sessions.remove(&station);
+                            self.handle(Event::StationDisconnected {
+                                id: station.clone(),
+                            });
+                        }
+                    }
                 }
                 if reply.send(None).is_err() {
                     return;
@@ -1018,11 +1211,14 @@ impl Driver {
                     station.clone(),
                     SessionHandle {
                         id: session,
+                        instance,
                         connection,
                         outbox,
                         last_request: None,
+                        since: Instant::now(),
                     },
                 );
+                self.participants.insert(station.clone());
                 self.handle(Event::StationConnected { id: station });
             }
             FromSession::Update {

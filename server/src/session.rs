@@ -57,6 +57,8 @@ pub(crate) enum FromSession {
     Hello {
         station: StationId,
         session: u64,
+        /// The station process's instance number, when its Hello carried one.
+        instance: Option<u64>,
         connection: quinn::Connection,
         outbox: mpsc::Sender<Outgoing>,
         reply: oneshot::Sender<Option<Reject>>,
@@ -176,6 +178,7 @@ async fn run(
     let hello_msg = FromSession::Hello {
         station: station.clone(),
         session,
+        instance: hello.capabilities.instance(),
         connection: connection.clone(),
         outbox: outbox.clone(),
         reply,

@@ -43,7 +43,10 @@ impl Default for ReconnectPolicy {
             max_delay_ms: 30_000,
             multiplier: 2.0,
             max_attempts: 0,
-            give_up_after_ms: 0,
+            // A station that finds no server for half an hour stops with a
+            // clear message (the run is likely over) instead of retrying
+            // for ever; a server that is restarted is back long before.
+            give_up_after_ms: 30 * 60 * 1000,
         }
     }
 }

@@ -40,6 +40,15 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+    /// A file could not be written.
+    #[error("writing the {what}")]
+    Write {
+        /// What the file holds.
+        what: &'static str,
+        /// The underlying error (it names the file).
+        #[source]
+        source: fedcrime_files::FilesError,
+    },
     /// A PEM file did not hold what it should.
     #[error("invalid {what} in {}: {reason}", path.display())]
     Pem {
@@ -134,7 +143,7 @@ pub enum NetError {
     #[error(transparent)]
     InvalidStationId(#[from] fedcrime_identity::IdentityError),
     /// Reconnection gave up.
-    #[error("gave up connecting to {peer} after {attempts} attempt(s) in {elapsed:?}: {last}")]
+    #[error("gave up connecting to {peer} after {attempts} attempt(s) in {} s (the run may be over, or the server down): {last}", elapsed.as_secs())]
     GaveUp {
         /// The server.
         peer: SocketAddr,
@@ -235,6 +244,7 @@ impl NetError {
         matches!(
             self,
             NetError::Io { .. }
+                | NetError::Write { .. }
                 | NetError::Pem { .. }
                 | NetError::Tls { .. }
                 | NetError::Verifier { .. }
@@ -246,7 +256,7 @@ impl NetError {
 
 /// A TLS refusal reason with what it means for an agency's PKI added
 /// (rustls names only the check that failed).
-fn explain(reason: &str) -> String {
+pub(crate) fn explain(reason: &str) -> String {
     let meaning = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
         Some("the certificate was signed by a different authority than this agency's CA")
     } else if reason.contains("Revoked") {

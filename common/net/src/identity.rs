@@ -12,13 +12,7 @@ use super::error::{NetError, Result};
 /// certificate. Never trust a name a station sends in a message.
 pub fn peer_identity(conn: &quinn::Connection) -> Result<StationId> {
     let peer = conn.remote_address();
-    let certs = conn
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| NetError::Identity {
-            peer,
-            reason: "the peer presented no certificate".to_owned(),
-        })?;
+    let certs = peer_chain(conn)?;
     let leaf = certs.first().ok_or_else(|| NetError::Identity {
         peer,
         reason: "the peer presented an empty certificate chain".to_owned(),
@@ -27,4 +21,15 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<StationId> {
         peer,
         reason: e.to_string(),
     })
+}
+
+/// The certificate chain the peer presented, leaf first.
+pub(crate) fn peer_chain(conn: &quinn::Connection) -> Result<Vec<CertificateDer<'static>>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| *chain)
+        .ok_or_else(|| NetError::Identity {
+            peer: conn.remote_address(),
+            reason: "the peer presented no certificate".to_owned(),
+        })
 }

@@ -17,6 +17,9 @@
 //!   reconnection under exponential backoff and full jitter ([`Backoff`]).
 //! - [`TransportSettings`]: keep-alive, idle timeout, flow-control windows
 //!   sized for 40+ MB updates, MTU discovery, segmentation offload.
+//! - [`EndpointSecret`]: the server's stateless-reset and connection-ID
+//!   keys, kept across restarts so stations notice a server crash at once.
+//! - [`CloseCode`]: why an endpoint closed a connection.
 //! - [`bench_quic_vs_tcp`]: a 40 MB transfer over QUIC + mTLS against plain
 //!   TCP on loopback.
 //!
@@ -29,6 +32,7 @@ mod connector;
 mod error;
 mod identity;
 mod listener;
+mod secret;
 mod tls;
 mod transport;
 mod verifier;
@@ -40,6 +44,7 @@ pub use error::{NetError, RefusedBy, Result};
 pub use fedcrime_identity::{station_from_certificate, StationId, STATION_URI_PREFIX};
 pub use identity::peer_identity;
 pub use listener::{Listener, ListenerLimits, ListenerStats, Rejection, StationConnection};
+pub use secret::EndpointSecret;
 pub use tls::{pki_layout, ClientTls, ServerTls};
 pub use transport::{Congestion, TransportSettings, MAX_MTU_WITH_GSO};
 pub use verifier::CrlVerifier;
@@ -49,10 +54,57 @@ use std::net::SocketAddr;
 /// The ALPN protocol identifier of fedcrime's protocol, version 1.
 pub const ALPN: &[u8] = b"fedcrime/1";
 
+/// Why a fedcrime endpoint closed a connection: the QUIC application close
+/// codes both sides agree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// An orderly end (a session that is over, an endpoint shutting down).
+    Shutdown,
+    /// The certificate verified but names no station.
+    NoIdentity,
+    /// The station did not read what the server sent it in time.
+    NotKeepingUp,
+    /// Another connection of the same station took this one's place.
+    Replaced,
+    /// The station's certificate was revoked while it was connected.
+    Revoked,
+}
+
+impl CloseCode {
+    /// The code on the wire.
+    pub const fn code(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(match self {
+            CloseCode::Shutdown => 0,
+            CloseCode::NoIdentity => 1,
+            CloseCode::NotKeepingUp => 2,
+            CloseCode::Replaced => 3,
+            CloseCode::Revoked => 4,
+        })
+    }
+
+    /// The code and reason the peer closed `connection` with, when it closed
+    /// it with one of fedcrime's codes.
+    pub fn of_peer(connection: &quinn::Connection) -> Option<(CloseCode, String)> {
+        let Some(quinn::ConnectionError::ApplicationClosed(c)) = connection.close_reason() else {
+            return None;
+        };
+        let code = [
+            CloseCode::Shutdown,
+            CloseCode::NoIdentity,
+            CloseCode::NotKeepingUp,
+            CloseCode::Replaced,
+            CloseCode::Revoked,
+        ]
+        .into_iter()
+        .find(|k| k.code() == c.error_code)?;
+        Some((code, String::from_utf8_lossy(&c.reason).into_owned()))
+    }
+}
+
 /// Application close code: orderly shutdown of an endpoint.
-pub(crate) const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
+pub(crate) const CLOSE_SHUTDOWN: quinn::VarInt = CloseCode::Shutdown.code();
 /// Application close code: the certificate verified but names no station.
-pub(crate) const CLOSE_NO_IDENTITY: quinn::VarInt = quinn::VarInt::from_u32(1);
+pub(crate) const CLOSE_NO_IDENTITY: quinn::VarInt = CloseCode::NoIdentity.code();
 
 /// Binds a UDP socket for a quinn endpoint, asking the kernel for
 /// `buffer_bytes` of send and receive buffer (0 keeps the OS default). The

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::error::{NetError, Result};
 use super::identity::peer_identity;
+use super::secret::EndpointSecret;
 use super::tls::ServerTls;
 use super::transport::TransportSettings;
 use super::verifier::CrlVerifier;
@@ -109,22 +110,38 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` and starts accepting. Must be called inside a tokio runtime.
+    /// Binds `addr` and starts accepting, with a random [`EndpointSecret`]
+    /// (stations of a previous server process on this port wait for their
+    /// idle timeout). Must be called inside a tokio runtime.
     pub fn bind(addr: SocketAddr, tls: &ServerTls, transport: &TransportSettings) -> Result<Self> {
-        Listener::bind_with_limits(addr, tls, transport, ListenerLimits::default())
+        Listener::bind_with_secret(addr, tls, transport, &EndpointSecret::random())
     }
 
-    /// [`Listener::bind`] with explicit limits.
+    /// [`Listener::bind`] with a kept secret: a restarted server on the same
+    /// secret resets its predecessor's connections at once.
+    pub fn bind_with_secret(
+        addr: SocketAddr,
+        tls: &ServerTls,
+        transport: &TransportSettings,
+        secret: &EndpointSecret,
+    ) -> Result<Self> {
+        Listener::bind_with_limits(addr, tls, transport, secret, ListenerLimits::default())
+    }
+
+    /// [`Listener::bind_with_secret`] with explicit limits.
     pub(crate) fn bind_with_limits(
         addr: SocketAddr,
         tls: &ServerTls,
         transport: &TransportSettings,
+        secret: &EndpointSecret,
         limits: ListenerLimits,
     ) -> Result<Self> {
         let (config, verifier) = tls.quinn_config(transport)?;
         let socket = bind_udp(addr, transport.socket_buffer)?;
+        let mut endpoint_config = transport.endpoint_config()?;
+        secret.apply(&mut endpoint_config);
         let endpoint = quinn::Endpoint::new(
-            transport.endpoint_config()?,
+            endpoint_config,
             Some(config),
             socket,
             Arc::new(quinn::TokioRuntime),

@@ -715,3 +715,150 @@ fn bench_40mb() {
     println!("{r}");
     println!("{}", serde_json::to_string(&r).unwrap());
 }
+
+/// A UDP relay standing in for the server's port: it forwards one client's
+/// datagrams to whichever backend is current, and the backend's answers
+/// back. Switching the backend is a server "crash and restart" without a
+/// CONNECTION_CLOSE, as after kill -9.
+struct Relay {
+    addr: SocketAddr,
+    backend: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(backend: SocketAddr) -> Relay {
+        let front = std::sync::Arc::new(tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap());
+        let back = std::sync::Arc::new(tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let current = std::sync::Arc::new(std::sync::Mutex::new(backend));
+        let target = current.clone();
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let mut a = vec![0u8; 65_536];
+            let mut b = vec![0u8; 65_536];
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut a) => {
+                        client = Some(from);
+                        let to = *target.lock().unwrap();
+                        let _ = back.send_to(&a[..n], to).await;
+                    }
+                    Ok((n, _)) = back.recv_from(&mut b) => {
+                        if let Some(c) = client {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay {
+            addr,
+            backend: current,
+            task,
+        }
+    }
+
+    fn switch_to(&self, backend: SocketAddr) {
+        *self.backend.lock().unwrap() = backend;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 11, defect 3: a server restarted with the same [`EndpointSecret`]
+/// resets its predecessor's connections, so the station learns of the crash
+/// within a keep-alive interval instead of an idle timeout.
+#[tokio::test]
+async fn defect_3_a_restarted_server_resets_old_connections_at_once() {
+    let (_d, pki) = pki(1);
+    let tls = server_tls(&pki, 1000);
+    let slow = TransportSettings {
+        keep_alive_ms: 200,
+        idle_timeout_ms: 30_000,
+        ..settings()
+    };
+    for same_secret in [true, false] {
+        let secret = EndpointSecret::random();
+        let first = Listener::bind_with_secret(LOOPBACK, &tls, &slow, &secret).unwrap();
+        let relay = Relay::start(first.local_addr().unwrap()).await;
+        let c = Connector::new(
+            &client_tls(&pki, "station-01"),
+            &slow,
+            relay.addr,
+            once(),
+            1,
+        )
+        .unwrap();
+        let conn = c.connect().await.unwrap();
+        let _accepted = first.accept().await.unwrap();
+        let next_secret = if same_secret {
+            secret.clone()
+        } else {
+            EndpointSecret::random()
+        };
+        let second = Listener::bind_with_secret(LOOPBACK, &tls, &slow, &next_secret).unwrap();
+        relay.switch_to(second.local_addr().unwrap());
+        let closed = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        match (same_secret, closed) {
+            (true, Ok(quinn::ConnectionError::Reset)) => {}
+            (false, Err(_)) => {} // still waiting for its 30 s idle timeout
+            (_, got) => panic!("same secret {same_secret}: got {got:?}"),
+        }
+        second.close();
+        first.close();
+    }
+}
+
+/// Issue 11, defect 11: a station revoked while connected fails the
+/// re-check the server runs when the CRL changes; the others pass.
+#[tokio::test]
+async fn defect_11_a_connected_station_revoked_later_fails_the_recheck() {
+    let (_d, mut pki) = pki(2);
+    let listener = listen(&pki, 20);
+    let mut held = Vec::new();
+    for name in ["station-01", "station-02"] {
+        let c = connector(&client_tls(&pki, name), &listener);
+        let conn = c.connect().await.unwrap();
+        let accepted = listener.accept().await.unwrap();
+        held.push((c, conn, accepted));
+    }
+    assert!(!listener.verifier().refresh(), "nothing changed yet");
+    for (_, _, a) in &held {
+        listener.verifier().recheck(&a.connection).unwrap();
+    }
+    pki.revoke("station-01", RevocationReason::KeyCompromise, now())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(listener.verifier().refresh(), "the changed CRL is loaded");
+    let err = listener
+        .verifier()
+        .recheck(&held[0].2.connection)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Revoked") || err.contains("revoked"), "{err}");
+    listener.verifier().recheck(&held[1].2.connection).unwrap();
+}
+
+#[test]
+fn close_codes_round_trip() {
+    for code in [
+        CloseCode::Shutdown,
+        CloseCode::NoIdentity,
+        CloseCode::NotKeepingUp,
+        CloseCode::Replaced,
+        CloseCode::Revoked,
+    ] {
+        assert_eq!(
+            [0u32, 1, 2, 3, 4]
+                .iter()
+                .filter(|&&n| quinn::VarInt::from_u32(n) == code.code())
+                .count(),
+            1
+        );
+    }
+}

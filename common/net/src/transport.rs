@@ -35,7 +35,13 @@ pub enum Congestion {
 
 /// QUIC transport settings (serde-friendly; every field has a default).
 ///
-/// The defaults are tuned for moving 40+ MB model updates:
+/// The defaults are tuned for noticing a lost peer quickly and for moving
+/// 40+ MB model updates:
+/// - A keep-alive every second and a 5 s idle timeout: a station that was
+///   killed, or whose link broke, is dropped (and no longer sampled) within
+///   5 s, and a station notices a dead server as fast. Five silent
+///   keep-alive intervals in a row are needed, which a lossy city link does
+///   not produce; a transfer in progress keeps the connection busy anyway.
 /// - Receive windows (16 MiB per stream, 32 MiB per connection) bound the
 ///   unread data a peer may buffer here, and so the memory per connection.
 /// - The send window (8 MiB) bounds unacknowledged data in flight: enough for
@@ -88,8 +94,8 @@ pub struct TransportSettings {
 impl Default for TransportSettings {
     fn default() -> Self {
         TransportSettings {
-            keep_alive_ms: 5_000,
-            idle_timeout_ms: 30_000,
+            keep_alive_ms: 1_000,
+            idle_timeout_ms: 5_000,
             handshake_timeout_ms: 10_000,
             stream_receive_window: 16 * MIB,
             receive_window: 32 * MIB,

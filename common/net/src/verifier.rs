@@ -23,7 +23,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 
-use super::error::{NetError, Result};
+use super::error::{explain, NetError, RefusedBy, Result};
+use super::identity::peer_chain;
 
 /// Identifies a version of the CRL file on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +131,36 @@ impl CrlVerifier {
         self.loads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(crl = %path.display(), "certificate revocation list reloaded");
         Ok(())
+    }
+
+    /// Re-reads the CRL when the check interval has passed and the file
+    /// changed (as before every handshake); true when a new list was loaded.
+    /// A server calls it on a timer, and then [`CrlVerifier::recheck`]s the
+    /// stations already connected.
+    pub fn refresh(&self) -> bool {
+        let before = self.loads();
+        self.maybe_reload();
+        self.loads() != before
+    }
+
+    /// Verifies the certificate `connection`'s peer presented again, against
+    /// the revocation list in force now and the current time: a station
+    /// revoked (or whose certificate expired) after it connected fails here.
+    pub fn recheck(&self, connection: &quinn::Connection) -> Result<()> {
+        let peer = connection.remote_address();
+        let chain = peer_chain(connection)?;
+        let (leaf, intermediates) = chain.split_first().ok_or_else(|| NetError::Identity {
+            peer,
+            reason: "the peer presented an empty certificate chain".to_owned(),
+        })?;
+        self.current()
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| NetError::Refused {
+                peer,
+                by: RefusedBy::Local,
+                reason: explain(&e.to_string()),
+            })
     }
 
     /// Reloads the CRL if the check interval passed and the file changed.

@@ -60,7 +60,7 @@ pub use message::{
     negotiate_version, Bye, ByeReason, Capabilities, ErrorCode, ErrorMsg, EvalModel,
     EvaluateRequest, EvaluateResult, Extensions, Heartbeat, Hello, Message, Metrics, Reject,
     RejectCode, RoundStart, Scalar, ServerLimits, Update, UpdateKind, Welcome, ALPN,
-    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    INSTANCE_EXTENSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use settings::{round_seed, RoundSettings, SettingsError};
 pub use stream::{decode_all, decode_message, encode_message, Received};

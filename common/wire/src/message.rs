@@ -127,6 +127,8 @@ code_enum! {
         BadHello = 6,
         /// The server is shutting down.
         ShuttingDown = 7,
+        /// The run was given up (too few stations or updates); it will not go on.
+        RunAborted = 8,
     }
 }
 
@@ -176,6 +178,26 @@ pub struct Capabilities {
     pub device: String,
     /// Anything else (room for secure aggregation, DP, signatures ...).
     pub extensions: Extensions,
+}
+
+/// The [`Capabilities::extensions`] key of a station process's instance number.
+pub const INSTANCE_EXTENSION: &str = "instance";
+
+impl Capabilities {
+    /// The number the station process drew at start ([`INSTANCE_EXTENSION`]):
+    /// two connections with the same number come from the same process.
+    pub fn instance(&self) -> Option<u64> {
+        match self.extensions.get(INSTANCE_EXTENSION) {
+            Some(Scalar::Int(n)) => Some(*n as u64),
+            _ => None,
+        }
+    }
+
+    /// Sets the process's instance number.
+    pub fn set_instance(&mut self, instance: u64) {
+        self.extensions
+            .insert(INSTANCE_EXTENSION.to_owned(), Scalar::Int(instance as i64));
+    }
 }
 
 fn known_encodings<'de, D: Deserializer<'de>>(

@@ -219,6 +219,8 @@ fn server_config(setup: &QuicSetup<'_>, pki: &Pki, server_dir: PathBuf) -> Serve
     let mut config = ServerConfig::new(ServerTls::from_pki_dir(pki.dir()));
     config.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     config.run_id = Some("fedcrime-sim".into());
+    // Every station of a study runs in this process and stops with the run.
+    config.linger_s = 0.0;
     config.task = TaskSection {
         task: setup.task.task,
         period: setup.task.period,

@@ -206,6 +206,8 @@ enum Script {
     NaN,
     /// Sends a matrix transposed: same size, wrong shape.
     WrongShape,
+    /// Sends seeded values after this long.
+    Slow(Duration),
     /// Signals that it started, then blocks until released (or 60 s).
     Hang {
         started: Mutex<std_mpsc::Sender<()>>,
@@ -225,6 +227,10 @@ impl Learner for Scripted {
         let mut v = values(&spec, self.seed);
         let params = match &self.script {
             Script::Honest => Params::new(spec, v).unwrap(),
+            Script::Slow(t) => {
+                std::thread::sleep(*t);
+                Params::new(spec, v).unwrap()
+            }
             Script::NaN => {
                 v[3] = f32::NAN;
                 Params::new(spec, v).unwrap()
@@ -881,6 +887,199 @@ async fn stations_print_the_run_is_complete_when_the_server_aborted_the_run() {
         report.summary.outcome
     );
     assert_eq!(join_client(client).await.outcome, ClientOutcome::Aborted);
+}
+
+fn spawn_with_options(
+    pki: &Path,
+    name: &str,
+    addr: SocketAddr,
+    factory: Arc<dyn LearnerFactory>,
+    options: ClientOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<fedcrime_client::Result<ClientReport>> {
+    let client = Client::new(connector(pki, name, addr), factory, options);
+    tokio::spawn(client.run(shutdown))
+}
+
+async fn wait_for(progress: &mut watch::Receiver<Progress>, what: impl Fn(&Progress) -> bool) {
+    tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| what(p)))
+        .await
+        .expect("in time")
+        .expect("the server runs");
+}
+
+/// Issue 11, defect 1: two processes with the same station certificate
+/// replaced each other's connection every 200-300 ms until the server
+/// aborted the run. Now the first keeps its session, the second is refused
+/// (as often as it tries) and stands by, and the run completes with every
+/// update of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_1_two_processes_with_one_certificate_replace_each_other_until_the_run_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 2);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 6, 2);
+    cfg.federation.retry.max_retries = 0;
+    let mut server = Running::start(cfg).await;
+    let slow = Duration::from_millis(300);
+    let first = spawn_client(
+        &pki,
+        &station(1),
+        server.addr,
+        scripted(Script::Slow(slow), 10, 1),
+    );
+    let other = spawn_client(
+        &pki,
+        &station(2),
+        server.addr,
+        scripted(Script::Slow(slow), 10, 2),
+    );
+    wait_for(&mut server.progress, |p| p.connected == 2).await;
+    let (stop_dup, dup_stopped) = oneshot::channel::<()>();
+    let duplicate = spawn_with_options(
+        &pki,
+        &station(1),
+        server.addr,
+        scripted(Script::Honest, 10, 9),
+        ClientOptions {
+            reconnect: fast_reconnect(),
+            standby: Duration::from_millis(150),
+            ..ClientOptions::default()
+        },
+        async move {
+            let _ = dup_stopped.await;
+        },
+    );
+    let report = server.finish().await;
+    assert!(report.completed(), "{:?}", report.summary);
+    assert_eq!(report.history.len(), 6);
+    for m in &report.history {
+        assert!(m.failed.is_empty(), "round {}: {:?}", m.round, m.failed);
+        assert_eq!(m.completed.len(), 2, "round {}", m.round);
+    }
+    assert_eq!(join_client(first).await.outcome, ClientOutcome::Done);
+    assert_eq!(join_client(other).await.outcome, ClientOutcome::Done);
+    let _ = stop_dup.send(());
+    let dup = join_client(duplicate).await;
+    assert_eq!(dup.sessions, 0, "the duplicate never got in");
+    assert_eq!(dup.updates_sent, 0);
+}
+
+/// Issue 11, defect 11: a revoked station that was already connected kept
+/// contributing until it reconnected. Its session now ends when the server
+/// reloads the CRL, the station stops with a clear error, and the run goes
+/// on with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_11_a_revoked_connected_station_keeps_contributing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = Pki::generate(
+        &dir.path().join("pki"),
+        2,
+        &PkiOptions::new(time::OffsetDateTime::now_utc(), 30),
+    )
+    .unwrap();
+    let pki_dir = pki.dir().to_path_buf();
+    let mut cfg = server_config(&pki_dir, &dir.path().join("out"), 8, 2);
+    cfg.tls.crl_check_interval_ms = 100;
+    cfg.federation.min_stations = 1;
+    cfg.federation.min_fit = 1;
+    cfg.federation.min_updates = 1;
+    let mut server = Running::start(cfg).await;
+    let slow = Duration::from_millis(200);
+    let good = spawn_client(
+        &pki_dir,
+        &station(1),
+        server.addr,
+        scripted(Script::Slow(slow), 10, 1),
+    );
+    let bad = spawn_client(
+        &pki_dir,
+        &station(2),
+        server.addr,
+        scripted(Script::Slow(slow), 10, 2),
+    );
+    wait_for(&mut server.progress, |p| p.connected == 2 && p.round >= 2).await;
+    pki.revoke(
+        &station(2),
+        fedcrime_certs::RevocationReason::KeyCompromise,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let revoked_at = server.progress.borrow().round;
+    let err = tokio::time::timeout(Duration::from_secs(10), bad)
+        .await
+        .expect("the revoked station stops")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, fedcrime_client::ClientError::Revoked(_)),
+        "{err}"
+    );
+    let report = server.finish().await;
+    assert!(report.completed(), "{:?}", report.summary);
+    let name = station(2);
+    let last_with_revoked = report
+        .history
+        .iter()
+        .filter(|m| m.completed.iter().any(|s| s.as_str() == name))
+        .map(|m| m.round)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        last_with_revoked <= revoked_at + 1,
+        "revoked in round {revoked_at}, still aggregated in round {last_with_revoked}"
+    );
+    assert_eq!(join_client(good).await.outcome, ClientOutcome::Done);
+}
+
+/// Issue 11, defect 11: a station connecting after the run ended retried
+/// for ever. The server now stays up (up to `linger_s`) while a station
+/// that took part is away, tells it the run is over when it comes back,
+/// and then exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_11_a_station_connecting_after_the_run_ended_retries_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 2);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 4, 2);
+    cfg.federation.min_stations = 1;
+    cfg.federation.min_fit = 1;
+    cfg.federation.min_updates = 1;
+    cfg.linger_s = 60.0;
+    let server = Running::start(cfg).await;
+    let slow = Duration::from_millis(200);
+    let stay = spawn_client(
+        &pki,
+        &station(1),
+        server.addr,
+        scripted(Script::Slow(slow), 10, 1),
+    );
+    let mut progress = server.progress.clone();
+    let away = spawn_client_until(
+        &pki,
+        &station(2),
+        server.addr,
+        scripted(Script::Slow(slow), 10, 2),
+        async move {
+            let _ = progress.wait_for(|p| p.round >= 2).await;
+        },
+    );
+    assert_eq!(join_client(away).await.outcome, ClientOutcome::Interrupted);
+    // The run ends without station 2.
+    assert_eq!(join_client(stay).await.outcome, ClientOutcome::Done);
+    let back = spawn_client(
+        &pki,
+        &station(2),
+        server.addr,
+        scripted(Script::Honest, 10, 2),
+    );
+    assert_eq!(join_client(back).await.outcome, ClientOutcome::RunFinished);
+    let t = std::time::Instant::now();
+    let report = server.finish().await;
+    assert!(report.completed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the server stopped waiting once told: {:?}",
+        t.elapsed()
+    );
 }
 
 /// Issue 11, defect 10: a missing CA, CRL or initial model exited 1 though
