@@ -349,11 +349,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn shared_dir() -> Option<PathBuf> {
-        let dir = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/la-crime"
-        ));
-        dir.is_dir().then_some(dir)
+        crate::test_data::la_crime_dir()
     }
 
     #[test]

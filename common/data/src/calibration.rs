@@ -572,7 +572,6 @@ mod tests {
     use crate::calendar::weekday;
     use crate::loader::{load_path, Loaded};
     use crate::schema::Column;
-    use std::path::PathBuf;
 
     fn sums_to_one(v: impl IntoIterator<Item = f32>, what: &str) {
         let s: f32 = v.into_iter().sum();
@@ -607,12 +606,7 @@ mod tests {
     }
 
     fn real(file: &str) -> Option<Loaded> {
-        let p = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/la-crime"
-        ))
-        .join(file);
-        p.is_file().then(|| load_path(&p).unwrap())
+        crate::test_data::la_crime_file(file).map(|p| load_path(&p).unwrap())
     }
 
     fn close(table: f32, real: f64, what: &str) {

@@ -7,11 +7,11 @@
 //! | column | accepted | otherwise |
 //! |---|---|---|
 //! | `DR_NO` | digits, leading zeros allowed | row dropped: `invalid_dr_no` |
-//! | `DATE OCC`, `Date Rptd` | every `DateFormat` | row dropped: `invalid_date_occurred` / `invalid_date_reported`; a report dated before the occurrence: `reported_before_occurred` |
-//! | `TIME OCC` | `HHMM`, 1-4 digits | empty: imputed with the median time of the file; malformed: row dropped, `invalid_time_occurred` |
+//! | `DATE OCC`, `Date Rptd` | every `DateFormat` | row dropped: `invalid_date_occurred` / `invalid_date_reported` (also an impossible date such as `02/30/2024` or time such as `25:00`); a report dated before the occurrence: `reported_before_occurred` |
+//! | `TIME OCC` | `HHMM`, 1-4 digits (`615` = 06:15, `15` = 00:15) | empty: imputed with the median time of the file; malformed: row dropped, `invalid_time_occurred` |
 //! | `AREA` | 1..=21, `05` or `5` | recovered from `AREA NAME` when that names an area (imputed), else row dropped: `invalid_area` |
 //! | `Crm Cd` | 1..=999 | empty: taken from `Crm Cd 1` (imputed); else row dropped: `invalid_crime_code` |
-//! | `Rpt Dist No` | 0..=9999 | 0 (unknown) |
+//! | `Rpt Dist No` | 0..=9999, `0557` or `557` | 0 (unknown) |
 //! | `Part 1-2` | 1 or 2 | 0 (unknown) |
 //! | `Vict Age` | 1..=120 | `None`: 0 and negative ages mean unknown |
 //! | `Vict Sex` | M, F, X, H | `None` (empty or anything else) |
@@ -19,7 +19,19 @@
 //! | `Premis Cd`, `Weapon Used Cd` | a number | `None`; an empty weapon means no weapon was recorded, which is information, not a gap, so it is never imputed |
 //! | `LAT`, `LON` | inside the Los Angeles box | 0,0 (unknown place), empty or outside: imputed with the mean location of the row's reporting district computed from the file's other rows, or the area's centroid when the district has none |
 //!
+//! Every numeric code (`DR_NO`, `TIME OCC`, `AREA`, `Rpt Dist No`, `Part 1-2`,
+//! `Crm Cd`, `Crm Cd 1`, `Vict Age`, `Premis Cd`, `Weapon Used Cd`) may also
+//! be an integral float the way a spreadsheet writes numbers (`5.0`).
+//!
 //! Duplicate `DR_NO`s keep their first row in file order (`duplicate_dr_no`).
+//! For every other reason the report keeps the first dropped row's line,
+//! column and value ([`CleaningReport::first_dropped`]), so one bad value in a
+//! large file is dropped and counted rather than refusing the file, and can
+//! still be found.
+//!
+//! Values that are accepted but are not in the city's current export form
+//! are counted as [`Repair`]s (over the rows kept): a re-saved spreadsheet
+//! shows up there.
 //! Victim age, sex and descent stay `None` rather than being imputed here:
 //! filling them needs the training split's median or mode, which the feature
 //! pipeline fits on the training window only.
@@ -32,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::areas::{self, AREA_COUNT};
 use super::categories::Category;
 use super::record::{DayNumber, Incident};
-use super::schema::{self, Column, DateFormat, COLUMN_COUNT};
+use super::schema::{self, Column, DateFormat, NumberForm, COLUMN_COUNT};
 
 /// Why a row was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,9 +96,66 @@ impl DropReason {
     }
 }
 
+/// A form of the input that was accepted but is not the city's current
+/// export form, or a part of the file that was set aside: what a file opened
+/// and saved again in a spreadsheet typically has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Repair {
+    /// The file started with a UTF-8 byte order mark, which was removed
+    /// (counted once).
+    BomStripped = 0,
+    /// Rows (kept) with a date field not in the canonical form
+    /// `MM/DD/YYYY hh:mm:ss AM`; the forms are in
+    /// [`CleaningReport::date_formats`].
+    DatesNonCanonical,
+    /// Code fields (kept rows) with their leading zeros stripped, given back
+    /// their value: `DR_NO` under 9 digits, `TIME OCC` or `Rpt Dist No` under
+    /// 4, `AREA` under 2 (`5` for `05`).
+    CodesZeroPadded,
+    /// Numeric fields (kept rows) written as integral floats, `5.0` for `5`.
+    CodesIntegralFloat,
+    /// Rows (all rows read) without some trailing fields of columns the
+    /// loader does not read (a spreadsheet leaves out trailing empty cells).
+    ShortRows,
+}
+
+impl Repair {
+    /// All repairs in index order.
+    pub const ALL: [Repair; 5] = [
+        Repair::BomStripped,
+        Repair::DatesNonCanonical,
+        Repair::CodesZeroPadded,
+        Repair::CodesIntegralFloat,
+        Repair::ShortRows,
+    ];
+
+    /// The report key, e.g. `"codes_zero_padded"`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Repair::BomStripped => "bom_stripped",
+            Repair::DatesNonCanonical => "dates_non_canonical",
+            Repair::CodesZeroPadded => "codes_zero_padded",
+            Repair::CodesIntegralFloat => "codes_integral_float",
+            Repair::ShortRows => "short_rows",
+        }
+    }
+}
+
+/// The first row dropped for a reason: where it is and what it held.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedRow {
+    /// The 1-based line the row starts on.
+    pub line: u64,
+    /// The header name of the column with the bad value, e.g. `"DATE OCC"`.
+    pub column: String,
+    /// The value, trimmed (at most 60 characters).
+    pub value: String,
+}
+
 /// What cleaning did to one input. Maps are keyed by the export's column
-/// names (`"LAT"`, `"Vict Age"`), by [`DropReason::key`]s, by area code and by
-/// [`Category::name`]; zero counts are left out.
+/// names (`"LAT"`, `"Vict Age"`), by [`DropReason::key`]s, by [`Repair::key`]s,
+/// by area code and by [`Category::name`]; zero counts are left out.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CleaningReport {
     /// The file or stream name.
@@ -122,6 +191,24 @@ pub struct CleaningReport {
     pub date_formats: BTreeMap<String, u64>,
     /// Rows whose two date fields use different layouts.
     pub mixed_date_format_rows: u64,
+    /// Accepted forms that are not the city's export form, by
+    /// [`Repair::key`].
+    #[serde(default)]
+    pub repairs: BTreeMap<String, u64>,
+    /// Columns of the file that were not read, as `column 29 "month"`,
+    /// `column 30 (blank name)` or, for an export column cleaning does not
+    /// need that appears more than once, `columns 11 and 31 "Mocodes"
+    /// (duplicated)`.
+    #[serde(default)]
+    pub columns_ignored: Vec<String>,
+    /// Export columns cleaning does not need that the file lacks (their
+    /// empty fields are then not counted).
+    #[serde(default)]
+    pub columns_absent: Vec<String>,
+    /// For each [`DropReason`] but `duplicate_dr_no`, the first row dropped
+    /// for it.
+    #[serde(default)]
+    pub first_dropped: BTreeMap<String, DroppedRow>,
 }
 
 impl CleaningReport {
@@ -148,6 +235,11 @@ impl CleaningReport {
     /// Total rows dropped.
     pub fn rows_dropped(&self) -> u64 {
         self.dropped.values().sum()
+    }
+
+    /// How often `repair` was made.
+    pub fn repaired(&self, repair: Repair) -> u64 {
+        self.repairs.get(repair.key()).copied().unwrap_or(0)
     }
 }
 
@@ -193,6 +285,9 @@ pub(crate) struct Tally {
     pub imputed: [u64; COLUMN_COUNT],
     pub date_formats: [u64; DateFormat::ALL.len()],
     pub mixed_date_format_rows: u64,
+    pub repairs: [u64; Repair::ALL.len()],
+    /// The first (lowest line) row dropped per reason.
+    pub first_dropped: [Option<DroppedRow>; DropReason::ALL.len()],
 }
 
 impl Default for Tally {
@@ -205,6 +300,8 @@ impl Default for Tally {
             imputed: [0; COLUMN_COUNT],
             date_formats: [0; DateFormat::ALL.len()],
             mixed_date_format_rows: 0,
+            repairs: [0; Repair::ALL.len()],
+            first_dropped: Default::default(),
         }
     }
 }
@@ -214,6 +311,16 @@ impl Tally {
     pub fn merge(&mut self, other: &Tally) {
         self.rows_read += other.rows_read;
         self.mixed_date_format_rows += other.mixed_date_format_rows;
+        for (a, b) in self.repairs.iter_mut().zip(&other.repairs) {
+            *a += b;
+        }
+        for (a, b) in self.first_dropped.iter_mut().zip(&other.first_dropped) {
+            if let Some(b) = b {
+                if a.as_ref().is_none_or(|a| b.line < a.line) {
+                    *a = Some(b.clone());
+                }
+            }
+        }
         for (a, b) in self.dropped.iter_mut().zip(&other.dropped) {
             *a += b;
         }
@@ -231,8 +338,30 @@ impl Tally {
         }
     }
 
-    fn drop_row(&mut self, reason: DropReason) -> Option<Incident> {
+    /// Counts a dropped row; the first one per reason is kept with its
+    /// `line`, the offending `column` and its `value`.
+    #[cold]
+    fn drop_row(
+        &mut self,
+        reason: DropReason,
+        line: u64,
+        column: Column,
+        value: &[u8],
+    ) -> Option<Incident> {
         self.dropped[reason as usize] += 1;
+        let first = &mut self.first_dropped[reason as usize];
+        if first.is_none() {
+            let text = String::from_utf8_lossy(schema::trim(value));
+            let value = match text.char_indices().nth(60) {
+                Some((end, _)) => format!("{}...", &text[..end]),
+                None => text.into_owned(),
+            };
+            *first = Some(DroppedRow {
+                line,
+                column: column.name().to_string(),
+                value,
+            });
+        }
         None
     }
 
@@ -246,12 +375,38 @@ fn blank(b: &[u8]) -> bool {
     b.iter().all(|c| c.is_ascii_whitespace())
 }
 
+/// The number forms of one row's fields, added to the tally if it is kept.
+#[derive(Default)]
+struct RowForms {
+    zeros_stripped: u8,
+    integral_floats: u8,
+}
+
+impl RowForms {
+    #[inline(always)]
+    fn note(&mut self, form: NumberForm) {
+        match form {
+            NumberForm::Canonical => {}
+            NumberForm::ZerosStripped => self.zeros_stripped += 1,
+            NumberForm::IntegralFloat => self.integral_floats += 1,
+        }
+    }
+}
+
+/// A code of `column`: [`schema::parse_code`] with the column's export width.
+#[inline(always)]
+fn code(b: &[u8], column: Column) -> Option<(u64, NumberForm)> {
+    schema::parse_code(b, column.export_width())
+}
+
 /// Parses one row's fields (indexed by [`Column`]) into a raw incident:
 /// coordinates not yet imputed (NaN when unknown) and `minute_of_day` =
 /// [`MISSING_MINUTE`] when `TIME OCC` was empty. Returns `None` for a dropped
-/// row (counted in `tally`).
+/// row (counted in `tally`, with `line`, the row's first line, when it is the
+/// first for its reason).
 pub(crate) fn parse_row(
     f: &[&[u8]; COLUMN_COUNT],
+    line: u64,
     tally: &mut Tally,
     dates: &mut schema::DateCache,
 ) -> Option<Incident> {
@@ -264,30 +419,60 @@ pub(crate) fn parse_row(
         }
     }
     let field = |c: Column| f[c.index()];
+    let mut forms = RowForms::default();
 
-    let Some(dr_no) = schema::parse_uint(field(C::DrNo)) else {
-        return tally.drop_row(DropReason::InvalidDrNo);
+    let Some((dr_no, form)) = code(field(C::DrNo), C::DrNo) else {
+        return tally.drop_row(DropReason::InvalidDrNo, line, C::DrNo, field(C::DrNo));
     };
+    forms.note(form);
     let Some((date_occurred, occ_fmt)) = dates.parse(field(C::DateOcc)) else {
-        return tally.drop_row(DropReason::InvalidDateOccurred);
+        return tally.drop_row(
+            DropReason::InvalidDateOccurred,
+            line,
+            C::DateOcc,
+            field(C::DateOcc),
+        );
     };
     let Some((date_reported, rpt_fmt)) = dates.parse(field(C::DateRptd)) else {
-        return tally.drop_row(DropReason::InvalidDateReported);
+        return tally.drop_row(
+            DropReason::InvalidDateReported,
+            line,
+            C::DateRptd,
+            field(C::DateRptd),
+        );
     };
     if date_reported < date_occurred {
-        return tally.drop_row(DropReason::ReportedBeforeOccurred);
+        return tally.drop_row(
+            DropReason::ReportedBeforeOccurred,
+            line,
+            C::DateRptd,
+            field(C::DateRptd),
+        );
     }
     let minute_of_day = if blank(field(C::TimeOcc)) {
         tally.imputed[C::TimeOcc.index()] += 1;
         MISSING_MINUTE
     } else {
-        match schema::parse_time_occ(field(C::TimeOcc)) {
-            Some(m) => m,
-            None => return tally.drop_row(DropReason::InvalidTimeOccurred),
+        match schema::parse_time_occ_form(field(C::TimeOcc)) {
+            Some((m, form)) => {
+                forms.note(form);
+                m
+            }
+            None => {
+                return tally.drop_row(
+                    DropReason::InvalidTimeOccurred,
+                    line,
+                    C::TimeOcc,
+                    field(C::TimeOcc),
+                )
+            }
         }
     };
-    let area = match schema::parse_uint(field(C::Area)) {
-        Some(a @ 1..=21) => a as u8,
+    let area = match code(field(C::Area), C::Area) {
+        Some((a @ 1..=21, form)) => {
+            forms.note(form);
+            a as u8
+        }
         _ => {
             let by_name = std::str::from_utf8(field(C::AreaName))
                 .ok()
@@ -297,20 +482,40 @@ pub(crate) fn parse_row(
                     tally.imputed[C::Area.index()] += 1;
                     info.code
                 }
-                None => return tally.drop_row(DropReason::InvalidArea),
+                None => {
+                    return tally.drop_row(DropReason::InvalidArea, line, C::Area, field(C::Area))
+                }
             }
         }
     };
-    let crime_code = match schema::parse_uint(field(C::CrmCd)) {
-        Some(c @ 1..=999) => c as u16,
-        None if blank(field(C::CrmCd)) => match schema::parse_uint(field(C::CrmCd1)) {
-            Some(c @ 1..=999) => {
+    let crime_code = match code(field(C::CrmCd), C::CrmCd) {
+        Some((c @ 1..=999, form)) => {
+            forms.note(form);
+            c as u16
+        }
+        None if blank(field(C::CrmCd)) => match code(field(C::CrmCd1), C::CrmCd1) {
+            Some((c @ 1..=999, form)) => {
+                forms.note(form);
                 tally.imputed[C::CrmCd.index()] += 1;
                 c as u16
             }
-            _ => return tally.drop_row(DropReason::InvalidCrimeCode),
+            _ => {
+                return tally.drop_row(
+                    DropReason::InvalidCrimeCode,
+                    line,
+                    C::CrmCd1,
+                    field(C::CrmCd1),
+                )
+            }
         },
-        _ => return tally.drop_row(DropReason::InvalidCrimeCode),
+        _ => {
+            return tally.drop_row(
+                DropReason::InvalidCrimeCode,
+                line,
+                C::CrmCd,
+                field(C::CrmCd),
+            )
+        }
     };
 
     // the row is kept from here on
@@ -320,9 +525,15 @@ pub(crate) fn parse_row(
     if occ_fmt != rpt_fmt {
         tally.mixed_date_format_rows += 1;
     }
+    if !(occ_fmt.is_canonical() && rpt_fmt.is_canonical()) {
+        tally.repairs[Repair::DatesNonCanonical as usize] += 1;
+    }
 
-    let reporting_district = match schema::parse_uint(field(C::RptDistNo)) {
-        Some(rd @ 0..=9999) => rd as u16,
+    let reporting_district = match code(field(C::RptDistNo), C::RptDistNo) {
+        Some((rd @ 0..=9999, form)) => {
+            forms.note(form);
+            rd as u16
+        }
         _ => {
             if !blank(field(C::RptDistNo)) {
                 tally.unknown(C::RptDistNo);
@@ -334,13 +545,22 @@ pub(crate) fn parse_row(
         b"1" => 1,
         b"2" => 2,
         b"" => 0,
-        _ => {
-            tally.unknown(C::Part12);
-            0
-        }
+        other => match code(other, C::Part12) {
+            Some((p @ 1..=2, form)) => {
+                forms.note(form);
+                p as u8
+            }
+            _ => {
+                tally.unknown(C::Part12);
+                0
+            }
+        },
     };
-    let victim_age = match schema::parse_int(field(C::VictAge)) {
-        Some(a @ 1..=120) => Some(a as u8),
+    let victim_age = match schema::parse_int_form(field(C::VictAge)) {
+        Some((a @ 1..=120, form)) => {
+            forms.note(form);
+            Some(a as u8)
+        }
         None if blank(field(C::VictAge)) => None,
         _ => {
             tally.unknown(C::VictAge);
@@ -371,8 +591,8 @@ pub(crate) fn parse_row(
             None
         }
     };
-    let premise_code = optional_code(field(C::PremisCd), C::PremisCd, tally);
-    let weapon_code = optional_code(field(C::WeaponUsedCd), C::WeaponUsedCd, tally);
+    let premise_code = optional_code(field(C::PremisCd), C::PremisCd, tally, &mut forms);
+    let weapon_code = optional_code(field(C::WeaponUsedCd), C::WeaponUsedCd, tally, &mut forms);
     let (lat, lon) = match (
         schema::parse_decimal(field(C::Lat)),
         schema::parse_decimal(field(C::Lon)),
@@ -388,6 +608,8 @@ pub(crate) fn parse_row(
             (f32::NAN, f32::NAN)
         }
     };
+    tally.repairs[Repair::CodesZeroPadded as usize] += u64::from(forms.zeros_stripped);
+    tally.repairs[Repair::CodesIntegralFloat as usize] += u64::from(forms.integral_floats);
     Some(Incident {
         dr_no,
         date_reported,
@@ -408,9 +630,12 @@ pub(crate) fn parse_row(
     })
 }
 
-fn optional_code(b: &[u8], c: Column, tally: &mut Tally) -> Option<u16> {
-    match schema::parse_uint(b) {
-        Some(v @ 0..=65535) => Some(v as u16),
+fn optional_code(b: &[u8], c: Column, tally: &mut Tally, forms: &mut RowForms) -> Option<u16> {
+    match code(b, c) {
+        Some((v @ 0..=65535, form)) => {
+            forms.note(form);
+            Some(v as u16)
+        }
         _ => {
             if !blank(b) {
                 tally.unknown(c);
@@ -601,6 +826,18 @@ pub(crate) fn finish(
             .map(|f| (f.pattern().to_string(), tally.date_formats[*f as usize]))
             .collect(),
         mixed_date_format_rows: tally.mixed_date_format_rows,
+        repairs: Repair::ALL
+            .iter()
+            .filter(|r| tally.repairs[**r as usize] > 0)
+            .map(|r| (r.key().to_string(), tally.repairs[*r as usize]))
+            .collect(),
+        columns_ignored: Vec::new(),
+        columns_absent: Vec::new(),
+        first_dropped: DropReason::ALL
+            .iter()
+            .zip(tally.first_dropped)
+            .filter_map(|(r, first)| Some((r.key().to_string(), first?)))
+            .collect(),
     };
     (rows, report)
 }
@@ -625,7 +862,7 @@ mod tests {
     fn parse(line: &str, tally: &mut Tally) -> Option<Incident> {
         let f = fields(line);
         let refs: [&[u8]; COLUMN_COUNT] = std::array::from_fn(|i| f[i].as_bytes());
-        parse_row(&refs, tally, &mut schema::DateCache::default())
+        parse_row(&refs, 2, tally, &mut schema::DateCache::default())
     }
 
     const ROW: &str = "010304468,01/08/2020 00:00,01/08/2020 12:00:00 AM,2230,03,Southwest,0377,2,624,BATTERY - SIMPLE ASSAULT,0444 0913,36,F,B,501,SINGLE FAMILY DWELLING,400,\"STRONG-ARM (HANDS, FIST, FEET OR BODILY FORCE)\",AO,Adult Other,624,,,,1100 W  39TH                         PL,,34.0141,-118.2978";

@@ -43,21 +43,26 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    /// The header line is not the LAPD export's 28-column header.
+    /// The header line lacks a column cleaning needs or has one twice, or
+    /// the file is not UTF-8 CSV text (UTF-16, CR-only line ends, empty).
     #[error("{file}: line {line}, column {column}: wrong header: {reason}")]
     Header {
         /// The file or stream name.
         file: String,
         /// The line of the header (1 unless the file starts with blank lines).
         line: u64,
-        /// The offending column (1-based).
+        /// The offending column (1-based): the second of a column that
+        /// appears twice; one past the last for a missing column.
         column: usize,
-        /// What is wrong, e.g. `found "DR NO", expected "DR_NO"`.
+        /// What is wrong, e.g. `needed column "TIME OCC" is missing (found 28
+        /// columns; not recognized: column 4 "TIME")` or `column "DATE OCC"
+        /// appears 2 times (columns 3 and 29): ...`.
         reason: String,
     },
 
-    /// A data row does not have the header's number of fields (a truncated
-    /// row, a stray delimiter or an unbalanced quote).
+    /// A data row has more fields than the header, or too few for the
+    /// columns that are read (a truncated row, a stray delimiter or an
+    /// unbalanced quote).
     #[error(
         "{file}: line {line}, column {column}: expected {expected} fields, found {found}{}",
         if *found < *expected { " (row truncated)" } else { " (extra fields)" }
@@ -69,7 +74,7 @@ pub enum DataError {
         line: u64,
         /// The first missing or first extra column (1-based).
         column: usize,
-        /// Fields expected (28).
+        /// Fields expected (the header's).
         expected: usize,
         /// Fields found.
         found: usize,

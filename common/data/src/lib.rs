@@ -27,7 +27,7 @@ pub mod tasks;
 
 pub use areas::{area, AreaInfo, Bureau, AREAS};
 pub use categories::Category;
-pub use clean::{CleaningReport, DropReason};
+pub use clean::{CleaningReport, DropReason, DroppedRow, Repair};
 pub use dataset::{Dataset, Sequences, Splits, Target, Task};
 pub use error::DataError;
 pub use features::Featurizer;
@@ -37,3 +37,24 @@ pub use record::{DayNumber, Incident};
 pub use split::{SplitBounds, SplitFractions};
 pub use synth::{generate, generate_incidents, SynthConfig, SynthSummary};
 pub use tasks::{build_task, GraphSeries, Period, TaskConfig, TaskData};
+
+/// Where tests find the real LAPD samples.
+#[cfg(test)]
+pub(crate) mod test_data {
+    use std::path::PathBuf;
+
+    /// `../shared/data/la-crime` relative to the repository root (this crate
+    /// is `common/data`, two levels below it), when present.
+    pub(crate) fn la_crime_dir() -> Option<PathBuf> {
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/la-crime"
+        ));
+        dir.is_dir().then_some(dir)
+    }
+
+    /// A file of [`la_crime_dir`], when present.
+    pub(crate) fn la_crime_file(file: &str) -> Option<PathBuf> {
+        la_crime_dir().map(|d| d.join(file)).filter(|p| p.is_file())
+    }
+}

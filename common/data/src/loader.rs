@@ -15,15 +15,33 @@
 //! field. The chunks' rows are then concatenated in file order
 //! and [cleaned](super::clean).
 //!
+//! # The header
+//!
+//! Columns are found by their header names, in any order, matched ignoring
+//! ASCII case and surrounding whitespace (see `Column::from_name`). The
+//! columns cleaning reads ([`Column::is_needed`]) must each appear exactly
+//! once; the export's other columns (descriptions, `Mocodes`, `Status`,
+//! `Crm Cd 2`..`4`, `LOCATION`, `Cross Street`) may be absent. Every other
+//! column is ignored and listed in the report's `columns_ignored`: names the
+//! export does not have (a spreadsheet's derived `month` or `weekday`), blank
+//! names, and a column the loader does not need that appears twice (neither
+//! copy is read). A file as a spreadsheet saves it is accepted: a UTF-8 byte
+//! order mark is removed (the report's `bom_stripped` repair), and lines may
+//! end with CRLF (standard CSV, not counted).
+//!
 //! # Errors
 //!
 //! A malformed file is an error naming the file, the line and the column: a
-//! header that is not the export's 28 columns (any order is accepted), a row
-//! with a different number of fields (a truncated row), bytes that cannot be
-//! CSV text (invalid UTF-8 or control characters: binary garbage), a record
-//! that never ends, or a truncated or corrupt gzip stream. When several chunks
-//! fail, the earliest error in the file is reported. Bad *values* are not
-//! errors; see [`clean`].
+//! header without a needed column (the error names every missing one) or
+//! with one twice (it names the column and its positions: the loader cannot
+//! tell which to use), a file in UTF-16 or with CR-only line ends, a row
+//! with more fields than the header or missing a field of a column that is
+//! read (a row may lack trailing fields of ignored columns, counted as
+//! `short_rows`), bytes that cannot be CSV text in a column that is read
+//! (invalid UTF-8 or control characters: binary garbage), a record that never
+//! ends, or a truncated or corrupt gzip stream. When several chunks fail, the
+//! earliest error in the file is reported. Bad *values* are not errors; see
+//! [`clean`].
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -33,10 +51,13 @@ use std::sync::{Arc, Mutex};
 
 use tracing::debug;
 
-use super::clean::{self, CleaningReport, Tally};
+use super::clean::{self, CleaningReport, Repair, Tally};
 use super::error::{DataError, Result};
 use super::record::Incident;
 use super::schema::{Column, DateCache, COLUMN_COUNT};
+
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// The cleaned incidents of one input and the report of their cleaning.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,51 +129,124 @@ pub(crate) fn load_reader_with<R: Read>(
     }
 }
 
-/// Where each column sits, from the header record; errors name the column.
-fn layout_of(rec: &csv::ByteRecord, name: &str) -> Result<Layout> {
+/// Where each column sits, from the header record (`bom`: the file started
+/// with a byte order mark); errors name the column.
+fn layout_of(rec: &csv::ByteRecord, name: &str, bom: bool) -> Result<Layout> {
     let header_error = |column: usize, reason: String| DataError::Header {
         file: name.to_string(),
         line: 1,
         column,
         reason,
     };
-    let mut positions = [usize::MAX; COLUMN_COUNT];
+    // 0-based positions of each export column
+    let mut seen: [Vec<usize>; COLUMN_COUNT] = Default::default();
+    let mut columns = vec![None; rec.len()];
+    let mut ignored = Vec::new();
+    let mut unknown_names = Vec::new();
     for (i, raw) in rec.iter().enumerate() {
-        let Ok(text) = std::str::from_utf8(raw) else {
-            return Err(header_error(i + 1, "not UTF-8 text (binary data?)".into()));
-        };
-        let Some(col) = Column::from_name(text) else {
-            let expected = Column::ALL.get(i).map_or("none", |c| c.name());
+        match std::str::from_utf8(raw).ok().and_then(Column::from_name) {
+            Some(col) => seen[col.index()].push(i),
+            None => {
+                let text = String::from_utf8_lossy(raw);
+                let text = text.trim_start_matches('\u{feff}').trim();
+                if text.is_empty() {
+                    ignored.push(format!("column {} (blank name)", i + 1));
+                } else {
+                    let shown = format!("column {} {:?}", i + 1, truncate(text, 40));
+                    unknown_names.push(shown.clone());
+                    ignored.push(shown);
+                }
+            }
+        }
+    }
+    let list = |at: &[usize]| {
+        let at: Vec<String> = at.iter().map(|i| (i + 1).to_string()).collect();
+        match at.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => at.join(""),
+        }
+    };
+    for col in Column::ALL {
+        let at = &seen[col.index()];
+        if col.is_needed() && at.len() > 1 {
             return Err(header_error(
-                i + 1,
+                at[1] + 1,
                 format!(
-                    "found {:?}, expected {expected:?} (the LAPD export's 28 columns)",
-                    truncate(text, 40)
+                    "column {:?} appears {} times (columns {}): cannot tell which one to use; \
+                     rename or delete the others",
+                    col.name(),
+                    at.len(),
+                    list(at)
                 ),
             ));
-        };
-        if positions[col.index()] != usize::MAX {
-            return Err(header_error(
-                i + 1,
-                format!("column {:?} appears twice", col.name()),
-            ));
         }
-        positions[col.index()] = i;
     }
-    if let Some(missing) = Column::ALL
+    let missing: Vec<String> = Column::ALL
         .iter()
-        .find(|c| positions[c.index()] == usize::MAX)
-    {
-        return Err(header_error(
-            rec.len() + 1,
+        .filter(|c| c.is_needed() && seen[c.index()].is_empty())
+        .map(|c| format!("{:?}", c.name()))
+        .collect();
+    if !missing.is_empty() {
+        let what = if missing.len() == 1 {
+            format!("needed column {} is missing", missing[0])
+        } else {
+            format!("needed columns {} are missing", missing.join(", "))
+        };
+        let hint = if seen.iter().all(Vec::is_empty) {
+            " (no column of the LAPD export found: is the first line the header?)".to_string()
+        } else if unknown_names.is_empty() {
+            format!(" (found {} columns)", rec.len())
+        } else {
+            let mut names: Vec<&str> = unknown_names.iter().take(5).map(String::as_str).collect();
+            if unknown_names.len() > 5 {
+                names.push("...");
+            }
             format!(
-                "column {:?} is missing (found {} columns)",
-                missing.name(),
-                rec.len()
-            ),
-        ));
+                " (found {} columns; not recognized: {})",
+                rec.len(),
+                names.join(", ")
+            )
+        };
+        return Err(header_error(rec.len() + 1, format!("{what}{hint}")));
     }
-    Ok(Layout { positions })
+    let mut positions = [NOT_READ; COLUMN_COUNT];
+    let mut unread = Vec::new();
+    let mut absent = Vec::new();
+    for col in Column::ALL {
+        match seen[col.index()].as_slice() {
+            [i] => {
+                positions[col.index()] = *i;
+                columns[*i] = Some(col);
+            }
+            [] => {
+                absent.push(col.name().to_string());
+                unread.push(col);
+            }
+            at => {
+                // not needed (a needed one is an error above): neither is read
+                ignored.push(format!(
+                    "columns {} {:?} (duplicated)",
+                    list(at),
+                    col.name()
+                ));
+                unread.push(col);
+            }
+        }
+    }
+    let min_fields = positions
+        .iter()
+        .filter(|&&p| p != NOT_READ)
+        .max()
+        .map_or(0, |p| p + 1);
+    Ok(Layout {
+        positions,
+        columns,
+        min_fields,
+        bom,
+        unread,
+        ignored,
+        absent,
+    })
 }
 
 /// The loader with the `csv` crate's reader splitting the records
@@ -174,6 +268,16 @@ pub fn load_path_csv_crate(path: &Path) -> Result<Loaded> {
     } else {
         Box::new(buffered)
     };
+    // the csv crate drops a byte order mark silently: look for it first
+    let mut input = BufReader::new(input);
+    let bom = input
+        .fill_buf()
+        .map_err(|e| DataError::Read {
+            file: name.clone(),
+            line: 1,
+            source: e,
+        })?
+        .starts_with(BOM);
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -190,7 +294,7 @@ pub fn load_path_csv_crate(path: &Path) -> Result<Loaded> {
     if !rdr.read_byte_record(&mut rec).map_err(|e| read_err(1, e))? {
         return Err(DataError::Empty { file: name });
     }
-    let layout = layout_of(&rec, &name)?;
+    let layout = layout_of(&rec, &name, bom)?;
     let mut tally = Tally::default();
     let mut dates = DateCache::default();
     let mut rows = Vec::new();
@@ -200,35 +304,97 @@ pub fn load_path_csv_crate(path: &Path) -> Result<Loaded> {
         .map_err(|e| read_err(line + 1, e))?
     {
         line += 1;
-        if rec.len() != COLUMN_COUNT {
-            if rec.len() == 1 && rec[0].is_empty() {
-                continue;
-            }
-            return Err(DataError::FieldCount {
-                file: name,
-                line,
-                column: rec.len().min(COLUMN_COUNT) + 1,
-                expected: COLUMN_COUNT,
-                found: rec.len(),
-            });
+        let blank = || rec.get(0).is_some_and(<[u8]>::is_empty);
+        if !layout.check_row(rec.len(), blank, line, &name, &mut tally)? {
+            continue;
         }
-        let fields: [&[u8]; COLUMN_COUNT] = std::array::from_fn(|c| &rec[layout.positions[c]]);
-        if let Some(incident) = clean::parse_row(&fields, &mut tally, &mut dates) {
+        let fields: [&[u8]; COLUMN_COUNT] =
+            std::array::from_fn(|c| rec.get(layout.positions[c]).unwrap_or(&[]));
+        if let Some(incident) = clean::parse_row(&fields, line, &mut tally, &mut dates) {
             rows.push(incident);
         }
     }
     if tally.rows_read == 0 {
         return Err(DataError::Empty { file: name });
     }
-    let (incidents, report) = clean::finish(rows, tally, &name);
-    Ok(Loaded { incidents, report })
+    Ok(layout.finish(rows, tally, &name))
 }
 
-/// Where each [`Column`] sits in the file's rows.
-#[derive(Clone, Copy, Debug)]
+/// [`Layout::positions`] of a column that is not read.
+const NOT_READ: usize = usize::MAX;
+
+/// Where each [`Column`] sits in the file's rows, and what the header told.
+#[derive(Clone, Debug)]
 struct Layout {
-    /// `positions[column.index()]` = field index in a row.
+    /// `positions[column.index()]` = 0-based field index in a row, or
+    /// [`NOT_READ`].
     positions: [usize; COLUMN_COUNT],
+    /// Per header field, the column read from it.
+    columns: Vec<Option<Column>>,
+    /// Fields a row needs: one past the last field read.
+    min_fields: usize,
+    /// The file started with a byte order mark.
+    bom: bool,
+    /// Export columns not read (absent, or not needed and duplicated).
+    unread: Vec<Column>,
+    /// For the report: header fields not read.
+    ignored: Vec<String>,
+    /// For the report: export columns not in the file.
+    absent: Vec<String>,
+}
+
+impl Layout {
+    /// Header fields.
+    fn fields(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Checks a row's field count `found`: `Ok(false)` for a blank line
+    /// (`blank`: its only field is empty), which is not a row. A row with
+    /// more fields than the header, or too few for the columns read, is an
+    /// error; one lacking only fields that are not read is counted as a short
+    /// row (the fields it lacks are then read as empty).
+    #[inline]
+    fn check_row(
+        &self,
+        found: usize,
+        blank: impl Fn() -> bool,
+        line: u64,
+        name: &str,
+        tally: &mut Tally,
+    ) -> Result<bool> {
+        if found == self.fields() {
+            return Ok(true);
+        }
+        if found == 1 && blank() {
+            return Ok(false);
+        }
+        if found > self.fields() || found < self.min_fields {
+            return Err(DataError::FieldCount {
+                file: name.to_string(),
+                line,
+                column: found.min(self.fields()) + 1,
+                expected: self.fields(),
+                found,
+            });
+        }
+        tally.repairs[Repair::ShortRows as usize] += 1;
+        Ok(true)
+    }
+
+    /// The cleaned rows of the whole file and the report, with what the
+    /// header told added.
+    fn finish(&self, rows: Vec<Incident>, mut tally: Tally, name: &str) -> Loaded {
+        for c in &self.unread {
+            // their fields were empty slices, not empty fields
+            tally.empty[c.index()] = 0;
+        }
+        tally.repairs[Repair::BomStripped as usize] = u64::from(self.bom);
+        let (incidents, mut report) = clean::finish(rows, tally, name);
+        report.columns_ignored = self.ignored.clone();
+        report.columns_absent = self.absent.clone();
+        Loaded { incidents, report }
+    }
 }
 
 /// A chunk of whole records, and the line its first record starts on.
@@ -384,19 +550,39 @@ impl<'a, R: Read> Loader<'a, R> {
             column,
             reason,
         };
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
+        if line.starts_with(&[0xff, 0xfe]) || line.starts_with(&[0xfe, 0xff]) {
+            return Err(header_error(
+                1,
+                "the file is UTF-16 text (a spreadsheet's \"Unicode text\"?): \
+                 save it as CSV UTF-8"
+                    .into(),
+            ));
+        }
+        let bom = line.starts_with(BOM);
+        let text = line.get(if bom { BOM.len() } else { 0 }..).unwrap_or(&[]);
+        if text.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(header_error(1, "the input is empty".into()));
+        }
+        let content = text.strip_suffix(b"\n").unwrap_or(text);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if memchr::memchr(b'\r', content).is_some() {
+            return Err(header_error(
+                1,
+                "lines end with a carriage return alone (an old Mac \"CSV\" save?): \
+                 save it with Windows (CRLF) or Unix (LF) line ends"
+                    .into(),
+            ));
         }
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_reader(line.as_slice());
+            .from_reader(text);
         let mut rec = csv::ByteRecord::new();
         let ok = rdr.read_byte_record(&mut rec);
         if !matches!(ok, Ok(true)) {
             return Err(header_error(1, "not a CSV header line".into()));
         }
-        layout_of(&rec, self.name)
+        layout_of(&rec, self.name, bom)
     }
 
     fn run(mut self) -> Result<Loaded> {
@@ -442,14 +628,15 @@ impl<'a, R: Read> Loader<'a, R> {
             return Err(DataError::Empty { file: name });
         }
         let rows = concat(chunks);
-        let (incidents, report) = clean::finish(rows, tally, &name);
+        let loaded = layout.finish(rows, tally, &name);
         debug!(
             source = %name,
-            rows_read = report.rows_read,
-            rows_kept = report.rows_kept,
+            rows_read = loaded.report.rows_read,
+            rows_kept = loaded.report.rows_kept,
+            ignored = ?loaded.report.columns_ignored,
             "loaded"
         );
-        Ok(Loaded { incidents, report })
+        Ok(loaded)
     }
 
     /// Reads chunks on this thread and parses them on `threads` workers.
@@ -738,18 +925,27 @@ fn unquote(raw: &[u8]) -> &[u8] {
     }
 }
 
-/// Checks that a record's fields are text: valid UTF-8 without control
-/// characters. Returns the 0-based field index and a reason for the first bad
-/// field.
-fn check_text(buf: &[u8], spans: &[(usize, usize)]) -> Option<(usize, String)> {
+/// Checks that a record's fields of the columns read are text: valid UTF-8
+/// without control characters. Returns the 0-based field index, its column
+/// and a reason for the first bad field.
+fn check_text(
+    buf: &[u8],
+    spans: &[(usize, usize)],
+    columns: &[Option<Column>],
+) -> Option<(usize, Column, String)> {
     for (i, &(s, e)) in spans.iter().enumerate() {
+        let Some(Some(column)) = columns.get(i) else {
+            continue;
+        };
+        let column = *column;
         let field = &buf[s..e];
         if let Some(&b) = field.iter().find(|&&b| is_control(b)) {
-            return Some((i, format!("binary data: control byte 0x{b:02x}")));
+            return Some((i, column, format!("binary data: control byte 0x{b:02x}")));
         }
         if let Err(e) = std::str::from_utf8(field) {
             return Some((
                 i,
+                column,
                 format!(
                     "binary data: invalid UTF-8 at byte {} of the field",
                     e.valid_up_to() + 1
@@ -769,39 +965,29 @@ fn parse_chunk(chunk: &Chunk, layout: &Layout, name: &str) -> Result<Parsed> {
     let mut dates = DateCache::default();
     split_records(buf, |spans, info| {
         let line = chunk.first_line + info.line;
-        if spans.len() != COLUMN_COUNT {
-            // a blank line is not a row
-            if spans.len() == 1 && spans[0].0 == spans[0].1 {
-                return Ok(());
-            }
-            return Err(DataError::FieldCount {
-                file: name.to_string(),
-                line,
-                column: spans.len().min(COLUMN_COUNT) + 1,
-                expected: COLUMN_COUNT,
-                found: spans.len(),
-            });
+        let blank = || spans.first().is_some_and(|&(s, e)| s == e);
+        if !layout.check_row(spans.len(), blank, line, name, &mut tally)? {
+            return Ok(());
         }
         if info.suspect {
-            if let Some((i, reason)) = check_text(buf, spans) {
-                let field = Column::ALL
-                    .iter()
-                    .find(|c| layout.positions[c.index()] == i)
-                    .map_or("?", |c| c.name());
+            if let Some((i, column, reason)) = check_text(buf, spans, &layout.columns) {
                 return Err(DataError::Malformed {
                     file: name.to_string(),
                     line,
                     column: i + 1,
-                    field,
+                    field: column.name(),
                     reason,
                 });
             }
         }
+        // a column not read, or missing from a short row, is an empty field
         let fields: [&[u8]; COLUMN_COUNT] = std::array::from_fn(|c| {
-            let (s, e) = spans[layout.positions[c]];
-            unquote(&buf[s..e])
+            spans
+                .get(layout.positions[c])
+                .and_then(|&(s, e)| buf.get(s..e))
+                .map_or(&[][..], unquote)
         });
-        if let Some(incident) = clean::parse_row(&fields, &mut tally, &mut dates) {
+        if let Some(incident) = clean::parse_row(&fields, line, &mut tally, &mut dates) {
             rows.push(incident);
         }
         Ok(())
@@ -813,18 +999,14 @@ fn parse_chunk(chunk: &Chunk, layout: &Layout, name: &str) -> Result<Parsed> {
 mod tests {
     use super::*;
     use crate::calendar::days_from_civil;
-    use crate::clean::DropReason;
+    use crate::clean::{DropReason, Repair};
     use crate::schema::HEADER;
+    use std::collections::BTreeMap;
     use std::io::Write;
     use std::path::PathBuf;
 
     fn shared(file: &str) -> Option<PathBuf> {
-        let p = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/la-crime"
-        ))
-        .join(file);
-        p.is_file().then_some(p)
+        crate::test_data::la_crime_file(file)
     }
 
     const ROW: &str = "241406608,02/23/2024 12:00:00 AM,02/23/2024 12:00:00 AM,0615,14,Pacific,1458,1,480,BIKE - STOLEN,0344,28,F,W,507,CONDOMINIUM/TOWNHOUSE,,,IC,Invest Cont,480,,,,5000 S  SLAUSON                      AV,,33.9943,-118.408";
@@ -957,10 +1139,19 @@ mod tests {
 
     #[test]
     fn crlf_line_ends_and_no_final_newline() {
-        let text =
-            csv_text(&[ROW, &ROW.replacen("241406608", "241406609", 1)]).replace('\n', "\r\n");
+        let lf = csv_text(&[ROW, &ROW.replacen("241406608", "241406609", 1)]);
+        let text = lf.replace('\n', "\r\n");
         let loaded = load_str(text.trim_end()).unwrap();
         assert_eq!(loaded.incidents.len(), 2);
+        // CRLF is standard CSV: the same result, nothing counted
+        assert_eq!(loaded, load_str(&lf).unwrap());
+        assert!(
+            loaded.report.repairs.is_empty(),
+            "{:?}",
+            loaded.report.repairs
+        );
+        let text = csv_text(&[ROW]).replace('\n', "\r\n");
+        assert_eq!(load_str(&text).unwrap().incidents.len(), 1);
     }
 
     #[test]
@@ -996,15 +1187,16 @@ mod tests {
                 err,
                 DataError::Header {
                     line: 1,
-                    column: 4,
+                    column: 29,
                     ..
                 }
             ),
             "{err}"
         );
-        assert!(
-            err.to_string().contains("test.csv: line 1, column 4"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "test.csv: line 1, column 29: wrong header: needed column \"TIME OCC\" is missing \
+             (found 28 columns; not recognized: column 4 \"TIME\")"
         );
         let err = load_str(&csv_text(&[ROW]).replacen(",LAT,LON", ",LAT", 1)).unwrap_err();
         assert_eq!((err.line(), err.column()), (Some(1), Some(28)), "{err}");
@@ -1151,6 +1343,602 @@ mod tests {
         assert_eq!(err.line(), Some(347), "{err}");
     }
 
+    // ---- files re-saved by a spreadsheet --------------------------------------
+
+    /// The fields of a CSV line.
+    fn split(line: &str) -> Vec<String> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(line.as_bytes())
+            .records()
+            .next()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(String::from)
+            .collect()
+    }
+
+    /// CSV text (LF line ends) of a header and rows.
+    fn write_csv<S: AsRef<str>>(header: &[S], rows: &[Vec<String>]) -> String {
+        let mut w = csv::WriterBuilder::new()
+            .flexible(true)
+            .from_writer(Vec::new());
+        w.write_record(header.iter().map(|h| h.as_ref())).unwrap();
+        for r in rows {
+            w.write_record(r).unwrap();
+        }
+        String::from_utf8(w.into_inner().unwrap()).unwrap()
+    }
+
+    fn header() -> Vec<String> {
+        HEADER.iter().map(|h| h.to_string()).collect()
+    }
+
+    /// [`ROW`] with `changes` made.
+    fn row_with(changes: &[(Column, &str)]) -> Vec<String> {
+        let mut f = split(ROW);
+        for (c, v) in changes {
+            f[c.index()] = v.to_string();
+        }
+        f
+    }
+
+    fn one_row(changes: &[(Column, &str)]) -> Result<Loaded> {
+        load_str(&write_csv(&header(), &[row_with(changes)]))
+    }
+
+    /// Real rows of both samples: leading zeros in `DR_NO`, `AREA` and `Rpt
+    /// Dist No`, both date layouts (also mixed in a row), quoted commas.
+    const REAL_ROWS: [&str; 4] = [
+        ROW,
+        "010304468,01/08/2020 00:00,01/08/2020 00:00,2230,03,Southwest,0377,2,624,BATTERY - SIMPLE ASSAULT,0444 0913,36,F,B,501,SINGLE FAMILY DWELLING,400,\"STRONG-ARM (HANDS, FIST, FEET OR BODILY FORCE)\",AO,Adult Other,624,,,,1100 W  39TH                         PL,,34.0141,-118.2978",
+        "191501505,01/01/2020 00:00,01/01/2020 00:00,1730,15,N Hollywood,1543,2,745,VANDALISM - MISDEAMEANOR ($399 OR UNDER),0329 1402,76,F,W,502,\"MULTI-UNIT DWELLING (APARTMENT, DUPLEX, ETC)\",,,IC,Invest Cont,745,998,,,5400    CORTEEN                      PL,,34.1685,-118.4019",
+        "211015072,11/29/2021 12:00:00 AM,11/01/2020 00:00,0005,10,West Valley,1043,2,354,THEFT OF IDENTITY,1822,34,F,B,502,\"MULTI-UNIT DWELLING (APARTMENT, DUPLEX, ETC)\",,,IC,Invest Cont,354,,,,18600    COLLINS                      ST,,34.1745,-118.5383",
+    ];
+
+    /// `MM/DD/YYYY ...` as a spreadsheet shows it: `M/D/YYYY H:MM`.
+    fn sheet_date(export: &str) -> String {
+        let p: Vec<u32> = export[..10]
+            .split('/')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        format!("{}/{}/{} 0:00", p[0], p[1], p[2])
+    }
+
+    fn strip_zeros(code: &str) -> String {
+        match code.trim_start_matches('0') {
+            "" => "0".into(),
+            v => v.into(),
+        }
+    }
+
+    #[test]
+    fn bom_is_stripped_and_counted() {
+        let plain = load_str(&csv_text(&[ROW])).unwrap();
+        assert!(plain.report.repairs.is_empty());
+        let with_bom = format!("\u{feff}{}", csv_text(&[ROW]));
+        let loaded = load_str(&with_bom).unwrap();
+        assert_eq!(loaded.incidents, plain.incidents);
+        assert_eq!(loaded.report.repaired(Repair::BomStripped), 1);
+        assert_eq!(
+            loaded.report.repairs.len(),
+            1,
+            "{:?}",
+            loaded.report.repairs
+        );
+        // a BOM before a quoted header, and through gzip
+        let quoted: Vec<String> = HEADER.iter().map(|h| format!("\"{h}\"")).collect();
+        let text = format!("\u{feff}{}\n{ROW}\n", quoted.join(","));
+        let loaded = load_str(&text).unwrap();
+        assert_eq!(loaded.incidents, plain.incidents);
+        assert_eq!(loaded.report.repaired(Repair::BomStripped), 1);
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(with_bom.as_bytes()).unwrap();
+        let gz = load_reader(enc.finish().unwrap().as_slice(), "t.csv.gz").unwrap();
+        assert_eq!(gz.report.repaired(Repair::BomStripped), 1);
+        // and through the csv-crate reference loader
+        #[cfg(feature = "bench")]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bom.csv");
+            std::fs::write(&path, &with_bom).unwrap();
+            let b = load_path_csv_crate(&path).unwrap();
+            assert_eq!(b.incidents, plain.incidents);
+            assert_eq!(b.report.repaired(Repair::BomStripped), 1);
+        }
+    }
+
+    #[test]
+    fn extra_derived_columns_are_ignored() {
+        // a derived column in the middle and two at the end, header names in
+        // another case with padding
+        let mut head = header();
+        head[2] = " date occ ".into();
+        head.insert(3, "Year".into());
+        head.extend(["month".into(), "Weekday".into()]);
+        let mut row = split(ROW);
+        row.insert(3, "2024".into());
+        row.extend(["2".into(), "Fri\u{e9}".into()]);
+        let loaded = load_str(&write_csv(&head, &[row])).unwrap();
+        let plain = load_str(&csv_text(&[ROW])).unwrap();
+        assert_eq!(loaded.incidents, plain.incidents);
+        assert_eq!(
+            loaded.report.columns_ignored,
+            vec![
+                "column 4 \"Year\"",
+                "column 30 \"month\"",
+                "column 31 \"Weekday\""
+            ]
+        );
+        assert!(loaded.report.columns_absent.is_empty());
+        assert_eq!(loaded.report.empty, plain.report.empty);
+        // what an ignored column holds does not matter, even bytes that are
+        // not text
+        let mut bytes = write_csv(&head, &[]).into_bytes();
+        let mut row = split(ROW);
+        row.insert(3, "x".into());
+        let mut line = row.join(",").into_bytes();
+        line.extend_from_slice(b",\xff\x01,\n");
+        bytes.extend_from_slice(&line);
+        let loaded = load_reader(bytes.as_slice(), "t").unwrap();
+        assert_eq!(loaded.incidents, plain.incidents);
+    }
+
+    #[test]
+    fn blank_header_names_are_ignored() {
+        let mut head = header();
+        head.insert(5, String::new());
+        head.push("  ".into());
+        let mut row = split(ROW);
+        row.insert(5, "=A2+1".into());
+        row.push(String::new());
+        let loaded = load_str(&write_csv(&head, &[row.clone(), row])).unwrap();
+        assert_eq!(
+            loaded.incidents,
+            load_str(&csv_text(&[ROW])).unwrap().incidents
+        );
+        assert_eq!(
+            loaded.report.columns_ignored,
+            vec!["column 6 (blank name)", "column 30 (blank name)"]
+        );
+        assert_eq!(loaded.report.dropped_for(DropReason::DuplicateDrNo), 1);
+    }
+
+    #[test]
+    fn a_second_date_occ_column_is_ambiguous() {
+        let mut head = header();
+        head.push("DATE OCC".into());
+        let mut row = split(ROW);
+        row.push("02/23/2024".into());
+        let err = load_str(&write_csv(&head, &[row.clone()])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::Header {
+                    line: 1,
+                    column: 29,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "test.csv: line 1, column 29: wrong header: column \"DATE OCC\" appears 2 times \
+             (columns 3 and 29): cannot tell which one to use; rename or delete the others"
+        );
+        // names differing in case or spaces are the same column
+        head[28] = "date occ ".into();
+        head.push("Date Occ".into());
+        row.push("2/23/2024".into());
+        let err = load_str(&write_csv(&head, &[row])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"DATE OCC\" appears 3 times (columns 3, 29 and 30)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_needed_column_is_named() {
+        let without = |drop: &[Column]| {
+            let keep = |i: &usize| !drop.iter().any(|c| c.index() == *i);
+            let head: Vec<&str> = (0..COLUMN_COUNT).filter(keep).map(|i| HEADER[i]).collect();
+            let full = split(ROW);
+            let row: Vec<String> = (0..COLUMN_COUNT)
+                .filter(keep)
+                .map(|i| full[i].clone())
+                .collect();
+            load_str(&write_csv(&head, &[row]))
+        };
+        let err = without(&[Column::Area]).unwrap_err();
+        assert!(matches!(err, DataError::Header { line: 1, .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "test.csv: line 1, column 28: wrong header: needed column \"AREA\" is missing \
+             (found 27 columns)"
+        );
+        let err = without(&[Column::Lon, Column::DateRptd]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("needed columns \"Date Rptd\", \"LON\" are missing"),
+            "{err}"
+        );
+        // a file whose first line is data
+        let err = load_str(&format!("{ROW}\n{ROW}\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no column of the LAPD export found"),
+            "{err}"
+        );
+        // columns cleaning does not read may be missing
+        let loaded = without(&[Column::Mocodes, Column::CrossStreet, Column::CrmCd4]).unwrap();
+        assert_eq!(
+            loaded.incidents,
+            load_str(&csv_text(&[ROW])).unwrap().incidents
+        );
+        assert_eq!(
+            loaded.report.columns_absent,
+            vec!["Mocodes", "Crm Cd 4", "Cross Street"]
+        );
+        assert_eq!(loaded.report.empty_in(Column::CrossStreet), 0);
+        assert_eq!(loaded.report.empty_in(Column::CrmCd3), 1);
+    }
+
+    #[test]
+    fn a_duplicated_column_that_is_not_needed_is_ignored() {
+        let mut head = header();
+        head.push("Mocodes".into());
+        let mut row = split(ROW);
+        row.push(String::new());
+        let loaded = load_str(&write_csv(&head, &[row])).unwrap();
+        assert_eq!(
+            loaded.incidents,
+            load_str(&csv_text(&[ROW])).unwrap().incidents
+        );
+        assert_eq!(
+            loaded.report.columns_ignored,
+            vec!["columns 11 and 29 \"Mocodes\" (duplicated)"]
+        );
+        assert_eq!(loaded.report.empty_in(Column::Mocodes), 0);
+    }
+
+    #[test]
+    fn rows_may_lack_trailing_fields_that_are_not_read() {
+        let mut head = header();
+        head.extend(["month".into(), String::new()]);
+        let full = {
+            let mut r = split(ROW);
+            r.extend(["2".into(), String::new()]);
+            r
+        };
+        let mut short = split(&ROW.replacen("241406608", "241406609", 1));
+        let shorter = split(&ROW.replacen("241406608", "241406610", 1));
+        short.push("2".into());
+        let loaded = load_str(&write_csv(&head, &[full, short, shorter])).unwrap();
+        assert_eq!(loaded.incidents.len(), 3);
+        assert_eq!(loaded.report.repaired(Repair::ShortRows), 2);
+        // but not fields that are read, nor more fields than the header
+        let mut cut = split(ROW);
+        cut.pop();
+        let err = load_str(&write_csv(&head, &[cut])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::FieldCount {
+                    line: 2,
+                    column: 28,
+                    expected: 30,
+                    found: 27,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut long = split(ROW);
+        long.extend(["2".into(), String::new(), "x".into()]);
+        let err = load_str(&write_csv(&head, &[long])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::FieldCount {
+                    line: 2,
+                    column: 31,
+                    found: 31,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn utf16_and_cr_only_files_are_refused_clearly() {
+        let mut utf16 = vec![0xff, 0xfe];
+        for u in csv_text(&[ROW]).encode_utf16() {
+            utf16.extend_from_slice(&u.to_le_bytes());
+        }
+        let err = load_reader(utf16.as_slice(), "u.csv").unwrap_err();
+        assert!(
+            matches!(err, DataError::Header { line: 1, .. }) && err.to_string().contains("UTF-16"),
+            "{err}"
+        );
+        let err = load_str(&csv_text(&[ROW, ROW]).replace('\n', "\r")).unwrap_err();
+        assert!(err.to_string().contains("carriage return alone"), "{err}");
+    }
+
+    #[test]
+    fn dates_as_a_spreadsheet_writes_them() {
+        let plain = load_str(&csv_text(&[ROW])).unwrap();
+        let day = days_from_civil(2024, 2, 23);
+        for (rptd, occ, forms) in [
+            (
+                "2/23/2024 0:00",
+                "2/23/2024 0:00",
+                vec![("M/D/YYYY H:MM", 2)],
+            ),
+            (
+                "2/23/2024 12:00",
+                "02/23/2024 0:00",
+                vec![("M/D/YYYY H:MM", 2)],
+            ),
+            ("2/23/2024", "2/23/2024", vec![("M/D/YYYY", 2)]),
+            ("02/23/2024", "02/23/2024", vec![("MM/DD/YYYY", 2)]),
+            (
+                "2/23/2024 12:00:00 AM",
+                "02/23/2024 12:00:00 AM",
+                vec![("M/D/YYYY h:mm:ss AM", 1), ("MM/DD/YYYY hh:mm:ss AM", 1)],
+            ),
+            // 12 PM is noon of the same day, 11:59:59 PM its last second
+            (
+                "02/23/2024 11:59:59 PM",
+                "02/23/2024 12:00:00 PM",
+                vec![("MM/DD/YYYY hh:mm:ss AM", 2)],
+            ),
+        ] {
+            let loaded = one_row(&[(Column::DateRptd, rptd), (Column::DateOcc, occ)]).unwrap();
+            assert_eq!(loaded.incidents, plain.incidents, "{rptd} / {occ}");
+            assert_eq!(loaded.incidents[0].date_occurred, day);
+            let expected: BTreeMap<String, u64> =
+                forms.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+            assert_eq!(loaded.report.date_formats, expected, "{rptd} / {occ}");
+            let canonical = forms == [("MM/DD/YYYY hh:mm:ss AM", 2)];
+            assert_eq!(
+                loaded.report.repaired(Repair::DatesNonCanonical),
+                u64::from(!canonical),
+                "{rptd} / {occ}"
+            );
+        }
+        // 12 AM is the first hour of the day: 1/1 stays in January
+        let loaded = one_row(&[
+            (Column::DateRptd, "1/1/2024 12:00:00 AM"),
+            (Column::DateOcc, "1/1/2024 12:00:00 AM"),
+        ])
+        .unwrap();
+        assert_eq!(
+            loaded.incidents[0].date_occurred,
+            days_from_civil(2024, 1, 1)
+        );
+    }
+
+    #[test]
+    fn impossible_dates_are_dropped_naming_line_column_and_value() {
+        let rows: Vec<Vec<String>> = [
+            (Column::DateOcc, "02/23/2024 12:00:00 AM"),
+            (Column::DateOcc, "02/30/2024 12:00:00 AM"),
+            (Column::DateOcc, "13/1/2024 0:00"),
+            (Column::DateRptd, "2/23/2024 25:00"),
+            (Column::DateRptd, "2/23/2024 1:60"),
+            (Column::DateOcc, "2/23/2024 13:00:00 PM"),
+            (Column::DateOcc, "2/23/2024 0:00"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, v))| row_with(&[(Column::DrNo, &(241_406_600 + i).to_string()), (c, v)]))
+        .collect();
+        let loaded = load_str(&write_csv(&header(), &rows)).unwrap();
+        let r = &loaded.report;
+        assert_eq!((r.rows_read, r.rows_kept), (7, 2));
+        assert_eq!(r.dropped_for(DropReason::InvalidDateOccurred), 3);
+        assert_eq!(r.dropped_for(DropReason::InvalidDateReported), 2);
+        assert_eq!(
+            r.first_dropped["invalid_date_occurred"],
+            clean::DroppedRow {
+                line: 3,
+                column: "DATE OCC".into(),
+                value: "02/30/2024 12:00:00 AM".into()
+            }
+        );
+        assert_eq!(
+            r.first_dropped["invalid_date_reported"],
+            clean::DroppedRow {
+                line: 5,
+                column: "Date Rptd".into(),
+                value: "2/23/2024 25:00".into()
+            }
+        );
+        assert_eq!(r.first_dropped.len(), 2);
+        // the line is the file's, whichever chunk the row is in
+        let opts = LoadOptions {
+            threads: 2,
+            chunk_bytes: 1024,
+            ..LoadOptions::default()
+        };
+        let mut many: Vec<Vec<String>> = (0..60)
+            .map(|i| row_with(&[(Column::DrNo, &(241_400_000 + i).to_string())]))
+            .collect();
+        many[40][Column::DateOcc.index()] = "2/29/2023 0:00".into();
+        many[50][Column::DateOcc.index()] = "2/31/2024 0:00".into();
+        let text = write_csv(&header(), &many);
+        let loaded = load_reader_with(text.as_bytes(), "t", &opts).unwrap();
+        assert_eq!(
+            loaded.report.first_dropped["invalid_date_occurred"].line,
+            42
+        );
+        let json = serde_json::to_value(&loaded.report).unwrap();
+        assert_eq!(json["first_dropped"]["invalid_date_occurred"]["line"], 42);
+        assert_eq!(
+            json["first_dropped"]["invalid_date_occurred"]["value"],
+            "2/29/2023 0:00"
+        );
+    }
+
+    #[test]
+    fn codes_with_stripped_leading_zeros() {
+        let loaded = load_str(&write_csv(&header(), &[split(REAL_ROWS[1])])).unwrap();
+        assert_eq!(loaded.report.repaired(Repair::CodesZeroPadded), 0);
+        let base = &loaded.incidents[0];
+        for (changes, minute, zeros) in [
+            (vec![(Column::Area, "3")], 22 * 60 + 30, 1),
+            (vec![(Column::RptDistNo, "377")], 22 * 60 + 30, 1),
+            (vec![(Column::DrNo, "10304468")], 22 * 60 + 30, 1),
+            (vec![(Column::TimeOcc, "15")], 15, 1),
+            (vec![(Column::TimeOcc, "615")], 6 * 60 + 15, 1),
+            (vec![(Column::TimeOcc, "5")], 5, 1),
+            (vec![(Column::TimeOcc, "0015")], 15, 0),
+            (
+                vec![
+                    (Column::Area, "3"),
+                    (Column::RptDistNo, "377"),
+                    (Column::TimeOcc, "230"),
+                ],
+                2 * 60 + 30,
+                3,
+            ),
+        ] {
+            let mut row = split(REAL_ROWS[1]);
+            for (c, v) in &changes {
+                row[c.index()] = v.to_string();
+            }
+            let l = load_str(&write_csv(&header(), &[row])).unwrap();
+            let r = &l.incidents[0];
+            assert_eq!(
+                (r.dr_no, r.area, r.reporting_district, r.minute_of_day),
+                (10_304_468, 3, 377, minute),
+                "{changes:?}"
+            );
+            assert_eq!(r.lat, base.lat);
+            assert_eq!(
+                l.report.repaired(Repair::CodesZeroPadded),
+                zeros,
+                "{changes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_as_integral_floats() {
+        let plain = load_str(&csv_text(&[ROW])).unwrap();
+        let floats = [
+            (Column::DrNo, "241406608.0"),
+            (Column::TimeOcc, "615.0"),
+            (Column::Area, "14.0"),
+            (Column::RptDistNo, "1458.0"),
+            (Column::Part12, "1.0"),
+            (Column::CrmCd, "480.0"),
+            (Column::CrmCd1, "480.0"),
+            (Column::VictAge, "28.0"),
+            (Column::PremisCd, "507.00"),
+        ];
+        let loaded = one_row(&floats).unwrap();
+        assert_eq!(loaded.incidents, plain.incidents);
+        // Crm Cd 1 is not read when Crm Cd is there
+        assert_eq!(loaded.report.repaired(Repair::CodesIntegralFloat), 8);
+        assert_eq!(loaded.report.repaired(Repair::CodesZeroPadded), 0);
+        let l = one_row(&[(Column::Area, "5.0"), (Column::AreaName, "Harbor")]).unwrap();
+        assert_eq!(l.incidents[0].area, 5);
+        // not integral: not a code
+        let l = one_row(&[(Column::Area, "5.5"), (Column::AreaName, "?")]).unwrap();
+        assert_eq!(l.report.dropped_for(DropReason::InvalidArea), 1);
+        assert_eq!(l.report.first_dropped["invalid_area"].value, "5.5");
+        let l = one_row(&[(Column::RptDistNo, "1458.5")]).unwrap();
+        assert_eq!(l.incidents[0].reporting_district, 0);
+        assert_eq!(l.report.unknown_in(Column::RptDistNo), 1);
+        let l = one_row(&[(Column::DrNo, "2.41407E+08")]).unwrap();
+        assert_eq!(l.report.dropped_for(DropReason::InvalidDrNo), 1);
+    }
+
+    /// A few real rows, and the same rows as a spreadsheet saves them again
+    /// (byte order mark, CRLF, header names in other cases, derived and
+    /// blank-named columns, `M/D/YYYY H:MM` dates, leading zeros stripped,
+    /// integral floats): exactly the same incidents.
+    #[test]
+    fn resaved_rows_give_the_same_incidents() {
+        let original: Vec<Vec<String>> = REAL_ROWS.iter().map(|r| split(r)).collect();
+        let orig = load_str(&write_csv(&header(), &original)).unwrap();
+        assert_eq!(orig.incidents.len(), 4);
+
+        let mut head: Vec<String> = header().iter().map(|h| h.to_uppercase()).collect();
+        head.insert(3, "Month".into());
+        head.insert(7, String::new());
+        head.push("weekday".into());
+        let resaved: Vec<Vec<String>> = original
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut f = r.clone();
+                for c in [Column::DateRptd, Column::DateOcc] {
+                    f[c.index()] = sheet_date(&f[c.index()]);
+                }
+                for c in [
+                    Column::DrNo,
+                    Column::TimeOcc,
+                    Column::Area,
+                    Column::RptDistNo,
+                ] {
+                    f[c.index()] = strip_zeros(&f[c.index()]);
+                }
+                if i % 2 == 0 {
+                    f[Column::CrmCd.index()].push_str(".0");
+                    f[Column::PremisCd.index()].push_str(".0");
+                }
+                f.insert(
+                    3,
+                    f[Column::DateOcc.index()][..2].trim_end_matches('/').into(),
+                );
+                f.insert(7, String::new());
+                f.push("Friday".into());
+                f
+            })
+            .collect();
+        let text = format!("\u{feff}{}", write_csv(&head, &resaved)).replace('\n', "\r\n");
+        let again = load_str(&text).unwrap();
+        assert_eq!(again.incidents, orig.incidents);
+        let r = &again.report;
+        assert_eq!(
+            (
+                r.rows_read,
+                r.rows_kept,
+                r.areas.clone(),
+                r.categories.clone()
+            ),
+            (
+                orig.report.rows_read,
+                orig.report.rows_kept,
+                orig.report.areas.clone(),
+                orig.report.categories.clone()
+            )
+        );
+        assert_eq!(r.repaired(Repair::BomStripped), 1);
+        assert_eq!(r.repaired(Repair::DatesNonCanonical), 4);
+        assert_eq!(r.date_formats["M/D/YYYY H:MM"], 8);
+        // TIME OCC 0615 and 0005, DR_NO 010304468, AREA 03, Rpt Dist No 0377
+        assert_eq!(r.repaired(Repair::CodesZeroPadded), 5);
+        assert_eq!(r.repaired(Repair::CodesIntegralFloat), 4);
+        assert_eq!(
+            r.columns_ignored,
+            vec![
+                "column 4 \"Month\"",
+                "column 8 (blank name)",
+                "column 31 \"weekday\""
+            ]
+        );
+        // the original form: only its own 24-hour dates are non-canonical
+        assert_eq!(orig.report.repaired(Repair::DatesNonCanonical), 3);
+        assert_eq!(orig.report.repairs.len(), 1, "{:?}", orig.report.repairs);
+    }
+
     // ---- the real samples -------------------------------------------------
 
     fn real(file: &str) -> Option<Loaded> {
@@ -1241,6 +2029,14 @@ mod tests {
         );
         assert!(r.dropped.is_empty(), "{:?}", r.dropped);
         assert_sorted(&l);
+        // the export's own forms are not repairs, but for its older 24-hour
+        // dates
+        assert_eq!(
+            r.repairs,
+            BTreeMap::from([("dates_non_canonical".to_string(), 4732)])
+        );
+        assert!(r.columns_ignored.is_empty() && r.columns_absent.is_empty());
+        assert!(r.first_dropped.is_empty());
     }
 
     #[test]
@@ -1275,6 +2071,10 @@ mod tests {
         let dr: std::collections::HashSet<u64> = l.incidents.iter().map(|i| i.dr_no).collect();
         assert_eq!(dr.len(), l.incidents.len());
         assert_sorted(&l);
+        // the untouched city export: nothing to repair or ignore
+        assert!(r.repairs.is_empty(), "{:?}", r.repairs);
+        assert!(r.columns_ignored.is_empty() && r.columns_absent.is_empty());
+        assert!(r.first_dropped.is_empty());
     }
 
     fn assert_sorted(l: &Loaded) {

@@ -3,15 +3,27 @@
 //! codes, coordinates), plus civil-date arithmetic on [`DayNumber`]s.
 //!
 //! Real exports vary, and every parser here accepts what the city has
-//! published:
+//! published and what a spreadsheet makes of it when the file is opened and
+//! saved again:
 //!
-//! - dates as `MM/DD/YYYY 12:00:00 AM` (the current export), `MM/DD/YYYY 00:00`
-//!   (older downloads; both can appear in one file and even one row) and ISO
-//!   `YYYY-MM-DDTHH:MM:SS.000` (the Socrata API);
-//! - `TIME OCC` as 4 digits (`0615`) or fewer (`5` = 00:05, `45`, `130`);
+//! - dates as `MM/DD/YYYY 12:00:00 AM` (the current export, the canonical
+//!   form), `MM/DD/YYYY 00:00` (older downloads; both can appear in one file
+//!   and even one row), ISO `YYYY-MM-DDTHH:MM:SS.000` (the Socrata API), and
+//!   the spreadsheet forms `M/D/YYYY H:MM` (24-hour clock), `M/D/YYYY` and
+//!   `M/D/YYYY h:mm:ss AM|PM` (12-hour clock, `12:00:00 AM` is midnight and
+//!   `12:00:00 PM` noon), month, day and hour with or without a leading zero;
+//!   the time of a date field is checked and ignored (the export puts the time
+//!   of day in `TIME OCC`), and impossible dates or times (month 13, Feb 30,
+//!   hour 25, minute 60, `13:00 PM`) are refused;
+//! - `TIME OCC` as 4 digits (`0615`) or fewer, `HHMM` with the leading zeros
+//!   stripped (`615` = 06:15, `15` = 00:15, `5` = 00:05);
 //! - codes with or without leading zeros (`AREA` `05` or `5`, `Rpt Dist No`
-//!   `0557`, `DR_NO` `010304468`);
+//!   `0557` or `557`, `DR_NO` `010304468`), and integral numbers the way a
+//!   spreadsheet may write them (`5.0`, `557.00`), counted as repairs;
 //! - fields padded with spaces (`LOCATION`).
+//!
+//! Header names are matched ignoring ASCII case, surrounding whitespace and a
+//! UTF-8 byte order mark (`Column::from_name`).
 
 use super::calendar::day_number;
 use super::record::DayNumber;
@@ -156,14 +168,57 @@ impl Column {
         HEADER[self.index()]
     }
 
-    /// The column whose header name is `name` (exact, after trimming spaces and
-    /// a UTF-8 byte order mark).
+    /// The column whose header name is `name`: the export's name ignoring
+    /// ASCII case and surrounding whitespace (`" date occ"` is `DATE OCC`),
+    /// after a leading UTF-8 byte order mark and, in that case, quotes around
+    /// the name are removed. Nothing else is forgiven: `DR NO` is not
+    /// `DR_NO`.
     pub(crate) fn from_name(name: &str) -> Option<Column> {
-        let name = name.trim_start_matches('\u{feff}').trim();
+        let mut name = name.trim();
+        if let Some(rest) = name.strip_prefix('\u{feff}') {
+            // a BOM before a quoted name leaves the quotes in the field
+            name = rest.trim();
+            if let Some(inner) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                name = inner.trim();
+            }
+        }
         HEADER
             .iter()
-            .position(|h| *h == name)
+            .position(|h| h.eq_ignore_ascii_case(name))
             .and_then(|i| Column::ALL.get(i).copied())
+    }
+
+    /// Whether cleaning reads the column, so that a file without it (or with
+    /// it twice) cannot be loaded. The others (descriptions, `Mocodes`,
+    /// `Status`, `Crm Cd 2`..`4`, `LOCATION`, `Cross Street`) only feed the
+    /// report's count of empty fields and may be absent.
+    pub fn is_needed(self) -> bool {
+        !matches!(
+            self,
+            Column::CrmCdDesc
+                | Column::Mocodes
+                | Column::PremisDesc
+                | Column::WeaponDesc
+                | Column::Status
+                | Column::StatusDesc
+                | Column::CrmCd2
+                | Column::CrmCd3
+                | Column::CrmCd4
+                | Column::Location
+                | Column::CrossStreet
+        )
+    }
+
+    /// The digits of the column in the city's export when it is a
+    /// zero-padded code (`DR_NO` 9, `TIME OCC` 4, `AREA` 2, `Rpt Dist No`
+    /// 4); 0 for the others. A shorter value had its leading zeros stripped.
+    pub(crate) fn export_width(self) -> usize {
+        match self {
+            Column::DrNo => 9,
+            Column::TimeOcc | Column::RptDistNo => 4,
+            Column::Area => 2,
+            _ => 0,
+        }
     }
 }
 
@@ -185,7 +240,12 @@ pub fn trim(bytes: &[u8]) -> &[u8] {
 /// An unsigned decimal integer with optional leading zeros (at most 19
 /// digits), e.g. `010304468`, `05`, ` 45 `.
 pub(crate) fn parse_uint(bytes: &[u8]) -> Option<u64> {
-    let b = trim(bytes);
+    digits_u64(trim(bytes))
+}
+
+/// [`parse_uint`] of bytes already trimmed.
+#[inline]
+fn digits_u64(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 19 {
         return None;
     }
@@ -210,6 +270,58 @@ pub(crate) fn parse_int(bytes: &[u8]) -> Option<i64> {
     };
     let v = i64::try_from(parse_uint(digits)?).ok()?;
     Some(if neg { -v } else { v })
+}
+
+/// An integer written as a number with a decimal point and no fraction, as
+/// spreadsheets write numbers: `5.0`, `557.00`, `-1.0`, `5.`. Not `5.5`,
+/// `.0`, or exponents (`2.41E+08` has lost digits).
+pub(crate) fn parse_integral_float(bytes: &[u8]) -> Option<i64> {
+    let b = trim(bytes);
+    let dot = memchr::memchr(b'.', b)?;
+    let (int, frac) = (&b[..dot], &b[dot + 1..]);
+    if !frac.iter().all(|&c| c == b'0') {
+        return None;
+    }
+    parse_int(int)
+}
+
+/// How a numeric code was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NumberForm {
+    /// As in the city's export.
+    Canonical,
+    /// Fewer digits than the export's zero-padded width (`5` for `05`).
+    ZerosStripped,
+    /// A spreadsheet's integral number, `5.0`.
+    IntegralFloat,
+}
+
+/// A code (`AREA`, `Rpt Dist No`, `Crm Cd`...): digits with or without
+/// leading zeros, or an integral float (`5.0`), with the form it had. `width`
+/// is the column's [`Column::export_width`]: fewer digits than that is
+/// [`NumberForm::ZerosStripped`]. The export's own forms cost one comparison
+/// more than [`parse_uint`].
+#[inline]
+pub(crate) fn parse_code(bytes: &[u8], width: usize) -> Option<(u64, NumberForm)> {
+    let b = trim(bytes);
+    if let Some(v) = digits_u64(b) {
+        let form = if b.len() < width {
+            NumberForm::ZerosStripped
+        } else {
+            NumberForm::Canonical
+        };
+        return Some((v, form));
+    }
+    let v = u64::try_from(parse_integral_float(b)?).ok()?;
+    Some((v, NumberForm::IntegralFloat))
+}
+
+/// [`parse_int`], or an integral float (`28.0`, `-1.0`), with its form.
+pub(crate) fn parse_int_form(bytes: &[u8]) -> Option<(i64, NumberForm)> {
+    match parse_int(bytes) {
+        Some(v) => Some((v, NumberForm::Canonical)),
+        None => Some((parse_integral_float(bytes)?, NumberForm::IntegralFloat)),
+    }
 }
 
 /// A decimal number without exponent, e.g. `34.0141`, `-118.2978`, `0`, `34`.
@@ -266,20 +378,30 @@ pub(crate) fn decimal_f32(mantissa: i64, scale: u32) -> f32 {
 
 /// `TIME OCC` (`HHMM`, 1 to 4 digits: `0615`, `130` = 01:30, `45` = 00:45,
 /// `5` = 00:05) as minutes after midnight, 0..1440.
+#[cfg(test)]
 pub(crate) fn parse_time_occ(bytes: &[u8]) -> Option<u16> {
-    let b = trim(bytes);
-    if b.is_empty() || b.len() > 4 {
-        return None;
-    }
-    let v = parse_uint(b)? as u16;
-    let (h, m) = (v / 100, v % 100);
-    (h < 24 && m < 60).then_some(h * 60 + m)
+    parse_time_occ_form(bytes).map(|(m, _)| m)
 }
 
-/// The layouts dates come in.
+/// [`parse_time_occ`], also accepting an integral float (`615.0`), with the
+/// form the time had (fewer than 4 digits: [`NumberForm::ZerosStripped`]).
+pub(crate) fn parse_time_occ_form(bytes: &[u8]) -> Option<(u16, NumberForm)> {
+    let b = trim(bytes);
+    if b.len() > 4 && parse_uint(b).is_some() {
+        return None;
+    }
+    let (v, form) = parse_code(b, Column::TimeOcc.export_width())?;
+    let v = u16::try_from(v).ok()?;
+    let (h, m) = (v / 100, v % 100);
+    (h < 24 && m < 60).then_some((h * 60 + m, form))
+}
+
+/// The layouts dates come in. The `Unpadded` ones are the same layouts with
+/// the month, day or hour missing its leading zero, as spreadsheets write them
+/// (`2/3/2024 0:00`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum DateFormat {
-    /// `MM/DD/YYYY 12:00:00 AM` (the current city export).
+    /// `MM/DD/YYYY 12:00:00 AM` (the current city export; canonical).
     UsAmPm,
     /// `MM/DD/YYYY 00:00` (older downloads).
     Us24h,
@@ -287,15 +409,24 @@ pub(crate) enum DateFormat {
     UsDateOnly,
     /// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS[.fff]` (the Socrata API).
     Iso,
+    /// `M/D/YYYY h:mm:ss AM`.
+    UsAmPmUnpadded,
+    /// `M/D/YYYY H:MM`.
+    Us24hUnpadded,
+    /// `M/D/YYYY`.
+    UsDateOnlyUnpadded,
 }
 
 impl DateFormat {
     /// All formats, in index order.
-    pub const ALL: [DateFormat; 4] = [
+    pub const ALL: [DateFormat; 7] = [
         DateFormat::UsAmPm,
         DateFormat::Us24h,
         DateFormat::UsDateOnly,
         DateFormat::Iso,
+        DateFormat::UsAmPmUnpadded,
+        DateFormat::Us24hUnpadded,
+        DateFormat::UsDateOnlyUnpadded,
     ];
 
     /// A short pattern naming the format, used as a report key.
@@ -305,7 +436,15 @@ impl DateFormat {
             DateFormat::Us24h => "MM/DD/YYYY HH:MM",
             DateFormat::UsDateOnly => "MM/DD/YYYY",
             DateFormat::Iso => "YYYY-MM-DDTHH:MM:SS",
+            DateFormat::UsAmPmUnpadded => "M/D/YYYY h:mm:ss AM",
+            DateFormat::Us24hUnpadded => "M/D/YYYY H:MM",
+            DateFormat::UsDateOnlyUnpadded => "M/D/YYYY",
         }
+    }
+
+    /// Whether this is the current city export's form.
+    pub fn is_canonical(self) -> bool {
+        self == DateFormat::UsAmPm
     }
 }
 
@@ -336,11 +475,14 @@ fn digits_n(b: &[u8], i: &mut usize, n: usize) -> Option<u32> {
 }
 
 /// Checks a time of day `H:MM[:SS][ AM|PM]` (the date columns carry
-/// midnight; any valid time is accepted and ignored). Returns whether it had
-/// an AM/PM suffix.
-fn time_suffix(b: &[u8]) -> Option<bool> {
+/// midnight; any valid time is accepted and ignored: hours 0..=23 without a
+/// suffix, 1..=12 with one, so `12:00:00 AM` is midnight and `12:00:00 PM`
+/// noon). Returns whether it had an AM/PM suffix, and whether the hour had
+/// two digits.
+fn time_suffix(b: &[u8]) -> Option<(bool, bool)> {
     let mut i = 0;
     let h = digits_1_2(b, &mut i)?;
+    let hour_padded = i == 2;
     if b.get(i) != Some(&b':') {
         return None;
     }
@@ -363,8 +505,10 @@ fn time_suffix(b: &[u8]) -> Option<bool> {
     }
     let rest = trim(&b[i..]);
     match rest {
-        [] => (h < 24).then_some(false),
-        [b'A' | b'a' | b'P' | b'p', b'M' | b'm'] => (1..=12).contains(&h).then_some(true),
+        [] => (h < 24).then_some((false, hour_padded)),
+        [b'A' | b'a' | b'P' | b'p', b'M' | b'm'] => {
+            (1..=12).contains(&h).then_some((true, hour_padded))
+        }
         _ => None,
     }
 }
@@ -394,26 +538,29 @@ pub(crate) fn parse_date(bytes: &[u8]) -> Option<(DayNumber, DateFormat)> {
         return Some((day_number(y as i32, m, d)?, DateFormat::Iso));
     }
     let m = digits_1_2(b, &mut i)?;
+    let month_padded = i == 2;
     if b.get(i) != Some(&b'/') {
         return None;
     }
     i += 1;
+    let day_start = i;
     let d = digits_1_2(b, &mut i)?;
+    let padded = month_padded && i - day_start == 2;
     if b.get(i) != Some(&b'/') {
         return None;
     }
     i += 1;
     let y = digits_n(b, &mut i, 4)?;
-    let format = match b.get(i) {
-        None => DateFormat::UsDateOnly,
-        Some(b' ') => {
-            if time_suffix(trim(&b[i..]))? {
-                DateFormat::UsAmPm
-            } else {
-                DateFormat::Us24h
-            }
-        }
-        Some(_) => return None,
+    let format = match (b.get(i), padded) {
+        (None, true) => DateFormat::UsDateOnly,
+        (None, false) => DateFormat::UsDateOnlyUnpadded,
+        (Some(b' '), _) => match time_suffix(trim(&b[i..]))? {
+            (true, true) if padded => DateFormat::UsAmPm,
+            (true, _) => DateFormat::UsAmPmUnpadded,
+            (false, true) if padded => DateFormat::Us24h,
+            (false, _) => DateFormat::Us24hUnpadded,
+        },
+        (Some(_), _) => return None,
     };
     Some((day_number(y as i32, m, d)?, format))
 }
@@ -485,8 +632,67 @@ mod tests {
             assert_eq!(Column::from_name(c.name()), Some(*c));
         }
         assert_eq!(Column::from_name("\u{feff}DR_NO"), Some(Column::DrNo));
-        assert_eq!(Column::from_name("dr_no"), None);
+        assert_eq!(Column::from_name("\u{feff}\"DR_NO\""), Some(Column::DrNo));
+        assert_eq!(Column::from_name("dr_no"), Some(Column::DrNo));
+        assert_eq!(Column::from_name("  Date OCC\t"), Some(Column::DateOcc));
+        assert_eq!(Column::from_name("rpt dist no"), Some(Column::RptDistNo));
+        assert_eq!(Column::from_name("DR NO"), None);
+        assert_eq!(Column::from_name("Rpt  Dist No"), None);
+        assert_eq!(Column::from_name(""), None);
+        assert_eq!(Column::from_name("month"), None);
         assert_eq!(Column::Lon.name(), "LON");
+        let needed: Vec<&str> = Column::ALL
+            .iter()
+            .filter(|c| c.is_needed())
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(needed.len(), 17, "{needed:?}");
+        assert!(!Column::Mocodes.is_needed() && Column::AreaName.is_needed());
+    }
+
+    #[test]
+    fn codes_in_spreadsheet_forms() {
+        use NumberForm::*;
+        assert_eq!(parse_code(b"05", 2), Some((5, Canonical)));
+        assert_eq!(parse_code(b"14", 2), Some((14, Canonical)));
+        assert_eq!(parse_code(b"5", 2), Some((5, ZerosStripped)));
+        assert_eq!(parse_code(b"0557", 4), Some((557, Canonical)));
+        assert_eq!(parse_code(b" 557 ", 4), Some((557, ZerosStripped)));
+        assert_eq!(parse_code(b"1458", 4), Some((1458, Canonical)));
+        assert_eq!(parse_code(b"5.0", 2), Some((5, IntegralFloat)));
+        assert_eq!(parse_code(b"557.00", 4), Some((557, IntegralFloat)));
+        assert_eq!(parse_code(b"480.", 0), Some((480, IntegralFloat)));
+        assert_eq!(parse_code(b"480", 0), Some((480, Canonical)));
+        for bad in [
+            "5.5", "5.01", ".0", ".", "", "-5.0", "2.41E+08", "5,0", "5.0.0",
+        ] {
+            assert_eq!(parse_code(bad.as_bytes(), 2), None, "{bad:?}");
+        }
+        assert_eq!(parse_int_form(b"-1"), Some((-1, Canonical)));
+        assert_eq!(parse_int_form(b"28.0"), Some((28, IntegralFloat)));
+        assert_eq!(parse_int_form(b"-1.0"), Some((-1, IntegralFloat)));
+        assert_eq!(parse_int_form(b"28.5"), None);
+        assert_eq!(parse_integral_float(b"28"), None);
+    }
+
+    #[test]
+    fn time_occ_forms() {
+        use NumberForm::*;
+        assert_eq!(parse_time_occ_form(b"0615"), Some((6 * 60 + 15, Canonical)));
+        assert_eq!(
+            parse_time_occ_form(b"615"),
+            Some((6 * 60 + 15, ZerosStripped))
+        );
+        assert_eq!(parse_time_occ_form(b"15"), Some((15, ZerosStripped)));
+        assert_eq!(parse_time_occ_form(b"0015"), Some((15, Canonical)));
+        assert_eq!(
+            parse_time_occ_form(b"615.0"),
+            Some((6 * 60 + 15, IntegralFloat))
+        );
+        assert_eq!(parse_time_occ_form(b"2359"), Some((1439, Canonical)));
+        for bad in ["2400", "0660", "00615", "6:15", "615.5", "99999.0", "-15"] {
+            assert_eq!(parse_time_occ_form(bad.as_bytes()), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -540,7 +746,11 @@ mod tests {
             parse_date(b"01/08/2020 00:00"),
             Some((d, DateFormat::Us24h))
         );
-        assert_eq!(parse_date(b"1/8/2020"), Some((d, DateFormat::UsDateOnly)));
+        assert_eq!(parse_date(b"01/08/2020"), Some((d, DateFormat::UsDateOnly)));
+        assert_eq!(
+            parse_date(b"1/8/2020"),
+            Some((d, DateFormat::UsDateOnlyUnpadded))
+        );
         assert_eq!(
             parse_date(b"2020-01-08T00:00:00.000"),
             Some((d, DateFormat::Iso))
@@ -559,6 +769,53 @@ mod tests {
     }
 
     #[test]
+    fn spreadsheet_date_forms() {
+        use DateFormat::*;
+        let d = days_from_civil(2024, 2, 3);
+        for (text, format) in [
+            ("2/3/2024 0:00", Us24hUnpadded),
+            ("2/3/2024 15:45", Us24hUnpadded),
+            ("02/03/2024 0:00", Us24hUnpadded),
+            ("2/3/2024 23:59:59", Us24hUnpadded),
+            ("2/3/2024", UsDateOnlyUnpadded),
+            ("02/3/2024", UsDateOnlyUnpadded),
+            ("2/3/2024 12:00:00 AM", UsAmPmUnpadded),
+            ("2/3/2024 1:05:00 PM", UsAmPmUnpadded),
+            ("02/03/2024 1:05:00 pm", UsAmPmUnpadded),
+            ("02/03/2024 12:00:00 AM", UsAmPm),
+            ("02/03/2024 12:00:00 PM", UsAmPm),
+            ("02/03/2024 11:59:59 PM", UsAmPm),
+            ("02/03/2024 01:00:00 AM", UsAmPm),
+            ("02/03/2024 00:00", Us24h),
+            (" 2/3/2024  0:00 ", Us24hUnpadded),
+        ] {
+            assert_eq!(parse_date(text.as_bytes()), Some((d, format)), "{text:?}");
+        }
+        assert!(UsAmPm.is_canonical() && !Us24h.is_canonical() && !UsAmPmUnpadded.is_canonical());
+        // impossible dates and times
+        for bad in [
+            "13/1/2024 0:00",
+            "0/1/2024",
+            "2/30/2024 0:00",
+            "2/29/2023",
+            "4/31/2024",
+            "2/3/2024 25:00",
+            "2/3/2024 24:00",
+            "2/3/2024 1:60",
+            "2/3/2024 1:5",
+            "2/3/2024 0:00:00 AM",
+            "2/3/2024 13:00:00 PM",
+            "2/3/2024 12:00:61 AM",
+            "2/3/24 0:00",
+            "2/3/2024 0:00 XM",
+            "2/3/2024T0:00",
+            "123/3/2024",
+        ] {
+            assert_eq!(parse_date(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn date_cache_agrees_with_parse_date() {
         let mut cache = DateCache::default();
         let mut inputs = Vec::new();
@@ -567,6 +824,9 @@ mod tests {
             inputs.push(format!("{m:02}/{d:02}/{y} 12:00:00 AM"));
             inputs.push(format!("{m:02}/{d:02}/{y} 00:00"));
             inputs.push(format!("{m}/{d}/{y} 00:00"));
+            inputs.push(format!("{m}/{d}/{y} 0:00"));
+            inputs.push(format!("{m}/{d}/{y} 12:00:00 AM"));
+            inputs.push(format!("{m}/{d}/{y}"));
             inputs.push(format!("{y}-{m:02}-{d:02}"));
         }
         inputs.extend(

@@ -783,11 +783,9 @@ pub(crate) mod tests {
     }
 
     fn shared(file: &str) -> Option<std::path::PathBuf> {
-        let p = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/la-crime"
-        ))
-        .join(file);
+        let p = crate::test_data::la_crime_dir()
+            .unwrap_or_else(|| "../shared/data/la-crime".into())
+            .join(file);
         if p.exists() {
             Some(p)
         } else {

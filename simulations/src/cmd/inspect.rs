@@ -108,6 +108,20 @@ pub fn render(r: &CleaningReport) -> String {
     }
     section(&mut s, "empty fields (by column)", &r.empty);
     section(&mut s, "unknown values (by column)", &r.unknown);
+    section(&mut s, "repaired (re-saved or non-canonical forms)", &r.repairs);
+    for c in &r.columns_ignored {
+        let _ = writeln!(s, "  column ignored: {c}");
+    }
+    for c in &r.columns_absent {
+        let _ = writeln!(s, "  optional column absent: {c}");
+    }
+    for (reason, d) in &r.first_dropped {
+        let _ = writeln!(
+            s,
+            "  first row dropped for {reason}: line {}, {} = {:?}",
+            d.line, d.column, d.value
+        );
+    }
     let _ = writeln!(s, "\ndate layouts (date fields)");
     for (k, n) in &r.date_formats {
         let _ = writeln!(s, "  {k:<24}{n:>10}");

@@ -68,7 +68,7 @@ fn fit(cfg: &ModelConfig, splits: &fedcrime_data::Splits) -> Vec<f32> {
 #[test]
 #[ignore]
 fn real_samples_against_naive_baselines() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/la-crime");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/la-crime");
     for file in ["la_crime_2020_sample.csv", "la_crime_2024_02.csv"] {
         let path = std::path::Path::new(dir).join(file);
         if !path.exists() {
