@@ -3,6 +3,8 @@
 #   make demo    bootstrap libtorch, build, run the main job on synthetic data
 #   make test    bootstrap libtorch, build, fmt --check, clippy -D warnings, all tests
 #   make build   release binaries into target/release
+#   make chaos   the chaos suite: faults injected into real server and station
+#                processes (.ci/chaos/chaos.py; ~15 min, not part of make test)
 #
 # libtorch comes from PyPI's torch==2.13.0 in a cached virtualenv
 # (FEDCRIME_TORCH_VENV, default ~/.cache/fedcrime/torch-2.13.0), installed once.
@@ -18,7 +20,7 @@ CARGO ?= cargo
 STAMP := $(FEDCRIME_TORCH_VENV)/.fedcrime-ok
 DEMO_OUT ?= runs/demo
 
-.PHONY: all bootstrap build demo test fmt clippy layering docs check clean env
+.PHONY: all bootstrap build demo test fmt clippy layering docs check clean env chaos chaos-smoke
 
 all: build
 
@@ -67,6 +69,20 @@ test: bootstrap fmt layering clippy docs
 	@# bit, and libtorch has one process-wide generator (dropout) and one
 	@# thread-count setting that concurrent tests would share.
 	$(CARGO) test --workspace --locked -- --test-threads=1
+	@$(MAKE) --no-print-directory chaos-smoke
+
+# Bad certificates, two server kills with --resume, a duplicate identity:
+# real processes of the debug binaries the tests just built (~30 s).
+chaos-smoke: export OMP_NUM_THREADS = 1
+chaos-smoke: bootstrap
+	$(CARGO) build --workspace --bins --locked
+	python3 .ci/chaos/chaos.py --smoke --bin target/debug
+
+# Every scenario, on release binaries; the results table goes to
+# target/chaos.md (docs/reliability.md keeps the last one reviewed).
+chaos: export OMP_NUM_THREADS = 1
+chaos: build
+	python3 .ci/chaos/chaos.py --bin target/release --table target/chaos.md
 
 env:
 	@echo "export LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(FEDCRIME_TORCH_VENV) PATH=$(FEDCRIME_TORCH_VENV)/bin:\$$PATH"

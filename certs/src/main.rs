@@ -73,6 +73,12 @@ enum Command {
         /// Validity in days.
         #[arg(long, value_name = "D", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         valid_days: u32,
+        /// First day of validity, YYYY-MM-DD (UTC midnight) [default: now,
+        /// less a few minutes of clock-skew allowance]: issue ahead for a
+        /// station that goes live later, or make a certificate that has
+        /// already expired to test the server's refusal.
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        valid_from: Option<time::Date>,
     },
     /// Revoke a station's certificate: re-signs crl.pem, which a running server picks up.
     Revoke {
@@ -179,10 +185,18 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
             dir,
             name,
             valid_days,
+            valid_from,
         } => {
             let mut pki = Pki::open(&dir)?;
+            let validity = match valid_from {
+                Some(day) => {
+                    let start = day.midnight().assume_utc();
+                    Validity::between(start, start + time::Duration::days(i64::from(valid_days)))
+                }
+                None => Validity::days_from(now, valid_days),
+            };
             let rec = pki
-                .add_station(name.as_deref(), Validity::days_from(now, valid_days), now)
+                .add_station(name.as_deref(), validity, now)
                 .with_context(|| format!("adding a station to {}", dir.display()))?;
             writeln!(
                 out,
@@ -406,4 +420,11 @@ mod tests {
         assert_eq!(r.unwrap(), ExitCode::FAILURE);
         assert!(out.contains("problem:") && out.contains("crl.pem"), "{out}");
     }
+}
+
+/// Parses a `YYYY-MM-DD` date.
+fn parse_date(text: &str) -> std::result::Result<time::Date, String> {
+    let format = time::format_description::parse_borrowed::<2>("[year]-[month]-[day]")
+        .map_err(|e| format!("date format: {e}"))?;
+    time::Date::parse(text, &format).map_err(|e| format!("{text:?} is not a YYYY-MM-DD date: {e}"))
 }

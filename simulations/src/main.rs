@@ -53,6 +53,9 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Grid or random search over the paper's hyperparameters.
     Tune(cmd::tune::TuneArgs),
+    /// Run many stations in one process against a running fedcrime-server:
+    /// load tests, poisoned-station studies, the chaos suite.
+    Swarm(cmd::swarm::SwarmArgs),
     /// Benchmarks against a reference measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(&args, &cli.global),
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
+        Command::Swarm(args) => cmd::swarm::run(&args, &cli.global),
         Command::Bench(bench) => cmd::bench::run(&bench, &cli.global),
     };
     match result {

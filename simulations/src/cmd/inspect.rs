@@ -108,7 +108,11 @@ pub fn render(r: &CleaningReport) -> String {
     }
     section(&mut s, "empty fields (by column)", &r.empty);
     section(&mut s, "unknown values (by column)", &r.unknown);
-    section(&mut s, "repaired (re-saved or non-canonical forms)", &r.repairs);
+    section(
+        &mut s,
+        "repaired (re-saved or non-canonical forms)",
+        &r.repairs,
+    );
     for c in &r.columns_ignored {
         let _ = writeln!(s, "  column ignored: {c}");
     }
