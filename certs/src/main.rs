@@ -317,6 +317,13 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
     }
 }
 
+/// Parses a `YYYY-MM-DD` date.
+fn parse_date(text: &str) -> std::result::Result<time::Date, String> {
+    let format = time::format_description::parse_borrowed::<2>("[year]-[month]-[day]")
+        .map_err(|e| format!("date format: {e}"))?;
+    time::Date::parse(text, &format).map_err(|e| format!("{text:?} is not a YYYY-MM-DD date: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,11 +427,4 @@ mod tests {
         assert_eq!(r.unwrap(), ExitCode::FAILURE);
         assert!(out.contains("problem:") && out.contains("crl.pem"), "{out}");
     }
-}
-
-/// Parses a `YYYY-MM-DD` date.
-fn parse_date(text: &str) -> std::result::Result<time::Date, String> {
-    let format = time::format_description::parse_borrowed::<2>("[year]-[month]-[day]")
-        .map_err(|e| format!("date format: {e}"))?;
-    time::Date::parse(text, &format).map_err(|e| format!("{text:?} is not a YYYY-MM-DD date: {e}"))
 }
