@@ -31,7 +31,7 @@ use fedcrime_station::data::{prepare, Selection};
 use fedcrime_station::protocol::RunSetup;
 use fedcrime_station::{Learner, Station, StationError};
 
-pub use client::{Client, ClientOptions, ClientOutcome, ClientReport, LearnerFactory};
+pub use client::{Client, ClientOptions, ClientOutcome, ClientReport, LearnerFactory, MAX_STANDBY};
 pub use config::StationConfig;
 pub use error::{ClientError, Result};
 
