@@ -1319,3 +1319,29 @@ pub async fn run(config: ServerConfig) -> Result<RunReport> {
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, defect 1: the rule for a second connection of one station.
+    #[test]
+    fn the_live_session_keeps_the_identity() {
+        // A live session of another process: the newcomer is refused.
+        assert_eq!(on_duplicate(true, Some(1), Some(2)), Duplicate::Refuse);
+        assert_eq!(on_duplicate(true, None, Some(2)), Duplicate::Refuse);
+        assert_eq!(on_duplicate(true, None, None), Duplicate::Refuse);
+        // The same process reconnecting replaces its own connection.
+        assert!(matches!(
+            on_duplicate(true, Some(7), Some(7)),
+            Duplicate::Replace(_)
+        ));
+        // A dead connection (closed or timed out) is always replaced.
+        for (old, new) in [(Some(1), Some(2)), (None, None), (Some(3), Some(3))] {
+            assert!(matches!(
+                on_duplicate(false, old, new),
+                Duplicate::Replace(_)
+            ));
+        }
+    }
+}
