@@ -16,7 +16,6 @@ use fedcrime_fl::{
     encode_update, heartbeat_interval, station_write_config, ClientSession, EvaluateIns,
     EvaluateRes, FitIns, FitRes, FromServer, HandshakeError,
 };
-use fedcrime_ml::model;
 use fedcrime_net::{Backoff, CloseCode, Connector, ReconnectPolicy};
 use fedcrime_params::{ParamSpec, Params};
 use fedcrime_station::protocol::{eval_config_from_wire, fit_ins, RunSetup};
@@ -414,8 +413,9 @@ impl Client {
         let factory = self.factory.clone();
         let s = setup.clone();
         let built = tokio::task::spawn_blocking(move || -> std::result::Result<_, StationError> {
-            let spec = model::build(&s.model, tch::Device::Cpu)?.param_spec();
-            Ok((factory.learner(&s)?, spec))
+            let learner = factory.learner(&s)?;
+            let spec = learner.param_spec(&s.model)?;
+            Ok((learner, spec))
         })
         .await
         .map_err(|e| ClientError::Handshake(format!("building the learner: {e}")))??;

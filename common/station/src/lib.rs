@@ -34,6 +34,7 @@
 pub mod data;
 pub mod protocol;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::Device;
@@ -44,6 +45,7 @@ use fedcrime_data::{DataError, Dataset, Splits, Task, TaskConfig};
 use fedcrime_fl::strategy::LOSS_KEY;
 use fedcrime_fl::{ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings};
 use fedcrime_ml::model::{self, ModelConfig, ModelError, ModelKind};
+use fedcrime_params::ParamSpec;
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::{TrainConfig, TrainError, Trainer};
 
@@ -100,6 +102,14 @@ pub trait Learner: Send + Sync {
     fn fit(&self, ins: &FitIns) -> Result<FitRes>;
     /// Scores `ins.global` on local data.
     fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes>;
+    /// The parameter layout of `model` (names, shapes), which the client
+    /// checks every global model against. Building the model draws its
+    /// random initial weights from libtorch's one generator, so a learner
+    /// that serializes its work to replay dropout exactly (the simulator)
+    /// serializes this too.
+    fn param_spec(&self, model: &ModelConfig) -> Result<Arc<ParamSpec>> {
+        Ok(model::build(model, Device::Cpu)?.param_spec())
+    }
 }
 
 /// The architecture of `kind` for `task`, from the task's feature layout

@@ -35,7 +35,7 @@ use fedcrime_fl::{
 };
 use fedcrime_ml::model::ModelConfig;
 use fedcrime_net::{ClientTls, Connector, ReconnectPolicy, ServerTls, TransportSettings};
-use fedcrime_params::Params;
+use fedcrime_params::{ParamSpec, Params};
 use fedcrime_server::config::{ModelSection, OutputSection, TaskSection, TrainSection};
 use fedcrime_server::{Server, ServerConfig};
 use fedcrime_station::protocol::RunSetup;
@@ -152,6 +152,10 @@ impl Learner for Gated {
 
     fn evaluate(&self, ins: &EvaluateIns) -> fedcrime_station::Result<EvaluateRes> {
         self.gate.run(|| self.inner.evaluate(ins))
+    }
+
+    fn param_spec(&self, model: &ModelConfig) -> fedcrime_station::Result<Arc<ParamSpec>> {
+        self.gate.run(|| self.inner.param_spec(model))
     }
 }
 
