@@ -231,6 +231,18 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<ExitCode> {
             m.train_loss, m.eval_loss
         );
     }
+    if let Some(best) = report.summary.best {
+        eprintln!(
+            "fedcrime-server: best validation round {} (score {:.4}){}; model.safetensors holds it",
+            best.round,
+            best.score,
+            if report.summary.stopped_early {
+                ", stopped early: the score stopped improving"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(if report.completed() {
         ExitCode::SUCCESS
     } else if report.interrupted {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -44,6 +44,14 @@ use crate::config::{EvalSplit, ServerConfig};
 use crate::error::{Result, ServerError};
 use crate::metrics::{MetricsWriter, RoundRecord};
 use crate::session::{self, encode, FromSession, Outgoing, SessionCtx};
+
+/// The run's model in the output folder: the best validation round's with
+/// early stopping, else the last round's.
+pub const FINAL_MODEL: &str = "model.safetensors";
+/// With early stopping, the best round's model, rewritten at every new best.
+pub const BEST_MODEL: &str = "model-best.safetensors";
+/// With early stopping, the last round's model.
+pub const LAST_MODEL: &str = "model-last.safetensors";
 
 /// The file in the output folder that keeps the QUIC endpoint's secret, so
 /// that a restarted server resets its stations' old connections at once.
@@ -178,16 +186,19 @@ fn now() -> Instant {
 }
 
 /// The server's held-out data and how to score a model on it.
+/// The model is built once: building draws initial weights from libtorch's
+/// one generator, which stations in the same process (the simulator) use for
+/// dropout.
 struct ServerEval {
-    model: ModelConfig,
+    model: Box<dyn model::CrimeModel>,
     data: Dataset,
     batch_size: usize,
 }
 
 impl ServerEval {
-    fn evaluate(&self, round: u64, global: &Params) -> Option<EvalSummary> {
+    fn evaluate(&mut self, round: u64, global: &Params) -> Option<EvalSummary> {
         let outcome = (|| -> std::result::Result<EvalSummary, String> {
-            let mut m = model::build(&self.model, tch::Device::Cpu).map_err(|e| e.to_string())?;
+            let m = &mut self.model;
             m.import_params(global).map_err(|e| e.to_string())?;
             let e = evaluate_model(m.as_ref(), &self.data, self.batch_size)
                 .map_err(|e| e.to_string())?;
@@ -223,11 +234,26 @@ impl ServerEval {
 /// Sets up a [`Server`]: the config, and optionally the initial model and
 /// the shared featurizer as values (the one-machine simulator hands over
 /// what it already holds instead of writing files for the server to read).
-#[derive(Debug)]
 pub struct ServerBuilder {
     config: ServerConfig,
     initial: Option<Params>,
     featurizer: Option<Featurizer>,
+    evaluator: Option<Evaluator>,
+}
+
+/// A server-side evaluation the embedding program owns: `(round, global)`
+/// to the global model's scores on data it holds.
+pub type Evaluator = Box<dyn FnMut(u64, &Params) -> Option<EvalSummary> + Send>;
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("initial", &self.initial.as_ref().map(|p| p.spec().total()))
+            .field("featurizer", &self.featurizer.is_some())
+            .field("evaluator", &self.evaluator.is_some())
+            .finish()
+    }
 }
 
 impl ServerBuilder {
@@ -246,6 +272,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Score the global model with `evaluate` after every evaluation round
+    /// (in place of an `[evaluation]` data file): what early stopping
+    /// watches when the embedding program holds the validation split.
+    pub fn evaluator(mut self, evaluate: Evaluator) -> Self {
+        self.evaluator = Some(evaluate);
+        self
+    }
+
     /// Validates the config, prepares the run (featurizer, initial model or
     /// the checkpoint to resume, strategy, metrics files) and binds the
     /// listener. Must be called inside a tokio runtime.
@@ -254,8 +288,20 @@ impl ServerBuilder {
             config,
             initial,
             featurizer,
+            evaluator,
         } = self;
         config.validate()?;
+        if config.federation.early_stopping.is_some()
+            && config.evaluation.is_none()
+            && evaluator.is_none()
+            && config.federation.fraction_evaluate <= 0.0
+        {
+            return Err(ServerError::from(ConfigFileError::setting(
+                "federation.early_stopping",
+                "needs a validation score: server-side evaluation ([evaluation]) or federated \
+                 evaluation (federation.fraction_evaluate > 0)",
+            )));
+        }
         let task = config.task.task_config();
         let mut model = config.model_config()?;
         let mut featurizer = match (featurizer, &config.task.featurizer) {
@@ -273,7 +319,12 @@ impl ServerBuilder {
         let initial = initial_params(&config, &model, initial)?;
         let spec = initial.spec().clone();
         let mut strategy: Box<dyn Strategy> = config.strategy.build()?;
-        if let Some(e) = eval {
+        if let Some(mut e) = evaluator {
+            strategy = Box::new(WithServerEval::new(
+                strategy,
+                move |round, global: &Params| e(round, global),
+            ));
+        } else if let Some(mut e) = eval {
             strategy = Box::new(WithServerEval::new(
                 strategy,
                 move |round, global: &Params| e.evaluate(round, global),
@@ -368,7 +419,7 @@ fn load_evaluation(
     };
     fedcrime_station::check_dataset(model, &data, "evaluation")?;
     Ok(Some(ServerEval {
-        model: model.clone(),
+        model: cpu(|| model::build(model, tch::Device::Cpu))?,
         data,
         batch_size: e.batch_size,
     }))
@@ -434,7 +485,8 @@ fn start_engine(
     let store = CheckpointStore::new(&ckpt_dir).with_keep(config.output.keep_checkpoints);
     let engine_cfg = config.engine_config();
     let mut engine = if config.resume {
-        let e = Engine::resume(&ckpt_dir, engine_cfg, strategy, initial, now())?;
+        let mut e = Engine::resume(&ckpt_dir, engine_cfg, strategy, initial, now())?;
+        restore_best_model(&mut e, &config.output.dir.join(BEST_MODEL));
         tracing::info!(
             dir = %ckpt_dir.display(),
             next_round = e.round(),
@@ -452,6 +504,30 @@ fn start_engine(
     };
     engine.set_stopwatch(Instant::now);
     Ok((engine, store))
+}
+
+/// Gives a resumed engine its best round's model back from `path` (written
+/// by [`Driver::save_best_model`]); a missing or stale file leaves the
+/// last model as the final one, with a warning.
+fn restore_best_model(engine: &mut Engine, path: &Path) {
+    let Some(best) = engine.best() else { return };
+    if engine.best_global().is_some() {
+        return;
+    }
+    let restored = match Params::load_safetensors(path) {
+        Ok((params, meta)) => {
+            let round = meta.get("round").and_then(|r| r.parse::<u64>().ok());
+            round == Some(best.round) && engine.restore_best(best.round, params)
+        }
+        Err(_) => false,
+    };
+    if !restored {
+        tracing::warn!(
+            path = %path.display(),
+            best_round = best.round,
+            "the best round's model is not on disk: the final model will be the last round's"
+        );
+    }
 }
 
 /// A fresh run (no `--resume`) may not replace another run's files in the
@@ -507,6 +583,7 @@ impl Server {
             config,
             initial: None,
             featurizer: None,
+            evaluator: None,
         }
     }
 
@@ -715,6 +792,8 @@ impl Server {
         outcome?;
 
         let summary = driver.summary.clone().unwrap_or_else(|| Summary {
+            best: driver.engine.best(),
+            stopped_early: false,
             rounds_completed: driver.engine.history().last().map_or(0, |m| m.round),
             outcome: Outcome::Aborted {
                 round: driver.engine.round(),
@@ -1070,16 +1149,14 @@ impl Driver {
                         bytes_in = record.metrics.bytes_in,
                         "round recorded"
                     );
+                    let round = record.metrics.round;
                     self.persister.send(Persist::Metrics(Box::new(record)))?;
+                    self.save_best_model(round).await?;
                 }
                 Action::Checkpoint(c) => self.persister.send(Persist::Checkpoint(c))?,
                 Action::Finished(summary) => {
                     if summary.rounds_completed > 0 {
-                        let (path, job) = self.final_model_job(summary.rounds_completed);
-                        tokio::task::spawn_blocking(job)
-                            .await
-                            .map_err(|_| ServerError::Task("saving the model"))??;
-                        tracing::info!(path = %path.display(), "final model saved");
+                        self.save_final_models(&summary).await?;
                     }
                     match &summary.outcome {
                         Outcome::Completed => tracing::info!(
@@ -1098,28 +1175,74 @@ impl Driver {
         Ok(())
     }
 
-    /// The job writing the final global model as a self-describing
-    /// `model.safetensors` (run it off the async threads), and its path.
-    fn final_model_job(&self, round: u64) -> (PathBuf, impl FnOnce() -> Result<()> + Send) {
-        let path = self.out_dir.join("model.safetensors");
+    /// With early stopping, writes the global model of a round that is the
+    /// new best as `model-best.safetensors`, so that a resumed run gets it
+    /// back ([`restore_best_model`]).
+    async fn save_best_model(&self, round: u64) -> Result<()> {
+        let best = self.engine.best().filter(|b| b.round == round);
+        let (Some(best), Some(global)) = (best, self.engine.best_global()) else {
+            return Ok(());
+        };
+        let job = self.model_job(BEST_MODEL, global.clone(), best.round, "best validation");
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|_| ServerError::Task("saving the best model"))??;
+        tracing::info!(round, score = best.score, "new best validation score");
+        Ok(())
+    }
+
+    /// Writes `model.safetensors`: the best round's model with early
+    /// stopping (and the last round's as `model-last.safetensors`), else the
+    /// last round's.
+    async fn save_final_models(&self, summary: &Summary) -> Result<()> {
+        let last = (self.engine.global().clone(), summary.rounds_completed);
+        let mut jobs = Vec::new();
+        match (summary.best, self.engine.best_global()) {
+            (Some(best), Some(global)) => {
+                jobs.push(self.model_job(FINAL_MODEL, global.clone(), best.round, "best validation"));
+                jobs.push(self.model_job(LAST_MODEL, last.0, last.1, "last round"));
+            }
+            _ => jobs.push(self.model_job(FINAL_MODEL, last.0, last.1, "last round")),
+        }
+        for job in jobs {
+            tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|_| ServerError::Task("saving the model"))??;
+        }
+        tracing::info!(
+            path = %self.out_dir.join(FINAL_MODEL).display(),
+            round = summary.best.map_or(summary.rounds_completed, |b| b.round),
+            "final model saved"
+        );
+        Ok(())
+    }
+
+    /// The job writing `global` (of `round`) as the self-describing `file`
+    /// in the output folder (run it off the async threads).
+    fn model_job(
+        &self,
+        file: &str,
+        global: Arc<Params>,
+        round: u64,
+        selected: &str,
+    ) -> impl FnOnce() -> Result<()> + Send {
+        let path = self.out_dir.join(file);
         let cfg = self.model.clone();
-        let global = self.engine.global().clone();
         let meta = BTreeMap::from([
             ("round".to_string(), round.to_string()),
             ("run_id".to_string(), self.ctx.admission.run_id.clone()),
+            ("selected".to_string(), selected.to_string()),
             (
                 "strategy".to_string(),
                 self.engine.strategy_name().to_string(),
             ),
         ]);
-        let p = path.clone();
-        let job = move || -> Result<()> {
+        move || -> Result<()> {
             let mut m = model::build(&cfg, tch::Device::Cpu)?;
             m.import_params(&global)?;
-            model::save_model(m.as_ref(), &p, &meta)?;
+            model::save_model(m.as_ref(), &path, &meta)?;
             Ok(())
-        };
-        (path, job)
+        }
     }
 
     fn on_persisted(&mut self, p: Persisted) -> Result<()> {

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::error::{FlError, Result};
 use super::metrics::RoundMetrics;
+use super::stopping::{BestRound, EarlyStopping, Plateau, Verdict};
 use super::strategy::{
     kernels, weighted_metrics, Config, ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes,
     Strategy, LOSS_KEY,
@@ -128,6 +129,10 @@ pub struct EngineConfig {
     pub train: RoundSettings,
     /// Settings sent with every evaluate request.
     pub evaluate_config: Config,
+    /// Stop when the validation score stops improving, keeping the best
+    /// round's model (default: off, every round runs); see [`crate::stopping`].
+    /// `rounds` is then the cap.
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl Default for EngineConfig {
@@ -149,6 +154,7 @@ impl Default for EngineConfig {
             seed: 0,
             train: RoundSettings::default(),
             evaluate_config: Config::new(),
+            early_stopping: None,
         }
     }
 }
@@ -212,6 +218,17 @@ impl EngineConfig {
                 return bad(
                     field,
                     format!("must be at most {} s", MAX_DURATION.as_secs()),
+                );
+            }
+        }
+        if let Some(e) = &self.early_stopping {
+            if let Err((field, message)) = e.validate() {
+                return bad(field, message);
+            }
+            if self.eval_every == 0 {
+                return bad(
+                    "early_stopping",
+                    "needs evaluation rounds (eval_every >= 1) to watch a score".into(),
                 );
             }
         }
@@ -315,6 +332,13 @@ pub struct Summary {
     pub rounds_completed: u64,
     /// How it ended.
     pub outcome: Outcome,
+    /// With early stopping: the best round by the monitored score.
+    #[serde(default)]
+    pub best: Option<BestRound>,
+    /// With early stopping: whether the run stopped before `rounds`
+    /// because the score stopped improving.
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 /// Something the driver must do, from [`Engine::poll_action`].
@@ -400,6 +424,12 @@ pub struct Engine {
     stopwatch: Option<Box<dyn FnMut() -> Instant + Send>>,
     /// Stations that failed an earlier attempt of the current round.
     failed_this_round: BTreeSet<StationId>,
+    /// Early stopping's state, when configured.
+    plateau: Option<Plateau>,
+    /// The global model of the best round (early stopping).
+    best_global: Option<Arc<Params>>,
+    /// Whether early stopping ended the run.
+    stopped_early: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -436,7 +466,11 @@ impl Engine {
             round_start: now,
             stopwatch: None,
             failed_this_round: BTreeSet::new(),
-        })
+            plateau: None,
+            best_global: None,
+            stopped_early: false,
+        }
+        .with_plateau())
     }
 
     /// Continues a run after the checkpoint's round: its global model,
@@ -465,9 +499,23 @@ impl Engine {
             round_start: now,
             stopwatch: None,
             failed_this_round: BTreeSet::new(),
-        };
+            plateau: None,
+            best_global: None,
+            stopped_early: false,
+        }
+        .with_plateau();
         tracing::info!(after_round = checkpoint.round, "resuming federated run");
-        if checkpoint.round >= engine.config.rounds {
+        // The best round's model is known when it is the checkpoint's; else
+        // the driver hands it back ([`Engine::restore_best`]).
+        if engine.best().is_some_and(|b| b.round == checkpoint.round) {
+            engine.best_global = Some(engine.global.clone());
+        }
+        let plateaued = engine
+            .plateau
+            .as_ref()
+            .is_some_and(|p| p.since_best() >= p.rule().patience);
+        if checkpoint.round >= engine.config.rounds || plateaued {
+            engine.stopped_early = plateaued && checkpoint.round < engine.config.rounds;
             engine.finish(Outcome::Completed);
         }
         Ok(engine)
@@ -489,6 +537,40 @@ impl Engine {
             }
             None => Engine::new(config, strategy, initial, now),
         }
+    }
+
+    /// Early stopping's state rebuilt from the history (empty for a new run).
+    fn with_plateau(mut self) -> Self {
+        self.plateau = self
+            .config
+            .early_stopping
+            .clone()
+            .map(|rule| Plateau::from_history(rule, &self.history));
+        self
+    }
+
+    /// With early stopping, the best round so far by the monitored score.
+    pub fn best(&self) -> Option<BestRound> {
+        self.plateau.as_ref().and_then(Plateau::best)
+    }
+
+    /// With early stopping, the best round's global model, when this engine
+    /// has seen it (a resumed run knows it only if it is the checkpoint's, or
+    /// once [`Engine::restore_best`] gave it back).
+    pub fn best_global(&self) -> Option<&Arc<Params>> {
+        self.best_global.as_ref()
+    }
+
+    /// Hands a resumed engine the model of its best round (saved by the
+    /// driver when that round finished). Refused, with `false`, when `round`
+    /// is not the best round or the layout differs.
+    pub fn restore_best(&mut self, round: u64, params: Params) -> bool {
+        let fits = self.best().is_some_and(|b| b.round == round)
+            && params.spec().check_same(self.global.spec()).is_ok();
+        if fits {
+            self.best_global = Some(Arc::new(params));
+        }
+        fits
     }
 
     /// Gives the engine a clock for one purpose: timing aggregation
@@ -1055,6 +1137,13 @@ impl Engine {
             eval_loss = metrics.eval_loss,
             "round finished"
         );
+        let verdict = self
+            .plateau
+            .as_mut()
+            .map_or(Verdict::Unscored, |p| p.observe(&metrics));
+        if verdict == Verdict::Improved {
+            self.best_global = Some(self.global.clone());
+        }
         self.history.push(metrics.clone());
         self.actions
             .push_back(Action::RoundFinished(Box::new(metrics)));
@@ -1069,7 +1158,17 @@ impl Engine {
         self.round += 1;
         self.round_start = now;
         self.failed_this_round.clear();
-        if self.round > self.config.rounds {
+        if verdict == Verdict::Stop && self.round <= self.config.rounds {
+            let best = self.best();
+            tracing::info!(
+                round = self.round - 1,
+                best_round = best.map(|b| b.round),
+                best_score = best.map(|b| b.score),
+                "validation stopped improving: run stopped early"
+            );
+            self.stopped_early = true;
+            self.finish(Outcome::Completed);
+        } else if self.round > self.config.rounds {
             self.finish(Outcome::Completed);
         } else {
             self.phase = Phase::Waiting { since: now };
@@ -1089,6 +1188,8 @@ impl Engine {
         self.actions.push_back(Action::Finished(Summary {
             rounds_completed: self.history.last().map_or(0, |m| m.round),
             outcome,
+            best: self.best(),
+            stopped_early: self.stopped_early,
         }));
     }
 }
@@ -1411,7 +1512,9 @@ mod tests {
             h.summary,
             Some(Summary {
                 rounds_completed: 3,
-                outcome: Outcome::Completed
+                outcome: Outcome::Completed,
+                best: None,
+                stopped_early: false,
             })
         );
         assert!(h.engine.is_finished() && h.engine.poll_timeout().is_none());
@@ -1736,6 +1839,135 @@ mod tests {
         // Events after the end change nothing.
         h.connect(31.0, &["b", "c", "d"]);
         assert!(h.fits.is_empty());
+    }
+
+    /// A run with early stopping on a server-side score that follows `scores`
+    /// (round r scores `scores[r - 1]`), stations a, b, c answering at once.
+    fn run_with_scores(cfg: EngineConfig, scores: &'static [f64]) -> Harness {
+        let strategy = WithServerEval::new(Box::new(FedAvg::new()), |round, _: &Params| {
+            Some(EvalSummary {
+                loss: None,
+                metrics: Metrics::from([("macro_f1".into(), scores[round as usize - 1])]),
+                num_examples: 10,
+            })
+        });
+        let mut h = Harness::new(cfg, Box::new(strategy));
+        h.connect(0.0, &["a", "b", "c"]);
+        let mut t = 1.0;
+        while h.summary.is_none() {
+            for s in ["a", "b", "c"] {
+                h.answer(t, s);
+            }
+            t += 1.0;
+        }
+        h
+    }
+
+    fn stopping_config() -> EngineConfig {
+        EngineConfig {
+            rounds: 8,
+            min_stations: 3,
+            fraction_fit: 1.0,
+            eval_every: 1,
+            fraction_evaluate: 0.0,
+            early_stopping: Some(EarlyStopping {
+                monitor: "macro_f1".into(),
+                goal: crate::stopping::Goal::Max,
+                patience: 2,
+                min_delta: 0.0,
+            }),
+            ..config()
+        }
+    }
+
+    #[test]
+    fn early_stopping_ends_the_run_at_the_plateau_and_keeps_the_best_round() {
+        const SCORES: &[f64] = &[0.1, 0.3, 0.2, 0.25, 0.9, 0.9, 0.9, 0.9];
+        let h = run_with_scores(stopping_config(), SCORES);
+        let s = h.summary.clone().unwrap();
+        assert_eq!(s.rounds_completed, 4, "{s:?}");
+        assert!(s.stopped_early);
+        assert_eq!(s.best, Some(BestRound { round: 2, score: 0.3 }));
+        assert_eq!(s.outcome, Outcome::Completed);
+        // The best model is round 2's global, not the last one.
+        let best = h.engine.best_global().unwrap();
+        assert!(Arc::ptr_eq(best, &h.checkpoints[1].global));
+        assert!(!Arc::ptr_eq(best, h.engine.global()));
+        // Without early stopping every round runs.
+        let all = run_with_scores(
+            EngineConfig {
+                early_stopping: None,
+                ..stopping_config()
+            },
+            SCORES,
+        );
+        assert_eq!(all.summary.unwrap().rounds_completed, 8);
+        assert!(all.engine.best_global().is_none());
+        // A run that keeps improving stops at the cap, not stopped early.
+        const RISING: &[f64] = &[0.1, 0.2, 0.3];
+        let capped = run_with_scores(
+            EngineConfig {
+                rounds: 3,
+                ..stopping_config()
+            },
+            RISING,
+        );
+        let s = capped.summary.unwrap();
+        assert_eq!((s.rounds_completed, s.stopped_early), (3, false));
+        assert_eq!(s.best.unwrap().round, 3);
+        // Early stopping without evaluation rounds is refused.
+        let bad = EngineConfig {
+            eval_every: 0,
+            ..stopping_config()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("early_stopping"));
+    }
+
+    #[test]
+    fn a_resumed_run_knows_its_best_round_and_takes_its_model_back() {
+        const SCORES: &[f64] = &[0.1, 0.3, 0.2, 0.25, 0.9, 0.9, 0.9, 0.9];
+        let h = run_with_scores(stopping_config(), SCORES);
+        let strategy = || -> Box<dyn Strategy> {
+            Box::new(WithServerEval::new(Box::new(FedAvg::new()), |round, _: &Params| {
+                Some(EvalSummary {
+                    loss: None,
+                    metrics: Metrics::from([("macro_f1".into(), SCORES[round as usize - 1])]),
+                    num_examples: 10,
+                })
+            }))
+        };
+        let t0 = Instant::now();
+        // After round 3: best is round 2, one round without improvement.
+        let mut e = Engine::from_checkpoint(
+            stopping_config(),
+            strategy(),
+            h.checkpoints[2].clone(),
+            t0,
+        )
+        .unwrap();
+        assert!(!e.is_finished());
+        assert_eq!(e.best().map(|b| b.round), Some(2));
+        assert!(e.best_global().is_none());
+        let round2 = (*h.checkpoints[1].global).clone();
+        assert!(!e.restore_best(3, round2.clone()));
+        assert!(e.restore_best(2, round2));
+        assert!(e.best_global().is_some());
+        // After round 4 the plateau is reached: the resumed run is over.
+        let mut done = Engine::from_checkpoint(
+            stopping_config(),
+            strategy(),
+            h.checkpoints[3].clone(),
+            t0,
+        )
+        .unwrap();
+        assert!(matches!(
+            done.poll_action(),
+            Some(Action::Finished(Summary {
+                rounds_completed: 4,
+                stopped_early: true,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub mod engine;
 mod error;
 pub mod metrics;
 pub mod session;
+pub mod stopping;
 pub mod strategy;
 pub mod validate;
 
@@ -71,6 +72,7 @@ pub use error::{FlError, Result};
 pub use fedcrime_identity::StationId;
 pub use fedcrime_wire::{round_seed, RoundSettings};
 pub use metrics::RoundMetrics;
+pub use stopping::{BestRound, EarlyStopping, Goal};
 pub use session::{
     decode_update, encode_update, heartbeat_interval, station_write_config, Admission,
     ClientSession, FromServer, FromStation, HandshakeError, ServerSession, SessionError,
