@@ -12,7 +12,7 @@ use fedcrime_data::{Period, SplitFractions, Task, TaskConfig};
 use fedcrime_fl::{EngineConfig, FlError, RoundSettings, StrategyConfig};
 use fedcrime_ml::model::{CountLoss, ModelConfig, ModelError, ModelKind};
 use fedcrime_net::{ServerTls, TransportSettings};
-use fedcrime_wire::{Encoding, WireConfig};
+use fedcrime_wire::{local_work, Encoding, WireConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServerError};
@@ -164,8 +164,14 @@ impl Default for ModelSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// Local epochs per round (default 1).
-    pub epochs: u32,
+    /// Local epochs per round. Unset (the default), with `min_local_steps`
+    /// unset too: one epoch of at least 20 optimizer steps
+    /// ([`fedcrime_wire::DEFAULT_MIN_LOCAL_STEPS`]: a station with few samples trains more
+    /// epochs). Set alone: exactly that many epochs.
+    pub epochs: Option<u32>,
+    /// The least optimizer steps a station takes per round (see `epochs`;
+    /// 0: exactly `epochs`).
+    pub min_local_steps: Option<u32>,
     /// Mini-batch size (default 64).
     pub batch_size: u32,
     /// Adam's learning rate (default 1e-3).
@@ -178,14 +184,21 @@ pub struct TrainSection {
 
 impl Default for TrainSection {
     fn default() -> Self {
-        TrainSection::from(&RoundSettings::default())
+        let s = RoundSettings::default();
+        TrainSection {
+            epochs: None,
+            min_local_steps: None,
+            ..TrainSection::from(&s)
+        }
     }
 }
 
 impl From<&RoundSettings> for TrainSection {
+    /// Exactly these settings (epochs and minimum of steps set).
     fn from(s: &RoundSettings) -> Self {
         TrainSection {
-            epochs: s.local_epochs,
+            epochs: Some(s.local_epochs),
+            min_local_steps: Some(s.min_local_steps()),
             batch_size: s.batch_size,
             lr: s.lr,
             weight_decay: s.weight_decay,
@@ -198,14 +211,17 @@ impl TrainSection {
     /// The round settings this section describes (the engine adds the run's
     /// seed, the strategy its own settings).
     pub fn round_settings(&self) -> RoundSettings {
-        RoundSettings {
-            local_epochs: self.epochs,
+        let (local_epochs, min_steps) = local_work(self.epochs, self.min_local_steps);
+        let mut s = RoundSettings {
+            local_epochs,
             batch_size: self.batch_size,
             lr: self.lr,
             weight_decay: self.weight_decay,
             max_grad_norm: self.max_grad_norm,
             ..RoundSettings::default()
-        }
+        };
+        s.set_min_local_steps(min_steps);
+        s
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use fedcrime_cli::logging::{block_on_main, describe_error};
 use fedcrime_data::{Period, Task};
-use fedcrime_fl::StrategyConfig;
+use fedcrime_fl::{EarlyStopping, Goal, StrategyConfig};
 use fedcrime_ml::model::ModelKind;
 use fedcrime_net::ServerTls;
 use fedcrime_server::config::{EvaluationSection, LogFormat};
@@ -80,9 +80,19 @@ struct Cli {
     /// Seed of the initial model, sampling and station training [federation.seed].
     #[arg(long)]
     seed: Option<u64>,
-    /// Local epochs per round [train.epochs].
+    /// Local epochs per round, exactly [train.epochs]. Unset: one epoch of
+    /// at least 20 optimizer steps (small stations train more epochs).
     #[arg(long)]
     epochs: Option<u32>,
+    /// The least local optimizer steps per round [train.min_local_steps].
+    #[arg(long)]
+    min_local_steps: Option<u32>,
+    /// Stop when the validation score (macro-F1 for risk, MAE for counts;
+    /// from --eval-data or federated evaluation) has not improved for this
+    /// many rounds, and keep the best round's model; --rounds is then the
+    /// cap [federation.early_stopping].
+    #[arg(long)]
+    patience: Option<u64>,
     /// Local learning rate [train.lr].
     #[arg(long)]
     lr: Option<f64>,
@@ -174,7 +184,24 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
             .with_context(|| format!("--deadline {d} is not a number of seconds"))?;
     }
     set!(cli.seed, cfg.federation.seed);
-    set!(cli.epochs, cfg.train.epochs);
+    if let Some(e) = cli.epochs {
+        cfg.train.epochs = Some(e);
+    }
+    if let Some(m) = cli.min_local_steps {
+        cfg.train.min_local_steps = Some(m);
+    }
+    if let Some(patience) = cli.patience {
+        let (monitor, goal) = match cfg.task.task {
+            Task::Risk => ("macro_f1", Goal::Max),
+            Task::Counts => ("mae", Goal::Min),
+        };
+        cfg.federation.early_stopping = Some(EarlyStopping {
+            monitor: monitor.into(),
+            goal,
+            patience,
+            ..EarlyStopping::default()
+        });
+    }
     set!(cli.lr, cfg.train.lr);
     set!(cli.batch_size, cfg.train.batch_size);
     if let Some(data) = &cli.eval_data {

@@ -1178,7 +1178,7 @@ impl Driver {
     /// With early stopping, writes the global model of a round that is the
     /// new best as `model-best.safetensors`, so that a resumed run gets it
     /// back ([`restore_best_model`]).
-    async fn save_best_model(&self, round: u64) -> Result<()> {
+    async fn save_best_model(&mut self, round: u64) -> Result<()> {
         let best = self.engine.best().filter(|b| b.round == round);
         let (Some(best), Some(global)) = (best, self.engine.best_global()) else {
             return Ok(());
@@ -1194,7 +1194,7 @@ impl Driver {
     /// Writes `model.safetensors`: the best round's model with early
     /// stopping (and the last round's as `model-last.safetensors`), else the
     /// last round's.
-    async fn save_final_models(&self, summary: &Summary) -> Result<()> {
+    async fn save_final_models(&mut self, summary: &Summary) -> Result<()> {
         let last = (self.engine.global().clone(), summary.rounds_completed);
         let mut jobs = Vec::new();
         match (summary.best, self.engine.best_global()) {

@@ -259,7 +259,7 @@ impl Station {
 
     /// The training settings of round `round`: see [`train_config`].
     pub fn train_config(&self, settings: &RoundSettings, round: u64) -> Result<TrainConfig> {
-        train_config(settings, round, &self.defaults)
+        train_config(settings, round, self.splits.train.len(), &self.defaults)
     }
 
     fn build_model(&self) -> Result<Box<dyn model::CrimeModel>> {
@@ -353,7 +353,9 @@ fn positive_int(key: &str, v: &ConfigValue) -> Result<usize> {
     }
 }
 
-/// The trainer settings of round `round`: `settings` (epochs, batch size,
+/// The trainer settings of round `round` for a station with `samples`
+/// training samples: `settings` (epochs, raised to reach the round's minimum
+/// of optimizer steps, [`RoundSettings::local_epochs_for`]; batch size,
 /// learning rate, weight decay, clipping, FedProx `mu`, and the seed moved by
 /// the round, [`RoundSettings::seed_for_round`]) over the station's
 /// `defaults` for the rest; early stopping and progress bars off. A setting
@@ -361,6 +363,7 @@ fn positive_int(key: &str, v: &ConfigValue) -> Result<usize> {
 pub fn train_config(
     settings: &RoundSettings,
     round: u64,
+    samples: usize,
     defaults: &TrainConfig,
 ) -> Result<TrainConfig> {
     settings.validate().map_err(|e| StationError::Setting {
@@ -368,7 +371,7 @@ pub fn train_config(
         reason: e.reason,
     })?;
     let cfg = TrainConfig {
-        epochs: settings.local_epochs as usize,
+        epochs: settings.local_epochs_for(samples) as usize,
         batch_size: settings.batch_size as usize,
         lr: settings.lr,
         weight_decay: settings.weight_decay,

@@ -243,7 +243,7 @@ fn round_settings_override_defaults_and_seed_each_round() {
         eval_batch_size: 123,
         ..default_train_config()
     };
-    let cfg = train_config(&round_settings(), 3, &d).unwrap();
+    let cfg = train_config(&round_settings(), 3, 100, &d).unwrap();
     assert_eq!((cfg.epochs, cfg.batch_size, cfg.lr), (2, 16, 0.01));
     assert_eq!(cfg.seed, round_seed(7, 3));
     assert_ne!(round_seed(7, 3), round_seed(7, 4));
@@ -252,19 +252,25 @@ fn round_settings_override_defaults_and_seed_each_round() {
         local_epochs: 0,
         ..round_settings()
     };
-    let err = train_config(&bad, 1, &d).unwrap_err().to_string();
+    let err = train_config(&bad, 1, 100, &d).unwrap_err().to_string();
     assert!(err.contains("local_epochs"), "{err}");
     let bad = RoundSettings {
         lr: -1.0,
         ..round_settings()
     };
-    let err = train_config(&bad, 1, &d).unwrap_err().to_string();
+    let err = train_config(&bad, 1, 100, &d).unwrap_err().to_string();
     assert!(err.contains("lr"), "{err}");
     // FedProx's mu reaches the trainer.
     let sent = FedProx::new(0.25)
         .unwrap()
         .configure_fit(1, &RoundSettings::default());
-    assert_eq!(train_config(&sent, 1, &d).unwrap().prox_mu, 0.25);
+    assert_eq!(train_config(&sent, 1, 100, &d).unwrap().prox_mu, 0.25);
+    // The round's minimum of optimizer steps raises a small station's epochs:
+    // batches of 16, 100 samples = 7 steps per epoch, 3 epochs for 20 steps.
+    let mut min = round_settings();
+    min.set_min_local_steps(20);
+    assert_eq!(train_config(&min, 1, 100, &d).unwrap().epochs, 3);
+    assert_eq!(train_config(&min, 1, 16 * 20, &d).unwrap().epochs, 2);
 }
 
 #[test]

@@ -62,7 +62,10 @@ pub use message::{
     RejectCode, RoundStart, Scalar, ServerLimits, Update, UpdateKind, Welcome, ALPN,
     INSTANCE_EXTENSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
-pub use settings::{round_seed, RoundSettings, SettingsError};
+pub use settings::{
+    local_work, round_seed, RoundSettings, SettingsError, DEFAULT_MIN_LOCAL_STEPS,
+    MIN_LOCAL_STEPS_EXTENSION,
+};
 pub use stream::{decode_all, decode_message, encode_message, Received};
 #[cfg(feature = "tokio")]
 pub use stream::{WireReader, WireWriter};

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::Extensions;
+use crate::message::{Extensions, Scalar};
 
 /// How stations train in one round.
 ///
@@ -55,6 +55,31 @@ impl Default for RoundSettings {
     }
 }
 
+/// The [`RoundSettings::extensions`] key of the least number of local
+/// optimizer steps per round ([`RoundSettings::min_local_steps`]). An
+/// extension, not a field: stations that do not know it train their
+/// `local_epochs` as before.
+pub const MIN_LOCAL_STEPS_EXTENSION: &str = "min_local_steps";
+
+/// The least local optimizer steps per round a new user gets: a station
+/// with few samples trains more epochs until it has taken this many steps
+/// (an LAPD area's month, ~100 training samples in batches of 64, would
+/// take 2 steps per epoch; with 20 it trains 10 epochs). Stations with at
+/// least `20 x batch_size` samples train their one epoch as before.
+pub const DEFAULT_MIN_LOCAL_STEPS: u32 = 20;
+
+/// The local work per round from a configuration's two optional settings,
+/// `(local_epochs, min_local_steps)`: neither set gives one epoch of at
+/// least [`DEFAULT_MIN_LOCAL_STEPS`] steps; epochs set alone are exactly
+/// that many epochs (no minimum); a minimum set is that minimum.
+pub fn local_work(epochs: Option<u32>, min_steps: Option<u32>) -> (u32, u32) {
+    match (epochs, min_steps) {
+        (None, None) => (1, DEFAULT_MIN_LOCAL_STEPS),
+        (Some(e), None) => (e, 0),
+        (e, Some(m)) => (e.unwrap_or(1), m),
+    }
+}
+
 /// A [`RoundSettings`] field out of range.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("round setting {field}: {reason}")]
@@ -70,6 +95,36 @@ impl RoundSettings {
     /// [`seed`](Self::seed).
     pub fn seed_for_round(&self, round: u64) -> u64 {
         round_seed(self.seed, round)
+    }
+
+    /// The least optimizer steps a station takes in the round
+    /// ([`MIN_LOCAL_STEPS_EXTENSION`]; 0, the default: exactly
+    /// `local_epochs`).
+    pub fn min_local_steps(&self) -> u32 {
+        match self.extensions.get(MIN_LOCAL_STEPS_EXTENSION) {
+            Some(Scalar::Int(n)) => u32::try_from(*n).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Sets the least local optimizer steps per round (0 removes it).
+    pub fn set_min_local_steps(&mut self, steps: u32) {
+        if steps == 0 {
+            self.extensions.remove(MIN_LOCAL_STEPS_EXTENSION);
+        } else {
+            self.extensions
+                .insert(MIN_LOCAL_STEPS_EXTENSION.to_owned(), Scalar::Int(steps.into()));
+        }
+    }
+
+    /// The epochs a station with `samples` training samples runs this round:
+    /// `local_epochs`, or more when that many epochs take fewer than
+    /// [`min_local_steps`](Self::min_local_steps) mini-batch steps.
+    pub fn local_epochs_for(&self, samples: usize) -> u32 {
+        let per_epoch = samples.div_ceil(self.batch_size.max(1) as usize).max(1);
+        let needed = (self.min_local_steps() as usize).div_ceil(per_epoch);
+        self.local_epochs
+            .max(u32::try_from(needed).unwrap_or(u32::MAX))
     }
 
     /// Checks every field's range, naming the first bad one. Stations check
@@ -99,6 +154,16 @@ impl RoundSettings {
                 );
             }
         }
+        match self.extensions.get(MIN_LOCAL_STEPS_EXTENSION) {
+            None => {}
+            Some(Scalar::Int(n)) if (0..=MAX_MIN_LOCAL_STEPS).contains(n) => {}
+            Some(other) => {
+                return bad(
+                    "min_local_steps",
+                    format!("must be an integer in 0..={MAX_MIN_LOCAL_STEPS}, got {other:?}"),
+                )
+            }
+        }
         if !(self.proximal_mu.is_finite() && self.proximal_mu >= 0.0) {
             return bad(
                 "proximal_mu",
@@ -108,6 +173,10 @@ impl RoundSettings {
         Ok(())
     }
 }
+
+/// The largest minimum of local steps a station accepts (a bound on the work
+/// a round may ask for).
+const MAX_MIN_LOCAL_STEPS: i64 = 1_000_000;
 
 /// The seed for round `round` of a run with base seed `seed`: different
 /// every round, the same on every transport. The one place this formula
@@ -137,6 +206,37 @@ mod tests {
             spoil(&mut s);
             assert_eq!(s.validate().unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn small_stations_train_more_epochs_to_reach_the_minimum_of_steps() {
+        let mut s = RoundSettings {
+            local_epochs: 1,
+            batch_size: 64,
+            ..RoundSettings::default()
+        };
+        assert_eq!(s.local_epochs_for(100), 1, "no minimum: exactly local_epochs");
+        s.set_min_local_steps(20);
+        assert_eq!(s.min_local_steps(), 20);
+        // 100 samples: 2 steps per epoch, 10 epochs for 20 steps.
+        assert_eq!(s.local_epochs_for(100), 10);
+        assert_eq!(s.local_epochs_for(64 * 7), 3);
+        assert_eq!(s.local_epochs_for(64 * 20), 1);
+        assert_eq!(s.local_epochs_for(1_000_000), 1);
+        assert_eq!(s.local_epochs_for(0), 20);
+        s.local_epochs = 5;
+        assert_eq!(s.local_epochs_for(64 * 20), 5, "never fewer than local_epochs");
+        assert_eq!(s.validate(), Ok(()));
+        s.extensions
+            .insert(MIN_LOCAL_STEPS_EXTENSION.into(), Scalar::Int(-1));
+        assert_eq!(s.validate().unwrap_err().field, "min_local_steps");
+        assert_eq!(s.min_local_steps(), 0);
+        s.set_min_local_steps(0);
+        assert!(s.extensions.is_empty());
+        assert_eq!(local_work(None, None), (1, DEFAULT_MIN_LOCAL_STEPS));
+        assert_eq!(local_work(Some(3), None), (3, 0));
+        assert_eq!(local_work(None, Some(5)), (1, 5));
+        assert_eq!(local_work(Some(2), Some(0)), (2, 0));
     }
 
     #[test]

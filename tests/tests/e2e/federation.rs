@@ -98,7 +98,7 @@ fn server_config(pki: &Path, out: &Path, rounds: u64, stations: usize) -> Server
     c.federation.evaluate_deadline = Duration::from_secs(60);
     c.federation.eval_every = 0;
     c.federation.seed = SEED;
-    c.train.epochs = 1;
+    c.train.epochs = Some(1);
     c.train.batch_size = 32;
     c.train.lr = 0.01;
     c.output.dir = out.to_path_buf();
@@ -326,7 +326,7 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
     synth.rows = 18_000;
     generate(&synth, std::fs::File::create(&csv).unwrap()).unwrap();
     let mut cfg = server_config(&pki, &dir.path().join("out"), 3, 4);
-    cfg.train.epochs = 2;
+    cfg.train.epochs = Some(2);
     cfg.federation.eval_every = 1;
     cfg.evaluation = Some(fedcrime_server::config::EvaluationSection {
         data: csv.clone(),
@@ -1168,7 +1168,7 @@ async fn fedavg_with_one_station_equals_local_training() {
     let pki = make_pki(dir.path(), 1);
     let data = incidents();
     let mut cfg = server_config(&pki, &dir.path().join("out"), 2, 1);
-    cfg.train.epochs = 2;
+    cfg.train.epochs = Some(2);
     // Both sides start from the same saved model.
     let architecture = cfg.model_config().unwrap();
     let m = model::build(&architecture, tch::Device::Cpu).unwrap();
