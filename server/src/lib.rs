@@ -29,4 +29,6 @@ mod session;
 pub use config::ServerConfig;
 pub use error::{Result, ServerError};
 pub use metrics::RoundRecord;
-pub use server::{run, Progress, RunReport, Server, ServerBuilder};
+pub use server::{
+    run, Evaluator, Progress, RunReport, Server, ServerBuilder, BEST_MODEL, FINAL_MODEL, LAST_MODEL,
+};

@@ -1,5 +1,7 @@
-//! Convergence plots: a test metric against round/epoch, wall-clock time and
-//! bytes sent, one line per method, the naive baseline as a dashed reference.
+//! Convergence plots: a test metric against round/epoch, optimizer steps,
+//! samples processed, wall-clock time and bytes sent (the five ways to put
+//! methods on an equal footing), one line per method, the naive baseline as
+//! a dashed reference.
 //!
 //! Written as SVG (text stays text) and PNG (rendered with the embedded DejaVu
 //! Sans, so the picture is the same on a machine without fonts).
@@ -19,6 +21,10 @@ static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 pub struct Point {
     /// Round (federated) or epoch (centralized).
     pub step: f64,
+    /// Optimizer steps so far (summed over stations).
+    pub grad_steps: f64,
+    /// Training samples processed so far (summed over stations).
+    pub samples: f64,
     /// Seconds since the method started.
     pub wall_seconds: f64,
     /// Bytes sent over the network so far (0 for centralized methods).
@@ -49,7 +55,7 @@ pub struct ConvergencePlot<'a> {
     pub baseline: Option<(&'a str, f64)>,
 }
 
-const SIZE: (u32, u32) = (1500, 480);
+const SIZE: (u32, u32) = (1500, 900);
 
 /// An x axis: its label and how to read it off a point.
 type Axis = (&'static str, fn(&Point) -> f64);
@@ -94,9 +100,11 @@ impl ConvergencePlot<'_> {
         let root = root
             .titled(self.title, ("sans-serif", 22))
             .map_err(|e| anyhow!("{e}"))?;
-        let panels = root.split_evenly((1, 3));
-        let axes: [Axis; 3] = [
+        let panels = root.split_evenly((2, 3));
+        let axes: [Axis; 5] = [
             ("round / epoch", |p| p.step),
+            ("optimizer steps (all stations)", |p| p.grad_steps),
+            ("samples processed (millions)", |p| p.samples / 1e6),
             ("wall-clock seconds", |p| p.wall_seconds),
             ("MB sent", |p| p.bytes / 1e6),
         ];
@@ -203,6 +211,8 @@ mod tests {
             points: (1..=5)
                 .map(|i| Point {
                     step: i as f64,
+                    grad_steps: i as f64 * 10.0,
+                    samples: i as f64 * 640.0,
                     wall_seconds: i as f64 * 0.5,
                     bytes: bytes * i as f64,
                     metric: 0.3 + 0.05 * i as f64,

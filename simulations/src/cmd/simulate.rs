@@ -59,12 +59,27 @@ pub struct SimulateArgs {
     /// krum:byzantine=1, multikrum:byzantine=1,keep=2 [default: fedavg].
     #[arg(long)]
     pub strategy: Option<StrategyConfig>,
-    /// Federated rounds [default: 20].
+    /// Federated rounds, exactly [default: until the validation score has
+    /// not improved for --patience rounds, at most 300].
     #[arg(long)]
     pub rounds: Option<u64>,
-    /// Local epochs per round [default: 1].
+    /// Local epochs per round, exactly [default: one epoch of at least
+    /// --min-local-steps optimizer steps].
     #[arg(long)]
     pub local_epochs: Option<usize>,
+    /// The least optimizer steps a station takes per round: stations with
+    /// few samples train more epochs [default: 20, or 0 with --local-epochs].
+    #[arg(long)]
+    pub min_local_steps: Option<u32>,
+    /// Centralized epochs, exactly [default: until the validation score has
+    /// not improved for --patience epochs, at most 300; with --rounds, the
+    /// federation's passes over the data].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Rounds or epochs without a better validation score (macro-F1 for
+    /// risk, MAE for counts) before a method stops [default: 10].
+    #[arg(long)]
+    pub patience: Option<u64>,
     /// natural (one station per LAPD area), bureau, iid or dirichlet:ALPHA
     /// [default: natural].
     #[arg(long)]
@@ -137,10 +152,19 @@ impl SimulateArgs {
             c.federation.strategy = v.clone();
         }
         if let Some(v) = self.rounds {
-            c.federation.rounds = v;
+            c.federation.rounds = Some(v);
         }
         if let Some(v) = self.local_epochs {
-            c.federation.local_epochs = v;
+            c.federation.local_epochs = Some(v);
+        }
+        if let Some(v) = self.min_local_steps {
+            c.federation.min_local_steps = Some(v);
+        }
+        if let Some(v) = self.epochs {
+            c.centralized.epochs = Some(v);
+        }
+        if let Some(v) = self.patience {
+            c.selection.patience = v;
         }
         if let Some(v) = &self.partition {
             c.federation.partition = v.clone();
@@ -259,7 +283,7 @@ mod tests {
         ]);
         let c = cli.args.config().unwrap();
         assert_eq!(c.seed, 3);
-        assert_eq!(c.federation.rounds, 2);
+        assert_eq!(c.federation.rounds, Some(2));
         assert_eq!(c.federation.stations, Some(9));
         assert_eq!(c.federation.strategy, StrategyConfig::FedProx { mu: 0.5 });
         assert_eq!(c.federation.transport, Transport::Memory);

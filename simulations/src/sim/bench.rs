@@ -256,6 +256,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
                 concurrency,
                 keep_globals: false,
                 bar: bar.clone(),
+                evaluator: None,
             })?;
             run.rounds
                 .into_iter()

@@ -2,10 +2,11 @@
 //! split, by the station trainer on one worker (`centralized`) and by the
 //! data-parallel trainer on W CPU workers (`data-parallel-W`).
 //!
-//! Both start from the federation's initial model, use its optimizer
-//! settings and seed, and make as many passes over the data as the
-//! federation ([`SimConfig::centralized_epochs`]); early stopping is off so
-//! that every method trains for its whole budget. After every epoch the
+//! Both start from the federation's initial model and use its optimizer
+//! settings and seed. They train until the validation headline has not
+//! improved for `selection.patience` epochs (the federation's rule), or for
+//! exactly the configured epochs ([`SimConfig::centralized_epochs`]); the
+//! trainer keeps the best epoch's weights. After every epoch the
 //! model is scored on the pooled validation split (by the trainer) and test
 //! split (here, on a second model that reads the live weights), like the
 //! global model after every round; the rows' seconds count training only.
@@ -18,14 +19,15 @@ use tch::{Device, Tensor};
 use fedcrime_ml::model::{build, CrimeModel};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::{
-    EpochRecord, FitReport, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
+    EpochRecord, FitReport, Monitor, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
 };
 use fedcrime_params::Params;
 
 use super::config::SimConfig;
 use super::data::StudyData;
 use super::eval::Scores;
-use super::record::Row;
+use super::record::{BestTracker, Row};
+use super::report::higher_is_better;
 
 /// Which centralized trainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,17 +49,22 @@ impl Central {
     }
 }
 
-/// The centralized training settings of a study.
-pub fn train_config(cfg: &SimConfig) -> TrainConfig {
+/// The centralized training settings of a study whose federation made
+/// `passes` passes over the data on average (see
+/// [`SimConfig::centralized_epochs`]).
+pub fn train_config(cfg: &SimConfig, passes: f64) -> TrainConfig {
+    let (epochs, patience) = cfg.centralized_epochs(passes);
     TrainConfig {
-        epochs: cfg.centralized_epochs(),
+        epochs,
         batch_size: cfg.train.batch_size,
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
         max_grad_norm: cfg.train.max_grad_norm,
         eval_batch_size: cfg.train.eval_batch_size,
         seed: cfg.seed,
-        patience: 0,
+        patience: usize::try_from(patience).unwrap_or(usize::MAX),
+        min_delta: cfg.selection.min_delta,
+        monitor: Monitor::Headline,
         progress: false,
         ..TrainConfig::default()
     }
@@ -79,18 +86,26 @@ fn mirror(live: &dyn CrimeModel, shadow: &dyn CrimeModel) -> Result<Vec<(Tensor,
         .collect()
 }
 
-/// Trains `which` on the study's pooled data from `initial`, calling
-/// `on_row` after every epoch with the epoch's scores; `threads` is
-/// libtorch's intra-op thread budget (shared by the data-parallel replicas).
+/// Trains `which` on the study's pooled data from `initial` with `tcfg`
+/// ([`train_config`]), calling `on_row` after every epoch with the epoch's
+/// scores; `threads` is libtorch's intra-op thread budget (shared by the
+/// data-parallel replicas).
 pub fn run(
     which: Central,
     data: &StudyData,
     cfg: &SimConfig,
+    tcfg: &TrainConfig,
     initial: &Params,
     threads: usize,
     mut on_row: impl FnMut(Row) -> Result<()>,
 ) -> Result<FitReport> {
-    let tcfg = train_config(cfg);
+    let tcfg = tcfg.clone();
+    let mut best = BestTracker::new(
+        higher_is_better(data.task.task),
+        cfg.selection.min_delta,
+    );
+    let n = data.splits.train.len();
+    let steps_per_epoch = n.div_ceil(tcfg.batch_size) as u64;
     let splits = &*data.splits;
     let method = which.method();
     let shadow = build(&data.model, Device::Cpu)?;
@@ -125,18 +140,24 @@ pub fn run(
             if r.samples_per_sec > 0.0 {
                 trained_s += splits.train.len() as f64 / r.samples_per_sec;
             }
-            on_row(Row {
+            let epoch = r.epoch as u64;
+            let mut row = Row {
                 method: method.clone(),
-                step: r.epoch as u64,
+                step: epoch,
                 wall_seconds: trained_s,
                 bytes_sent: 0,
+                grad_steps: epoch * steps_per_epoch,
+                samples: epoch * n as u64,
                 train_loss: Some(r.train_loss),
                 val,
                 test: Scores {
                     loss: test.loss,
                     metrics: test.metrics,
                 },
-            })
+                best: None,
+            };
+            best.update(&mut row);
+            on_row(row)
         })();
         if let Err(e) = outcome {
             failure = Some(e);

@@ -1,10 +1,16 @@
 //! [`SimConfig`]: the typed description of one simulation, read from a TOML
 //! file (`--config sim.toml`) and overridden by command-line flags.
 //!
-//! Every field has a default, so an empty file (or no file) is the issue's
-//! default study: the embedded LA-like synthetic data, task `risk`, model
-//! `dnn`, 21 stations split by LAPD area, FedAvg for 20 rounds of 1 local
-//! epoch over QUIC, plus both centralized baselines. Settings that depend on
+//! Every field has a default, so an empty file (or no file) is the default
+//! study: the embedded LA-like synthetic data, task `risk`, model `dnn`, 21
+//! stations split by LAPD area, FedAvg over QUIC, plus both centralized
+//! baselines; every method trains until its validation score (macro-F1 for
+//! risk, MAE for counts) has not improved for 10 rounds or epochs
+//! ([`SelectionSettings`]) and is judged at its best validation step; each
+//! station takes at least 20 optimizer steps per round (one epoch, or more
+//! when it holds few samples). Setting `federation.rounds`,
+//! `federation.local_epochs` or `centralized.epochs` gives exactly that
+//! many. Settings that depend on
 //! the machine (worker counts) may be left out and are filled in by
 //! [`SimConfig::resolve`]; the resolved configuration is what `report.md`
 //! and `sim.toml` in the output folder record, so a run can be replayed
@@ -18,8 +24,8 @@
 //! [model]
 //! kind = "dnn"
 //! [federation]
-//! rounds = 20
-//! local_epochs = 1
+//! # rounds = 30         # unset: until validation stops improving
+//! # local_epochs = 1    # unset: one epoch of at least min_local_steps steps
 //! partition = "natural"  # natural | bureau | iid | dirichlet:ALPHA
 //! transport = "quic"     # quic | memory
 //! [federation.strategy]
@@ -30,6 +36,11 @@
 //! lr = 0.001
 //! [centralized]
 //! enabled = true
+//! # epochs = 30         # unset: until validation stops improving
+//! [selection]
+//! patience = 10         # rounds or epochs without a better validation score
+//! max_rounds = 300
+//! max_epochs = 300
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -174,10 +185,17 @@ impl Default for ModelSettings {
 pub struct FederationSettings {
     /// The aggregation strategy and its parameters (default FedAvg).
     pub strategy: StrategyConfig,
-    /// Federated rounds (default 20).
-    pub rounds: u64,
-    /// Local epochs per round (default 1).
-    pub local_epochs: usize,
+    /// Federated rounds: exactly this many when set; unset (the default):
+    /// until the validation score has not improved for `selection.patience`
+    /// rounds, at most `selection.max_rounds`.
+    pub rounds: Option<u64>,
+    /// Local epochs per round: exactly this many when set alone; unset (the
+    /// default): one epoch of at least `min_local_steps` optimizer steps.
+    pub local_epochs: Option<usize>,
+    /// The least optimizer steps a station takes per round: a station with
+    /// few samples trains more epochs (default 20 when `local_epochs` is
+    /// unset, else 0).
+    pub min_local_steps: Option<u32>,
     /// How samples are divided among stations: `natural` (one station per
     /// LAPD area, the default), `bureau`, `iid` or `dirichlet:ALPHA`.
     #[serde(with = "partition_text")]
@@ -203,8 +221,9 @@ impl Default for FederationSettings {
     fn default() -> Self {
         FederationSettings {
             strategy: StrategyConfig::default(),
-            rounds: 20,
-            local_epochs: 1,
+            rounds: None,
+            local_epochs: None,
+            min_local_steps: None,
             partition: Partition::Natural,
             stations: None,
             fraction: 1.0,
@@ -252,6 +271,11 @@ pub struct CentralizedSettings {
     pub enabled: bool,
     /// Replicas of the data-parallel baseline (default: the cores, at least 2).
     pub workers: Option<usize>,
+    /// Epochs: exactly this many when set; unset (the default): until the
+    /// validation score has not improved for `selection.patience` epochs, at
+    /// most `selection.max_epochs` (or, when `federation.rounds` is set, as
+    /// many passes over the data as the federation makes).
+    pub epochs: Option<usize>,
 }
 
 impl Default for CentralizedSettings {
@@ -259,6 +283,35 @@ impl Default for CentralizedSettings {
         CentralizedSettings {
             enabled: true,
             workers: None,
+            epochs: None,
+        }
+    }
+}
+
+/// Model selection, the same rule for every method: train until the
+/// validation score (macro-F1 for risk, MAE for counts, on the pooled
+/// validation split) has not improved for `patience` rounds or epochs, and
+/// judge the method at its best validation step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelectionSettings {
+    /// Rounds or epochs without improvement before a method stops (default 10).
+    pub patience: u64,
+    /// The smallest change of the score that counts as an improvement (default 0).
+    pub min_delta: f64,
+    /// The cap of federated rounds when `federation.rounds` is unset (default 300).
+    pub max_rounds: u64,
+    /// The cap of centralized epochs when `centralized.epochs` is unset (default 300).
+    pub max_epochs: usize,
+}
+
+impl Default for SelectionSettings {
+    fn default() -> Self {
+        SelectionSettings {
+            patience: 10,
+            min_delta: 0.0,
+            max_rounds: 300,
+            max_epochs: 300,
         }
     }
 }
@@ -280,6 +333,8 @@ pub struct SimConfig {
     pub train: TrainSettings,
     /// Centralized baselines.
     pub centralized: CentralizedSettings,
+    /// Early stopping and model selection.
+    pub selection: SelectionSettings,
 }
 
 /// Cores of this machine (at least 1).
@@ -343,14 +398,38 @@ impl SimConfig {
         self.centralized.workers.unwrap_or_else(|| cores().max(2))
     }
 
-    /// Passes over the training data of the centralized baselines: as many
-    /// as the federation makes on average (`rounds x local_epochs x
-    /// fraction`), at least one.
-    pub fn centralized_epochs(&self) -> usize {
-        let passes = self.federation.rounds as f64
-            * self.federation.local_epochs as f64
-            * self.federation.fraction;
-        (passes.round() as usize).max(1)
+    /// The federated rounds to run: `federation.rounds`, else the cap.
+    pub fn max_rounds(&self) -> u64 {
+        self.federation.rounds.unwrap_or(self.selection.max_rounds)
+    }
+
+    /// Whether the federation stops when validation stops improving
+    /// (`federation.rounds` unset).
+    pub fn federation_stops_early(&self) -> bool {
+        self.federation.rounds.is_none()
+    }
+
+    /// `(local_epochs, min_local_steps)` of every round: see
+    /// [`fedcrime_wire::local_work`].
+    pub fn local_work(&self) -> (u32, u32) {
+        let epochs = self
+            .federation
+            .local_epochs
+            .map(|e| u32::try_from(e).unwrap_or(u32::MAX));
+        fedcrime_wire::local_work(epochs, self.federation.min_local_steps)
+    }
+
+    /// The centralized baselines' epochs and early-stopping patience (0:
+    /// none): `centralized.epochs` exactly; else, when `federation.rounds`
+    /// is set, `passes` epochs (the federation's average passes over the
+    /// data, at least one); else up to `selection.max_epochs`, stopping
+    /// like the federation.
+    pub fn centralized_epochs(&self, passes: f64) -> (usize, u64) {
+        match (self.centralized.epochs, self.federation.rounds) {
+            (Some(e), _) => (e, 0),
+            (None, Some(_)) => ((passes.round() as usize).max(1), 0),
+            (None, None) => (self.selection.max_epochs, self.selection.patience),
+        }
     }
 
     /// Fills the machine-dependent settings, so that the configuration
@@ -407,11 +486,30 @@ impl SimConfig {
             return invalid("model.dropout", format!("{} is outside [0, 1)", m.dropout));
         }
         let f = &self.federation;
-        if f.rounds == 0 {
+        if f.rounds == Some(0) {
             return invalid("federation.rounds", "must be at least 1");
         }
-        if f.local_epochs == 0 {
+        if f.local_epochs == Some(0) {
             return invalid("federation.local_epochs", "must be at least 1");
+        }
+        if f.min_local_steps.is_some_and(|m| m > 1_000_000) {
+            return invalid("federation.min_local_steps", "must be at most 1000000");
+        }
+        let sel = &self.selection;
+        if sel.patience == 0 {
+            return invalid("selection.patience", "must be at least 1");
+        }
+        if !(sel.min_delta.is_finite() && sel.min_delta >= 0.0) {
+            return invalid("selection.min_delta", "must be a non-negative number");
+        }
+        if sel.max_rounds == 0 {
+            return invalid("selection.max_rounds", "must be at least 1");
+        }
+        if sel.max_epochs == 0 {
+            return invalid("selection.max_epochs", "must be at least 1");
+        }
+        if self.centralized.epochs == Some(0) {
+            return invalid("centralized.epochs", "must be at least 1");
         }
         if f.stations == Some(0) {
             return invalid("federation.stations", "must be at least 1");
@@ -487,13 +585,32 @@ mod tests {
     fn empty_file_is_the_default_study() {
         let c = SimConfig::from_toml("").unwrap();
         assert_eq!(c, SimConfig::default());
-        assert_eq!(c.federation.rounds, 20);
+        assert_eq!(c.federation.rounds, None);
+        assert_eq!(c.max_rounds(), 300);
+        assert!(c.federation_stops_early());
+        assert_eq!(c.local_work(), (1, 20));
         assert_eq!(c.federation.partition, Partition::Natural);
         assert_eq!(c.federation.transport, Transport::Quic);
         assert_eq!(c.model.kind, ModelKind::Dnn);
         assert_eq!(c.data.task, Task::Risk);
-        assert_eq!(c.centralized_epochs(), 20);
+        assert_eq!(c.centralized_epochs(7.0), (300, 10));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn explicit_rounds_and_epochs_are_honoured_exactly() {
+        let c = SimConfig::from_toml("[federation]\nrounds = 30\nlocal_epochs = 5").unwrap();
+        assert_eq!((c.max_rounds(), c.federation_stops_early()), (30, false));
+        assert_eq!(c.local_work(), (5, 0), "epochs set alone: no minimum of steps");
+        // Centralized: the federation's passes, no early stopping.
+        assert_eq!(c.centralized_epochs(150.4), (150, 0));
+        let c = SimConfig::from_toml("[centralized]\nepochs = 12").unwrap();
+        assert_eq!(c.centralized_epochs(7.0), (12, 0));
+        assert!(c.federation_stops_early());
+        let c = SimConfig::from_toml("[federation]\nmin_local_steps = 50").unwrap();
+        assert_eq!(c.local_work(), (1, 50));
+        let c = SimConfig::from_toml("[selection]\npatience = 3\nmax_epochs = 40").unwrap();
+        assert_eq!(c.centralized_epochs(1.0), (40, 3));
     }
 
     #[test]
@@ -529,6 +646,10 @@ mod tests {
         let err = |text: &str| SimConfig::from_toml(text).unwrap().validate().unwrap_err();
         for (text, field) in [
             ("[federation]\nrounds = 0", "federation.rounds"),
+            ("[federation]\nlocal_epochs = 0", "federation.local_epochs"),
+            ("[selection]\npatience = 0", "selection.patience"),
+            ("[selection]\nmax_rounds = 0", "selection.max_rounds"),
+            ("[centralized]\nepochs = 0", "centralized.epochs"),
             ("[federation]\nfraction = 1.5", "federation.fraction"),
             ("[federation]\nstations = 5", "federation.stations"),
             ("[model]\nkind = \"gat-tcn\"", "model.kind"),

@@ -13,6 +13,7 @@ use anyhow::Result;
 use tch::Device;
 
 use fedcrime_data::Splits;
+use fedcrime_fl::EvalSummary;
 use fedcrime_ml::model::{build, CrimeModel, ModelConfig};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::Metrics;
@@ -68,6 +69,29 @@ impl Evaluator {
             data,
             batch_size,
         })
+    }
+
+    /// Scores `params` on the validation split only, as the round engine's
+    /// server-side evaluation (what early stopping watches); `None`, logged,
+    /// when scoring fails.
+    pub fn validation_summary(&mut self, round: u64, params: &Params) -> Option<EvalSummary> {
+        let scored = (|| -> Result<EvalSummary> {
+            self.model.import_params(params)?;
+            let e = evaluate_model(self.model.as_ref(), &self.data.val, self.batch_size)?;
+            Ok(EvalSummary {
+                loss: Some(e.loss),
+                metrics: e
+                    .metrics
+                    .scalars()
+                    .into_iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .collect(),
+                num_examples: e.n as u64,
+            })
+        })();
+        scored
+            .map_err(|e| tracing::warn!(round, "validation scoring failed: {e:#}"))
+            .ok()
     }
 
     /// Scores `params`.

@@ -15,7 +15,14 @@
 //!    models and metrics for a seed. The global model is scored on the
 //!    pooled validation and test splits after every round.
 //! 4. The centralized baselines ([`central`]): single worker and data
-//!    parallel, as many passes over the data as the federation.
+//!    parallel.
+//!
+//! Model selection is the same for every method: unless rounds or epochs are
+//! set, a method trains until its validation headline (macro-F1 for risk,
+//! MAE for counts, on the pooled validation split) has not improved for
+//! `selection.patience` rounds or epochs (the round engine's early stopping
+//! for the federation, the trainer's for the centralized methods), and every
+//! method is judged at its best validation step ([`record::BestTracker`]).
 //! 5. Outputs: `metrics.csv` (streamed, [`record`]), `convergence.svg` and
 //!    `.png`, `report.md` ([`report`]) and `sim.toml` (the resolved
 //!    configuration, to replay the run).
@@ -45,7 +52,13 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use tch::Device;
 
-use fedcrime_fl::{Engine, EngineConfig, Outcome, RoundMetrics, RoundSettings, StationId, Summary};
+use std::collections::BTreeMap;
+
+use fedcrime_fl::strategy::WithServerEval;
+use fedcrime_fl::{
+    EarlyStopping, Engine, EngineConfig, Goal, Outcome, RoundMetrics, RoundSettings, StationId,
+    Summary,
+};
 use fedcrime_ml::model::build;
 use fedcrime_ml::train::{evaluate_baselines, BaselineResult};
 use fedcrime_station::Learner;
@@ -59,6 +72,7 @@ pub use report::MethodRun;
 
 use crate::progress;
 use eval::Evaluator;
+use record::BestTracker;
 
 /// How a simulation reports progress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,22 +101,45 @@ pub struct SimOutcome {
 /// The engine settings of a study: every station must connect, the
 /// configured fraction trains each round, one update suffices to
 /// aggregate, and no federated evaluation (the study scores the global
-/// model on the pooled splits itself).
+/// model on the pooled splits itself). Unless `federation.rounds` is set,
+/// the engine stops early on the server-side validation headline
+/// ([`early_stopping`]), with `selection.max_rounds` as the cap.
 pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
+    let stopping = early_stopping(cfg);
     EngineConfig {
-        rounds: cfg.federation.rounds,
+        rounds: cfg.max_rounds(),
+        early_stopping: stopping.clone(),
         min_stations: stations,
         fraction_fit: cfg.federation.fraction,
         min_fit: 1,
         min_updates: 1,
         round_deadline: Duration::from_secs_f64(cfg.federation.round_deadline_s),
         station_wait_timeout: Some(Duration::from_secs(300)),
-        eval_every: 0,
+        eval_every: u64::from(stopping.is_some()),
         fraction_evaluate: 0.0,
         seed: cfg.seed,
         train: round_settings(cfg),
         ..EngineConfig::default()
     }
+}
+
+/// The federation's early stopping, when `federation.rounds` is unset: the
+/// validation headline of the task (macro-F1, higher is better; MAE, lower
+/// is better) with the study's patience.
+pub fn early_stopping(cfg: &SimConfig) -> Option<EarlyStopping> {
+    cfg.federation_stops_early().then(|| {
+        let task = cfg.data.task;
+        EarlyStopping {
+            monitor: record::headline_name(task).into(),
+            goal: if report::higher_is_better(task) {
+                Goal::Max
+            } else {
+                Goal::Min
+            },
+            patience: cfg.selection.patience,
+            min_delta: cfg.selection.min_delta,
+        }
+    })
 }
 
 /// Peak resident memory of this process in MiB (Linux's `VmHWM`; NaN elsewhere).
@@ -149,14 +186,34 @@ pub fn station_list(
 /// What the stations are told to train with each round (the engine adds
 /// the run's seed).
 pub fn round_settings(cfg: &SimConfig) -> RoundSettings {
-    RoundSettings {
-        local_epochs: u32::try_from(cfg.federation.local_epochs).unwrap_or(u32::MAX),
+    let (local_epochs, min_steps) = cfg.local_work();
+    let mut s = RoundSettings {
+        local_epochs,
         batch_size: u32::try_from(cfg.train.batch_size).unwrap_or(u32::MAX),
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
         max_grad_norm: cfg.train.max_grad_norm,
         ..RoundSettings::default()
-    }
+    };
+    s.set_min_local_steps(min_steps);
+    s
+}
+
+/// The optimizer steps and samples one round of training costs each station
+/// (by name), from its training samples and the round settings.
+fn local_costs(
+    stations: &[Arc<SimStation>],
+    settings: &RoundSettings,
+) -> Result<BTreeMap<StationId, (u64, u64)>> {
+    let batch = settings.batch_size.max(1) as u64;
+    stations
+        .iter()
+        .map(|s| {
+            let n = s.train_len() as u64;
+            let epochs = u64::from(settings.local_epochs_for(s.train_len()));
+            Ok((s.id()?, (epochs * n.div_ceil(batch), epochs * n)))
+        })
+        .collect()
 }
 
 /// A finished federated round with its scores.
@@ -204,22 +261,46 @@ fn federate_locked(
     let method = cfg.federation.strategy.name().to_string();
     let stations = station_list(data, cfg)?;
     let engine_cfg = engine_config(cfg, stations.len());
+    let costs = local_costs(
+        &data.learners(cfg, Device::Cpu),
+        &engine_cfg.train,
+    )?;
     let concurrency = cfg.concurrency();
     let mut evaluator =
         Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size)?;
-    let mut bytes = 0u64;
+    // The server-side validation early stopping watches, with a model of its own.
+    let mut validator = engine_cfg
+        .early_stopping
+        .is_some()
+        .then(|| Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size))
+        .transpose()?;
+    let mut best = BestTracker::new(
+        report::higher_is_better(data.task.task),
+        cfg.selection.min_delta,
+    );
+    let (mut bytes, mut grad_steps, mut samples) = (0u64, 0u64, 0u64);
     let mut row_of = |m: &RoundMetrics, wall: f64, global: &Params| -> Result<Row> {
         bytes += m.bytes_in + m.bytes_out;
+        for id in &m.completed {
+            let (steps, n) = costs.get(id).copied().unwrap_or_default();
+            grad_steps += steps;
+            samples += n;
+        }
         let s = evaluator.evaluate(global)?;
-        Ok(Row {
+        let mut row = Row {
             method: method.clone(),
             step: m.round,
             wall_seconds: wall,
             bytes_sent: bytes,
+            grad_steps,
+            samples,
             train_loss: m.train_loss,
             val: s.val,
             test: s.test,
-        })
+            best: None,
+        };
+        best.update(&mut row);
+        Ok(row)
     };
     // libtorch's intra-op threads are shared by the stations training at once,
     // the same on both transports (results depend on the thread count).
@@ -227,12 +308,13 @@ fn federate_locked(
     tch::set_num_threads((config::cores() / concurrency).max(1) as i32);
     let outcome = match cfg.federation.transport {
         Transport::Memory => {
-            let mut engine = Engine::new(
-                engine_cfg,
-                cfg.federation.strategy.build()?,
-                initial.clone(),
-                Instant::now(),
-            )?;
+            let mut strategy = cfg.federation.strategy.build()?;
+            if let Some(mut v) = validator.take() {
+                strategy = Box::new(WithServerEval::new(strategy, move |round, p: &Params| {
+                    v.validation_summary(round, p)
+                }));
+            }
+            let mut engine = Engine::new(engine_cfg, strategy, initial.clone(), Instant::now())?;
             engine.set_stopwatch(Instant::now);
             let transport = MemoryFederation::new(stations, concurrency)?;
             // Scoring runs between rounds; its time is not the federation's.
@@ -267,6 +349,9 @@ fn federate_locked(
             concurrency,
             keep_globals: true,
             bar: bar.clone(),
+            evaluator: validator.take().map(|mut v| -> fedcrime_server::Evaluator {
+                Box::new(move |round, p: &Params| v.validation_summary(round, p))
+            }),
         })
         .and_then(|run| {
             bar.set_message("scoring the rounds");
@@ -320,7 +405,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
 
     // The federation.
     let method = cfg.federation.strategy.name().to_string();
-    let bar = progress::bar(opts.quiet, cfg.federation.rounds, &method, "rounds");
+    let bar = progress::bar(opts.quiet, cfg.max_rounds(), &method, "rounds");
     let mut fed_run = MethodRun {
         method: method.clone(),
         federated: true,
@@ -338,16 +423,28 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
     if let Outcome::Aborted { round, reason } = &summary.outcome {
         bail!("the federation stopped in round {round}: {reason}");
     }
+    if summary.stopped_early {
+        tracing::info!(
+            rounds = summary.rounds_completed,
+            best_round = summary.best.map(|b| b.round),
+            "{method}: validation stopped improving"
+        );
+    }
+    // The federation's passes over the pooled training data, for centralized
+    // baselines that match it (`federation.rounds` set).
+    let passes = fed_run.last().map_or(0.0, |r| r.samples as f64)
+        / data.splits.train.len().max(1) as f64;
     let mut runs = vec![fed_run];
 
     // The centralized baselines.
+    let central_cfg = central::train_config(&cfg, passes);
     if cfg.centralized.enabled {
         for which in [
             central::Central::Single,
             central::Central::DataParallel(cfg.dp_workers()),
         ] {
             let name = which.method();
-            let bar = progress::bar(opts.quiet, cfg.centralized_epochs() as u64, &name, "epochs");
+            let bar = progress::bar(opts.quiet, central_cfg.epochs as u64, &name, "epochs");
             let mut run = MethodRun {
                 method: name.clone(),
                 federated: false,
@@ -357,7 +454,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
                 central::Central::Single => 1,
                 central::Central::DataParallel(w) => w.max(config::cores()),
             };
-            central::run(which, &data, &cfg, &initial, threads, |row| {
+            central::run(which, &data, &cfg, &central_cfg, &initial, threads, |row| {
                 csv.push(&row)?;
                 bar.set_message(format!(
                     "test {} {:.4}",
@@ -383,7 +480,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         sizes.len()
     );
     report::write_plots(out, &title, data.task.task, &runs, &baselines)?;
-    let mut setup = setup_lines(&cfg, &data, &initial);
+    let mut setup = setup_lines(&cfg, &data, &initial, &central_cfg);
     setup.push(format!(
         "peak resident memory of the process: {:.0} MiB (libtorch included)",
         peak_rss_mib()
@@ -411,7 +508,12 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
 }
 
 /// The setup bullets of `report.md`.
-fn setup_lines(cfg: &SimConfig, data: &StudyData, initial: &Params) -> Vec<String> {
+fn setup_lines(
+    cfg: &SimConfig,
+    data: &StudyData,
+    initial: &Params,
+    central: &fedcrime_ml::train::TrainConfig,
+) -> Vec<String> {
     let mut sizes = data.station_sizes();
     sizes.sort_unstable();
     let median = sizes.get(sizes.len() / 2).copied().unwrap_or(0);
@@ -445,18 +547,40 @@ fn setup_lines(cfg: &SimConfig, data: &StudyData, initial: &Params) -> Vec<Strin
             cfg.seed
         ),
         format!(
-            "federation: {} for {} rounds of {} local epoch(s), fraction {}, transport {}, {} station(s) training at once; the global model scored after every round",
+            "federation: {} for {}, each station {} per round, fraction {}, transport {}, {} station(s) training at once; the global model scored after every round",
             f.strategy,
-            f.rounds,
-            f.local_epochs,
+            match f.rounds {
+                Some(r) => format!("exactly {r} rounds"),
+                None => format!(
+                    "up to {} rounds, stopping after {} rounds without a better validation {}",
+                    cfg.selection.max_rounds,
+                    cfg.selection.patience,
+                    record::headline_name(cfg.data.task)
+                ),
+            },
+            match cfg.local_work() {
+                (e, 0) => format!("exactly {e} local epoch(s)"),
+                (e, m) => format!("{e} local epoch(s) or more to take at least {m} optimizer steps"),
+            },
             f.fraction,
             f.transport.as_str(),
             cfg.concurrency()
         ),
         if cfg.centralized.enabled {
             format!(
-                "centralized: {} epochs (the federation's passes over the data) on one worker and on {} data-parallel workers ({})",
-                cfg.centralized_epochs(),
+                "centralized: {} on one worker and on {} data-parallel workers ({}); the best validation epoch's weights kept",
+                if central.patience > 0 {
+                    format!(
+                        "up to {} epochs, stopping after {} epochs without a better validation {}",
+                        central.epochs,
+                        central.patience,
+                        record::headline_name(cfg.data.task)
+                    )
+                } else if cfg.centralized.epochs.is_some() {
+                    format!("exactly {} epochs", central.epochs)
+                } else {
+                    format!("{} epochs (the federation's passes over the data)", central.epochs)
+                },
                 cfg.dp_workers(),
                 if cfg.federation.device == DeviceChoice::Cpu {
                     "CPU, one thread per worker".to_string()

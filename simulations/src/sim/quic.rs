@@ -70,6 +70,8 @@ pub struct QuicSetup<'a> {
     pub keep_globals: bool,
     /// Advanced to the round in progress.
     pub bar: ProgressBar,
+    /// The server-side evaluation early stopping watches, if any.
+    pub evaluator: Option<fedcrime_server::Evaluator>,
 }
 
 /// A finished round of a QUIC federation.
@@ -318,11 +320,15 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     let stations = setup.stations;
     let initial = setup.initial.clone();
     let featurizer = setup.featurizer.cloned();
+    let evaluator = setup.evaluator;
     let report = runtime.block_on(async move {
         let t0 = Instant::now();
         let mut server = Server::builder(config).initial(initial);
         if let Some(f) = featurizer {
             server = server.featurizer(f);
+        }
+        if let Some(e) = evaluator {
+            server = server.evaluator(e);
         }
         let server = server.bind().await.context("starting the server")?;
         let addr = server.local_addr()?;

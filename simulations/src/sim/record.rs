@@ -2,10 +2,15 @@
 //! method, written as the run goes (each row flushed), and read back for
 //! tests and reports.
 //!
-//! Columns: `method, step, wall_seconds, bytes_sent, train_loss, val_loss`,
-//! the task's validation metrics (`val_accuracy`, `val_macro_f1`, ... for
-//! risk; `val_mae`, ... for counts), `test_loss` and the same metrics on the
-//! test split. `wall_seconds` is the time the method has taken so far,
+//! Columns: `method, step, wall_seconds, bytes_sent, grad_steps, samples,
+//! train_loss, val_loss`, the task's validation metrics (`val_accuracy`,
+//! `val_macro_f1`, ... for risk; `val_mae`, ... for counts), `test_loss` and
+//! the same metrics on the test split, then `best_step` and
+//! `test_<headline>_at_best`: the step with the best validation headline so
+//! far and its test headline (the last row of a method gives the model the
+//! method selects). `grad_steps` and `samples` count optimizer steps and
+//! samples processed so far, summed over the stations for a federation.
+//! `wall_seconds` is the time the method has taken so far,
 //! without the study's scoring: for the federation the round engine's clock
 //! (connecting, sending, training, receiving, aggregating), for the
 //! centralized methods their training loops. `bytes_sent` is the cumulative
@@ -33,12 +38,56 @@ pub struct Row {
     pub wall_seconds: f64,
     /// Bytes sent so far, both directions.
     pub bytes_sent: u64,
+    /// Optimizer steps so far (summed over stations).
+    pub grad_steps: u64,
+    /// Training samples processed so far (summed over stations).
+    pub samples: u64,
     /// Training loss of the round or epoch (example-weighted over stations).
     pub train_loss: Option<f64>,
     /// Scores on the pooled validation split.
     pub val: Scores,
     /// Scores on the pooled test split.
     pub test: Scores,
+    /// The step with the best validation headline so far, and its test headline.
+    pub best: Option<(u64, f64)>,
+}
+
+/// Picks the best validation step as rows arrive, with the rule early
+/// stopping uses: a step is better when its validation headline beats the
+/// best so far by more than `min_delta` (higher macro-F1, lower MAE).
+#[derive(Clone, Debug)]
+pub struct BestTracker {
+    higher_is_better: bool,
+    min_delta: f64,
+    best: Option<(u64, f64, f64)>,
+}
+
+impl BestTracker {
+    /// A tracker for a task whose headline is maximized when `higher_is_better`.
+    pub fn new(higher_is_better: bool, min_delta: f64) -> Self {
+        BestTracker {
+            higher_is_better,
+            min_delta,
+            best: None,
+        }
+    }
+
+    /// Records `row` and fills its [`Row::best`].
+    pub fn update(&mut self, row: &mut Row) {
+        let v = row.val.headline();
+        let better = v.is_finite()
+            && self.best.is_none_or(|(_, b, _)| {
+                if self.higher_is_better {
+                    v > b + self.min_delta
+                } else {
+                    v < b - self.min_delta
+                }
+            });
+        if better {
+            self.best = Some((row.step, v, row.test.headline()));
+        }
+        row.best = self.best.map(|(step, _, test)| (step, test));
+    }
 }
 
 /// The header of `metrics.csv` for a task with `output_dim` classes or count dimensions.
@@ -49,6 +98,8 @@ pub fn header(task: Task, output_dim: usize) -> Vec<String> {
         "step",
         "wall_seconds",
         "bytes_sent",
+        "grad_steps",
+        "samples",
         "train_loss",
         "val_loss",
     ]
@@ -58,7 +109,17 @@ pub fn header(task: Task, output_dim: usize) -> Vec<String> {
     h.extend(names.iter().map(|n| format!("val_{n}")));
     h.push("test_loss".into());
     h.extend(names.iter().map(|n| format!("test_{n}")));
+    h.push("best_step".into());
+    h.push(format!("test_{}_at_best", headline_name(task)));
     h
+}
+
+/// The task's headline metric: `macro_f1` (risk) or `mae` (counts).
+pub fn headline_name(task: Task) -> &'static str {
+    match task {
+        Task::Risk => "macro_f1",
+        Task::Counts => "mae",
+    }
 }
 
 /// A number for the CSV: empty when undefined.
@@ -77,11 +138,20 @@ pub fn cells(row: &Row) -> Vec<String> {
         row.step.to_string(),
         format!("{:.4}", row.wall_seconds),
         row.bytes_sent.to_string(),
+        row.grad_steps.to_string(),
+        row.samples.to_string(),
         row.train_loss.map(num).unwrap_or_default(),
     ];
     for scores in [&row.val, &row.test] {
         c.push(num(scores.loss));
         c.extend(scores.metrics.scalars().into_iter().map(|(_, v)| num(v)));
+    }
+    match row.best {
+        Some((step, test)) => {
+            c.push(step.to_string());
+            c.push(num(test));
+        }
+        None => c.extend([String::new(), String::new()]),
     }
     c
 }
@@ -161,9 +231,12 @@ mod tests {
             step: 1,
             wall_seconds: 1.5,
             bytes_sent: 1234,
+            grad_steps: 10,
+            samples: 640,
             train_loss: Some(0.7),
             val: scores(0.9),
             test: scores(1.1),
+            best: Some((1, 0.5)),
         };
         csv.push(&row).unwrap();
         csv.push(&Row {
@@ -174,7 +247,9 @@ mod tests {
         .unwrap();
         drop(csv);
         let t = CsvTable::read(&path).unwrap();
-        assert_eq!(t.header.len(), 6 + 5 + 1 + 5);
+        assert_eq!(t.header.len(), 8 + 5 + 1 + 5 + 2);
+        assert_eq!(t.number(&t.rows[0], "grad_steps"), Some(10.0));
+        assert_eq!(t.number(&t.rows[0], "test_macro_f1_at_best"), Some(0.5));
         assert!(t.rows.iter().all(|r| r.len() == t.header.len()));
         let fed: Vec<_> = t.method("fedavg").collect();
         assert_eq!(fed.len(), 1);
@@ -183,5 +258,39 @@ mod tests {
         assert_eq!(t.number(fed[0], "val_accuracy"), Some(0.75));
         let c: Vec<_> = t.method("centralized").collect();
         assert_eq!(t.number(c[0], "train_loss"), None);
+    }
+
+    #[test]
+    fn the_best_validation_step_follows_the_headline_and_min_delta() {
+        let row = |step: u64, f1_pred: [i64; 4]| Row {
+            method: "fedavg".into(),
+            step,
+            wall_seconds: 0.0,
+            bytes_sent: 0,
+            grad_steps: 0,
+            samples: 0,
+            train_loss: None,
+            val: Scores {
+                loss: 1.0,
+                metrics: Metrics::Risk(RiskMetrics::compute(&[0, 1, 1, 2], &f1_pred, 3).unwrap()),
+            },
+            test: scores(1.0),
+            best: None,
+        };
+        let mut t = BestTracker::new(true, 0.0);
+        let mut steps = Vec::new();
+        for (i, pred) in [[0, 0, 0, 0], [0, 1, 1, 2], [0, 0, 1, 2]].into_iter().enumerate() {
+            let mut r = row(i as u64 + 1, pred);
+            t.update(&mut r);
+            steps.push(r.best.unwrap().0);
+        }
+        // Step 2 is perfect; step 3 is worse and keeps step 2.
+        assert_eq!(steps, [1, 2, 2]);
+        let mut lower = BestTracker::new(false, 0.0);
+        let mut r = row(1, [0, 1, 1, 2]);
+        lower.update(&mut r);
+        let mut r2 = row(2, [0, 0, 0, 0]);
+        lower.update(&mut r2);
+        assert_eq!(r2.best.unwrap().0, 2, "lower is better for counts' MAE");
     }
 }

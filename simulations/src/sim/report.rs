@@ -1,9 +1,11 @@
 //! `report.md` and the convergence plot: the comparison the study is about.
 //!
-//! The report gives each method's final scores next to the naive
-//! baselines, the time (and step) at which each method first came within
-//! 5% of the centralized model's final test score, the bytes each method
-//! moved, the federated-centralized gap, and the run's exact configuration.
+//! The report judges each method at its best validation step (the model it
+//! selects) next to the naive baselines, gives the federated/centralized
+//! ratio there, the rounds, optimizer steps, samples, seconds and bytes each
+//! method needed to reach 95% and 98% of the centralized model's best
+//! validation score, the last step's full scores, and the run's exact
+//! configuration.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -32,6 +34,12 @@ impl MethodRun {
     pub fn last(&self) -> Option<&Row> {
         self.rows.last()
     }
+
+    /// The row of the best validation step (the model the method selects).
+    pub fn best(&self) -> Option<&Row> {
+        let step = self.last()?.best?.0;
+        self.rows.iter().find(|r| r.step == step)
+    }
 }
 
 /// Whether larger values of the task's headline metric are better.
@@ -39,19 +47,20 @@ pub fn higher_is_better(task: Task) -> bool {
     task == Task::Risk
 }
 
-/// The score a method must reach to count as within 5% of `reference`.
-pub fn target_of(task: Task, reference: f64) -> f64 {
+/// The score a method must reach to count as within `share` (0.95: 5%) of
+/// `reference`.
+pub fn target_of(task: Task, reference: f64, share: f64) -> f64 {
     if higher_is_better(task) {
-        0.95 * reference
+        share * reference
     } else {
-        reference / 0.95
+        reference / share
     }
 }
 
-/// The first row of `run` whose test headline reaches `target`.
+/// The first row of `run` whose validation headline reaches `target`.
 pub fn first_reaching(run: &MethodRun, task: Task, target: f64) -> Option<&Row> {
     run.rows.iter().find(|r| {
-        let v = r.test.headline();
+        let v = r.val.headline();
         if higher_is_better(task) {
             v >= target
         } else {
@@ -92,6 +101,8 @@ pub fn write_plots(
                 .iter()
                 .map(|row| Point {
                     step: row.step as f64,
+                    grad_steps: row.grad_steps as f64,
+                    samples: row.samples as f64,
                     wall_seconds: row.wall_seconds,
                     bytes: row.bytes_sent as f64,
                     metric: row.test.headline(),
@@ -141,6 +152,25 @@ fn mb(bytes: u64) -> String {
     format!("{:.2}", bytes as f64 / 1e6)
 }
 
+/// Whether `v` is better than `reference` for the task (ties count).
+fn at_least(task: Task, v: f64, reference: f64) -> bool {
+    if higher_is_better(task) {
+        v >= reference
+    } else {
+        v <= reference
+    }
+}
+
+/// The goal of the federated/centralized ratio of the headline: at least
+/// 0.98x macro-F1, at most 1.05x MAE.
+pub fn ratio_goal(task: Task) -> f64 {
+    if higher_is_better(task) {
+        0.98
+    } else {
+        1.05
+    }
+}
+
 /// The markdown of `report.md`.
 pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
     let task = ctx.task;
@@ -149,6 +179,207 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
     for line in &ctx.setup {
         let _ = writeln!(md, "- {line}");
     }
+    let (headline, _) = runs
+        .iter()
+        .find_map(|r| r.last())
+        .map(|r| r.test.metrics.headline())
+        .unwrap_or(("score", f64::NAN));
+    let naive = best_baseline(task, ctx.baselines);
+    selected_section(&mut md, task, headline, runs, ctx.baselines, naive);
+    ratio_section(&mut md, task, headline, runs, naive);
+    reaching_section(&mut md, task, headline, runs);
+    last_step_section(&mut md, runs, ctx.baselines);
+    let _ = writeln!(md, "\n## Configuration\n\nReplay with `fedcrime-sim simulate --config sim.toml` (this folder's copy).\n");
+    let _ = writeln!(md, "```toml\n{}```", ctx.config_toml);
+    md
+}
+
+/// Each method at its best validation step, beside the naive baselines.
+fn selected_section(
+    md: &mut String,
+    task: Task,
+    headline: &str,
+    runs: &[MethodRun],
+    baselines: &[BaselineResult],
+    naive: Option<&BaselineResult>,
+) {
+    let _ = writeln!(md, "\n## Selected models (best validation step)\n");
+    let _ = writeln!(
+        md,
+        "Each method is judged by the model of its best validation {headline} (pooled validation split), as an agency would deploy it; the test columns score that model. Cost columns count up to the last step run.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| method | best step | steps run | val {headline} | **test {headline}** | test {headline} at last step | test loss | optimizer steps | samples (M) | wall s | MB sent |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for run in runs {
+        let (Some(best), Some(last)) = (run.best(), run.last()) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| **{}** | {} | {} | {} | **{}** | {} | {} | {} | {:.2} | {:.1} | {} |",
+            run.method,
+            best.step,
+            last.step,
+            fmt_num(best.val.headline()),
+            fmt_num(best.test.headline()),
+            fmt_num(last.test.headline()),
+            fmt_num(best.test.loss),
+            last.grad_steps,
+            last.samples as f64 / 1e6,
+            last.wall_seconds,
+            if run.federated {
+                mb(last.bytes_sent)
+            } else {
+                "-".into()
+            },
+        );
+    }
+    for b in baselines {
+        let _ = writeln!(
+            md,
+            "| {} (naive) | - | - | - | {} | - | - | - | - | - | - |",
+            b.name,
+            fmt_num(b.metrics.headline().1)
+        );
+    }
+    if let Some(n) = naive {
+        let reference = n.metrics.headline().1;
+        md.push('\n');
+        for run in runs {
+            let Some(best) = run.best() else { continue };
+            let v = best.test.headline();
+            let _ = writeln!(
+                md,
+                "- {}: test {headline} {} is {} the best naive baseline ({} {}).",
+                run.method,
+                fmt_num(v),
+                if at_least(task, v, reference) && v != reference {
+                    "above"
+                } else {
+                    "**not above**"
+                },
+                n.name,
+                fmt_num(reference)
+            );
+        }
+    }
+}
+
+/// Federated over centralized at the selected models, against the goals.
+fn ratio_section(
+    md: &mut String,
+    task: Task,
+    headline: &str,
+    runs: &[MethodRun],
+    naive: Option<&BaselineResult>,
+) {
+    let _ = writeln!(md, "\n## Federated vs centralized (selected models)\n");
+    let Some(central) = runs
+        .iter()
+        .find(|r| r.method == "centralized")
+        .and_then(MethodRun::best)
+    else {
+        md.push_str("No centralized baseline in this run (`--no-centralized`).\n");
+        return;
+    };
+    let reference = central.test.headline();
+    let goal = ratio_goal(task);
+    for run in runs.iter().filter(|r| r.method != "centralized") {
+        let Some(best) = run.best() else { continue };
+        let ratio = best.test.headline() / reference;
+        let met = if higher_is_better(task) {
+            ratio >= goal
+        } else {
+            ratio <= goal
+        };
+        let _ = writeln!(
+            md,
+            "- {} / centralized test {headline}: {} / {} = **{:.3}x** (goal {} {goal}x: {}).",
+            run.method,
+            fmt_num(best.test.headline()),
+            fmt_num(reference),
+            ratio,
+            if higher_is_better(task) { ">=" } else { "<=" },
+            if met { "met" } else { "missed" }
+        );
+        if run.federated {
+            if let Some(last) = run.last() {
+                let _ = writeln!(
+                    md,
+                    "- {}: {} MB sent in {} rounds ({} MB per round).",
+                    run.method,
+                    mb(last.bytes_sent),
+                    last.step,
+                    mb(last.bytes_sent / last.step.max(1))
+                );
+            }
+        }
+    }
+    if let Some(n) = naive {
+        let _ = writeln!(
+            md,
+            "- centralized / best naive baseline ({}): {:.3}x.",
+            n.name,
+            reference / n.metrics.headline().1
+        );
+    }
+}
+
+/// When each method reached 95% and 98% of the centralized model's best
+/// validation score.
+fn reaching_section(md: &mut String, task: Task, headline: &str, runs: &[MethodRun]) {
+    let Some(central) = runs
+        .iter()
+        .find(|r| r.method == "centralized")
+        .and_then(MethodRun::best)
+    else {
+        return;
+    };
+    let reference = central.val.headline();
+    let _ = writeln!(
+        md,
+        "\n## Reaching the centralized model's best validation score\n\nThe centralized model's best validation {headline} is {}. The first step at which each method's validation {headline} came within 5% and 2% of it ({}), and what it had spent by then:\n",
+        fmt_num(reference),
+        if higher_is_better(task) {
+            "95% and 98% of it"
+        } else {
+            "at most 1/0.95 and 1/0.98 of it, lower is better"
+        }
+    );
+    md.push_str("| method | target | reached at step | optimizer steps | samples (M) | wall s | MB sent |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for share in [0.95, 0.98] {
+        let target = target_of(task, reference, share);
+        for run in runs {
+            let label = format!("{:.0}% ({})", share * 100.0, fmt_num(target));
+            match first_reaching(run, task, target) {
+                Some(r) => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {label} | {} | {} | {:.2} | {:.1} | {} |",
+                        run.method,
+                        r.step,
+                        r.grad_steps,
+                        r.samples as f64 / 1e6,
+                        r.wall_seconds,
+                        if run.federated {
+                            mb(r.bytes_sent)
+                        } else {
+                            "-".into()
+                        }
+                    );
+                }
+                None => {
+                    let _ = writeln!(md, "| {} | {label} | not reached | - | - | - | - |", run.method);
+                }
+            }
+        }
+    }
+}
+
+/// Every metric at each method's last step.
+fn last_step_section(md: &mut String, runs: &[MethodRun], baselines: &[BaselineResult]) {
     let metric_names: Vec<String> = runs
         .iter()
         .find_map(|r| r.last())
@@ -161,21 +392,15 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let (headline, _) = runs
-        .iter()
-        .find_map(|r| r.last())
-        .map(|r| r.test.metrics.headline())
-        .unwrap_or(("score", f64::NAN));
-
-    let _ = writeln!(md, "\n## Final scores (last round or epoch)\n");
+    let _ = writeln!(md, "\n## Last step (every test metric)\n");
     let _ = write!(
         md,
-        "| method | steps | wall s | MB sent | train loss | val loss | val {headline} | test loss |"
+        "| method | step | wall s | MB sent | train loss | val loss | test loss |"
     );
     for n in &metric_names {
         let _ = write!(md, " test {n} |");
     }
-    md.push_str("\n|---|---:|---:|---:|---:|---:|---:|---:|");
+    md.push_str("\n|---|---:|---:|---:|---:|---:|---:|");
     for _ in &metric_names {
         md.push_str("---:|");
     }
@@ -184,7 +409,7 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
         let Some(last) = run.last() else { continue };
         let _ = write!(
             md,
-            "| **{}** | {} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {} | {} | {} | {} |",
             run.method,
             last.step,
             last.wall_seconds,
@@ -195,7 +420,6 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
             },
             last.train_loss.map_or("n/a".into(), fmt_num),
             fmt_num(last.val.loss),
-            fmt_num(last.val.headline()),
             fmt_num(last.test.loss),
         );
         for (_, v) in last.test.metrics.scalars() {
@@ -203,97 +427,13 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
         }
         md.push('\n');
     }
-    for b in ctx.baselines {
-        let _ = write!(md, "| {} (naive) | - | - | - | - | - | - | - |", b.name);
+    for b in baselines {
+        let _ = write!(md, "| {} (naive) | - | - | - | - | - | - |", b.name);
         for (_, v) in b.metrics.scalars() {
             let _ = write!(md, " {} |", fmt_num(v));
         }
         md.push('\n');
     }
-
-    let central = runs
-        .iter()
-        .find(|r| r.method == "centralized")
-        .and_then(MethodRun::last);
-    let _ = writeln!(md, "\n## Time to reach 95% of the centralized score\n");
-    match central {
-        Some(c) => {
-            let reference = c.test.headline();
-            let target = target_of(task, reference);
-            let _ = writeln!(
-                md,
-                "The centralized model's final test {headline} is {}; the target is {} ({}).\n",
-                fmt_num(reference),
-                fmt_num(target),
-                if higher_is_better(task) {
-                    "95% of it"
-                } else {
-                    "within 5% of it, lower is better"
-                }
-            );
-            md.push_str("| method | reached at step | after wall s | MB sent by then |\n|---|---:|---:|---:|\n");
-            for run in runs {
-                match first_reaching(run, task, target) {
-                    Some(r) => {
-                        let _ = writeln!(
-                            md,
-                            "| {} | {} | {:.1} | {} |",
-                            run.method,
-                            r.step,
-                            r.wall_seconds,
-                            if run.federated {
-                                mb(r.bytes_sent)
-                            } else {
-                                "-".into()
-                            }
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(md, "| {} | not reached | - | - |", run.method);
-                    }
-                }
-            }
-        }
-        None => md.push_str("No centralized baseline in this run (`--no-centralized`).\n"),
-    }
-
-    let _ = writeln!(md, "\n## Federated vs centralized\n");
-    for run in runs.iter().filter(|r| r.federated) {
-        let Some(last) = run.last() else { continue };
-        let total = last.bytes_sent;
-        let _ = writeln!(
-            md,
-            "- {}: {} MB sent in {} rounds ({} MB per round).",
-            run.method,
-            mb(total),
-            last.step,
-            mb(total / last.step.max(1))
-        );
-        if let Some(c) = central {
-            let gap = last.test.headline() - c.test.headline();
-            let rel = gap / c.test.headline().abs().max(f64::MIN_POSITIVE) * 100.0;
-            let better = if higher_is_better(task) {
-                gap >= 0.0
-            } else {
-                gap <= 0.0
-            };
-            let _ = writeln!(
-                md,
-                "- gap {} - centralized on test {headline}: {:+.4} ({:+.1}%), {}.",
-                run.method,
-                gap,
-                rel,
-                if better {
-                    "the federation is at least as good"
-                } else {
-                    "the federation is behind"
-                }
-            );
-        }
-    }
-    let _ = writeln!(md, "\n## Configuration\n\nReplay with `fedcrime-sim simulate --config sim.toml` (this folder's copy).\n");
-    let _ = writeln!(md, "```toml\n{}```", ctx.config_toml);
-    md
 }
 
 #[cfg(test)]
@@ -319,6 +459,8 @@ mod tests {
             step,
             wall_seconds: step as f64,
             bytes_sent: if method == "fedavg" { step * 1000 } else { 0 },
+            grad_steps: step * 10,
+            samples: step * 100,
             train_loss: Some(1.0),
             val: Scores {
                 loss: 1.0,
@@ -328,33 +470,41 @@ mod tests {
                 loss: 1.0,
                 metrics: m,
             },
+            best: None,
         }
     }
 
+    fn tracked(method: &str, hits: &[usize]) -> Vec<Row> {
+        let mut t = crate::sim::record::BestTracker::new(true, 0.0);
+        hits.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let mut r = row(method, i as u64 + 1, *h);
+                t.update(&mut r);
+                r
+            })
+            .collect()
+    }
+
     #[test]
-    fn report_finds_the_target_crossing_and_the_gap() {
+    fn report_judges_methods_at_their_best_validation_step() {
         let runs = vec![
             MethodRun {
                 method: "fedavg".into(),
                 federated: true,
-                rows: vec![
-                    row("fedavg", 1, 0),
-                    row("fedavg", 2, 3),
-                    row("fedavg", 3, 4),
-                ],
+                // Best at step 3 (perfect), worse at step 4.
+                rows: tracked("fedavg", &[0, 3, 4, 2]),
             },
             MethodRun {
                 method: "centralized".into(),
                 federated: false,
-                rows: vec![row("centralized", 1, 2), row("centralized", 2, 4)],
+                rows: tracked("centralized", &[2, 4]),
             },
         ];
-        let target = target_of(Task::Risk, 1.0);
-        assert_eq!(
-            first_reaching(&runs[0], Task::Risk, target).unwrap().step,
-            3
-        );
-        assert_eq!(target_of(Task::Counts, 0.95), 1.0);
+        assert_eq!(runs[0].best().unwrap().step, 3);
+        let target = target_of(Task::Risk, 1.0, 0.95);
+        assert_eq!(first_reaching(&runs[0], Task::Risk, target).unwrap().step, 3);
+        assert_eq!(target_of(Task::Counts, 0.95, 0.95), 1.0);
         let ctx = ReportContext {
             title: "t".into(),
             setup: vec!["data: x".into()],
@@ -363,12 +513,14 @@ mod tests {
             config_toml: "seed = 0\n".into(),
         };
         let md = markdown(&ctx, &runs);
-        assert!(md.contains("| fedavg | 3 | 3.0 | 0.00 |"), "{md}");
+        // fedavg: best step 3 of 4, test at best 1.0, at last step 0.5 (2 hits).
         assert!(
-            md.contains("gap fedavg - centralized on test macro_f1: +0.0000"),
+            md.contains("| **fedavg** | 3 | 4 | 1.0000 | **1.0000** | 0.3333 |"),
             "{md}"
         );
+        assert!(md.contains("fedavg / centralized test macro_f1: 1.0000 / 1.0000 = **1.000x** (goal >= 0.98x: met)"), "{md}");
+        assert!(md.contains("| fedavg | 95% (0.9500) | 3 | 30 | 0.00 | 3.0 | 0.00 |"), "{md}");
         assert!(md.contains("```toml\nseed = 0\n```"), "{md}");
-        assert!(md.contains("0.00 MB sent in 3 rounds"), "{md}");
+        assert!(md.contains("0.00 MB sent in 4 rounds"), "{md}");
     }
 }

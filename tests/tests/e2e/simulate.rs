@@ -17,7 +17,8 @@ fn small(transport: Transport) -> SimConfig {
     c.data.days = 75;
     c.federation.partition = Partition::Iid { stations: 3 };
     c.federation.stations = Some(3);
-    c.federation.rounds = 2;
+    c.federation.rounds = Some(2);
+    c.federation.local_epochs = Some(1);
     c.federation.transport = transport;
     c.federation.concurrency = Some(2);
     c.train.batch_size = 128;
@@ -224,7 +225,7 @@ fn a_real_lapd_month_federates_by_area_on_both_transports() {
     let tmp = tempfile::tempdir().unwrap();
     let mut mem = SimConfig::default();
     mem.data.file = Some(dir.join("la_crime_2024_02.csv"));
-    mem.federation.rounds = 2;
+    mem.federation.rounds = Some(2);
     mem.federation.transport = Transport::Memory;
     mem.centralized.enabled = false;
     let mut quic = mem.clone();
@@ -274,7 +275,7 @@ fn dropout_runs_replay_on_both_transports_too() {
 fn every_strategy_runs_in_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = small(Transport::Memory);
-    cfg.federation.rounds = 1;
+    cfg.federation.rounds = Some(1);
     cfg.federation.partition = Partition::Iid { stations: 5 };
     cfg.federation.stations = Some(5);
     cfg.centralized.enabled = false;

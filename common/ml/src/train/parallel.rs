@@ -560,8 +560,8 @@ impl ParallelTrainer {
                 &mut stop,
                 &mut snapshot,
                 self.model().var_store(),
-                epoch,
-                cfg.epochs,
+                (epoch, cfg.epochs),
+                cfg.monitor,
                 eval.as_ref(),
             );
             let record = EpochRecord {

@@ -41,10 +41,13 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Seeds the shuffling and libtorch's generator (dropout).
     pub seed: u64,
-    /// Epochs without a validation-loss improvement before stopping; 0 never stops early.
+    /// Epochs without a validation improvement before stopping; 0 never stops early.
     pub patience: usize,
-    /// The improvement in validation loss that counts as one.
+    /// The improvement of the monitored score that counts as one.
     pub min_delta: f64,
+    /// What early stopping and restore-best watch on the validation split
+    /// (default the loss).
+    pub monitor: Monitor,
     /// FedProx's `mu`: weight of the proximal term `mu/2 ||w - w_global||^2`; 0 is plain FedAvg.
     pub prox_mu: f64,
     /// Clip the gradients' global L2 norm to this value, when set.
@@ -72,6 +75,7 @@ impl Default for TrainConfig {
             seed: 0,
             patience: 10,
             min_delta: 0.0,
+            monitor: Monitor::Loss,
             prox_mu: 0.0,
             max_grad_norm: None,
             prefetch: 4,
@@ -378,7 +382,32 @@ impl EpochOrder {
     }
 }
 
-/// Tracks the best validation loss and decides when to stop.
+/// The validation score early stopping watches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Monitor {
+    /// The validation loss (lower is better).
+    #[default]
+    Loss,
+    /// The task's headline metric: macro-F1 (risk, higher is better) or MAE
+    /// (counts, lower is better), what the study reports.
+    Headline,
+}
+
+impl Monitor {
+    /// The score of `e` to minimize.
+    pub fn score(self, e: &Evaluation) -> f64 {
+        match self {
+            Monitor::Loss => e.loss,
+            Monitor::Headline => match &e.metrics {
+                Metrics::Risk(m) => -m.macro_f1,
+                Metrics::Counts(m) => m.mae,
+            },
+        }
+    }
+}
+
+/// Tracks the best validation score (lower is better) and decides when to stop.
 pub(crate) struct EarlyStop {
     patience: usize,
     min_delta: f64,
@@ -436,14 +465,14 @@ pub(crate) fn track_best(
     stop: &mut EarlyStop,
     snapshot: &mut Option<Snapshot>,
     vs: &nn::VarStore,
-    epoch: usize,
-    epochs: usize,
+    (epoch, epochs): (usize, usize),
+    monitor: Monitor,
     eval: Option<&Evaluation>,
 ) -> bool {
     let Some(e) = eval else {
         return false;
     };
-    let (improved, stop_now) = stop.observe(epoch, e.loss);
+    let (improved, stop_now) = stop.observe(epoch, monitor.score(e));
     if improved && epoch < epochs {
         match snapshot {
             Some(s) => s.update(),
@@ -460,11 +489,15 @@ pub(crate) fn restore_best(
     snapshot: Option<&Snapshot>,
     report: &mut FitReport,
 ) -> bool {
-    let Some((best, loss)) = stop.best else {
+    let Some((best, _)) = stop.best else {
         return false;
     };
     report.best_epoch = Some(best);
-    report.best_val_loss = Some(loss);
+    report.best_val_loss = report
+        .epochs
+        .iter()
+        .find(|r| r.epoch == best)
+        .and_then(|r| r.val_loss);
     let last = report.epochs.last().map_or(0, |r| r.epoch);
     match snapshot {
         Some(s) if best != last => {
@@ -801,8 +834,8 @@ impl Trainer {
                 &mut stop,
                 &mut snapshot,
                 self.model.var_store(),
-                epoch,
-                cfg.epochs,
+                (epoch, cfg.epochs),
+                cfg.monitor,
                 eval.as_ref(),
             );
             let record = EpochRecord {
