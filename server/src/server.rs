@@ -1199,7 +1199,12 @@ impl Driver {
         let mut jobs = Vec::new();
         match (summary.best, self.engine.best_global()) {
             (Some(best), Some(global)) => {
-                jobs.push(self.model_job(FINAL_MODEL, global.clone(), best.round, "best validation"));
+                jobs.push(self.model_job(
+                    FINAL_MODEL,
+                    global.clone(),
+                    best.round,
+                    "best validation",
+                ));
                 jobs.push(self.model_job(LAST_MODEL, last.0, last.1, "last round"));
             }
             _ => jobs.push(self.model_job(FINAL_MODEL, last.0, last.1, "last round")),

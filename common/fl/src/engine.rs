@@ -1887,7 +1887,13 @@ mod tests {
         let s = h.summary.clone().unwrap();
         assert_eq!(s.rounds_completed, 4, "{s:?}");
         assert!(s.stopped_early);
-        assert_eq!(s.best, Some(BestRound { round: 2, score: 0.3 }));
+        assert_eq!(
+            s.best,
+            Some(BestRound {
+                round: 2,
+                score: 0.3
+            })
+        );
         assert_eq!(s.outcome, Outcome::Completed);
         // The best model is round 2's global, not the last one.
         let best = h.engine.best_global().unwrap();
@@ -1920,7 +1926,11 @@ mod tests {
             eval_every: 0,
             ..stopping_config()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("early_stopping"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("early_stopping"));
     }
 
     #[test]
@@ -1928,23 +1938,22 @@ mod tests {
         const SCORES: &[f64] = &[0.1, 0.3, 0.2, 0.25, 0.9, 0.9, 0.9, 0.9];
         let h = run_with_scores(stopping_config(), SCORES);
         let strategy = || -> Box<dyn Strategy> {
-            Box::new(WithServerEval::new(Box::new(FedAvg::new()), |round, _: &Params| {
-                Some(EvalSummary {
-                    loss: None,
-                    metrics: Metrics::from([("macro_f1".into(), SCORES[round as usize - 1])]),
-                    num_examples: 10,
-                })
-            }))
+            Box::new(WithServerEval::new(
+                Box::new(FedAvg::new()),
+                |round, _: &Params| {
+                    Some(EvalSummary {
+                        loss: None,
+                        metrics: Metrics::from([("macro_f1".into(), SCORES[round as usize - 1])]),
+                        num_examples: 10,
+                    })
+                },
+            ))
         };
         let t0 = Instant::now();
         // After round 3: best is round 2, one round without improvement.
-        let mut e = Engine::from_checkpoint(
-            stopping_config(),
-            strategy(),
-            h.checkpoints[2].clone(),
-            t0,
-        )
-        .unwrap();
+        let mut e =
+            Engine::from_checkpoint(stopping_config(), strategy(), h.checkpoints[2].clone(), t0)
+                .unwrap();
         assert!(!e.is_finished());
         assert_eq!(e.best().map(|b| b.round), Some(2));
         assert!(e.best_global().is_none());
@@ -1953,13 +1962,9 @@ mod tests {
         assert!(e.restore_best(2, round2));
         assert!(e.best_global().is_some());
         // After round 4 the plateau is reached: the resumed run is over.
-        let mut done = Engine::from_checkpoint(
-            stopping_config(),
-            strategy(),
-            h.checkpoints[3].clone(),
-            t0,
-        )
-        .unwrap();
+        let mut done =
+            Engine::from_checkpoint(stopping_config(), strategy(), h.checkpoints[3].clone(), t0)
+                .unwrap();
         assert!(matches!(
             done.poll_action(),
             Some(Action::Finished(Summary {

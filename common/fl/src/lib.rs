@@ -72,11 +72,11 @@ pub use error::{FlError, Result};
 pub use fedcrime_identity::StationId;
 pub use fedcrime_wire::{round_seed, RoundSettings};
 pub use metrics::RoundMetrics;
-pub use stopping::{BestRound, EarlyStopping, Goal};
 pub use session::{
     decode_update, encode_update, heartbeat_interval, station_write_config, Admission,
     ClientSession, FromServer, FromStation, HandshakeError, ServerSession, SessionError,
 };
+pub use stopping::{BestRound, EarlyStopping, Goal};
 pub use strategy::{
     Config, ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Strategy,
     StrategyConfig, StrategyState,

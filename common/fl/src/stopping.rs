@@ -254,7 +254,10 @@ mod tests {
 
     #[test]
     fn server_evaluation_wins_over_federated_and_unscored_rounds_do_not_count() {
-        assert_eq!(score_of(&round(1, Some(0.4), Some(0.1)), "macro_f1"), Some(0.4));
+        assert_eq!(
+            score_of(&round(1, Some(0.4), Some(0.1)), "macro_f1"),
+            Some(0.4)
+        );
         assert_eq!(score_of(&round(1, None, Some(0.1)), "macro_f1"), Some(0.1));
         assert_eq!(score_of(&round(1, None, None), "macro_f1"), None);
         assert_eq!(score_of(&round(1, Some(f64::NAN), None), "macro_f1"), None);
@@ -282,7 +285,10 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        assert_eq!(rule(0, 0.0).validate().unwrap_err().0, "early_stopping.patience");
+        assert_eq!(
+            rule(0, 0.0).validate().unwrap_err().0,
+            "early_stopping.patience"
+        );
         assert_eq!(
             rule(1, f64::NAN).validate().unwrap_err().0,
             "early_stopping.min_delta"

@@ -45,9 +45,9 @@ use fedcrime_data::{DataError, Dataset, Splits, Task, TaskConfig};
 use fedcrime_fl::strategy::LOSS_KEY;
 use fedcrime_fl::{ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings};
 use fedcrime_ml::model::{self, ModelConfig, ModelError, ModelKind};
-use fedcrime_params::ParamSpec;
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::{TrainConfig, TrainError, Trainer};
+use fedcrime_params::ParamSpec;
 
 /// Evaluation settings: the evaluation batch size (integer).
 pub(crate) const BATCH_SIZE_KEY: &str = "batch_size";

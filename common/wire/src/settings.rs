@@ -112,8 +112,10 @@ impl RoundSettings {
         if steps == 0 {
             self.extensions.remove(MIN_LOCAL_STEPS_EXTENSION);
         } else {
-            self.extensions
-                .insert(MIN_LOCAL_STEPS_EXTENSION.to_owned(), Scalar::Int(steps.into()));
+            self.extensions.insert(
+                MIN_LOCAL_STEPS_EXTENSION.to_owned(),
+                Scalar::Int(steps.into()),
+            );
         }
     }
 
@@ -215,7 +217,11 @@ mod tests {
             batch_size: 64,
             ..RoundSettings::default()
         };
-        assert_eq!(s.local_epochs_for(100), 1, "no minimum: exactly local_epochs");
+        assert_eq!(
+            s.local_epochs_for(100),
+            1,
+            "no minimum: exactly local_epochs"
+        );
         s.set_min_local_steps(20);
         assert_eq!(s.min_local_steps(), 20);
         // 100 samples: 2 steps per epoch, 10 epochs for 20 steps.
@@ -225,7 +231,11 @@ mod tests {
         assert_eq!(s.local_epochs_for(1_000_000), 1);
         assert_eq!(s.local_epochs_for(0), 20);
         s.local_epochs = 5;
-        assert_eq!(s.local_epochs_for(64 * 20), 5, "never fewer than local_epochs");
+        assert_eq!(
+            s.local_epochs_for(64 * 20),
+            5,
+            "never fewer than local_epochs"
+        );
         assert_eq!(s.validate(), Ok(()));
         s.extensions
             .insert(MIN_LOCAL_STEPS_EXTENSION.into(), Scalar::Int(-1));

@@ -100,10 +100,7 @@ pub fn run(
     mut on_row: impl FnMut(Row) -> Result<()>,
 ) -> Result<FitReport> {
     let tcfg = tcfg.clone();
-    let mut best = BestTracker::new(
-        higher_is_better(data.task.task),
-        cfg.selection.min_delta,
-    );
+    let mut best = BestTracker::new(higher_is_better(data.task.task), cfg.selection.min_delta);
     let n = data.splits.train.len();
     let steps_per_epoch = n.div_ceil(tcfg.batch_size) as u64;
     let splits = &*data.splits;

@@ -601,7 +601,11 @@ mod tests {
     fn explicit_rounds_and_epochs_are_honoured_exactly() {
         let c = SimConfig::from_toml("[federation]\nrounds = 30\nlocal_epochs = 5").unwrap();
         assert_eq!((c.max_rounds(), c.federation_stops_early()), (30, false));
-        assert_eq!(c.local_work(), (5, 0), "epochs set alone: no minimum of steps");
+        assert_eq!(
+            c.local_work(),
+            (5, 0),
+            "epochs set alone: no minimum of steps"
+        );
         // Centralized: the federation's passes, no early stopping.
         assert_eq!(c.centralized_epochs(150.4), (150, 0));
         let c = SimConfig::from_toml("[centralized]\nepochs = 12").unwrap();

@@ -261,10 +261,7 @@ fn federate_locked(
     let method = cfg.federation.strategy.name().to_string();
     let stations = station_list(data, cfg)?;
     let engine_cfg = engine_config(cfg, stations.len());
-    let costs = local_costs(
-        &data.learners(cfg, Device::Cpu),
-        &engine_cfg.train,
-    )?;
+    let costs = local_costs(&data.learners(cfg, Device::Cpu), &engine_cfg.train)?;
     let concurrency = cfg.concurrency();
     let mut evaluator =
         Evaluator::new(&data.model, data.splits.clone(), cfg.train.eval_batch_size)?;
@@ -432,8 +429,8 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
     }
     // The federation's passes over the pooled training data, for centralized
     // baselines that match it (`federation.rounds` set).
-    let passes = fed_run.last().map_or(0.0, |r| r.samples as f64)
-        / data.splits.train.len().max(1) as f64;
+    let passes =
+        fed_run.last().map_or(0.0, |r| r.samples as f64) / data.splits.train.len().max(1) as f64;
     let mut runs = vec![fed_run];
 
     // The centralized baselines.

@@ -279,7 +279,10 @@ mod tests {
         };
         let mut t = BestTracker::new(true, 0.0);
         let mut steps = Vec::new();
-        for (i, pred) in [[0, 0, 0, 0], [0, 1, 1, 2], [0, 0, 1, 2]].into_iter().enumerate() {
+        for (i, pred) in [[0, 0, 0, 0], [0, 1, 1, 2], [0, 0, 1, 2]]
+            .into_iter()
+            .enumerate()
+        {
             let mut r = row(i as u64 + 1, pred);
             t.update(&mut r);
             steps.push(r.best.unwrap().0);

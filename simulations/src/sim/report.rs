@@ -371,7 +371,11 @@ fn reaching_section(md: &mut String, task: Task, headline: &str, runs: &[MethodR
                     );
                 }
                 None => {
-                    let _ = writeln!(md, "| {} | {label} | not reached | - | - | - | - |", run.method);
+                    let _ = writeln!(
+                        md,
+                        "| {} | {label} | not reached | - | - | - | - |",
+                        run.method
+                    );
                 }
             }
         }
@@ -503,7 +507,10 @@ mod tests {
         ];
         assert_eq!(runs[0].best().unwrap().step, 3);
         let target = target_of(Task::Risk, 1.0, 0.95);
-        assert_eq!(first_reaching(&runs[0], Task::Risk, target).unwrap().step, 3);
+        assert_eq!(
+            first_reaching(&runs[0], Task::Risk, target).unwrap().step,
+            3
+        );
         assert_eq!(target_of(Task::Counts, 0.95, 0.95), 1.0);
         let ctx = ReportContext {
             title: "t".into(),
@@ -519,7 +526,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("fedavg / centralized test macro_f1: 1.0000 / 1.0000 = **1.000x** (goal >= 0.98x: met)"), "{md}");
-        assert!(md.contains("| fedavg | 95% (0.9500) | 3 | 30 | 0.00 | 3.0 | 0.00 |"), "{md}");
+        assert!(
+            md.contains("| fedavg | 95% (0.9500) | 3 | 30 | 0.00 | 3.0 | 0.00 |"),
+            "{md}"
+        );
         assert!(md.contains("```toml\nseed = 0\n```"), "{md}");
         assert!(md.contains("0.00 MB sent in 4 rounds"), "{md}");
     }

@@ -44,6 +44,10 @@ fn small_study_writes_every_output_with_sane_values() {
         "step",
         "wall_seconds",
         "bytes_sent",
+        "grad_steps",
+        "samples",
+        "best_step",
+        "test_macro_f1_at_best",
         "train_loss",
         "val_loss",
         "val_macro_f1",
@@ -115,12 +119,14 @@ fn small_study_writes_every_output_with_sane_values() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert_eq!(md, outcome.report);
     for needle in [
-        "## Final scores",
-        "| **fedavg** | 2 |",
-        "| **centralized** | 2 |",
+        "## Selected models (best validation step)",
+        "| **fedavg** | ",
+        "| **centralized** | ",
         "majority_class (naive)",
-        "## Time to reach 95% of the centralized score",
-        "gap fedavg - centralized on test macro_f1",
+        "## Reaching the centralized model's best validation score",
+        "| fedavg | 98% (",
+        "fedavg / centralized test macro_f1: ",
+        "## Last step (every test metric)",
         "```toml",
     ] {
         assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
@@ -136,6 +142,88 @@ fn small_study_writes_every_output_with_sane_values() {
         .next()
         .unwrap();
     assert_eq!(SimConfig::from_toml(toml_block).unwrap(), replay);
+}
+
+#[test]
+fn early_stopping_selects_the_same_best_round_on_both_transports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mem = small(Transport::Memory);
+    // The defaults a new user gets, with a short patience and caps.
+    mem.federation.rounds = None;
+    mem.federation.local_epochs = None;
+    mem.selection.patience = 2;
+    mem.selection.max_rounds = 6;
+    mem.selection.max_epochs = 6;
+    let mut quic = mem.clone();
+    quic.federation.transport = Transport::Quic;
+    quic.centralized.enabled = false;
+    let a = run(&mem, &tmp.path().join("memory"));
+    let b = run(&quic, &tmp.path().join("quic"));
+    for outcome in [&a, &b] {
+        for run in &outcome.runs {
+            let rows = &run.rows;
+            let n = rows.len();
+            assert!((1..=6).contains(&n), "{}: {n} steps", run.method);
+            // The best step is the one with the best validation macro-F1 (the
+            // first of equals), and its test score is the one reported.
+            let mut best = 0;
+            for (i, r) in rows.iter().enumerate() {
+                if r.val.headline() > rows[best].val.headline() {
+                    best = i;
+                }
+            }
+            let last = rows.last().unwrap();
+            assert_eq!(last.best.unwrap().0, rows[best].step, "{}", run.method);
+            assert_eq!(last.best.unwrap().1, rows[best].test.headline());
+            // Stopped before the cap only after `patience` steps without a
+            // better validation score.
+            if n < 6 {
+                assert_eq!(
+                    n - 1 - best,
+                    2,
+                    "{}: stopped at {n}, best {}",
+                    run.method,
+                    best + 1
+                );
+            }
+            // Steps and samples grow every step.
+            assert!(rows
+                .windows(2)
+                .all(|w| w[1].grad_steps > w[0].grad_steps && w[1].samples > w[0].samples));
+        }
+    }
+    // Both transports stop at the same round with the same scores.
+    let (ra, rb) = (&a.runs[0].rows, &b.runs[0].rows);
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(rb) {
+        assert_eq!(
+            (x.step, &x.val, &x.test, x.best),
+            (y.step, &y.val, &y.test, y.best)
+        );
+    }
+    // Small stations took at least 20 optimizer steps per round.
+    let r1 = &ra[0];
+    assert!(
+        r1.grad_steps >= 3 * 20,
+        "{} steps in round 1",
+        r1.grad_steps
+    );
+    // The server saved the best round's model as its final model, and the last one beside it.
+    let server = tmp.path().join("quic/quic/server");
+    let (_, meta) =
+        fedcrime_params::Params::load_safetensors(server.join("model.safetensors")).unwrap();
+    assert_eq!(
+        meta["round"],
+        rb.last().unwrap().best.unwrap().0.to_string()
+    );
+    assert_eq!(meta["selected"], "best validation");
+    assert!(server.join("model-last.safetensors").is_file());
+    assert!(
+        a.report
+            .contains("stopping after 2 rounds without a better validation macro_f1"),
+        "{}",
+        a.report
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub use baselines::{evaluate_baselines, BaselineResult};
 pub use metrics::{CountMetrics, Metrics, RiskMetrics};
 pub use parallel::{ParallelConfig, ParallelTrainer};
 pub use trainer::{
-    ClassWeighting, EpochRecord, Monitor, Evaluation, FitReport, LocalUpdate, TrainConfig, Trainer,
+    ClassWeighting, EpochRecord, Evaluation, FitReport, LocalUpdate, Monitor, TrainConfig, Trainer,
 };
 
 use fedcrime_data::Task;
