@@ -8,7 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FedAvg, FedAvgM, FedMedian, FedOpt, FedOptKind, FedProx, FedTrimmedAvg, Krum, Strategy,
+    FedAvg, FedAvgM, FedAvgSparse, FedMedian, FedOpt, FedOptKind, FedProx, FedTrimmedAvg, Krum,
+    Strategy,
 };
 use crate::error::{FlError, Result};
 
@@ -20,6 +21,8 @@ use crate::error::{FlError, Result};
 pub enum StrategyConfig {
     /// [`FedAvg`] (an empty variant so that stray keys are refused).
     FedAvg {},
+    /// [`FedAvgSparse`]: FedAvg per coordinate over the stations that moved it.
+    FedAvgSparse {},
     /// [`FedProx`].
     FedProx {
         /// Proximal coefficient sent to stations (default 0.01).
@@ -149,8 +152,9 @@ impl Default for StrategyConfig {
 
 impl StrategyConfig {
     /// The names accepted by [`FromStr`] and in config files.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "fedavg",
+        "fedavgsparse",
         "fedprox",
         "fedavgm",
         "fedadam",
@@ -166,6 +170,7 @@ impl StrategyConfig {
     pub fn build(&self) -> Result<Box<dyn Strategy>> {
         Ok(match *self {
             StrategyConfig::FedAvg {} => Box::new(FedAvg::new()),
+            StrategyConfig::FedAvgSparse {} => Box::new(FedAvgSparse),
             StrategyConfig::FedProx { mu } => Box::new(FedProx::new(mu)?),
             StrategyConfig::FedAvgM {
                 server_lr,
@@ -197,6 +202,7 @@ impl StrategyConfig {
     pub fn name(&self) -> &'static str {
         match self {
             StrategyConfig::FedAvg {} => "fedavg",
+            StrategyConfig::FedAvgSparse {} => "fedavgsparse",
             StrategyConfig::FedProx { .. } => "fedprox",
             StrategyConfig::FedAvgM { .. } => "fedavgm",
             StrategyConfig::FedAdam { .. } => "fedadam",

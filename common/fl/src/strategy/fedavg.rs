@@ -42,6 +42,46 @@ impl Strategy for FedAvg {
     }
 }
 
+/// FedAvg over the stations that moved each coordinate: per parameter, the
+/// example-weighted mean of the updates whose value differs from the global
+/// model's, the global value where none does. Equal to FedAvg for weights
+/// every station trains; different for weights only some stations can move,
+/// such as those of a one-hot input (an area code) that is zero at the
+/// others: with one station per area, FedAvg shrinks each area's update by
+/// the number of stations, this keeps it whole. What leaves a station is
+/// unchanged (its whole model).
+#[derive(Clone, Debug, Default)]
+pub struct FedAvgSparse;
+
+impl Strategy for FedAvgSparse {
+    fn name(&self) -> &str {
+        "fedavgsparse"
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        _round: u64,
+        global: &Params,
+        results: &[FitRes],
+    ) -> Result<Aggregated> {
+        if results.is_empty() {
+            return Ok(Aggregated::default());
+        }
+        let inputs: Vec<&[f32]> = results.iter().map(|r| r.params.data()).collect();
+        let weights: Vec<f64> = results.iter().map(|r| r.num_examples as f64).collect();
+        let mut out = Params::zeros(global.spec().clone());
+        super::kernels::weighted_mean_of_changed(&inputs, &weights, global.data(), out.data_mut())
+            .map_err(|e| FlError::Aggregation {
+                strategy: self.name().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Aggregated {
+            params: Some(out),
+            metrics: Metrics::new(),
+        })
+    }
+}
+
 /// FedProx (Li et al. 2020): stations add `mu/2 * ||w - w_global||^2` to
 /// their loss (`mu` travels as [`RoundSettings::proximal_mu`]); the
 /// server averages like FedAvg.
@@ -203,6 +243,37 @@ mod tests {
             .unwrap();
         // (1*[1,2,3] + 3*[3,6,-1]) / 4
         assert_eq!(out.params.unwrap().data(), &[2.5, 5.0, 0.0]);
+    }
+
+    #[test]
+    fn fedavg_sparse_averages_each_coordinate_over_the_stations_that_moved_it() {
+        // Coordinate 0: everyone moved it (plain FedAvg); 1: only the first
+        // station (its value survives whole); 2: nobody (the global value).
+        let g = params(&[0.0, 5.0, 7.0]);
+        let out = FedAvgSparse
+            .aggregate_fit(1, &g, &[res(&[1.0, 9.0, 7.0], 1), res(&[3.0, 5.0, 7.0], 3)])
+            .unwrap();
+        assert_eq!(out.params.unwrap().data(), &[2.5, 9.0, 7.0]);
+        // Across chunk borders, it equals FedAvg when every station moves everything.
+        let n = 3 * super::super::kernels::CHUNK + 5;
+        let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 + 1.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| -(i as f32) - 1.0).collect();
+        let g0 = params(&vec![0.0; n]);
+        let sparse = FedAvgSparse
+            .aggregate_fit(1, &g0, &[res(&a, 2), res(&b, 1)])
+            .unwrap()
+            .params
+            .unwrap();
+        let dense = FedAvg::new()
+            .aggregate_fit(1, &g0, &[res(&a, 2), res(&b, 1)])
+            .unwrap()
+            .params
+            .unwrap();
+        assert_eq!(sparse.data(), dense.data());
+        assert_eq!(
+            "fedavg-sparse".parse::<crate::StrategyConfig>().unwrap(),
+            crate::StrategyConfig::FedAvgSparse {}
+        );
     }
 
     #[test]

@@ -152,6 +152,56 @@ pub(crate) fn weighted_mean(
     Ok(())
 }
 
+/// `out_j = Σ_k w_k x_kj / Σ_k w_k` over the inputs `k` whose value at `j`
+/// differs from `global_j`; `global_j` where none does. A coordinate only
+/// some stations can move (the weights of a one-hot input that is zero at
+/// the others, which get no gradient there) is averaged over the stations
+/// that moved it instead of being pulled back by the others' unchanged
+/// copies. Accumulated in `f64`.
+pub(crate) fn weighted_mean_of_changed(
+    inputs: &[&[f32]],
+    weights: &[f64],
+    global: &[f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_inputs(inputs, out.len())?;
+    check_inputs(&[global], out.len())?;
+    if weights.len() != inputs.len()
+        || weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+        || weights.iter().sum::<f64>() <= 0.0
+    {
+        return Err(KernelError::Weights(format!(
+            "one finite, non-negative weight per input with a positive sum, got {weights:?}"
+        )));
+    }
+    out.par_chunks_mut(CHUNK).enumerate().for_each_init(
+        || (vec![0f64; CHUNK], vec![0f64; CHUNK]),
+        |(num, den), (c, out)| {
+            let range = c * CHUNK..c * CHUNK + out.len();
+            let (num, den) = (&mut num[..out.len()], &mut den[..out.len()]);
+            num.fill(0.0);
+            den.fill(0.0);
+            let g = &global[range.clone()];
+            for (x, &w) in inputs.iter().zip(weights) {
+                for (((n, d), &p), &q) in num
+                    .iter_mut()
+                    .zip(den.iter_mut())
+                    .zip(&x[range.clone()])
+                    .zip(g)
+                {
+                    let moved = f64::from(u8::from(p != q));
+                    *n += moved * w * f64::from(p);
+                    *d += moved * w;
+                }
+            }
+            for (((o, &n), &d), &q) in out.iter_mut().zip(num.iter()).zip(den.iter()).zip(g) {
+                *o = if d > 0.0 { (n / d) as f32 } else { q };
+            }
+        },
+    );
+    Ok(())
+}
+
 /// The comparators `(i, j)`, `i < j`, of Batcher's odd-even merge sort for
 /// `n` values: applying "put the smaller at `i`" for each in order sorts any
 /// input. Built for the next power of two; comparators that touch a position

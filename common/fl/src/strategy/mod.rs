@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use config::StrategyConfig;
-pub use fedavg::{FedAvg, FedAvgM, FedProx};
+pub use fedavg::{FedAvg, FedAvgM, FedAvgSparse, FedProx};
 pub use fedopt::{FedOpt, FedOptKind};
 pub use robust::{FedMedian, FedTrimmedAvg, Krum};
 
