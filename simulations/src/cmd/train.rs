@@ -23,7 +23,8 @@ use fedcrime_data::split::SplitPart;
 use fedcrime_data::tasks::{build_task, Period, TaskConfig, TaskData};
 use fedcrime_data::{Dataset, Incident, Splits, Task};
 use fedcrime_ml::model::{
-    build, graph_dataset, save_model, GraphWindows, ModelConfig, ModelKind, DEFAULT_GRAPH_STEPS,
+    build, graph_dataset, save_model, CountLoss, GraphWindows, ModelConfig, ModelKind,
+    DEFAULT_GRAPH_STEPS,
 };
 use fedcrime_ml::train::{
     evaluate_baselines, BaselineResult, ClassWeighting, EpochRecord, Evaluation, FitReport,
@@ -114,6 +115,9 @@ pub struct ModelArgs {
     /// Dropout probability.
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// The loss of the counts task: `poisson` (the default) or `mse`.
+    #[arg(long)]
+    pub count_loss: Option<CountLoss>,
     /// Class weights of the risk cross-entropy: `balanced` (every level
     /// weighs the same in total, what macro-F1 rewards), `sqrt` or `none`.
     #[arg(long, default_value = "balanced")]
@@ -132,6 +136,9 @@ impl ModelArgs {
         }
         if let Some(d) = self.dropout {
             cfg.dropout = d;
+        }
+        if let Some(l) = self.count_loss {
+            cfg.count_loss = l;
         }
         cfg.class_weights = self.class_weights.weights(train);
         cfg.validate()
@@ -217,6 +224,9 @@ pub struct TrainArgs {
     /// Learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Adam's (L2) weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
     /// Early-stopping patience in epochs (0: never stop early).
     #[arg(long)]
     pub patience: Option<usize>,
@@ -254,6 +264,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.lr {
             cfg.lr = v;
+        }
+        if let Some(v) = self.weight_decay {
+            cfg.weight_decay = v;
         }
         if let Some(v) = self.patience {
             cfg.patience = v;
@@ -401,6 +414,13 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     test.metrics = per_area_metrics(test.metrics, areas);
     // The baselines predict the flat samples of the same test periods.
     let baselines = evaluate_baselines(&data.splits, &data.splits.test, args.data.period)?;
+    // The kept epoch against the baselines on the validation split, where
+    // settings are chosen (the test split only reports).
+    let val_baselines = evaluate_baselines(&data.splits, &data.splits.val, args.data.period)?;
+    let val_metrics = report
+        .kept()
+        .and_then(|r| r.val_metrics.clone())
+        .map(|m| per_area_metrics(m, areas));
 
     let mut meta = BTreeMap::new();
     meta.insert(
@@ -427,6 +447,8 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         report: &report,
         test: &test,
         baselines: &baselines,
+        val: val_metrics.as_ref(),
+        val_baselines: &val_baselines,
     });
     let report_path = args.out.join("report.md");
     std::fs::write(&report_path, &md)
@@ -533,6 +555,10 @@ pub struct ReportInputs<'a> {
     pub test: &'a Evaluation,
     /// The baselines on the test split.
     pub baselines: &'a [BaselineResult],
+    /// The kept epoch's validation metrics, when validation chose one.
+    pub val: Option<&'a Metrics>,
+    /// The baselines on the validation split.
+    pub val_baselines: &'a [BaselineResult],
 }
 
 /// `report.md`: setup, training summary and the test-split comparison.
@@ -613,6 +639,14 @@ pub fn report_markdown(r: &ReportInputs<'_>) -> String {
         r.baselines,
     ));
     let _ = writeln!(md, "\n{}", verdict(&r.test.metrics, r.baselines));
+    if let Some(val) = r.val {
+        let _ = writeln!(
+            md,
+            "\n## Validation split (kept epoch): model vs naive baselines\n"
+        );
+        md.push_str(&comparison_table(&r.model_name, val, r.val_baselines));
+        let _ = writeln!(md, "\n{}", verdict(val, r.val_baselines));
+    }
     md
 }
 

@@ -111,6 +111,13 @@ pub struct ModelConfig {
     /// Risk only: per-class weights of the cross-entropy (`None`: unweighted).
     #[serde(default)]
     pub class_weights: Option<Vec<f32>>,
+    /// Counts, lstm with `static_features`: the per-area training means of
+    /// the targets, which initialize the head's weights on the flat
+    /// features' one-hot area columns so the untrained model predicts each
+    /// area's mean rate (the `period_mean` baseline) and training learns the
+    /// deviation from it. `None`: the head starts at `target_prior` alone.
+    #[serde(default)]
+    pub area_prior: Option<AreaPrior>,
     /// gat-tcn: number of graph nodes (areas).
     #[serde(default)]
     pub areas: usize,
@@ -127,6 +134,21 @@ pub struct ModelConfig {
     /// gat-tcn: negative slope of the LeakyReLU on attention scores.
     #[serde(default = "default_leaky_slope")]
     pub leaky_slope: f64,
+}
+
+/// Per-area target means and where the one-hot area columns sit in the flat
+/// features (see [`ModelConfig::area_prior`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AreaPrior {
+    /// Index of the first one-hot area column in the flat features; the
+    /// `areas` columns from there on are the areas, in order.
+    pub column: usize,
+    /// Number of one-hot area columns.
+    pub areas: usize,
+    /// `[areas, output_dim]` row-major: the training mean of every target
+    /// dimension over the samples of each area.
+    pub means: Vec<f32>,
 }
 
 fn default_true() -> bool {
@@ -161,6 +183,7 @@ impl ModelConfig {
             static_features: true,
             target_prior: None,
             class_weights: None,
+            area_prior: None,
             areas,
             heads,
             adjacency: Vec::new(),
@@ -185,6 +208,9 @@ impl ModelConfig {
             cfg.seq_dim = seq.step_dim;
         }
         cfg.target_prior = target_prior(&ds.target);
+        if kind == ModelKind::Lstm {
+            cfg.area_prior = area_prior(ds);
+        }
         if kind == ModelKind::GatTcn {
             cfg.adjacency = fedcrime_data::areas::adjacency();
         }
@@ -264,6 +290,39 @@ impl ModelConfig {
                 return bad(
                     &format!("class_weights[{i}]"),
                     format!("{} is not a finite positive number", w[i]),
+                );
+            }
+        }
+        if let Some(p) = &self.area_prior {
+            if self.task != Task::Counts {
+                return bad("area_prior", "only the counts task has area rates".into());
+            }
+            if p.areas == 0 || p.column + p.areas > self.input_dim {
+                return bad(
+                    "area_prior",
+                    format!(
+                        "columns {}..{} outside the {} flat features",
+                        p.column,
+                        p.column + p.areas,
+                        self.input_dim
+                    ),
+                );
+            }
+            if p.means.len() != p.areas * self.output_dim {
+                return bad(
+                    "area_prior",
+                    format!(
+                        "{} means for {} areas x {} outputs",
+                        p.means.len(),
+                        p.areas,
+                        self.output_dim
+                    ),
+                );
+            }
+            if let Some(i) = p.means.iter().position(|v| !v.is_finite() || *v < 0.0) {
+                return bad(
+                    &format!("area_prior.means[{i}]"),
+                    format!("{} is not a finite non-negative number", p.means[i]),
                 );
             }
         }
@@ -394,6 +453,66 @@ fn target_prior(target: &Target) -> Option<Vec<f32>> {
             Some(sum.iter().map(|s| (s / n).max(0.0) as f32).collect())
         }
     }
+}
+
+/// Prefix of the flat features' one-hot area columns (`area_01` ..).
+const AREA_COLUMN_PREFIX: &str = "area_";
+
+/// The per-area target means of a counts dataset whose flat features carry
+/// one-hot area columns (a contiguous run of columns named `area_*`, as the
+/// data pipeline writes them); `None` otherwise or without samples. A
+/// sample belongs to the area whose column is set (`> 0.5`); an area without
+/// samples gets the overall mean.
+fn area_prior(ds: &Dataset) -> Option<AreaPrior> {
+    let Target::Counts { values, dim } = &ds.target else {
+        return None;
+    };
+    let dim = *dim;
+    let column = ds
+        .feature_names
+        .iter()
+        .position(|n| n.starts_with(AREA_COLUMN_PREFIX))?;
+    let areas = ds.feature_names[column..]
+        .iter()
+        .take_while(|n| n.starts_with(AREA_COLUMN_PREFIX))
+        .count();
+    let n = ds.len();
+    if dim == 0 || n == 0 || values.len() != n * dim || ds.features.len() != n * ds.feature_dim {
+        return None;
+    }
+    let overall = target_prior(&ds.target)?;
+    let mut sums = vec![0f64; areas * dim];
+    let mut rows = vec![0u64; areas];
+    for (x, y) in ds
+        .features
+        .chunks_exact(ds.feature_dim)
+        .zip(values.chunks_exact(dim))
+    {
+        let Some(a) = x[column..column + areas].iter().position(|&v| v > 0.5) else {
+            continue;
+        };
+        rows[a] += 1;
+        for (s, &v) in sums[a * dim..(a + 1) * dim].iter_mut().zip(y) {
+            *s += f64::from(v);
+        }
+    }
+    let means = (0..areas)
+        .flat_map(|a| {
+            let (sums, rows, overall) = (&sums, rows[a], &overall);
+            (0..dim).map(move |c| {
+                if rows == 0 {
+                    overall[c]
+                } else {
+                    (sums[a * dim + c] / rows as f64).max(0.0) as f32
+                }
+            })
+        })
+        .collect();
+    Some(AreaPrior {
+        column,
+        areas,
+        means,
+    })
 }
 
 #[cfg(test)]

@@ -48,6 +48,30 @@ pub(crate) fn prior_bias(cfg: &ModelConfig) -> Option<Vec<f32>> {
     })
 }
 
+/// The initial head weights on the flat features implied by
+/// `cfg.area_prior`, `[output_dim, input_dim]` row-major: on the one-hot
+/// column of area `a`, output `c`, the area's offset from the bias (log
+/// ratio of its mean to `target_prior` for Poisson, the difference for MSE);
+/// zero on every other column. With the bias at the prior (see
+/// [`prior_bias`]) a head reading only these columns predicts each area's
+/// training mean. `None` without an area prior.
+pub(crate) fn area_prior_weights(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    let p = cfg.area_prior.as_ref()?;
+    let (d, n) = (cfg.output_dim, cfg.input_dim);
+    let bias = prior_bias(cfg).unwrap_or_else(|| vec![0.0; d]);
+    let mut w = vec![0f32; d * n];
+    for a in 0..p.areas {
+        for c in 0..d {
+            let m = p.means[a * d + c];
+            w[c * n + p.column + a] = match cfg.count_loss {
+                CountLoss::Poisson => m.max(PRIOR_FLOOR).ln() - bias[c],
+                CountLoss::Mse => m - bias[c],
+            };
+        }
+    }
+    Some(w)
+}
+
 /// Overwrites `bias` (shape `[values.len()]`) with `values`.
 pub(crate) fn set_bias(bias: &mut Tensor, values: &[f32]) -> Result<()> {
     let src = Tensor::f_from_slice(values)?.f_to_device(bias.device())?;

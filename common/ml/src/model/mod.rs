@@ -46,7 +46,7 @@ mod quality_check;
 pub(crate) mod test_util;
 
 pub use batch::{to_batch, DatasetTensors};
-pub use config::{CountLoss, ModelConfig, LAPD_AREAS};
+pub use config::{AreaPrior, CountLoss, ModelConfig, LAPD_AREAS};
 pub use dnn::Dnn;
 pub use error::{ModelError, Result};
 pub use gat_tcn::{GatTcn, GatTcnTrace};
