@@ -412,7 +412,11 @@ fn load_evaluation(
             &Selection::All,
         )
     })?;
-    model.target_prior = ModelConfig::for_dataset(model.kind, &splits.train).target_prior;
+    // The output layer starts at the evaluation window's rates (and, for the
+    // LSTM on counts, at each area's own rate).
+    let derived = ModelConfig::for_dataset(model.kind, &splits.train);
+    model.target_prior = derived.target_prior;
+    model.area_prior = derived.area_prior;
     let data = match e.split {
         EvalSplit::Val => splits.val,
         EvalSplit::Test => splits.test,
