@@ -633,8 +633,7 @@ mod tests {
                 .into_iter()
                 .collect();
             let lv = Tensor::from_slice(&levels).view([1, 1, 5, 2]).log1p();
-            let _ = seq
-                .view([2, 4, 5, F as i64])
+            seq.view([2, 4, 5, F as i64])
                 .narrow(3, 2, 2)
                 .copy_(&lv.expand([2, 4, 5, 2], false));
             let pred = model.predict(&tch::no_grad(|| model.forward_t(&batch, false)));
