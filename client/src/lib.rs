@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use fedcrime_data::Incident;
 use fedcrime_net::Connector;
-use fedcrime_station::data::{prepare, Selection};
+use fedcrime_station::data::{prepare_for, Selection};
 use fedcrime_station::protocol::RunSetup;
 use fedcrime_station::{Learner, Station, StationError};
 
@@ -82,7 +82,10 @@ impl LearnerFactory for DataStation {
                 return Ok(station.clone());
             }
         }
-        let splits = prepare(
+        // gat-tcn: the station's own areas as a subgraph, the run's
+        // weights layout (see fedcrime_station::data::prepare_for).
+        let (splits, model) = prepare_for(
+            &setup.model,
             &self.incidents,
             &setup.task,
             setup.featurizer.as_ref(),
@@ -96,12 +99,7 @@ impl LearnerFactory for DataStation {
             shared_featurizer = setup.featurizer.is_some(),
             "prepared the local data"
         );
-        let station = Arc::new(Station::new(
-            self.name.clone(),
-            splits,
-            setup.model.clone(),
-            self.device,
-        )?);
+        let station = Arc::new(Station::new(self.name.clone(), splits, model, self.device)?);
         *cache = Some((setup.clone(), station.clone()));
         Ok(station)
     }

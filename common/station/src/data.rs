@@ -15,18 +15,36 @@
 //! some LAPD areas (a precinct's own records; other areas' incidents are
 //! dropped before featurizing, so they are never held), or one part of a
 //! partition of the samples (`iid`, `dirichlet:ALPHA`, ... for studies).
+//!
+//! # The graph model at a station
+//!
+//! `gat-tcn` reads whole areas' count series, not samples, so a station
+//! trains it on the graph of the areas it holds ([`prepare_for`],
+//! [`prepare_graph`]): the areas of an area filter, of its own records
+//! ([`Selection::All`]) or of its bureau (`bureau` partition), with the LAPD
+//! boundaries among them ([`AreaGraph`]). Boundaries to other stations'
+//! areas are dropped: the station has no counts there, and nothing but
+//! weights (plus example counts and aggregate metrics) leaves it. The
+//! weights have the same layout whatever the node count, so the server
+//! averages them and runs the result on all 21 areas. Refused, with the
+//! reason: one area (no boundary: the attention would never train), areas
+//! without a common boundary, and the `natural`, `iid` and `dirichlet`
+//! partitions (one area, or scattered samples rather than series). The
+//! shared featurizer is not used by the graph windows (raw counts).
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Result, StationError};
+use fedcrime_data::areas::Bureau;
 use fedcrime_data::features::{fit_risk_thresholds, risk_level, BLOCKS_PER_DAY};
 use fedcrime_data::split::SplitPart;
 use fedcrime_data::{
     build_task, partition_splits, Dataset, Featurizer, Incident, Partition, SplitBounds, Splits,
     Target, Task, TaskConfig,
 };
+use fedcrime_ml::model::{AreaGraph, GraphWindows, ModelConfig, ModelKind};
 
 /// One station of a partition: by position or by name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,4 +253,137 @@ pub fn prepare(
         return Err(StationError::EmptySplit { split: "train" });
     }
     Ok(splits)
+}
+
+/// The areas whose records a station holds under `selection`, as the graph
+/// it models gat-tcn on (see the module docs); refused with the reason for
+/// selections that do not hold whole areas or hold no boundary.
+pub fn station_graph(incidents: &[Incident], selection: &Selection) -> Result<AreaGraph> {
+    let refuse = |reason: String| Err(StationError::Mismatch(format!("gat-tcn: {reason}")));
+    let codes: Vec<u8> =
+        match selection {
+            Selection::Areas(codes) => codes.clone(),
+            Selection::All => {
+                let present: BTreeSet<u8> = incidents.iter().map(|i| i.area).collect();
+                present.into_iter().collect()
+            }
+            Selection::Part {
+                partition: Partition::Bureau,
+                part,
+                ..
+            } => {
+                let present: BTreeSet<u8> = incidents.iter().map(|i| i.area).collect();
+                let held: Vec<Bureau> = Bureau::ALL
+                    .into_iter()
+                    .filter(|b| b.areas().any(|a| present.contains(&a.code)))
+                    .collect();
+                let name = |b: &Bureau| format!("{}-bureau", b.name().to_ascii_lowercase());
+                let found = match part {
+                    PartRef::Index(i) => held.get(*i),
+                    PartRef::Name(n) => held.iter().find(|b| &name(b) == n),
+                };
+                let Some(b) = found else {
+                    return Err(StationError::Setting {
+                        key: "part".into(),
+                        reason: format!(
+                            "partition bureau has no part {part} (it has {})",
+                            held.iter().map(name).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                };
+                b.areas().map(|a| a.code).collect()
+            }
+            Selection::Part {
+                partition: Partition::Natural,
+                ..
+            } => return refuse(
+                "a natural-partition station holds one area: a one-node graph has no boundary, \
+                 so the attention would never train; use the bureau partition"
+                    .into(),
+            ),
+            Selection::Part { partition, .. } => {
+                return refuse(format!(
+                "a {partition} station holds scattered (area, period) samples, not whole areas' \
+                 count series; use the bureau partition"
+            ))
+            }
+        };
+    let graph = AreaGraph::of_areas(&codes).map_err(|e| StationError::Setting {
+        key: "area".into(),
+        reason: e.to_string(),
+    })?;
+    if graph.len() < 2 {
+        return refuse(format!(
+            "the station holds one area ({:?}): a one-node graph has no boundary, so the \
+             attention would never train; gat-tcn needs a station with several neighbouring \
+             areas (a bureau)",
+            graph.codes()
+        ));
+    }
+    if graph.edges().is_empty() {
+        return refuse(format!(
+            "areas {:?} share no boundary: the attention would never train",
+            graph.codes()
+        ));
+    }
+    Ok(graph)
+}
+
+/// A station's graph splits for gat-tcn: its areas' ([`station_graph`])
+/// count series, built from its own records only, cut into windows over its
+/// subgraph ([`AreaGraph::splits`]).
+pub fn prepare_graph(
+    incidents: &[Incident],
+    task: &TaskConfig,
+    selection: &Selection,
+) -> Result<(Splits, AreaGraph)> {
+    if task.task != Task::Counts {
+        return Err(StationError::Mismatch(format!(
+            "gat-tcn predicts counts, the run's task is {}",
+            task.task
+        )));
+    }
+    let graph = station_graph(incidents, selection)?;
+    let own: Vec<Incident> = incidents
+        .iter()
+        .filter(|i| graph.codes().contains(&i.area))
+        .cloned()
+        .collect();
+    let built = build_task(&own, task)?;
+    let series = built.graph.ok_or_else(|| {
+        StationError::Mismatch("the counts task came without its graph series".into())
+    })?;
+    let splits = graph
+        .splits(&series, &GraphWindows::for_period(task.period))
+        .map_err(StationError::Model)?;
+    if splits.train.is_empty() {
+        return Err(StationError::EmptySplit { split: "train" });
+    }
+    Ok((splits, graph))
+}
+
+/// A station's splits and the model config it trains, for the run's
+/// architecture `model`: [`prepare`] and `model` itself for dnn and lstm;
+/// for gat-tcn [`prepare_graph`] and `model` on the station's subgraph
+/// ([`ModelConfig::on_graph`]: same weights layout, the station's nodes).
+pub fn prepare_for(
+    model: &ModelConfig,
+    incidents: &[Incident],
+    task: &TaskConfig,
+    featurizer: Option<&Featurizer>,
+    selection: &Selection,
+) -> Result<(Splits, ModelConfig)> {
+    if model.kind != ModelKind::GatTcn {
+        let splits = prepare(incidents, task, featurizer, selection)?;
+        return Ok((splits, model.clone()));
+    }
+    let (splits, graph) = prepare_graph(incidents, task, selection)?;
+    let local = model.on_graph(&graph, &splits.train)?;
+    tracing::info!(
+        areas = ?graph.codes(),
+        boundaries = graph.edges().len(),
+        cut = graph.cut_edges().len(),
+        "gat-tcn on the station's subgraph (boundaries to other stations' areas dropped)"
+    );
+    Ok((splits, local))
 }

@@ -116,16 +116,17 @@ pub trait Learner: Send + Sync {
 /// alone (no data needed): the flat feature width of the task's layout, the
 /// sequence view `lags x categories`, 5 risk classes or one count per
 /// category, and the kind's default widths (see [`ModelConfig::new`]).
-/// `gat-tcn` models the 21 areas jointly and cannot be trained by one
-/// precinct on its own records, so it is refused here.
+///
+/// `gat-tcn` (counts only) gets the graph of all 21 areas: windows of
+/// [`DEFAULT_GRAPH_STEPS`](model::DEFAULT_GRAPH_STEPS) periods, node features
+/// for the task's period (see [`GraphWindows`](model::GraphWindows)). Its
+/// weights do not depend on the node count, so stations train them on
+/// their own subgraph ([`data::prepare_for`]) and the server runs the
+/// average on the whole city.
 pub fn model_config(kind: ModelKind, task: &TaskConfig) -> Result<ModelConfig> {
     task.validate()?;
     if kind == ModelKind::GatTcn {
-        return Err(StationError::Model(ModelError::config(
-            "kind",
-            "gat-tcn needs every area's counts as input and cannot be trained on one station's \
-             records; use dnn or lstm for federated runs",
-        )));
+        return graph_model_config(task);
     }
     let input_dim = Layout::new(task.task, task.period, task.lags).names().len();
     let output_dim = match task.task {
@@ -135,6 +136,27 @@ pub fn model_config(kind: ModelKind, task: &TaskConfig) -> Result<ModelConfig> {
     let mut cfg = ModelConfig::new(kind, task.task, input_dim, output_dim);
     cfg.seq_steps = task.lags;
     cfg.seq_dim = Category::COUNT;
+    Ok(cfg)
+}
+
+/// The gat-tcn architecture of a counts task on all 21 areas.
+fn graph_model_config(task: &TaskConfig) -> Result<ModelConfig> {
+    if task.task != Task::Counts {
+        return Err(StationError::Model(ModelError::config(
+            "kind",
+            format!(
+                "gat-tcn predicts every area's category counts: the task must be counts, not {}",
+                task.task
+            ),
+        )));
+    }
+    let windows = model::GraphWindows::for_period(task.period);
+    let areas = model::LAPD_AREAS;
+    let mut cfg = ModelConfig::new(ModelKind::GatTcn, Task::Counts, 0, areas * Category::COUNT);
+    cfg.seq_steps = windows.steps;
+    cfg.seq_dim = areas * windows.node_features(Category::COUNT);
+    cfg.adjacency = model::AreaGraph::lapd().edges().to_vec();
+    cfg.validate()?;
     Ok(cfg)
 }
 
@@ -157,7 +179,7 @@ pub fn check_dataset(model: &ModelConfig, ds: &Dataset, split: &str) -> Result<(
             model.output_dim
         ));
     }
-    if model.kind == ModelKind::Lstm {
+    if matches!(model.kind, ModelKind::Lstm | ModelKind::GatTcn) {
         match &ds.sequences {
             Some(s) if s.steps == model.seq_steps && s.step_dim == model.seq_dim => {}
             Some(s) => {
@@ -166,7 +188,12 @@ pub fn check_dataset(model: &ModelConfig, ds: &Dataset, split: &str) -> Result<(
                     s.steps, s.step_dim, model.seq_steps, model.seq_dim
                 ))
             }
-            None => return bad("no sequence view, which the lstm model needs".into()),
+            None => {
+                return bad(format!(
+                    "no sequence view, which the {} model needs",
+                    model.kind
+                ))
+            }
         }
     }
     Ok(())

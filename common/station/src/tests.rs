@@ -140,6 +140,34 @@ fn model_config_matches_what_the_data_pipeline_builds() {
     }
     let err = model_config(ModelKind::GatTcn, &TaskConfig::new(Task::Risk)).unwrap_err();
     assert!(err.to_string().contains("gat-tcn"), "{err}");
+    // gat-tcn: the task's graph windows over all 21 areas.
+    for period in [Period::Day, Period::Week] {
+        let task = TaskConfig {
+            period,
+            ..TaskConfig::new(Task::Counts)
+        };
+        let built = build_task(&incidents(80, &[1, 2, 3], 1), &task).unwrap();
+        let windows = fedcrime_ml::model::GraphWindows::for_period(period);
+        let g = fedcrime_ml::model::graph_splits(built.graph.as_ref().unwrap(), &windows).unwrap();
+        let from_data = ModelConfig::for_dataset(ModelKind::GatTcn, &g.train);
+        let derived = model_config(ModelKind::GatTcn, &task).unwrap();
+        assert_eq!(
+            (
+                derived.areas,
+                derived.seq_steps,
+                derived.seq_dim,
+                derived.output_dim
+            ),
+            (
+                from_data.areas,
+                from_data.seq_steps,
+                from_data.seq_dim,
+                from_data.output_dim
+            ),
+            "{period:?}"
+        );
+        check_dataset(&derived, &g.train, "train").unwrap();
+    }
 }
 
 #[test]
@@ -417,4 +445,77 @@ fn a_station_refuses_data_that_does_not_fit_the_model() {
     let counts = model_config(ModelKind::Dnn, &TaskConfig::new(Task::Counts)).unwrap();
     let err = Station::new("x", splits, counts, Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("risk samples"), "{err}");
+}
+
+#[test]
+fn a_bureau_station_trains_gat_tcn_on_its_subgraph_and_the_city_model_takes_the_update() {
+    use fedcrime_ml::model::AreaGraph;
+    let task = TaskConfig::new(Task::Counts);
+    let all: Vec<u8> = (1..=21).collect();
+    let inc = incidents(40, &all, 4);
+    let global_cfg = small_model(ModelKind::GatTcn, &task);
+    assert_eq!(global_cfg.areas, 21);
+    let selection = Selection::Part {
+        partition: Partition::Bureau,
+        part: PartRef::Name("west-bureau".into()),
+        seed: 0,
+    };
+    let (splits, local) = data::prepare_for(&global_cfg, &inc, &task, None, &selection).unwrap();
+    let west = AreaGraph::bureau(fedcrime_data::Bureau::West);
+    assert_eq!(local.areas, west.len());
+    assert_eq!(local.adjacency, west.edges());
+    // Only the bureau's own records: the other areas' incidents are not held.
+    let own: Vec<Incident> = inc
+        .iter()
+        .filter(|i| west.codes().contains(&i.area))
+        .cloned()
+        .collect();
+    let (again, _) = data::prepare_graph(&own, &task, &Selection::All).unwrap();
+    assert_eq!(again.train, splits.train);
+    let station = Station::new("west-bureau", splits, local, Device::Cpu).unwrap();
+    tch::manual_seed(3);
+    let city = model::build(&global_cfg, Device::Cpu).unwrap();
+    let global = city.export_params();
+    let res = station.fit(&fit_ins(global.clone(), 1)).unwrap();
+    assert_eq!(res.params.spec(), global.spec());
+    assert!(res.params.l2_distance(&global).unwrap() > 0.0);
+    // The city's model runs the station's weights.
+    let mut city = city;
+    city.import_params(&res.params).unwrap();
+    assert_eq!(
+        station.param_spec(&global_cfg).unwrap(),
+        station.param_spec(station.model_config()).unwrap()
+    );
+}
+
+#[test]
+fn gat_tcn_refuses_stations_without_several_neighbouring_areas() {
+    let task = TaskConfig::new(Task::Counts);
+    let inc = incidents(30, &[1, 5, 6, 7], 2);
+    let cfg = small_model(ModelKind::GatTcn, &task);
+    let err = |sel: Selection| {
+        data::prepare_for(&cfg, &inc, &task, None, &sel)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(Selection::Areas(vec![6]));
+    assert!(e.contains("one area") && e.contains("bureau"), "{e}");
+    // Central (1) and Harbor (5) share no boundary.
+    let e = err(Selection::Areas(vec![1, 5]));
+    assert!(e.contains("no boundary"), "{e}");
+    let part = |partition| Selection::Part {
+        partition,
+        part: PartRef::Index(0),
+        seed: 0,
+    };
+    let e = err(part(Partition::Natural));
+    assert!(e.contains("one area"), "{e}");
+    let e = err(part(Partition::Iid { stations: 3 }));
+    assert!(e.contains("scattered"), "{e}");
+    // Hollywood (6) and Wilshire (7) are neighbours: accepted.
+    let (_, local) =
+        data::prepare_for(&cfg, &inc, &task, None, &Selection::Areas(vec![6, 7])).unwrap();
+    assert_eq!((local.areas, local.adjacency.len()), (2, 1));
+    let risk = TaskConfig::new(Task::Risk);
+    assert!(model_config(ModelKind::GatTcn, &risk).is_err());
 }

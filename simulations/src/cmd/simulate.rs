@@ -45,7 +45,7 @@ pub struct SimulateArgs {
     /// The period of the counts task: day or week [default: day].
     #[arg(long)]
     pub period: Option<Period>,
-    /// The model: dnn or lstm [default: dnn].
+    /// The model: dnn, lstm or gat-tcn (counts task, bureau partition) [default: dnn].
     #[arg(long)]
     pub model: Option<ModelKind>,
     /// Hidden width of the model (the architecture's default when absent).

@@ -19,11 +19,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use fedcrime_data::split::SplitPart;
 use fedcrime_data::tasks::{build_task, Period, TaskConfig, TaskData};
 use fedcrime_data::{Dataset, Incident, Splits, Task};
 use fedcrime_ml::model::{
-    build, graph_dataset, save_model, CountLoss, GraphWindows, ModelConfig, ModelKind,
+    build, graph_splits, save_model, CountLoss, GraphWindows, ModelConfig, ModelKind,
     DEFAULT_GRAPH_STEPS,
 };
 use fedcrime_ml::train::{
@@ -148,7 +147,7 @@ impl ModelArgs {
 
     /// The samples the model trains on: the task's splits, or for gat-tcn
     /// the graph windows over the same periods (one sample per period, all
-    /// areas; see [`graph_dataset`]).
+    /// areas; see [`graph_splits`]).
     pub fn model_splits(&self, data: &TaskData, period: Period) -> anyhow::Result<Option<Splits>> {
         if self.model != ModelKind::GatTcn {
             return Ok(None);
@@ -164,23 +163,9 @@ impl ModelArgs {
             steps: DEFAULT_GRAPH_STEPS,
             weekday: period == Period::Day,
         };
-        let part = |p: SplitPart| {
-            graph_dataset(
-                &g.counts,
-                g.areas,
-                g.times,
-                g.categories,
-                g.time0,
-                g.bounds.window(p),
-                &windows,
-            )
-            .with_context(|| format!("graph windows of the {p:?} split"))
-        };
-        Ok(Some(Splits {
-            train: part(SplitPart::Train)?,
-            val: part(SplitPart::Val)?,
-            test: part(SplitPart::Test)?,
-        }))
+        Ok(Some(
+            graph_splits(g, &windows).context("graph windows of the counts task")?,
+        ))
     }
 }
 

@@ -151,8 +151,13 @@ impl Default for DataSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
-    /// `dnn` or `lstm` (default `dnn`; `gat-tcn` needs every area's data and
-    /// cannot be federated).
+    /// `dnn`, `lstm` or `gat-tcn` (default `dnn`). `gat-tcn` needs the
+    /// counts task and the `bureau` partition: each bureau station trains it
+    /// on its own areas' subgraph (boundaries to other bureaus dropped; only
+    /// weights leave a station) and the global model is scored on all 21
+    /// areas. Other partitions are refused: `natural` stations hold one area
+    /// (no boundary, the attention would never train), `iid` and
+    /// `dirichlet` stations scattered samples rather than series.
     pub kind: ModelKind,
     /// Hidden width (the architecture's default when absent).
     pub hidden: Option<usize>,
@@ -471,10 +476,34 @@ impl SimConfig {
         }
         let m = &self.model;
         if m.kind == ModelKind::GatTcn {
-            return invalid(
-                "model.kind",
-                "gat-tcn models all 21 areas jointly and cannot be trained by one station; use dnn or lstm",
-            );
+            if d.task != Task::Counts {
+                return invalid(
+                    "model.kind",
+                    "gat-tcn predicts every area's category counts: use the counts task",
+                );
+            }
+            match self.federation.partition {
+                Partition::Bureau => {}
+                Partition::Natural => {
+                    return invalid(
+                        "model.kind",
+                        "gat-tcn needs stations holding several neighbouring areas: a natural \
+                         station holds one area, a one-node graph without boundaries whose \
+                         attention would never train; use the bureau partition",
+                    )
+                }
+                Partition::Iid { .. } | Partition::Dirichlet { .. } => {
+                    return invalid(
+                        "model.kind",
+                        format!(
+                            "gat-tcn needs stations holding whole areas' count series; {} \
+                             stations hold scattered (area, period) samples; use the bureau \
+                             partition",
+                            self.federation.partition
+                        ),
+                    )
+                }
+            }
         }
         if m.hidden == Some(0) {
             return invalid("model.hidden", "must be at least 1");
@@ -657,6 +686,14 @@ mod tests {
             ("[federation]\nfraction = 1.5", "federation.fraction"),
             ("[federation]\nstations = 5", "federation.stations"),
             ("[model]\nkind = \"gat-tcn\"", "model.kind"),
+            (
+                "[data]\ntask = \"counts\"\n[model]\nkind = \"gat-tcn\"",
+                "model.kind",
+            ),
+            (
+                "[data]\ntask = \"counts\"\n[model]\nkind = \"gat-tcn\"\n[federation]\npartition = \"iid\"",
+                "model.kind",
+            ),
             ("[model]\ndropout = 1.0", "model.dropout"),
             ("[train]\nlr = -1.0", "train.lr"),
             (

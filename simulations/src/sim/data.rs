@@ -10,20 +10,32 @@
 //! into the one shared [`Splits`]; the rows are gathered into a
 //! [`Station`] only while it serves a request, so a thousand virtual
 //! stations cost a thousand index lists, not a thousand datasets or models.
+//!
+//! `gat-tcn` (counts, `bureau` partition only) reads whole areas' count
+//! series instead: the pooled splits are the graph windows of all 21 areas
+//! (what the centralized baselines train on and every method is scored on),
+//! and each bureau station holds the graph windows of its own areas and
+//! the boundaries among them ([`StationGraph`]; boundaries to other
+//! bureaus' areas are dropped) with the run's model on that subgraph. The
+//! weights have one layout whatever the node count, so the stations' updates
+//! average into a model that runs on the whole city. What leaves a station:
+//! its weights, example count and training loss, as for every model.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
+use fedcrime_data::areas::Bureau;
 use fedcrime_data::loader::load_path;
 use fedcrime_data::partition::{partition_splits, StationSplits};
 use fedcrime_data::synth::{generate_incidents_with, SynthConfig};
+use fedcrime_data::tasks::TaskData;
 use fedcrime_data::tasks::{build_task, TaskConfig};
-use fedcrime_data::{Dataset, Featurizer, Splits, Task};
+use fedcrime_data::{Dataset, Featurizer, Partition, Splits, Task};
 use fedcrime_fl::{EvaluateIns, EvaluateRes, FitIns, FitRes, StationId};
 use fedcrime_identity::IdentityError;
-use fedcrime_ml::model::ModelConfig;
+use fedcrime_ml::model::{AreaGraph, GraphWindows, ModelConfig, ModelKind};
 use fedcrime_ml::train::TrainConfig;
 use fedcrime_station::{default_train_config, Learner, Station};
 
@@ -44,7 +56,21 @@ pub struct StudyData {
     pub featurizer: Featurizer,
     /// Each station's samples, as indices into `splits`.
     pub stations: Vec<StationSplits>,
-    /// The architecture every method trains.
+    /// The architecture every method trains (for gat-tcn: on all 21 areas).
+    pub model: Arc<ModelConfig>,
+    /// gat-tcn: each station's own graph data and model, in `stations`
+    /// order (empty for the other models).
+    pub station_graphs: Vec<StationGraph>,
+}
+
+/// A gat-tcn station's own data: the graph windows of its areas.
+#[derive(Debug)]
+pub struct StationGraph {
+    /// Its areas and the boundaries among them.
+    pub graph: AreaGraph,
+    /// Its graph samples (the same periods as the pooled graph splits).
+    pub splits: Arc<Splits>,
+    /// The study's model on its subgraph (same weights layout).
     pub model: Arc<ModelConfig>,
 }
 
@@ -90,6 +116,19 @@ impl StudyData {
         })?;
         let n_incidents = incidents.len();
         drop(incidents);
+        if cfg.model.kind == ModelKind::GatTcn {
+            let (splits, stations, model, station_graphs) = graph_study(cfg, &built)?;
+            return Ok(StudyData {
+                source,
+                incidents: n_incidents,
+                task,
+                splits: Arc::new(splits),
+                featurizer: built.featurizer,
+                stations,
+                model: Arc::new(model),
+                station_graphs,
+            });
+        }
         let splits = built.splits;
         let partition = cfg.partition();
         let stations = partition_splits(&splits, &partition, cfg.seed)
@@ -106,6 +145,7 @@ impl StudyData {
             featurizer: built.featurizer,
             stations,
             model: Arc::new(model),
+            station_graphs: Vec::new(),
         })
     }
 
@@ -133,11 +173,16 @@ impl StudyData {
         let defaults = self.station_defaults(cfg);
         self.stations
             .iter()
-            .map(|part| {
+            .enumerate()
+            .map(|(i, part)| {
+                let (data, model) = match self.station_graphs.get(i) {
+                    Some(g) => (g.splits.clone(), g.model.clone()),
+                    None => (self.splits.clone(), self.model.clone()),
+                };
                 Arc::new(SimStation {
                     part: part.clone(),
-                    data: self.splits.clone(),
-                    model: self.model.clone(),
+                    data,
+                    model,
                     device,
                     defaults: defaults.clone(),
                 })
@@ -149,6 +194,59 @@ impl StudyData {
     pub fn station_sizes(&self) -> Vec<usize> {
         self.stations.iter().map(|s| s.train.len()).collect()
     }
+}
+
+/// The gat-tcn study of a counts task: the pooled graph splits of all 21
+/// areas, one station per bureau with the graph splits of its areas (every
+/// sample index of them is the station's), the model on all areas, and each
+/// station's data and model on its subgraph.
+fn graph_study(
+    cfg: &SimConfig,
+    built: &TaskData,
+) -> Result<(Splits, Vec<StationSplits>, ModelConfig, Vec<StationGraph>)> {
+    let partition = cfg.partition();
+    if partition != Partition::Bureau {
+        bail!("gat-tcn federates over the bureau partition only, not {partition}");
+    }
+    let series = built
+        .graph
+        .as_ref()
+        .context("the counts task came without its graph series")?;
+    let windows = GraphWindows::for_period(cfg.data.period);
+    let pooled = AreaGraph::lapd()
+        .splits(series, &windows)
+        .context("graph windows of all areas")?;
+    let model = model_config(cfg, &pooled.train)?;
+    let mut stations = Vec::new();
+    let mut graphs = Vec::new();
+    for b in Bureau::ALL {
+        let graph = AreaGraph::bureau(b);
+        let splits = graph
+            .splits(series, &windows)
+            .with_context(|| format!("graph windows of the {b} bureau"))?;
+        if splits.train.is_empty() {
+            continue;
+        }
+        let local = model
+            .on_graph(&graph, &splits.train)
+            .with_context(|| format!("the model on the {b} bureau's areas"))?;
+        let all = |ds: &Dataset| (0..ds.len()).collect::<Vec<_>>();
+        stations.push(StationSplits {
+            name: format!("{}-bureau", b.name().to_ascii_lowercase()),
+            train: all(&splits.train),
+            val: all(&splits.val),
+            test: all(&splits.test),
+        });
+        graphs.push(StationGraph {
+            graph,
+            splits: Arc::new(splits),
+            model: Arc::new(local),
+        });
+    }
+    if stations.is_empty() {
+        bail!("no bureau has training periods");
+    }
+    Ok((pooled, stations, model, graphs))
 }
 
 /// A partition's station name as a certificate name (lowercase letters,
@@ -298,5 +396,72 @@ mod tests {
         assert_eq!(st.splits().train, want);
         assert_eq!(st.splits().val.len(), data.stations[1].val.len());
         assert_eq!(learners[1].assemble(false).unwrap().splits().val.len(), 0);
+    }
+
+    #[test]
+    fn gat_tcn_bureau_stations_train_on_their_subgraphs_and_average_into_the_city_model() {
+        use fedcrime_fl::FitIns;
+        use fedcrime_params::Params;
+        let mut cfg = small();
+        cfg.data.task = Task::Counts;
+        cfg.model.kind = ModelKind::GatTcn;
+        cfg.model.hidden = Some(8);
+        cfg.federation.partition = Partition::Bureau;
+        cfg.federation.stations = None;
+        cfg.validate().unwrap();
+        let data = StudyData::prepare(&cfg).unwrap();
+        assert_eq!(data.model.areas, 21);
+        assert_eq!(data.stations.len(), 4);
+        let all_edges = fedcrime_data::areas::adjacency().len();
+        let mut kept = 0;
+        for (st, g) in data.stations.iter().zip(&data.station_graphs) {
+            assert!(st.name.ends_with("-bureau"));
+            assert_eq!(g.model.areas, g.graph.len());
+            // No cross-bureau edge inside a station's model.
+            for &(i, j) in &g.model.adjacency {
+                let (a, b) = (g.graph.codes()[i], g.graph.codes()[j]);
+                assert_eq!(
+                    fedcrime_data::area(a).unwrap().bureau,
+                    fedcrime_data::area(b).unwrap().bureau
+                );
+            }
+            kept += g.model.adjacency.len();
+            assert_eq!(st.train.len(), data.splits.train.len());
+        }
+        assert!(kept < all_edges, "cross-bureau boundaries are dropped");
+        tch::manual_seed(1);
+        let global = fedcrime_ml::model::build(&data.model, Device::Cpu)
+            .unwrap()
+            .export_params();
+        let ins = FitIns {
+            global: Arc::new(global.clone()),
+            round: 1,
+            settings: Arc::new(crate::sim::round_settings(&cfg)),
+        };
+        // FedAvg by hand: the updates share the city model's layout.
+        let mut sum = vec![0f64; global.data().len()];
+        let mut n = 0.0;
+        for l in data.learners(&cfg, Device::Cpu) {
+            let res = l.fit(&ins).unwrap();
+            assert_eq!(res.params.spec(), global.spec());
+            for (s, v) in sum.iter_mut().zip(res.params.data()) {
+                *s += f64::from(*v) * res.num_examples as f64;
+            }
+            n += res.num_examples as f64;
+        }
+        let avg = Params::new(
+            global.spec().clone(),
+            sum.iter().map(|s| (s / n) as f32).collect(),
+        )
+        .unwrap();
+        assert!(avg.l2_distance(&global).unwrap() > 0.0);
+        let mut eval = super::super::eval::Evaluator::new(
+            &data.model,
+            data.splits.clone(),
+            cfg.train.eval_batch_size,
+        )
+        .unwrap();
+        let scores = eval.evaluate(&avg).unwrap();
+        assert!(scores.test.headline().is_finite());
     }
 }

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
+use super::graph::AreaGraph;
 use super::ModelKind;
 use fedcrime_data::{Dataset, Target, Task};
 
@@ -80,7 +81,9 @@ pub struct ModelConfig {
     /// Time steps of the sequence view (0 when the dataset has none).
     #[serde(default)]
     pub seq_steps: usize,
-    /// Values per time step of the sequence view (for gat-tcn: `areas * node features`).
+    /// Values per time step of the sequence view (for gat-tcn: `areas * node
+    /// features`, a node's features being its counts, its levels and the
+    /// weekday: see [`graph_dataset`](super::graph_dataset)).
     #[serde(default)]
     pub seq_dim: usize,
     /// Classes (risk) or count dimensions (counts; for gat-tcn `areas * categories`).
@@ -118,7 +121,9 @@ pub struct ModelConfig {
     /// deviation from it. `None`: the head starts at `target_prior` alone.
     #[serde(default)]
     pub area_prior: Option<AreaPrior>,
-    /// gat-tcn: number of graph nodes (areas).
+    /// gat-tcn: number of graph nodes (areas). The weights do not depend on
+    /// it: a config and its [`on_graph`](ModelConfig::on_graph) copy for a
+    /// subgraph share one parameter layout.
     #[serde(default)]
     pub areas: usize,
     /// gat-tcn: attention heads (must divide `hidden`).
@@ -217,13 +222,64 @@ impl ModelConfig {
         cfg
     }
 
+    /// The gat-tcn config for graph samples `ds` of the nodes of `graph`
+    /// (see [`graph_dataset`](super::graph_dataset)): [`ModelConfig::for_dataset`]
+    /// with `graph`'s node count and edges.
+    pub fn for_graph(ds: &Dataset, graph: &AreaGraph) -> Self {
+        let mut cfg = ModelConfig::for_dataset(ModelKind::GatTcn, ds);
+        cfg.areas = graph.len();
+        cfg.adjacency = graph.edges().to_vec();
+        cfg
+    }
+
+    /// This gat-tcn config (the run's architecture, any node count) on the
+    /// subgraph `graph`, for its graph samples `train`: the same
+    /// hyperparameters, hence the same parameter names and shapes, with the
+    /// subgraph's node count, edges, widths and target prior. An error when
+    /// `train` does not have this config's node features, outputs per node
+    /// or window length (the weights would not fit).
+    pub fn on_graph(&self, graph: &AreaGraph, train: &Dataset) -> Result<ModelConfig> {
+        if self.kind != ModelKind::GatTcn {
+            return Err(ModelError::config(
+                "kind",
+                format!("{} models have no graph", self.kind),
+            ));
+        }
+        let local = ModelConfig::for_graph(train, graph);
+        let mut cfg = self.clone();
+        cfg.areas = local.areas;
+        cfg.adjacency = local.adjacency;
+        cfg.seq_steps = local.seq_steps;
+        cfg.seq_dim = local.seq_dim;
+        cfg.output_dim = local.output_dim;
+        cfg.target_prior = local.target_prior;
+        let same = |what: &str, mine: usize, theirs: usize| {
+            if mine == theirs {
+                Ok(())
+            } else {
+                Err(ModelError::config(
+                    what,
+                    format!(
+                        "the {}-node graph's samples have {theirs}, the run's model {mine}",
+                        graph.len()
+                    ),
+                ))
+            }
+        };
+        same("seq_steps", self.seq_steps, cfg.seq_steps)?;
+        same("node features", self.node_features(), cfg.node_features())?;
+        same("outputs per node", self.node_outputs(), cfg.node_outputs())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// gat-tcn: input features per node and time step (`seq_dim / areas`).
-    pub(crate) fn node_features(&self) -> usize {
+    pub fn node_features(&self) -> usize {
         self.seq_dim.checked_div(self.areas).unwrap_or(0)
     }
 
     /// gat-tcn: predicted values per node (`output_dim / areas`).
-    pub(crate) fn node_outputs(&self) -> usize {
+    pub fn node_outputs(&self) -> usize {
         self.output_dim.checked_div(self.areas).unwrap_or(0)
     }
 
@@ -383,6 +439,16 @@ impl ModelConfig {
                 format!(
                     "{} is not a multiple of {} areas",
                     self.output_dim, self.areas
+                ),
+            );
+        }
+        if self.node_features() < 2 * self.node_outputs() {
+            return bad(
+                "seq_dim",
+                format!(
+                    "{} features per node cannot hold the counts and the levels of {} categories",
+                    self.node_features(),
+                    self.node_outputs()
                 ),
             );
         }
@@ -565,6 +631,7 @@ mod tests {
             8,
             0,
             0..12,
+            &[1.0; 21 * 8],
             &crate::model::GraphWindows::default(),
         )
         .unwrap();
@@ -572,7 +639,7 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(
             (cfg.areas, cfg.node_features(), cfg.node_outputs()),
-            (21, 15, 8)
+            (21, 23, 8)
         );
         assert_eq!(
             (cfg.seq_steps, cfg.heads, cfg.hidden, cfg.layers),
@@ -581,6 +648,69 @@ mod tests {
         assert_eq!(cfg.adjacency, fedcrime_data::areas::adjacency());
         assert!(cfg.adjacency.len() > 21);
         assert_eq!(cfg.target_prior.as_deref(), Some(&[1.0; 21 * 8][..]));
+    }
+
+    #[test]
+    fn on_graph_keeps_the_weights_layout_and_takes_the_subgraph() {
+        use crate::model::{build, graph_dataset, AreaGraph, GraphWindows};
+        let w = GraphWindows::default();
+        let full = graph_dataset(
+            &vec![2.0; 21 * 12 * 8],
+            21,
+            12,
+            8,
+            0,
+            0..12,
+            &[2.0; 168],
+            &w,
+        )
+        .unwrap();
+        let mut global = ModelConfig::for_dataset(ModelKind::GatTcn, &full);
+        global.hidden = 16;
+        global.dropout = 0.0;
+        let valley = AreaGraph::bureau(fedcrime_data::Bureau::Valley);
+        let n = valley.len();
+        let sub = graph_dataset(
+            &vec![1.0; n * 12 * 8],
+            n,
+            12,
+            8,
+            0,
+            0..12,
+            &vec![1.0; n * 8],
+            &w,
+        )
+        .unwrap();
+        let local = global.on_graph(&valley, &sub).unwrap();
+        assert_eq!(
+            (local.areas, local.seq_dim, local.output_dim),
+            (7, 7 * 23, 7 * 8)
+        );
+        assert_eq!(local.adjacency, valley.edges());
+        assert_eq!((local.hidden, local.dropout), (16, 0.0));
+        assert_eq!(local.target_prior.as_deref(), Some(&[1.0; 7 * 8][..]));
+        let spec = |c: &ModelConfig| build(c, tch::Device::Cpu).unwrap().param_spec();
+        assert_eq!(spec(&local), spec(&global));
+        // Samples without the weekday do not fit the run's weights.
+        let no_weekday = GraphWindows {
+            weekday: false,
+            ..w
+        };
+        let other = graph_dataset(
+            &vec![1.0; n * 12 * 8],
+            n,
+            12,
+            8,
+            0,
+            0..12,
+            &vec![1.0; n * 8],
+            &no_weekday,
+        )
+        .unwrap();
+        let err = global.on_graph(&valley, &other).unwrap_err().to_string();
+        assert!(err.contains("node features"), "{err}");
+        let dnn = ModelConfig::for_dataset(ModelKind::Dnn, &counts_ds());
+        assert!(dnn.on_graph(&valley, &sub).is_err());
     }
 
     #[test]
@@ -618,7 +748,9 @@ mod tests {
 
         let mut cfg = ModelConfig::new(ModelKind::GatTcn, Task::Counts, 0, 21 * 8);
         cfg.seq_steps = 8;
-        cfg.seq_dim = 21 * 9;
+        cfg.seq_dim = 21 * 15;
+        assert!(cfg.validate().unwrap_err().to_string().contains("levels"));
+        cfg.seq_dim = 21 * 16;
         cfg.adjacency = vec![(0, 1), (3, 21)];
         let err = cfg.validate().unwrap_err().to_string();
         assert!(

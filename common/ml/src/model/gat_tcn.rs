@@ -18,19 +18,39 @@
 //!    with ReLU and dropout, plus a 1x1 convolution on the skip path where
 //!    the widths differ.
 //! 3. **Head**: the last step's TCN output of each node through a linear map
-//!    shared by all nodes plus a per-node bias (initialized from the target
-//!    prior): every area's next-period category values `[b, A * C]`
-//!    (log-rates for Poisson, counts for MSE).
+//!    and a bias shared by all nodes, plus the node's *level offset*: every
+//!    area's next-period category values `[b, A * C]` (log-rates for
+//!    Poisson, counts for MSE). The offset is read from the node's input
+//!    features, not from a parameter: the level channels of the graph
+//!    dataset (node features `C..2C`, `ln(1 + mean count per period over
+//!    the training window)`, see [`graph_dataset`](super::graph_dataset)),
+//!    turned into `ln(max(level, 1e-3))` for Poisson or `level` for MSE. An
+//!    untrained model therefore predicts each area's training mean (the
+//!    `period_mean` baseline) and training learns the departures from it.
+//!
+//! # Any number of nodes, one set of weights
+//!
+//! No parameter depends on the number of nodes: the GAT weights act per
+//! node and per edge, the TCN per node, the head is shared, and what used to
+//! be a per-node bias (`head.node_bias`, `[A, C]`, before issue 12) is now the
+//! level offset above, an input. So a model of the 21-area graph and one of
+//! a 4-node subgraph (a bureau station, see [`AreaGraph`](super::AreaGraph))
+//! have the same parameter names and shapes ([`ModelConfig::on_graph`]
+//! adapts a config to a subgraph), and FedAvg can average bureau stations'
+//! weights and run the result on the whole city. Models saved before this
+//! change (with `head.node_bias`) do not load.
 //!
 //! Parameter names: `gat.weight`, `gat.att_src`, `gat.att_dst`, `gat.bias`,
 //! `tcn.{l}.conv1.{weight,bias}`, `tcn.{l}.conv2.*`, `tcn.{l}.downsample.*`,
-//! `head.weight`, `head.node_bias`.
+//! `head.weight`, `head.bias`.
+//!
+//! [`ModelConfig::on_graph`]: super::ModelConfig::on_graph
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::config::ModelConfig;
+use super::config::{CountLoss, ModelConfig};
 use super::error::{ModelError, Result};
-use super::layers::{prior_bias, task_loss, task_predict};
+use super::layers::{task_loss, task_predict, PRIOR_FLOOR};
 use super::{Batch, CrimeModel, ModelKind};
 use fedcrime_data::Task;
 
@@ -148,7 +168,7 @@ pub struct GatTcn {
     gat: Gat,
     tcn: Vec<TemporalBlock>,
     head_weight: Tensor,
-    node_bias: Tensor,
+    head_bias: Tensor,
 }
 
 impl GatTcn {
@@ -230,20 +250,15 @@ impl GatTcn {
             &[out as i64, hidden as i64],
             uniform(1.0 / (hidden as f64).sqrt()),
         );
-        let mut node_bias = h.zeros("node_bias", &[a as i64, out as i64]);
-        if let Some(values) = prior_bias(cfg) {
-            let src = Tensor::f_from_slice(&values)?
-                .f_view([a as i64, out as i64])?
-                .f_to_device(device)?;
-            tch::no_grad(|| node_bias.f_copy_(&src))?;
-        }
+        // Zero: the level offset already starts every node at its mean.
+        let head_bias = h.zeros("bias", &[out as i64]);
         Ok(GatTcn {
             cfg: cfg.clone(),
             vs,
             gat,
             tcn,
             head_weight,
-            node_bias,
+            head_bias,
         })
     }
 
@@ -283,12 +298,25 @@ impl GatTcn {
         }
         let hidden = self.cfg.hidden as i64;
         let last = z.select(2, t - 1).view([b, a, hidden]);
-        let output = (last.linear::<&Tensor>(&self.head_weight, None) + &self.node_bias)
-            .view([b, self.cfg.output_dim as i64]);
+        let output = (last.linear(&self.head_weight, Some(&self.head_bias))
+            + self.level_offset(&x))
+        .view([b, self.cfg.output_dim as i64]);
         GatTcnTrace {
             attention,
             temporal: z.view([b, a, hidden, t]),
             output,
+        }
+    }
+
+    /// The per-node output offset `[b, A, C]` from the level channels of
+    /// the last step of `x` `[b, T, A, F]` (see the module doc).
+    fn level_offset(&self, x: &Tensor) -> Tensor {
+        let c = self.cfg.node_outputs() as i64;
+        let t = x.size()[1];
+        let level = x.select(1, t - 1).narrow(-1, c, c).expm1().clamp_min(0.0);
+        match self.cfg.count_loss {
+            CountLoss::Poisson => level.clamp_min(f64::from(PRIOR_FLOOR)).log(),
+            CountLoss::Mse => level,
         }
     }
 
@@ -339,12 +367,15 @@ mod tests {
     use crate::model::{build, to_batch};
     use fedcrime_data::{Dataset, Sequences, Target};
 
+    /// Node features of the test graphs: 2 counts, 2 levels, 1 other.
+    const F: usize = 5;
+
     /// A small graph: 5 nodes on a path 0-1-2-3, node 4 isolated.
     fn small_cfg(steps: usize) -> ModelConfig {
         let mut cfg = ModelConfig::new(ModelKind::GatTcn, Task::Counts, 0, 5 * 2);
         cfg.areas = 5;
         cfg.seq_steps = steps;
-        cfg.seq_dim = 5 * 3;
+        cfg.seq_dim = 5 * F;
         cfg.hidden = 8;
         cfg.heads = 2;
         cfg.adjacency = vec![(0, 1), (1, 2), (2, 3)];
@@ -356,7 +387,7 @@ mod tests {
         Batch {
             features: Tensor::zeros([b, 0], (Kind::Float, Device::Cpu)),
             sequences: Some(Tensor::rand(
-                [b, steps as i64, 15],
+                [b, steps as i64, 5 * F as i64],
                 (Kind::Float, Device::Cpu),
             )),
             target: Tensor::zeros([b, 10], (Kind::Float, Device::Cpu)),
@@ -454,8 +485,13 @@ mod tests {
         tch::manual_seed(6);
         let cfg = small_cfg(4);
         let n = 48;
-        let seq = Tensor::rand([n, 4, 15], (Kind::Float, Device::Cpu));
-        let last = seq.select(1, 3).view([n, 5, 3]);
+        let seq = Tensor::rand([n, 4, 5 * F as i64], (Kind::Float, Device::Cpu));
+        // Every node's level: 3.5 per period.
+        let _ = seq
+            .view([n, 4, 5, F as i64])
+            .narrow(3, 2, 2)
+            .fill_(3.5f64.ln_1p());
+        let last = seq.select(1, 3).view([n, 5, F as i64]);
         let adj = [
             [1., 1., 0., 0., 0.],
             [1., 1., 1., 0., 0.],
@@ -475,7 +511,7 @@ mod tests {
             sequences: Some(Sequences {
                 data: Vec::<f32>::try_from(seq.reshape([-1])).unwrap(),
                 steps: 4,
-                step_dim: 15,
+                step_dim: 5 * F,
             }),
             target: Target::Counts {
                 values: Vec::<f32>::try_from(target.reshape([-1])).unwrap(),
@@ -493,11 +529,9 @@ mod tests {
     }
 
     #[test]
-    fn parameter_names_and_prior_bias() {
+    fn parameter_names() {
         one_thread();
-        let mut cfg = small_cfg(4);
-        cfg.target_prior = Some((0..10).map(|v| v as f32).collect());
-        let model = GatTcn::new(&cfg, Device::Cpu).unwrap();
+        let model = GatTcn::new(&small_cfg(4), Device::Cpu).unwrap();
         let spec = model.param_spec();
         let names: Vec<_> = spec.entries().iter().map(|e| e.name.as_str()).collect();
         for want in [
@@ -505,7 +539,7 @@ mod tests {
             "gat.att_src",
             "gat.bias",
             "gat.weight",
-            "head.node_bias",
+            "head.bias",
             "head.weight",
             "tcn.0.conv1.weight",
             "tcn.0.downsample.weight",
@@ -514,9 +548,112 @@ mod tests {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         assert!(!names.contains(&"tcn.1.downsample.weight"));
-        assert_eq!(spec.get("tcn.0.conv1.weight").unwrap().shape, [8, 8 + 3, 2]);
-        let bias = Vec::<f32>::try_from(model.node_bias.reshape([-1])).unwrap();
-        assert_eq!(bias[0], 1e-3f32.ln());
-        assert!((bias[9] - 9f32.ln()).abs() < 1e-6);
+        assert!(!names.contains(&"head.node_bias"));
+        assert_eq!(spec.get("tcn.0.conv1.weight").unwrap().shape, [8, 8 + F, 2]);
+        assert_eq!(spec.get("head.bias").unwrap().shape, [2]);
+    }
+
+    /// A config like `small_cfg` on `nodes` nodes with `edges`.
+    fn cfg_on(nodes: usize, edges: Vec<(usize, usize)>) -> ModelConfig {
+        let mut cfg = small_cfg(4);
+        cfg.areas = nodes;
+        cfg.seq_dim = nodes * F;
+        cfg.output_dim = nodes * 2;
+        cfg.target_prior = Some(vec![1.0; nodes * 2]);
+        cfg.adjacency = edges;
+        cfg
+    }
+
+    #[test]
+    fn parameter_layout_does_not_depend_on_the_node_count() {
+        one_thread();
+        tch::manual_seed(8);
+        let lapd = crate::model::AreaGraph::lapd();
+        let bureau = crate::model::AreaGraph::bureau(fedcrime_data::Bureau::South);
+        assert_eq!(bureau.len(), 4);
+        let full = GatTcn::new(&cfg_on(21, lapd.edges().to_vec()), Device::Cpu).unwrap();
+        let mut sub = GatTcn::new(&cfg_on(4, bureau.edges().to_vec()), Device::Cpu).unwrap();
+        assert_eq!(full.param_spec(), sub.param_spec());
+        assert_eq!(full.num_params(), sub.num_params());
+        // The city's weights load into the bureau's model and run there.
+        sub.import_params(&full.export_params()).unwrap();
+        assert_eq!(sub.export_params(), full.export_params());
+        let batch = Batch {
+            features: Tensor::zeros([3, 0], (Kind::Float, Device::Cpu)),
+            sequences: Some(Tensor::rand(
+                [3, 4, 4 * F as i64],
+                (Kind::Float, Device::Cpu),
+            )),
+            target: Tensor::zeros([3, 8], (Kind::Float, Device::Cpu)),
+        };
+        let out = tch::no_grad(|| sub.forward_t(&batch, false));
+        assert_eq!(out.size(), [3, 8]);
+    }
+
+    #[test]
+    fn a_subgraph_computes_what_the_graph_computes_where_no_edge_was_cut() {
+        one_thread();
+        tch::manual_seed(9);
+        // The path 0-1-2-3 (+ isolated 4) and its subgraph {0, 1, 2}: nodes
+        // 0 and 1 keep their whole neighbourhood, node 2 loses node 3.
+        let full = GatTcn::new(&small_cfg(4), Device::Cpu).unwrap();
+        let mut sub = GatTcn::new(&cfg_on(3, vec![(0, 1), (1, 2)]), Device::Cpu).unwrap();
+        sub.import_params(&full.export_params()).unwrap();
+        let batch = random_batch(2, 4);
+        let seq = batch.sequences.as_ref().unwrap();
+        let sub_batch = Batch {
+            features: batch.features.shallow_clone(),
+            sequences: Some(seq.narrow(2, 0, 3 * F as i64)),
+            target: Tensor::zeros([2, 6], (Kind::Float, Device::Cpu)),
+        };
+        let a = tch::no_grad(|| full.forward_t(&batch, false)).view([2, 5, 2]);
+        let b = tch::no_grad(|| sub.forward_t(&sub_batch, false)).view([2, 3, 2]);
+        for node in [0, 1] {
+            let (x, y) = (a.select(1, node), b.select(1, node));
+            assert!(x.allclose(&y, 1e-5, 1e-6, false), "node {node}");
+        }
+        let (x, y) = (a.select(1, 2), b.select(1, 2));
+        assert!(!x.allclose(&y, 1e-5, 1e-6, false), "node 2 lost an edge");
+    }
+
+    #[test]
+    fn level_offset_starts_every_node_at_its_mean() {
+        one_thread();
+        for loss in [CountLoss::Poisson, CountLoss::Mse] {
+            let mut cfg = small_cfg(4);
+            cfg.count_loss = loss;
+            let model = GatTcn::new(&cfg, Device::Cpu).unwrap();
+            // A zero head: the prediction is the level offset alone.
+            tch::no_grad(|| {
+                let _ = model.head_weight.shallow_clone().zero_();
+            });
+            let batch = random_batch(2, 4);
+            let seq = batch.sequences.as_ref().unwrap();
+            let levels: Vec<f32> = [0.0, 0.5, 2.0, 7.0, 30.0, 1.0, 0.2, 4.0, 9.0, 0.0]
+                .into_iter()
+                .collect();
+            let lv = Tensor::from_slice(&levels).view([1, 1, 5, 2]).log1p();
+            seq.view([2, 4, 5, F as i64])
+                .narrow(3, 2, 2)
+                .copy_(&lv.expand([2, 4, 5, 2], false));
+            let pred = model.predict(&tch::no_grad(|| model.forward_t(&batch, false)));
+            let want: Vec<f32> = levels
+                .iter()
+                .map(|&l| {
+                    if loss == CountLoss::Poisson {
+                        l.max(1e-3)
+                    } else {
+                        l
+                    }
+                })
+                .collect();
+            let got = Vec::<f32>::try_from(pred.reshape([-1])).unwrap();
+            for (k, (g, w)) in got.iter().zip(want.iter().cycle()).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-4 * w.max(1.0),
+                    "{loss} value {k}: {g} vs {w}"
+                );
+            }
+        }
     }
 }

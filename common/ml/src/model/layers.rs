@@ -10,7 +10,7 @@ use fedcrime_data::Task;
 
 /// Floor for priors before taking logarithms (a class or category never seen
 /// in training gets a tiny but finite rate).
-const PRIOR_FLOOR: f32 = 1e-3;
+pub(crate) const PRIOR_FLOOR: f32 = 1e-3;
 
 /// Largest log-rate turned into a count by `predict` (e^20 ~ 5e8 incidents):
 /// keeps a diverged model's predictions finite.

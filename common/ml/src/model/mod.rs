@@ -16,7 +16,8 @@
 //!   `safetensors.torch.load_file` reads.
 //! - [`to_batch`] and [`DatasetTensors`] turn [`Dataset`](fedcrime_data::Dataset)
 //!   rows into [`Batch`]es; [`graph_splits`] turns the `counts` task's
-//!   [`GraphSeries`](fedcrime_data::GraphSeries) into the gat-tcn's samples.
+//!   [`GraphSeries`](fedcrime_data::GraphSeries) into the gat-tcn's samples,
+//!   [`AreaGraph::splits`] into those of a subgraph (a bureau station's).
 //!
 //! Models run wherever their [`tch::Device`] says; tests seed with
 //! `tch::manual_seed` and run on the CPU (the `cuda-tests` feature adds a
@@ -50,7 +51,9 @@ pub use config::{AreaPrior, CountLoss, ModelConfig, LAPD_AREAS};
 pub use dnn::Dnn;
 pub use error::{ModelError, Result};
 pub use gat_tcn::{GatTcn, GatTcnTrace};
-pub use graph::{graph_dataset, graph_splits, GraphWindows, DEFAULT_GRAPH_STEPS};
+pub use graph::{
+    area_levels, graph_dataset, graph_splits, AreaGraph, GraphWindows, DEFAULT_GRAPH_STEPS,
+};
 pub use io::{
     load_model, load_safetensors, read_metadata, save_model, save_safetensors, META_FORMAT,
     META_MODEL_CONFIG,
@@ -319,6 +322,7 @@ mod tests {
             8,
             0,
             0..20,
+            &[2.0; 21 * 8],
             &GraphWindows::default(),
         )
         .unwrap();
