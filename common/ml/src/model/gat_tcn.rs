@@ -40,6 +40,13 @@
 //! weights and run the result on the whole city. Models saved before this
 //! change (with `head.node_bias`) do not load.
 //!
+//! In such a federation (`bureau` partition) what leaves a station is these
+//! weights (with its example count and training loss), never counts or
+//! levels; what is lost is every boundary between two bureaus (16 of the
+//! city's 43 boundaries, see [`AreaGraph::cut_edges`](super::AreaGraph::cut_edges)):
+//! no station sees across them while training, though the averaged model
+//! attends across them when it runs on all 21 areas.
+//!
 //! Parameter names: `gat.weight`, `gat.att_src`, `gat.att_dst`, `gat.bias`,
 //! `tcn.{l}.conv1.{weight,bias}`, `tcn.{l}.conv2.*`, `tcn.{l}.downsample.*`,
 //! `head.weight`, `head.bias`.
