@@ -27,11 +27,11 @@ use fedcrime_fl::{
     EvaluateRes, Event, FitRes, Metrics as FlMetrics, Outcome, RoundMetrics, RoundSettings,
     StationId, Strategy, Summary,
 };
-use fedcrime_ml::model::{self, ModelConfig};
+use fedcrime_ml::model::{self, ModelConfig, ModelKind};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_net::{CloseCode, EndpointSecret, Listener, ListenerStats};
 use fedcrime_params::{ParamSpec, Params};
-use fedcrime_station::data::{prepare, Selection};
+use fedcrime_station::data::{prepare, prepare_for, Selection};
 use fedcrime_station::protocol::{eval_config_to_wire, round_start, RunSetup, UpdateDelivery};
 use fedcrime_wire::{
     Bye, ByeReason, ErrorCode, EvalModel, EvaluateRequest, Message, ModelHeader, Reject,
@@ -403,6 +403,22 @@ fn load_evaluation(
     if featurizer.is_none() {
         let built = cpu(|| fedcrime_data::build_task(&loaded.incidents, task))?;
         *featurizer = Some(built.featurizer);
+    }
+    if model.kind == ModelKind::GatTcn {
+        // The graph model scores the evaluation data's own area graph with
+        // the run's weights (their layout does not depend on the graph).
+        let (splits, local) =
+            cpu(|| prepare_for(model, &loaded.incidents, task, None, &Selection::All))?;
+        let data = match e.split {
+            EvalSplit::Val => splits.val,
+            EvalSplit::Test => splits.test,
+        };
+        fedcrime_station::check_dataset(&local, &data, "evaluation")?;
+        return Ok(Some(ServerEval {
+            model: cpu(|| model::build(&local, tch::Device::Cpu))?,
+            data,
+            batch_size: e.batch_size,
+        }));
     }
     let splits = cpu(|| {
         prepare(
@@ -1455,6 +1471,40 @@ pub async fn run(config: ServerConfig) -> Result<RunReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_graph_model_is_scored_on_the_evaluation_data_graph() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/la-crime/la_crime_2024_02.csv");
+        if !data.is_file() {
+            eprintln!("skipped: ../shared/data/la-crime is absent");
+            return;
+        }
+        let mut config = ServerConfig::new(fedcrime_net::ServerTls::from_pki_dir(Path::new(
+            "/nonexistent",
+        )));
+        config.task.task = fedcrime_data::Task::Counts;
+        config.model.kind = ModelKind::GatTcn;
+        config.evaluation = Some(crate::config::EvaluationSection {
+            data,
+            split: EvalSplit::Val,
+            batch_size: 64,
+        });
+        let task = config.task.task_config();
+        let mut model = config.model_config().unwrap();
+        let mut featurizer = None;
+        let mut eval = load_evaluation(&config, &task, &mut model, &mut featurizer)
+            .unwrap()
+            .expect("an evaluation");
+        tch::manual_seed(0);
+        let params = model::build(&model, tch::Device::Cpu)
+            .unwrap()
+            .export_params();
+        let summary = eval.evaluate(1, &params).expect("a score");
+        assert!(summary.loss.is_some_and(f64::is_finite), "{summary:?}");
+        assert!(summary.metrics["mae"].is_finite(), "{summary:?}");
+        assert!(summary.num_examples > 0);
+    }
 
     /// Issue 11, defect 1: the rule for a second connection of one station.
     #[test]
