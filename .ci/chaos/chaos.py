@@ -458,7 +458,10 @@ def duplicate_identity(s, d):
     s.pki(d / "pki", n)
     port = free_port()
     out = d / "out"
-    cfg = s.server_toml(d, port, out, rounds=6, stations=n, federation={"round_deadline": 30.0})
+    # Rounds long enough (200 local epochs) that the run cannot end while the
+    # duplicate process is still starting (loading libtorch and its records).
+    cfg = s.server_toml(d, port, out, rounds=6, stations=n, epochs=200,
+                        federation={"round_deadline": 60.0})
     srv = s.server(d, cfg, d / "server.log")
     clients = [s.client(d, f"station-{i:02}", port, d / f"c{i}.log") for i in range(1, n + 1)]
     wait_until("stations joined", lambda: joined_count(srv) >= n, 120)
