@@ -1225,6 +1225,9 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
     .unwrap();
     server.validate().unwrap();
     assert_eq!(server.federation.rounds, 20);
+    // Epochs unset: one epoch of at least 20 optimizer steps.
+    let s = server.train.round_settings();
+    assert_eq!((s.local_epochs, s.min_local_steps()), (1, 20));
     assert_eq!(server.tls.crl.as_deref(), Some(Path::new("pki/crl.pem")));
     let station = StationConfig::from_toml(
         include_str!("../../../client/station.example.toml"),
@@ -1255,6 +1258,15 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
         ("[train]\nlr = -1.0\n", "train.lr"),
         ("[strategy]\nname = \"fedprox\"\nmu = -1.0\n", "strategy.mu"),
         ("[model]\nkind = \"gat-tcn\"\n", "model.kind"),
+        (
+            "[federation.early_stopping]\npatience = 0\n",
+            "federation.early_stopping.patience",
+        ),
+        (
+            "[federation]\neval_every = 0\n[federation.early_stopping]\npatience = 3\n",
+            "federation.early_stopping",
+        ),
+        ("[train]\nmin_local_steps = 2000000\n", "min_local_steps"),
         ("[model]\ndropout = 1.5\n", "model.dropout"),
         ("[wire]\nmodel_encoding = \"f64\"\n", "f64"),
         (
