@@ -382,6 +382,13 @@ fn reaching_section(md: &mut String, task: Task, headline: &str, runs: &[MethodR
     }
 }
 
+/// More metric columns than this (a graph model's per-area metrics) and the
+/// last-step table keeps only the summary metrics.
+const MAX_METRIC_COLUMNS: usize = 16;
+/// The summary metrics leading the counts task's scalars: mae, rmse, deviance
+/// (counts); the risk task never has that many columns.
+const SUMMARY_METRICS: usize = 3;
+
 /// Every metric at each method's last step.
 fn last_step_section(md: &mut String, runs: &[MethodRun], baselines: &[BaselineResult]) {
     let metric_names: Vec<String> = runs
@@ -396,16 +403,28 @@ fn last_step_section(md: &mut String, runs: &[MethodRun], baselines: &[BaselineR
                 .collect()
         })
         .unwrap_or_default();
+    // A graph model scores every area x category (168 columns): the table
+    // keeps the summary metrics, metrics.csv has them all.
+    let trimmed = metric_names.len() > MAX_METRIC_COLUMNS;
+    let shown = if trimmed {
+        SUMMARY_METRICS
+    } else {
+        metric_names.len()
+    };
+    let metric_names = &metric_names[..shown.min(metric_names.len())];
     let _ = writeln!(md, "\n## Last step (every test metric)\n");
+    if trimmed {
+        md.push_str("Per-output metrics of every area and category are in `metrics.csv`.\n\n");
+    }
     let _ = write!(
         md,
         "| method | step | wall s | MB sent | train loss | val loss | test loss |"
     );
-    for n in &metric_names {
+    for n in metric_names {
         let _ = write!(md, " test {n} |");
     }
     md.push_str("\n|---|---:|---:|---:|---:|---:|---:|");
-    for _ in &metric_names {
+    for _ in metric_names {
         md.push_str("---:|");
     }
     md.push('\n');
@@ -426,14 +445,14 @@ fn last_step_section(md: &mut String, runs: &[MethodRun], baselines: &[BaselineR
             fmt_num(last.val.loss),
             fmt_num(last.test.loss),
         );
-        for (_, v) in last.test.metrics.scalars() {
+        for (_, v) in last.test.metrics.scalars().into_iter().take(shown) {
             let _ = write!(md, " {} |", fmt_num(v));
         }
         md.push('\n');
     }
     for b in baselines {
         let _ = write!(md, "| {} (naive) | - | - | - | - | - | - |", b.name);
-        for (_, v) in b.metrics.scalars() {
+        for (_, v) in b.metrics.scalars().into_iter().take(shown) {
             let _ = write!(md, " {} |", fmt_num(v));
         }
         md.push('\n');
@@ -532,5 +551,38 @@ mod tests {
         );
         assert!(md.contains("```toml\nseed = 0\n```"), "{md}");
         assert!(md.contains("0.00 MB sent in 4 rounds"), "{md}");
+    }
+
+    #[test]
+    fn a_graph_models_per_area_metrics_stay_out_of_the_report_tables() {
+        use fedcrime_ml::train::CountMetrics;
+        let dim = 40;
+        let t: Vec<f32> = (0..dim * 2).map(|i| (i % 3) as f32).collect();
+        let p: Vec<f32> = (0..dim * 2).map(|i| (i % 2) as f32).collect();
+        let m = Metrics::Counts(CountMetrics::compute(&t, &p, dim).unwrap());
+        let mut r = row("fedavg", 1, 2);
+        r.val.metrics = m.clone();
+        r.test.metrics = m;
+        let mut tr = crate::sim::record::BestTracker::new(false, 0.0);
+        tr.update(&mut r);
+        let runs = vec![MethodRun {
+            method: "fedavg".into(),
+            federated: true,
+            rows: vec![r],
+        }];
+        let ctx = ReportContext {
+            title: "t".into(),
+            setup: vec![],
+            task: Task::Counts,
+            baselines: &[],
+            config_toml: String::new(),
+        };
+        let md = markdown(&ctx, &runs);
+        assert!(
+            md.contains("| test mae | test rmse | test poisson_deviance |"),
+            "{md}"
+        );
+        assert!(!md.contains("mae_c39"), "{md}");
+        assert!(md.contains("Per-output metrics of every area and category are in `metrics.csv`."));
     }
 }
