@@ -114,7 +114,7 @@ pub struct ModelConfig {
     /// Risk only: per-class weights of the cross-entropy (`None`: unweighted).
     #[serde(default)]
     pub class_weights: Option<Vec<f32>>,
-    /// Counts, lstm with `static_features`: the per-area training means of
+    /// Counts, dnn and lstm (with `static_features`): the per-area training means of
     /// the targets, which initialize the head's weights on the flat
     /// features' one-hot area columns so the untrained model predicts each
     /// area's mean rate (the `period_mean` baseline) and training learns the
@@ -213,7 +213,7 @@ impl ModelConfig {
             cfg.seq_dim = seq.step_dim;
         }
         cfg.target_prior = target_prior(&ds.target);
-        if kind == ModelKind::Lstm {
+        if matches!(kind, ModelKind::Lstm | ModelKind::Dnn) {
             cfg.area_prior = area_prior(ds);
         }
         if kind == ModelKind::GatTcn {

@@ -5,12 +5,25 @@
 //! counts for counts). Parameter names match a PyTorch module with
 //! `self.hidden = nn.ModuleList([...])` and `self.head = nn.Linear(...)`:
 //! `hidden.0.weight`, `hidden.0.bias`, ..., `head.weight`, `head.bias`.
+//!
+//! Counts with an area prior ([`ModelConfig::area_prior`]) add a linear path
+//! from the flat features straight to the output, `area.weight`
+//! (`[dim, input_dim]`, no bias; PyTorch: `y = head(h) + x @ area.weight.T`),
+//! initialized to each area's offset on its one-hot column and zero
+//! elsewhere: the untrained model predicts each area's training mean rate
+//! (the per-area-mean baseline) and training learns the deviation from it.
+//! A month of one area's days is a few dozen samples; without this start
+//! the MLP does not even reach the per-area mean in the steps it gets, and
+//! a federation of one station per area (which averages each area's offset
+//! with 20 stations that never see it) falls below that baseline.
 
 use tch::{nn, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::layers::{class_weights, linear, prior_bias, set_bias, task_loss, task_predict};
+use super::layers::{
+    area_prior_weights, class_weights, linear, prior_bias, set_bias, task_loss, task_predict,
+};
 use super::{Batch, CrimeModel, ModelKind};
 use fedcrime_data::Task;
 
@@ -21,6 +34,8 @@ pub struct Dnn {
     vs: nn::VarStore,
     hidden: Vec<nn::Linear>,
     head: nn::Linear,
+    /// The direct path from the features to the output (counts with an area prior).
+    area: Option<Tensor>,
     class_weights: Option<Tensor>,
 }
 
@@ -47,12 +62,25 @@ impl Dnn {
         if let (Some(bias), Some(values)) = (head.bs.as_mut(), prior_bias(cfg)) {
             set_bias(bias, &values)?;
         }
+        let area = match area_prior_weights(cfg) {
+            Some(w) => {
+                let (d, n) = (cfg.output_dim as i64, cfg.input_dim as i64);
+                let mut t = (&root / "area").var("weight", &[d, n], nn::Init::Const(0.0));
+                let init = Tensor::f_from_slice(&w)?
+                    .f_view([d, n])?
+                    .f_to_device(device)?;
+                tch::no_grad(|| t.f_copy_(&init))?;
+                Some(t)
+            }
+            None => None,
+        };
         Ok(Dnn {
             cfg: cfg.clone(),
             class_weights: class_weights(cfg, device)?,
             vs,
             hidden,
             head,
+            area,
         })
     }
 }
@@ -78,7 +106,11 @@ impl CrimeModel for Dnn {
                 x = x.dropout(self.cfg.dropout, train);
             }
         }
-        x.apply(&self.head)
+        let out = x.apply(&self.head);
+        match &self.area {
+            Some(w) => out + batch.features.matmul(&w.tr()),
+            None => out,
+        }
     }
 
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {

@@ -345,10 +345,28 @@ mod tests {
             let pred = model.predict(&model.forward_t(&batch, false));
             assert!(!pred.allclose(&want, 1e-2, 1e-2, false), "{loss:?}");
         }
-        // The dnn and the risk task carry no area prior.
-        assert!(ModelConfig::for_dataset(ModelKind::Dnn, &ds)
-            .area_prior
-            .is_none());
+        // The dnn starts there too, through its direct path from the
+        // features (`area.weight`): with the MLP's head zeroed it predicts
+        // the means exactly.
+        let cfg = ModelConfig::for_dataset(ModelKind::Dnn, &ds);
+        let p = cfg.area_prior.clone().expect("the dnn's area prior");
+        let dnn = crate::model::build(&cfg, Device::Cpu).unwrap();
+        assert!(dnn.param_spec().get("area.weight").is_some());
+        let vars = dnn.var_store().variables();
+        tch::no_grad(|| {
+            let _ = vars["head.weight"].shallow_clone().zero_();
+        });
+        let pred = dnn.predict(&dnn.forward_t(&batch, false));
+        let want: Vec<f32> = (0..ds.len())
+            .flat_map(|i| p.means[(i % 3) * 2..(i % 3) * 2 + 2].to_vec())
+            .collect();
+        let want = Tensor::from_slice(&want).view([ds.len() as i64, 2]);
+        assert!(pred.allclose(&want, 1e-4, 1e-5, false), "dnn: {pred}");
+        // Without an area prior (risk, or no area columns) no extra weights.
+        let mut plain = cfg.clone();
+        plain.area_prior = None;
+        let dnn = crate::model::build(&plain, Device::Cpu).unwrap();
+        assert!(dnn.param_spec().get("area.weight").is_none());
     }
 
     #[test]
