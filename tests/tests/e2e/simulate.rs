@@ -340,6 +340,45 @@ fn a_real_lapd_month_federates_by_area_on_both_transports() {
 }
 
 #[test]
+fn the_counts_models_federate_over_quic_with_their_area_start() {
+    // The dnn's direct path from the features (area.weight) and the lstm's
+    // area start must reach the real server, which builds the layout from
+    // its config alone.
+    let Some(dir) = crate::shared_data::la_crime_dir() else {
+        eprintln!("skipped: ../shared/data/la-crime is absent");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in [
+        fedcrime_ml::model::ModelKind::Dnn,
+        fedcrime_ml::model::ModelKind::Lstm,
+    ] {
+        let mut cfg = SimConfig::default();
+        cfg.data.file = Some(dir.join("la_crime_2024_02.csv"));
+        cfg.data.task = fedcrime_data::Task::Counts;
+        cfg.model.kind = kind;
+        cfg.federation.rounds = Some(1);
+        cfg.federation.local_epochs = Some(1);
+        cfg.centralized.enabled = false;
+        let out = run(&cfg, &tmp.path().join(kind.to_string()));
+        let r = &out.runs[0].rows[0];
+        assert!(r.test.loss.is_finite(), "{kind}");
+        // One round from the per-area start stays near the per-area mean.
+        let naive = out
+            .baselines
+            .iter()
+            .find(|b| b.name == "period_mean")
+            .unwrap();
+        assert!(
+            r.test.headline() < naive.metrics.headline().1 * 1.1,
+            "{kind}: {} vs {}",
+            r.test.headline(),
+            naive.metrics.headline().1
+        );
+    }
+}
+
+#[test]
 fn dropout_runs_replay_on_both_transports_too() {
     // Dropout draws from libtorch's one generator: stations take turns.
     let tmp = tempfile::tempdir().unwrap();

@@ -6,11 +6,11 @@
 //! `self.hidden = nn.ModuleList([...])` and `self.head = nn.Linear(...)`:
 //! `hidden.0.weight`, `hidden.0.bias`, ..., `head.weight`, `head.bias`.
 //!
-//! Counts with an area prior ([`ModelConfig::area_prior`]) add a linear path
-//! from the flat features straight to the output, `area.weight`
-//! (`[dim, input_dim]`, no bias; PyTorch: `y = head(h) + x @ area.weight.T`),
-//! initialized to each area's offset on its one-hot column and zero
-//! elsewhere: the untrained model predicts each area's training mean rate
+//! Counts add a linear path from the flat features straight to the output,
+//! `area.weight` (`[dim, input_dim]`, no bias; PyTorch:
+//! `y = head(h) + x @ area.weight.T`), zero at the start except, with an
+//! area prior ([`ModelConfig::area_prior`]), each area's offset on its
+//! one-hot column: the untrained model predicts each area's training mean rate
 //! (the per-area-mean baseline) and training learns the deviation from it.
 //! A month of one area's days is a few dozen samples; without this start
 //! the MLP does not even reach the per-area mean in the steps it gets, and
@@ -34,7 +34,7 @@ pub struct Dnn {
     vs: nn::VarStore,
     hidden: Vec<nn::Linear>,
     head: nn::Linear,
-    /// The direct path from the features to the output (counts with an area prior).
+    /// The direct path from the features to the output (counts).
     area: Option<Tensor>,
     class_weights: Option<Tensor>,
 }
@@ -62,17 +62,21 @@ impl Dnn {
         if let (Some(bias), Some(values)) = (head.bs.as_mut(), prior_bias(cfg)) {
             set_bias(bias, &values)?;
         }
-        let area = match area_prior_weights(cfg) {
-            Some(w) => {
-                let (d, n) = (cfg.output_dim as i64, cfg.input_dim as i64);
-                let mut t = (&root / "area").var("weight", &[d, n], nn::Init::Const(0.0));
+        // Counts: the direct path, zero unless an area prior sets each
+        // area's offset. Present for every counts config, so the layout
+        // never depends on the data (a server without data builds the same).
+        let area = if cfg.task == Task::Counts {
+            let (d, n) = (cfg.output_dim as i64, cfg.input_dim as i64);
+            let mut t = (&root / "area").var("weight", &[d, n], nn::Init::Const(0.0));
+            if let Some(w) = area_prior_weights(cfg) {
                 let init = Tensor::f_from_slice(&w)?
                     .f_view([d, n])?
                     .f_to_device(device)?;
                 tch::no_grad(|| t.f_copy_(&init))?;
-                Some(t)
             }
-            None => None,
+            Some(t)
+        } else {
+            None
         };
         Ok(Dnn {
             cfg: cfg.clone(),
