@@ -53,7 +53,9 @@ def main(out: Path):
         oth = ", ".join(f"{k} {fmt(v)}" for k, v in other.items()) or "-"
         ratio = fed[0] / c[0] if fed and c else float("nan")
         goal_ratio = ratio >= 0.98 if higher else ratio <= 1.05
-        beats = lambda v: v is not None and n is not None and (v[0] > n[1] if higher else v[0] < n[1])
+        # Compared at the 4 decimals shown: a tie is not a win.
+        beats = lambda v: v is not None and n is not None and (
+            round(v[0], 4) > round(n[1], 4) if higher else round(v[0], 4) < round(n[1], 4))
         misses = []
         if not goal_ratio:
             misses.append("ratio")
