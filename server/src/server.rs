@@ -1472,6 +1472,81 @@ pub async fn run(config: ServerConfig) -> Result<RunReport> {
 mod tests {
     use super::*;
 
+    /// A resumed run whose best round is not its last takes the best
+    /// round's model back from `model-best.safetensors`, and only when the
+    /// file is that round's.
+    #[test]
+    fn a_resumed_run_takes_its_best_model_back_from_disk() {
+        use fedcrime_fl::{Checkpoint, CheckpointStore, EarlyStopping, EngineConfig, Goal};
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg =
+            fedcrime_ml::model::ModelConfig::new(ModelKind::Dnn, fedcrime_data::Task::Risk, 4, 5);
+        tch::manual_seed(1);
+        let model = model::build(&cfg, tch::Device::Cpu).unwrap();
+        let params = model.export_params();
+        // Rounds 1-3 scored 0.1, 0.3, 0.2: the best is round 2.
+        let history: Vec<fedcrime_fl::RoundMetrics> = [0.1, 0.3, 0.2]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut m = fedcrime_fl::RoundMetrics::new(i as u64 + 1);
+                m.server_eval_metrics.insert("macro_f1".into(), *v);
+                m
+            })
+            .collect();
+        let ckpt = tmp.path().join("checkpoints");
+        CheckpointStore::new(&ckpt)
+            .save(&Checkpoint {
+                round: 3,
+                global: Arc::new(params.clone()),
+                strategy: fedcrime_fl::strategy::FedAvg::new().state(),
+                history,
+                seed: 0,
+            })
+            .unwrap();
+        let engine_cfg = EngineConfig {
+            rounds: 10,
+            early_stopping: Some(EarlyStopping {
+                monitor: "macro_f1".into(),
+                goal: Goal::Max,
+                patience: 5,
+                min_delta: 0.0,
+            }),
+            ..EngineConfig::default()
+        };
+        let resume = || {
+            Engine::resume(
+                &ckpt,
+                engine_cfg.clone(),
+                Box::new(fedcrime_fl::strategy::FedAvg::new()),
+                params.clone(),
+                now(),
+            )
+            .unwrap()
+        };
+        let best = tmp.path().join(BEST_MODEL);
+        let save = |round: u64| {
+            let meta = BTreeMap::from([("round".to_string(), round.to_string())]);
+            model::save_model(model.as_ref(), &best, &meta).unwrap();
+        };
+        // No file: the last model will be the final one.
+        let mut e = resume();
+        assert_eq!(e.best().map(|b| b.round), Some(2));
+        restore_best_model(&mut e, &best);
+        assert!(e.best_global().is_none());
+        // A file of another round is stale.
+        save(1);
+        restore_best_model(&mut e, &best);
+        assert!(e.best_global().is_none());
+        // The best round's file is taken back.
+        save(2);
+        restore_best_model(&mut e, &best);
+        assert_eq!(
+            e.best_global().map(|p| p.data().to_vec()),
+            Some(params.data().to_vec())
+        );
+    }
+
     #[test]
     fn the_graph_model_is_scored_on_the_evaluation_data_graph() {
         let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
