@@ -202,16 +202,7 @@ impl ServerEval {
             m.import_params(global).map_err(|e| e.to_string())?;
             let e = evaluate_model(m.as_ref(), &self.data, self.batch_size)
                 .map_err(|e| e.to_string())?;
-            Ok(EvalSummary {
-                loss: Some(e.loss),
-                metrics: e
-                    .metrics
-                    .scalars()
-                    .into_iter()
-                    .filter(|(_, v)| v.is_finite())
-                    .collect(),
-                num_examples: e.n as u64,
-            })
+            Ok(fedcrime_station::eval_summary(&e))
         })();
         match outcome {
             Ok(s) => {

@@ -43,9 +43,12 @@ use fedcrime_data::categories::Category;
 use fedcrime_data::features::{Layout, RISK_LEVELS};
 use fedcrime_data::{DataError, Dataset, Splits, Task, TaskConfig};
 use fedcrime_fl::strategy::LOSS_KEY;
-use fedcrime_fl::{ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings};
+use fedcrime_fl::{
+    ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings,
+};
 use fedcrime_ml::model::{self, ModelConfig, ModelError, ModelKind};
 use fedcrime_ml::train::trainer::evaluate_model;
+use fedcrime_ml::train::Evaluation;
 use fedcrime_ml::train::{TrainConfig, TrainError, Trainer};
 use fedcrime_params::ParamSpec;
 
@@ -343,12 +346,7 @@ impl Station {
         let mut model = self.build_model()?;
         model.import_params(&ins.global)?;
         let eval = evaluate_model(model.as_ref(), ds, batch)?;
-        let metrics: Metrics = eval
-            .metrics
-            .scalars()
-            .into_iter()
-            .filter(|(_, v)| v.is_finite())
-            .collect();
+        let metrics = eval_summary(&eval).metrics;
         Ok(EvaluateRes {
             loss: eval.loss,
             num_examples: eval.n as u64,
@@ -364,6 +362,21 @@ impl Learner for Station {
 
     fn evaluate(&self, ins: &EvaluateIns) -> Result<EvaluateRes> {
         Station::evaluate(self, ins)
+    }
+}
+
+/// A model's scores on a split as the round engine takes them: the loss and
+/// the task's finite scalar metrics (an undefined recall is left out).
+pub fn eval_summary(e: &Evaluation) -> EvalSummary {
+    EvalSummary {
+        loss: Some(e.loss),
+        metrics: e
+            .metrics
+            .scalars()
+            .into_iter()
+            .filter(|(_, v)| v.is_finite())
+            .collect(),
+        num_examples: e.n as u64,
     }
 }
 

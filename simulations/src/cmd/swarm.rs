@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -31,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::GlobalOpts;
+use fedcrime_sim::sim::quic::Gate;
 
 /// Run many stations in one process against a running server.
 #[derive(Debug, Args)]
@@ -161,28 +162,6 @@ fn parse_poison(spec: &str) -> Result<BTreeMap<usize, Poison>> {
         }
     }
     Ok(out)
-}
-
-/// A counting semaphore for training threads.
-struct Gate {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            while *free == 0 {
-                free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
-            }
-            *free -= 1;
-        }
-        let out = f();
-        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.cv.notify_one();
-        out
-    }
 }
 
 /// Sends the global model back with a small seeded change.
@@ -321,10 +300,7 @@ pub fn run(args: &SwarmArgs, _global: &GlobalOpts) -> Result<()> {
     if args.work == Work::Train {
         tch::set_num_threads(1);
     }
-    let gate = Arc::new(Gate {
-        free: Mutex::new(concurrency),
-        cv: Condvar::new(),
-    });
+    let gate = Arc::new(Gate::new(concurrency));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(fedcrime_sim::sim::config::cores().max(2))
         .max_blocking_threads(concurrency + 64)

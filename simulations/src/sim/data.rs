@@ -116,27 +116,19 @@ impl StudyData {
         })?;
         let n_incidents = incidents.len();
         drop(incidents);
-        if cfg.model.kind == ModelKind::GatTcn {
-            let (splits, stations, model, station_graphs) = graph_study(cfg, &built)?;
-            return Ok(StudyData {
-                source,
-                incidents: n_incidents,
-                task,
-                splits: Arc::new(splits),
-                featurizer: built.featurizer,
-                stations,
-                model: Arc::new(model),
-                station_graphs,
-            });
-        }
-        let splits = built.splits;
-        let partition = cfg.partition();
-        let stations = partition_splits(&splits, &partition, cfg.seed)
-            .with_context(|| format!("partitioning the samples ({partition})"))?;
-        if stations.is_empty() {
-            bail!("the {partition} partition left no station with training samples");
-        }
-        let model = model_config(cfg, &splits.train)?;
+        let (splits, stations, model, station_graphs) = if cfg.model.kind == ModelKind::GatTcn {
+            graph_study(cfg, &built)?
+        } else {
+            let splits = built.splits;
+            let partition = cfg.partition();
+            let stations = partition_splits(&splits, &partition, cfg.seed)
+                .with_context(|| format!("partitioning the samples ({partition})"))?;
+            if stations.is_empty() {
+                bail!("the {partition} partition left no station with training samples");
+            }
+            let model = model_config(cfg, &splits.train)?;
+            (splits, stations, model, Vec::new())
+        };
         Ok(StudyData {
             source,
             incidents: n_incidents,
@@ -145,7 +137,7 @@ impl StudyData {
             featurizer: built.featurizer,
             stations,
             model: Arc::new(model),
-            station_graphs: Vec::new(),
+            station_graphs,
         })
     }
 

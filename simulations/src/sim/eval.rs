@@ -78,16 +78,7 @@ impl Evaluator {
         let scored = (|| -> Result<EvalSummary> {
             self.model.import_params(params)?;
             let e = evaluate_model(self.model.as_ref(), &self.data.val, self.batch_size)?;
-            Ok(EvalSummary {
-                loss: Some(e.loss),
-                metrics: e
-                    .metrics
-                    .scalars()
-                    .into_iter()
-                    .filter(|(_, v)| v.is_finite())
-                    .collect(),
-                num_examples: e.n as u64,
-            })
+            Ok(fedcrime_station::eval_summary(&e))
         })();
         scored
             .map_err(|e| tracing::warn!(round, "validation scoring failed: {e:#}"))

@@ -96,22 +96,25 @@ pub struct QuicRun {
     pub seconds: f64,
 }
 
-/// Counting semaphore for blocking threads.
+/// Counting semaphore for blocking threads: at most `permits` closures run
+/// at once (stations training at the same time).
 #[derive(Debug)]
-struct Gate {
+pub struct Gate {
     free: Mutex<usize>,
     cv: Condvar,
 }
 
 impl Gate {
-    fn new(permits: usize) -> Self {
+    /// A gate letting `permits` (at least 1) through at once.
+    pub fn new(permits: usize) -> Self {
         Gate {
             free: Mutex::new(permits.max(1)),
             cv: Condvar::new(),
         }
     }
 
-    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// Runs `f` once a permit is free.
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
             while *free == 0 {
