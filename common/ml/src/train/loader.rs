@@ -1,11 +1,17 @@
-//! Mini-batches assembled on a background thread while the model trains.
+//! Mini-batches, assembled by loader threads while the model trains or by
+//! the training threads themselves.
 //!
-//! A loader thread walks the epoch's sample order, gathers each batch's rows
-//! into CPU tensors (through [`crate::model::to_batch`], so every model gets
-//! the layout it expects) and hands them over a bounded channel: the trainer
-//! never waits for a batch unless assembly is slower than a training step, and
-//! at most `prefetch` batches are in memory ahead of it. For the data-parallel
-//! trainer each batch comes pre-split into one part per replica.
+//! A batch is the next `batch_size` rows of the epoch's sample order,
+//! gathered into CPU tensors (through [`crate::model::to_batch`], so every
+//! model gets the layout it expects) and split into one part per replica of
+//! the data-parallel trainer (one part for the others). With `loaders`
+//! background threads (multi-threaded loading), loader `l` assembles every
+//! `loaders`-th batch and hands its parts over bounded channels: a trainer
+//! never waits for a batch unless assembly is slower than training, and at
+//! most `prefetch` batches per loader are in memory ahead of it. With none,
+//! each training thread assembles its own part of each batch when it needs
+//! it: no hand-off and no extra thread competing for the cores, the better
+//! choice when every core already trains.
 
 use std::sync::mpsc;
 
@@ -60,8 +66,28 @@ pub fn assemble(
     parts: usize,
     class_weights: Option<&[f32]>,
 ) -> LoadedBatch {
-    let ranges = split_ranges(indices.len(), parts);
+    let (ranges, shares) = part_shares(ds, indices, parts, class_weights);
     let sizes: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+    let parts = ranges
+        .into_iter()
+        .map(|r| (!r.is_empty()).then(|| to_batch(ds, &indices[r], Device::Cpu)))
+        .collect();
+    LoadedBatch {
+        parts,
+        sizes,
+        shares,
+    }
+}
+
+/// The sample ranges of the `parts` parts of the batch `indices` and each
+/// part's share of the loss normalizer (see [`LoadedBatch::shares`]).
+fn part_shares(
+    ds: &Dataset,
+    indices: &[usize],
+    parts: usize,
+    class_weights: Option<&[f32]>,
+) -> (Vec<std::ops::Range<usize>>, Vec<f64>) {
+    let ranges = split_ranges(indices.len(), parts);
     let mass: Vec<f64> = match (class_weights, &ds.target) {
         (Some(w), Target::Classes { labels, .. }) => ranges
             .iter()
@@ -75,50 +101,112 @@ pub fn assemble(
                     .sum()
             })
             .collect(),
-        _ => sizes.iter().map(|&n| n as f64).collect(),
+        _ => ranges.iter().map(|r| r.len() as f64).collect(),
     };
     let total: f64 = mass.iter().sum();
     let shares = mass
         .iter()
         .map(|&m| if total > 0.0 { m / total } else { 0.0 })
         .collect();
-    let parts = ranges
-        .into_iter()
-        .map(|r| (!r.is_empty()).then(|| to_batch(ds, &indices[r], Device::Cpu)))
-        .collect();
-    LoadedBatch {
-        parts,
-        sizes,
-        shares,
-    }
+    (ranges, shares)
 }
 
-/// How [`for_each_batch`] cuts batches.
+/// How batches are cut and who assembles them.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BatchPlan<'a> {
     /// Samples per batch.
     pub batch_size: usize,
     /// Parts per batch (replicas).
     pub parts: usize,
-    /// Batches prepared ahead.
+    /// Background loader threads; 0 assembles each part on the thread that
+    /// trains on it, when it needs it (no prefetch).
+    pub loaders: usize,
+    /// Batches each loader prepares ahead (per part).
     pub prefetch: usize,
     /// The class weights of a weighted cross-entropy (see [`assemble`]).
     pub class_weights: Option<&'a [f32]>,
 }
 
-/// Runs `step` on every batch of `order` (chunks of `plan.batch_size`, each
-/// split into `plan.parts`), assembling batches on a background thread at
-/// most `plan.prefetch` ahead. Stops at the first error `step` returns and
-/// returns it.
-pub(crate) fn for_each_batch<F>(
-    ds: &Dataset,
-    order: &[usize],
-    plan: BatchPlan<'_>,
-    mut step: F,
-) -> Result<()>
-where
-    F: FnMut(LoadedBatch) -> Result<()>,
-{
+/// One replica's part of one step's batch.
+#[derive(Debug)]
+pub(crate) struct Part {
+    /// The part's samples; `None` when the batch has fewer samples than parts.
+    pub batch: Option<Batch>,
+    /// The part's share of the batch's loss normalizer (see [`LoadedBatch::shares`]).
+    pub share: f64,
+    /// Samples in each part of this step's batch (the same for every part).
+    pub sizes: Vec<usize>,
+}
+
+impl Part {
+    /// Samples in the whole batch this part belongs to.
+    pub fn batch_len(&self) -> usize {
+        self.sizes.iter().sum()
+    }
+}
+
+/// Where one replica's parts come from.
+enum Source<'a> {
+    /// Assembled on the consuming thread.
+    Inline {
+        ds: &'a Dataset,
+        order: &'a [usize],
+        plan: BatchPlan<'a>,
+        part: usize,
+    },
+    /// Prepared by loader threads: step `s` arrives from loader `s % len`.
+    Loaders(Vec<mpsc::Receiver<Part>>),
+}
+
+/// The parts of one replica, step after step (see [`feeds`]).
+pub(crate) struct PartFeed<'a> {
+    source: Source<'a>,
+    step: usize,
+}
+
+impl PartFeed<'_> {
+    /// The next step's part, `None` after the last step.
+    pub fn next_part(&mut self) -> Option<Part> {
+        let s = self.step;
+        self.step += 1;
+        match &self.source {
+            Source::Inline {
+                ds,
+                order,
+                plan,
+                part,
+            } => {
+                let bs = plan.batch_size.max(1);
+                let chunk = order.get(s * bs..)?;
+                let chunk = &chunk[..chunk.len().min(bs)];
+                if chunk.is_empty() {
+                    return None;
+                }
+                let (ranges, shares) = part_shares(ds, chunk, plan.parts, plan.class_weights);
+                let r = ranges[*part].clone();
+                Some(Part {
+                    batch: (!r.is_empty()).then(|| to_batch(ds, &chunk[r], Device::Cpu)),
+                    share: shares[*part],
+                    sizes: ranges.iter().map(|r| r.len()).collect(),
+                })
+            }
+            Source::Loaders(rx) => rx[s % rx.len()].recv().ok(),
+        }
+    }
+}
+
+/// One feed per part of `plan`: feed `k` yields part `k` of every batch of
+/// `order`, in order. With `plan.loaders` background threads (spawned in
+/// `scope`), loader `l` assembles batches `l, l + loaders, ...` whole and
+/// hands each part to its feed through a channel holding `plan.prefetch`
+/// parts; with none, each feed assembles its own part when asked. A loader
+/// stops when its feeds are dropped.
+pub(crate) fn feeds<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    ds: &'env Dataset,
+    order: &'env [usize],
+    plan: BatchPlan<'env>,
+) -> Result<Vec<PartFeed<'env>>> {
     if let Some(&bad) = order.iter().find(|&&i| i >= ds.len()) {
         return Err(TrainError::Length {
             what: "sample index within the dataset",
@@ -126,19 +214,46 @@ where
             got: bad,
         });
     }
+    let parts = plan.parts.max(1);
+    if plan.loaders == 0 {
+        return Ok((0..parts)
+            .map(|part| PartFeed {
+                source: Source::Inline {
+                    ds,
+                    order,
+                    plan,
+                    part,
+                },
+                step: 0,
+            })
+            .collect());
+    }
     let batch_size = plan.batch_size.max(1);
-    std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<LoadedBatch>(plan.prefetch.max(1));
-        let loader = std::thread::Builder::new()
+    let loaders = plan.loaders.min(order.len().div_ceil(batch_size)).max(1);
+    // receivers[k][l]: part k from loader l.
+    let mut receivers: Vec<Vec<mpsc::Receiver<Part>>> = (0..parts).map(|_| Vec::new()).collect();
+    for l in 0..loaders {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..parts)
+            .map(|_| mpsc::sync_channel::<Part>(plan.prefetch.max(1)))
+            .unzip();
+        for (k, rx) in rxs.into_iter().enumerate() {
+            receivers[k].push(rx);
+        }
+        std::thread::Builder::new()
             .name("fedcrime-loader".into())
-            .spawn_scoped(s, move || {
-                for chunk in order.chunks(batch_size) {
-                    if tx
-                        .send(assemble(ds, chunk, plan.parts, plan.class_weights))
-                        .is_err()
-                    {
-                        // The trainer stopped early; nothing left to do.
-                        break;
+            .spawn_scoped(scope, move || {
+                for chunk in order.chunks(batch_size).skip(l).step_by(loaders) {
+                    let b = assemble(ds, chunk, parts, plan.class_weights);
+                    for ((tx, batch), share) in txs.iter().zip(b.parts).zip(&b.shares) {
+                        let part = Part {
+                            batch,
+                            share: *share,
+                            sizes: b.sizes.clone(),
+                        };
+                        if tx.send(part).is_err() {
+                            // The trainer stopped early; nothing left to do.
+                            return;
+                        }
                     }
                 }
             })
@@ -146,19 +261,38 @@ where
                 path: "<loader thread>".into(),
                 source: e,
             })?;
-        let mut outcome = Ok(());
-        for batch in rx.iter() {
-            if let Err(e) = step(batch) {
-                outcome = Err(e);
-                break;
-            }
+    }
+    Ok(receivers
+        .into_iter()
+        .map(|rx| PartFeed {
+            source: Source::Loaders(rx),
+            step: 0,
+        })
+        .collect())
+}
+
+/// Runs `step` on every batch of `order` (chunks of `plan.batch_size`, in
+/// one part: `plan.parts` is ignored), assembled as [`feeds`] says. Stops at
+/// the first error `step` returns and returns it.
+pub(crate) fn for_each_batch<F>(
+    ds: &Dataset,
+    order: &[usize],
+    plan: BatchPlan<'_>,
+    mut step: F,
+) -> Result<()>
+where
+    F: FnMut(Part) -> Result<()>,
+{
+    let plan = BatchPlan { parts: 1, ..plan };
+    std::thread::scope(|s| {
+        let mut feed = feeds(s, ds, order, plan)?
+            .pop()
+            .ok_or(TrainError::Worker("batch loader"))?;
+        while let Some(part) = feed.next_part() {
+            step(part)?;
         }
-        // Dropping the receiver unblocks a loader waiting on a full channel.
-        drop(rx);
-        loader
-            .join()
-            .map_err(|_| TrainError::Worker("batch loader"))?;
-        outcome
+        // Dropping the feed unblocks a loader waiting on a full channel.
+        Ok(())
     })
 }
 
@@ -171,6 +305,7 @@ mod tests {
         BatchPlan {
             batch_size,
             parts,
+            loaders: 1,
             prefetch: 2,
             class_weights: None,
         }
@@ -200,28 +335,78 @@ mod tests {
         assert_eq!(split_ranges(4, 1), vec![0..4]);
     }
 
+    /// The rows of a part (feature 0 of row i is 2 i).
+    fn rows(part: &Batch) -> Vec<usize> {
+        let labels = Vec::<i64>::try_from(&part.target).unwrap();
+        let feats = Vec::<f32>::try_from(part.features.flatten(0, -1)).unwrap();
+        (0..labels.len())
+            .map(|k| {
+                let row = (feats[2 * k] / 2.0) as usize;
+                assert_eq!(labels[k], (row % 5) as i64);
+                row
+            })
+            .collect()
+    }
+
     #[test]
     fn batches_arrive_in_order_with_their_rows() {
         let d = ds(10);
         let order: Vec<usize> = (0..10).rev().collect();
-        let mut seen = Vec::new();
-        for_each_batch(&d, &order, plan(4, 2), |b| {
-            assert_eq!(b.parts.len(), 2);
-            assert!((b.shares.iter().sum::<f64>() - 1.0).abs() < 1e-12);
-            for part in b.parts.into_iter().flatten() {
-                let labels = Vec::<i64>::try_from(&part.target).unwrap();
-                let feats = Vec::<f32>::try_from(part.features.flatten(0, -1)).unwrap();
-                for (k, l) in labels.iter().enumerate() {
-                    // Feature 0 of row i is 2 i.
-                    let row = (feats[2 * k] / 2.0) as usize;
-                    assert_eq!(*l, (row % 5) as i64);
-                    seen.push(row);
-                }
-            }
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen, order);
+        for loaders in [0, 1, 3] {
+            let mut seen = Vec::new();
+            let p = BatchPlan {
+                loaders,
+                ..plan(4, 1)
+            };
+            for_each_batch(&d, &order, p, |b| {
+                assert_eq!(b.share, 1.0);
+                seen.extend(rows(b.batch.as_ref().unwrap()));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, order, "{loaders} loader(s)");
+        }
+    }
+
+    #[test]
+    fn every_feed_gets_its_part_of_every_batch_whoever_loads() {
+        // 10 rows in batches of 4 for 3 parts: parts of 2/1/1, 2/1/1, 1/1/0.
+        let d = ds(10);
+        let order: Vec<usize> = (0..10).map(|i| (i * 7) % 10).collect();
+        let mut by_mode = Vec::new();
+        for loaders in [0, 1, 2] {
+            let p = BatchPlan {
+                loaders,
+                ..plan(4, 3)
+            };
+            let got: Vec<Vec<(Vec<usize>, Vec<usize>, f64)>> = std::thread::scope(|s| {
+                // Each feed on its own thread, as the replicas consume them.
+                let handles: Vec<_> = feeds(s, &d, &order, p)
+                    .unwrap()
+                    .into_iter()
+                    .map(|mut f| {
+                        s.spawn(move || {
+                            let mut steps = Vec::new();
+                            while let Some(part) = f.next_part() {
+                                let r = part.batch.as_ref().map(rows).unwrap_or_default();
+                                steps.push((r, part.sizes.clone(), part.share));
+                            }
+                            steps
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(got.len(), 3);
+            let joined: Vec<usize> = (0..3)
+                .flat_map(|s| got.iter().flat_map(move |f| f[s].0.clone()))
+                .collect();
+            assert_eq!(joined, order, "{loaders} loader(s)");
+            assert_eq!(got[2][2].1, vec![1, 1, 0]);
+            assert_eq!(got[2][2].2, 0.0);
+            by_mode.push(got);
+        }
+        assert!(by_mode.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]

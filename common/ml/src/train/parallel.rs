@@ -3,35 +3,52 @@
 //!
 //! `W` replicas of the model hold identical parameters: one per CUDA device
 //! when several exist, else `W` CPU workers that share the cores (libtorch's
-//! intra-op threads are divided among them). Each step the batch is split into
-//! `W` contiguous parts; every replica runs forward and backward on its part in
-//! its own thread (replica 0 on the calling thread); the gradients are averaged
-//! into replica 0, weighted by part size (by the part's total class weight for
-//! a class-weighted cross-entropy) so the result is the full-batch gradient;
-//! every replica copies it and takes the same optimizer step in its own
-//! thread, so the replicas stay identical without a parameter broadcast (one
-//! re-synchronization per epoch guards against devices whose arithmetic is
-//! not bit-reproducible).
+//! intra-op threads are divided among them). Each replica has its own thread
+//! (replica 0 the calling thread) and the threads move through every step in
+//! lockstep, meeting at two barriers:
+//!
+//! 1. each worker takes its contiguous part of the step's batch (assembled by
+//!    itself or by loader threads, see [`super::loader`]), runs forward and
+//!    backward on it with its loss scaled by the part's share of the batch
+//!    (its size, or its total class weight for a class-weighted
+//!    cross-entropy), so the parts' gradients sum to the full batch's;
+//!    *barrier*;
+//! 2. the trainable variables are cut into `W` shards of about equal size;
+//!    worker `k` sums the replicas' gradients of shard `k` into replica 0's,
+//!    takes replica 0's Adam step for that shard (libtorch's own Adam, one
+//!    optimizer per shard: Adam is per-tensor, so this is exactly one Adam
+//!    over all tensors) and copies the shard's new values into the other
+//!    replicas; *barrier*. (Gradient clipping adds a barrier to share the
+//!    shards' norms.)
+//!
+//! So the gradient reduction and the optimizer step, the part of a step that
+//! does not shrink with the part size, are spread over the workers instead of
+//! being done W times or by one thread while the others wait, and no message
+//! passes between threads: the barriers spin briefly before yielding, which
+//! matters when a step lasts a millisecond.
 //!
 //! With `W = 1` this is exactly the [`Trainer`](super::Trainer)'s arithmetic
 //! (same shuffling, same seeds, same operations). With `W > 1` results match
-//! full-batch training up to floating-point summation order; dropout draws
-//! from libtorch's shared generator in whatever order the threads run, so runs
-//! with dropout are not bit-reproducible across `W > 1`.
+//! full-batch training up to floating-point summation order, and the replicas
+//! are bit-identical after every step (the shard's values are copied). Dropout
+//! draws from libtorch's shared generator in whatever order the threads run,
+//! so runs with dropout are not bit-reproducible across `W > 1`.
 
-use std::sync::mpsc;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::loader::{for_each_batch, BatchPlan};
+use super::loader::{feeds, BatchPlan, PartFeed};
 use super::trainer::{
     batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, restore_best, track_best,
     usable_val, EarlyStop, EpochOrder, EpochRecord, Evaluation, FitReport, Snapshot, TrainConfig,
 };
 use super::{Result, TrainError};
-use crate::model::{build, export_params, import_params, Batch, CrimeModel, ModelConfig};
+use crate::model::{build, export_params, import_params, CrimeModel, ModelConfig};
 use crate::DeviceChoice;
 use fedcrime_data::Dataset;
 use fedcrime_params::Params;
@@ -115,115 +132,26 @@ impl Replica {
         }
     }
 
-    /// Overwrites this replica's gradients with `reduced`'s (replica 0's
-    /// trainable variables, same order).
-    fn copy_grads_from(&mut self, reduced: &[Tensor]) {
-        // A replica that has not run a backward pass yet (its parts were all
-        // empty) has no gradient tensors: a zero loss creates them.
-        let missing: Vec<&Tensor> = self
-            .trainable
-            .iter()
-            .zip(reduced)
-            .filter(|(v, src)| !v.grad().defined() && src.grad().defined())
-            .map(|(v, _)| v)
-            .collect();
-        if !missing.is_empty() {
-            let zero = missing
-                .iter()
-                .map(|v| (*v * 0.0).sum(Kind::Float))
-                .fold(Tensor::zeros([], (Kind::Float, self.device)), |a, b| a + b);
-            zero.backward();
-        }
-        tch::no_grad(|| {
-            for (v, src) in self.trainable.iter().zip(reduced) {
-                let g = src.grad();
-                if g.defined() {
-                    v.grad().copy_(&g);
-                }
-            }
-        });
+    /// Shallow handles on the trainable variables (same storage and gradients).
+    fn handles(&self) -> Vec<Tensor> {
+        self.trainable.iter().map(Tensor::shallow_clone).collect()
     }
 
-    /// Forward and backward on a batch; leaves the gradient in the variables
-    /// and returns the (detached) loss.
-    fn compute(&mut self, b: Batch) -> Tensor {
-        let b = batch_to(b, self.device);
-        let out = self.model.forward_t(&b, true);
-        let loss = self.model.loss(&out, &b);
-        for v in &mut self.trainable {
-            v.zero_grad();
-        }
-        loss.backward();
-        loss.detach()
+    /// Shallow handles on all variables.
+    fn all_handles(&self) -> Vec<Tensor> {
+        self.all.iter().map(Tensor::shallow_clone).collect()
     }
-}
-
-/// What the coordinating thread asks a worker replica to do.
-enum ToWorker {
-    /// Forward and backward on this part of the batch; answer with the loss.
-    Compute(Batch),
-    /// Copy replica 0's reduced gradient, answer, then take the optimizer step.
-    Step,
-}
-
-/// A worker replica's answer.
-enum FromWorker {
-    /// The part's (detached) loss; the gradient is in the replica's variables.
-    Loss(Tensor),
-    /// The reduced gradient has been copied (the step is under way).
-    Copied,
-}
-
-/// Shallow handles on a replica's variables (same storage, same gradients).
-struct ReplicaView {
-    trainable: Vec<Tensor>,
-    all: Vec<Tensor>,
-}
-
-impl ReplicaView {
-    fn of(r: &Replica) -> Self {
-        Self {
-            trainable: r.trainable.iter().map(Tensor::shallow_clone).collect(),
-            all: r.all.iter().map(Tensor::shallow_clone).collect(),
-        }
-    }
-}
-
-/// Replaces replica 0's gradient (of its part's loss, share `w0`) by the
-/// share-weighted average over the active replicas `(index into views,
-/// share)`: the gradient of the whole batch's loss. A running weighted mean
-/// (`g += w_k / W_k * (g_k - g)`, one fused `lerp_` per replica and tensor),
-/// so no temporaries are allocated.
-fn reduce_grads(master: &Replica, views: &[ReplicaView], active: &[(usize, f64)], w0: f64) {
-    tch::no_grad(|| {
-        for (j, v0) in master.trainable.iter().enumerate() {
-            let mut g0 = v0.grad();
-            if !g0.defined() {
-                continue;
-            }
-            let mut acc = w0;
-            for &(k, wk) in active {
-                let gk = views[k].trainable[j].grad();
-                if !gk.defined() || wk <= 0.0 {
-                    continue;
-                }
-                acc += wk;
-                let gk = gk.to_device(master.device);
-                let _ = g0.lerp_(&gk, wk / acc);
-            }
-        }
-    });
 }
 
 /// The largest absolute difference between replica 0's variables and any
 /// other replica's.
-fn max_drift(master: &Replica, views: &[ReplicaView]) -> f64 {
+fn max_drift(master: &[Tensor], others: &[Vec<Tensor>], device: Device) -> f64 {
     tch::no_grad(|| {
-        views
+        others
             .iter()
-            .flat_map(|v| v.all.iter().zip(&master.all))
+            .flat_map(|v| v.iter().zip(master))
             .map(|(a, b)| {
-                let d = (a.to_device(master.device) - b).abs().max();
+                let d = (a.to_device(device) - b).abs().max();
                 f64::try_from(d).unwrap_or(f64::INFINITY)
             })
             .fold(0.0, f64::max)
@@ -231,14 +159,245 @@ fn max_drift(master: &Replica, views: &[ReplicaView]) -> f64 {
 }
 
 /// Copies replica 0's variables into the other replicas.
-fn broadcast_to(master: &Replica, views: &[ReplicaView]) {
+fn broadcast_to(master: &[Tensor], others: &[Vec<Tensor>]) {
     tch::no_grad(|| {
-        for v in views {
-            for (dst, src) in v.all.iter().zip(&master.all) {
+        for v in others {
+            for (dst, src) in v.iter().zip(master) {
                 dst.shallow_clone().copy_(src);
             }
         }
     });
+}
+
+/// Cuts `sizes` (element counts, in order) into `shards` contiguous runs of
+/// about equal total size: run `k` ends where the running total first
+/// reaches `(k + 1) / shards` of the whole. Runs may be empty when there are
+/// fewer tensors than shards.
+pub(crate) fn shard_ranges(sizes: &[usize], shards: usize) -> Vec<Range<usize>> {
+    let shards = shards.max(1);
+    let total: usize = sizes.iter().sum();
+    let mut ranges = Vec::with_capacity(shards);
+    let (mut start, mut i, mut acc) = (0, 0, 0usize);
+    for k in 0..shards {
+        if k + 1 == shards {
+            i = sizes.len();
+        } else {
+            let goal = total * (k + 1) / shards;
+            while i < sizes.len() && acc < goal {
+                acc += sizes[i];
+                i += 1;
+            }
+        }
+        ranges.push(start..i);
+        start = i;
+    }
+    ranges
+}
+
+/// A reusable barrier for the workers of one epoch. Waiters spin for a few
+/// microseconds (a step's phases last about a millisecond, and waking a
+/// sleeping thread costs tens of microseconds), then yield the core. A
+/// worker that fails or panics aborts it, and every waiter returns an error
+/// instead of waiting forever.
+struct StepBarrier {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    aborted: AtomicBool,
+}
+
+impl StepBarrier {
+    fn new(parties: usize) -> Self {
+        Self {
+            parties,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        let lost = || Err(TrainError::Worker("replica"));
+        if self.aborted.load(Ordering::Acquire) {
+            return lost();
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return Ok(());
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            if self.aborted.load(Ordering::Acquire) {
+                return lost();
+            }
+            if spins < 2_000 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+    }
+}
+
+/// Aborts the barrier if its worker unwinds or returns an error, so the
+/// others stop instead of waiting for it.
+struct AbortOnFailure<'a> {
+    barrier: &'a StepBarrier,
+    done: bool,
+}
+
+impl Drop for AbortOnFailure<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.barrier.abort();
+        }
+    }
+}
+
+/// Replica 0's Adam for one shard of the trainable variables.
+struct Shard {
+    range: Range<usize>,
+    opt: tch::COptimizer,
+}
+
+/// What every worker of an epoch shares.
+struct StepContext<'a> {
+    barrier: StepBarrier,
+    /// Each shard's sum of squared gradient norms (gradient clipping).
+    norms: Mutex<Vec<f64>>,
+    max_grad_norm: Option<f64>,
+    progress: &'a indicatif::ProgressBar,
+}
+
+/// One worker of an epoch: its replica, handles on every replica's
+/// trainable variables (`peers[0]` is replica 0), its shard of replica 0's
+/// optimizer and its feed of batch parts.
+struct Worker<'a> {
+    index: usize,
+    model: &'a mut Box<dyn CrimeModel>,
+    own: Vec<Tensor>,
+    peers: Vec<Vec<Tensor>>,
+    shard: &'a mut Shard,
+    feed: PartFeed<'a>,
+    threads: Option<i32>,
+}
+
+impl Worker<'_> {
+    /// Runs every step of the epoch; returns the sum over steps of its part's
+    /// loss times the part's share and the batch size (the caller adds the
+    /// workers' sums into the epoch's mean training loss).
+    fn run(mut self, ctx: &StepContext<'_>) -> Result<Tensor> {
+        let mut guard = AbortOnFailure {
+            barrier: &ctx.barrier,
+            done: false,
+        };
+        if let Some(t) = self.threads {
+            // libtorch's thread settings are partly per thread (OpenMP's team
+            // size, MKL's local count): a new thread would otherwise use every
+            // core and the workers would oversubscribe the machine.
+            tch::set_num_threads(t);
+        }
+        let device = self.model.device();
+        let loss_sum = Tensor::zeros([], (Kind::Double, device));
+        while let Some(part) = self.feed.next_part() {
+            let weight = part.share * part.batch_len() as f64;
+            if let Some(b) = part.batch {
+                let b = batch_to(b, device);
+                for v in &mut self.own {
+                    v.zero_grad();
+                }
+                let out = self.model.forward_t(&b, true);
+                let loss = self.model.loss(&out, &b);
+                (&loss * part.share).backward();
+                let seen = loss.detach().to_kind(Kind::Double) * weight;
+                tch::no_grad(|| {
+                    let _ = loss_sum.shallow_clone().g_add_(&seen);
+                });
+            }
+            ctx.barrier.wait()?;
+            self.update_shard(&part.sizes, ctx)?;
+            ctx.barrier.wait()?;
+            if self.index == 0 {
+                ctx.progress.inc(1);
+            }
+        }
+        guard.done = true;
+        Ok(loss_sum)
+    }
+
+    /// Sums the shard's gradients into replica 0's (replicas with a part
+    /// only), clips, steps replica 0's shard and copies it to the others.
+    fn update_shard(&mut self, sizes: &[usize], ctx: &StepContext<'_>) -> Result<()> {
+        let range = self.shard.range.clone();
+        let (first, rest) = self.peers.split_at(1);
+        let master = &first[0];
+        let device0 = master.first().map(Tensor::device).unwrap_or(Device::Cpu);
+        tch::no_grad(|| {
+            for i in range.clone() {
+                let mut g0 = master[i].grad();
+                if !g0.defined() {
+                    continue;
+                }
+                for (j, replica) in rest.iter().enumerate() {
+                    let gj = replica[i].grad();
+                    if sizes.get(j + 1).copied().unwrap_or(0) > 0 && gj.defined() {
+                        let _ = g0.g_add_(&gj.to_device(device0));
+                    }
+                }
+            }
+        });
+        if let Some(max) = ctx.max_grad_norm {
+            let sq: f64 = tch::no_grad(|| {
+                range
+                    .clone()
+                    .map(|i| master[i].grad())
+                    .filter(Tensor::defined)
+                    .map(|g| f64::try_from(g.norm()).map(|n| n * n))
+                    .sum::<std::result::Result<f64, _>>()
+            })?;
+            ctx.norms
+                .lock()
+                .map_err(|_| TrainError::Worker("replica"))?[self.index] = sq;
+            ctx.barrier.wait()?;
+            let total = ctx
+                .norms
+                .lock()
+                .map_err(|_| TrainError::Worker("replica"))?
+                .iter()
+                .sum::<f64>()
+                .sqrt();
+            let coef = max / (total + 1e-6);
+            if coef < 1.0 {
+                tch::no_grad(|| {
+                    for i in range.clone() {
+                        let mut g = master[i].grad();
+                        if g.defined() {
+                            let _ = g.g_mul_scalar_(coef);
+                        }
+                    }
+                });
+            }
+        }
+        if !range.is_empty() {
+            self.shard.opt.step()?;
+        }
+        tch::no_grad(|| {
+            for replica in rest {
+                for i in range.clone() {
+                    replica[i].shallow_clone().copy_(&master[i]);
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 /// The data-parallel trainer; see the module documentation.
@@ -301,7 +460,7 @@ impl ParallelTrainer {
 
     /// How far the replicas had drifted apart at the last epoch's end, before
     /// they were re-synchronized (largest absolute parameter difference; 0
-    /// when every replica's steps were bit-identical, as on the CPU).
+    /// when every step left them bit-identical, as it should).
     pub fn last_drift(&self) -> f64 {
         self.drift
     }
@@ -343,10 +502,28 @@ impl ParallelTrainer {
         evaluate_model(self.model(), ds, self.cfg.eval_batch_size)
     }
 
+    /// Bytes moved between replicas per optimizer step: every other
+    /// replica's gradient read into replica 0's and replica 0's new values
+    /// written back, `2 (W - 1)` times the trainable parameters' size (0 for
+    /// one worker). On the CPU these are memory copies, between CUDA devices
+    /// transfers.
+    pub fn bytes_per_step(&self) -> u64 {
+        let elems: usize = self.replicas[0].trainable.iter().map(Tensor::numel).sum();
+        let per = self.replicas[0]
+            .trainable
+            .first()
+            .map(|t| t.kind().elt_size_in_bytes())
+            .unwrap_or(4);
+        2 * (self.replicas.len() as u64 - 1) * (elems * per) as u64
+    }
+
     /// Copies replica 0's variables into the others.
     fn broadcast(&self) {
-        let views: Vec<ReplicaView> = self.replicas[1..].iter().map(ReplicaView::of).collect();
-        broadcast_to(&self.replicas[0], &views);
+        let others: Vec<Vec<Tensor>> = self.replicas[1..]
+            .iter()
+            .map(Replica::all_handles)
+            .collect();
+        broadcast_to(&self.replicas[0].all, &others);
     }
 
     /// Trains on `train` (see [`super::Trainer::fit`]).
@@ -377,6 +554,114 @@ impl ParallelTrainer {
         outcome
     }
 
+    /// Replica 0's Adam, one optimizer per shard of its trainable variables.
+    fn shards(&self) -> Result<Vec<Shard>> {
+        let master = &self.replicas[0];
+        let sizes: Vec<usize> = master.trainable.iter().map(Tensor::numel).collect();
+        shard_ranges(&sizes, self.replicas.len())
+            .into_iter()
+            .map(|range| {
+                let mut opt = tch::COptimizer::adam(
+                    self.cfg.lr,
+                    0.9,
+                    0.999,
+                    self.cfg.weight_decay,
+                    1e-8,
+                    false,
+                )?;
+                for t in &master.trainable[range.clone()] {
+                    opt.add_parameters(t, 0)?;
+                }
+                Ok(Shard { range, opt })
+            })
+            .collect()
+    }
+
+    /// One pass over `order`: every worker on its own thread (worker 0 on
+    /// this one); returns the summed training loss on replica 0's device.
+    fn epoch(
+        &mut self,
+        train: &Dataset,
+        order: &[usize],
+        shards: &mut [Shard],
+        progress: &indicatif::ProgressBar,
+        threads: Option<i32>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let w = self.replicas.len();
+        let class_weights = match self.model().task() {
+            // A weighted cross-entropy normalizes by the batch's total class
+            // weight, so parts are weighed by their class weight, not their size.
+            fedcrime_data::Task::Risk => self.model().config().class_weights.clone(),
+            fedcrime_data::Task::Counts => None,
+        };
+        let plan = BatchPlan {
+            batch_size: cfg.batch_size,
+            parts: w,
+            loaders: cfg.loader_threads,
+            prefetch: cfg.prefetch,
+            class_weights: class_weights.as_deref(),
+        };
+        let ctx = StepContext {
+            barrier: StepBarrier::new(w),
+            norms: Mutex::new(vec![0.0; w]),
+            max_grad_norm: cfg.max_grad_norm,
+            progress,
+        };
+        let handles: Vec<Vec<Tensor>> = self.replicas.iter().map(Replica::handles).collect();
+        let device0 = self.replicas[0].device;
+        std::thread::scope(|s| -> Result<Tensor> {
+            let feeds = feeds(s, train, order, plan)?;
+            let mut workers: Vec<Worker<'_>> = self
+                .replicas
+                .iter_mut()
+                .zip(shards.iter_mut())
+                .zip(feeds)
+                .zip(&handles)
+                .enumerate()
+                .map(|(index, (((r, shard), feed), own))| Worker {
+                    index,
+                    model: &mut r.model,
+                    own: own.iter().map(Tensor::shallow_clone).collect(),
+                    peers: handles
+                        .iter()
+                        .map(|h| h.iter().map(Tensor::shallow_clone).collect())
+                        .collect(),
+                    shard,
+                    feed,
+                    threads,
+                })
+                .collect();
+            let first = workers.remove(0);
+            let ctx = &ctx;
+            let spawned = workers
+                .into_iter()
+                .map(|wk| {
+                    std::thread::Builder::new()
+                        .name("fedcrime-replica".into())
+                        .spawn_scoped(s, move || wk.run(ctx))
+                        .map_err(|e| TrainError::Io {
+                            path: "<replica thread>".into(),
+                            source: e,
+                        })
+                })
+                .collect::<Vec<_>>();
+            if spawned.iter().any(|h| h.is_err()) {
+                ctx.barrier.abort();
+            }
+            let mut outcome = first.run(ctx);
+            for h in spawned {
+                let part = h.and_then(|h| h.join().map_err(|_| TrainError::Worker("replica"))?);
+                outcome = match (outcome, part) {
+                    (Ok(sum), Ok(p)) => Ok(sum + p.to_device(device0)),
+                    // The first failure is the cause; later ones are aborts.
+                    (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                };
+            }
+            outcome
+        })
+    }
+
     /// The training loop; `threads` is each CPU worker's intra-op thread count.
     fn fit_inner(
         &mut self,
@@ -397,158 +682,29 @@ impl ParallelTrainer {
         }
         let w = self.replicas.len();
         tch::manual_seed(cfg.seed as i64);
-        let adam = nn::adam(0.9, 0.999, cfg.weight_decay);
-        let mut opt = adam.build(self.replicas[0].model.var_store(), cfg.lr)?;
-        let mut worker_opts = self.replicas[1..]
-            .iter()
-            .map(|r| adam.build(r.model.var_store(), cfg.lr))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut shards = self.shards()?;
         let mut orders = EpochOrder::new(train.len(), cfg.seed);
         let mut stop = EarlyStop::new(cfg.patience, cfg.min_delta);
         let mut snapshot: Option<Snapshot> = None;
         let mut report = FitReport::default();
         let steps = train.len().div_ceil(cfg.batch_size);
-        let device0 = self.replicas[0].device;
-        // A weighted cross-entropy normalizes by the batch's total class
-        // weight, so parts are weighed by their class weight, not their size.
-        let class_weights = match self.model().task() {
-            fedcrime_data::Task::Risk => self.model().config().class_weights.clone(),
-            fedcrime_data::Task::Counts => None,
-        };
-
         for epoch in 1..=cfg.epochs {
             let t0 = Instant::now();
             let pb = epoch_bar(cfg.progress, steps, epoch, cfg.epochs);
-            let loss_sum = Tensor::zeros([], (Kind::Double, device0));
-            let order = orders.next();
-            let (first, rest) = self.replicas.split_at_mut(1);
-            let master = &mut first[0];
-            // Handles on the other replicas' variables, for the reduction
-            // (their workers are idle while it runs).
-            let views: Vec<ReplicaView> = rest.iter().map(ReplicaView::of).collect();
-            std::thread::scope(|s| -> Result<()> {
-                // One worker thread per extra replica, fed through a channel.
-                let mut links = Vec::with_capacity(rest.len());
-                for (r, opt_k) in rest.iter_mut().zip(worker_opts.iter_mut()) {
-                    let (tx, rx) = mpsc::sync_channel::<ToWorker>(2);
-                    let (rtx, rrx) = mpsc::sync_channel::<FromWorker>(1);
-                    // The reduced gradient lives in replica 0's variables.
-                    let reduced: Vec<Tensor> =
-                        master.trainable.iter().map(Tensor::shallow_clone).collect();
-                    let handle = std::thread::Builder::new()
-                        .name("fedcrime-replica".into())
-                        .spawn_scoped(s, move || {
-                            // libtorch's thread settings are partly per thread
-                            // (OpenMP's team size, MKL's local thread count): a
-                            // new thread would otherwise use every core and
-                            // the workers would oversubscribe the machine.
-                            if let Some(t) = threads {
-                                tch::set_num_threads(t);
-                            }
-                            while let Ok(msg) = rx.recv() {
-                                let reply = match msg {
-                                    ToWorker::Compute(b) => FromWorker::Loss(r.compute(b)),
-                                    ToWorker::Step => {
-                                        r.copy_grads_from(&reduced);
-                                        // Replica 0 may overwrite its gradient once
-                                        // every copy is done; the step runs meanwhile.
-                                        if rtx.send(FromWorker::Copied).is_err() {
-                                            break;
-                                        }
-                                        opt_k.step();
-                                        continue;
-                                    }
-                                };
-                                if rtx.send(reply).is_err() {
-                                    break;
-                                }
-                            }
-                        })
-                        .map_err(|e| TrainError::Io {
-                            path: "<replica thread>".into(),
-                            source: e,
-                        })?;
-                    links.push((tx, rrx, handle));
-                }
-                let plan = BatchPlan {
-                    batch_size: cfg.batch_size,
-                    parts: w,
-                    prefetch: cfg.prefetch,
-                    class_weights: class_weights.as_deref(),
-                };
-                let lost = || TrainError::Worker("replica");
-                let outcome = for_each_batch(train, order, plan, |lb| {
-                    let n = lb.len() as f64;
-                    let sizes = lb.sizes;
-                    let shares = lb.shares;
-                    let mut parts = lb.parts.into_iter();
-                    let Some(Some(b0)) = parts.next() else {
-                        return Ok(());
-                    };
-                    // Hand the other parts out first so they run while replica 0 computes.
-                    for ((tx, _, _), part) in links.iter().zip(parts) {
-                        if let Some(b) = part {
-                            tx.send(ToWorker::Compute(b)).map_err(|_| lost())?;
-                        }
-                    }
-                    let b0 = batch_to(b0, master.device);
-                    let out = master.model.forward_t(&b0, true);
-                    let loss0 = master.model.loss(&out, &b0);
-                    opt.zero_grad();
-                    loss0.backward();
-                    let w0 = shares[0];
-                    let mut loss = loss0.detach().to_kind(Kind::Double) * w0;
-                    let mut active = Vec::with_capacity(links.len());
-                    for (k, (_, rx, _)) in links.iter().enumerate() {
-                        if sizes[k + 1] > 0 {
-                            let FromWorker::Loss(lk) = rx.recv().map_err(|_| lost())? else {
-                                return Err(lost());
-                            };
-                            let wk = shares[k + 1];
-                            loss += lk.to_device(master.device).to_kind(Kind::Double) * wk;
-                            active.push((k, wk));
-                        }
-                    }
-                    if !active.is_empty() {
-                        reduce_grads(master, &views, &active, w0);
-                    }
-                    if let Some(c) = cfg.max_grad_norm {
-                        opt.clip_grad_norm(c);
-                    }
-                    // Every replica takes the same step from the same gradient,
-                    // in parallel: the replicas stay identical without a broadcast.
-                    for (tx, _, _) in &links {
-                        tx.send(ToWorker::Step).map_err(|_| lost())?;
-                    }
-                    for (_, rx, _) in &links {
-                        if !matches!(rx.recv(), Ok(FromWorker::Copied)) {
-                            return Err(lost());
-                        }
-                    }
-                    opt.step();
-                    tch::no_grad(|| {
-                        let _ = loss_sum.shallow_clone().g_add_(&(loss * n));
-                    });
-                    pb.inc(1);
-                    Ok(())
-                });
-                // Dropping the senders ends the workers (after their last step).
-                let mut joined = Ok(());
-                for (tx, rx, h) in links {
-                    drop((tx, rx));
-                    if h.join().is_err() {
-                        joined = Err(lost());
-                    }
-                }
-                outcome.and(joined)
-            })?;
-            // Re-synchronize once per epoch, in case a device's arithmetic is
-            // not bit-reproducible (identical steps keep CPU replicas equal).
-            self.drift = max_drift(&self.replicas[0], &views);
+            let order = orders.next().to_vec();
+            let loss_sum = self.epoch(train, &order, &mut shards, &pb, threads)?;
+            // Every step leaves the replicas identical; check it once per
+            // epoch (a device whose arithmetic is not bit-reproducible would
+            // show here) and re-synchronize.
+            let others: Vec<Vec<Tensor>> = self.replicas[1..]
+                .iter()
+                .map(Replica::all_handles)
+                .collect();
+            self.drift = max_drift(&self.replicas[0].all, &others, self.replicas[0].device);
             if self.drift > 0.0 {
                 tracing::debug!(epoch, drift = self.drift, "replicas re-synchronized");
+                broadcast_to(&self.replicas[0].all, &others);
             }
-            broadcast_to(&self.replicas[0], &views);
             let train_secs = t0.elapsed().as_secs_f64();
             pb.finish_and_clear();
             let train_loss = epoch_train_loss(&loss_sum, train.len(), epoch)?;
@@ -714,6 +870,99 @@ mod tests {
         assert_eq!(par.last_drift(), 0.0);
         let last = export_params(par.replicas[2].model.var_store());
         assert_eq!(par.params(), last);
+    }
+
+    #[test]
+    fn shards_are_contiguous_and_about_equal() {
+        assert_eq!(shard_ranges(&[10, 1, 10, 1], 2), vec![0..2, 2..4]);
+        assert_eq!(shard_ranges(&[4, 4, 4, 4], 1), vec![0..4]);
+        assert_eq!(shard_ranges(&[100, 1], 3), vec![0..1, 1..1, 1..2]);
+        assert_eq!(shard_ranges(&[], 2), vec![0..0, 0..0]);
+        // Every tensor in exactly one shard, in order.
+        let sizes = [7, 3, 12, 1, 1, 40, 2];
+        for w in 1..6 {
+            let r = shard_ranges(&sizes, w);
+            assert_eq!(r.len(), w);
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r[w - 1].end, sizes.len());
+            assert!(r.windows(2).all(|p| p[0].end == p[1].start));
+        }
+    }
+
+    #[test]
+    fn replicas_are_bit_identical_after_every_step() {
+        let train = test_data::counts(40, 3, 2, 6);
+        let m = test_data::model(ModelKind::Lstm, &train, 8, 0.0, 3);
+        let models = (0..3).map(|_| test_data::copy(m.as_ref())).collect();
+        let mut par = ParallelTrainer::from_models(models, cfg(1, 8)).unwrap();
+        for _ in 0..3 {
+            // One epoch of 5 steps each time; the drift is measured before
+            // any re-synchronization.
+            par.fit(&train, None).unwrap();
+            assert_eq!(par.last_drift(), 0.0);
+            let p0 = par.params();
+            for r in &par.replicas[1..] {
+                assert_eq!(export_params(r.model.var_store()), p0);
+            }
+        }
+    }
+
+    #[test]
+    fn loading_on_and_off_trains_identically() {
+        // Inline assembly, one loader and several loaders cut the same
+        // batches: the parameters are bit-identical, and one worker still
+        // equals the station trainer exactly.
+        let train = test_data::risk(90, 5, 17);
+        let m = test_data::model(ModelKind::Dnn, &train, 12, 0.0, 5);
+        let with = |loader_threads: usize| TrainConfig {
+            loader_threads,
+            ..cfg(2, 16)
+        };
+        let mut plain = Trainer::new(test_data::copy(m.as_ref()), with(1)).unwrap();
+        plain.fit(&train, None).unwrap();
+        let mut results = Vec::new();
+        for loaders in [0, 1, 3] {
+            let mut one =
+                ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], with(loaders))
+                    .unwrap();
+            one.fit(&train, None).unwrap();
+            assert_eq!(one.params(), plain.params(), "{loaders} loader(s)");
+            let two = vec![test_data::copy(m.as_ref()), test_data::copy(m.as_ref())];
+            let mut par = ParallelTrainer::from_models(two, with(loaders)).unwrap();
+            par.fit(&train, None).unwrap();
+            results.push(par.params());
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn clipped_gradients_match_full_batch_training() {
+        let train = test_data::risk(64, 5, 23);
+        let m = test_data::model(ModelKind::Dnn, &train, 12, 0.0, 6);
+        let c = TrainConfig {
+            max_grad_norm: Some(0.05),
+            ..cfg(2, 16)
+        };
+        let models = vec![test_data::copy(m.as_ref()), test_data::copy(m.as_ref())];
+        let mut plain = Trainer::new(m, c.clone()).unwrap();
+        plain.fit(&train, None).unwrap();
+        let mut par = ParallelTrainer::from_models(models, c).unwrap();
+        par.fit(&train, None).unwrap();
+        let d = max_abs_diff(&plain.params(), &par.params());
+        assert!(d < 1e-5, "max difference {d}");
+        assert_eq!(par.last_drift(), 0.0);
+    }
+
+    #[test]
+    fn bytes_per_step_count_both_directions() {
+        let train = test_data::risk(16, 4, 5);
+        let m = test_data::model(ModelKind::Dnn, &train, 8, 0.0, 2);
+        let n = m.num_params() as u64;
+        let one = ParallelTrainer::from_models(vec![test_data::copy(m.as_ref())], cfg(1, 4));
+        assert_eq!(one.unwrap().bytes_per_step(), 0);
+        let models = (0..3).map(|_| test_data::copy(m.as_ref())).collect();
+        let three = ParallelTrainer::from_models(models, cfg(1, 4)).unwrap();
+        assert_eq!(three.bytes_per_step(), 2 * 2 * 4 * n);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::loader::{for_each_batch, BatchPlan, LoadedBatch};
+use super::loader::{for_each_batch, BatchPlan};
 use super::metrics::{CountMetrics, Metrics, RiskMetrics};
 use super::{Result, TrainError};
 use crate::model::{export_params, import_params, Batch, CrimeModel, DatasetTensors};
@@ -52,7 +52,11 @@ pub struct TrainConfig {
     pub prox_mu: f64,
     /// Clip the gradients' global L2 norm to this value, when set.
     pub max_grad_norm: Option<f64>,
-    /// Batches the loader thread may prepare ahead of the trainer.
+    /// Background threads assembling batches while the model trains
+    /// (multi-threaded data loading); 0 assembles each batch on the training
+    /// thread(s) when it is needed.
+    pub loader_threads: usize,
+    /// Batches each loader thread may prepare ahead of the trainer.
     pub prefetch: usize,
     /// Samples per batch when evaluating (no gradients, so larger is fine).
     pub eval_batch_size: usize,
@@ -78,6 +82,7 @@ impl Default for TrainConfig {
             monitor: Monitor::Loss,
             prox_mu: 0.0,
             max_grad_norm: None,
+            loader_threads: 1,
             prefetch: 4,
             eval_batch_size: 4096,
             progress: false,
@@ -561,12 +566,13 @@ pub fn evaluate_model(
     let plan = BatchPlan {
         batch_size,
         parts: 1,
+        loaders: 1,
         prefetch: 2,
         class_weights: None,
     };
-    for_each_batch(ds, &order, plan, |lb: LoadedBatch| {
-        let n = lb.len();
-        let Some(Some(b)) = lb.parts.into_iter().next() else {
+    for_each_batch(ds, &order, plan, |part| {
+        let n = part.batch_len();
+        let Some(b) = part.batch else {
             return Ok(());
         };
         let b = batch_to(b, device);
@@ -813,12 +819,13 @@ impl Trainer {
                     let plan = BatchPlan {
                         batch_size: cfg.batch_size,
                         parts: 1,
+                        loaders: cfg.loader_threads,
                         prefetch: cfg.prefetch,
                         class_weights: None,
                     };
-                    for_each_batch(train, order, plan, |lb| match lb.parts.into_iter().next() {
-                        Some(Some(b)) => step(batch_to(b, device)),
-                        _ => Ok(()),
+                    for_each_batch(train, order, plan, |part| match part.batch {
+                        Some(b) => step(batch_to(b, device)),
+                        None => Ok(()),
                     })?;
                 }
             }

@@ -175,15 +175,19 @@ fn rust_side(mcfg: &ModelConfig, tcfg: &TrainConfig, ds: &Dataset) -> anyhow::Re
 }
 
 /// Best epoch seconds of the data-parallel trainer with `workers` CPU
-/// workers sharing `threads` intra-op threads.
+/// workers sharing `threads` intra-op threads, batches assembled by
+/// `loaders` background threads (0: by the workers themselves).
 fn parallel_side(
     mcfg: &ModelConfig,
     tcfg: &TrainConfig,
     ds: &Dataset,
-    workers: usize,
-    threads: usize,
+    (workers, threads, loaders): (usize, usize, usize),
 ) -> anyhow::Result<f64> {
     tch::manual_seed(tcfg.seed as i64);
+    let tcfg = &TrainConfig {
+        loader_threads: loaders,
+        ..tcfg.clone()
+    };
     let par = ParallelConfig {
         workers,
         device: DeviceChoice::Cpu,
@@ -323,6 +327,10 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     }
     if want("parallel") {
         let w = args.workers.max(2);
+        // The fair comparison gives one worker and W workers the same total
+        // threads: at least one per worker.
+        let total = threads.max(w);
+        let per = (total / w).max(1);
         for (kind, task) in [
             (ModelKind::Dnn, Task::Risk),
             (ModelKind::Lstm, Task::Counts),
@@ -330,24 +338,30 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
             let ds = task_data(task)?;
             let mut mcfg = ModelConfig::for_dataset(kind, &ds);
             mcfg.dropout = 0.0;
-            // 1 worker with all threads; w workers sharing them; 1 worker with 1 thread.
-            let (mut all, mut split, mut single, mut ceiling) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // Interleaved: 1 worker with all threads (loading on, as the
+            // station trainer runs), w workers sharing them with loading off
+            // and on, 1 worker with 1 thread, and the ceiling.
+            let cases = [(1, total, 1), (w, total, 0), (w, total, 1), (1, 1, 1)];
+            let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+            let mut ceiling = Vec::new();
             for _ in 0..rounds {
-                all.push(parallel_side(&mcfg, &tcfg, &ds, 1, threads)?);
-                split.push(parallel_side(&mcfg, &tcfg, &ds, w, threads.max(w))?);
-                single.push(parallel_side(&mcfg, &tcfg, &ds, 1, 1)?);
+                for (c, t) in cases.iter().zip(times.iter_mut()) {
+                    t.push(parallel_side(&mcfg, &tcfg, &ds, *c)?);
+                }
                 ceiling.push(independent_speedup(&mcfg, &tcfg, &ds, w)?);
             }
             tch::set_num_threads(threads as i32);
-            let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-            let (a, s, one) = (best(&all), best(&split), best(&single));
+            let best: Vec<f64> = times
+                .iter()
+                .map(|v| v.iter().copied().fold(f64::INFINITY, f64::min))
+                .collect();
+            let (one, off, on, single) = (best[0], best[1], best[2], best[3]);
             println!(
-                "parallel {kind} ({task}, {} samples): 1 worker x {threads} thread(s) {a:.3} s/epoch | 1 worker x 1 thread {one:.3} s/epoch | {w} workers x {} thread(s) {s:.3} s/epoch | speedup {:.2}x vs 1 worker x {threads}, {:.2}x vs 1 worker x 1 | reference: {w} independent 1-thread trainings {:.2}x (median; the ceiling on this machine now)",
+                "parallel {kind} ({task}, {} samples): 1 worker x {total} thread(s) {one:.3} s/epoch | {w} workers x {per} thread(s), loading off {off:.3} s/epoch ({:.2}x), loading on {on:.3} s/epoch ({:.2}x) | 1 worker x 1 thread {single:.3} s/epoch ({:.2}x with loading off) | reference: {w} independent 1-thread trainings {:.2}x (median; the ceiling on this machine now)",
                 ds.len(),
-                (threads.max(w) / w).max(1),
-                a / s,
-                one / s,
+                one / off,
+                one / on,
+                single / off,
                 median(ceiling)
             );
         }
