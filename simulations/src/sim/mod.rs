@@ -440,12 +440,11 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
                 _ => 1,
             };
             let (run, _) = central_method(
-                which,
+                &CentralPlan::new(which, threads),
                 &data,
                 &cfg,
                 &central_cfg,
                 &initial,
-                threads,
                 opts.quiet,
                 &mut csv,
             )?;
@@ -529,37 +528,70 @@ pub(crate) fn federation_method(
     Ok((fed_run, rounds))
 }
 
+/// A centralized method as a run names and threads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CentralPlan {
+    /// The trainer.
+    pub which: central::Central,
+    /// libtorch's intra-op threads in all (shared by its workers).
+    pub threads: usize,
+    /// Its name in the outputs.
+    pub name: String,
+}
+
+impl CentralPlan {
+    /// `which` with `threads`, named as usual ([`central::Central::method`]).
+    pub fn new(which: central::Central, threads: usize) -> Self {
+        CentralPlan {
+            which,
+            threads,
+            name: which.method(),
+        }
+    }
+}
+
 /// Trains one centralized method ([`central::run`]) under a progress bar,
-/// streaming its rows into `csv`: its rows and what the trainer reported.
-#[allow(clippy::too_many_arguments)]
+/// streaming its rows (named `plan.name`) into `csv`: its rows and what
+/// the trainer reported.
 pub(crate) fn central_method(
-    which: central::Central,
+    plan: &CentralPlan,
     data: &StudyData,
     cfg: &SimConfig,
     central_cfg: &fedcrime_ml::train::TrainConfig,
     initial: &Params,
-    threads: usize,
     quiet: bool,
     csv: &mut record::MetricsCsv,
 ) -> Result<(MethodRun, central::CentralRun)> {
-    let name = which.method();
+    let name = plan.name.clone();
     let bar = progress::bar(quiet, central_cfg.epochs as u64, &name, "epochs");
     let mut run = MethodRun {
         method: name.clone(),
         federated: false,
         rows: Vec::new(),
     };
-    let outcome = central::run(which, data, cfg, central_cfg, initial, threads, |row| {
-        csv.push(&row)?;
-        bar.set_message(format!(
-            "test {} {:.4}",
-            row.test.metrics.headline().0,
-            row.test.headline()
-        ));
-        bar.inc(1);
-        run.rows.push(row);
-        Ok(())
-    })
+    let outcome = central::run(
+        plan.which,
+        data,
+        cfg,
+        central_cfg,
+        initial,
+        plan.threads,
+        |row| {
+            let row = Row {
+                method: name.clone(),
+                ..row
+            };
+            csv.push(&row)?;
+            bar.set_message(format!(
+                "test {} {:.4}",
+                row.test.metrics.headline().0,
+                row.test.headline()
+            ));
+            bar.inc(1);
+            run.rows.push(row);
+            Ok(())
+        },
+    )
     .with_context(|| format!("training {name}"))?;
     bar.finish();
     Ok((run, outcome))

@@ -55,7 +55,7 @@ use super::record::{self, headline_name};
 use super::report::{best_baseline, first_reaching, higher_is_better, MethodRun};
 use super::{
     central_method, federation_method, initial_model, peak_rss_mib, reset_peak_rss, rss_mib,
-    torch_threads_lock, RunOptions,
+    torch_threads_lock, CentralPlan, RunOptions,
 };
 use crate::plot::{Line, Panel, PanelPlot};
 use crate::progress;
@@ -146,6 +146,11 @@ impl StudySpec {
         Ok(c.resolve())
     }
 }
+
+/// The name of the one-worker, one-thread reference (on a CPU with
+/// several cores): the single worker's thread scaling, and the reference
+/// of `fedcrime-sim bench train`.
+pub const ONE_THREAD: &str = "centralized-1-thread";
 
 /// The libtorch threads every method gets in all: the cores.
 fn threads() -> usize {
@@ -445,25 +450,43 @@ fn study_model(
     let central_cfg = central::train_config(&cfg, 0.0);
     let total = threads();
     let mut measured = Vec::new();
+    let cpu = cfg
+        .federation
+        .device
+        .resolve()
+        .map_err(anyhow::Error::msg)?
+        == tch::Device::Cpu;
+    let mut plans = Vec::new();
     for which in Central::study_methods(&spec.workers) {
+        plans.push(CentralPlan::new(which, total));
+        // On a CPU, one worker on one thread too: how threads alone scale.
+        if which == Central::Single && cpu && total > 1 {
+            plans.push(CentralPlan {
+                which,
+                threads: 1,
+                name: ONE_THREAD.into(),
+            });
+        }
+    }
+    for plan in &plans {
         let ((run, outcome), peak, growth) = with_peak_memory(|| {
             central_method(
-                which,
+                plan,
                 &data,
                 &cfg,
                 &central_cfg,
                 &initial,
-                total,
                 opts.quiet,
                 &mut csv,
             )
         })
         .with_context(|| format!("the {kind} study"))?;
+        let workers = plan.which.workers();
         measured.push(Measured {
             run,
-            kind: which.kind(),
-            workers: which.workers(),
-            threads_per_worker: (total / which.workers()).max(1),
+            kind: plan.which.kind(),
+            workers,
+            threads_per_worker: (plan.threads / workers).max(1),
             bytes_per_epoch: outcome.bytes_per_epoch,
             peak_rss_mib: peak,
             peak_mib_per_worker: growth,
@@ -823,7 +846,7 @@ fn accuracy_words(task: Task, v: f64, single: f64) -> String {
     } else {
         v < single
     };
-    let word = if v == single {
+    let word = if cell(v, 4) == cell(single, 4) {
         "the same as"
     } else if better {
         "better than"
@@ -841,26 +864,45 @@ fn findings(models: &[ModelStudy]) -> Vec<String> {
         let Some(single) = m.rows.iter().find(|r| r.kind == MethodKind::Single) else {
             continue;
         };
-        let mut parts = vec![format!(
-            "{}: one worker {} s/epoch",
+        let one_thread = m.rows.iter().find(|r| r.method == ONE_THREAD);
+        let mut head = format!(
+            "{}: one worker on {} thread(s) {} s/epoch",
             m.model,
+            single.threads_per_worker,
             cell(single.seconds_per_epoch, 3)
-        )];
+        );
+        if let Some(o) = one_thread {
+            let _ = write!(
+                head,
+                " (on 1 thread {} s/epoch: its {} threads run {}x as fast as one)",
+                cell(o.seconds_per_epoch, 3),
+                single.threads_per_worker,
+                cell(o.seconds_per_epoch / single.seconds_per_epoch, 2)
+            );
+        }
+        let mut parts = vec![head];
         for r in m.rows.iter().filter(|r| r.kind != MethodKind::Single) {
-            let pace = r.speedup;
             let mut s = format!(
-                "{} {}x ({} per worker: {:.0}% efficiency",
+                "{} {}x one worker ({} {}: {:.0}% parallel efficiency",
                 r.method,
-                cell(pace, 2),
+                cell(r.speedup, 2),
+                r.workers,
                 if r.kind == MethodKind::Federated {
                     "stations at once"
                 } else {
                     "workers"
                 },
-                100.0 * pace / r.workers.max(1) as f64
+                100.0 * r.speedup / r.workers.max(1) as f64
             );
+            if let Some(o) = one_thread {
+                let _ = write!(
+                    s,
+                    "; {}x the one-thread worker",
+                    cell(o.seconds_per_epoch / r.seconds_per_epoch, 2)
+                );
+            }
             if r.bytes_per_epoch > 0 {
-                let _ = write!(s, ", {} MB/epoch", mb(r.bytes_per_epoch));
+                let _ = write!(s, "; {} MB/epoch", mb(r.bytes_per_epoch));
             }
             let _ = write!(
                 s,
@@ -933,13 +975,29 @@ fn dnn_lstm_verdict(models: &[ModelStudy]) -> String {
     let (Some(d), Some(l)) = (best(ModelKind::Dnn), best(ModelKind::Lstm)) else {
         return "not testable in this run: it needs dnn and lstm with --workers above 1.".into();
     };
-    let numbers = format!(
-        "the DNN's best data-parallel speedup is {}x ({}), the LSTM's {}x ({}); we call {SIGNIFICANT}x or more significant",
+    let mut numbers = format!(
+        "with the same total threads the DNN's best data-parallel speedup over one worker is {}x ({}), the LSTM's {}x ({}); we call {SIGNIFICANT}x or more significant",
         cell(d.speedup, 2),
         d.method,
         cell(l.speedup, 2),
         l.method
     );
+    let over_one_thread = |kind: ModelKind, r: &StudyRow| {
+        let m = models.iter().find(|m| m.model == kind)?;
+        let o = m.rows.iter().find(|r| r.method == ONE_THREAD)?;
+        Some(o.seconds_per_epoch / r.seconds_per_epoch)
+    };
+    if let (Some(a), Some(b)) = (
+        over_one_thread(ModelKind::Dnn, d),
+        over_one_thread(ModelKind::Lstm, l),
+    ) {
+        let _ = write!(
+            numbers,
+            " (over one worker on one thread: {}x and {}x)",
+            cell(a, 2),
+            cell(b, 2)
+        );
+    }
     let dnn_gains = d.speedup >= SIGNIFICANT;
     let lstm_less = l.speedup < d.speedup;
     let verdict = match (dnn_gains, lstm_less) {
@@ -1051,36 +1109,37 @@ mod tests {
         let t = CsvTable::read(&out.join("study.csv")).unwrap();
         assert_eq!(t.header, COLUMNS);
         let methods: Vec<&str> = t.rows.iter().map(|r| r[2].as_str()).collect();
-        assert_eq!(methods, ["centralized", "data-parallel-2", "fedavg"]);
+        let mut expected = vec!["centralized", "data-parallel-2", "fedavg"];
+        if threads() > 1 {
+            expected.insert(1, ONE_THREAD);
+        }
+        assert_eq!(methods, expected);
+        let row = |method: &str| t.rows.iter().find(|r| r[2] == method).unwrap();
         for r in &t.rows {
             assert_eq!(r.len(), COLUMNS.len());
             assert_eq!(r[0], "dnn");
-            for col in [
-                "seconds_per_epoch",
-                "speedup",
-                "samples_per_s",
-                "test_at_best",
-            ] {
+            for col in ["seconds_per_epoch", "speedup", "samples_per_s", "test_at_best"] {
                 let v = t.number(r, col).unwrap();
                 assert!(v.is_finite() && v > 0.0, "{} {col} {v}", r[2]);
             }
             let epochs = t.number(r, "epochs").unwrap();
             assert!((1.0..=2.0).contains(&epochs), "{} epochs {epochs}", r[2]);
         }
-        let single = &t.rows[0];
+        let single = row("centralized");
         assert_eq!(t.number(single, "speedup"), Some(1.0));
         assert_eq!(t.number(single, "bytes_per_epoch"), Some(0.0));
+        assert_eq!(t.number(single, "threads_per_worker"), Some(threads() as f64));
         // One worker reaches its own best at its best epoch.
         assert!(t.number(single, "seconds_to_single_best").is_some());
         // Two replicas: the reduction moves 2 x (2 - 1) x 4 bytes per
         // parameter per step; the federation sends its round messages.
         let params = outcome.models[0].params as f64;
         let steps = (outcome.models[0].samples.0 as f64 / 128.0).ceil();
-        let dp = t.number(&t.rows[1], "bytes_per_epoch").unwrap();
-        assert!(dp >= 8.0 * params * steps * 0.5, "{dp}");
-        let fed = t.number(&t.rows[2], "bytes_per_epoch").unwrap();
-        assert!(fed > 2.0 * 21.0 * 4.0 * params, "{fed}");
-        assert_eq!(t.number(&t.rows[2], "workers"), Some(threads() as f64));
+        let dp = t.number(row("data-parallel-2"), "bytes_per_epoch").unwrap();
+        assert_eq!(dp, 8.0 * params * steps);
+        let fed = row("fedavg");
+        assert!(t.number(fed, "bytes_per_epoch").unwrap() > 2.0 * 21.0 * 4.0 * params);
+        assert_eq!(t.number(fed, "workers"), Some(threads() as f64));
 
         let md = std::fs::read_to_string(out.join("report.md")).unwrap();
         assert_eq!(md, outcome.report);
