@@ -121,6 +121,7 @@ impl ConvergencePlot<'_> {
                     lines,
                     x_range: Some((0.0, x_hi)),
                     y_range: Some(y_range),
+                    legend: Legend::LowerRight,
                 }
             })
             .collect();
@@ -199,6 +200,20 @@ pub struct Panel {
     pub x_range: Option<(f64, f64)>,
     /// The y range; default the values' range padded by 5%.
     pub y_range: Option<(f64, f64)>,
+    /// The corner of the legend.
+    pub legend: Legend,
+}
+
+/// Where a [`Panel`]'s legend goes: a corner the lines leave free.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Legend {
+    /// Lower right (curves that rise or fall from the upper left).
+    #[default]
+    LowerRight,
+    /// Upper right (curves that fall).
+    UpperRight,
+    /// Upper left (curves that rise to the right).
+    UpperLeft,
 }
 
 /// Charts on a grid under one title, as SVG and PNG: the convergence plot
@@ -319,7 +334,11 @@ impl Panel {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(match self.legend {
+                Legend::LowerRight => SeriesLabelPosition::LowerRight,
+                Legend::UpperRight => SeriesLabelPosition::UpperRight,
+                Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
             .label_font(("sans-serif", 13))

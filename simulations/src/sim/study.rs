@@ -57,7 +57,7 @@ use super::{
     central_method, federation_method, initial_model, peak_rss_mib, reset_peak_rss, rss_mib,
     torch_threads_lock, CentralPlan, RunOptions,
 };
-use crate::plot::{Line, Panel, PanelPlot};
+use crate::plot::{Legend, Line, Panel, PanelPlot};
 use crate::progress;
 
 /// The kind of parallelism of a method.
@@ -575,8 +575,9 @@ pub fn study_parallel(spec: &StudySpec, out: &Path, opts: RunOptions) -> Result<
     })
 }
 
-/// A method's x position in the scaling plots: its workers (the
-/// federation: stations at once).
+/// The scaling plots' lines of one model: `y` of each parallel kind
+/// against its workers (the federation: stations at once), from one
+/// worker's point, and the one-thread worker's point.
 fn scaling_lines(m: &ModelStudy, y: fn(&StudyRow) -> f64) -> Vec<Line> {
     let single = m.rows.iter().find(|r| r.kind == MethodKind::Single);
     let mut kinds: Vec<MethodKind> = m
@@ -586,6 +587,15 @@ fn scaling_lines(m: &ModelStudy, y: fn(&StudyRow) -> f64) -> Vec<Line> {
         .filter(|k| *k != MethodKind::Single)
         .collect();
     kinds.dedup();
+    let one_thread = m
+        .rows
+        .iter()
+        .find(|r| r.method == ONE_THREAD)
+        .map(|r| Line {
+            label: format!("{} one worker, 1 thread", m.model),
+            points: vec![(1.0, y(r))],
+            dashed: false,
+        });
     kinds
         .into_iter()
         .map(|kind| {
@@ -612,12 +622,35 @@ fn scaling_lines(m: &ModelStudy, y: fn(&StudyRow) -> f64) -> Vec<Line> {
                 dashed: false,
             }
         })
+        .chain(one_thread)
         .collect()
+}
+
+/// The top of a y axis from 0 covering `y` of every row of `m`, 10% above.
+fn y_top(m: &ModelStudy, y: fn(&StudyRow) -> f64) -> f64 {
+    let top = m
+        .rows
+        .iter()
+        .map(y)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    if top > 0.0 {
+        top * 1.1
+    } else {
+        1.0
+    }
 }
 
 /// `study-time`, `study-speedup` and `study-convergence` (.svg and .png).
 fn write_plots(out: &Path, device: &str, models: &[ModelStudy]) -> Result<()> {
     let grid = (1, models.len().max(1));
+    let most = models
+        .iter()
+        .flat_map(|m| m.rows.iter().map(|r| r.workers))
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let workers_axis = (0.5, most + 0.5);
     let time = PanelPlot {
         title: format!("Seconds per epoch (round) against workers, {device}"),
         grid,
@@ -628,8 +661,9 @@ fn write_plots(out: &Path, device: &str, models: &[ModelStudy]) -> Result<()> {
                 x_label: "workers (stations at once)".into(),
                 y_label: "seconds per epoch".into(),
                 lines: scaling_lines(m, |r| r.seconds_per_epoch),
-                x_range: None,
-                y_range: None,
+                x_range: Some(workers_axis),
+                y_range: Some((0.0, y_top(m, |r| r.seconds_per_epoch))),
+                legend: Legend::UpperRight,
             })
             .collect(),
     };
@@ -639,12 +673,10 @@ fn write_plots(out: &Path, device: &str, models: &[ModelStudy]) -> Result<()> {
         .iter()
         .flat_map(|m| scaling_lines(m, |r| r.speedup))
         .collect();
-    let most = models
+    let speedup_top = models
         .iter()
-        .flat_map(|m| m.rows.iter().map(|r| r.workers))
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
+        .map(|m| y_top(m, |r| r.speedup))
+        .fold(0.0, f64::max);
     lines.push(Line {
         label: "ideal (speedup = workers)".into(),
         points: vec![(1.0, 1.0), (most, most)],
@@ -658,8 +690,9 @@ fn write_plots(out: &Path, device: &str, models: &[ModelStudy]) -> Result<()> {
             x_label: "workers (stations at once)".into(),
             y_label: "speedup (one worker's s/epoch over the method's)".into(),
             lines,
-            x_range: None,
-            y_range: Some((0.0, most * 1.05)),
+            x_range: Some(workers_axis),
+            y_range: Some((0.0, speedup_top.max(most) * 1.05)),
+            legend: Legend::UpperLeft,
         }],
     };
     speedup.write_both(out, "study-speedup")?;
@@ -701,6 +734,7 @@ fn write_plots(out: &Path, device: &str, models: &[ModelStudy]) -> Result<()> {
                     lines,
                     x_range: None,
                     y_range: None,
+                    legend: Legend::LowerRight,
                 }
             })
             .collect(),
@@ -1118,7 +1152,12 @@ mod tests {
         for r in &t.rows {
             assert_eq!(r.len(), COLUMNS.len());
             assert_eq!(r[0], "dnn");
-            for col in ["seconds_per_epoch", "speedup", "samples_per_s", "test_at_best"] {
+            for col in [
+                "seconds_per_epoch",
+                "speedup",
+                "samples_per_s",
+                "test_at_best",
+            ] {
                 let v = t.number(r, col).unwrap();
                 assert!(v.is_finite() && v > 0.0, "{} {col} {v}", r[2]);
             }
@@ -1128,7 +1167,10 @@ mod tests {
         let single = row("centralized");
         assert_eq!(t.number(single, "speedup"), Some(1.0));
         assert_eq!(t.number(single, "bytes_per_epoch"), Some(0.0));
-        assert_eq!(t.number(single, "threads_per_worker"), Some(threads() as f64));
+        assert_eq!(
+            t.number(single, "threads_per_worker"),
+            Some(threads() as f64)
+        );
         // One worker reaches its own best at its best epoch.
         assert!(t.number(single, "seconds_to_single_best").is_some());
         // Two replicas: the reduction moves 2 x (2 - 1) x 4 bytes per
