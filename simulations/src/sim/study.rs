@@ -982,6 +982,7 @@ fn findings(models: &[ModelStudy]) -> Vec<String> {
             ));
         }
     }
+    lines.extend(thread_caution(models));
     lines
 }
 
@@ -1040,7 +1041,37 @@ fn dnn_lstm_verdict(models: &[ModelStudy]) -> String {
         (false, true) => "**partly agrees**: the LSTM gains less than the DNN, but the DNN's gain is not significant",
         (false, false) => "**disagrees**: neither is the DNN's gain significant nor the LSTM's smaller",
     };
-    format!("{verdict}; {numbers}.")
+    let mut text = format!("{verdict}; {numbers}.");
+    if let Some(caution) = thread_caution(models) {
+        let _ = write!(text, " {caution}");
+    }
+    text
+}
+
+/// A warning when one worker ran slower on all the threads than on one
+/// (OpenMP threads contending with other work on a busy machine): speedups
+/// over it then measure that contention more than the parallel trainers.
+fn thread_caution(models: &[ModelStudy]) -> Option<String> {
+    let slowed: Vec<String> = models
+        .iter()
+        .filter_map(|m| {
+            let single = m.rows.iter().find(|r| r.kind == MethodKind::Single)?;
+            let one = m.rows.iter().find(|r| r.method == ONE_THREAD)?;
+            (one.seconds_per_epoch * SAME_TIME < single.seconds_per_epoch).then(|| {
+                format!(
+                    "{} {}x",
+                    m.model,
+                    cell(single.seconds_per_epoch / one.seconds_per_epoch, 2)
+                )
+            })
+        })
+        .collect();
+    (!slowed.is_empty()).then(|| {
+        format!(
+            "Caution: one worker was slower on all its threads than on one ({}, s/epoch all threads over one thread), so the machine was busy and the speedups over it overstate the parallel trainers; the speedups over the one-thread worker are the conservative reading.",
+            slowed.join(", ")
+        )
+    })
 }
 
 fn model_parallel_verdict(models: &[ModelStudy]) -> String {
@@ -1224,6 +1255,76 @@ mod tests {
         spec(vec![ModelKind::GatTcn, ModelKind::Lstm], vec![1, 2])
             .validate()
             .unwrap();
+    }
+
+    /// A model's study with one worker at `single` s/epoch (and `one`
+    /// on one thread) and data-parallel-2 at `dp`.
+    fn measured(model: ModelKind, single: f64, one: f64, dp: f64) -> ModelStudy {
+        let row = |method: &str, kind, workers, s: f64| StudyRow {
+            model,
+            task: Task::Risk,
+            method: method.into(),
+            kind,
+            workers,
+            threads_per_worker: 1,
+            epochs: 3,
+            best_epoch: 2,
+            seconds_per_epoch: s,
+            speedup: single / s,
+            samples_per_s: 1.0,
+            train_seconds: 3.0 * s,
+            peak_rss_mib: 1.0,
+            peak_mib_per_worker: 1.0,
+            bytes_per_epoch: 0,
+            seconds_to_single_best: Some(1.0),
+            val_at_best: 0.5,
+            test_at_best: 0.5,
+            naive: None,
+        };
+        ModelStudy {
+            model,
+            task: Task::Risk,
+            params: 10,
+            samples: (1, 1, 1),
+            stations: 21,
+            baselines: Vec::new(),
+            runs: Vec::new(),
+            rows: vec![
+                row("centralized", MethodKind::Single, 1, single),
+                row(ONE_THREAD, MethodKind::Single, 1, one),
+                row("data-parallel-2", MethodKind::DataParallel, 2, dp),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_claims_follow_the_numbers() {
+        let agree = [
+            measured(ModelKind::Dnn, 1.0, 1.0, 0.6),
+            measured(ModelKind::Lstm, 1.0, 1.0, 0.9),
+        ];
+        let v = dnn_lstm_verdict(&agree);
+        assert!(v.starts_with("**agrees**"), "{v}");
+        assert!(!v.contains("Caution"), "{v}");
+        let lstm_faster = [
+            measured(ModelKind::Dnn, 1.0, 1.0, 0.6),
+            measured(ModelKind::Lstm, 1.0, 1.0, 0.5),
+        ];
+        assert!(dnn_lstm_verdict(&lstm_faster).starts_with("**partly agrees**: the DNN gains"));
+        let none = [
+            measured(ModelKind::Dnn, 1.0, 1.0, 1.0),
+            measured(ModelKind::Lstm, 1.0, 1.0, 0.9),
+        ];
+        assert!(dnn_lstm_verdict(&none).starts_with("**disagrees**"));
+        assert!(dnn_lstm_verdict(&none[..1]).starts_with("not testable"));
+        // One worker slower on its threads than on one: the report warns.
+        let busy = [
+            measured(ModelKind::Dnn, 2.0, 1.0, 0.6),
+            measured(ModelKind::Lstm, 1.0, 1.0, 0.9),
+        ];
+        let v = dnn_lstm_verdict(&busy);
+        assert!(v.contains("Caution") && v.contains("dnn 2.00x"), "{v}");
+        assert!(model_parallel_verdict(&busy).starts_with("not measured"));
     }
 
     #[test]
