@@ -230,6 +230,11 @@ pub fn run(
             failure = Some(e);
         }
     };
+    // One arm per trainer. Model parallelism plugs in as one more, after the
+    // data-parallel arm: `Central::ModelParallel(stages) => { .. }` builds the
+    // pipeline trainer from `data.model`, `tcfg` and `threads`, loads
+    // `initial`, mirrors its live variables and fits with `observe`, and
+    // returns its `bytes_per_epoch()` (see `Central`).
     let run = match which {
         Central::Single => {
             let before = tch::get_num_threads();
@@ -271,10 +276,7 @@ pub fn run(
                 report,
                 bytes_per_epoch: reduction_bytes_per_step(trainable, workers) * steps_per_epoch,
             }
-        } // Model parallelism plugs in here: a `Central::ModelParallel(stages)`
-          // arm that builds the pipeline trainer from `data.model`, `tcfg` and
-          // `threads`, loads `initial`, mirrors its live variables and fits
-          // with `observe`, like the arm above (see `Central`).
+        }
     };
     if let Some(e) = failure {
         return Err(e.context(format!("scoring {method}")));
