@@ -56,6 +56,11 @@ enum Command {
     /// Run many stations in one process against a running fedcrime-server:
     /// load tests, poisoned-station studies, the chaos suite.
     Swarm(cmd::swarm::SwarmArgs),
+    /// Studies comparing training methods on the same data from the same
+    /// initial weights: `study parallel`, one worker against data-parallel,
+    /// model-parallel and federated training.
+    #[command(subcommand)]
+    Study(cmd::study::Study),
     /// Benchmarks against a reference measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -66,9 +71,10 @@ fn init_logging(g: &GlobalOpts, command: &Command) {
     // progress bars say it better.
     let default = match (g.quiet, command) {
         (true, _) => "warn",
-        (false, Command::Simulate(_) | Command::Bench(cmd::bench::Bench::Rounds(_))) => {
-            "warn,fedcrime_sim=info"
-        }
+        (
+            false,
+            Command::Simulate(_) | Command::Study(_) | Command::Bench(cmd::bench::Bench::Rounds(_)),
+        ) => "warn,fedcrime_sim=info",
         (false, _) => "info",
     };
     // a second initialization (never here) would only be refused
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
         Command::Swarm(args) => cmd::swarm::run(&args, &cli.global),
+        Command::Study(study) => cmd::study::run(&study, &cli.global),
         Command::Bench(bench) => cmd::bench::run(&bench, &cli.global),
     };
     match result {

@@ -205,13 +205,17 @@ impl SimulateArgs {
 
     /// The output folder: `--out`, else `runs/<unix seconds>`.
     pub fn out(&self) -> PathBuf {
-        self.out.clone().unwrap_or_else(|| {
-            let secs = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            PathBuf::from("runs").join(timestamp(secs))
-        })
+        self.out.clone().unwrap_or_else(|| default_out(""))
     }
+}
+
+/// `runs/<prefix><YYYYMMDD-HHMMSS>` with the time now (UTC): the output
+/// folder of a run without `--out`.
+pub fn default_out(prefix: &str) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from("runs").join(format!("{prefix}{}", timestamp(secs)))
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) of a Unix time.

@@ -1,6 +1,9 @@
 //! The centralized baselines: one model trained on the pooled training
 //! split, by the station trainer on one worker (`centralized`) and by the
-//! data-parallel trainer on W CPU workers (`data-parallel-W`).
+//! data-parallel trainer on W CPU workers or CUDA devices
+//! (`data-parallel-W`). [`Central`] lists the trainers: the simulator runs
+//! two of them, the parallelization study ([`super::study`]) every one
+//! [`Central::study_methods`] names.
 //!
 //! Both start from the federation's initial model and use its optimizer
 //! settings and seed. They train until the validation headline has not
@@ -28,8 +31,16 @@ use super::data::StudyData;
 use super::eval::Scores;
 use super::record::{BestTracker, Row};
 use super::report::higher_is_better;
+use super::study::MethodKind;
 
 /// Which centralized trainer.
+///
+/// **Adding a trainer** (model parallelism, `PipelineTrainer`, is the next
+/// one) takes a variant here, its arm in each method of this `impl` (the
+/// compiler lists them), its entries in [`Central::study_methods`] and its
+/// arm in [`run`], which builds the trainer and returns its
+/// [`CentralRun`]. The parallelization study then runs, measures, tabulates,
+/// plots and discusses it with no change elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Central {
     /// The station trainer on one worker (one CPU thread by default).
@@ -47,6 +58,53 @@ impl Central {
             Central::DataParallel(w) => format!("data-parallel-{w}"),
         }
     }
+
+    /// The kind of parallelism, which groups methods in the study's plots
+    /// and findings.
+    pub fn kind(self) -> MethodKind {
+        match self {
+            Central::Single => MethodKind::Single,
+            Central::DataParallel(_) => MethodKind::DataParallel,
+        }
+    }
+
+    /// Workers (replicas, stages) the method spreads its training over; the
+    /// study divides memory by it and shares the threads among them.
+    pub fn workers(self) -> usize {
+        match self {
+            Central::Single => 1,
+            Central::DataParallel(w) => w,
+        }
+    }
+
+    /// The centralized methods of the parallelization study for these
+    /// worker counts: one worker, then each parallel trainer with each
+    /// count above 1.
+    pub fn study_methods(workers: &[usize]) -> Vec<Central> {
+        let parallel = workers.iter().copied().filter(|&w| w > 1);
+        let mut methods = vec![Central::Single];
+        methods.extend(parallel.map(Central::DataParallel));
+        methods
+    }
+}
+
+/// What a centralized trainer returns besides its rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CentralRun {
+    /// The trainer's report.
+    pub report: FitReport,
+    /// Bytes the workers exchange per epoch (gradients between replicas,
+    /// activations between stages); 0 for one worker.
+    pub bytes_per_epoch: u64,
+}
+
+/// Bytes the data-parallel trainer moves per optimizer step with `workers`
+/// replicas of a model of `trainable` scalars: every other replica's f32
+/// gradient read into replica 0's reduction, and the reduced gradient
+/// copied back into each of them (`2 (W - 1) P` floats; a step whose batch
+/// leaves a replica without samples moves less).
+pub fn reduction_bytes_per_step(trainable: usize, workers: usize) -> u64 {
+    2 * workers.saturating_sub(1) as u64 * trainable as u64 * 4
 }
 
 /// The centralized training settings of a study whose federation made
@@ -70,11 +128,22 @@ pub fn train_config(cfg: &SimConfig, passes: f64) -> TrainConfig {
     }
 }
 
-/// Pairs of (live variable, evaluation model's variable), by name.
-fn mirror(live: &dyn CrimeModel, shadow: &dyn CrimeModel) -> Result<Vec<(Tensor, Tensor)>> {
-    let live = live.var_store().variables();
+/// Pairs of (live variable, evaluation model's variable), by name: `live`
+/// is a trainer's variables by their names in the whole model (one
+/// `VarStore`'s, or every stage's of a split model), possibly on other devices.
+fn mirror(
+    live: impl IntoIterator<Item = (String, Tensor)>,
+    shadow: &dyn CrimeModel,
+) -> Result<Vec<(Tensor, Tensor)>> {
     let shadow = shadow.var_store().variables();
     let sorted: BTreeMap<String, Tensor> = live.into_iter().collect();
+    if sorted.len() != shadow.len() {
+        anyhow::bail!(
+            "the trainer shows {} variables, the model has {}",
+            sorted.len(),
+            shadow.len()
+        );
+    }
     sorted
         .into_iter()
         .map(|(name, v)| {
@@ -89,7 +158,8 @@ fn mirror(live: &dyn CrimeModel, shadow: &dyn CrimeModel) -> Result<Vec<(Tensor,
 /// Trains `which` on the study's pooled data from `initial` with `tcfg`
 /// ([`train_config`]), calling `on_row` after every epoch with the epoch's
 /// scores; `threads` is libtorch's intra-op thread budget (shared by the
-/// data-parallel replicas).
+/// data-parallel replicas). The rows' test scores come from a CPU copy of
+/// the live weights, taken after each epoch through [`mirror`].
 pub fn run(
     which: Central,
     data: &StudyData,
@@ -98,7 +168,7 @@ pub fn run(
     initial: &Params,
     threads: usize,
     mut on_row: impl FnMut(Row) -> Result<()>,
-) -> Result<FitReport> {
+) -> Result<CentralRun> {
     let tcfg = tcfg.clone();
     let mut best = BestTracker::new(higher_is_better(data.task.task), cfg.selection.min_delta);
     let n = data.splits.train.len();
@@ -160,7 +230,12 @@ pub fn run(
             failure = Some(e);
         }
     };
-    let report = match which {
+    // One arm per trainer. Model parallelism plugs in as one more, after the
+    // data-parallel arm: `Central::ModelParallel(stages) => { .. }` builds the
+    // pipeline trainer from `data.model`, `tcfg` and `threads`, loads
+    // `initial`, mirrors its live variables and fits with `observe`, and
+    // returns its `bytes_per_epoch()` (see `Central`).
+    let run = match which {
         Central::Single => {
             let before = tch::get_num_threads();
             tch::set_num_threads(threads.max(1) as i32);
@@ -172,12 +247,15 @@ pub fn run(
             let mut model = build(&data.model, device)?;
             model.import_params(initial)?;
             let mut trainer = Trainer::new(model, tcfg.clone())?;
-            let pairs = mirror(trainer.model(), shadow.as_ref())?;
+            let pairs = mirror(trainer.model().var_store().variables(), shadow.as_ref())?;
             let outcome = trainer.fit_observed(&splits.train, Some(&splits.val), &mut |r| {
                 observe(&pairs, r)
             });
             tch::set_num_threads(before);
-            outcome?
+            CentralRun {
+                report: outcome?,
+                bytes_per_epoch: 0,
+            }
         }
         Central::DataParallel(workers) => {
             let par = ParallelConfig {
@@ -187,14 +265,21 @@ pub fn run(
             };
             let mut trainer = ParallelTrainer::new(&data.model, tcfg.clone(), &par)?;
             trainer.set_params(initial)?;
-            let pairs = mirror(trainer.model(), shadow.as_ref())?;
-            trainer.fit_observed(&splits.train, Some(&splits.val), &mut |r| {
+            let trainable: usize = (trainer.model().var_store().trainable_variables().iter())
+                .map(Tensor::numel)
+                .sum();
+            let pairs = mirror(trainer.model().var_store().variables(), shadow.as_ref())?;
+            let report = trainer.fit_observed(&splits.train, Some(&splits.val), &mut |r| {
                 observe(&pairs, r)
-            })?
+            })?;
+            CentralRun {
+                report,
+                bytes_per_epoch: reduction_bytes_per_step(trainable, workers) * steps_per_epoch,
+            }
         }
     };
     if let Some(e) = failure {
         return Err(e.context(format!("scoring {method}")));
     }
-    Ok(report)
+    Ok(run)
 }

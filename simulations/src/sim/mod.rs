@@ -42,6 +42,7 @@ pub mod memory;
 pub mod quic;
 pub mod record;
 pub mod report;
+pub mod study;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};
@@ -142,17 +143,36 @@ pub fn early_stopping(cfg: &SimConfig) -> Option<EarlyStopping> {
     })
 }
 
-/// Peak resident memory of this process in MiB (Linux's `VmHWM`; NaN elsewhere).
-pub fn peak_rss_mib() -> f64 {
+/// A memory field of this process's `/proc/self/status` (`VmHWM`, `VmRSS`)
+/// in MiB; NaN where there is none (not Linux).
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Peak resident memory of this process in MiB (Linux's `VmHWM`, since the
+/// start or the last [`reset_peak_rss`]; NaN elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM")
+}
+
+/// Resident memory of this process now, in MiB (`VmRSS`; NaN elsewhere).
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS")
+}
+
+/// Resets the peak of [`peak_rss_mib`] to the resident memory now (writes
+/// `5` to `/proc/self/clear_refs`, Linux 4.0 and later); false where that
+/// is not possible, and the peak then counts from the process start.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// The initial global model: built once from the architecture with the
@@ -231,7 +251,7 @@ pub struct FedRound {
 /// and results depend on it: simulations in one process (tests) take turns.
 static TORCH_THREADS: Mutex<()> = Mutex::new(());
 
-fn torch_threads_lock() -> MutexGuard<'static, ()> {
+pub(crate) fn torch_threads_lock() -> MutexGuard<'static, ()> {
     TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -401,32 +421,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         record::MetricsCsv::create(&out.join("metrics.csv"), data.task.task, data.output_dim())?;
 
     // The federation.
-    let method = cfg.federation.strategy.name().to_string();
-    let bar = progress::bar(opts.quiet, cfg.max_rounds(), &method, "rounds");
-    let mut fed_run = MethodRun {
-        method: method.clone(),
-        federated: true,
-        rows: Vec::new(),
-    };
-    let mut rounds = Vec::new();
-    let summary = federate_locked(&data, &cfg, &initial, out, &bar, |r| {
-        csv.push(&r.row)?;
-        fed_run.rows.push(r.row.clone());
-        rounds.push((r.metrics.clone(), r.timing.clone()));
-        Ok(())
-    })
-    .with_context(|| format!("the {method} federation"))?;
-    bar.finish();
-    if let Outcome::Aborted { round, reason } = &summary.outcome {
-        bail!("the federation stopped in round {round}: {reason}");
-    }
-    if summary.stopped_early {
-        tracing::info!(
-            rounds = summary.rounds_completed,
-            best_round = summary.best.map(|b| b.round),
-            "{method}: validation stopped improving"
-        );
-    }
+    let (fed_run, rounds) = federation_method(&data, &cfg, &initial, out, opts.quiet, &mut csv)?;
     // The federation's passes over the pooled training data, for centralized
     // baselines that match it (`federation.rounds` set).
     let passes =
@@ -440,30 +435,19 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
             central::Central::Single,
             central::Central::DataParallel(cfg.dp_workers()),
         ] {
-            let name = which.method();
-            let bar = progress::bar(opts.quiet, central_cfg.epochs as u64, &name, "epochs");
-            let mut run = MethodRun {
-                method: name.clone(),
-                federated: false,
-                rows: Vec::new(),
-            };
             let threads = match which {
-                central::Central::Single => 1,
                 central::Central::DataParallel(w) => w.max(config::cores()),
+                _ => 1,
             };
-            central::run(which, &data, &cfg, &central_cfg, &initial, threads, |row| {
-                csv.push(&row)?;
-                bar.set_message(format!(
-                    "test {} {:.4}",
-                    row.test.metrics.headline().0,
-                    row.test.headline()
-                ));
-                bar.inc(1);
-                run.rows.push(row);
-                Ok(())
-            })
-            .with_context(|| format!("training {name}"))?;
-            bar.finish();
+            let (run, _) = central_method(
+                &CentralPlan::new(which, threads),
+                &data,
+                &cfg,
+                &central_cfg,
+                &initial,
+                opts.quiet,
+                &mut csv,
+            )?;
             runs.push(run);
         }
     }
@@ -502,6 +486,115 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         baselines,
         report: md,
     })
+}
+
+/// Runs a study's federation (the caller holds the thread lock) under a
+/// progress bar, streaming its rows into `csv`: its rows and the round
+/// records. A federation the engine aborted is an error.
+pub(crate) fn federation_method(
+    data: &StudyData,
+    cfg: &SimConfig,
+    initial: &Params,
+    out: &Path,
+    quiet: bool,
+    csv: &mut record::MetricsCsv,
+) -> Result<(MethodRun, Vec<(RoundMetrics, RoundTiming)>)> {
+    let method = cfg.federation.strategy.name().to_string();
+    let bar = progress::bar(quiet, cfg.max_rounds(), &method, "rounds");
+    let mut fed_run = MethodRun {
+        method: method.clone(),
+        federated: true,
+        rows: Vec::new(),
+    };
+    let mut rounds = Vec::new();
+    let summary = federate_locked(data, cfg, initial, out, &bar, |r| {
+        csv.push(&r.row)?;
+        fed_run.rows.push(r.row.clone());
+        rounds.push((r.metrics.clone(), r.timing.clone()));
+        Ok(())
+    })
+    .with_context(|| format!("the {method} federation"))?;
+    bar.finish();
+    if let Outcome::Aborted { round, reason } = &summary.outcome {
+        bail!("the federation stopped in round {round}: {reason}");
+    }
+    if summary.stopped_early {
+        tracing::info!(
+            rounds = summary.rounds_completed,
+            best_round = summary.best.map(|b| b.round),
+            "{method}: validation stopped improving"
+        );
+    }
+    Ok((fed_run, rounds))
+}
+
+/// A centralized method as a run names and threads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CentralPlan {
+    /// The trainer.
+    pub which: central::Central,
+    /// libtorch's intra-op threads in all (shared by its workers).
+    pub threads: usize,
+    /// Its name in the outputs.
+    pub name: String,
+}
+
+impl CentralPlan {
+    /// `which` with `threads`, named as usual ([`central::Central::method`]).
+    pub fn new(which: central::Central, threads: usize) -> Self {
+        CentralPlan {
+            which,
+            threads,
+            name: which.method(),
+        }
+    }
+}
+
+/// Trains one centralized method ([`central::run`]) under a progress bar,
+/// streaming its rows (named `plan.name`) into `csv`: its rows and what
+/// the trainer reported.
+pub(crate) fn central_method(
+    plan: &CentralPlan,
+    data: &StudyData,
+    cfg: &SimConfig,
+    central_cfg: &fedcrime_ml::train::TrainConfig,
+    initial: &Params,
+    quiet: bool,
+    csv: &mut record::MetricsCsv,
+) -> Result<(MethodRun, central::CentralRun)> {
+    let name = plan.name.clone();
+    let bar = progress::bar(quiet, central_cfg.epochs as u64, &name, "epochs");
+    let mut run = MethodRun {
+        method: name.clone(),
+        federated: false,
+        rows: Vec::new(),
+    };
+    let outcome = central::run(
+        plan.which,
+        data,
+        cfg,
+        central_cfg,
+        initial,
+        plan.threads,
+        |row| {
+            let row = Row {
+                method: name.clone(),
+                ..row
+            };
+            csv.push(&row)?;
+            bar.set_message(format!(
+                "test {} {:.4}",
+                row.test.metrics.headline().0,
+                row.test.headline()
+            ));
+            bar.inc(1);
+            run.rows.push(row);
+            Ok(())
+        },
+    )
+    .with_context(|| format!("training {name}"))?;
+    bar.finish();
+    Ok((run, outcome))
 }
 
 /// The setup bullets of `report.md`.
