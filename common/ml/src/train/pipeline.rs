@@ -5,8 +5,9 @@
 //! The model's units (see [`crate::model::stages`]) are split into `S`
 //! contiguous stages ([`stage_units`]: the graph attention, the TCN blocks
 //! and the head of the gat-tcn; hidden layers and the head of the dnn; LSTM
-//! layers and the head of the lstm). Stage `k` runs on its own thread with
-//! `threads / S` libtorch intra-op threads on the CPU, or on `cuda:k` (its
+//! layers and the head of the lstm). Stage `k` runs on its own thread (stage
+//! 0 on the calling thread) with `threads / S` libtorch intra-op threads on
+//! the CPU, or on `cuda:k` (its
 //! variables are moved there; activations and gradients are copied between
 //! devices). Each step's batch is cut into `M` micro-batches that flow
 //! forward through the stages, stage `k` starting micro-batch `m + 1` while
@@ -211,38 +212,81 @@ impl CrimeModel for Placed {
 
 /// What flows into a stage.
 enum StageMsg {
-    /// Micro-batch `m` forward: its samples, what the previous stage
-    /// returned (nothing for stage 0) and its share of the batch's loss.
+    /// Micro-batch `m` (of `count` in the batch) forward: its samples, what
+    /// the previous stage returned (nothing for stage 0) and its share of
+    /// the batch's loss.
     Forward {
         m: usize,
+        count: usize,
         batch: Batch,
         carried: Vec<Tensor>,
         share: f64,
     },
     /// Micro-batch `m` backward: the gradient of the loss with respect to
-    /// each of this stage's outputs.
-    Backward { m: usize, grads: Vec<Tensor> },
+    /// each of this stage's outputs; with the batch's last micro-batch, the
+    /// batch's loss (on its way to stage 0, the coordinating thread).
+    Backward {
+        m: usize,
+        grads: Vec<Tensor>,
+        loss: Option<Tensor>,
+    },
+    /// A stage thread panicked (sent to stage 0).
+    Failed,
     /// The fit is over.
     Stop,
 }
 
-/// What a stage tells the coordinating thread.
-enum Report {
-    /// The last stage's share-weighted loss of a micro-batch (f64, detached).
-    Loss(Tensor),
-    /// Stage 0 finished a micro-batch's backward pass (so every stage has).
-    Done,
-    /// A stage panicked.
-    Failed,
-}
-
-/// Sends [`Report::Failed`] when the stage thread unwinds.
-struct PanicAlarm(Sender<Report>);
+/// Sends [`StageMsg::Failed`] to stage 0 when a stage thread unwinds.
+struct PanicAlarm(Sender<StageMsg>);
 
 impl Drop for PanicAlarm {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = self.0.send(Report::Failed);
+            let _ = self.0.send(StageMsg::Failed);
+        }
+    }
+}
+
+/// How long a stage polls its inbox before it sleeps. The gaps between a
+/// stage's messages within a batch are mostly shorter than waking a
+/// sleeping thread takes on a virtual machine (tens to hundreds of
+/// microseconds), which for small models was most of the pipeline's
+/// overhead; between batches (the optimizer step) and epochs it sleeps.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// The next message, polling for [`SPIN`] before blocking.
+fn recv(inbox: &Receiver<StageMsg>) -> Option<StageMsg> {
+    let t0 = Instant::now();
+    loop {
+        match inbox.try_recv() {
+            Ok(msg) => return Some(msg),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if t0.elapsed() < SPIN => std::hint::spin_loop(),
+            Err(mpsc::TryRecvError::Empty) => return inbox.recv().ok(),
+        }
+    }
+}
+
+/// What the stages count while they run.
+struct Counters {
+    /// Bytes of activations and gradients passed between stages.
+    bytes: AtomicU64,
+    /// Per stage: nanoseconds spent computing (not waiting for messages).
+    busy_ns: Vec<AtomicU64>,
+}
+
+impl Counters {
+    fn new(stages: usize) -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            busy_ns: (0..stages).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn reset(&self) {
+        self.bytes.store(0, Ordering::Relaxed);
+        for b in &self.busy_ns {
+            b.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -254,67 +298,98 @@ fn bytes_of(ts: &[Tensor]) -> u64 {
         .sum()
 }
 
-/// A stage thread's view of its work and its links.
+/// A micro-batch between its forward and its backward pass.
+struct InFlight {
+    m: usize,
+    count: usize,
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+}
+
+/// What handling a message led to.
+enum Step {
+    /// Done; more messages to come.
+    Continue,
+    /// Stage 0 finished the batch's last backward pass (so every stage
+    /// has): the batch's loss (f64, detached, on the last stage's device).
+    Finished(Tensor),
+    /// The fit is over, or a neighbour is gone.
+    Closed,
+}
+
+/// One stage's work and its links: stage 0 runs on the coordinating
+/// thread, every other stage on its own.
 struct StageWorker<'a> {
-    first: bool,
+    k: usize,
     last: bool,
     units: Range<usize>,
     device: Device,
     layers: Box<dyn Layers>,
     next: Option<Sender<StageMsg>>,
     prev: Option<Sender<StageMsg>>,
-    main: Sender<Report>,
-    bytes: &'a AtomicU64,
+    counters: &'a Counters,
+    /// Micro-batches waiting for their gradient, oldest first.
+    pending: VecDeque<InFlight>,
+    /// The last stage's running loss of the current batch.
+    batch_loss: Option<Tensor>,
 }
 
 impl StageWorker<'_> {
-    /// Handles messages until [`StageMsg::Stop`] (or until the coordinating
-    /// thread is gone).
-    fn run(self, inbox: Receiver<StageMsg>) {
-        let _alarm = PanicAlarm(self.main.clone());
-        // Micro-batches waiting for their gradient: (m, inputs, outputs).
-        let mut pending: VecDeque<(usize, Vec<Tensor>, Vec<Tensor>)> = VecDeque::new();
-        while let Ok(msg) = inbox.recv() {
-            let sent = match msg {
-                StageMsg::Stop => break,
-                StageMsg::Forward {
-                    m,
-                    batch,
-                    carried,
-                    share,
-                } => self.forward(m, batch, carried, share, &mut pending),
-                StageMsg::Backward { m, grads } => {
-                    let Some((pm, inputs, outputs)) = pending.pop_front() else {
-                        panic!("gradient of micro-batch {m} without its forward pass");
-                    };
-                    assert_eq!(pm, m, "micro-batches return in order");
-                    let surrogate = outputs
-                        .iter()
-                        .zip(&grads)
-                        .map(|(o, g)| (o * g.to_device(self.device)).sum(Kind::Float))
-                        .reduce(|a, b| a + b);
-                    if let Some(s) = surrogate {
-                        s.backward();
-                    }
-                    self.upstream(m, &inputs)
-                }
-            };
-            if !sent {
+    /// A stage thread's loop: handles messages until [`StageMsg::Stop`]
+    /// (or until a neighbour is gone); a panic is reported to stage 0.
+    fn run(mut self, inbox: Receiver<StageMsg>, stage0: Sender<StageMsg>) {
+        let _alarm = PanicAlarm(stage0);
+        while let Some(msg) = recv(&inbox) {
+            if matches!(self.handle(msg), Step::Closed) {
                 break;
             }
         }
     }
 
+    /// Handles one message, counting the time it took.
+    fn handle(&mut self, msg: StageMsg) -> Step {
+        let t0 = Instant::now();
+        let step = match msg {
+            StageMsg::Stop | StageMsg::Failed => Step::Closed,
+            StageMsg::Forward {
+                m,
+                count,
+                batch,
+                carried,
+                share,
+            } => self.forward(m, count, batch, carried, share),
+            StageMsg::Backward { m, grads, loss } => {
+                let Some(f) = self.pending.pop_front() else {
+                    panic!("gradient of micro-batch {m} without its forward pass");
+                };
+                assert_eq!(f.m, m, "micro-batches return in order");
+                let surrogate = f
+                    .outputs
+                    .iter()
+                    .zip(&grads)
+                    .map(|(o, g)| (o * g.to_device(self.device)).sum(Kind::Float))
+                    .reduce(|a, b| a + b);
+                if let Some(s) = surrogate {
+                    s.backward();
+                }
+                self.upstream(m, f.count, &f.inputs, loss)
+            }
+        };
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.counters.busy_ns[self.k].fetch_add(ns, Ordering::Relaxed);
+        step
+    }
+
     /// Micro-batch `m`'s forward pass (and for the last stage its loss and
-    /// backward pass); returns whether the message went out.
+    /// backward pass).
     fn forward(
-        &self,
+        &mut self,
         m: usize,
+        count: usize,
         batch: Batch,
         carried: Vec<Tensor>,
         share: f64,
-        pending: &mut VecDeque<(usize, Vec<Tensor>, Vec<Tensor>)>,
-    ) -> bool {
+    ) -> Step {
         let batch = batch_to(batch, self.device);
         let inputs: Vec<Tensor> = carried
             .iter()
@@ -325,33 +400,54 @@ impl StageWorker<'_> {
             .layers
             .forward_units(self.units.clone(), shallow, &batch, true);
         if self.last {
-            let output = &outputs[0];
-            let loss = self.layers.loss(output, &batch);
+            let loss = self.layers.loss(&outputs[0], &batch);
             (&loss * share).backward();
             let weighted = loss.detach().to_kind(Kind::Double) * share;
-            if self.main.send(Report::Loss(weighted)).is_err() {
-                return false;
-            }
-            return self.upstream(m, &inputs);
+            let total = match self.batch_loss.take() {
+                Some(l) => l + weighted,
+                None => weighted,
+            };
+            let loss = if m + 1 == count {
+                Some(total)
+            } else {
+                self.batch_loss = Some(total);
+                None
+            };
+            return self.upstream(m, count, &inputs, loss);
         }
         let out: Vec<Tensor> = outputs.iter().map(Tensor::detach).collect();
-        self.bytes.fetch_add(bytes_of(&out), Ordering::Relaxed);
-        pending.push_back((m, inputs, outputs));
+        self.counters
+            .bytes
+            .fetch_add(bytes_of(&out), Ordering::Relaxed);
+        self.pending.push_back(InFlight {
+            m,
+            count,
+            inputs,
+            outputs,
+        });
         let msg = StageMsg::Forward {
             m,
+            count,
             batch,
             carried: out,
             share,
         };
-        self.next.as_ref().is_some_and(|n| n.send(msg).is_ok())
+        match self.next.as_ref().map(|n| n.send(msg)) {
+            Some(Ok(())) => Step::Continue,
+            _ => Step::Closed,
+        }
     }
 
-    /// After micro-batch `m`'s backward pass: the inputs' gradients go to
-    /// the previous stage, or stage 0 reports the micro-batch done.
-    fn upstream(&self, m: usize, inputs: &[Tensor]) -> bool {
-        if self.first {
-            return self.main.send(Report::Done).is_ok();
-        }
+    /// After micro-batch `m`'s backward pass: the inputs' gradients (and
+    /// the batch's loss) go to the previous stage; stage 0 finishes the
+    /// batch with its last micro-batch.
+    fn upstream(&self, m: usize, count: usize, inputs: &[Tensor], loss: Option<Tensor>) -> Step {
+        let Some(prev) = &self.prev else {
+            return match loss {
+                Some(l) => Step::Finished(l),
+                None => Step::Continue,
+            };
+        };
         let grads: Vec<Tensor> = inputs
             .iter()
             .map(|x| {
@@ -363,9 +459,14 @@ impl StageWorker<'_> {
                 }
             })
             .collect();
-        self.bytes.fetch_add(bytes_of(&grads), Ordering::Relaxed);
-        let msg = StageMsg::Backward { m, grads };
-        self.prev.as_ref().is_some_and(|p| p.send(msg).is_ok())
+        self.counters
+            .bytes
+            .fetch_add(bytes_of(&grads), Ordering::Relaxed);
+        debug_assert!(loss.is_none() || m + 1 == count);
+        match prev.send(StageMsg::Backward { m, grads, loss }) {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Closed,
+        }
     }
 }
 
@@ -399,6 +500,7 @@ pub struct PipelineTrainer {
     cfg: TrainConfig,
     threads: Option<usize>,
     bytes_per_epoch: u64,
+    stage_busy: Vec<f64>,
 }
 
 impl PipelineTrainer {
@@ -471,6 +573,7 @@ impl PipelineTrainer {
             cfg,
             threads: pipe.threads,
             bytes_per_epoch: 0,
+            stage_busy: Vec::new(),
         })
     }
 
@@ -508,6 +611,13 @@ impl PipelineTrainer {
     /// in the last epoch trained (0 before the first).
     pub fn bytes_per_epoch(&self) -> u64 {
         self.bytes_per_epoch
+    }
+
+    /// Each stage's busy fraction of the last epoch's training time (the
+    /// rest it waited for work: the pipeline's bubble and hand-offs); empty
+    /// before the first epoch.
+    pub fn stage_busy(&self) -> &[f64] {
+        &self.stage_busy
     }
 
     /// The training configuration.
@@ -569,14 +679,15 @@ impl PipelineTrainer {
         let mut report = FitReport::default();
         let steps = train.len().div_ceil(cfg.batch_size);
         let class_weights = self.share_weights();
-        let bytes = AtomicU64::new(0);
+        let counters = Counters::new(s);
         let mut last_bytes = 0;
-        let outcome = self.with_stages(&bytes, |pipe| {
+        let mut busy = vec![0.0; s];
+        let outcome = self.with_stages(&counters, |pipe| {
             for epoch in 1..=cfg.epochs {
                 let t0 = Instant::now();
                 let pb = epoch_bar(cfg.progress, steps, epoch, cfg.epochs);
                 let loss_sum = Tensor::zeros([], (Kind::Double, pipe.loss_device));
-                bytes.store(0, Ordering::Relaxed);
+                counters.reset();
                 let plan = BatchPlan {
                     batch_size: cfg.batch_size,
                     parts: self.micro_batches,
@@ -603,10 +714,15 @@ impl PipelineTrainer {
                 })?;
                 let train_secs = t0.elapsed().as_secs_f64();
                 pb.finish_and_clear();
-                last_bytes = bytes.load(Ordering::Relaxed);
+                last_bytes = counters.bytes.load(Ordering::Relaxed);
+                busy = counters
+                    .busy_ns
+                    .iter()
+                    .map(|ns| ns.load(Ordering::Relaxed) as f64 * 1e-9 / train_secs.max(1e-9))
+                    .collect();
                 let train_loss = epoch_train_loss(&loss_sum, train.len(), epoch)?;
                 let eval = match val {
-                    Some(v) => Some(self.evaluate(v)?),
+                    Some(v) => Some(pipe.outside(|| self.evaluate(v))?),
                     None => None,
                 };
                 let stopping = track_best(
@@ -633,6 +749,7 @@ impl PipelineTrainer {
                     val_loss = record.val_loss,
                     samples_per_sec = record.samples_per_sec,
                     bytes_between_stages = last_bytes,
+                    stage_busy = ?busy,
                     "epoch done"
                 );
                 on_epoch(&record);
@@ -645,6 +762,7 @@ impl PipelineTrainer {
             Ok(())
         });
         self.bytes_per_epoch = last_bytes;
+        self.stage_busy = busy;
         outcome?;
         restore_best(&stop, snapshot.as_ref(), &mut report);
         Ok(report)
@@ -663,10 +781,10 @@ impl PipelineTrainer {
 
     /// Runs `body` with the stage threads started (each CPU stage with its
     /// share of the intra-op threads), counting the bytes they pass to each
-    /// other in `bytes`; stops them afterwards.
+    /// other and their busy time in `counters`; stops them afterwards.
     fn with_stages<R>(
         &self,
-        bytes: &AtomicU64,
+        counters: &Counters,
         body: impl FnOnce(&Pipe) -> Result<R>,
     ) -> Result<R> {
         let s = self.stages();
@@ -674,27 +792,41 @@ impl PipelineTrainer {
             .threads
             .unwrap_or(tch::get_num_threads().max(1) as usize);
         let per_stage = (total / s).max(1) as i32;
-        std::thread::scope(|scope| {
-            let (main_tx, main_rx) = mpsc::channel::<Report>();
-            let links: Vec<(Sender<StageMsg>, Receiver<StageMsg>)> =
-                (0..s).map(|_| mpsc::channel()).collect();
-            let senders: Vec<Sender<StageMsg>> = links.iter().map(|(tx, _)| tx.clone()).collect();
-            let mut handles = Vec::with_capacity(s);
+        let links: Vec<(Sender<StageMsg>, Receiver<StageMsg>)> =
+            (0..s).map(|_| mpsc::channel()).collect();
+        let senders: Vec<Sender<StageMsg>> = links.iter().map(|(tx, _)| tx.clone()).collect();
+        let worker = |k: usize| {
+            let stage = &self.model.stages[k];
+            StageWorker {
+                k,
+                last: k + 1 == s,
+                units: stage.units.clone(),
+                device: stage.device,
+                layers: self.model.inner.layers(stage.device),
+                next: senders.get(k + 1).cloned(),
+                prev: k.checked_sub(1).map(|p| senders[p].clone()),
+                counters,
+                pending: VecDeque::new(),
+                batch_loss: None,
+            }
+        };
+        let mut inboxes = links.into_iter().map(|(_, rx)| rx);
+        let Some(inbox0) = inboxes.next() else {
+            unreachable!("a pipeline has at least one stage")
+        };
+        // Stage 0 runs on this thread, with a stage's share of the threads.
+        let cpu0 = self.model.stages[0].device == Device::Cpu;
+        let before = tch::get_num_threads();
+        if cpu0 {
+            tch::set_num_threads(per_stage);
+        }
+        let outcome = std::thread::scope(|scope| {
+            let mut handles = Vec::with_capacity(s - 1);
             let mut spawned = Ok(());
-            for (k, (_, inbox)) in links.into_iter().enumerate() {
-                let stage = &self.model.stages[k];
-                let worker = StageWorker {
-                    first: k == 0,
-                    last: k + 1 == s,
-                    units: stage.units.clone(),
-                    device: stage.device,
-                    layers: self.model.inner.layers(stage.device),
-                    next: senders.get(k + 1).cloned(),
-                    prev: k.checked_sub(1).map(|p| senders[p].clone()),
-                    main: main_tx.clone(),
-                    bytes,
-                };
-                let cpu = stage.device == Device::Cpu;
+            for (k, inbox) in (1..s).zip(inboxes) {
+                let w = worker(k);
+                let cpu = w.device == Device::Cpu;
+                let stage0 = senders[0].clone();
                 let handle = std::thread::Builder::new()
                     .name(format!("fedcrime-stage-{k}"))
                     .spawn_scoped(scope, move || {
@@ -703,7 +835,7 @@ impl PipelineTrainer {
                         if cpu {
                             tch::set_num_threads(per_stage);
                         }
-                        worker.run(inbox);
+                        w.run(inbox, stage0);
                     });
                 match handle {
                     Ok(h) => handles.push(h),
@@ -716,15 +848,16 @@ impl PipelineTrainer {
                     }
                 }
             }
-            drop(main_tx);
             let pipe = Pipe {
-                senders,
-                main: main_rx,
+                stage0: std::cell::RefCell::new(worker(0)),
+                inbox: inbox0,
+                senders: senders.clone(),
                 loss_device: self.model.stages[s - 1].device,
+                threads: (cpu0.then_some(per_stage), before),
             };
             let outcome = spawned.and_then(|()| body(&pipe));
             // A stage that already ended (it failed) no longer receives.
-            for tx in &pipe.senders {
+            for tx in &pipe.senders[1..] {
                 let _ = tx.send(StageMsg::Stop);
             }
             let mut joined = Ok(());
@@ -734,7 +867,11 @@ impl PipelineTrainer {
                 }
             }
             outcome.and_then(|r| joined.map(|()| r))
-        })
+        });
+        if cpu0 {
+            tch::set_num_threads(before);
+        }
+        outcome
     }
 
     /// The gradient of one batch (`indices` of `ds`) through the pipeline,
@@ -747,54 +884,82 @@ impl PipelineTrainer {
             let mut v = v;
             v.zero_grad();
         }
-        let bytes = AtomicU64::new(0);
-        let loss = self.with_stages(&bytes, |pipe| pipe.run_batch(lb))?;
+        let counters = Counters::new(self.stages());
+        let loss = self.with_stages(&counters, |pipe| pipe.run_batch(lb))?;
         Ok(f64::try_from(loss)?)
     }
 }
 
-/// The coordinating thread's links to running stages.
-struct Pipe {
+/// The coordinating thread's side of running stages: stage 0 itself and
+/// the links to the others.
+struct Pipe<'a> {
+    stage0: std::cell::RefCell<StageWorker<'a>>,
+    /// Stage 0's inbox: gradients from stage 1, failures.
+    inbox: Receiver<StageMsg>,
     senders: Vec<Sender<StageMsg>>,
-    main: Receiver<Report>,
     /// Where the last stage computes the loss.
     loss_device: Device,
+    /// Stage 0's intra-op threads (when on the CPU) and this thread's
+    /// own, for work between batches (evaluation).
+    threads: (Option<i32>, i32),
 }
 
-impl Pipe {
+impl Pipe<'_> {
     fn lost() -> TrainError {
         TrainError::Worker("pipeline stage")
+    }
+
+    /// Runs `f` with this thread's own intra-op threads instead of stage 0's.
+    fn outside<R>(&self, f: impl FnOnce() -> R) -> R {
+        let (stage, own) = self.threads;
+        if stage.is_some() {
+            tch::set_num_threads(own);
+        }
+        let r = f();
+        if let Some(t) = stage {
+            tch::set_num_threads(t);
+        }
+        r
     }
 
     /// Sends a batch's micro-batches through the stages and waits until
     /// their gradients have accumulated in the variables; returns the
     /// batch's loss (f64, on the last stage's device).
     fn run_batch(&self, lb: super::loader::LoadedBatch) -> Result<Tensor> {
-        let mut sent = 0;
+        // Parts are empty only at the end (a batch smaller than M).
+        let count = lb.parts.iter().filter(|p| p.is_some()).count();
+        let mut stage0 = self.stage0.borrow_mut();
+        let mut finished = None;
         for (m, (part, &share)) in lb.parts.into_iter().zip(&lb.shares).enumerate() {
             let Some(batch) = part else { continue };
             let msg = StageMsg::Forward {
                 m,
+                count,
                 batch,
                 carried: Vec::new(),
                 share,
             };
-            self.senders[0].send(msg).map_err(|_| Self::lost())?;
-            sent += 1;
-        }
-        let mut loss = Tensor::zeros([], (Kind::Double, self.loss_device));
-        let (mut losses, mut done) = (0, 0);
-        while losses < sent || done < sent {
-            match self.main.recv().map_err(|_| Self::lost())? {
-                Report::Loss(l) => {
-                    loss += l;
-                    losses += 1;
-                }
-                Report::Done => done += 1,
-                Report::Failed => return Err(Self::lost()),
+            match stage0.handle(msg) {
+                Step::Continue => {}
+                Step::Finished(loss) => finished = Some(loss),
+                Step::Closed => return Err(Self::lost()),
             }
         }
-        Ok(loss)
+        if count == 0 {
+            return Ok(Tensor::zeros([], (Kind::Double, self.loss_device)));
+        }
+        // One stage: its last forward pass finished the batch.
+        if let Some(loss) = finished {
+            return Ok(loss);
+        }
+        loop {
+            let msg = recv(&self.inbox).ok_or_else(Self::lost)?;
+            match stage0.handle(msg) {
+                Step::Continue => {}
+                Step::Finished(loss) => return Ok(loss),
+                Step::Closed => return Err(Self::lost()),
+            }
+        }
     }
 }
 
@@ -1072,6 +1237,12 @@ mod tests {
         t.fit(&train, None).unwrap();
         assert_eq!(t.bytes_per_epoch(), 20 * 12 * 4 * 2);
         assert_eq!(t.stage_units(), vec![0..2, 2..4]);
+        assert_eq!(t.stage_busy().len(), 2);
+        assert!(
+            t.stage_busy().iter().all(|&b| b > 0.0 && b <= 1.0),
+            "{:?}",
+            t.stage_busy()
+        );
         assert_eq!(t.stage_devices(), vec![Device::Cpu; 2]);
     }
 
