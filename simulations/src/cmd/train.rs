@@ -3,8 +3,8 @@
 //!
 //! Loads an LAPD export (`--data`) or generates the embedded LA-like synthetic
 //! data, builds the task with its temporal split, trains with the station
-//! trainer (`--workers 1`) or the data-parallel trainer (`--workers W`), and
-//! writes to `--out`:
+//! trainer (`--workers 1`), the data-parallel trainer (`--workers W`) or the
+//! model-parallel trainer (`--model-parallel S`), and writes to `--out`:
 //!
 //! - `metrics.csv`: one row per epoch: epoch, train_loss, val_loss, the task's
 //!   validation metrics, samples_per_sec, seconds;
@@ -27,7 +27,8 @@ use fedcrime_ml::model::{
 };
 use fedcrime_ml::train::{
     evaluate_baselines, BaselineResult, ClassWeighting, EpochRecord, Evaluation, FitReport,
-    Metrics, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
+    Metrics, ParallelConfig, ParallelTrainer, PipelineConfig, PipelineTrainer, TrainConfig,
+    Trainer,
 };
 use fedcrime_ml::DeviceChoice;
 
@@ -197,6 +198,23 @@ pub struct TrainArgs {
     /// Data-parallel replicas (CPU workers, or one per CUDA device).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Model parallelism: the model's layers cut into STAGES consecutive
+    /// stages, each on its own thread (CPU: `--threads` split among them)
+    /// or CUDA device (cuda:0..STAGES), with each batch's micro-batches
+    /// pipelined through them (GPipe) and one optimizer step per batch. At
+    /// most: dnn and lstm layers + 1 (the head is a stage), gat-tcn layers
+    /// + 2 (graph attention, TCN blocks, head). Not with --workers > 1.
+    #[arg(long, value_name = "STAGES")]
+    pub model_parallel: Option<usize>,
+    /// Micro-batches each batch is cut into with --model-parallel (more
+    /// keep the stages busier, smaller ones cost more per sample).
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = 4,
+        requires = "model_parallel"
+    )]
+    pub micro_batches: usize,
     /// Where to train: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -303,10 +321,11 @@ impl MetricsCsv {
     }
 }
 
-/// Either trainer, behind one face.
+/// Any trainer, behind one face.
 enum AnyTrainer {
     Station(Trainer),
     Parallel(ParallelTrainer),
+    Pipeline(PipelineTrainer),
 }
 
 impl AnyTrainer {
@@ -318,6 +337,7 @@ impl AnyTrainer {
         Ok(match self {
             AnyTrainer::Station(t) => t.fit_observed(&s.train, Some(&s.val), on_epoch)?,
             AnyTrainer::Parallel(t) => t.fit_observed(&s.train, Some(&s.val), on_epoch)?,
+            AnyTrainer::Pipeline(t) => t.fit_observed(&s.train, Some(&s.val), on_epoch)?,
         })
     }
 
@@ -325,6 +345,7 @@ impl AnyTrainer {
         Ok(match self {
             AnyTrainer::Station(t) => t.evaluate(ds)?,
             AnyTrainer::Parallel(t) => t.evaluate(ds)?,
+            AnyTrainer::Pipeline(t) => t.evaluate(ds)?,
         })
     }
 
@@ -332,6 +353,7 @@ impl AnyTrainer {
         match self {
             AnyTrainer::Station(t) => t.model(),
             AnyTrainer::Parallel(t) => t.model(),
+            AnyTrainer::Pipeline(t) => t.model(),
         }
     }
 }
@@ -339,6 +361,13 @@ impl AnyTrainer {
 /// Runs the command.
 pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
     let started = Instant::now();
+    if let (Some(stages), true) = (args.model_parallel, args.workers > 1) {
+        bail!(
+            "--model-parallel {stages} and --workers {} are exclusive: model parallelism \
+             splits the layers, data parallelism the batch; choose one",
+            args.workers
+        );
+    }
     let mut tcfg = args.train_config()?;
     tcfg.progress &= !global.quiet;
     if let Some(t) = args.threads {
@@ -362,7 +391,17 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
 
     tch::manual_seed(tcfg.seed as i64);
-    let mut trainer = if args.workers > 1 {
+    let mut trainer = if let Some(stages) = args.model_parallel {
+        let pipe = PipelineConfig {
+            stages,
+            micro_batches: args.micro_batches,
+            device: args.device,
+            threads: args.threads,
+        };
+        AnyTrainer::Pipeline(
+            PipelineTrainer::new(&mcfg, tcfg.clone(), &pipe).context("--model-parallel")?,
+        )
+    } else if args.workers > 1 {
         let par = ParallelConfig {
             workers: args.workers,
             device: args.device,
@@ -435,6 +474,10 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         val: val_metrics.as_ref(),
         val_baselines: &val_baselines,
     });
+    let md = match &trainer {
+        AnyTrainer::Pipeline(t) => md + &pipeline_section(t)?,
+        _ => md,
+    };
     let report_path = args.out.join("report.md");
     std::fs::write(&report_path, &md)
         .with_context(|| format!("writing {}", report_path.display()))?;
@@ -449,6 +492,29 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `report.md`'s account of a model-parallel run: the stages, their devices
+/// and sizes, and what passed between them.
+fn pipeline_section(t: &PipelineTrainer) -> anyhow::Result<String> {
+    let mut md = String::from("\n## Model parallelism\n\n| stage | layer units | device | parameters |\n|---:|---|---|---:|\n");
+    let params = t.stage_params()?;
+    for (k, ((units, device), n)) in t
+        .stage_units()
+        .iter()
+        .zip(t.stage_devices())
+        .zip(params)
+        .enumerate()
+    {
+        let _ = writeln!(md, "| {k} | {units:?} | {device:?} | {n} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n{} micro-batches per batch; {:.2} MB of activations and gradients between stages in the last epoch.",
+        t.micro_batches(),
+        t.bytes_per_epoch() as f64 / 1e6
+    );
+    Ok(md)
 }
 
 /// Formats a metric for a table.
@@ -731,6 +797,39 @@ mod tests {
         .train;
         let e = run(&args, &quiet()).unwrap_err();
         assert!(format!("{e:#}").contains("--task counts"), "{e:#}");
+    }
+
+    #[test]
+    fn model_parallel_excludes_workers_and_checks_its_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().to_str().unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["x", "--rows", "3000", "--epochs", "1", "--out", out];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| c.train)
+        };
+        let both = parse(&["--model-parallel", "2", "--workers", "2"]).unwrap();
+        let e = run(&both, &quiet()).unwrap_err();
+        assert!(format!("{e:#}").contains("exclusive"), "{e:#}");
+        // --micro-batches only means something with --model-parallel.
+        assert!(parse(&["--micro-batches", "2"]).is_err());
+        let too_many = parse(&["--model-parallel", "9", "--device", "cpu"]).unwrap();
+        let e = run(&too_many, &quiet()).unwrap_err();
+        assert!(format!("{e:#}").contains("stages"), "{e:#}");
+        let ok = parse(&[
+            "--model-parallel",
+            "2",
+            "--micro-batches",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .unwrap();
+        run(&ok, &quiet()).unwrap();
+        let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(report.contains("## Model parallelism"), "{report}");
     }
 
     #[test]

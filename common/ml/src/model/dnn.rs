@@ -17,6 +17,8 @@
 //! a federation of one station per area (which averages each area's offset
 //! with 20 stations that never see it) falls below that baseline.
 
+use std::ops::Range;
+
 use tch::{nn, Device, Tensor};
 
 use super::config::ModelConfig;
@@ -24,19 +26,91 @@ use super::error::{ModelError, Result};
 use super::layers::{
     area_prior_weights, class_weights, linear, prior_bias, set_bias, task_loss, task_predict,
 };
+use super::stages::{index_after, share_linear, Layers};
 use super::{Batch, CrimeModel, ModelKind};
 use fedcrime_data::Task;
 
 /// The MLP.
 #[derive(Debug)]
 pub struct Dnn {
-    cfg: ModelConfig,
     vs: nn::VarStore,
+    net: DnnNet,
+}
+
+/// The MLP's computation (see [`Layers`]): units `0..layers` are the hidden
+/// layers, unit `layers` the head with the direct path.
+#[derive(Debug)]
+struct DnnNet {
+    cfg: ModelConfig,
     hidden: Vec<nn::Linear>,
     head: nn::Linear,
     /// The direct path from the features to the output (counts).
     area: Option<Tensor>,
     class_weights: Option<Tensor>,
+}
+
+impl DnnNet {
+    /// Shallow handles on the same variables; class weights on `device`.
+    fn share(&self, device: Device) -> Self {
+        DnnNet {
+            cfg: self.cfg.clone(),
+            hidden: self.hidden.iter().map(share_linear).collect(),
+            head: share_linear(&self.head),
+            area: self.area.as_ref().map(Tensor::shallow_clone),
+            class_weights: self.class_weights.as_ref().map(|w| w.to_device(device)),
+        }
+    }
+}
+
+impl Layers for DnnNet {
+    fn units(&self) -> usize {
+        self.hidden.len() + 1
+    }
+
+    fn forward_units(
+        &self,
+        range: Range<usize>,
+        carried: Vec<Tensor>,
+        batch: &Batch,
+        train: bool,
+    ) -> Vec<Tensor> {
+        let mut x = match carried.into_iter().next() {
+            Some(x) => x,
+            None => batch.features.shallow_clone(),
+        };
+        for unit in range {
+            x = match self.hidden.get(unit) {
+                Some(layer) => {
+                    let y = x.apply(layer).relu();
+                    if self.cfg.dropout > 0.0 {
+                        y.dropout(self.cfg.dropout, train)
+                    } else {
+                        y
+                    }
+                }
+                None => {
+                    let out = x.apply(&self.head);
+                    match &self.area {
+                        Some(w) => out + batch.features.matmul(&w.tr()),
+                        None => out,
+                    }
+                }
+            };
+        }
+        vec![x]
+    }
+
+    fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        task_loss(&self.cfg, self.class_weights.as_ref(), output, batch)
+    }
+
+    fn unit_of(&self, name: &str) -> Option<usize> {
+        if name.starts_with("head.") || name.starts_with("area.") {
+            Some(self.hidden.len())
+        } else {
+            index_after(name, "hidden.").filter(|&i| i < self.hidden.len())
+        }
+    }
 }
 
 impl Dnn {
@@ -78,14 +152,14 @@ impl Dnn {
         } else {
             None
         };
-        Ok(Dnn {
+        let net = DnnNet {
             cfg: cfg.clone(),
             class_weights: class_weights(cfg, device)?,
-            vs,
             hidden,
             head,
             area,
-        })
+        };
+        Ok(Dnn { vs, net })
     }
 }
 
@@ -95,34 +169,27 @@ impl CrimeModel for Dnn {
     }
 
     fn task(&self) -> Task {
-        self.cfg.task
+        self.net.cfg.task
     }
 
     fn config(&self) -> &ModelConfig {
-        &self.cfg
+        &self.net.cfg
     }
 
     fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
-        let mut x = batch.features.shallow_clone();
-        for layer in &self.hidden {
-            x = x.apply(layer).relu();
-            if self.cfg.dropout > 0.0 {
-                x = x.dropout(self.cfg.dropout, train);
-            }
-        }
-        let out = x.apply(&self.head);
-        match &self.area {
-            Some(w) => out + batch.features.matmul(&w.tr()),
-            None => out,
-        }
+        self.net.forward_all(batch, train)
     }
 
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
-        task_loss(&self.cfg, self.class_weights.as_ref(), output, batch)
+        self.net.loss(output, batch)
     }
 
     fn predict(&self, output: &Tensor) -> Tensor {
-        task_predict(&self.cfg, output)
+        task_predict(&self.net.cfg, output)
+    }
+
+    fn layers(&self, device: Device) -> Box<dyn Layers> {
+        Box::new(self.net.share(device))
     }
 
     fn var_store(&self) -> &nn::VarStore {

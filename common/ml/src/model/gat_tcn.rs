@@ -53,11 +53,14 @@
 //!
 //! [`ModelConfig::on_graph`]: super::ModelConfig::on_graph
 
+use std::ops::Range;
+
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::{CountLoss, ModelConfig};
 use super::error::{ModelError, Result};
 use super::layers::{task_loss, task_predict, PRIOR_FLOOR};
+use super::stages::{index_after, Layers};
 use super::{Batch, CrimeModel, ModelKind};
 use fedcrime_data::Task;
 
@@ -84,6 +87,14 @@ impl Conv {
         }
     }
 
+    /// Shallow handles on the same variables.
+    fn share(&self) -> Self {
+        Conv {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+        }
+    }
+
     /// Causal convolution of `x` `[n, c_in, T]` -> `[n, c_out, T]`: zero
     /// padding on the left only.
     fn causal(&self, x: &Tensor, dilation: i64) -> Tensor {
@@ -107,6 +118,35 @@ struct TemporalBlock {
     dilation: i64,
 }
 
+impl TemporalBlock {
+    /// Shallow handles on the same variables.
+    fn share(&self) -> Self {
+        TemporalBlock {
+            conv1: self.conv1.share(),
+            conv2: self.conv2.share(),
+            downsample: self.downsample.as_ref().map(Conv::share),
+            dilation: self.dilation,
+        }
+    }
+
+    /// The block on `z` `[n, channels, T]`.
+    fn forward(&self, z: Tensor, dropout: f64, train: bool) -> Tensor {
+        let mut y = self.conv1.causal(&z, self.dilation).relu();
+        if dropout > 0.0 {
+            y = y.dropout(dropout, train);
+        }
+        y = self.conv2.causal(&y, self.dilation).relu();
+        if dropout > 0.0 {
+            y = y.dropout(dropout, train);
+        }
+        let skip = match &self.downsample {
+            Some(conv) => conv.causal(&z, 1),
+            None => z,
+        };
+        (y + skip).relu()
+    }
+}
+
 /// The multi-head graph attention layer.
 #[derive(Debug)]
 struct Gat {
@@ -122,6 +162,20 @@ struct Gat {
 }
 
 impl Gat {
+    /// Shallow handles on the same variables; the mask on `device`.
+    fn share(&self, device: Device) -> Self {
+        Gat {
+            weight: self.weight.shallow_clone(),
+            att_src: self.att_src.shallow_clone(),
+            att_dst: self.att_dst.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+            mask: self.mask.to_device(device),
+            heads: self.heads,
+            head_dim: self.head_dim,
+            slope: self.slope,
+        }
+    }
+
     /// `x` `[b, T, A, F]` -> (`[b, T, A, heads * head_dim]`, attention
     /// `[b, T, heads, A, A]` before dropout).
     fn forward(&self, x: &Tensor, dropout: f64, train: bool) -> (Tensor, Tensor) {
@@ -170,12 +224,130 @@ pub struct GatTcnTrace {
 /// The graph attention + temporal convolution model.
 #[derive(Debug)]
 pub struct GatTcn {
-    cfg: ModelConfig,
     vs: nn::VarStore,
+    net: GatTcnNet,
+}
+
+/// The model's computation (see [`Layers`]): unit 0 is the graph
+/// attention, units `1..=layers` the TCN blocks, unit `layers + 1` the head.
+#[derive(Debug)]
+struct GatTcnNet {
+    cfg: ModelConfig,
     gat: Gat,
     tcn: Vec<TemporalBlock>,
     head_weight: Tensor,
     head_bias: Tensor,
+}
+
+impl GatTcnNet {
+    /// Shallow handles on the same variables; the graph mask on `device`.
+    fn share(&self, device: Device) -> Self {
+        GatTcnNet {
+            cfg: self.cfg.clone(),
+            gat: self.gat.share(device),
+            tcn: self.tcn.iter().map(TemporalBlock::share).collect(),
+            head_weight: self.head_weight.shallow_clone(),
+            head_bias: self.head_bias.shallow_clone(),
+        }
+    }
+
+    /// The batch's sequence view as `[b, T, A, F]`.
+    ///
+    /// # Panics
+    /// When the batch has no sequence view of width `areas * node features`.
+    fn input(&self, batch: &Batch) -> Tensor {
+        let seq = batch
+            .sequences
+            .as_ref()
+            .unwrap_or_else(|| panic!("the gat-tcn model needs batches with a sequence view"));
+        let size = seq.size();
+        let a = self.cfg.areas as i64;
+        let f = self.cfg.node_features() as i64;
+        seq.reshape([size[0], size[1], a, f])
+    }
+
+    /// The graph attention on `x` `[b, T, A, F]`, next to the raw node
+    /// features, laid out for the TCN: (`[b * A, hidden + F, T]`,
+    /// attention `[b, T, heads, A, A]`).
+    fn spatial(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let size = x.size();
+        let (b, t, a) = (size[0], size[1], size[2]);
+        let (spatial, attention) = self.gat.forward(x, self.cfg.dropout, train);
+        // [b, T, A, hidden + F] -> [b * A, hidden + F, T]
+        let z = Tensor::cat(&[&spatial, x], -1);
+        let channels = z.size()[3];
+        let z = z.permute([0, 2, 3, 1]).reshape([b * a, channels, t]);
+        (z, attention)
+    }
+
+    /// The output `[b, A * C]` from the TCN's `z` `[b * A, hidden, T]`
+    /// and the input `x` `[b, T, A, F]`.
+    fn head(&self, z: &Tensor, x: &Tensor) -> Tensor {
+        let size = x.size();
+        let (b, t, a) = (size[0], size[1], size[2]);
+        let hidden = self.cfg.hidden as i64;
+        let last = z.select(2, t - 1).view([b, a, hidden]);
+        (last.linear(&self.head_weight, Some(&self.head_bias)) + self.level_offset(x))
+            .view([b, self.cfg.output_dim as i64])
+    }
+
+    /// The per-node output offset `[b, A, C]` from the level channels of
+    /// the last step of `x` `[b, T, A, F]` (see the module doc).
+    fn level_offset(&self, x: &Tensor) -> Tensor {
+        let c = self.cfg.node_outputs() as i64;
+        let t = x.size()[1];
+        let level = x.select(1, t - 1).narrow(-1, c, c).expm1().clamp_min(0.0);
+        match self.cfg.count_loss {
+            CountLoss::Poisson => level.clamp_min(f64::from(PRIOR_FLOOR)).log(),
+            CountLoss::Mse => level,
+        }
+    }
+}
+
+impl Layers for GatTcnNet {
+    fn units(&self) -> usize {
+        self.tcn.len() + 2
+    }
+
+    fn forward_units(
+        &self,
+        range: Range<usize>,
+        carried: Vec<Tensor>,
+        batch: &Batch,
+        train: bool,
+    ) -> Vec<Tensor> {
+        let x = self.input(batch);
+        let mut z = carried.into_iter().next();
+        for unit in range {
+            let next = if unit == 0 {
+                self.spatial(&x, train).0
+            } else {
+                let z = z.unwrap_or_else(|| unreachable!("unit {unit} follows unit 0"));
+                match self.tcn.get(unit - 1) {
+                    Some(block) => block.forward(z, self.cfg.dropout, train),
+                    None => self.head(&z, &x),
+                }
+            };
+            z = Some(next);
+        }
+        z.into_iter().collect()
+    }
+
+    fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        task_loss(&self.cfg, None, output, batch)
+    }
+
+    fn unit_of(&self, name: &str) -> Option<usize> {
+        if name.starts_with("gat.") {
+            Some(0)
+        } else if name.starts_with("head.") {
+            Some(self.tcn.len() + 1)
+        } else {
+            index_after(name, "tcn.")
+                .filter(|&l| l < self.tcn.len())
+                .map(|l| l + 1)
+        }
+    }
 }
 
 impl GatTcn {
@@ -259,14 +431,14 @@ impl GatTcn {
         );
         // Zero: the level offset already starts every node at its mean.
         let head_bias = h.zeros("bias", &[out as i64]);
-        Ok(GatTcn {
+        let net = GatTcnNet {
             cfg: cfg.clone(),
-            vs,
             gat,
             tcn,
             head_weight,
             head_bias,
-        })
+        };
+        Ok(GatTcn { vs, net })
     }
 
     /// The forward pass with its intermediate results.
@@ -274,56 +446,19 @@ impl GatTcn {
     /// # Panics
     /// When the batch has no sequence view of width `areas * node features`.
     pub(crate) fn trace(&self, batch: &Batch, train: bool) -> GatTcnTrace {
-        let seq = batch
-            .sequences
-            .as_ref()
-            .unwrap_or_else(|| panic!("the gat-tcn model needs batches with a sequence view"));
-        let size = seq.size();
-        let (b, t) = (size[0], size[1]);
-        let a = self.cfg.areas as i64;
-        let f = self.cfg.node_features() as i64;
-        let x = seq.reshape([b, t, a, f]);
-        let (spatial, attention) = self.gat.forward(&x, self.cfg.dropout, train);
-        // [b, T, A, hidden + F] -> [b * A, hidden + F, T]
-        let z = Tensor::cat(&[&spatial, &x], -1);
-        let channels = z.size()[3];
-        let mut z = z.permute([0, 2, 3, 1]).reshape([b * a, channels, t]);
-        for block in &self.tcn {
-            let mut y = block.conv1.causal(&z, block.dilation).relu();
-            if self.cfg.dropout > 0.0 {
-                y = y.dropout(self.cfg.dropout, train);
-            }
-            y = block.conv2.causal(&y, block.dilation).relu();
-            if self.cfg.dropout > 0.0 {
-                y = y.dropout(self.cfg.dropout, train);
-            }
-            let skip = match &block.downsample {
-                Some(conv) => conv.causal(&z, 1),
-                None => z,
-            };
-            z = (y + skip).relu();
+        let net = &self.net;
+        let x = net.input(batch);
+        let size = x.size();
+        let (b, t, a) = (size[0], size[1], size[2]);
+        let (mut z, attention) = net.spatial(&x, train);
+        for block in &net.tcn {
+            z = block.forward(z, net.cfg.dropout, train);
         }
-        let hidden = self.cfg.hidden as i64;
-        let last = z.select(2, t - 1).view([b, a, hidden]);
-        let output = (last.linear(&self.head_weight, Some(&self.head_bias))
-            + self.level_offset(&x))
-        .view([b, self.cfg.output_dim as i64]);
+        let output = net.head(&z, &x);
         GatTcnTrace {
             attention,
-            temporal: z.view([b, a, hidden, t]),
+            temporal: z.view([b, a, net.cfg.hidden as i64, t]),
             output,
-        }
-    }
-
-    /// The per-node output offset `[b, A, C]` from the level channels of
-    /// the last step of `x` `[b, T, A, F]` (see the module doc).
-    fn level_offset(&self, x: &Tensor) -> Tensor {
-        let c = self.cfg.node_outputs() as i64;
-        let t = x.size()[1];
-        let level = x.select(1, t - 1).narrow(-1, c, c).expm1().clamp_min(0.0);
-        match self.cfg.count_loss {
-            CountLoss::Poisson => level.clamp_min(f64::from(PRIOR_FLOOR)).log(),
-            CountLoss::Mse => level,
         }
     }
 
@@ -339,23 +474,27 @@ impl CrimeModel for GatTcn {
     }
 
     fn task(&self) -> Task {
-        self.cfg.task
+        self.net.cfg.task
     }
 
     fn config(&self) -> &ModelConfig {
-        &self.cfg
+        &self.net.cfg
     }
 
     fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
-        self.trace(batch, train).output
+        self.net.forward_all(batch, train)
     }
 
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
-        task_loss(&self.cfg, None, output, batch)
+        self.net.loss(output, batch)
     }
 
     fn predict(&self, output: &Tensor) -> Tensor {
-        task_predict(&self.cfg, output)
+        task_predict(&self.net.cfg, output)
+    }
+
+    fn layers(&self, device: Device) -> Box<dyn Layers> {
+        Box::new(self.net.share(device))
     }
 
     fn var_store(&self) -> &nn::VarStore {
@@ -632,7 +771,7 @@ mod tests {
             let model = GatTcn::new(&cfg, Device::Cpu).unwrap();
             // A zero head: the prediction is the level offset alone.
             tch::no_grad(|| {
-                let _ = model.head_weight.shallow_clone().zero_();
+                let _ = model.net.head_weight.shallow_clone().zero_();
             });
             let batch = random_batch(2, 4);
             let seq = batch.sequences.as_ref().unwrap();

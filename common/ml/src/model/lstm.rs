@@ -19,6 +19,8 @@
 //! `lstm.weight_hh_l0`, `lstm.bias_ih_l0`, `lstm.bias_hh_l0`, ...,
 //! `head.weight`, `head.bias` (gates in PyTorch's i, f, g, o order).
 
+use std::ops::Range;
+
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::ModelConfig;
@@ -26,19 +28,129 @@ use super::error::{ModelError, Result};
 use super::layers::{
     area_prior_weights, class_weights, linear, prior_bias, set_bias, task_loss, task_predict,
 };
+use super::stages::{share_linear, Layers};
 use super::{Batch, CrimeModel, ModelKind};
 use fedcrime_data::Task;
 
 /// LSTMCrimeNet.
 #[derive(Debug)]
 pub struct Lstm {
-    cfg: ModelConfig,
     vs: nn::VarStore,
+    net: LstmNet,
+}
+
+/// LSTMCrimeNet's computation (see [`Layers`]): units `0..layers` are the
+/// stacked LSTM layers, unit `layers` the head.
+#[derive(Debug)]
+struct LstmNet {
+    cfg: ModelConfig,
     /// Per layer: `w_ih, w_hh, b_ih, b_hh`, the order libtorch's `lstm` takes.
     weights: Vec<Tensor>,
     head: nn::Linear,
     use_features: bool,
     class_weights: Option<Tensor>,
+}
+
+impl LstmNet {
+    /// Shallow handles on the same variables; class weights on `device`.
+    fn share(&self, device: Device) -> Self {
+        LstmNet {
+            cfg: self.cfg.clone(),
+            weights: self.weights.iter().map(Tensor::shallow_clone).collect(),
+            head: share_linear(&self.head),
+            use_features: self.use_features,
+            class_weights: self.class_weights.as_ref().map(|w| w.to_device(device)),
+        }
+    }
+
+    /// LSTM layers `layers` (a non-empty range) on `input` `[b, T, in]`:
+    /// one call to the fused kernel. Returns the last layer's output
+    /// sequence `[b, T, hidden]` when more layers follow (after the dropout
+    /// the fused call applies between layers), else its final hidden state
+    /// `[b, hidden]`.
+    fn lstm(&self, layers: Range<usize>, input: &Tensor, train: bool) -> Tensor {
+        let n = layers.len() as i64;
+        let b = input.size()[0];
+        let zeros = Tensor::zeros(
+            [n, b, self.cfg.hidden as i64],
+            (Kind::Float, input.device()),
+        );
+        let weights: Vec<&Tensor> = self.weights[4 * layers.start..4 * layers.end]
+            .iter()
+            .collect();
+        let (seq, h, _) = input.lstm(
+            &[&zeros, &zeros],
+            &weights,
+            true,
+            n,
+            self.cfg.dropout,
+            train,
+            false,
+            true,
+        );
+        if layers.end < self.cfg.layers {
+            if self.cfg.dropout > 0.0 {
+                seq.dropout(self.cfg.dropout, train)
+            } else {
+                seq
+            }
+        } else {
+            h.select(0, n - 1)
+        }
+    }
+}
+
+impl Layers for LstmNet {
+    fn units(&self) -> usize {
+        self.cfg.layers + 1
+    }
+
+    fn forward_units(
+        &self,
+        range: Range<usize>,
+        carried: Vec<Tensor>,
+        batch: &Batch,
+        train: bool,
+    ) -> Vec<Tensor> {
+        let layers = self.cfg.layers;
+        let mut x = carried.into_iter().next();
+        let lstm = range.start..range.end.min(layers);
+        if !lstm.is_empty() {
+            let input = match (&x, lstm.start) {
+                (Some(x), s) if s > 0 => x.shallow_clone(),
+                _ => batch
+                    .sequences
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("the lstm model needs batches with a sequence view"))
+                    .shallow_clone(),
+            };
+            x = Some(self.lstm(lstm, &input, train));
+        }
+        let mut x = x.unwrap_or_else(|| panic!("the lstm head needs the LSTM's hidden state"));
+        if range.end > layers {
+            if self.cfg.dropout > 0.0 {
+                x = x.dropout(self.cfg.dropout, train);
+            }
+            if self.use_features {
+                x = Tensor::cat(&[&x, &batch.features], 1);
+            }
+            x = x.apply(&self.head);
+        }
+        vec![x]
+    }
+
+    fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        task_loss(&self.cfg, self.class_weights.as_ref(), output, batch)
+    }
+
+    fn unit_of(&self, name: &str) -> Option<usize> {
+        if name.starts_with("head.") {
+            return Some(self.cfg.layers);
+        }
+        let field = name.strip_prefix("lstm.")?;
+        let layer: usize = field.rsplit_once("_l")?.1.parse().ok()?;
+        (layer < self.cfg.layers).then_some(layer)
+    }
 }
 
 impl Lstm {
@@ -101,14 +213,14 @@ impl Lstm {
                 .f_to_device(device)?;
             tch::no_grad(|| head.ws.f_narrow(1, h, n)?.f_copy_(&flat))?;
         }
-        Ok(Lstm {
+        let net = LstmNet {
             cfg: cfg.clone(),
             class_weights: class_weights(cfg, device)?,
-            vs,
             weights,
             head,
             use_features,
-        })
+        };
+        Ok(Lstm { vs, net })
     }
 
     /// The final hidden state of the last layer, `[b, hidden]`.
@@ -117,27 +229,11 @@ impl Lstm {
     /// When the batch has no sequence view (a dataset without one cannot
     /// produce an lstm config that validates).
     pub fn encode(&self, batch: &Batch, train: bool) -> Tensor {
-        let seq = batch
-            .sequences
-            .as_ref()
-            .unwrap_or_else(|| panic!("the lstm model needs batches with a sequence view"));
-        let b = seq.size()[0];
-        let layers = self.cfg.layers as i64;
-        let zeros = Tensor::zeros(
-            [layers, b, self.cfg.hidden as i64],
-            (Kind::Float, seq.device()),
-        );
-        let (_, h, _) = seq.lstm(
-            &[&zeros, &zeros],
-            &self.weights.iter().collect::<Vec<_>>(),
-            true,
-            layers,
-            self.cfg.dropout,
-            train,
-            false,
-            true,
-        );
-        h.select(0, layers - 1)
+        let mut h = self
+            .net
+            .forward_units(0..self.net.cfg.layers, Vec::new(), batch, train);
+        h.pop()
+            .unwrap_or_else(|| unreachable!("a unit returns one tensor"))
     }
 }
 
@@ -147,30 +243,27 @@ impl CrimeModel for Lstm {
     }
 
     fn task(&self) -> Task {
-        self.cfg.task
+        self.net.cfg.task
     }
 
     fn config(&self) -> &ModelConfig {
-        &self.cfg
+        &self.net.cfg
     }
 
     fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
-        let mut x = self.encode(batch, train);
-        if self.cfg.dropout > 0.0 {
-            x = x.dropout(self.cfg.dropout, train);
-        }
-        if self.use_features {
-            x = Tensor::cat(&[&x, &batch.features], 1);
-        }
-        x.apply(&self.head)
+        self.net.forward_all(batch, train)
     }
 
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
-        task_loss(&self.cfg, self.class_weights.as_ref(), output, batch)
+        self.net.loss(output, batch)
     }
 
     fn predict(&self, output: &Tensor) -> Tensor {
-        task_predict(&self.cfg, output)
+        task_predict(&self.net.cfg, output)
+    }
+
+    fn layers(&self, device: Device) -> Box<dyn Layers> {
+        Box::new(self.net.share(device))
     }
 
     fn var_store(&self) -> &nn::VarStore {
@@ -225,7 +318,7 @@ mod tests {
         let model = Lstm::new(&cfg, Device::Cpu).unwrap();
         let batch = to_batch(&ds, &[0, 1, 2, 3, 4], Device::Cpu);
         let got = model.encode(&batch, false);
-        let [w_ih, w_hh, b_ih, b_hh] = &model.weights[..] else {
+        let [w_ih, w_hh, b_ih, b_hh] = &model.net.weights[..] else {
             unreachable!()
         };
         let seq = batch.sequences.as_ref().unwrap();
@@ -328,7 +421,7 @@ mod tests {
             // The LSTM's share of the head is random; without it the head
             // reads only the areas and predicts their means exactly.
             tch::no_grad(|| {
-                let _ = model.head.ws.narrow(1, 0, cfg.hidden as i64).zero_();
+                let _ = model.net.head.ws.narrow(1, 0, cfg.hidden as i64).zero_();
             });
             let pred = model.predict(&model.forward_t(&batch, false));
             let want: Vec<f32> = (0..ds.len())
@@ -340,7 +433,7 @@ mod tests {
             cfg.area_prior = None;
             model = Lstm::new(&cfg, Device::Cpu).unwrap();
             tch::no_grad(|| {
-                let _ = model.head.ws.zero_();
+                let _ = model.net.head.ws.zero_();
             });
             let pred = model.predict(&model.forward_t(&batch, false));
             assert!(!pred.allclose(&want, 1e-2, 1e-2, false), "{loss:?}");

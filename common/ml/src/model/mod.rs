@@ -14,6 +14,8 @@
 //!   [`load_safetensors`]) store a model as a self-describing `.safetensors`
 //!   file (config JSON in its metadata) that Python's
 //!   `safetensors.torch.load_file` reads.
+//! - [`stages`]: a model's layers as consecutive units that pipeline stages
+//!   (model parallelism) run on their own threads and devices.
 //! - [`to_batch`] and [`DatasetTensors`] turn [`Dataset`](fedcrime_data::Dataset)
 //!   rows into [`Batch`]es; [`graph_splits`] turns the `counts` task's
 //!   [`GraphSeries`](fedcrime_data::GraphSeries) into the gat-tcn's samples,
@@ -43,6 +45,7 @@ pub mod lstm;
 pub mod params;
 #[cfg(test)]
 mod quality_check;
+pub mod stages;
 #[cfg(test)]
 pub(crate) mod test_util;
 
@@ -62,6 +65,7 @@ pub use lstm::Lstm;
 pub use params::{
     export_params, export_params_into, import_params, num_params, param_spec, params_to_tensors,
 };
+pub use stages::Layers;
 
 /// Which architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,6 +143,12 @@ pub trait CrimeModel: Send {
     /// Turns `forward_t` output into what metrics compare with targets:
     /// class indices for risk, non-negative expected counts for counts.
     fn predict(&self, output: &Tensor) -> Tensor;
+
+    /// The model's layers as consecutive units (see [`stages`]): shallow
+    /// handles on these variables that run on another thread, with the
+    /// model's non-variable constants (class weights, the graph mask)
+    /// copied to `device`, where the caller puts the variables it runs.
+    fn layers(&self, device: Device) -> Box<dyn Layers>;
 
     /// The variables, named by role.
     fn var_store(&self) -> &nn::VarStore;

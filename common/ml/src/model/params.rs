@@ -63,13 +63,17 @@ pub fn export_params_into(vs: &VarStore, out: &mut Params) -> Result<()> {
 /// Copies every variable into its range of `data` (layout already checked).
 fn copy_out(vars: &[(String, Tensor)], spec: &ParamSpec, data: &mut [f32]) {
     tch::no_grad(|| {
-        let on_gpu = vars.iter().any(|(_, t)| t.device() != Device::Cpu);
-        if on_gpu {
+        let gpu = vars
+            .iter()
+            .map(|(_, t)| t.device())
+            .find(|d| *d != Device::Cpu);
+        if let Some(gpu) = gpu {
             // One concatenation on the device and one transfer, instead of a
-            // synchronizing transfer per tensor.
+            // synchronizing transfer per tensor (variables of a model split
+            // across devices gather on the first one).
             let flat: Vec<Tensor> = vars
                 .iter()
-                .map(|(_, t)| t.to_kind(Kind::Float).reshape([-1]))
+                .map(|(_, t)| t.to_kind(Kind::Float).to_device(gpu).reshape([-1]))
                 .collect();
             if !flat.is_empty() {
                 Tensor::cat(&flat, 0).copy_data(data, spec.total());

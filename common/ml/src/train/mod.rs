@@ -15,12 +15,16 @@
 //!   global [`Params`](fedcrime_params::Params) to start from, returning the update.
 //! - [`parallel`]: W model replicas (CUDA devices or CPU workers), each step's
 //!   batch split among them, gradients averaged, one identical optimizer step.
+//! - [`pipeline`]: model parallelism: the model's layers in S stages on their
+//!   own threads (or CUDA devices), micro-batches pipelined through them
+//!   (GPipe), one optimizer step per batch.
 //! - [`tune`]: grid or random search over the paper's hyperparameter grid.
 
 pub mod baselines;
 pub mod loader;
 pub mod metrics;
 pub mod parallel;
+pub mod pipeline;
 #[cfg(test)]
 mod test_data;
 pub mod trainer;
@@ -29,6 +33,7 @@ pub mod tune;
 pub use baselines::{evaluate_baselines, BaselineResult};
 pub use metrics::{CountMetrics, Metrics, RiskMetrics};
 pub use parallel::{ParallelConfig, ParallelTrainer};
+pub use pipeline::{PipelineConfig, PipelineTrainer};
 pub use trainer::{
     ClassWeighting, EpochRecord, Evaluation, FitReport, LocalUpdate, Monitor, TrainConfig, Trainer,
 };
