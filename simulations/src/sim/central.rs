@@ -22,7 +22,8 @@ use tch::{Device, Tensor};
 use fedcrime_ml::model::{build, CrimeModel};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::{
-    EpochRecord, FitReport, Monitor, ParallelConfig, ParallelTrainer, TrainConfig, Trainer,
+    EpochRecord, FitReport, Monitor, ParallelConfig, ParallelTrainer, PipelineConfig,
+    PipelineTrainer, TrainConfig, Trainer,
 };
 use fedcrime_params::Params;
 
@@ -48,6 +49,9 @@ pub enum Central {
     /// The data-parallel trainer with this many replicas (CPU workers sharing
     /// the cores, or CUDA devices).
     DataParallel(usize),
+    /// The model-parallel (pipeline) trainer with this many stages, each on
+    /// its own thread (or CUDA device), micro-batches flowing through them.
+    ModelParallel(usize),
 }
 
 impl Central {
@@ -56,6 +60,7 @@ impl Central {
         match self {
             Central::Single => "centralized".into(),
             Central::DataParallel(w) => format!("data-parallel-{w}"),
+            Central::ModelParallel(s) => format!("model-parallel-{s}"),
         }
     }
 
@@ -65,6 +70,7 @@ impl Central {
         match self {
             Central::Single => MethodKind::Single,
             Central::DataParallel(_) => MethodKind::DataParallel,
+            Central::ModelParallel(_) => MethodKind::ModelParallel,
         }
     }
 
@@ -73,7 +79,7 @@ impl Central {
     pub fn workers(self) -> usize {
         match self {
             Central::Single => 1,
-            Central::DataParallel(w) => w,
+            Central::DataParallel(w) | Central::ModelParallel(w) => w,
         }
     }
 
@@ -83,7 +89,8 @@ impl Central {
     pub fn study_methods(workers: &[usize]) -> Vec<Central> {
         let parallel = workers.iter().copied().filter(|&w| w > 1);
         let mut methods = vec![Central::Single];
-        methods.extend(parallel.map(Central::DataParallel));
+        methods.extend(parallel.clone().map(Central::DataParallel));
+        methods.extend(parallel.map(Central::ModelParallel));
         methods
     }
 }
@@ -96,15 +103,6 @@ pub struct CentralRun {
     /// Bytes the workers exchange per epoch (gradients between replicas,
     /// activations between stages); 0 for one worker.
     pub bytes_per_epoch: u64,
-}
-
-/// Bytes the data-parallel trainer moves per optimizer step with `workers`
-/// replicas of a model of `trainable` scalars: every other replica's f32
-/// gradient read into replica 0's reduction, and the reduced gradient
-/// copied back into each of them (`2 (W - 1) P` floats; a step whose batch
-/// leaves a replica without samples moves less).
-pub fn reduction_bytes_per_step(trainable: usize, workers: usize) -> u64 {
-    2 * workers.saturating_sub(1) as u64 * trainable as u64 * 4
 }
 
 /// The centralized training settings of a study whose federation made
@@ -230,11 +228,7 @@ pub fn run(
             failure = Some(e);
         }
     };
-    // One arm per trainer. Model parallelism plugs in as one more, after the
-    // data-parallel arm: `Central::ModelParallel(stages) => { .. }` builds the
-    // pipeline trainer from `data.model`, `tcfg` and `threads`, loads
-    // `initial`, mirrors its live variables and fits with `observe`, and
-    // returns its `bytes_per_epoch()` (see `Central`).
+    // One arm per trainer.
     let run = match which {
         Central::Single => {
             let before = tch::get_num_threads();
@@ -265,16 +259,31 @@ pub fn run(
             };
             let mut trainer = ParallelTrainer::new(&data.model, tcfg.clone(), &par)?;
             trainer.set_params(initial)?;
-            let trainable: usize = (trainer.model().var_store().trainable_variables().iter())
-                .map(Tensor::numel)
-                .sum();
             let pairs = mirror(trainer.model().var_store().variables(), shadow.as_ref())?;
             let report = trainer.fit_observed(&splits.train, Some(&splits.val), &mut |r| {
                 observe(&pairs, r)
             })?;
             CentralRun {
                 report,
-                bytes_per_epoch: reduction_bytes_per_step(trainable, workers) * steps_per_epoch,
+                bytes_per_epoch: trainer.bytes_per_step() * steps_per_epoch,
+            }
+        }
+        Central::ModelParallel(stages) => {
+            let pipe = PipelineConfig {
+                stages,
+                device: cfg.federation.device,
+                threads: Some(threads.max(1)),
+                ..PipelineConfig::default()
+            };
+            let mut trainer = PipelineTrainer::new(&data.model, tcfg.clone(), &pipe)?;
+            trainer.set_params(initial)?;
+            let pairs = mirror(trainer.model().var_store().variables(), shadow.as_ref())?;
+            let report = trainer.fit_observed(&splits.train, Some(&splits.val), &mut |r| {
+                observe(&pairs, r)
+            })?;
+            CentralRun {
+                report,
+                bytes_per_epoch: trainer.bytes_per_epoch(),
             }
         }
     };

@@ -29,9 +29,10 @@
 //!   (models, optimizer state, activations, gradient buffers; the shared
 //!   data and libtorch are resident before) divided by the workers (stations
 //!   at once for the federation); host memory, also on a GPU;
-//! - bytes per epoch: data-parallel gradient reduction
-//!   ([`central::reduction_bytes_per_step`] times steps), what a trainer
-//!   reports ([`central::CentralRun::bytes_per_epoch`]), the federation's
+//! - bytes per epoch: what the trainer reports
+//!   ([`central::CentralRun::bytes_per_epoch`]: gradients and parameters
+//!   between data-parallel replicas, activations and gradients between
+//!   pipeline stages), the federation's
 //!   round messages ([`super::traffic`]), 0 for one worker;
 //! - time to the single worker's best validation headline (empty when
 //!   never reached) and the test headline at the best validation step,
@@ -1084,8 +1085,7 @@ fn model_parallel_verdict(models: &[ModelStudy]) -> String {
         })
         .collect();
     if measured.is_empty() {
-        return "not measured: this build has no model-parallel trainer \
-                (`Central` in simulations/src/sim/central.rs lists the trainers the study runs)."
+        return "not measured: the study ran no model-parallel method (`--workers` above 1 adds them)."
             .into();
     }
     let mut parts: Vec<String> = measured

@@ -207,13 +207,7 @@ pub(crate) fn feeds<'scope, 'env>(
     order: &'env [usize],
     plan: BatchPlan<'env>,
 ) -> Result<Vec<PartFeed<'env>>> {
-    if let Some(&bad) = order.iter().find(|&&i| i >= ds.len()) {
-        return Err(TrainError::Length {
-            what: "sample index within the dataset",
-            expected: ds.len(),
-            got: bad,
-        });
-    }
+    check_indices(ds, order)?;
     let parts = plan.parts.max(1);
     if plan.loaders == 0 {
         return Ok((0..parts)
@@ -228,29 +222,68 @@ pub(crate) fn feeds<'scope, 'env>(
             })
             .collect());
     }
-    let batch_size = plan.batch_size.max(1);
-    let loaders = plan.loaders.min(order.len().div_ceil(batch_size)).max(1);
-    // receivers[k][l]: part k from loader l.
+    let parts_of = |b: LoadedBatch| -> Vec<Part> {
+        let sizes = b.sizes;
+        b.parts
+            .into_iter()
+            .zip(b.shares)
+            .map(|(batch, share)| Part {
+                batch,
+                share,
+                sizes: sizes.clone(),
+            })
+            .collect()
+    };
+    let by_loader = spawn_loaders(scope, ds, order, plan, parts, parts_of)?;
+    // by_loader[l][k]: part k from loader l; feed k reads loader after loader.
     let mut receivers: Vec<Vec<mpsc::Receiver<Part>>> = (0..parts).map(|_| Vec::new()).collect();
-    for l in 0..loaders {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..parts)
-            .map(|_| mpsc::sync_channel::<Part>(plan.prefetch.max(1)))
-            .unzip();
-        for (k, rx) in rxs.into_iter().enumerate() {
+    for from_loader in by_loader {
+        for (k, rx) in from_loader.into_iter().enumerate() {
             receivers[k].push(rx);
         }
+    }
+    Ok(receivers
+        .into_iter()
+        .map(|rx| PartFeed {
+            source: Source::Loaders(rx),
+            step: 0,
+        })
+        .collect())
+}
+
+/// Starts `plan.loaders` (at least one) loader threads in `scope`: loader
+/// `l` assembles batches `l, l + loaders, ...` of `order` (split into
+/// `plan.parts`), turns each into `channels` items with `split` and sends
+/// item `c` on its channel `c` (holding `plan.prefetch` items). Returns the
+/// receivers, `[loader][channel]`. A loader stops when its receivers drop.
+fn spawn_loaders<'scope, 'env, T, S>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    ds: &'env Dataset,
+    order: &'env [usize],
+    plan: BatchPlan<'env>,
+    channels: usize,
+    split: S,
+) -> Result<Vec<Vec<mpsc::Receiver<T>>>>
+where
+    T: Send + 'env,
+    S: Fn(LoadedBatch) -> Vec<T> + Copy + Send + 'env,
+{
+    let batch_size = plan.batch_size.max(1);
+    let parts = plan.parts.max(1);
+    let loaders = plan.loaders.min(order.len().div_ceil(batch_size)).max(1);
+    let mut receivers = Vec::with_capacity(loaders);
+    for l in 0..loaders {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..channels)
+            .map(|_| mpsc::sync_channel::<T>(plan.prefetch.max(1)))
+            .unzip();
+        receivers.push(rxs);
         std::thread::Builder::new()
             .name("fedcrime-loader".into())
             .spawn_scoped(scope, move || {
                 for chunk in order.chunks(batch_size).skip(l).step_by(loaders) {
-                    let b = assemble(ds, chunk, parts, plan.class_weights);
-                    for ((tx, batch), share) in txs.iter().zip(b.parts).zip(&b.shares) {
-                        let part = Part {
-                            batch,
-                            share: *share,
-                            sizes: b.sizes.clone(),
-                        };
-                        if tx.send(part).is_err() {
+                    let items = split(assemble(ds, chunk, parts, plan.class_weights));
+                    for (tx, item) in txs.iter().zip(items) {
+                        if tx.send(item).is_err() {
                             // The trainer stopped early; nothing left to do.
                             return;
                         }
@@ -262,13 +295,55 @@ pub(crate) fn feeds<'scope, 'env>(
                 source: e,
             })?;
     }
-    Ok(receivers
-        .into_iter()
-        .map(|rx| PartFeed {
-            source: Source::Loaders(rx),
-            step: 0,
-        })
-        .collect())
+    Ok(receivers)
+}
+
+/// Runs `step` on every batch of `order` (chunks of `plan.batch_size`), each
+/// split into `plan.parts` parts (the pipeline's micro-batches), assembled by
+/// `plan.loaders` loader threads, or on this thread when 0. Stops at the
+/// first error `step` returns and returns it.
+pub(crate) fn for_each_split_batch<F>(
+    ds: &Dataset,
+    order: &[usize],
+    plan: BatchPlan<'_>,
+    mut step: F,
+) -> Result<()>
+where
+    F: FnMut(LoadedBatch) -> Result<()>,
+{
+    check_indices(ds, order)?;
+    let batch_size = plan.batch_size.max(1);
+    if plan.loaders == 0 {
+        for chunk in order.chunks(batch_size) {
+            step(assemble(ds, chunk, plan.parts.max(1), plan.class_weights))?;
+        }
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let by_loader = spawn_loaders(s, ds, order, plan, 1, |b| vec![b])?;
+        let rx: Vec<mpsc::Receiver<LoadedBatch>> =
+            by_loader.into_iter().flatten().collect();
+        for k in 0..order.len().div_ceil(batch_size) {
+            let batch = rx[k % rx.len()]
+                .recv()
+                .map_err(|_| TrainError::Worker("batch loader"))?;
+            step(batch)?;
+        }
+        // Dropping the receivers unblocks loaders waiting on full channels.
+        Ok(())
+    })
+}
+
+/// An error naming the first index of `order` outside `ds`.
+fn check_indices(ds: &Dataset, order: &[usize]) -> Result<()> {
+    match order.iter().find(|&&i| i >= ds.len()) {
+        Some(&bad) => Err(TrainError::Length {
+            what: "sample index within the dataset",
+            expected: ds.len(),
+            got: bad,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Runs `step` on every batch of `order` (chunks of `plan.batch_size`, in
@@ -284,15 +359,14 @@ where
     F: FnMut(Part) -> Result<()>,
 {
     let plan = BatchPlan { parts: 1, ..plan };
-    std::thread::scope(|s| {
-        let mut feed = feeds(s, ds, order, plan)?
-            .pop()
-            .ok_or(TrainError::Worker("batch loader"))?;
-        while let Some(part) = feed.next_part() {
-            step(part)?;
-        }
-        // Dropping the feed unblocks a loader waiting on a full channel.
-        Ok(())
+    for_each_split_batch(ds, order, plan, |b| {
+        let share = b.shares.first().copied().unwrap_or(0.0);
+        let batch = b.parts.into_iter().next().flatten();
+        step(Part {
+            batch,
+            share,
+            sizes: b.sizes,
+        })
     })
 }
 

@@ -283,7 +283,11 @@ struct StepContext<'a> {
 struct Worker<'a> {
     index: usize,
     model: &'a mut Box<dyn CrimeModel>,
-    own: Vec<Tensor>,
+    /// Clears its replica's gradients (an optimizer that never steps:
+    /// libtorch's `zero_grad` drops the gradients, so the backward pass
+    /// writes fresh ones instead of adding to zeros, as the station
+    /// trainer's optimizer does).
+    clear: tch::COptimizer,
     peers: Vec<Vec<Tensor>>,
     shard: &'a mut Shard,
     feed: PartFeed<'a>,
@@ -311,9 +315,7 @@ impl Worker<'_> {
             let weight = part.share * part.batch_len() as f64;
             if let Some(b) = part.batch {
                 let b = batch_to(b, device);
-                for v in &mut self.own {
-                    v.zero_grad();
-                }
+                self.clear.zero_grad()?;
                 let out = self.model.forward_t(&b, true);
                 let loss = self.model.loss(&out, &b);
                 (&loss * part.share).backward();
@@ -609,6 +611,16 @@ impl ParallelTrainer {
             progress,
         };
         let handles: Vec<Vec<Tensor>> = self.replicas.iter().map(Replica::handles).collect();
+        let clears = handles
+            .iter()
+            .map(|h| {
+                let mut opt = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)?;
+                for t in h {
+                    opt.add_parameters(t, 0)?;
+                }
+                Ok(opt)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let device0 = self.replicas[0].device;
         std::thread::scope(|s| -> Result<Tensor> {
             let feeds = feeds(s, train, order, plan)?;
@@ -617,12 +629,12 @@ impl ParallelTrainer {
                 .iter_mut()
                 .zip(shards.iter_mut())
                 .zip(feeds)
-                .zip(&handles)
+                .zip(clears)
                 .enumerate()
-                .map(|(index, (((r, shard), feed), own))| Worker {
+                .map(|(index, (((r, shard), feed), clear))| Worker {
                     index,
                     model: &mut r.model,
-                    own: own.iter().map(Tensor::shallow_clone).collect(),
+                    clear,
                     peers: handles
                         .iter()
                         .map(|h| h.iter().map(Tensor::shallow_clone).collect())

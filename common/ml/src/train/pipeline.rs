@@ -42,7 +42,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::loader::{for_each_batch, BatchPlan};
+use super::loader::{for_each_split_batch, BatchPlan};
 use super::trainer::{
     batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, restore_best, track_best,
     usable_val, EarlyStop, EpochOrder, EpochRecord, Evaluation, FitReport, Snapshot, TrainConfig,
@@ -691,10 +691,11 @@ impl PipelineTrainer {
                 let plan = BatchPlan {
                     batch_size: cfg.batch_size,
                     parts: self.micro_batches,
+                    loaders: cfg.loader_threads,
                     prefetch: cfg.prefetch,
                     class_weights: class_weights.as_deref(),
                 };
-                for_each_batch(train, orders.next(), plan, |lb| {
+                for_each_split_batch(train, orders.next(), plan, |lb| {
                     let n = lb.len() as f64;
                     opt.zero_grad();
                     let loss = pipe.run_batch(lb)?;
