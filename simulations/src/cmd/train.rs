@@ -199,7 +199,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Model parallelism: the model's layers cut into STAGES consecutive
-    /// stages, each on its own thread (CPU: `--threads` split among them)
+    /// stages, each on its own thread (CPU: `--threads` split among them in
+    /// proportion to their parameters, at least one each)
     /// or CUDA device (cuda:0..STAGES), with each batch's micro-batches
     /// pipelined through them (GPipe) and one optimizer step per batch. At
     /// most: dnn and lstm layers + 1 (the head is a stage), gat-tcn layers
@@ -207,11 +208,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "STAGES")]
     pub model_parallel: Option<usize>,
     /// Micro-batches each batch is cut into with --model-parallel (more
-    /// keep the stages busier, smaller ones cost more per sample).
+    /// keep the stages busier, smaller ones cost more per sample; on a CPU
+    /// with small models 2 was fastest).
     #[arg(
         long,
         value_name = "M",
-        default_value_t = 4,
+        default_value_t = 2,
         requires = "model_parallel"
     )]
     pub micro_batches: usize,

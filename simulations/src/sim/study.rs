@@ -1174,7 +1174,12 @@ mod tests {
         let t = CsvTable::read(&out.join("study.csv")).unwrap();
         assert_eq!(t.header, COLUMNS);
         let methods: Vec<&str> = t.rows.iter().map(|r| r[2].as_str()).collect();
-        let mut expected = vec!["centralized", "data-parallel-2", "fedavg"];
+        let mut expected = vec![
+            "centralized",
+            "data-parallel-2",
+            "model-parallel-2",
+            "fedavg",
+        ];
         if threads() > 1 {
             expected.insert(1, ONE_THREAD);
         }
@@ -1210,6 +1215,11 @@ mod tests {
         let steps = (outcome.models[0].samples.0 as f64 / 128.0).ceil();
         let dp = t.number(row("data-parallel-2"), "bytes_per_epoch").unwrap();
         assert_eq!(dp, 8.0 * params * steps);
+        // Two stages pass activations forward and gradients back.
+        let mp = t
+            .number(row("model-parallel-2"), "bytes_per_epoch")
+            .unwrap();
+        assert!(mp > 0.0);
         let fed = row("fedavg");
         assert!(t.number(fed, "bytes_per_epoch").unwrap() > 2.0 * 21.0 * 4.0 * params);
         assert_eq!(t.number(fed, "workers"), Some(threads() as f64));

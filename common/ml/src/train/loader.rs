@@ -321,8 +321,7 @@ where
     }
     std::thread::scope(|s| {
         let by_loader = spawn_loaders(s, ds, order, plan, 1, |b| vec![b])?;
-        let rx: Vec<mpsc::Receiver<LoadedBatch>> =
-            by_loader.into_iter().flatten().collect();
+        let rx: Vec<mpsc::Receiver<LoadedBatch>> = by_loader.into_iter().flatten().collect();
         for k in 0..order.len().div_ceil(batch_size) {
             let batch = rx[k % rx.len()]
                 .recv()

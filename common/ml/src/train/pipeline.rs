@@ -76,7 +76,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             stages: 2,
-            micro_batches: 4,
+            micro_batches: 2,
             device: DeviceChoice::Auto,
             threads: None,
         }
@@ -493,6 +493,19 @@ fn clip_grad_norm(vars: &[Tensor], max: f64) -> Result<()> {
     })
 }
 
+/// Each CPU stage's intra-op threads out of `total`, in proportion to its
+/// parameters (a dense layer's work grows with its parameters; a stage that
+/// is mostly waiting, like a small head, needs no more than one), at least
+/// one each. A one-layer LSTM split into LSTM | head keeps both threads for
+/// the LSTM; the head's thread sleeps while it waits.
+pub fn stage_threads(total: usize, params: &[usize]) -> Vec<i32> {
+    let sum: usize = params.iter().sum::<usize>().max(1);
+    params
+        .iter()
+        .map(|&p| ((total * p) as f64 / sum as f64).round().max(1.0) as i32)
+        .collect()
+}
+
 /// The model-parallel trainer; see the module documentation.
 pub struct PipelineTrainer {
     model: Placed,
@@ -792,7 +805,7 @@ impl PipelineTrainer {
         let total = self
             .threads
             .unwrap_or(tch::get_num_threads().max(1) as usize);
-        let per_stage = (total / s).max(1) as i32;
+        let per_stage = stage_threads(total, &self.stage_params()?);
         let links: Vec<(Sender<StageMsg>, Receiver<StageMsg>)> =
             (0..s).map(|_| mpsc::channel()).collect();
         let senders: Vec<Sender<StageMsg>> = links.iter().map(|(tx, _)| tx.clone()).collect();
@@ -819,7 +832,7 @@ impl PipelineTrainer {
         let cpu0 = self.model.stages[0].device == Device::Cpu;
         let before = tch::get_num_threads();
         if cpu0 {
-            tch::set_num_threads(per_stage);
+            tch::set_num_threads(per_stage[0]);
         }
         let outcome = std::thread::scope(|scope| {
             let mut handles = Vec::with_capacity(s - 1);
@@ -827,6 +840,7 @@ impl PipelineTrainer {
             for (k, inbox) in (1..s).zip(inboxes) {
                 let w = worker(k);
                 let cpu = w.device == Device::Cpu;
+                let threads = per_stage[k];
                 let stage0 = senders[0].clone();
                 let handle = std::thread::Builder::new()
                     .name(format!("fedcrime-stage-{k}"))
@@ -834,7 +848,7 @@ impl PipelineTrainer {
                         // libtorch's thread settings are partly per thread
                         // (OpenMP's team size): set this stage's budget here.
                         if cpu {
-                            tch::set_num_threads(per_stage);
+                            tch::set_num_threads(threads);
                         }
                         w.run(inbox, stage0);
                     });
@@ -854,7 +868,7 @@ impl PipelineTrainer {
                 inbox: inbox0,
                 senders: senders.clone(),
                 loss_device: self.model.stages[s - 1].device,
-                threads: (cpu0.then_some(per_stage), before),
+                threads: (cpu0.then_some(per_stage[0]), before),
             };
             let outcome = spawned.and_then(|()| body(&pipe));
             // A stage that already ended (it failed) no longer receives.
@@ -1280,10 +1294,18 @@ mod tests {
     }
 
     #[test]
+    fn threads_follow_the_stages_parameters() {
+        assert_eq!(stage_threads(2, &[70_000, 1_500]), vec![2, 1]);
+        assert_eq!(stage_threads(2, &[24_000, 17_000]), vec![1, 1]);
+        assert_eq!(stage_threads(8, &[1, 1, 2]), vec![2, 2, 4]);
+        assert_eq!(stage_threads(1, &[0, 0]), vec![1, 1]);
+    }
+
+    #[test]
     fn a_config_reads_from_toml_with_defaults() {
         let p: PipelineConfig = toml::from_str("stages = 3").unwrap();
         assert_eq!(p.stages, 3);
-        assert_eq!(p.micro_batches, 4);
+        assert_eq!(p.micro_batches, 2);
         assert_eq!(p.device, DeviceChoice::Auto);
         assert!(toml::from_str::<PipelineConfig>("stage = 3").is_err());
     }
