@@ -441,6 +441,10 @@ mod tests {
         }
     }
 
+    /// What a feed yielded at one step: the part's rows, the batch's part
+    /// sizes and the part's share.
+    type Seen = (Vec<usize>, Vec<usize>, f64);
+
     #[test]
     fn every_feed_gets_its_part_of_every_batch_whoever_loads() {
         // 10 rows in batches of 4 for 3 parts: parts of 2/1/1, 2/1/1, 1/1/0.
@@ -452,7 +456,7 @@ mod tests {
                 loaders,
                 ..plan(4, 3)
             };
-            let got: Vec<Vec<(Vec<usize>, Vec<usize>, f64)>> = std::thread::scope(|s| {
+            let got: Vec<Vec<Seen>> = std::thread::scope(|s| {
                 // Each feed on its own thread, as the replicas consume them.
                 let handles: Vec<_> = feeds(s, &d, &order, p)
                     .unwrap()
