@@ -44,8 +44,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::loader::{feeds, BatchPlan, PartFeed};
 use super::trainer::{
-    batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, restore_best, track_best,
-    usable_val, EarlyStop, EpochOrder, EpochRecord, Evaluation, FitReport, Snapshot, TrainConfig,
+    batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, usable_val, EpochOrder,
+    EpochRecord, Evaluation, FitReport, Selection, TrainConfig,
 };
 use super::{Result, TrainError};
 use crate::model::{build, export_params, import_params, CrimeModel, ModelConfig};
@@ -696,9 +696,7 @@ impl ParallelTrainer {
         tch::manual_seed(cfg.seed as i64);
         let mut shards = self.shards()?;
         let mut orders = EpochOrder::new(train.len(), cfg.seed);
-        let mut stop = EarlyStop::new(cfg.patience, cfg.min_delta);
-        let mut snapshot: Option<Snapshot> = None;
-        let mut report = FitReport::default();
+        let mut selection = Selection::new(&cfg);
         let steps = train.len().div_ceil(cfg.batch_size);
         for epoch in 1..=cfg.epochs {
             let t0 = Instant::now();
@@ -724,22 +722,12 @@ impl ParallelTrainer {
                 Some(v) => Some(self.evaluate(v)?),
                 None => None,
             };
-            let stopping = track_best(
-                &mut stop,
-                &mut snapshot,
+            let (record, stopping) = selection.record(
                 self.model().var_store(),
-                (epoch, cfg.epochs),
-                cfg.monitor,
-                eval.as_ref(),
+                (epoch, train_loss),
+                eval,
+                (train.len(), train_secs, t0.elapsed().as_secs_f64()),
             );
-            let record = EpochRecord {
-                epoch,
-                train_loss,
-                val_loss: eval.as_ref().map(|e| e.loss),
-                val_metrics: eval.map(|e| e.metrics),
-                samples_per_sec: train.len() as f64 / train_secs.max(1e-9),
-                seconds: t0.elapsed().as_secs_f64(),
-            };
             tracing::info!(
                 epoch,
                 workers = w,
@@ -748,14 +736,12 @@ impl ParallelTrainer {
                 samples_per_sec = record.samples_per_sec,
                 "epoch done"
             );
-            on_epoch(&record);
-            report.epochs.push(record);
-            if stopping && epoch < cfg.epochs {
-                report.stopped_early = true;
+            if selection.keep(record, stopping, on_epoch) {
                 break;
             }
         }
-        if restore_best(&stop, snapshot.as_ref(), &mut report) {
+        let (report, restored) = selection.finish();
+        if restored {
             self.broadcast();
         }
         Ok(report)

@@ -44,8 +44,8 @@ use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::loader::{for_each_split_batch, BatchPlan};
 use super::trainer::{
-    batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, restore_best, track_best,
-    usable_val, EarlyStop, EpochOrder, EpochRecord, Evaluation, FitReport, Snapshot, TrainConfig,
+    batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, usable_val, EpochOrder,
+    EpochRecord, Evaluation, FitReport, Selection, TrainConfig,
 };
 use super::{ParallelConfig, Result, TrainError};
 use crate::model::{
@@ -687,9 +687,7 @@ impl PipelineTrainer {
             nn::adam(0.9, 0.999, cfg.weight_decay).build(self.model.var_store(), cfg.lr)?;
         let trainable = self.model.var_store().trainable_variables();
         let mut orders = EpochOrder::new(train.len(), cfg.seed);
-        let mut stop = EarlyStop::new(cfg.patience, cfg.min_delta);
-        let mut snapshot: Option<Snapshot> = None;
-        let mut report = FitReport::default();
+        let mut selection = Selection::new(&cfg);
         let steps = train.len().div_ceil(cfg.batch_size);
         let class_weights = self.share_weights();
         let counters = Counters::new(s);
@@ -739,22 +737,12 @@ impl PipelineTrainer {
                     Some(v) => Some(pipe.outside(|| self.evaluate(v))?),
                     None => None,
                 };
-                let stopping = track_best(
-                    &mut stop,
-                    &mut snapshot,
+                let (record, stopping) = selection.record(
                     self.model.var_store(),
-                    (epoch, cfg.epochs),
-                    cfg.monitor,
-                    eval.as_ref(),
+                    (epoch, train_loss),
+                    eval,
+                    (train.len(), train_secs, t0.elapsed().as_secs_f64()),
                 );
-                let record = EpochRecord {
-                    epoch,
-                    train_loss,
-                    val_loss: eval.as_ref().map(|e| e.loss),
-                    val_metrics: eval.map(|e| e.metrics),
-                    samples_per_sec: train.len() as f64 / train_secs.max(1e-9),
-                    seconds: t0.elapsed().as_secs_f64(),
-                };
                 tracing::info!(
                     epoch,
                     stages = s,
@@ -766,10 +754,7 @@ impl PipelineTrainer {
                     stage_busy = ?busy,
                     "epoch done"
                 );
-                on_epoch(&record);
-                report.epochs.push(record);
-                if stopping && epoch < cfg.epochs {
-                    report.stopped_early = true;
+                if selection.keep(record, stopping, on_epoch) {
                     break;
                 }
             }
@@ -778,8 +763,7 @@ impl PipelineTrainer {
         self.bytes_per_epoch = last_bytes;
         self.stage_busy = busy;
         outcome?;
-        restore_best(&stop, snapshot.as_ref(), &mut report);
-        Ok(report)
+        Ok(selection.finish().0)
     }
 }
 

@@ -463,53 +463,101 @@ pub(crate) fn epoch_train_loss(loss_sum: &Tensor, samples: usize, epoch: usize) 
     Ok(train_loss)
 }
 
-/// Feeds an epoch's validation result (if any) to `stop`, snapshotting the
-/// weights of `vs` when they improved before the last of `epochs`; returns
-/// whether to stop early.
-pub(crate) fn track_best(
-    stop: &mut EarlyStop,
-    snapshot: &mut Option<Snapshot>,
-    vs: &nn::VarStore,
-    (epoch, epochs): (usize, usize),
+/// The model selection every trainer runs over its epochs: early stopping
+/// on the monitored validation score, the best weights kept (a snapshot of
+/// the variables) and restored at the end, and the epochs' records.
+pub(crate) struct Selection {
+    stop: EarlyStop,
+    snapshot: Option<Snapshot>,
     monitor: Monitor,
-    eval: Option<&Evaluation>,
-) -> bool {
-    let Some(e) = eval else {
-        return false;
-    };
-    let (improved, stop_now) = stop.observe(epoch, monitor.score(e));
-    if improved && epoch < epochs {
-        match snapshot {
-            Some(s) => s.update(),
-            None => *snapshot = Some(Snapshot::take(vs)),
-        }
-    }
-    stop_now
+    epochs: usize,
+    report: FitReport,
 }
 
-/// Writes the best epoch into `report` and restores its weights from
-/// `snapshot` when a later epoch ended the fit; returns whether it did.
-pub(crate) fn restore_best(
-    stop: &EarlyStop,
-    snapshot: Option<&Snapshot>,
-    report: &mut FitReport,
-) -> bool {
-    let Some((best, _)) = stop.best else {
-        return false;
-    };
-    report.best_epoch = Some(best);
-    report.best_val_loss = report
-        .epochs
-        .iter()
-        .find(|r| r.epoch == best)
-        .and_then(|r| r.val_loss);
-    let last = report.epochs.last().map_or(0, |r| r.epoch);
-    match snapshot {
-        Some(s) if best != last => {
-            s.restore();
-            true
+impl Selection {
+    pub(crate) fn new(cfg: &TrainConfig) -> Self {
+        Self {
+            stop: EarlyStop::new(cfg.patience, cfg.min_delta),
+            snapshot: None,
+            monitor: cfg.monitor,
+            epochs: cfg.epochs,
+            report: FitReport::default(),
         }
-        _ => false,
+    }
+
+    /// The record of `epoch` (trained for `train_secs` on `samples`
+    /// samples, `seconds` in all), after feeding its validation result to
+    /// early stopping and snapshotting `vs` when it improved before the last
+    /// epoch; the flag says whether to stop early.
+    pub(crate) fn record(
+        &mut self,
+        vs: &nn::VarStore,
+        (epoch, train_loss): (usize, f64),
+        eval: Option<Evaluation>,
+        (samples, train_secs, seconds): (usize, f64, f64),
+    ) -> (EpochRecord, bool) {
+        let mut stopping = false;
+        if let Some(e) = &eval {
+            let (improved, stop_now) = self.stop.observe(epoch, self.monitor.score(e));
+            if improved && epoch < self.epochs {
+                match &mut self.snapshot {
+                    Some(s) => s.update(),
+                    None => self.snapshot = Some(Snapshot::take(vs)),
+                }
+            }
+            stopping = stop_now;
+        }
+        let record = EpochRecord {
+            epoch,
+            train_loss,
+            val_loss: eval.as_ref().map(|e| e.loss),
+            val_metrics: eval.map(|e| e.metrics),
+            samples_per_sec: samples as f64 / train_secs.max(1e-9),
+            seconds,
+        };
+        (record, stopping)
+    }
+
+    /// Hands `record` to `on_epoch` and keeps it; true when the fit ends
+    /// here (stopped early).
+    pub(crate) fn keep(
+        &mut self,
+        record: EpochRecord,
+        stopping: bool,
+        on_epoch: &mut dyn FnMut(&EpochRecord),
+    ) -> bool {
+        let last = record.epoch >= self.epochs;
+        on_epoch(&record);
+        self.report.epochs.push(record);
+        if stopping && !last {
+            self.report.stopped_early = true;
+        }
+        stopping && !last
+    }
+
+    /// The report with its best epoch, the best weights restored into the
+    /// snapshot's variables when a later epoch ended the fit; the flag says
+    /// whether they were.
+    pub(crate) fn finish(mut self) -> (FitReport, bool) {
+        let Some((best, _)) = self.stop.best else {
+            return (self.report, false);
+        };
+        let report = &mut self.report;
+        report.best_epoch = Some(best);
+        report.best_val_loss = report
+            .epochs
+            .iter()
+            .find(|r| r.epoch == best)
+            .and_then(|r| r.val_loss);
+        let last = report.epochs.last().map_or(0, |r| r.epoch);
+        let restored = match &self.snapshot {
+            Some(s) if best != last => {
+                s.restore();
+                true
+            }
+            _ => false,
+        };
+        (self.report, restored)
     }
 }
 
@@ -765,9 +813,7 @@ impl Trainer {
         let mut opt =
             nn::adam(0.9, 0.999, cfg.weight_decay).build(self.model.var_store(), cfg.lr)?;
         let mut orders = EpochOrder::new(train.len(), cfg.seed);
-        let mut stop = EarlyStop::new(cfg.patience, cfg.min_delta);
-        let mut snapshot: Option<Snapshot> = None;
-        let mut report = FitReport::default();
+        let mut selection = Selection::new(&cfg);
         let steps = train.len().div_ceil(cfg.batch_size);
         let half_mu = cfg.prox_mu / 2.0;
         let resident = if cfg.resident.unwrap_or(device.is_cuda()) {
@@ -837,22 +883,12 @@ impl Trainer {
                 Some(v) => Some(self.evaluate(v)?),
                 None => None,
             };
-            let stopping = track_best(
-                &mut stop,
-                &mut snapshot,
+            let (record, stopping) = selection.record(
                 self.model.var_store(),
-                (epoch, cfg.epochs),
-                cfg.monitor,
-                eval.as_ref(),
+                (epoch, train_loss),
+                eval,
+                (train.len(), train_secs, t0.elapsed().as_secs_f64()),
             );
-            let record = EpochRecord {
-                epoch,
-                train_loss,
-                val_loss: eval.as_ref().map(|e| e.loss),
-                val_metrics: eval.map(|e| e.metrics),
-                samples_per_sec: train.len() as f64 / train_secs.max(1e-9),
-                seconds: t0.elapsed().as_secs_f64(),
-            };
             tracing::info!(
                 epoch,
                 train_loss,
@@ -860,15 +896,11 @@ impl Trainer {
                 samples_per_sec = record.samples_per_sec,
                 "epoch done"
             );
-            on_epoch(&record);
-            report.epochs.push(record);
-            if stopping && epoch < cfg.epochs {
-                report.stopped_early = true;
+            if selection.keep(record, stopping, on_epoch) {
                 break;
             }
         }
-        restore_best(&stop, snapshot.as_ref(), &mut report);
-        Ok(report)
+        Ok(selection.finish().0)
     }
 }
 
