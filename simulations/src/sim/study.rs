@@ -808,7 +808,7 @@ fn markdown(setup: &Setup<'_>, models: &[ModelStudy]) -> String {
     }
     let _ = writeln!(
         md,
-        "- rule: every method of a model from the same initial weights (seed {}), Adam lr {}, batch {}; at most {} epochs (federation: rounds of one local epoch per station, one pass over the training data), stopping after {} without a better validation headline; judged at the best validation step",
+        "- rule: every method of a model from the same initial weights (seed {}), Adam lr {}, batch {}; at most {} epochs (federation: rounds of one local epoch per station, one pass over the training data: the same data budget as the others, not FedAvg's best set-up when stations hold few records; `fedcrime-sim simulate` gives each station at least 20 optimizer steps per round), stopping after {} without a better validation headline; judged at the best validation step",
         base.seed,
         base.train.lr,
         base.train.batch_size,
