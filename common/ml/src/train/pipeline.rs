@@ -359,10 +359,21 @@ impl StageWorker<'_> {
                 share,
             } => self.forward(m, count, batch, carried, share),
             StageMsg::Backward { m, grads, loss } => {
-                let Some(f) = self.pending.pop_front() else {
-                    panic!("gradient of micro-batch {m} without its forward pass");
+                // Stages pass micro-batches back in the order they went
+                // forward; anything else is a bug of the pipeline, which
+                // ends it with an error rather than wrong gradients.
+                let f = match self.pending.pop_front() {
+                    Some(f) if f.m == m => f,
+                    other => {
+                        tracing::error!(
+                            stage = self.k,
+                            micro_batch = m,
+                            pending = ?other.map(|f| f.m),
+                            "a gradient came back out of order: stopping the pipeline"
+                        );
+                        return Step::Closed;
+                    }
                 };
-                assert_eq!(f.m, m, "micro-batches return in order");
                 let surrogate = f
                     .outputs
                     .iter()
