@@ -157,7 +157,7 @@ fn mirror(
 /// ([`train_config`]), calling `on_row` after every epoch with the epoch's
 /// scores; `threads` is libtorch's intra-op thread budget (shared by the
 /// data-parallel replicas). The rows' test scores come from a CPU copy of
-/// the live weights, taken after each epoch through [`mirror`].
+/// the live weights, taken after each epoch through `mirror`.
 pub fn run(
     which: Central,
     data: &StudyData,
