@@ -755,15 +755,7 @@ mod tests {
     use crate::train::test_data;
     use crate::train::Trainer;
 
-    fn cfg(epochs: usize, batch_size: usize) -> TrainConfig {
-        TrainConfig {
-            epochs,
-            batch_size,
-            patience: 0,
-            lr: 1e-2,
-            ..TrainConfig::default()
-        }
-    }
+    use crate::train::test_data::fast_config as cfg;
 
     fn max_abs_diff(a: &Params, b: &Params) -> f32 {
         a.data()

@@ -996,15 +996,7 @@ mod tests {
     use crate::model::{graph_dataset, test_util::one_thread, to_batch, GraphWindows};
     use crate::train::{test_data, Trainer};
 
-    fn cfg(epochs: usize, batch_size: usize) -> TrainConfig {
-        TrainConfig {
-            epochs,
-            batch_size,
-            patience: 0,
-            lr: 1e-2,
-            ..TrainConfig::default()
-        }
-    }
+    use crate::train::test_data::fast_config as cfg;
 
     fn pipe(stages: usize, micro_batches: usize) -> PipelineConfig {
         PipelineConfig {

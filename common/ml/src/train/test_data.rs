@@ -72,3 +72,15 @@ pub(crate) fn model(
     tch::manual_seed(seed);
     build(&cfg, tch::Device::Cpu).expect("test model config is valid")
 }
+
+/// A short training config for trainer comparisons: no early stopping and
+/// a large learning rate, so a few steps move the weights visibly.
+pub(crate) fn fast_config(epochs: usize, batch_size: usize) -> crate::train::TrainConfig {
+    crate::train::TrainConfig {
+        epochs,
+        batch_size,
+        patience: 0,
+        lr: 1e-2,
+        ..crate::train::TrainConfig::default()
+    }
+}
