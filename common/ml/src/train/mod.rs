@@ -6,6 +6,8 @@
 //!
 //! - [`metrics`]: accuracy, macro-F1, per-class recall and the confusion matrix
 //!   for `risk`; MAE, RMSE, Poisson deviance and per-category MAE for `counts`.
+//! - [`fairness`]: selection rates, demographic parity and equalized odds
+//!   per group (fairlearn's definitions), error and bias of counts per group.
 //! - [`baselines`]: majority class, historical frequency, last period, same
 //!   weekday last week and period mean, scored with the same metrics.
 //! - [`loader`]: mini-batches assembled on a background thread and handed over
@@ -21,6 +23,7 @@
 //! - [`tune`]: grid or random search over the paper's hyperparameter grid.
 
 pub mod baselines;
+pub mod fairness;
 pub mod loader;
 pub mod metrics;
 pub mod parallel;
