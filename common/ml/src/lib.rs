@@ -16,6 +16,7 @@
 //! on this crate.
 
 pub mod device;
+pub mod explain;
 pub mod model;
 pub mod train;
 
