@@ -29,7 +29,7 @@ pub mod metrics;
 pub mod parallel;
 pub mod pipeline;
 #[cfg(test)]
-mod test_data;
+pub(crate) mod test_data;
 pub mod trainer;
 pub mod tune;
 
