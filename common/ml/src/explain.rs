@@ -372,7 +372,7 @@ pub fn kernel(
 }
 
 /// Integrated Gradients (Sundararajan et al. 2017) of a model's output
-/// `output` (a column of [`CrimeModel::forward_t`]: a class logit, a
+/// `output` (a column of [`crate::model::CrimeModel::forward_t`]: a class logit, a
 /// category's log-rate) for every row of `batch`, against `baseline` (one
 /// row per batch row, or one row broadcast to all), with a `steps`-point
 /// midpoint Riemann sum along the straight path. Returns the attributions of
@@ -616,7 +616,7 @@ mod tests {
         tch::no_grad(|| {
             for (name, mut v) in m.var_store_mut().variables() {
                 if name == "area.weight" {
-                    let _ = v.copy_(&v.rand_like());
+                    v.copy_(&v.rand_like());
                     w = Some(v.copy());
                 } else if name.starts_with("hidden") || name == "head.weight" {
                     let _ = v.zero_();
