@@ -346,7 +346,8 @@ fn check_indices(ds: &Dataset, order: &[usize]) -> Result<()> {
 }
 
 /// Runs `step` on every batch of `order` (chunks of `plan.batch_size`, in
-/// one part: `plan.parts` is ignored), assembled as [`feeds`] says. Stops at
+/// one part: `plan.parts` is ignored), assembled as
+/// [`for_each_split_batch`] says. Stops at
 /// the first error `step` returns and returns it.
 pub(crate) fn for_each_batch<F>(
     ds: &Dataset,

@@ -80,31 +80,41 @@ impl Default for ParallelConfig {
 impl ParallelConfig {
     /// The device of each replica.
     pub fn devices(&self) -> Result<Vec<Device>> {
-        let w = self.workers;
-        if w == 0 {
-            return Err(TrainError::Config {
-                field: "workers",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let cuda = tch::Cuda::device_count().max(0) as usize;
-        let first = match self.device {
-            DeviceChoice::Cpu => return Ok(vec![Device::Cpu; w]),
-            DeviceChoice::Auto if cuda == 0 => return Ok(vec![Device::Cpu; w]),
-            DeviceChoice::Auto => 0,
-            DeviceChoice::Cuda(n) => n,
-        };
-        if first + w > cuda {
-            return Err(TrainError::Config {
-                field: "workers",
-                reason: format!(
-                    "{w} replica(s) from cuda:{first} need {} CUDA device(s), {cuda} present",
-                    first + w
-                ),
-            });
-        }
-        Ok((first..first + w).map(Device::Cuda).collect())
+        place(self.device, self.workers, ("workers", "replica"))
     }
+}
+
+/// The devices of `n` model parts (replicas, stages) placed by `choice`:
+/// all on the CPU, or CUDA devices `first..first + n` (`auto`: from 0 when
+/// CUDA exists). Errors name the config `field` and the parts (`noun`).
+pub(crate) fn place(
+    choice: DeviceChoice,
+    n: usize,
+    (field, noun): (&'static str, &str),
+) -> Result<Vec<Device>> {
+    if n == 0 {
+        return Err(TrainError::Config {
+            field,
+            reason: "must be at least 1".into(),
+        });
+    }
+    let cuda = tch::Cuda::device_count().max(0) as usize;
+    let first = match choice {
+        DeviceChoice::Cpu => return Ok(vec![Device::Cpu; n]),
+        DeviceChoice::Auto if cuda == 0 => return Ok(vec![Device::Cpu; n]),
+        DeviceChoice::Auto => 0,
+        DeviceChoice::Cuda(k) => k,
+    };
+    if first + n > cuda {
+        return Err(TrainError::Config {
+            field,
+            reason: format!(
+                "{n} {noun}(s) from cuda:{first} need {} CUDA device(s), {cuda} present",
+                first + n
+            ),
+        });
+    }
+    Ok((first..first + n).map(Device::Cuda).collect())
 }
 
 /// One model copy and handles on its variables.

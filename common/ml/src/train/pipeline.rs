@@ -47,7 +47,7 @@ use super::trainer::{
     batch_to, check_task, epoch_bar, epoch_train_loss, evaluate_model, usable_val, EpochOrder,
     EpochRecord, Evaluation, FitReport, Selection, TrainConfig,
 };
-use super::{ParallelConfig, Result, TrainError};
+use super::{Result, TrainError};
 use crate::model::{
     build, export_params, import_params, Batch, CrimeModel, Layers, ModelConfig, ModelKind,
 };
@@ -93,18 +93,7 @@ impl PipelineConfig {
             });
         }
         // The same placement rule as the data-parallel replicas.
-        let par = ParallelConfig {
-            workers: self.stages,
-            device: self.device,
-            threads: self.threads,
-        };
-        par.devices().map_err(|e| match e {
-            TrainError::Config { reason, .. } => TrainError::Config {
-                field: "stages",
-                reason: reason.replace("replica", "stage"),
-            },
-            other => other,
-        })
+        super::parallel::place(self.device, self.stages, ("stages", "stage"))
     }
 }
 
