@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     FedAvg, FedAvgM, FedAvgSparse, FedMedian, FedOpt, FedOptKind, FedProx, FedTrimmedAvg, Krum,
-    Strategy,
+    QFedAvg, Strategy,
 };
 use crate::error::{FlError, Result};
 
@@ -103,6 +103,18 @@ pub enum StrategyConfig {
         #[serde(default = "defaults::keep")]
         keep: usize,
     },
+    /// [`QFedAvg`]: fair aggregation; stations must report the global
+    /// model's loss.
+    QFedAvg {
+        /// Fairness (default 1; 0: unweighted averaging of the updates).
+        #[serde(default = "defaults::one")]
+        q: f64,
+        /// The stations' learning rate, whose inverse is the Lipschitz
+        /// estimate (default 1e-3, a station's default); set it to the
+        /// `[train]` learning rate.
+        #[serde(default = "defaults::station_lr")]
+        lr: f64,
+    },
 }
 
 mod defaults {
@@ -142,6 +154,9 @@ mod defaults {
     pub fn keep() -> usize {
         2
     }
+    pub(crate) fn station_lr() -> f64 {
+        fedcrime_wire::RoundSettings::default().lr
+    }
 }
 
 impl Default for StrategyConfig {
@@ -152,7 +167,7 @@ impl Default for StrategyConfig {
 
 impl StrategyConfig {
     /// The names accepted by [`FromStr`] and in config files.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "fedavg",
         "fedavgsparse",
         "fedprox",
@@ -164,6 +179,7 @@ impl StrategyConfig {
         "fedtrimmedavg",
         "krum",
         "multikrum",
+        "qfedavg",
     ];
 
     /// Builds the strategy, checking every parameter's range.
@@ -195,6 +211,7 @@ impl StrategyConfig {
             StrategyConfig::FedTrimmedAvg { beta } => Box::new(FedTrimmedAvg::new(beta)?),
             StrategyConfig::Krum { byzantine } => Box::new(Krum::new(byzantine, 1)?),
             StrategyConfig::MultiKrum { byzantine, keep } => Box::new(Krum::new(byzantine, keep)?),
+            StrategyConfig::QFedAvg { q, lr } => Box::new(QFedAvg::new(q, lr)?),
         })
     }
 
@@ -212,6 +229,7 @@ impl StrategyConfig {
             StrategyConfig::FedTrimmedAvg { .. } => "fedtrimmedavg",
             StrategyConfig::Krum { .. } => "krum",
             StrategyConfig::MultiKrum { .. } => "multikrum",
+            StrategyConfig::QFedAvg { .. } => "qfedavg",
         }
     }
 }
@@ -345,5 +363,45 @@ mod tests {
             }
         );
         assert!(toml::from_str::<File>("[strategy]\nname = \"fedavg\"\nmu = 1\n").is_err());
+        let f: File = toml::from_str("[strategy]\nname = \"qfedavg\"\nq = 2\n").unwrap();
+        assert_eq!(f.strategy, StrategyConfig::QFedAvg { q: 2.0, lr: 1e-3 });
+        let f: File =
+            toml::from_str("[strategy]\nname = \"qfedavg\"\nq = 0.5\nlr = 0.01\n").unwrap();
+        assert_eq!(f.strategy, StrategyConfig::QFedAvg { q: 0.5, lr: 0.01 });
+        assert!(toml::from_str::<File>("[strategy]\nname = \"qfedavg\"\nmu = 1\n").is_err());
+    }
+
+    #[test]
+    fn qfedavg_parses_round_trips_and_checks_its_parameters() {
+        assert_eq!(
+            "q-fedavg".parse::<StrategyConfig>().unwrap(),
+            StrategyConfig::QFedAvg { q: 1.0, lr: 1e-3 }
+        );
+        let cfg: StrategyConfig = "qfedavg:q=2,lr=0.001".parse().unwrap();
+        assert_eq!(cfg, StrategyConfig::QFedAvg { q: 2.0, lr: 0.001 });
+        assert_eq!(cfg.to_string().parse::<StrategyConfig>().unwrap(), cfg);
+        let cfg: StrategyConfig = "qfedavg:q=0.25,lr=0.05".parse().unwrap();
+        let text = cfg.to_string();
+        assert!(text.starts_with("qfedavg:"), "{text}");
+        assert!(
+            text.contains("q=0.25") && text.contains("lr=0.05"),
+            "{text}"
+        );
+        assert_eq!(cfg.to_string().parse::<StrategyConfig>().unwrap(), cfg);
+        assert_eq!(cfg.build().unwrap().name(), "qfedavg");
+        for (spec, field) in [
+            ("qfedavg:q=-1", "strategy.q"),
+            ("qfedavg:lr=0", "strategy.lr"),
+            ("qfedavg:lr=-0.1", "strategy.lr"),
+        ] {
+            let cfg: StrategyConfig = spec.parse().unwrap();
+            match cfg.build() {
+                Err(FlError::Config { field: f, .. }) => assert_eq!(f, field, "{spec}"),
+                Err(e) => panic!("{spec}: {e}"),
+                Ok(_) => panic!("{spec}: built"),
+            }
+        }
+        assert!("qfedavg:mu=1".parse::<StrategyConfig>().is_err());
+        assert!("qfedavg:q=x".parse::<StrategyConfig>().is_err());
     }
 }

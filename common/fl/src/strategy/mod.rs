@@ -9,15 +9,19 @@
 //! Stateful strategies (server momentum, adaptive optimizers) expose their
 //! state for checkpoints ([`Strategy::state`], [`Strategy::restore`]).
 //!
-//! Built in: [`FedAvg`], [`FedProx`], [`FedAvgM`], [`FedOpt`] (FedAdam,
-//! FedYogi, FedAdagrad), [`FedMedian`], [`FedTrimmedAvg`] and [`Krum`]
-//! (with Multi-Krum); [`StrategyConfig`] names them in config files and on
-//! the command line. The loops they share live in [`kernels`].
+//! Built in: [`FedAvg`], [`FedAvgSparse`], [`FedProx`], [`FedAvgM`],
+//! [`FedOpt`] (FedAdam, FedYogi, FedAdagrad), [`FedMedian`],
+//! [`FedTrimmedAvg`], [`Krum`] (with Multi-Krum) and [`QFedAvg`] (fair
+//! allocation: stations where the global model does badly weigh more; it
+//! needs stations to report [`GLOBAL_LOSS_KEY`]); [`StrategyConfig`] names
+//! them in config files and on the command line. The loops they share live
+//! in [`kernels`].
 
 mod config;
 mod fedavg;
 mod fedopt;
 pub mod kernels;
+mod qfedavg;
 mod robust;
 
 use std::collections::BTreeMap;
@@ -28,17 +32,39 @@ use serde::{Deserialize, Serialize};
 pub use config::StrategyConfig;
 pub use fedavg::{FedAvg, FedAvgM, FedAvgSparse, FedProx};
 pub use fedopt::{FedOpt, FedOptKind};
+pub use qfedavg::{QFedAvg, MIN_GLOBAL_LOSS};
 pub use robust::{FedMedian, FedTrimmedAvg, Krum};
 
 use super::error::{FlError, Result};
 use fedcrime_params::Params;
-use fedcrime_wire::RoundSettings;
+use fedcrime_wire::{RoundSettings, Scalar};
 
 /// Named numbers: the metrics stations report and rounds summarize.
 pub type Metrics = BTreeMap<String, f64>;
 
 /// The fit metric holding a station's training loss.
 pub const LOSS_KEY: &str = "loss";
+
+/// The fit metric holding a station's mean training loss of the global
+/// model it received, before its local training (the `F_k` of
+/// [`QFedAvg`]). Stations report it when the round's settings ask for it
+/// ([`REPORT_GLOBAL_LOSS_EXTENSION`], see [`global_loss_requested`]).
+pub const GLOBAL_LOSS_KEY: &str = "global_loss";
+
+/// The [`RoundSettings::extensions`] key (value `Scalar::Bool(true)`) by
+/// which a strategy ([`QFedAvg`]) asks stations to report
+/// [`GLOBAL_LOSS_KEY`]. An extension, not a field: stations that do not
+/// know it train as before (and their updates then lack the metric).
+pub const REPORT_GLOBAL_LOSS_EXTENSION: &str = "report_global_loss";
+
+/// Whether `settings` ask stations to report [`GLOBAL_LOSS_KEY`]
+/// ([`REPORT_GLOBAL_LOSS_EXTENSION`] set to `Scalar::Bool(true)`).
+pub fn global_loss_requested(settings: &RoundSettings) -> bool {
+    matches!(
+        settings.extensions.get(REPORT_GLOBAL_LOSS_EXTENSION),
+        Some(Scalar::Bool(true))
+    )
+}
 
 /// One setting sent to stations with a round (epochs, learning rate, mu, ...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,7 +123,8 @@ pub struct FitRes {
     pub params: Params,
     /// Training examples used (the FedAvg weight); must be positive.
     pub num_examples: u64,
-    /// Training metrics; [`LOSS_KEY`] is the training loss.
+    /// Training metrics; [`LOSS_KEY`] is the training loss,
+    /// [`GLOBAL_LOSS_KEY`] (when asked for) the received model's loss.
     pub metrics: Metrics,
 }
 
