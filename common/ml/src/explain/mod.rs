@@ -16,6 +16,10 @@
 //! `base + sum_i phi_i = f(x)` (exactly for [`exact`]; KernelSHAP enforces it
 //! as a constraint of its regression).
 
+mod model;
+
+pub use model::*;
+
 use crate::train::TrainError;
 
 /// A batch predictor: `rows` inputs of `dim` values each, row-major, in;
@@ -36,6 +40,9 @@ pub struct Problem<'a> {
     pub groups: &'a [Vec<usize>],
     /// Background rows (row-major, `dim` each).
     pub background: &'a [f32],
+    /// One weight per background row (k-means centroids weigh their
+    /// cluster's size); `None`: every row the same.
+    pub weights: Option<&'a [f64]>,
 }
 
 /// The Shapley values of one instance.
@@ -88,6 +95,18 @@ impl Problem<'_> {
                 got: self.background.len(),
             });
         }
+        if let Some(w) = self.weights {
+            let rows = self.background.len() / self.dim;
+            if w.len() != rows
+                || w.iter().any(|v| !(v.is_finite() && *v >= 0.0))
+                || w.iter().sum::<f64>() <= 0.0
+            {
+                return Err(config_error(
+                    "background",
+                    format!("{} weights for {rows} background rows: one finite, non-negative weight per row, not all zero", w.len()),
+                ));
+            }
+        }
         let mut seen = vec![false; self.dim];
         for (g, cols) in self.groups.iter().enumerate() {
             if cols.is_empty() {
@@ -117,23 +136,22 @@ impl Problem<'_> {
         let nb = self.background.len() / self.dim;
         let rows = masks.len() * nb;
         let mut input = Vec::with_capacity(rows * self.dim);
+        let mut from_x = vec![false; self.dim];
         for mask in masks {
+            // Columns outside every group keep the instance's values.
+            from_x.fill(true);
+            for (cols, &on) in self.groups.iter().zip(mask) {
+                for &c in cols {
+                    from_x[c] = on;
+                }
+            }
             for b in self.background.chunks(self.dim) {
-                let start = input.len();
-                input.extend_from_slice(b);
-                let row = &mut input[start..];
-                // Columns outside every group keep the instance's values.
-                let mut from_x = vec![true; self.dim];
-                for (cols, &on) in self.groups.iter().zip(mask) {
-                    for &c in cols {
-                        from_x[c] = on;
-                    }
-                }
-                for (c, take) in from_x.iter().enumerate() {
-                    if *take {
-                        row[c] = x[c];
-                    }
-                }
+                input.extend(
+                    b.iter()
+                        .zip(x)
+                        .zip(&from_x)
+                        .map(|((&b, &x), &take)| if take { x } else { b }),
+                );
             }
         }
         let out = f(&input, rows)?;
@@ -144,12 +162,20 @@ impl Problem<'_> {
                 got: out.len(),
             });
         }
+        let uniform = vec![1.0; nb];
+        let w = self.weights.unwrap_or(&uniform);
+        let total: f64 = w.iter().sum();
         Ok(out
             .chunks(nb * self.outputs)
             .map(|block| {
-                (0..self.outputs)
-                    .map(|o| block.iter().skip(o).step_by(self.outputs).sum::<f64>() / nb as f64)
-                    .collect()
+                let mut v = vec![0.0; self.outputs];
+                for (row, wr) in block.chunks(self.outputs).zip(w) {
+                    for (acc, y) in v.iter_mut().zip(row) {
+                        *acc += wr * y;
+                    }
+                }
+                v.iter_mut().for_each(|a| *a /= total);
+                v
             })
             .collect())
     }
@@ -371,77 +397,6 @@ pub fn kernel(
     })
 }
 
-/// Integrated Gradients (Sundararajan et al. 2017) of a model's output
-/// `output` (a column of [`crate::model::CrimeModel::forward_t`]: a class logit, a
-/// category's log-rate) for every row of `batch`, against `baseline` (one
-/// row per batch row, or one row broadcast to all), with a `steps`-point
-/// midpoint Riemann sum along the straight path. Returns the attributions of
-/// the flat features `[b, feature_dim]` and, for models that read it, of the
-/// sequence view `[b, steps, step_dim]`. They add up to `f(x) - f(baseline)`
-/// up to the Riemann error, which shrinks with `steps`; the caller reports it.
-/// The model runs in evaluation mode (no dropout); on the CPU the LSTM's
-/// evaluation kernels have a backward pass.
-pub fn integrated_gradients(
-    model: &dyn crate::model::CrimeModel,
-    batch: &crate::model::Batch,
-    baseline: &crate::model::Batch,
-    output: usize,
-    steps: usize,
-) -> Result<(tch::Tensor, Option<tch::Tensor>), TrainError> {
-    use tch::{Kind, Tensor};
-    if steps == 0 {
-        return Err(config_error("steps", "must be at least 1".into()));
-    }
-    let device = model.device();
-    let x = batch.features.to_device(device).to_kind(Kind::Float);
-    let x0 = baseline.features.to_device(device).to_kind(Kind::Float);
-    let seq = batch.sequences.as_ref().map(|s| s.to_device(device));
-    let seq0 = match (&seq, &baseline.sequences) {
-        (Some(_), Some(s0)) => Some(s0.to_device(device)),
-        (Some(s), None) => Some(s.zeros_like()),
-        (None, _) => None,
-    };
-    let dx = &x - &x0;
-    let dseq = seq.as_ref().zip(seq0.as_ref()).map(|(s, s0)| s - s0);
-    let mut grad_x = x.zeros_like();
-    let mut grad_seq = seq.as_ref().map(Tensor::zeros_like);
-    for k in 0..steps {
-        let alpha = (k as f64 + 0.5) / steps as f64;
-        let xi = (&x0 + &dx * alpha).detach().set_requires_grad(true);
-        let si = seq0
-            .as_ref()
-            .zip(dseq.as_ref())
-            .map(|(s0, d)| (s0 + d * alpha).detach().set_requires_grad(true));
-        let point = crate::model::Batch {
-            features: xi.shallow_clone(),
-            sequences: si.as_ref().map(Tensor::shallow_clone),
-            target: batch.target.to_device(device),
-        };
-        let out = model.forward_t(&point, false);
-        let width = out.size().last().copied().unwrap_or(0);
-        if output as i64 >= width {
-            return Err(config_error(
-                "output",
-                format!("the model has {width} outputs, {output} asked"),
-            ));
-        }
-        out.select(-1, output as i64).sum(Kind::Float).backward();
-        let gx = xi.grad();
-        if gx.defined() {
-            grad_x += gx;
-        }
-        if let (Some(acc), Some(si)) = (grad_seq.as_mut(), si.as_ref()) {
-            let g = si.grad();
-            if g.defined() {
-                *acc += g;
-            }
-        }
-    }
-    let attr_x = grad_x * dx / steps as f64;
-    let attr_seq = grad_seq.zip(dseq).map(|(g, d)| g * d / steps as f64);
-    Ok((attr_x, attr_seq))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +440,7 @@ mod tests {
             outputs: 2,
             groups: &groups,
             background: &background,
+            weights: None,
         };
         let x = [1.5f32, -1.0, 4.0, 7.0];
         let e = exact(&p, &mut f, &x).unwrap();
@@ -519,6 +475,7 @@ mod tests {
             outputs: 1,
             groups: &groups,
             background: &background,
+            weights: None,
         };
         let e = exact(&p, &mut f, &[2.0, 3.0, 1.0]).unwrap();
         // With a zero baseline x0 and x1 split the product 6 equally.
@@ -541,6 +498,7 @@ mod tests {
                 outputs: 1,
                 groups,
                 background: &background,
+                weights: None,
             };
             exact(&p, &mut linear(w.clone(), vec![0.0]), &x).unwrap()
         };
@@ -570,6 +528,7 @@ mod tests {
             outputs: 2,
             groups: &groups,
             background: &background,
+            weights: None,
         };
         let x = [1.0f32, 2.0, 0.7, -1.0, 3.0];
         let ex = exact(&p, &mut f, &x).unwrap();
@@ -591,6 +550,7 @@ mod tests {
             outputs: 1,
             groups: &groups,
             background: &background,
+            weights: None,
         };
         let x: Vec<f32> = (0..10).map(|i| i as f32 * 0.3 - 1.0).collect();
         let ex = exact(&p, &mut f, &x).unwrap();
@@ -606,69 +566,6 @@ mod tests {
     }
 
     #[test]
-    fn integrated_gradients_of_a_linear_path_are_weights_times_distance() {
-        use crate::model::{to_batch, ModelKind};
-        use crate::train::test_data;
-        // A counts DNN whose MLP is silenced is linear: out = b + x area.weight^T.
-        let ds = test_data::counts(6, 3, 2, 4);
-        let mut m = test_data::model(ModelKind::Dnn, &ds, 8, 0.0, 1);
-        let mut w = None;
-        tch::no_grad(|| {
-            for (name, mut v) in m.var_store_mut().variables() {
-                if name == "area.weight" {
-                    v.copy_(&v.rand_like());
-                    w = Some(v.copy());
-                } else if name.starts_with("hidden") || name == "head.weight" {
-                    let _ = v.zero_();
-                }
-            }
-        });
-        let w = w.expect("a counts dnn has the direct path");
-        let idx: Vec<usize> = (0..6).collect();
-        let batch = to_batch(&ds, &idx, tch::Device::Cpu);
-        let baseline = crate::model::Batch {
-            features: batch.features.zeros_like() + 0.25,
-            sequences: None,
-            target: batch.target.shallow_clone(),
-        };
-        for o in 0..2 {
-            let (attr, _) = integrated_gradients(m.as_ref(), &batch, &baseline, o, 4).unwrap();
-            let want = (&batch.features - 0.25) * w.get(o as i64).unsqueeze(0);
-            let diff = f64::try_from((attr - want).abs().max()).unwrap();
-            assert!(diff < 1e-5, "output {o}: {diff}");
-        }
-    }
-
-    #[test]
-    fn integrated_gradients_add_up_for_the_deep_models() {
-        use crate::model::{to_batch, ModelKind};
-        use crate::train::test_data;
-        use tch::Kind;
-        let risk = test_data::risk(5, 6, 2);
-        let counts = test_data::counts(5, 3, 2, 3);
-        for (kind, ds) in [(ModelKind::Dnn, &risk), (ModelKind::Lstm, &counts)] {
-            let m = test_data::model(kind, ds, 8, 0.0, 2);
-            let idx: Vec<usize> = (0..5).collect();
-            let batch = to_batch(ds, &idx, tch::Device::Cpu);
-            let baseline = crate::model::Batch {
-                features: batch.features.zeros_like(),
-                sequences: batch.sequences.as_ref().map(tch::Tensor::zeros_like),
-                target: batch.target.shallow_clone(),
-            };
-            let (ax, aseq) = integrated_gradients(m.as_ref(), &batch, &baseline, 1, 200).unwrap();
-            let total = ax.sum_dim_intlist(1, false, Kind::Float)
-                + aseq.map_or_else(
-                    || ax.zeros_like().sum_dim_intlist(1, false, Kind::Float),
-                    |a| a.flatten(1, -1).sum_dim_intlist(1, false, Kind::Float),
-                );
-            let f = |b: &crate::model::Batch| m.forward_t(b, false).select(-1, 1);
-            let gap = f(&batch) - f(&baseline);
-            let err = f64::try_from((total - gap).abs().max()).unwrap();
-            assert!(err < 1e-3, "{kind}: completeness error {err}");
-        }
-    }
-
-    #[test]
     fn bad_problems_are_errors_not_panics() {
         let groups = vec![vec![0], vec![0]];
         let bg = [0.0, 0.0];
@@ -677,6 +574,7 @@ mod tests {
             outputs: 1,
             groups: &groups,
             background: &bg,
+            weights: None,
         };
         let mut f = linear(vec![vec![1.0, 1.0]], vec![0.0]);
         assert!(exact(&p, &mut f, &[1.0, 1.0])
@@ -702,6 +600,7 @@ mod tests {
             groups: &many,
             background: &bg17,
             outputs: 1,
+            weights: None,
         };
         let mut g = linear(vec![vec![1.0; 17]], vec![0.0]);
         assert!(exact(&p, &mut g, &[0.0; 17])
