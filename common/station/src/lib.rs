@@ -42,14 +42,14 @@ use tch::Device;
 use fedcrime_data::categories::Category;
 use fedcrime_data::features::{Layout, RISK_LEVELS};
 use fedcrime_data::{DataError, Dataset, Splits, Task, TaskConfig};
-use fedcrime_fl::strategy::LOSS_KEY;
+use fedcrime_fl::strategy::{global_loss_requested, GLOBAL_LOSS_KEY, LOSS_KEY};
 use fedcrime_fl::{
     ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings,
 };
 use fedcrime_ml::model::{self, ModelConfig, ModelError, ModelKind};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::Evaluation;
-use fedcrime_ml::train::{TrainConfig, TrainError, Trainer};
+use fedcrime_ml::train::{negative_log_likelihood, TrainConfig, TrainError, Trainer};
 use fedcrime_params::ParamSpec;
 
 /// Evaluation settings: the evaluation batch size (integer).
@@ -300,10 +300,18 @@ impl Station {
     pub fn fit(&self, ins: &FitIns) -> Result<FitRes> {
         let cfg = self.train_config(&ins.settings, ins.round)?;
         let t0 = Instant::now();
-        let model = self.build_model()?;
+        let mut model = self.build_model()?;
+        let mut metrics = Metrics::new();
+        if global_loss_requested(&ins.settings) {
+            // q-FedAvg weighs stations by the received model's loss on
+            // their data, before any local step.
+            model.import_params(&ins.global)?;
+            let nll =
+                negative_log_likelihood(model.as_ref(), &self.splits.train, cfg.eval_batch_size)?;
+            metrics.insert(GLOBAL_LOSS_KEY.to_string(), nll);
+        }
         let mut trainer = Trainer::new(model, cfg)?;
         let update = trainer.fit_from(&ins.global, &self.splits.train, None)?;
-        let mut metrics = Metrics::new();
         if let Some(kept) = update.report.kept() {
             metrics.insert(LOSS_KEY.to_string(), kept.train_loss);
         }

@@ -519,3 +519,34 @@ fn gat_tcn_refuses_stations_without_several_neighbouring_areas() {
     let risk = TaskConfig::new(Task::Risk);
     assert!(model_config(ModelKind::GatTcn, &risk).is_err());
 }
+
+#[test]
+fn q_fedavg_rounds_report_the_received_models_loss_before_training() {
+    use fedcrime_fl::strategy::{QFedAvg, GLOBAL_LOSS_KEY};
+    let s = station(ModelKind::Dnn);
+    let global = initial(&s);
+    let plain = s.fit(&fit_ins(global.clone(), 1)).unwrap();
+    assert!(!plain.metrics.contains_key(GLOBAL_LOSS_KEY));
+    let settings = QFedAvg::new(1.0, 0.01)
+        .unwrap()
+        .configure_fit(1, &round_settings());
+    let ins = FitIns {
+        global: Arc::new(global.clone()),
+        round: 1,
+        settings: Arc::new(settings),
+    };
+    let q = s.fit(&ins).unwrap();
+    // The same training, plus the loss of the model received.
+    assert_eq!(q.params, plain.params);
+    let before = s
+        .evaluate(&EvaluateIns {
+            global: Arc::new(global),
+            config: Arc::new(Config::from([(
+                SPLIT_KEY.to_string(),
+                ConfigValue::Str("train".into()),
+            )])),
+        })
+        .unwrap();
+    assert!((q.metrics[GLOBAL_LOSS_KEY] - before.loss).abs() < 1e-9);
+    assert!(q.metrics[GLOBAL_LOSS_KEY] > plain.metrics[LOSS_KEY]);
+}

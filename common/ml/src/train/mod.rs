@@ -38,7 +38,8 @@ pub use metrics::{CountMetrics, Metrics, RiskMetrics};
 pub use parallel::{ParallelConfig, ParallelTrainer};
 pub use pipeline::{PipelineConfig, PipelineTrainer};
 pub use trainer::{
-    ClassWeighting, EpochRecord, Evaluation, FitReport, LocalUpdate, Monitor, TrainConfig, Trainer,
+    negative_log_likelihood, ClassWeighting, EpochRecord, Evaluation, FitReport, LocalUpdate,
+    Monitor, TrainConfig, Trainer,
 };
 
 use fedcrime_data::Task;

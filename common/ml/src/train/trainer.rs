@@ -658,6 +658,32 @@ pub fn evaluate_model(
     Ok(Evaluation { n, loss, metrics })
 }
 
+/// The mean negative log-likelihood per sample of `model` on `ds`: its
+/// loss made a true NLL, never negative, comparable between stations (what
+/// q-FedAvg weighs stations by). Cross-entropy and squared error already
+/// are; libtorch's Poisson loss leaves out `ln y!`, which is added here
+/// (per target value, averaged like the loss).
+pub fn negative_log_likelihood(
+    model: &dyn CrimeModel,
+    ds: &Dataset,
+    batch_size: usize,
+) -> Result<f64> {
+    let e = evaluate_model(model, ds, batch_size)?;
+    let constant = match (&ds.target, model.config().count_loss) {
+        (Target::Counts { values, .. }, crate::model::CountLoss::Poisson) if !values.is_empty() => {
+            values.iter().map(|&y| ln_factorial(y)).sum::<f64>() / values.len() as f64
+        }
+        _ => 0.0,
+    };
+    Ok(e.loss + constant)
+}
+
+/// `ln y!` of a count (`y` rounded, negatives as 0).
+fn ln_factorial(y: f32) -> f64 {
+    let k = y.round().max(0.0) as u64;
+    (2..=k).map(|i| (i as f64).ln()).sum()
+}
+
 /// A validation split, or `None` when absent or empty (with a warning).
 pub(crate) fn usable_val(val: Option<&Dataset>) -> Option<&Dataset> {
     match val {
@@ -907,6 +933,37 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poisson_negative_log_likelihood_adds_ln_y_factorial() {
+        crate::model::test_util::one_thread();
+        let ds = test_data::counts(6, 2, 2, 5);
+        let m = test_data::model(crate::model::ModelKind::Dnn, &ds, 4, 0.0, 1);
+        let out = m.forward_t(
+            &crate::model::to_batch(&ds, &[0, 1, 2, 3, 4, 5], Device::Cpu),
+            false,
+        );
+        let o = Vec::<f32>::try_from(out.flatten(0, -1)).unwrap();
+        let Target::Counts { values, .. } = &ds.target else {
+            unreachable!()
+        };
+        // mean over values of exp(o) - y o + ln y!
+        let want: f64 = o
+            .iter()
+            .zip(values)
+            .map(|(&o, &y)| {
+                let lf: f64 = (2..=y as u64).map(|k| (k as f64).ln()).sum();
+                f64::from(o).exp() - f64::from(y) * f64::from(o) + lf
+            })
+            .sum::<f64>()
+            / values.len() as f64;
+        let got = negative_log_likelihood(m.as_ref(), &ds, 4).unwrap();
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert!(
+            values.iter().any(|&y| y >= 2.0),
+            "the test needs counts above 1"
+        );
+    }
     use crate::model::ModelKind;
     use crate::train::test_data;
 
