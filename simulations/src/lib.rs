@@ -7,6 +7,7 @@
 //! `fedcrime-ml`); end-to-end
 //! tests call [`sim::simulate`] directly.
 
+pub mod charts;
 pub mod plot;
 pub mod progress;
 pub mod sim;

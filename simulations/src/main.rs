@@ -53,6 +53,10 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Grid or random search over the paper's hyperparameters.
     Tune(cmd::tune::TuneArgs),
+    /// SHAP values of a trained model over its features grouped by source
+    /// column (exact, KernelSHAP, GradientSHAP, Integrated Gradients):
+    /// rankings, per-sample values, plots, additivity errors.
+    Explain(Box<cmd::explain::ExplainArgs>),
     /// Run many stations in one process against a running fedcrime-server:
     /// load tests, poisoned-station studies, the chaos suite.
     Swarm(cmd::swarm::SwarmArgs),
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(&args, &cli.global),
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
+        Command::Explain(args) => cmd::explain::run(&args, &cli.global),
         Command::Swarm(args) => cmd::swarm::run(&args, &cli.global),
         Command::Study(study) => cmd::study::run(&study, &cli.global),
         Command::Bench(bench) => cmd::bench::run(&bench, &cli.global),

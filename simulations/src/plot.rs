@@ -61,7 +61,7 @@ const SIZE: (u32, u32) = (1500, 900);
 /// An x axis: its label and how to read it off a point.
 type Axis = (&'static str, fn(&Point) -> f64);
 
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {

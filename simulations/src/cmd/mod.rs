@@ -1,6 +1,8 @@
 //! The subcommands, one module each.
 
+pub mod audit;
 pub mod bench;
+pub mod explain;
 pub mod features;
 pub mod inspect;
 pub mod simulate;

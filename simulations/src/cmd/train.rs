@@ -35,8 +35,9 @@ use fedcrime_ml::DeviceChoice;
 use crate::GlobalOpts;
 
 /// Where the incidents come from and which task to build: shared by `train`,
-/// `tune` and `bench train`.
-#[derive(clap::Args, Debug, Clone)]
+/// `tune` and `bench train`; recorded in the model file so `explain` and
+/// `fairness` rebuild the same samples.
+#[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DataArgs {
     /// An LAPD "Crime Data from 2020 to Present" export (.csv or .csv.gz);
     /// without it, the embedded synthetic data.
@@ -458,6 +459,10 @@ pub fn run(args: &TrainArgs, global: &GlobalOpts) -> anyhow::Result<()> {
         serde_json::to_string(&data.featurizer)?,
     );
     meta.insert("fedcrime.data_source".to_string(), args.data.source());
+    meta.insert(
+        super::audit::META_DATA_ARGS.to_string(),
+        serde_json::to_string(&args.data)?,
+    );
     let model_path = args.out.join("model.safetensors");
     save_model(trainer.model(), &model_path, &meta)
         .with_context(|| format!("writing {}", model_path.display()))?;
