@@ -68,7 +68,10 @@ impl Bars {
     /// Writes `<stem>.svg` and `.png` into `dir`.
     pub fn write_both(&self, dir: &Path, stem: &str) -> Result<()> {
         let per_row = 22 + 9 * self.series.len().max(1) as u32;
-        let size = (1200, (140 + per_row * self.names.len() as u32).clamp(320, 2400));
+        let size = (
+            1200,
+            (140 + per_row * self.names.len() as u32).clamp(320, 2400),
+        );
         write_both(dir, stem, size, &|a| self.draw(a), &|a| self.draw(a))
     }
 
@@ -108,10 +111,14 @@ impl Bars {
         let band = 0.8 / k;
         for (s, (label, vals)) in self.series.iter().enumerate() {
             let color = Palette99::pick(s).to_rgba();
-            let bars = vals.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| {
-                let y = (n - 1 - i) as f64 + 0.4 - band * s as f64;
-                Rectangle::new([(0.0, y), (v, y - band * 0.9)], color.filled())
-            });
+            let bars = vals
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.is_finite())
+                .map(|(i, &v)| {
+                    let y = (n - 1 - i) as f64 + 0.4 - band * s as f64;
+                    Rectangle::new([(0.0, y), (v, y - band * 0.9)], color.filled())
+                });
             let drawn = chart.draw_series(bars).map_err(|e| anyhow!("{e}"))?;
             if self.series.len() > 1 {
                 drawn.label(label.as_str()).legend(move |(x, y)| {
@@ -214,7 +221,11 @@ impl Beeswarm {
                     let side = if *k % 2 == 0 { 1.0 } else { -1.0 };
                     let dy = (((*k + 1) / 2) as f64 * 0.04).min(0.42) * side;
                     *k += 1;
-                    let c = if c.is_finite() { c.clamp(0.0, 1.0) } else { 0.5 };
+                    let c = if c.is_finite() {
+                        c.clamp(0.0, 1.0)
+                    } else {
+                        0.5
+                    };
                     let color = RGBColor(
                         (30.0 + 205.0 * c) as u8,
                         (90.0 - 40.0 * c) as u8,
@@ -304,7 +315,11 @@ impl Heatmap {
         for (i, row) in self.values.iter().enumerate() {
             let y = (nr - 1 - i) as f64;
             for (j, &v) in row.iter().enumerate() {
-                let t = if max > 0.0 && v.is_finite() { (v.abs() / max).min(1.0) } else { 0.0 };
+                let t = if max > 0.0 && v.is_finite() {
+                    (v.abs() / max).min(1.0)
+                } else {
+                    0.0
+                };
                 let color = RGBColor(
                     (255.0 - 200.0 * t) as u8,
                     (255.0 - 150.0 * t) as u8,
@@ -317,7 +332,11 @@ impl Heatmap {
                         color.filled(),
                     )))
                     .map_err(|e| anyhow!("{e}"))?;
-                let text = if v.is_finite() { format!("{v:.3}") } else { "-".into() };
+                let text = if v.is_finite() {
+                    format!("{v:.3}")
+                } else {
+                    "-".into()
+                };
                 let ink = if t > 0.6 { WHITE } else { BLACK };
                 chart
                     .draw_series(std::iter::once(Text::new(
@@ -339,7 +358,9 @@ mod tests {
     #[test]
     fn charts_write_svg_and_png_with_their_labels() {
         let dir = tempfile::tempdir().unwrap();
-        let names: Vec<String> = ["hour", "area", "counts 1 block ago"].map(String::from).into();
+        let names: Vec<String> = ["hour", "area", "counts 1 block ago"]
+            .map(String::from)
+            .into();
         Bars {
             title: "mean |SHAP|".into(),
             x_label: "mean |SHAP value|".into(),
@@ -355,7 +376,9 @@ mod tests {
                 .iter()
                 .map(|n| SwarmRow {
                     name: n.clone(),
-                    points: (0..50).map(|i| (i as f64 / 50.0 - 0.5, i as f64 / 50.0)).collect(),
+                    points: (0..50)
+                        .map(|i| (i as f64 / 50.0 - 0.5, i as f64 / 50.0))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -369,7 +392,11 @@ mod tests {
         }
         .write_both(dir.path(), "heat")
         .unwrap();
-        for (stem, needle) in [("bars", "counts 1 block ago"), ("swarm", "area"), ("heat", "Newton")] {
+        for (stem, needle) in [
+            ("bars", "counts 1 block ago"),
+            ("swarm", "area"),
+            ("heat", "Newton"),
+        ] {
             let svg = std::fs::read_to_string(dir.path().join(format!("{stem}.svg"))).unwrap();
             assert!(svg.contains(needle), "{stem}.svg lacks {needle}");
             let png = std::fs::read(dir.path().join(format!("{stem}.png"))).unwrap();

@@ -57,6 +57,10 @@ enum Command {
     /// column (exact, KernelSHAP, GradientSHAP, Integrated Gradients):
     /// rankings, per-sample values, plots, additivity errors.
     Explain(Box<cmd::explain::ExplainArgs>),
+    /// Group fairness of a trained model's predictions (areas, bureaus or
+    /// your own area-to-group table): selection rates, demographic parity,
+    /// equalized odds, error and bias per group.
+    Fairness(Box<cmd::fairness::FairnessArgs>),
     /// Run many stations in one process against a running fedcrime-server:
     /// load tests, poisoned-station studies, the chaos suite.
     Swarm(cmd::swarm::SwarmArgs),
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(&args, &cli.global),
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
         Command::Explain(args) => cmd::explain::run(&args, &cli.global),
+        Command::Fairness(args) => cmd::fairness::run(&args, &cli.global),
         Command::Swarm(args) => cmd::swarm::run(&args, &cli.global),
         Command::Study(study) => cmd::study::run(&study, &cli.global),
         Command::Bench(bench) => cmd::bench::run(&bench, &cli.global),

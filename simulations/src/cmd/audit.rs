@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use fedcrime_data::tasks::{Period, TaskData};
+use fedcrime_data::tasks::Period;
 use fedcrime_data::{Dataset, Featurizer, Splits, Task};
 use fedcrime_ml::model::{load_model, CrimeModel, ModelKind};
 use fedcrime_ml::DeviceChoice;
@@ -86,8 +86,6 @@ pub struct Audited {
     pub path: PathBuf,
     /// The data arguments the task was rebuilt with.
     pub data: DataArgs,
-    /// The task (flat samples, featurizer, graph series).
-    pub task: TaskData,
     /// What the model reads: the task's splits, or gat-tcn's graph windows.
     pub splits: Splits,
 }
@@ -205,7 +203,9 @@ pub fn load(src: &AuditSource) -> Result<Audited> {
     };
     let check = |ds: &Dataset| -> Result<()> {
         let cfg = model.config();
-        if ds.task != cfg.task || (ds.task == Task::Counts && ds.target.output_dim() != cfg.output_dim) {
+        if ds.task != cfg.task
+            || (ds.task == Task::Counts && ds.target.output_dim() != cfg.output_dim)
+        {
             bail!(
                 "{} is a {} {} model with {} outputs; {} gives {} samples with {} outputs",
                 path.display(),
@@ -233,7 +233,6 @@ pub fn load(src: &AuditSource) -> Result<Audited> {
         model,
         path,
         data,
-        task: rebuilt,
         splits,
     })
 }

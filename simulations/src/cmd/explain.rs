@@ -161,12 +161,7 @@ pub fn pick_rows(len: usize, n: usize, seed: u64) -> Vec<usize> {
 }
 
 /// The background of `a`'s training split (at most 5,000 rows pooled).
-pub fn background(
-    a: &Audited,
-    n: usize,
-    kind: BackgroundKind,
-    seed: u64,
-) -> Result<Background> {
+pub fn background(a: &Audited, n: usize, kind: BackgroundKind, seed: u64) -> Result<Background> {
     let train = &a.splits.train;
     let inputs = Inputs::of(train);
     let pool_idx = pick_rows(train.len(), 5_000, seed ^ 0x5eed);
@@ -189,7 +184,11 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
     }
     let ds = args.source.split.of(&a.splits);
     if ds.is_empty() {
-        bail!("the {} split of {} is empty", args.source.split.as_str(), a.data.source());
+        bail!(
+            "the {} split of {} is empty",
+            args.source.split.as_str(),
+            a.data.source()
+        );
     }
     let model = a.model.as_ref();
     let inputs = Inputs::of(ds);
@@ -278,7 +277,15 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out.join("summary.json"), &json)
         .with_context(|| format!("writing {}", out.join("summary.json").display()))?;
-    plots(&out, &report, &explained, &x, inputs.dim(), model.task(), &groups_cols(&groups))?;
+    plots(
+        &out,
+        &report,
+        &explained,
+        &x,
+        inputs.dim(),
+        model.task(),
+        &groups_cols(&groups),
+    )?;
     let md = markdown(&report);
     std::fs::write(out.join("report.md"), &md)
         .with_context(|| format!("writing {}", out.join("report.md").display()))?;
@@ -303,7 +310,8 @@ fn write_values(
     rows: &[usize],
     graph: bool,
 ) -> Result<()> {
-    let mut w = csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
     let mut header: Vec<String> = ["sample", "time", "area", "output", "base", "prediction"]
         .map(String::from)
         .into();
@@ -341,7 +349,8 @@ fn write_values(
 
 /// `importance.csv`.
 fn write_importance(path: &std::path::Path, s: &Summary) -> Result<()> {
-    let mut w = csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
     w.write_record(["output", "rank", "group", "mean_abs", "mean"])?;
     for (o, name) in s.outputs.iter().enumerate() {
         for (rank, (g, _)) in s.ranking_for(o).iter().enumerate() {
@@ -364,7 +373,10 @@ fn headline(task: Task, outputs: &[String]) -> (Vec<usize>, String) {
     match task {
         // Levels 4 and 5 of five: "high risk".
         Task::Risk if outputs.len() >= 5 => (vec![3, 4], "P(high risk, level 4-5)".into()),
-        Task::Risk => (vec![outputs.len() - 1], format!("P({})", outputs[outputs.len() - 1])),
+        Task::Risk => (
+            vec![outputs.len() - 1],
+            format!("P({})", outputs[outputs.len() - 1]),
+        ),
         Task::Counts => ((0..outputs.len()).collect(), "total expected count".into()),
     }
 }
@@ -389,7 +401,12 @@ fn plots(
     let names: Vec<String> = order.iter().map(|&g| s.groups[g].clone()).collect();
     let series = if s.outputs.len() <= 8 {
         (0..s.outputs.len())
-            .map(|o| (s.outputs[o].clone(), order.iter().map(|&g| s.mean_abs[g][o]).collect()))
+            .map(|o| {
+                (
+                    s.outputs[o].clone(),
+                    order.iter().map(|&g| s.mean_abs[g][o]).collect(),
+                )
+            })
             .collect()
     } else {
         vec![(
@@ -398,7 +415,10 @@ fn plots(
         )]
     };
     Bars {
-        title: format!("{} {}: mean |SHAP value| per feature ({}, {} samples)", r.kind, r.task, r.method, s.rows),
+        title: format!(
+            "{} {}: mean |SHAP value| per feature ({}, {} samples)",
+            r.kind, r.task, r.method, s.rows
+        ),
         x_label: "mean |SHAP value|".into(),
         names: names.clone(),
         series,
@@ -416,7 +436,9 @@ fn plots(
             let vals: Vec<f64> = (0..e.rows.len()).map(value).collect();
             let (lo, hi) = vals
                 .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+                    (l.min(v), h.max(v))
+                });
             let points = e
                 .rows
                 .iter()

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bench;
 pub mod explain;
+pub mod fairness;
 pub mod features;
 pub mod inspect;
 pub mod simulate;
