@@ -23,6 +23,7 @@
 //! - [`tune`]: grid or random search over the paper's hyperparameter grid.
 
 pub mod baselines;
+pub mod fair_training;
 pub mod fairness;
 pub mod loader;
 pub mod metrics;
@@ -34,6 +35,7 @@ pub mod trainer;
 pub mod tune;
 
 pub use baselines::{evaluate_baselines, BaselineResult};
+pub use fair_training::{reweighing_weights, Criterion, FairGroups, FairTraining};
 pub use metrics::{CountMetrics, Metrics, RiskMetrics};
 pub use parallel::{ParallelConfig, ParallelTrainer};
 pub use pipeline::{PipelineConfig, PipelineTrainer};

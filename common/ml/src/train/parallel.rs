@@ -437,6 +437,7 @@ impl ParallelTrainer {
     /// Wraps ready-made replicas (same architecture); all are set to the
     /// first one's parameters.
     pub fn from_models(models: Vec<Box<dyn CrimeModel>>, cfg: TrainConfig) -> Result<Self> {
+        super::fair_training::station_only(&cfg, "the data-parallel trainer")?;
         cfg.validate()?;
         if models.is_empty() {
             return Err(TrainError::Config {

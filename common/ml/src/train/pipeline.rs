@@ -532,6 +532,7 @@ impl PipelineTrainer {
         cfg: TrainConfig,
         pipe: &PipelineConfig,
     ) -> Result<Self> {
+        super::fair_training::station_only(&cfg, "the model-parallel trainer")?;
         cfg.validate()?;
         let devices = pipe.devices()?;
         if model.device() != devices[0] {

@@ -67,6 +67,11 @@ pub struct TrainConfig {
     /// assembling them on the loader thread. `None`: on for CUDA devices,
     /// off on the CPU (where the loader thread overlaps assembly with training).
     pub resident: Option<bool>,
+    /// Fairness-aware training: reweighing or a parity penalty (see
+    /// [`super::fair_training`]); station trainer only.
+    pub fairness: super::FairTraining,
+    /// The groups fairness-aware training equalizes: bureaus or areas.
+    pub fairness_groups: super::FairGroups,
 }
 
 impl Default for TrainConfig {
@@ -87,6 +92,8 @@ impl Default for TrainConfig {
             eval_batch_size: 4096,
             progress: false,
             resident: None,
+            fairness: super::FairTraining::None,
+            fairness_groups: super::FairGroups::Bureau,
         }
     }
 }
@@ -842,7 +849,14 @@ impl Trainer {
         let mut selection = Selection::new(&cfg);
         let steps = train.len().div_ceil(cfg.batch_size);
         let half_mu = cfg.prox_mu / 2.0;
-        let resident = if cfg.resident.unwrap_or(device.is_cuda()) {
+        let fair = super::fair_training::FairState::new(
+            cfg.fairness,
+            cfg.fairness_groups,
+            train,
+            self.model.as_ref(),
+        )?;
+        // Fairness-aware steps need each batch's sample indices.
+        let resident = if fair.is_some() || cfg.resident.unwrap_or(device.is_cuda()) {
             Some(DatasetTensors::new(train, device)?)
         } else {
             None
@@ -854,10 +868,16 @@ impl Trainer {
             let loss_sum = Tensor::zeros([], (Kind::Double, device));
             let model = &self.model;
             let prox = &self.prox;
-            let mut step = |b: Batch| -> Result<()> {
+            let fair = &fair;
+            let mut step = |b: Batch, indices: Option<&[usize]>| -> Result<()> {
                 let n = b.len();
                 let out = model.forward_t(&b, true);
-                let loss = model.loss(&out, &b);
+                let loss = match (fair, indices) {
+                    (Some(f), Some(idx)) => {
+                        f.loss(model.as_ref(), &out, &b, &f.groups_of(idx, device))
+                    }
+                    _ => model.loss(&out, &b),
+                };
                 opt.zero_grad();
                 if prox.is_empty() {
                     loss.backward();
@@ -884,7 +904,7 @@ impl Trainer {
             match &resident {
                 Some(dt) => {
                     for chunk in order.chunks(cfg.batch_size) {
-                        step(dt.batch_of(chunk)?)?;
+                        step(dt.batch_of(chunk)?, Some(chunk))?;
                     }
                 }
                 None => {
@@ -896,7 +916,7 @@ impl Trainer {
                         class_weights: None,
                     };
                     for_each_batch(train, order, plan, |part| match part.batch {
-                        Some(b) => step(batch_to(b, device)),
+                        Some(b) => step(batch_to(b, device), None),
                         None => Ok(()),
                     })?;
                 }
