@@ -106,6 +106,13 @@ pub struct SimulateArgs {
     /// Adam's learning rate, for every method [default: 0.001].
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Fairness-aware training at every station and in the single-worker
+    /// centralized baseline: `none`, `reweigh` (risk), `penalty:LAMBDA`
+    /// (demographic parity; bias parity for counts) or `penalty-eo:LAMBDA`
+    /// (equalized odds, risk) [default: none]. Across precincts, see
+    /// `--strategy qfedavg:q=Q`.
+    #[arg(long)]
+    pub fairness: Option<fedcrime_ml::train::FairTraining>,
     /// Seed of the partition, initial model, sampling and training [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -189,6 +196,9 @@ impl SimulateArgs {
         }
         if let Some(v) = self.batch_size {
             c.train.batch_size = v;
+        }
+        if let Some(v) = self.fairness {
+            c.train.fairness = v;
         }
         if let Some(v) = self.lr {
             c.train.lr = v;

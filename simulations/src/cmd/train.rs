@@ -239,6 +239,15 @@ pub struct TrainArgs {
     /// Seed of the model initialization, shuffling and dropout.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Fairness-aware training (one worker): `none`, `reweigh` (risk:
+    /// Kamiran-Calders sample weights), `penalty:LAMBDA` (demographic parity
+    /// of the predicted levels; for counts, parity of the bias) or
+    /// `penalty-eo:LAMBDA` (equalized odds, risk).
+    #[arg(long)]
+    pub fairness: Option<fedcrime_ml::train::FairTraining>,
+    /// The groups --fairness equalizes: `bureau` or `area` [default: bureau].
+    #[arg(long, value_enum)]
+    pub fairness_groups: Option<FairGroupsArg>,
     /// libtorch intra-op threads (libtorch's default when absent).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -280,10 +289,28 @@ impl TrainArgs {
         if let Some(v) = self.seed {
             cfg.seed = v;
         }
+        if let Some(v) = self.fairness {
+            cfg.fairness = v;
+        }
+        if let Some(v) = self.fairness_groups {
+            cfg.fairness_groups = match v {
+                FairGroupsArg::Bureau => fedcrime_ml::train::FairGroups::Bureau,
+                FairGroupsArg::Area => fedcrime_ml::train::FairGroups::Area,
+            };
+        }
         cfg.progress = !self.no_progress;
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The groups fairness-aware training equalizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FairGroupsArg {
+    /// The four bureaus.
+    Bureau,
+    /// The 21 areas.
+    Area,
 }
 
 /// Streams `metrics.csv`, one row per epoch (each on disk before the next).

@@ -117,6 +117,8 @@ pub fn train_config(cfg: &SimConfig, passes: f64) -> TrainConfig {
         weight_decay: cfg.train.weight_decay,
         max_grad_norm: cfg.train.max_grad_norm,
         eval_batch_size: cfg.train.eval_batch_size,
+        fairness: cfg.train.fairness,
+        fairness_groups: cfg.train.fairness_groups,
         seed: cfg.seed,
         patience: usize::try_from(patience).unwrap_or(usize::MAX),
         min_delta: cfg.selection.min_delta,

@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use fedcrime_data::{Partition, Period, Task};
 use fedcrime_fl::StrategyConfig;
 use fedcrime_ml::model::ModelKind;
-use fedcrime_ml::train::ClassWeighting;
+use fedcrime_ml::train::{ClassWeighting, FairGroups, FairTraining};
 use fedcrime_ml::DeviceChoice;
 
 /// A setting is missing, malformed or out of range.
@@ -254,6 +254,29 @@ pub struct TrainSettings {
     pub max_grad_norm: Option<f64>,
     /// Samples per evaluation batch (default 4096).
     pub eval_batch_size: usize,
+    /// Fairness-aware training of every method (stations and the
+    /// single-worker centralized baseline): `none` (default), `reweigh`,
+    /// `penalty:LAMBDA` or `penalty-eo:LAMBDA` (see
+    /// `fedcrime_ml::train::fair_training`).
+    #[serde(with = "fairness_text")]
+    pub fairness: FairTraining,
+    /// The groups it equalizes: `bureau` (default) or `area`.
+    pub fairness_groups: FairGroups,
+}
+
+/// [`FairTraining`] as its one-line text in TOML (`fairness = "penalty:0.5"`).
+mod fairness_text {
+    use fedcrime_ml::train::FairTraining;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &FairTraining, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&f.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FairTraining, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for TrainSettings {
@@ -264,6 +287,8 @@ impl Default for TrainSettings {
             weight_decay: 0.0,
             max_grad_norm: None,
             eval_batch_size: 4096,
+            fairness: FairTraining::None,
+            fairness_groups: FairGroups::Bureau,
         }
     }
 }

@@ -156,6 +156,8 @@ impl StudyData {
             max_grad_norm: cfg.train.max_grad_norm,
             eval_batch_size: cfg.train.eval_batch_size,
             seed: cfg.seed,
+            fairness: cfg.train.fairness,
+            fairness_groups: cfg.train.fairness_groups,
             ..default_train_config()
         }
     }

@@ -431,10 +431,17 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
     // The centralized baselines.
     let central_cfg = central::train_config(&cfg, passes);
     if cfg.centralized.enabled {
-        for which in [
-            central::Central::Single,
-            central::Central::DataParallel(cfg.dp_workers()),
-        ] {
+        // Fairness-aware training runs in the station trainer only: the
+        // data-parallel baseline would train another objective.
+        let methods: &[central::Central] = if cfg.train.fairness.is_active() {
+            &[central::Central::Single]
+        } else {
+            &[
+                central::Central::Single,
+                central::Central::DataParallel(cfg.dp_workers()),
+            ]
+        };
+        for &which in methods {
             let threads = match which {
                 central::Central::DataParallel(w) => w.max(config::cores()),
                 _ => 1,
