@@ -759,6 +759,123 @@ mod tests {
         }
     }
 
+    #[derive(Parser, Debug)]
+    struct ExplainCli {
+        #[command(flatten)]
+        args: crate::cmd::explain::ExplainArgs,
+    }
+
+    #[derive(Parser, Debug)]
+    struct FairnessCli {
+        #[command(flatten)]
+        args: crate::cmd::fairness::FairnessArgs,
+    }
+
+    #[test]
+    fn trained_models_are_explained_and_audited_from_their_folder() {
+        let Some(data) = real_month() else {
+            eprintln!("skipped: ../shared/data/la-crime is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for (task, model, method, fairness) in [
+            ("risk", "dnn", "kernel", "penalty:1"),
+            ("counts", "lstm", "integrated-gradients", "none"),
+        ] {
+            let out = dir.path().join(model);
+            let o = out.to_str().unwrap();
+            let args = Cli::parse_from([
+                "x",
+                "--task",
+                task,
+                "--model",
+                model,
+                "--data",
+                data.to_str().unwrap(),
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--fairness",
+                fairness,
+                "--out",
+                o,
+            ])
+            .train;
+            run(&args, &quiet()).unwrap();
+            // No --data: the model file names what it was trained on.
+            let e = ExplainCli::parse_from([
+                "x",
+                "--model",
+                o,
+                "--method",
+                method,
+                "--samples",
+                "4",
+                "--background",
+                "5",
+                "--nsamples",
+                "64",
+                "--no-progress",
+            ])
+            .args;
+            crate::cmd::explain::run(&e, &quiet()).unwrap();
+            let s: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("explain/summary.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(s["method"], method);
+            let ranking = s["ranking"].as_array().unwrap();
+            assert!(ranking.iter().any(|g| g["group"] == "area"), "{ranking:?}");
+            let err = s["summary"]["max_additivity_error"].as_f64().unwrap();
+            assert!(
+                err < if method == "kernel" { 1e-4 } else { 5e-2 },
+                "{method}: {err}"
+            );
+            assert!(s["cost_ratio"].as_f64().unwrap() > 1.0);
+            let values = std::fs::read_to_string(out.join("explain/values.csv")).unwrap();
+            let outputs = if task == "risk" { 5 } else { 8 };
+            assert_eq!(values.lines().count(), 1 + 4 * outputs);
+            for f in [
+                "importance.csv",
+                "importance.png",
+                "beeswarm.svg",
+                "report.md",
+            ] {
+                assert!(out.join("explain").join(f).is_file(), "{f}");
+            }
+            let f = FairnessCli::parse_from(["x", "--model", o, "--groups", "bureau"]).args;
+            crate::cmd::fairness::run(&f, &quiet()).unwrap();
+            let j: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("fairness/fairness.json")).unwrap(),
+            )
+            .unwrap();
+            let groups = if task == "risk" {
+                j["risk"]["high_risk"]["groups"].as_array().unwrap().len()
+            } else {
+                j["counts"]["groups"].as_array().unwrap().len()
+            };
+            assert_eq!(groups, 4, "four bureaus");
+            let preds = std::fs::read_to_string(out.join("fairness/predictions.csv")).unwrap();
+            assert!(preds.starts_with("group,area,time,"));
+        }
+        // Other data than the model's are refused, naming the way out.
+        let other = data.with_file_name("la_crime_2020_sample.csv");
+        if !other.is_file() {
+            return;
+        }
+        let wrong = ExplainCli::parse_from([
+            "x",
+            "--model",
+            dir.path().join("lstm").to_str().unwrap(),
+            "--data",
+            other.to_str().unwrap(),
+        ])
+        .args;
+        let e = crate::cmd::explain::run(&wrong, &quiet()).unwrap_err();
+        assert!(format!("{e:#}").contains("trained on other data"), "{e:#}");
+    }
+
     #[test]
     fn train_writes_metrics_model_and_report() {
         let Some(data) = real_month() else {

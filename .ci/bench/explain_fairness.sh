@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 14 on the real LAPD samples: for dnn (risk), lstm (counts) and
+# gat-tcn (counts) on the 2020 sample and the Feb 2024 month, train with the
+# defaults, explain (the default method on 200 test samples, and GradientSHAP
+# on 1,000 for the cost ratio) and audit fairness by bureau; then the
+# fairness-aware training trade-off of the dnn risk model (reweighing and
+# parity penalties). Finished outputs are kept, so a rerun resumes.
+#
+#   cargo build --release -p fedcrime-sim && .ci/bench/explain_fairness.sh [OUT]
+#   python3 .ci/bench/explain_fairness_table.py OUT   # the markdown tables
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-target/release/fedcrime-sim}
+D=../shared/data/la-crime
+OUT=${1:-runs/explain-fairness}
+for set in la_crime_2020_sample la_crime_2024_02; do
+  [ -f "$D/$set.csv" ] || { echo "skipped: $D/$set.csv is absent"; continue; }
+  for tm in risk:dnn counts:lstm counts:gat-tcn; do
+    t=${tm%%:*}; m=${tm##*:}; o=$OUT/$set/$t-$m
+    [ -f "$o/model.safetensors" ] || "$BIN" -q train --data "$D/$set.csv" --task "$t" --model "$m" --no-progress --out "$o"
+    [ -f "$o/explain/summary.json" ] || "$BIN" -q explain --model "$o" --no-progress
+    [ -f "$o/explain-gradient-1000/summary.json" ] || "$BIN" -q explain --model "$o" --method gradient --samples 1000 --no-progress --out "$o/explain-gradient-1000"
+    [ -f "$o/fairness/fairness.json" ] || "$BIN" -q fairness --model "$o" --groups bureau
+  done
+  # The trade-off: the same split and initial weights, fairness-aware training.
+  for f in none reweigh penalty:0.3 penalty:1 penalty:3 penalty-eo:1 penalty-eo:3; do
+    o=$OUT/$set/tradeoff/${f/:/-}
+    [ -f "$o/model.safetensors" ] || "$BIN" -q train --data "$D/$set.csv" --task risk --model dnn --fairness "$f" --no-progress --out "$o"
+    [ -f "$o/fairness/fairness.json" ] || "$BIN" -q fairness --model "$o" --groups bureau
+  done
+done
