@@ -46,6 +46,10 @@ use fedcrime_fl::strategy::{global_loss_requested, GLOBAL_LOSS_KEY, LOSS_KEY};
 use fedcrime_fl::{
     ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings,
 };
+use fedcrime_ml::explain::{
+    explain_rows, feature_groups, output_names, pick_rows, Background, ExplainConfig, Inputs,
+    Method, Summary,
+};
 use fedcrime_ml::model::{self, ModelConfig, ModelError, ModelKind};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::Evaluation;
@@ -56,6 +60,17 @@ use fedcrime_params::ParamSpec;
 pub(crate) const BATCH_SIZE_KEY: &str = "batch_size";
 /// Evaluation settings: which local split to score (`val`, the default, `test` or `train`).
 pub(crate) const SPLIT_KEY: &str = "split";
+/// Evaluation settings: explain the model on this many samples of the
+/// split (integer) and add the explanation's summary to the reply's metrics
+/// (`shap|...`, see [`fedcrime_ml::explain::Summary::to_metrics`]): what a
+/// federated explanation asks of a station; its rows never leave it.
+pub const EXPLAIN_KEY: &str = "explain";
+/// Evaluation settings: the explanation method (`gradient`, the default,
+/// `integrated-gradients`, `kernel` or `exact`).
+pub const EXPLAIN_METHOD_KEY: &str = "explain_method";
+/// Background rows a station's explanation draws from its training split.
+const EXPLAIN_BACKGROUND: usize = 50;
+
 /// The fit metric carrying the number of local epochs run.
 pub(crate) const EPOCHS_METRIC: &str = "epochs";
 
@@ -354,12 +369,67 @@ impl Station {
         let mut model = self.build_model()?;
         model.import_params(&ins.global)?;
         let eval = evaluate_model(model.as_ref(), ds, batch)?;
-        let metrics = eval_summary(&eval).metrics;
+        let mut metrics = eval_summary(&eval).metrics;
+        if let Some(v) = ins.config.get(EXPLAIN_KEY) {
+            let rows = positive_int(EXPLAIN_KEY, v)?;
+            let method = match ins.config.get(EXPLAIN_METHOD_KEY) {
+                None => Method::Gradient,
+                Some(ConfigValue::Str(m)) => m.parse().map_err(|reason| StationError::Setting {
+                    key: EXPLAIN_METHOD_KEY.into(),
+                    reason,
+                })?,
+                Some(other) => {
+                    return Err(StationError::Setting {
+                        key: EXPLAIN_METHOD_KEY.into(),
+                        reason: format!("{other:?} is not a method name"),
+                    })
+                }
+            };
+            metrics.extend(self.explain(model.as_ref(), ds, rows, method)?);
+        }
         Ok(EvaluateRes {
             loss: eval.loss,
             num_examples: eval.n as u64,
             metrics,
         })
+    }
+}
+
+impl Station {
+    /// The summary of `model`'s explanation on `rows` samples of `ds` (one
+    /// of this station's splits) against a background drawn from its
+    /// training split, as metrics; gat-tcn's outputs folded per category.
+    fn explain(
+        &self,
+        model: &dyn model::CrimeModel,
+        ds: &Dataset,
+        rows: usize,
+        method: Method,
+    ) -> Result<Vec<(String, f64)>> {
+        let inputs = Inputs::of(ds);
+        let x = inputs.rows(ds, &pick_rows(ds.len(), rows, 0));
+        let train = &self.splits.train;
+        let pool = inputs.rows(train, &pick_rows(train.len(), 5_000, 1));
+        let background = Background::sample(&pool, inputs.dim(), EXPLAIN_BACKGROUND, 2);
+        let cfg = ExplainConfig {
+            method: Some(method),
+            ..ExplainConfig::default()
+        };
+        let e = explain_rows(
+            model,
+            inputs,
+            &feature_groups(model, ds),
+            output_names(model, ds),
+            &x,
+            &background,
+            &cfg,
+            &mut |_| {},
+        )?;
+        let mut s = Summary::of(&e);
+        if model.kind() == ModelKind::GatTcn {
+            s = s.fold(|o| o.split_once('.').map_or(o, |p| p.1).to_string());
+        }
+        Ok(s.to_metrics())
     }
 }
 

@@ -550,3 +550,53 @@ fn q_fedavg_rounds_report_the_received_models_loss_before_training() {
     assert!((q.metrics[GLOBAL_LOSS_KEY] - before.loss).abs() < 1e-9);
     assert!(q.metrics[GLOBAL_LOSS_KEY] > plain.metrics[LOSS_KEY]);
 }
+
+#[test]
+fn an_explanation_request_is_answered_with_aggregates_only() {
+    let s = station(ModelKind::Dnn);
+    let global = initial(&s);
+    let ask = |extra: Vec<(&str, ConfigValue)>| {
+        let mut config = Config::from([(SPLIT_KEY.to_string(), ConfigValue::Str("test".into()))]);
+        for (k, v) in extra {
+            config.insert(k.to_string(), v);
+        }
+        s.evaluate(&EvaluateIns {
+            global: Arc::new(global.clone()),
+            config: Arc::new(config),
+        })
+    };
+    let plain = ask(vec![]).unwrap();
+    let explained = ask(vec![(EXPLAIN_KEY, ConfigValue::Int(6))]).unwrap();
+    // The same evaluation, plus the summary.
+    assert_eq!(plain.loss, explained.loss);
+    let summary = fedcrime_ml::explain::Summary::from_metrics(&explained.metrics).unwrap();
+    assert_eq!(summary.rows, 6.min(s.splits().test.len()));
+    assert_eq!(summary.outputs.len(), 5);
+    assert!(summary.groups.iter().any(|g| g == "hour"));
+    assert!(summary.mean_abs.iter().flatten().any(|&v| v > 0.0));
+    // Nothing per sample: one value per group and level, plus three.
+    let shap = explained
+        .metrics
+        .keys()
+        .filter(|k| k.starts_with("shap|"))
+        .count();
+    assert_eq!(shap, 3 + summary.groups.len() * 5);
+    let exact = ask(vec![
+        (EXPLAIN_KEY, ConfigValue::Int(2)),
+        (EXPLAIN_METHOD_KEY, ConfigValue::Str("kernel".into())),
+    ])
+    .unwrap();
+    let s2 = fedcrime_ml::explain::Summary::from_metrics(&exact.metrics).unwrap();
+    assert!(s2.max_additivity_error < 1e-4);
+    let e = ask(vec![
+        (EXPLAIN_KEY, ConfigValue::Int(2)),
+        (EXPLAIN_METHOD_KEY, ConfigValue::Str("magic".into())),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("explain_method") && e.contains("unknown method"),
+        "{e}"
+    );
+    assert!(ask(vec![(EXPLAIN_KEY, ConfigValue::Int(0))]).is_err());
+}

@@ -25,8 +25,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use fedcrime_data::Task;
 use fedcrime_ml::explain::{
-    explain_rows, feature_groups, output_names, predictor, Background, ExplainConfig, Explained,
-    Inputs, Method, Summary,
+    explain_rows, feature_groups, output_names, pick_rows, predictor, Background, ExplainConfig,
+    Explained, Inputs, Method, Summary,
 };
 use serde::Serialize;
 
@@ -145,19 +145,6 @@ fn ranked(r: Vec<(String, f64)>) -> Vec<Ranked> {
     r.into_iter()
         .map(|(group, mean_abs)| Ranked { group, mean_abs })
         .collect()
-}
-
-/// `n` of `0..len` drawn without replacement (seeded), in order; all when
-/// `n >= len`.
-pub fn pick_rows(len: usize, n: usize, seed: u64) -> Vec<usize> {
-    use rand::SeedableRng;
-    if n >= len {
-        return (0..len).collect();
-    }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut idx = rand::seq::index::sample(&mut rng, len, n).into_vec();
-    idx.sort_unstable();
-    idx
 }
 
 /// The background of `a`'s training split (at most 5,000 rows pooled).
@@ -519,15 +506,6 @@ fn markdown(r: &ExplainSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rows_are_drawn_without_replacement_in_order() {
-        let r = pick_rows(100, 10, 3);
-        assert_eq!(r.len(), 10);
-        assert!(r.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(r, pick_rows(100, 10, 3));
-        assert_eq!(pick_rows(5, 10, 3), vec![0, 1, 2, 3, 4]);
-    }
 
     #[test]
     fn the_headline_is_high_risk_or_the_total_count() {

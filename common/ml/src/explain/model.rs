@@ -356,6 +356,19 @@ pub fn default_kernel_samples(m: usize) -> usize {
     (2 * m + 2048).min(all)
 }
 
+/// `n` of `0..len` drawn without replacement (seeded), in increasing
+/// order; all of them when `n >= len`.
+pub fn pick_rows(len: usize, n: usize, seed: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    if n >= len {
+        return (0..len).collect();
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut idx = rand::seq::index::sample(&mut rng, len, n).into_vec();
+    idx.sort_unstable();
+    idx
+}
+
 /// The background: rows sampled from a reference split, or k-means
 /// centroids weighted by their cluster sizes.
 #[derive(Clone, Debug, PartialEq)]
@@ -780,6 +793,9 @@ fn gradient_attributions(
         .collect())
 }
 
+/// The metric-name prefix of a [`Summary`] sent as metrics.
+pub const METRIC_PREFIX: &str = "shap|";
+
 /// Per-group, per-output aggregates of explanations: what a report ranks
 /// and what a station sends instead of its rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -916,6 +932,85 @@ impl Summary {
             max_additivity_error: self.max_additivity_error,
             mean_additivity_error: self.mean_additivity_error,
         }
+    }
+
+    /// The summary as named numbers, what a station sends instead of its
+    /// rows (in an evaluation reply's metrics): `shap|rows`, the additivity
+    /// errors, and `shap|<output>|<group>` = mean |value| per group and
+    /// output (the signed means and base values stay home).
+    pub fn to_metrics(&self) -> Vec<(String, f64)> {
+        let mut m = vec![
+            (format!("{METRIC_PREFIX}rows"), self.rows as f64),
+            (
+                format!("{METRIC_PREFIX}max_additivity_error"),
+                self.max_additivity_error,
+            ),
+            (
+                format!("{METRIC_PREFIX}mean_additivity_error"),
+                self.mean_additivity_error,
+            ),
+        ];
+        for (g, name) in self.groups.iter().enumerate() {
+            for (o, out) in self.outputs.iter().enumerate() {
+                m.push((format!("{METRIC_PREFIX}{out}|{name}"), self.mean_abs[g][o]));
+            }
+        }
+        m
+    }
+
+    /// Reads back [`Summary::to_metrics`] from `metrics` (other keys are
+    /// ignored); `None` when they hold no summary. Groups and outputs come
+    /// back in sorted order; signed means and base values as 0.
+    pub fn from_metrics<'a>(
+        metrics: impl IntoIterator<Item = (&'a String, &'a f64)>,
+    ) -> Option<Summary> {
+        use std::collections::BTreeMap;
+        let mut rows = None;
+        let (mut max_err, mut mean_err) = (0.0, 0.0);
+        let mut cells: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for (k, &v) in metrics {
+            let Some(rest) = k.strip_prefix(METRIC_PREFIX) else {
+                continue;
+            };
+            match rest {
+                "rows" => rows = Some(v.max(0.0) as usize),
+                "max_additivity_error" => max_err = v,
+                "mean_additivity_error" => mean_err = v,
+                _ => {
+                    if let Some((out, group)) = rest.split_once('|') {
+                        cells.insert((group.to_string(), out.to_string()), v);
+                    }
+                }
+            }
+        }
+        let rows = rows?;
+        let mut groups: Vec<String> = cells.keys().map(|k| k.0.clone()).collect();
+        groups.dedup();
+        let mut outputs: Vec<String> = cells.keys().map(|k| k.1.clone()).collect();
+        outputs.sort();
+        outputs.dedup();
+        if groups.is_empty() {
+            return None;
+        }
+        let mean_abs: Vec<Vec<f64>> = groups
+            .iter()
+            .map(|g| {
+                outputs
+                    .iter()
+                    .map(|o| cells.get(&(g.clone(), o.clone())).copied().unwrap_or(0.0))
+                    .collect()
+            })
+            .collect();
+        Some(Summary {
+            mean: vec![vec![0.0; outputs.len()]; groups.len()],
+            base: vec![0.0; outputs.len()],
+            groups,
+            outputs,
+            rows,
+            mean_abs,
+            max_additivity_error: max_err,
+            mean_additivity_error: mean_err,
+        })
     }
 
     /// The groups ranked by mean |value| over all outputs (the average of
@@ -1245,7 +1340,30 @@ mod tests {
         assert_eq!(m.ranking()[0].0, "a");
         let mut other = s1.clone();
         other.groups[1] = "c".into();
-        assert!(Summary::merge(&[s1, other]).is_none());
+        assert!(Summary::merge(&[s1.clone(), other]).is_none());
+        // As metrics and back: the absolute means, rows and errors travel.
+        let metrics: std::collections::BTreeMap<String, f64> = m
+            .to_metrics()
+            .into_iter()
+            .chain([("loss".to_string(), 1.0)])
+            .collect();
+        let back = Summary::from_metrics(&metrics).unwrap();
+        assert_eq!(back.groups, m.groups);
+        assert_eq!(back.outputs, m.outputs);
+        assert_eq!(back.mean_abs, m.mean_abs);
+        assert_eq!(back.rows, 4);
+        let none: std::collections::BTreeMap<String, f64> = [("loss".to_string(), 1.0)].into();
+        assert!(Summary::from_metrics(&none).is_none());
+    }
+
+    #[test]
+    fn rows_are_drawn_without_replacement_in_order() {
+        let r = pick_rows(100, 10, 3);
+        assert_eq!(r.len(), 10);
+        assert!(r.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(r, pick_rows(100, 10, 3));
+        assert_ne!(r, pick_rows(100, 10, 4));
+        assert_eq!(pick_rows(5, 10, 3), vec![0, 1, 2, 3, 4]);
     }
 
     #[test]
