@@ -113,6 +113,16 @@ pub struct SimulateArgs {
     /// `--strategy qfedavg:q=Q`.
     #[arg(long)]
     pub fairness: Option<fedcrime_ml::train::FairTraining>,
+    /// Federated explanations: after training, every station explains the
+    /// best model on ROWS of its own test samples and sends only mean |SHAP|
+    /// per feature and output; the report gets the global ranking and a
+    /// per-station heatmap [default: off].
+    #[arg(long, value_name = "ROWS")]
+    pub explain: Option<usize>,
+    /// The stations' explanation method: gradient (GradientSHAP),
+    /// integrated-gradients, kernel or exact [default: gradient].
+    #[arg(long, value_name = "METHOD")]
+    pub explain_method: Option<String>,
     /// Seed of the partition, initial model, sampling and training [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -199,6 +209,12 @@ impl SimulateArgs {
         }
         if let Some(v) = self.fairness {
             c.train.fairness = v;
+        }
+        if let Some(v) = self.explain {
+            c.explain.rows = v;
+        }
+        if let Some(v) = &self.explain_method {
+            c.explain.method = v.clone();
         }
         if let Some(v) = self.lr {
             c.train.lr = v;

@@ -365,6 +365,30 @@ pub struct SimConfig {
     pub centralized: CentralizedSettings,
     /// Early stopping and model selection.
     pub selection: SelectionSettings,
+    /// Federated explanations of the best model.
+    pub explain: ExplainSettings,
+}
+
+/// Federated explanations (see [`super::explain`]): after the federation
+/// every station explains the best model on its own test samples and sends
+/// aggregates only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExplainSettings {
+    /// Test samples each station explains (default 0: no explanations).
+    pub rows: usize,
+    /// `gradient` (default: GradientSHAP, cheap on every model),
+    /// `integrated-gradients`, `kernel` or `exact`.
+    pub method: String,
+}
+
+impl Default for ExplainSettings {
+    fn default() -> Self {
+        ExplainSettings {
+            rows: 0,
+            method: "gradient".into(),
+        }
+    }
 }
 
 /// Cores of this machine (at least 1).
@@ -483,6 +507,9 @@ impl SimConfig {
 
     /// Checks every setting's range, naming the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.explain.method.parse::<fedcrime_ml::explain::Method>() {
+            return invalid("explain.method", e);
+        }
         let d = &self.data;
         if d.file.is_none() && d.rows == 0 {
             return invalid("data.rows", "must be at least 1");

@@ -38,6 +38,7 @@ pub mod central;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod explain;
 pub mod memory;
 pub mod quic;
 pub mod record;
@@ -245,6 +246,8 @@ pub struct FedRound {
     pub timing: RoundTiming,
     /// The row of `metrics.csv`.
     pub row: Row,
+    /// The round's global model.
+    pub global: Arc<Params>,
 }
 
 /// libtorch's intra-op thread count is one setting for the whole process,
@@ -351,6 +354,7 @@ fn federate_locked(
                     metrics: r.metrics.clone(),
                     timing: r.timing.clone(),
                     row,
+                    global: r.global.clone(),
                 })
             })
         }
@@ -382,6 +386,7 @@ fn federate_locked(
                     metrics: r.metrics,
                     timing: r.timing,
                     row,
+                    global,
                 })?;
             }
             Ok(run.summary)
@@ -421,7 +426,11 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         record::MetricsCsv::create(&out.join("metrics.csv"), data.task.task, data.output_dim())?;
 
     // The federation.
-    let (fed_run, rounds) = federation_method(&data, &cfg, &initial, out, opts.quiet, &mut csv)?;
+    let FederationRun {
+        run: fed_run,
+        rounds,
+        best,
+    } = federation_method(&data, &cfg, &initial, out, opts.quiet, &mut csv)?;
     // The federation's passes over the pooled training data, for centralized
     // baselines that match it (`federation.rounds` set).
     let passes =
@@ -483,6 +492,18 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         },
         &runs,
     );
+    let md = if cfg.explain.rows > 0 {
+        let spinner = progress::spinner(opts.quiet, "stations explaining the best model");
+        let fe = explain::ask_stations(&data, &cfg, &best, cfg.explain.rows, &cfg.explain.method)?;
+        spinner.finish_and_clear();
+        md + &explain::write(
+            out,
+            &fe,
+            &format!("{} / {}", data.task.task, data.model.kind),
+        )?
+    } else {
+        md
+    };
     std::fs::write(out.join("report.md"), &md)
         .with_context(|| format!("writing {}", out.join("report.md").display()))?;
     Ok(SimOutcome {
@@ -505,7 +526,7 @@ pub(crate) fn federation_method(
     out: &Path,
     quiet: bool,
     csv: &mut record::MetricsCsv,
-) -> Result<(MethodRun, Vec<(RoundMetrics, RoundTiming)>)> {
+) -> Result<FederationRun> {
     let method = cfg.federation.strategy.name().to_string();
     let bar = progress::bar(quiet, cfg.max_rounds(), &method, "rounds");
     let mut fed_run = MethodRun {
@@ -514,10 +535,15 @@ pub(crate) fn federation_method(
         rows: Vec::new(),
     };
     let mut rounds = Vec::new();
+    let mut best = None;
     let summary = federate_locked(data, cfg, initial, out, &bar, |r| {
         csv.push(&r.row)?;
         fed_run.rows.push(r.row.clone());
         rounds.push((r.metrics.clone(), r.timing.clone()));
+        // The best validation round so far is this one: keep its model.
+        if r.row.best.map(|b| b.0) == Some(r.row.step) || best.is_none() {
+            best = Some(r.global.clone());
+        }
         Ok(())
     })
     .with_context(|| format!("the {method} federation"))?;
@@ -532,7 +558,21 @@ pub(crate) fn federation_method(
             "{method}: validation stopped improving"
         );
     }
-    Ok((fed_run, rounds))
+    Ok(FederationRun {
+        run: fed_run,
+        rounds,
+        best: best.unwrap_or_else(|| Arc::new(initial.clone())),
+    })
+}
+
+/// What [`federation_method`] returns.
+pub(crate) struct FederationRun {
+    /// The method's rows.
+    pub run: MethodRun,
+    /// The engine's round records.
+    pub rounds: Vec<(RoundMetrics, RoundTiming)>,
+    /// The model of the best validation round.
+    pub best: Arc<Params>,
 }
 
 /// A centralized method as a run names and threads it.

@@ -494,7 +494,7 @@ fn study_model(
         });
     }
     let concurrency = cfg.concurrency();
-    let ((run, _), peak, growth) =
+    let (super::FederationRun { run, .. }, peak, growth) =
         with_peak_memory(|| federation_method(&data, &cfg, &initial, out, opts.quiet, &mut csv))
             .with_context(|| format!("the {kind} study"))?;
     let bytes_per_epoch = run.last().map_or(0, |r| r.bytes_sent / r.step.max(1));

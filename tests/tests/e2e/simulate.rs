@@ -431,3 +431,35 @@ fn every_strategy_runs_in_memory() {
         assert_eq!(r.row.method, name);
     }
 }
+
+#[test]
+fn a_fairness_aware_federation_explains_itself_by_station() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = small(Transport::Memory);
+    cfg.federation.rounds = Some(1);
+    cfg.federation.strategy = "qfedavg:q=1".parse().unwrap();
+    cfg.train.fairness = "penalty:1".parse().unwrap();
+    cfg.explain.rows = 5;
+    let outcome = run(&cfg, &out);
+    // Fairness-aware training runs on one worker: no data-parallel baseline.
+    let methods: Vec<&str> = outcome.runs.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["qfedavg", "centralized"]);
+    let fe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("explain-federated.json")).unwrap())
+            .unwrap();
+    assert_eq!(fe["stations"].as_array().unwrap().len(), 3);
+    assert_eq!(fe["global"]["rows"], 15);
+    assert_eq!(fe["method"], "gradient");
+    for f in [
+        "explain-stations.csv",
+        "explain-heatmap.png",
+        "explain-federated.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(outcome.report.contains("## Federated explanations"));
+    assert!(std::fs::read_to_string(out.join("sim.toml"))
+        .unwrap()
+        .contains("fairness = \"penalty:1\""));
+}

@@ -1,0 +1,149 @@
+//! Federated explanations (`simulate --explain ROWS`): after the federation,
+//! the agency asks every station to explain the federation's best model on
+//! its own test records. The request is an ordinary evaluation request with
+//! `explain = ROWS` (what `fedcrime-server` sends over QUIC too), and each
+//! station replies with aggregates only: mean |SHAP| per feature group and
+//! output, its row count and additivity errors
+//! ([`fedcrime_ml::explain::Summary::to_metrics`]); no record and no
+//! per-record value leaves a station. The agency merges them, weighted by
+//! rows, into the global ranking and draws the per-precinct heatmap.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use fedcrime_fl::{Config, ConfigValue, EvaluateIns};
+use fedcrime_ml::explain::Summary;
+use fedcrime_params::Params;
+use fedcrime_station::{Learner, EXPLAIN_KEY, EXPLAIN_METHOD_KEY};
+use serde::Serialize;
+
+use super::config::SimConfig;
+use super::data::StudyData;
+use crate::charts::{Bars, Heatmap};
+
+/// What the stations sent and what the agency made of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FederatedExplanation {
+    /// The method the stations used.
+    pub method: String,
+    /// Each station's summary, by name.
+    pub stations: Vec<(String, Summary)>,
+    /// The row-weighted merge.
+    pub global: Summary,
+}
+
+/// Asks every station of the study to explain `global` on `rows` of its test
+/// samples with `method`, in turn.
+pub fn ask_stations(
+    data: &StudyData,
+    cfg: &SimConfig,
+    global: &Arc<Params>,
+    rows: usize,
+    method: &str,
+) -> Result<FederatedExplanation> {
+    let device = cfg
+        .federation
+        .device
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    let config = Arc::new(Config::from([
+        ("split".to_string(), ConfigValue::Str("test".into())),
+        (EXPLAIN_KEY.to_string(), ConfigValue::Int(rows as i64)),
+        (
+            EXPLAIN_METHOD_KEY.to_string(),
+            ConfigValue::Str(method.into()),
+        ),
+    ]));
+    let mut stations = Vec::new();
+    for s in data.learners(cfg, device) {
+        let name = s.name().to_string();
+        let reply = match s.evaluate(&EvaluateIns {
+            global: global.clone(),
+            config: config.clone(),
+        }) {
+            Ok(r) => r,
+            Err(fedcrime_station::StationError::EmptySplit { .. }) => {
+                tracing::warn!("{name} has no test samples to explain");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("{name} explaining")),
+        };
+        let summary = Summary::from_metrics(&reply.metrics)
+            .with_context(|| format!("{name} replied without an explanation"))?;
+        stations.push((name, summary));
+    }
+    let parts: Vec<Summary> = stations.iter().map(|(_, s)| s.clone()).collect();
+    let global = Summary::merge(&parts)
+        .context("the stations' explanations are over different features or outputs")?;
+    Ok(FederatedExplanation {
+        method: method.to_string(),
+        stations,
+        global,
+    })
+}
+
+/// Writes `explain-federated.json`, `explain-stations.csv` and the ranking
+/// and heatmap plots into `out`; returns the report's section.
+pub fn write(out: &Path, fe: &FederatedExplanation, title: &str) -> Result<String> {
+    std::fs::write(
+        out.join("explain-federated.json"),
+        serde_json::to_string_pretty(fe)?,
+    )
+    .with_context(|| format!("writing {}", out.join("explain-federated.json").display()))?;
+    let mut csv = String::from("station,output,group,mean_abs\n");
+    for (name, s) in &fe.stations {
+        for (g, group) in s.groups.iter().enumerate() {
+            for (o, output) in s.outputs.iter().enumerate() {
+                let _ = writeln!(csv, "{name},{output},\"{group}\",{:.6}", s.mean_abs[g][o]);
+            }
+        }
+    }
+    std::fs::write(out.join("explain-stations.csv"), csv)
+        .with_context(|| format!("writing {}", out.join("explain-stations.csv").display()))?;
+
+    let ranking = fe.global.ranking();
+    Bars {
+        title: format!("{title}: federated mean |SHAP value| ({})", fe.method),
+        x_label: "mean |SHAP value| (all outputs)".into(),
+        names: ranking.iter().map(|r| r.0.clone()).collect(),
+        series: vec![("all".into(), ranking.iter().map(|r| r.1).collect())],
+    }
+    .write_both(out, "explain-federated")?;
+    let top: Vec<String> = ranking.iter().take(12).map(|r| r.0.clone()).collect();
+    let overall = |s: &Summary, g: &str| -> f64 {
+        s.groups.iter().position(|x| x == g).map_or(f64::NAN, |i| {
+            s.mean_abs[i].iter().sum::<f64>() / s.outputs.len().max(1) as f64
+        })
+    };
+    Heatmap {
+        title: format!("{title}: mean |SHAP value| per station"),
+        rows: fe.stations.iter().map(|(n, _)| n.clone()).collect(),
+        columns: top.clone(),
+        values: fe
+            .stations
+            .iter()
+            .map(|(_, s)| top.iter().map(|g| overall(s, g)).collect())
+            .collect(),
+    }
+    .write_both(out, "explain-heatmap")?;
+
+    let mut md = format!(
+        "\n## Federated explanations\n\nEvery station explained the best federated model on up to {} of its own test samples ({}) and sent only mean |SHAP| per feature and output: {} stations, {} samples, additivity error at most {:.1e}. Plots: explain-federated.png, explain-heatmap.png; per station: explain-stations.csv.\n\n| rank | feature | mean \\|SHAP\\| | first at stations |\n|---:|---|---:|---:|\n",
+        fe.stations.iter().map(|(_, s)| s.rows).max().unwrap_or(0),
+        fe.method,
+        fe.stations.len(),
+        fe.global.rows,
+        fe.global.max_additivity_error
+    );
+    for (k, (g, v)) in ranking.iter().enumerate() {
+        let first = fe
+            .stations
+            .iter()
+            .filter(|(_, s)| s.ranking().first().map(|r| &r.0) == Some(g))
+            .count();
+        let _ = writeln!(md, "| {} | {g} | {v:.4} | {first} |", k + 1);
+    }
+    Ok(md)
+}
