@@ -273,17 +273,22 @@ pub struct FairnessReport {
     pub counts: Option<CountFairness>,
 }
 
+/// Predictions scored by group.
+pub struct Scored {
+    /// Each row's group.
+    pub groups: Vec<String>,
+    /// Risk fairness.
+    pub risk: Option<RiskFairness>,
+    /// Count fairness.
+    pub counts: Option<CountFairness>,
+    /// Risk: macro-F1 overall.
+    pub macro_f1: Option<f64>,
+    /// Counts: MAE overall.
+    pub mae: Option<f64>,
+}
+
 /// Scores predictions by group.
-pub fn score(
-    p: &Predictions,
-    labels: &[String],
-) -> Result<(
-    Vec<String>,
-    Option<RiskFairness>,
-    Option<CountFairness>,
-    Option<f64>,
-    Option<f64>,
-)> {
+pub fn score(p: &Predictions, labels: &[String]) -> Result<Scored> {
     let groups: Vec<String> = p
         .area
         .iter()
@@ -294,14 +299,20 @@ pub fn score(
                 .with_context(|| format!("sample of area {a}: no such LAPD area"))
         })
         .collect::<Result<_>>()?;
-    let mut out = (groups, None, None, None, None);
+    let mut out = Scored {
+        groups,
+        risk: None,
+        counts: None,
+        macro_f1: None,
+        mae: None,
+    };
     if let Some((y, yhat, k)) = &p.classes {
-        out.1 = Some(risk_fairness(y, yhat, &out.0, *k)?);
-        out.3 = Some(RiskMetrics::compute(y, yhat, *k)?.macro_f1);
+        out.risk = Some(risk_fairness(y, yhat, &out.groups, *k)?);
+        out.macro_f1 = Some(RiskMetrics::compute(y, yhat, *k)?.macro_f1);
     }
     if let Some((y, yhat, dim)) = &p.counts {
-        out.2 = Some(count_fairness(y, yhat, *dim, &out.0)?);
-        out.4 = Some(CountMetrics::compute(y, yhat, *dim)?.mae);
+        out.counts = Some(count_fairness(y, yhat, *dim, &out.groups)?);
+        out.mae = Some(CountMetrics::compute(y, yhat, *dim)?.mae);
     }
     Ok(out)
 }
@@ -320,7 +331,13 @@ pub fn run(args: &FairnessArgs, global: &GlobalOpts) -> Result<()> {
     }
     let graph = a.is_graph().then(|| a.model.config().areas);
     let p = predict(a.model.as_ref(), ds, graph)?;
-    let (groups, risk, counts, macro_f1, mae) = score(&p, &labels)?;
+    let Scored {
+        groups,
+        risk,
+        counts,
+        macro_f1,
+        mae,
+    } = score(&p, &labels)?;
     let out = args.out.clone().unwrap_or_else(|| a.dir().join("fairness"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     write_predictions(&out.join("predictions.csv"), &p, &groups)?;
@@ -433,7 +450,8 @@ fn write_groups(path: &Path, r: &FairnessReport) -> Result<()> {
 }
 
 fn plot(out: &Path, r: &FairnessReport) -> Result<()> {
-    let (names, series, what): (Vec<String>, Vec<(String, Vec<f64>)>, &str) =
+    type Series = Vec<(String, Vec<f64>)>;
+    let (names, series, what): (Vec<String>, Series, &str) =
         if let Some(risk) = &r.risk {
             let g = &risk.high_risk.groups;
             (
@@ -605,8 +623,8 @@ mod tests {
         let labels: Vec<String> = (1..=21)
             .map(|a| if a == 1 { "a".into() } else { "b".into() })
             .collect();
-        let (_, _, c, _, mae) = score(&p, &labels).unwrap();
-        let c = c.unwrap();
+        let s = score(&p, &labels).unwrap();
+        let (c, mae) = (s.counts.unwrap(), s.mae);
         assert_eq!(c.groups[0].mae, 0.0);
         assert_eq!(c.groups[1].bias, 1.5);
         assert_eq!(mae, Some(0.75));
