@@ -8,6 +8,8 @@
 //!   time and area, the output, the base value, the model's output and one
 //!   column per feature group (the values add up to output - base, up to
 //!   the additivity error of the line);
+//! - `problem.json`: the explained input rows, the background and the
+//!   groups' columns, for recomputation by other tools;
 //! - `importance.csv`: mean |value| and mean value per group and output,
 //!   with the group's rank for that output;
 //! - `summary.json`: the same ranking, the additivity errors and the cost
@@ -239,6 +241,7 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
         full
     };
     write_importance(&out.join("importance.csv"), &summary)?;
+    write_problem(&out.join("problem.json"), &groups, &explained.outputs, &x, &bg, inputs.dim())?;
     let report = ExplainSummary {
         model: a.path.display().to_string(),
         kind: model.kind().to_string(),
@@ -331,6 +334,31 @@ fn write_values(
         }
     }
     w.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `problem.json`: what the values were computed over (the input rows, the
+/// background and its weights, the groups' columns, the outputs), so another
+/// tool can recompute them from the same model file (the `shap` package
+/// cross-check, `.ci/bench/shap_crosscheck.py`).
+fn write_problem(
+    path: &std::path::Path,
+    groups: &[fedcrime_ml::explain::FeatureGroup],
+    outputs: &[String],
+    x: &[f32],
+    bg: &Background,
+    dim: usize,
+) -> Result<()> {
+    let rows = |v: &[f32]| -> Vec<Vec<f32>> { v.chunks(dim).map(<[f32]>::to_vec).collect() };
+    let json = serde_json::json!({
+        "dim": dim,
+        "groups": groups,
+        "outputs": outputs,
+        "rows": rows(x),
+        "background": rows(&bg.rows),
+        "background_weights": bg.weights,
+    });
+    std::fs::write(path, serde_json::to_string(&json)?)
         .with_context(|| format!("writing {}", path.display()))
 }
 
