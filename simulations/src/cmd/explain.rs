@@ -241,7 +241,14 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
         full
     };
     write_importance(&out.join("importance.csv"), &summary)?;
-    write_problem(&out.join("problem.json"), &groups, &explained.outputs, &x, &bg, inputs.dim())?;
+    write_problem(
+        &out.join("problem.json"),
+        &groups,
+        &explained.outputs,
+        &x,
+        &bg,
+        inputs.dim(),
+    )?;
     let report = ExplainSummary {
         model: a.path.display().to_string(),
         kind: model.kind().to_string(),

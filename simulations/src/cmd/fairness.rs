@@ -451,46 +451,45 @@ fn write_groups(path: &Path, r: &FairnessReport) -> Result<()> {
 
 fn plot(out: &Path, r: &FairnessReport) -> Result<()> {
     type Series = Vec<(String, Vec<f64>)>;
-    let (names, series, what): (Vec<String>, Series, &str) =
-        if let Some(risk) = &r.risk {
-            let g = &risk.high_risk.groups;
-            (
-                g.iter().map(|x| x.group.clone()).collect(),
-                vec![
-                    (
-                        "selection rate".into(),
-                        g.iter().map(|x| x.selection_rate).collect(),
-                    ),
-                    (
-                        "true positive rate".into(),
-                        g.iter()
-                            .map(|x| x.true_positive_rate.unwrap_or(f64::NAN))
-                            .collect(),
-                    ),
-                    (
-                        "false positive rate".into(),
-                        g.iter()
-                            .map(|x| x.false_positive_rate.unwrap_or(f64::NAN))
-                            .collect(),
-                    ),
-                ],
-                "high risk (levels 4-5) per group",
-            )
-        } else if let Some(c) = &r.counts {
-            (
-                c.groups.iter().map(|x| x.group.clone()).collect(),
-                vec![
-                    ("MAE".into(), c.groups.iter().map(|x| x.mae).collect()),
-                    (
-                        "bias (predicted - actual)".into(),
-                        c.groups.iter().map(|x| x.bias).collect(),
-                    ),
-                ],
-                "count error per group",
-            )
-        } else {
-            return Ok(());
-        };
+    let (names, series, what): (Vec<String>, Series, &str) = if let Some(risk) = &r.risk {
+        let g = &risk.high_risk.groups;
+        (
+            g.iter().map(|x| x.group.clone()).collect(),
+            vec![
+                (
+                    "selection rate".into(),
+                    g.iter().map(|x| x.selection_rate).collect(),
+                ),
+                (
+                    "true positive rate".into(),
+                    g.iter()
+                        .map(|x| x.true_positive_rate.unwrap_or(f64::NAN))
+                        .collect(),
+                ),
+                (
+                    "false positive rate".into(),
+                    g.iter()
+                        .map(|x| x.false_positive_rate.unwrap_or(f64::NAN))
+                        .collect(),
+                ),
+            ],
+            "high risk (levels 4-5) per group",
+        )
+    } else if let Some(c) = &r.counts {
+        (
+            c.groups.iter().map(|x| x.group.clone()).collect(),
+            vec![
+                ("MAE".into(), c.groups.iter().map(|x| x.mae).collect()),
+                (
+                    "bias (predicted - actual)".into(),
+                    c.groups.iter().map(|x| x.bias).collect(),
+                ),
+            ],
+            "count error per group",
+        )
+    } else {
+        return Ok(());
+    };
     Bars {
         title: format!("{} {}: {what} ({} split)", r.kind, r.task, r.split),
         x_label: "rate".into(),

@@ -123,6 +123,10 @@ pub struct SimulateArgs {
     /// integrated-gradients, kernel or exact [default: gradient].
     #[arg(long, value_name = "METHOD")]
     pub explain_method: Option<String>,
+    /// Skip scoring the selected federated model on every station's own
+    /// test samples (the report's worst, median and best station).
+    #[arg(long)]
+    pub no_station_scores: bool,
     /// Seed of the partition, initial model, sampling and training [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -215,6 +219,9 @@ impl SimulateArgs {
         }
         if let Some(v) = &self.explain_method {
             c.explain.method = v.clone();
+        }
+        if self.no_station_scores {
+            c.explain.station_scores = false;
         }
         if let Some(v) = self.lr {
             c.train.lr = v;

@@ -380,6 +380,11 @@ pub struct ExplainSettings {
     /// `gradient` (default: GradientSHAP, cheap on every model),
     /// `integrated-gradients`, `kernel` or `exact`.
     pub method: String,
+    /// Score the best federated model on every station's own test samples
+    /// and report the worst, median and best station (default true; skipped
+    /// above 200 stations): whether any precinct is sacrificed for the
+    /// average (what q-FedAvg is for).
+    pub station_scores: bool,
 }
 
 impl Default for ExplainSettings {
@@ -387,6 +392,7 @@ impl Default for ExplainSettings {
         ExplainSettings {
             rows: 0,
             method: "gradient".into(),
+            station_scores: true,
         }
     }
 }

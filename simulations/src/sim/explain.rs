@@ -23,6 +23,114 @@ use super::config::SimConfig;
 use super::data::StudyData;
 use crate::charts::{Bars, Heatmap};
 
+/// Each station's test score of the best federated model: what q-FedAvg
+/// is judged by (no precinct sacrificed for the average).
+#[derive(Clone, Debug, Serialize)]
+pub struct StationScores {
+    /// The headline metric (`macro_f1` or `mae`).
+    pub metric: String,
+    /// `(station, test samples, score)`, in station order.
+    pub stations: Vec<(String, u64, f64)>,
+}
+
+impl StationScores {
+    /// Whether a larger score is better.
+    fn higher_is_better(&self) -> bool {
+        self.metric != "mae"
+    }
+
+    /// The stations from worst to best.
+    pub fn ranked(&self) -> Vec<(String, u64, f64)> {
+        let mut v = self.stations.clone();
+        v.sort_by(|a, b| a.2.total_cmp(&b.2));
+        if !self.higher_is_better() {
+            v.reverse();
+        }
+        v
+    }
+
+    /// The report's section.
+    pub fn markdown(&self) -> String {
+        let r = self.ranked();
+        let Some(worst) = r.first() else {
+            return String::new();
+        };
+        let best = &r[r.len() - 1];
+        let median = &r[r.len() / 2];
+        let mean = r.iter().map(|s| s.2).sum::<f64>() / r.len() as f64;
+        let var = r.iter().map(|s| (s.2 - mean).powi(2)).sum::<f64>() / r.len() as f64;
+        format!(
+            "\n## Per-station test scores of the selected federated model\n\n{} stations, test {}: worst {:.4} ({}, {} samples), median {:.4}, best {:.4} ({}), standard deviation {:.4}. Per station: station-scores.csv.\n",
+            r.len(),
+            self.metric,
+            worst.2,
+            worst.0,
+            worst.1,
+            median.2,
+            best.2,
+            best.0,
+            var.sqrt()
+        )
+    }
+}
+
+/// Scores `global` on every station's own test samples (stations without
+/// test samples are left out); `None` when there are more than `limit`.
+pub fn station_scores(
+    data: &StudyData,
+    cfg: &SimConfig,
+    global: &Arc<Params>,
+    limit: usize,
+) -> Result<Option<StationScores>> {
+    let device = cfg
+        .federation
+        .device
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    let learners = data.learners(cfg, device);
+    if learners.len() > limit {
+        return Ok(None);
+    }
+    let config = Arc::new(Config::from([(
+        "split".to_string(),
+        ConfigValue::Str("test".into()),
+    )]));
+    let metric = match data.task.task {
+        fedcrime_data::Task::Risk => "macro_f1",
+        fedcrime_data::Task::Counts => "mae",
+    };
+    let mut stations = Vec::new();
+    for s in learners {
+        let name = s.name().to_string();
+        match s.evaluate(&EvaluateIns {
+            global: global.clone(),
+            config: config.clone(),
+        }) {
+            Ok(r) => {
+                if let Some(v) = r.metrics.get(metric) {
+                    stations.push((name, r.num_examples, *v));
+                }
+            }
+            Err(fedcrime_station::StationError::EmptySplit { .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("{name} scoring the best model")),
+        }
+    }
+    Ok(Some(StationScores {
+        metric: metric.into(),
+        stations,
+    }))
+}
+
+/// Writes `station-scores.csv`.
+pub fn write_scores(out: &Path, s: &StationScores) -> Result<()> {
+    let mut csv = format!("station,test_samples,{}\n", s.metric);
+    for (n, k, v) in &s.stations {
+        let _ = writeln!(csv, "{n},{k},{v:.6}");
+    }
+    std::fs::write(out.join("station-scores.csv"), csv)
+        .with_context(|| format!("writing {}", out.join("station-scores.csv").display()))
+}
+
 /// What the stations sent and what the agency made of it.
 #[derive(Clone, Debug, Serialize)]
 pub struct FederatedExplanation {

@@ -492,6 +492,18 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         },
         &runs,
     );
+    let scores = if cfg.explain.station_scores {
+        explain::station_scores(&data, &cfg, &best, 200)?
+    } else {
+        None
+    };
+    let md = match scores {
+        Some(scores) => {
+            explain::write_scores(out, &scores)?;
+            md + &scores.markdown()
+        }
+        None => md,
+    };
     let md = if cfg.explain.rows > 0 {
         let spinner = progress::spinner(opts.quiet, "stations explaining the best model");
         let fe = explain::ask_stations(&data, &cfg, &best, cfg.explain.rows, &cfg.explain.method)?;

@@ -459,6 +459,10 @@ fn a_fairness_aware_federation_explains_itself_by_station() {
         assert!(out.join(f).is_file(), "{f}");
     }
     assert!(outcome.report.contains("## Federated explanations"));
+    assert!(outcome.report.contains("## Per-station test scores"));
+    let scores = std::fs::read_to_string(out.join("station-scores.csv")).unwrap();
+    assert_eq!(scores.lines().count(), 1 + 3, "{scores}");
+    assert!(scores.starts_with("station,test_samples,macro_f1"));
     assert!(std::fs::read_to_string(out.join("sim.toml"))
         .unwrap()
         .contains("fairness = \"penalty:1\""));
