@@ -60,7 +60,9 @@ def dnn(tensors, config):
 
     def f(x):
         with torch.no_grad():
-            t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+            # The flat row is the features, then the sequence view, which
+            # the dnn does not read.
+            t = torch.from_numpy(np.asarray(x, dtype=np.float32))[:, : config["input_dim"]]
             h = t
             for w, b in hidden:
                 h = torch.relu(h @ w.T + b)

@@ -1229,6 +1229,19 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
     let s = server.train.round_settings();
     assert_eq!((s.local_epochs, s.min_local_steps()), (1, 20));
     assert_eq!(server.tls.crl.as_deref(), Some(Path::new("pki/crl.pem")));
+    // The commented explanation request, switched on, reaches the stations'
+    // evaluation settings.
+    let explaining = include_str!("../../../server/server.example.toml")
+        .replace(
+            "# [federation.evaluate_config]",
+            "[federation.evaluate_config]",
+        )
+        .replace("# explain = 100", "explain = 100");
+    let explaining = ServerConfig::from_toml(&explaining, Path::new("s.toml")).unwrap();
+    assert_eq!(
+        explaining.federation.evaluate_config["explain"],
+        fedcrime_fl::ConfigValue::Int(100)
+    );
     let station = StationConfig::from_toml(
         include_str!("../../../client/station.example.toml"),
         Path::new("station.example.toml"),

@@ -672,6 +672,9 @@ fn gradient_attributions(
 ) -> Result<Vec<Explanation>, TrainError> {
     use rand::{Rng, SeedableRng};
     let device = model.device();
+    // cuDNN's recurrent kernels have no backward pass in evaluation mode:
+    // the LSTM's gradients on CUDA come from libtorch's native kernels.
+    let _cudnn = CudnnOff::when(device.is_cuda() && model.kind() == ModelKind::Lstm);
     let dim = inputs.dim();
     let n = x.len() / dim;
     let nb = background.len();
@@ -795,6 +798,29 @@ fn gradient_attributions(
 
 /// The metric-name prefix of a [`Summary`] sent as metrics.
 pub const METRIC_PREFIX: &str = "shap|";
+
+/// Turns cuDNN off while it lives (when asked), restoring the user's
+/// setting on drop.
+struct CudnnOff(Option<bool>);
+
+impl CudnnOff {
+    fn when(off: bool) -> Self {
+        if !off {
+            return CudnnOff(None);
+        }
+        let before = tch::Cuda::user_enabled_cudnn();
+        tch::Cuda::set_user_enabled_cudnn(false);
+        CudnnOff(Some(before))
+    }
+}
+
+impl Drop for CudnnOff {
+    fn drop(&mut self) {
+        if let Some(before) = self.0 {
+            tch::Cuda::set_user_enabled_cudnn(before);
+        }
+    }
+}
 
 /// Per-group, per-output aggregates of explanations: what a report ranks
 /// and what a station sends instead of its rows.
