@@ -77,6 +77,7 @@ def dnn(tensors, config):
 
 
 def main():
+    torch.set_num_threads(1)
     model_dir, explain_dir = sys.argv[1], sys.argv[2]
     nsamples = sys.argv[3] if len(sys.argv) > 3 else None
     tensors, meta = load_safetensors(f"{model_dir}/model.safetensors")
@@ -91,6 +92,10 @@ def main():
     groups = [g["columns"] for g in p["groups"]]
     names = [g["name"] for g in p["groups"]]
     G = len(groups)
+    dim = p["dim"]
+    member = np.zeros((G, dim), dtype=np.float32)
+    for k, cols in enumerate(groups):
+        member[k, cols] = 1.0
 
     ours = {}
     with open(f"{explain_dir}/values.csv") as fh:
@@ -103,19 +108,24 @@ def main():
     t0 = time.time()
     for i, x in enumerate(rows):
 
-        def g(z):
-            z = np.asarray(z)
-            out = []
-            for zr in z:
-                inp = np.repeat(bg[None, :, :], 1, axis=0)[0].copy()
-                for k, cols in enumerate(groups):
-                    if zr[k] > 0.5:
-                        inp[:, cols] = x[cols]
-                out.append((f(inp) * w[:, None]).sum(0))
-            return np.asarray(out)
+        def g(z, x=x):
+            # Coalitions z [m, G] -> inputs [m, background, dim]: group k's
+            # columns from x where z_k = 1, from the background row otherwise.
+            z = np.asarray(z) > 0.5
+            take = z.astype(np.float32) @ member > 0.5
+            out = np.empty((len(z), len(p["outputs"])))
+            step = max(1, 65536 // len(bg))
+            for a in range(0, len(z), step):
+                t = take[a : a + step]
+                inp = np.where(t[:, None, :], x[None, None, :], bg[None, :, :])
+                y = f(inp.reshape(-1, dim)).reshape(len(t), len(bg), -1)
+                out[a : a + step] = (y * w[None, :, None]).sum(1)
+            return out
 
         ex = shap.KernelExplainer(g, np.zeros((1, G)))
-        kw = {"silent": True}
+        # No feature selection: every group gets its value (shap 0.51 selects
+        # 10 by default).
+        kw = {"silent": True, "l1_reg": False}
         if nsamples:
             kw["nsamples"] = int(nsamples)
         sv = ex.shap_values(np.ones((1, G)), **kw)
