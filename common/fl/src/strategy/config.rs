@@ -109,10 +109,14 @@ pub enum StrategyConfig {
         /// Fairness (default 1; 0: unweighted averaging of the updates).
         #[serde(default = "defaults::one")]
         q: f64,
-        /// The stations' learning rate, whose inverse is the Lipschitz
-        /// estimate (default 1e-3, a station's default); set it to the
-        /// `[train]` learning rate.
-        #[serde(default = "defaults::station_lr")]
+        /// The step size whose inverse is the Lipschitz estimate `L`
+        /// (default 1, so `L = 1`). The paper sets it to the stations' SGD
+        /// learning rate; stations here take Adam steps, which move each
+        /// weight by about the learning rate per step whatever the gradient,
+        /// and `L = 1 / 0.001` then makes the curvature term swamp the step:
+        /// on the Feb 2024 month the model never left its initial weights.
+        /// `L = 1` was the best of 1e-3..100 on validation (BENCHMARKS.md).
+        #[serde(default = "defaults::qfedavg_lr")]
         lr: f64,
     },
 }
@@ -154,8 +158,8 @@ mod defaults {
     pub fn keep() -> usize {
         2
     }
-    pub(crate) fn station_lr() -> f64 {
-        fedcrime_wire::RoundSettings::default().lr
+    pub(crate) fn qfedavg_lr() -> f64 {
+        1.0
     }
 }
 
@@ -364,7 +368,7 @@ mod tests {
         );
         assert!(toml::from_str::<File>("[strategy]\nname = \"fedavg\"\nmu = 1\n").is_err());
         let f: File = toml::from_str("[strategy]\nname = \"qfedavg\"\nq = 2\n").unwrap();
-        assert_eq!(f.strategy, StrategyConfig::QFedAvg { q: 2.0, lr: 1e-3 });
+        assert_eq!(f.strategy, StrategyConfig::QFedAvg { q: 2.0, lr: 1.0 });
         let f: File =
             toml::from_str("[strategy]\nname = \"qfedavg\"\nq = 0.5\nlr = 0.01\n").unwrap();
         assert_eq!(f.strategy, StrategyConfig::QFedAvg { q: 0.5, lr: 0.01 });
@@ -375,7 +379,7 @@ mod tests {
     fn qfedavg_parses_round_trips_and_checks_its_parameters() {
         assert_eq!(
             "q-fedavg".parse::<StrategyConfig>().unwrap(),
-            StrategyConfig::QFedAvg { q: 1.0, lr: 1e-3 }
+            StrategyConfig::QFedAvg { q: 1.0, lr: 1.0 }
         );
         let cfg: StrategyConfig = "qfedavg:q=2,lr=0.001".parse().unwrap();
         assert_eq!(cfg, StrategyConfig::QFedAvg { q: 2.0, lr: 0.001 });

@@ -21,8 +21,9 @@ pub const MIN_GLOBAL_LOSS: f64 = 1e-10;
 ///
 /// With `w` the global model, `w_k` station k's locally trained model,
 /// `F_k` the loss of `w` on station k's training data (before its local
-/// training) and `L = 1 / lr` (the Lipschitz estimate of the paper, from
-/// the stations' learning rate):
+/// training) and `L = 1 / lr` (the paper's Lipschitz estimate; the paper
+/// takes the stations' SGD learning rate, fedcrime defaults to `lr = 1`
+/// because its stations take Adam steps, see [`StrategyConfig::QFedAvg`](super::StrategyConfig::QFedAvg)):
 ///
 /// ```text
 /// Delta_k = L (w - w_k)
@@ -54,8 +55,8 @@ pub struct QFedAvg {
 
 impl QFedAvg {
     /// q-FedAvg with fairness `q >= 0` (0: plain, unweighted averaging) and
-    /// the stations' learning rate `lr > 0` (the Lipschitz estimate is
-    /// `1 / lr`); `lr` should equal the `lr` of the round settings.
+    /// the step size `lr > 0` (the Lipschitz estimate is `1 / lr`; see
+    /// [`StrategyConfig::QFedAvg`](super::StrategyConfig::QFedAvg) for its default).
     pub fn new(q: f64, lr: f64) -> Result<Self> {
         if !(q.is_finite() && q >= 0.0) {
             return Err(FlError::config(
