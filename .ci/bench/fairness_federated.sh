@@ -19,11 +19,15 @@ run() {
   [ -f "$OUT/$name/report.md" ] || "$BIN" -q simulate --data "$D" --transport memory --no-centralized --out "$OUT/$name" "$@"
 }
 run fedavg --strategy fedavg
+run qfedavg-q0.5 --strategy qfedavg:q=0.5
 run qfedavg-q1 --strategy qfedavg:q=1
 run qfedavg-q5 --strategy qfedavg:q=5
 run fedavg-penalty1-explain --strategy fedavg --fairness penalty:1 --explain 100
+run fedavg-reweigh --strategy fedavg --fairness reweigh
 for d in "$OUT"/*/; do
+  [ -f "$d/fairness/fairness.json" ] || "$BIN" -q fairness --model "$d" --groups bureau
   echo "== $(basename "$d")"
   grep -A2 "^## Per-station" "$d/report.md" | tail -1
   grep -m1 "^| \*\*" "$d/report.md" || true
+  jq -c '{macro_f1, high_risk_dpd: .risk.high_risk.demographic_parity_difference, high_risk_eod: .risk.high_risk.equalized_odds_difference, max_level_dpd: ([.risk.per_level[].demographic_parity_difference] | max)}' "$d/fairness/fairness.json"
 done

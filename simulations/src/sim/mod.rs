@@ -492,6 +492,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         },
         &runs,
     );
+    save_best(out, &data, &cfg, &best)?;
     let scores = if cfg.explain.station_scores {
         explain::station_scores(&data, &cfg, &best, 200)?
     } else {
@@ -575,6 +576,40 @@ pub(crate) fn federation_method(
         rounds,
         best: best.unwrap_or_else(|| Arc::new(initial.clone())),
     })
+}
+
+/// Saves the federation's selected model as `model.safetensors`, with what
+/// `fedcrime-sim explain` and `fairness` need to rebuild its samples (the
+/// featurizer and the data arguments).
+fn save_best(out: &Path, data: &StudyData, cfg: &SimConfig, best: &Params) -> Result<()> {
+    let mut m = fedcrime_ml::model::build(&data.model, tch::Device::Cpu)?;
+    m.import_params(best)?;
+    let d = &cfg.data;
+    let meta = std::collections::BTreeMap::from([
+        (
+            "fedcrime.featurizer".to_string(),
+            serde_json::to_string(&data.featurizer)?,
+        ),
+        ("fedcrime.data_source".to_string(), data.source.clone()),
+        (
+            "fedcrime.data_args".to_string(),
+            serde_json::json!({
+                "data": d.file,
+                "rows": d.rows,
+                "data_seed": d.data_seed,
+                "task": d.task,
+                "period": d.period,
+            })
+            .to_string(),
+        ),
+        (
+            "fedcrime.strategy".to_string(),
+            cfg.federation.strategy.name().to_string(),
+        ),
+    ]);
+    let path = out.join("model.safetensors");
+    fedcrime_ml::model::save_model(m.as_ref(), &path, &meta)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// What [`federation_method`] returns.

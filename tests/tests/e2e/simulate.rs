@@ -463,6 +463,11 @@ fn a_fairness_aware_federation_explains_itself_by_station() {
     let scores = std::fs::read_to_string(out.join("station-scores.csv")).unwrap();
     assert_eq!(scores.lines().count(), 1 + 3, "{scores}");
     assert!(scores.starts_with("station,test_samples,macro_f1"));
+    // The selected model is saved for `explain` and `fairness`.
+    let (m, meta) =
+        fedcrime_ml::model::load_model(&out.join("model.safetensors"), tch::Device::Cpu).unwrap();
+    assert_eq!(m.kind(), fedcrime_ml::model::ModelKind::Dnn);
+    assert!(meta.contains_key("fedcrime.featurizer") && meta.contains_key("fedcrime.data_args"));
     assert!(std::fs::read_to_string(out.join("sim.toml"))
         .unwrap()
         .contains("fairness = \"penalty:1\""));
