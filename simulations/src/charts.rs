@@ -264,8 +264,10 @@ pub struct Heatmap {
 impl Heatmap {
     /// Writes `<stem>.svg` and `.png` into `dir`.
     pub fn write_both(&self, dir: &Path, stem: &str) -> Result<()> {
-        let w = (260 + 95 * self.columns.len() as u32).clamp(700, 3000);
-        let size = (w, height(self.rows.len()) + 120);
+        // Column labels run horizontally: each column as wide as its label.
+        let longest = self.columns.iter().map(|c| c.len()).max().unwrap_or(4) as u32;
+        let w = (260 + (8 * longest + 16).max(80) * self.columns.len() as u32).clamp(700, 4000);
+        let size = (w, height(self.rows.len()) + 40);
         write_both(dir, stem, size, &|a| self.draw(a), &|a| self.draw(a))
     }
 
@@ -285,7 +287,7 @@ impl Heatmap {
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, ("sans-serif", 20))
             .margin(14)
-            .x_label_area_size(130)
+            .x_label_area_size(40)
             .y_label_area_size(label_width.min(360))
             .build_cartesian_2d(-0.5..(nc as f64 - 0.5), -0.5..(nr as f64 - 0.5))
             .map_err(|e| anyhow!("{e}"))?;
@@ -304,11 +306,6 @@ impl Heatmap {
                 }
             })
             .y_label_formatter(&|y| row_label(&self.rows, *y))
-            .x_label_style(
-                ("sans-serif", 12)
-                    .into_font()
-                    .transform(FontTransform::Rotate90),
-            )
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
