@@ -1113,6 +1113,19 @@ impl Engine {
         for _ in eval.status.values().filter(|s| **s == Status::Pending) {
             self.current.count_eval_failure(FailureKind::Timeout);
         }
+        self.current.station_reports = eval
+            .results
+            .iter()
+            .filter_map(|(id, r)| {
+                let own: crate::strategy::Metrics = r
+                    .metrics
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(crate::metrics::STATION_REPORT_PREFIX))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                (!own.is_empty()).then(|| (id.to_string(), own))
+            })
+            .collect();
         let results: Vec<EvaluateRes> = eval.results.into_values().collect();
         self.current.eval_completed = results.len();
         if !results.is_empty() {
@@ -2006,7 +2019,10 @@ mod tests {
                     result: EvaluateRes {
                         loss,
                         num_examples: n,
-                        metrics: Metrics::from([("mae".into(), loss * 2.0)]),
+                        metrics: Metrics::from([
+                            ("mae".into(), loss * 2.0),
+                            ("shap|violent|hour".into(), n as f64),
+                        ]),
                     },
                 },
             );
@@ -2034,6 +2050,14 @@ mod tests {
         let m = &h.rounds[1];
         assert_eq!(m.eval_loss, Some((10.0 + 90.0) / 40.0));
         assert_eq!(m.eval_metrics["mae"], 5.0);
+        // Explanation summaries stay per station as well.
+        assert_eq!(m.station_reports.len(), 2);
+        assert_eq!(
+            m.station_reports[&id("c").to_string()]["shap|violent|hour"],
+            30.0
+        );
+        assert!(!m.station_reports.contains_key(&id("b").to_string()));
+        assert!(h.rounds[0].station_reports.is_empty());
         assert_eq!((m.eval_sampled, m.eval_completed), (3, 2));
         assert_eq!(
             m.eval_failed,

@@ -9,6 +9,10 @@ use super::strategy::Metrics;
 use super::validate::FailureKind;
 use super::StationId;
 
+/// The prefix of the evaluation metrics kept per station in
+/// [`RoundMetrics::station_reports`].
+pub const STATION_REPORT_PREFIX: &str = "shap|";
+
 /// The record of one round. Times are seconds from the `now` values the
 /// driver passed in, so a replay with the same times gives the same record.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -48,6 +52,11 @@ pub struct RoundMetrics {
     pub eval_loss: Option<f64>,
     /// Example-weighted federated evaluation metrics.
     pub eval_metrics: Metrics,
+    /// What stations reported about themselves in their evaluation replies
+    /// (metrics named `shap|...`: the summary of an explanation asked with
+    /// the `explain` evaluation setting), per station, so the agency can
+    /// compare precincts; empty unless asked for.
+    pub station_reports: BTreeMap<String, Metrics>,
     /// Loss of the server-side evaluation, when the strategy has one.
     pub server_eval_loss: Option<f64>,
     /// Metrics of the server-side evaluation.

@@ -574,6 +574,11 @@ fn an_explanation_request_is_answered_with_aggregates_only() {
     assert_eq!(summary.outputs.len(), 5);
     assert!(summary.groups.iter().any(|g| g == "hour"));
     assert!(summary.mean_abs.iter().flatten().any(|&v| v > 0.0));
+    // The engine keeps these per station (its prefix is the summary's).
+    assert_eq!(
+        fedcrime_ml::explain::METRIC_PREFIX,
+        fedcrime_fl::STATION_REPORT_PREFIX
+    );
     // Nothing per sample: one value per group and level, plus three.
     let shap = explained
         .metrics
