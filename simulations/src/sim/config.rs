@@ -258,25 +258,9 @@ pub struct TrainSettings {
     /// single-worker centralized baseline): `none` (default), `reweigh`,
     /// `penalty:LAMBDA` or `penalty-eo:LAMBDA` (see
     /// `fedcrime_ml::train::fair_training`).
-    #[serde(with = "fairness_text")]
     pub fairness: FairTraining,
     /// The groups it equalizes: `bureau` (default) or `area`.
     pub fairness_groups: FairGroups,
-}
-
-/// [`FairTraining`] as its one-line text in TOML (`fairness = "penalty:0.5"`).
-mod fairness_text {
-    use fedcrime_ml::train::FairTraining;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(f: &FairTraining, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&f.to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FairTraining, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl Default for TrainSettings {

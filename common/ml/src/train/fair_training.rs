@@ -31,9 +31,10 @@ use super::{Result, TrainError};
 use crate::model::{Batch, CrimeModel};
 use fedcrime_data::{Dataset, Target, AREAS};
 
-/// What fairness-aware training adds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+/// What fairness-aware training adds. In config files and on the command
+/// line, one string: `none`, `reweigh`, `penalty:LAMBDA` or
+/// `penalty-eo:LAMBDA`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum FairTraining {
     /// Plain training.
     #[default]
@@ -117,6 +118,19 @@ impl std::fmt::Display for FairTraining {
                 criterion: Criterion::EqualizedOdds,
             } => write!(f, "penalty-eo:{lambda}"),
         }
+    }
+}
+
+impl Serialize for FairTraining {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for FairTraining {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -411,8 +425,22 @@ mod tests {
     #[test]
     fn settings_parse_print_and_refuse_what_they_cannot_do() {
         for s in ["none", "reweigh", "penalty:0.5", "penalty-eo:2"] {
-            assert_eq!(s.parse::<FairTraining>().unwrap().to_string(), s);
+            let f: FairTraining = s.parse().unwrap();
+            assert_eq!(f.to_string(), s);
+            // In config files: the same string.
+            let cfg = TrainConfig {
+                fairness: f,
+                ..TrainConfig::default()
+            };
+            let text = toml::to_string(&cfg).unwrap();
+            assert!(text.contains(&format!("fairness = \"{s}\"")), "{text}");
+            assert_eq!(toml::from_str::<TrainConfig>(&text).unwrap(), cfg);
         }
+        let e = toml::from_str::<TrainConfig>("fairness = \"penalty:x\"").unwrap_err();
+        assert!(
+            e.to_string().contains("penalty:LAMBDA needs a number"),
+            "{e}"
+        );
         assert!("penalty:-1"
             .parse::<FairTraining>()
             .unwrap_err()
