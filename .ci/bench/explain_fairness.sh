@@ -19,7 +19,8 @@ for set in la_crime_2020_sample la_crime_2024_02; do
     t=${tm%%:*}; m=${tm##*:}; o=$OUT/$set/$t-$m
     [ -f "$o/model.safetensors" ] || "$BIN" -q train --data "$D/$set.csv" --task "$t" --model "$m" --no-progress --out "$o"
     # gat-tcn runs the whole city per sample and its 10 groups are explained
-    # exactly (1,024 coalitions): fewer samples and background rows.
+    # exactly (1,024 coalitions): fewer samples (and explain's default of 10
+    # background rows for it).
     # GradientSHAP takes one backward pass per output: gat-tcn has 168 (21
     # areas x 8 categories), so it gets 20 draws per sample instead of 200.
     small=(); draws=()

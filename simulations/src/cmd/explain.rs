@@ -56,9 +56,10 @@ pub struct ExplainArgs {
     #[arg(long, default_value_t = 200)]
     pub samples: usize,
     /// Background rows from the training split: what "absent" features are
-    /// replaced with, and what the base value averages over.
-    #[arg(long, default_value_t = 50)]
-    pub background: usize,
+    /// replaced with, and what the base value averages over [default: 50;
+    /// 10 for gat-tcn, whose every sample is the whole city over 8 periods].
+    #[arg(long)]
+    pub background: Option<usize>,
     /// How the background is chosen: `sample` (rows drawn at random) or
     /// `kmeans` (centroids of the training rows weighted by cluster size).
     #[arg(long, value_enum, default_value_t = BackgroundKind::Sample)]
@@ -81,6 +82,12 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub no_progress: bool,
 }
+
+/// Background rows by default.
+const DEFAULT_BACKGROUND: usize = 50;
+/// Background rows by default for gat-tcn: each row is a whole city, and
+/// exact Shapley values of its 10 groups run it 1,024 times per row.
+const GRAPH_BACKGROUND: usize = 10;
 
 /// How the background is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -171,7 +178,12 @@ pub fn background(a: &Audited, n: usize, kind: BackgroundKind, seed: u64) -> Res
 /// Runs the command.
 pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
     let a = load(&args.source)?;
-    if args.samples == 0 || args.background == 0 {
+    let n_background = args.background.unwrap_or(if a.is_graph() {
+        GRAPH_BACKGROUND
+    } else {
+        DEFAULT_BACKGROUND
+    });
+    if args.samples == 0 || n_background == 0 {
         bail!("--samples and --background must be at least 1");
     }
     let ds = args.source.split.of(&a.splits);
@@ -188,7 +200,7 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
     let outputs = output_names(model, ds);
     let rows = pick_rows(ds.len(), args.samples, args.seed);
     let x = inputs.rows(ds, &rows);
-    let bg = background(&a, args.background, args.background_kind, args.seed)?;
+    let bg = background(&a, n_background, args.background_kind, args.seed)?;
     let cfg = ExplainConfig {
         method: args.method,
         samples: args.nsamples,
