@@ -33,6 +33,7 @@
 
 pub mod data;
 pub mod protocol;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Instant;
