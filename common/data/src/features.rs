@@ -374,6 +374,38 @@ impl Featurizer {
         Ok(self.dataset(&grid, start..end, None))
     }
 
+    /// The samples of every area at time step `t` for a prediction from
+    /// `incidents` (a station's history): `t` may be any step whose lags lie
+    /// in the incidents' range, up to the step right after their last one
+    /// (the next period, whose counts are not known: its target values are
+    /// 0 and mean nothing). Rows are in area order.
+    pub fn rows_at(&self, incidents: &[Incident], t: u32) -> Result<Dataset, DataError> {
+        self.check()
+            .map_err(|reason| DataError::config("featurizer", reason))?;
+        let unit = self.time_unit();
+        let grid = CountGrid::build(incidents, unit)?;
+        let first = grid.t0 + self.max_lag;
+        if t < first || t > grid.end() {
+            return Err(DataError::config(
+                "prediction time",
+                format!(
+                    "{} {t} is outside the {}s the history can feature: {first}..={} (the data \
+                     cover {}s {}..{}, and the features reach {} {}s back)",
+                    unit.name(),
+                    unit.name(),
+                    grid.end(),
+                    unit.name(),
+                    grid.t0,
+                    grid.end(),
+                    self.max_lag,
+                    unit.name()
+                ),
+            ));
+        }
+        let grid = grid.extended((t + 1).saturating_sub(grid.end()) as usize);
+        Ok(self.dataset(&grid, t..t + 1, None))
+    }
+
     /// Raw (unscaled) feature rows of every area at the sample times `times`,
     /// ordered by (time, area).
     pub(crate) fn raw_features(&self, grid: &CountGrid, times: Range<u32>) -> Vec<f32> {

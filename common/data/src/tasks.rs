@@ -115,6 +115,17 @@ impl TimeUnit {
         }
     }
 
+    /// The time step holding day number `day` at `minute` after midnight
+    /// (`None` before 1970 or past the index range).
+    pub fn step_of(self, day: i64, minute: u16) -> Option<u32> {
+        let t = match self {
+            TimeUnit::Block => day * i64::from(BLOCKS_PER_DAY) + i64::from(minute / 240),
+            TimeUnit::Day => day,
+            TimeUnit::Week => Period::week_of_day(day),
+        };
+        u32::try_from(t).ok()
+    }
+
     /// The first day number of time step `t`.
     pub fn first_day(self, t: u32) -> i64 {
         match self {
@@ -365,6 +376,37 @@ impl CountGrid {
             totals,
             cumulative,
         })
+    }
+
+    /// The same grid with `extra` empty time steps after its end (the
+    /// periods to predict, whose counts are not known yet).
+    pub(crate) fn extended(&self, extra: usize) -> CountGrid {
+        if extra == 0 {
+            return self.clone();
+        }
+        let (times, cats) = (self.times + extra, Category::COUNT);
+        let mut counts = vec![0u32; AREA_COUNT * times * cats];
+        let mut totals = vec![0u32; AREA_COUNT * times];
+        let mut cumulative = vec![0u64; AREA_COUNT * (times + 1)];
+        for a in 0..AREA_COUNT {
+            let (old, new) = (a * self.times, a * times);
+            counts[new * cats..(new + self.times) * cats]
+                .copy_from_slice(&self.counts[old * cats..(old + self.times) * cats]);
+            totals[new..new + self.times].copy_from_slice(&self.totals[old..old + self.times]);
+            let last = self.cumulative[a * (self.times + 1) + self.times];
+            let row = &mut cumulative[a * (times + 1)..(a + 1) * (times + 1)];
+            row[..=self.times].copy_from_slice(
+                &self.cumulative[a * (self.times + 1)..(a + 1) * (self.times + 1)],
+            );
+            row[self.times + 1..].fill(last);
+        }
+        CountGrid {
+            t0: self.t0,
+            times,
+            counts,
+            totals,
+            cumulative,
+        }
     }
 
     /// One past the last time index.
@@ -724,6 +766,42 @@ pub(crate) mod tests {
         assert_eq!(Period::week_of_day(first_monday), i64::from(grid.t0));
         assert_eq!(Period::week_of_day(4), 0);
         assert_eq!(Period::week_of_day(3), -1);
+    }
+
+    #[test]
+    fn the_next_period_is_featured_from_history_alone() {
+        let incidents = random_incidents(10_000, 60, 9);
+        for task in [Task::Risk, Task::Counts] {
+            let data = build_task(&incidents, &TaskConfig::new(task)).unwrap();
+            let f = &data.featurizer;
+            let all = f.transform(&incidents).unwrap();
+            let unit = f.time_unit();
+            let last_day = incidents.iter().map(|i| i.date_occurred).max().unwrap();
+            // The first step of the last day: featured with and without that
+            // day's incidents, its rows must be the same (features look back).
+            let t = unit.step_of(i64::from(last_day), 0).unwrap();
+            let history: Vec<Incident> = incidents
+                .iter()
+                .filter(|i| i.date_occurred < last_day)
+                .cloned()
+                .collect();
+            let next = f.rows_at(&history, t).unwrap();
+            assert_eq!(next.len(), AREA_COUNT, "{task}");
+            assert!(next.time.iter().all(|&x| x == t));
+            let rows: Vec<usize> = (0..all.len()).filter(|&r| all.time[r] == t).collect();
+            let known = all.subset(&rows);
+            assert_eq!(next.features, known.features, "{task}: features");
+            assert_eq!(next.sequences, known.sequences, "{task}: sequences");
+            assert_eq!(next.area, known.area);
+            // Inside the data the rows are the training featurization's.
+            let inside = f.rows_at(&incidents, t - 1).unwrap();
+            let rows: Vec<usize> = (0..all.len()).filter(|&r| all.time[r] == t - 1).collect();
+            assert_eq!(inside, all.subset(&rows), "{task}");
+            // Beyond the next step, or without enough history: refused.
+            let e = f.rows_at(&history, t + 1).unwrap_err().to_string();
+            assert!(e.contains("prediction time"), "{e}");
+            assert!(f.rows_at(&history, 0).is_err());
+        }
     }
 
     #[test]
