@@ -32,6 +32,7 @@
 //! size, class weighting, ...: [`Station::with_defaults`]).
 
 pub mod data;
+pub mod ingest;
 pub mod protocol;
 pub mod store;
 
