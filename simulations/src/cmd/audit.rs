@@ -102,6 +102,57 @@ impl Audited {
     }
 }
 
+/// Which model was audited on what: the head of every audit's JSON.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditHeader {
+    /// The model file.
+    pub model: String,
+    /// Its architecture.
+    pub kind: String,
+    /// Its task.
+    pub task: String,
+    /// The data.
+    pub data: String,
+    /// The split audited.
+    pub split: String,
+}
+
+impl Audited {
+    /// The header of an audit of `split`.
+    pub fn header(&self, split: SplitName) -> AuditHeader {
+        AuditHeader {
+            model: self.path.display().to_string(),
+            kind: self.model.kind().to_string(),
+            task: self.model.task().to_string(),
+            data: self.data.source(),
+            split: split.as_str().into(),
+        }
+    }
+}
+
+/// Writes an audit's JSON (as `json_name`) and `report.md` into `out`, then
+/// prints the JSON (`--json`) or, unless quiet, the report.
+pub fn write_outputs(
+    out: &Path,
+    json_name: &str,
+    json: &str,
+    md: &str,
+    print_json: bool,
+    quiet: bool,
+) -> Result<()> {
+    for (name, text) in [(json_name, json), ("report.md", md)] {
+        std::fs::write(out.join(name), text)
+            .with_context(|| format!("writing {}", out.join(name).display()))?;
+    }
+    if print_json {
+        println!("{json}");
+    } else if !quiet {
+        println!("{md}");
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
 /// The model file of `path` (a folder holding model.safetensors, or a file).
 fn model_file(path: &Path) -> Result<PathBuf> {
     let file = if path.is_dir() {

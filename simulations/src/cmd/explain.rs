@@ -32,7 +32,7 @@ use fedcrime_ml::explain::{
 };
 use serde::Serialize;
 
-use super::audit::{load, AuditSource, Audited};
+use super::audit::{load, write_outputs, AuditHeader, AuditSource, Audited};
 use crate::GlobalOpts;
 use fedcrime_sim::charts::{Bars, Beeswarm, SwarmRow};
 use fedcrime_sim::progress;
@@ -102,16 +102,9 @@ pub enum BackgroundKind {
 /// `summary.json`.
 #[derive(Debug, Serialize)]
 pub struct ExplainSummary {
-    /// The model file.
-    pub model: String,
-    /// Its architecture.
-    pub kind: String,
-    /// Its task.
-    pub task: String,
-    /// The data.
-    pub data: String,
-    /// The split explained.
-    pub split: String,
+    /// The model and the data.
+    #[serde(flatten)]
+    pub audited: AuditHeader,
     /// The method used.
     pub method: String,
     /// Its sample count (coalitions, points, draws; 0 for exact).
@@ -265,11 +258,7 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
         inputs.dim(),
     )?;
     let report = ExplainSummary {
-        model: a.path.display().to_string(),
-        kind: model.kind().to_string(),
-        task: model.task().to_string(),
-        data: a.data.source(),
-        split: args.source.split.as_str().into(),
+        audited: a.header(args.source.split),
         method: explained.method.to_string(),
         method_samples: explained.samples,
         background: bg.len(),
@@ -287,8 +276,6 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
         cost_ratio: seconds / inference_seconds.max(1e-9),
     };
     let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(out.join("summary.json"), &json)
-        .with_context(|| format!("writing {}", out.join("summary.json").display()))?;
     plots(
         &out,
         &report,
@@ -298,16 +285,14 @@ pub fn run(args: &ExplainArgs, global: &GlobalOpts) -> Result<()> {
         model.task(),
         &groups_cols(&groups),
     )?;
-    let md = markdown(&report);
-    std::fs::write(out.join("report.md"), &md)
-        .with_context(|| format!("writing {}", out.join("report.md").display()))?;
-    if args.json {
-        println!("{json}");
-    } else if !global.quiet {
-        println!("{md}");
-        eprintln!("wrote {}", out.display());
-    }
-    Ok(())
+    write_outputs(
+        &out,
+        "summary.json",
+        &json,
+        &markdown(&report),
+        args.json,
+        global.quiet,
+    )
 }
 
 fn groups_cols(groups: &[fedcrime_ml::explain::FeatureGroup]) -> Vec<Vec<usize>> {
@@ -454,7 +439,7 @@ fn plots(
     Bars {
         title: format!(
             "{} {}: mean |SHAP value| per feature ({}, {} samples)",
-            r.kind, r.task, r.method, s.rows
+            r.audited.kind, r.audited.task, r.method, s.rows
         ),
         x_label: "mean |SHAP value|".into(),
         names: names.clone(),
@@ -493,7 +478,10 @@ fn plots(
         })
         .collect();
     Beeswarm {
-        title: format!("{} {}: SHAP values for {label}", r.kind, r.task),
+        title: format!(
+            "{} {}: SHAP values for {label}",
+            r.audited.kind, r.audited.task
+        ),
         x_label: format!("SHAP value (effect on {label})"),
         rows,
     }
@@ -505,11 +493,11 @@ fn markdown(r: &ExplainSummary) -> String {
     let s = &r.summary;
     let mut md = format!(
         "# Explanation of {} ({} {})\n\nData: {} ({} split, {} samples). Method: {}{}; background: {} rows ({}).\n\n",
-        r.model,
-        r.kind,
-        r.task,
-        r.data,
-        r.split,
+        r.audited.model,
+        r.audited.kind,
+        r.audited.task,
+        r.audited.data,
+        r.audited.split,
         s.rows,
         r.method,
         if r.method_samples > 0 {

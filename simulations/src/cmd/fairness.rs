@@ -25,7 +25,7 @@ use fedcrime_ml::train::fairness::{
 use fedcrime_ml::train::{CountMetrics, RiskMetrics};
 use serde::Serialize;
 
-use super::audit::{load, AuditSource};
+use super::audit::{load, write_outputs, AuditHeader, AuditSource};
 use crate::GlobalOpts;
 use fedcrime_sim::charts::Bars;
 
@@ -249,16 +249,9 @@ pub fn predict(
 /// `fairness.json`.
 #[derive(Debug, Serialize)]
 pub struct FairnessReport {
-    /// The model file.
-    pub model: String,
-    /// Its architecture.
-    pub kind: String,
-    /// Its task.
-    pub task: String,
-    /// The data.
-    pub data: String,
-    /// The split.
-    pub split: String,
+    /// The model and the data.
+    #[serde(flatten)]
+    pub audited: AuditHeader,
     /// How samples were grouped.
     pub groups: String,
     /// Samples (per area) scored.
@@ -342,11 +335,7 @@ pub fn run(args: &FairnessArgs, global: &GlobalOpts) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     write_predictions(&out.join("predictions.csv"), &p, &groups)?;
     let report = FairnessReport {
-        model: a.path.display().to_string(),
-        kind: a.model.kind().to_string(),
-        task: a.model.task().to_string(),
-        data: a.data.source(),
-        split: args.source.split.as_str().into(),
+        audited: a.header(args.source.split),
         groups: args.groups.describe(),
         samples: groups.len(),
         macro_f1,
@@ -355,20 +344,16 @@ pub fn run(args: &FairnessArgs, global: &GlobalOpts) -> Result<()> {
         counts,
     };
     let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(out.join("fairness.json"), &json)
-        .with_context(|| format!("writing {}", out.join("fairness.json").display()))?;
     write_groups(&out.join("groups.csv"), &report)?;
     plot(&out, &report)?;
-    let md = markdown(&report);
-    std::fs::write(out.join("report.md"), &md)
-        .with_context(|| format!("writing {}", out.join("report.md").display()))?;
-    if args.json {
-        println!("{json}");
-    } else if !global.quiet {
-        println!("{md}");
-        eprintln!("wrote {}", out.display());
-    }
-    Ok(())
+    write_outputs(
+        &out,
+        "fairness.json",
+        &json,
+        &markdown(&report),
+        args.json,
+        global.quiet,
+    )
 }
 
 fn write_predictions(path: &Path, p: &Predictions, groups: &[String]) -> Result<()> {
@@ -491,7 +476,10 @@ fn plot(out: &Path, r: &FairnessReport) -> Result<()> {
         return Ok(());
     };
     Bars {
-        title: format!("{} {}: {what} ({} split)", r.kind, r.task, r.split),
+        title: format!(
+            "{} {}: {what} ({} split)",
+            r.audited.kind, r.audited.task, r.audited.split
+        ),
         x_label: "rate".into(),
         names,
         series,
@@ -513,7 +501,13 @@ fn binary_line(md: &mut String, name: &str, b: &BinaryFairness) {
 fn markdown(r: &FairnessReport) -> String {
     let mut md = format!(
         "# Fairness of {} ({} {})\n\nData: {} ({} split, {} samples), groups: {}.\n\n",
-        r.model, r.kind, r.task, r.data, r.split, r.samples, r.groups
+        r.audited.model,
+        r.audited.kind,
+        r.audited.task,
+        r.audited.data,
+        r.audited.split,
+        r.samples,
+        r.groups
     );
     if let Some(risk) = &r.risk {
         let _ = writeln!(md, "Macro-F1 {}.\n", opt(r.macro_f1));
