@@ -74,51 +74,76 @@ impl StationScores {
     }
 }
 
-/// Scores `global` on every station's own test samples (stations without
-/// test samples are left out); `None` when there are more than `limit`.
-pub fn station_scores(
+/// One station's evaluation reply.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The station's name.
+    pub name: String,
+    /// Test samples it scored.
+    pub examples: u64,
+    /// Its metrics (with the explanation summary when one was asked for).
+    pub metrics: fedcrime_fl::Metrics,
+}
+
+/// Asks every station of the study to evaluate `global` on its own test
+/// samples, and with `explain = Some((rows, method))` to explain it on up
+/// to `rows` of them, in turn (stations without test samples are left out).
+pub fn ask_stations(
     data: &StudyData,
     cfg: &SimConfig,
     global: &Arc<Params>,
-    limit: usize,
-) -> Result<Option<StationScores>> {
+    explain: Option<(usize, &str)>,
+) -> Result<Vec<Reply>> {
     let device = cfg
         .federation
         .device
         .resolve()
         .map_err(anyhow::Error::msg)?;
-    let learners = data.learners(cfg, device);
-    if learners.len() > limit {
-        return Ok(None);
+    let mut config = Config::from([("split".to_string(), ConfigValue::Str("test".into()))]);
+    if let Some((rows, method)) = explain {
+        config.insert(EXPLAIN_KEY.to_string(), ConfigValue::Int(rows as i64));
+        config.insert(
+            EXPLAIN_METHOD_KEY.to_string(),
+            ConfigValue::Str(method.into()),
+        );
     }
-    let config = Arc::new(Config::from([(
-        "split".to_string(),
-        ConfigValue::Str("test".into()),
-    )]));
-    let metric = match data.task.task {
-        fedcrime_data::Task::Risk => "macro_f1",
-        fedcrime_data::Task::Counts => "mae",
-    };
-    let mut stations = Vec::new();
-    for s in learners {
+    let config = Arc::new(config);
+    let mut replies = Vec::new();
+    for s in data.learners(cfg, device) {
         let name = s.name().to_string();
         match s.evaluate(&EvaluateIns {
             global: global.clone(),
             config: config.clone(),
         }) {
-            Ok(r) => {
-                if let Some(v) = r.metrics.get(metric) {
-                    stations.push((name, r.num_examples, *v));
-                }
+            Ok(r) => replies.push(Reply {
+                name,
+                examples: r.num_examples,
+                metrics: r.metrics,
+            }),
+            Err(fedcrime_station::StationError::EmptySplit { .. }) => {
+                tracing::warn!("{name} has no test samples");
             }
-            Err(fedcrime_station::StationError::EmptySplit { .. }) => {}
-            Err(e) => return Err(e).with_context(|| format!("{name} scoring the best model")),
+            Err(e) => return Err(e).with_context(|| format!("{name} evaluating the best model")),
         }
     }
-    Ok(Some(StationScores {
-        metric: metric.into(),
-        stations,
-    }))
+    Ok(replies)
+}
+
+impl StationScores {
+    /// The headline score of each reply (`macro_f1` for risk, `mae` for counts).
+    pub fn of(task: fedcrime_data::Task, replies: &[Reply]) -> Self {
+        let metric = match task {
+            fedcrime_data::Task::Risk => "macro_f1",
+            fedcrime_data::Task::Counts => "mae",
+        };
+        StationScores {
+            metric: metric.into(),
+            stations: replies
+                .iter()
+                .filter_map(|r| Some((r.name.clone(), r.examples, *r.metrics.get(metric)?)))
+                .collect(),
+        }
+    }
 }
 
 /// Writes `station-scores.csv`.
@@ -142,54 +167,27 @@ pub struct FederatedExplanation {
     pub global: Summary,
 }
 
-/// Asks every station of the study to explain `global` on `rows` of its test
-/// samples with `method`, in turn.
-pub fn ask_stations(
-    data: &StudyData,
-    cfg: &SimConfig,
-    global: &Arc<Params>,
-    rows: usize,
-    method: &str,
-) -> Result<FederatedExplanation> {
-    let device = cfg
-        .federation
-        .device
-        .resolve()
-        .map_err(anyhow::Error::msg)?;
-    let config = Arc::new(Config::from([
-        ("split".to_string(), ConfigValue::Str("test".into())),
-        (EXPLAIN_KEY.to_string(), ConfigValue::Int(rows as i64)),
-        (
-            EXPLAIN_METHOD_KEY.to_string(),
-            ConfigValue::Str(method.into()),
-        ),
-    ]));
-    let mut stations = Vec::new();
-    for s in data.learners(cfg, device) {
-        let name = s.name().to_string();
-        let reply = match s.evaluate(&EvaluateIns {
-            global: global.clone(),
-            config: config.clone(),
-        }) {
-            Ok(r) => r,
-            Err(fedcrime_station::StationError::EmptySplit { .. }) => {
-                tracing::warn!("{name} has no test samples to explain");
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("{name} explaining")),
-        };
-        let summary = Summary::from_metrics(&reply.metrics)
-            .with_context(|| format!("{name} replied without an explanation"))?;
-        stations.push((name, summary));
+impl FederatedExplanation {
+    /// The stations' explanation summaries (asked with `method`) and their
+    /// row-weighted merge.
+    pub fn of(method: &str, replies: &[Reply]) -> Result<Self> {
+        let stations = replies
+            .iter()
+            .map(|r| {
+                Summary::from_metrics(&r.metrics)
+                    .map(|s| (r.name.clone(), s))
+                    .with_context(|| format!("{} replied without an explanation", r.name))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<Summary> = stations.iter().map(|(_, s)| s.clone()).collect();
+        let global = Summary::merge(&parts)
+            .context("the stations' explanations are over different features or outputs")?;
+        Ok(FederatedExplanation {
+            method: method.to_string(),
+            stations,
+            global,
+        })
     }
-    let parts: Vec<Summary> = stations.iter().map(|(_, s)| s.clone()).collect();
-    let global = Summary::merge(&parts)
-        .context("the stations' explanations are over different features or outputs")?;
-    Ok(FederatedExplanation {
-        method: method.to_string(),
-        stations,
-        global,
-    })
 }
 
 /// Writes `explain-federated.json`, `explain-stations.csv` and the ranking

@@ -493,30 +493,32 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         &runs,
     );
     save_best(out, &data, &cfg, &best)?;
-    let scores = if cfg.explain.station_scores {
-        explain::station_scores(&data, &cfg, &best, 200)?
-    } else {
-        None
-    };
-    let md = match scores {
-        Some(scores) => {
-            explain::write_scores(out, &scores)?;
-            md + &scores.markdown()
-        }
-        None => md,
-    };
-    let md = if cfg.explain.rows > 0 {
-        let spinner = progress::spinner(opts.quiet, "stations explaining the best model");
-        let fe = explain::ask_stations(&data, &cfg, &best, cfg.explain.rows, &cfg.explain.method)?;
+    // One evaluation request per station serves both the scores and the
+    // explanations.
+    let explain = (cfg.explain.rows > 0).then_some((cfg.explain.rows, cfg.explain.method.as_str()));
+    let score_stations = cfg.explain.station_scores && data.stations.len() <= 200;
+    let replies = if score_stations || explain.is_some() {
+        let spinner = progress::spinner(opts.quiet, "stations scoring the best model");
+        let replies = explain::ask_stations(&data, &cfg, &best, explain)?;
         spinner.finish_and_clear();
-        md + &explain::write(
+        replies
+    } else {
+        Vec::new()
+    };
+    let mut md = md;
+    if score_stations {
+        let scores = explain::StationScores::of(data.task.task, &replies);
+        explain::write_scores(out, &scores)?;
+        md += &scores.markdown();
+    }
+    if let Some((_, method)) = explain {
+        let fe = explain::FederatedExplanation::of(method, &replies)?;
+        md += &explain::write(
             out,
             &fe,
             &format!("{} / {}", data.task.task, data.model.kind),
-        )?
-    } else {
-        md
-    };
+        )?;
+    }
     std::fs::write(out.join("report.md"), &md)
         .with_context(|| format!("writing {}", out.join("report.md").display()))?;
     Ok(SimOutcome {
