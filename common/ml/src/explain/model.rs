@@ -438,11 +438,12 @@ impl Background {
         for _ in 0..50 {
             let mut moved = false;
             for (i, a) in assign.iter_mut().enumerate() {
-                let best = (0..centers.len())
-                    .min_by(|&p, &q| {
-                        dist(row(i), &centers[p]).total_cmp(&dist(row(i), &centers[q]))
-                    })
-                    .unwrap_or(0);
+                let best = centers
+                    .iter()
+                    .map(|c| dist(row(i), c))
+                    .enumerate()
+                    .min_by(|x, y| x.1.total_cmp(&y.1))
+                    .map_or(0, |(k, _)| k);
                 moved |= best != *a;
                 *a = best;
             }
