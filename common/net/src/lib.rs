@@ -30,6 +30,7 @@
 pub mod bench;
 mod connector;
 mod error;
+pub mod http;
 mod identity;
 mod listener;
 mod secret;

@@ -33,6 +33,7 @@
 
 pub mod data;
 pub mod ingest;
+pub mod live;
 pub mod predict;
 pub mod protocol;
 pub mod store;

@@ -9,8 +9,9 @@ use std::sync::{Arc, RwLock};
 
 use fedcrime_data::tasks::TimeUnit;
 use fedcrime_data::{area, Category, Featurizer, Incident, Task};
+use fedcrime_ml::explain::{explained_outputs, Inputs};
 use fedcrime_ml::model::{load_model, to_batch, CrimeModel, ModelKind};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::{Result, StationError};
 
@@ -25,6 +26,13 @@ pub struct Served {
     pub round: u64,
     /// A version label, e.g. `round-12`.
     pub version: String,
+    /// Set by [`ModelSlot::install`]: one number per installed model.
+    serial: u64,
+    /// The flat input layout of [`Served::infer`].
+    inputs: Inputs,
+    kind: ModelKind,
+    task: Task,
+    outputs: usize,
 }
 
 impl std::fmt::Debug for Served {
@@ -71,11 +79,31 @@ impl Served {
                 ),
             ));
         }
+        // The featurizer's rows always carry the sequence view (`lags`
+        // steps of per-category counts), used or not by the model.
+        let (steps, step_dim) = if featurizer.lags > 0 {
+            (featurizer.lags, Category::COUNT)
+        } else {
+            (0, 0)
+        };
+        let inputs = Inputs {
+            feature_dim: cfg.input_dim,
+            steps,
+            step_dim,
+        };
+        let kind = model.kind();
+        let task = model.task();
+        let outputs = cfg.output_dim;
         Ok(Served {
             model: std::sync::Mutex::new(model),
             featurizer,
             round,
             version: format!("round-{round}"),
+            serial: 0,
+            inputs,
+            kind,
+            task,
+            outputs,
         })
     }
 
@@ -106,6 +134,63 @@ impl Served {
     /// `minute` after midnight.
     pub fn step_of(&self, day: i64, minute: u16) -> Option<u32> {
         self.featurizer.time_unit().step_of(day, minute)
+    }
+
+    /// The number given by the slot that installed it (0: never installed).
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// The architecture.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// The task.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// The flat input layout of [`Served::infer`]: the features, then the
+    /// sequence view (oldest step first).
+    pub fn inputs(&self) -> Inputs {
+        self.inputs
+    }
+
+    /// The names of the outputs: `level 1..5` for risk, the crime
+    /// categories for counts.
+    pub fn output_names(&self) -> Vec<String> {
+        match self.task {
+            Task::Risk => (1..=self.outputs).map(|k| format!("level {k}")).collect(),
+            Task::Counts => Category::ALL.iter().map(|c| c.name().to_string()).collect(),
+        }
+    }
+
+    /// Runs the model on `n` flat, already scaled rows (`n x inputs().dim()`
+    /// values): class probabilities for risk, expected counts for counts,
+    /// `n x outputs` values.
+    pub fn infer(&self, rows: &[f32], n: usize) -> Result<Vec<f32>> {
+        let dim = self.inputs.dim();
+        if n == 0 || rows.len() != n * dim {
+            return Err(setting(
+                "input",
+                format!("{} values for {n} row(s) of {dim}", rows.len()),
+            ));
+        }
+        let model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let x = Tensor::from_slice(rows)
+            .reshape([n as i64, dim as i64])
+            .to_device(model.device());
+        let out = tch::no_grad(|| {
+            let y = model.forward_t(&self.inputs.batch(&x), false);
+            explained_outputs(model.as_ref(), &y)
+        });
+        Vec::<f32>::try_from(
+            out.to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+                .flatten(0, -1),
+        )
+        .map_err(|e| StationError::Train(fedcrime_ml::train::TrainError::Torch(e)))
     }
 
     /// The time unit of its predictions.
@@ -198,6 +283,7 @@ pub struct Prediction {
 #[derive(Debug, Default)]
 pub struct ModelSlot {
     current: RwLock<Option<Arc<Served>>>,
+    installed: std::sync::atomic::AtomicU64,
 }
 
 impl ModelSlot {
@@ -216,7 +302,11 @@ impl ModelSlot {
 
     /// Installs `next` (already loaded and checked) and returns the one it
     /// replaces; requests holding the old one finish with it.
-    pub fn install(&self, next: Served) -> Option<Arc<Served>> {
+    pub fn install(&self, mut next: Served) -> Option<Arc<Served>> {
+        next.serial = self
+            .installed
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         let next = Some(Arc::new(next));
         match self.current.write() {
             Ok(mut g) => std::mem::replace(&mut *g, next),
@@ -274,6 +364,49 @@ mod tests {
             .expected_counts
             .values()
             .all(|v| v.is_finite() && *v >= 0.0));
+    }
+
+    #[test]
+    fn flat_rows_give_the_same_answers_as_the_history() {
+        for (task, kind) in [
+            (Task::Risk, ModelKind::Dnn),
+            (Task::Counts, ModelKind::Lstm),
+        ] {
+            let (s, history) = served(task, kind, 1);
+            let last = history.iter().map(|i| i.date_occurred).max().unwrap();
+            let t = s.step_of(i64::from(last), 0).unwrap();
+            let ds = s.featurizer.rows_at(&history, t).unwrap();
+            let idx: Vec<usize> = (0..ds.len()).collect();
+            assert_eq!(Inputs::of(&ds), s.inputs());
+            let flat = s.infer(&s.inputs().rows(&ds, &idx), ds.len()).unwrap();
+            let width = s.output_names().len();
+            for (p, row) in s
+                .predict(&history, t)
+                .unwrap()
+                .iter()
+                .zip(flat.chunks(width))
+            {
+                let want: Vec<f32> = match task {
+                    Task::Risk => p.probabilities.clone(),
+                    Task::Counts => p.expected_counts.values().copied().collect(),
+                };
+                if task == Task::Counts {
+                    // expected_counts is keyed by name; compare as sets of values.
+                    let mut a = want.clone();
+                    let mut b = row.to_vec();
+                    a.sort_by(f32::total_cmp);
+                    b.sort_by(f32::total_cmp);
+                    assert_eq!(a, b);
+                } else {
+                    assert_eq!(want, row);
+                }
+            }
+            assert!(s
+                .infer(&[0.0; 3], 1)
+                .unwrap_err()
+                .to_string()
+                .contains("input"));
+        }
     }
 
     #[test]
