@@ -47,6 +47,15 @@ where
     }
 }
 
+/// Told of every global model the station receives, e.g. the prediction
+/// service that swaps it in (`fedcrime-client` serving beside training).
+/// Called on the session's task: keep it short (hand the work off).
+pub trait GlobalModelSink: Send + Sync {
+    /// `params` is the global model after round `round` of the run `setup`
+    /// describes (round 0: the initial model).
+    fn global_model(&self, setup: &RunSetup, round: u64, params: Arc<Params>);
+}
+
 /// Settings of the protocol client.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -259,6 +268,7 @@ pub struct Client {
     /// The learner of the last Welcome and the run it was built for.
     learner: Option<(RunSetup, Arc<dyn Learner>, Arc<ParamSpec>)>,
     report: ClientReport,
+    sink: Option<Arc<dyn GlobalModelSink>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -283,6 +293,7 @@ impl Client {
             factory,
             options,
             learner: None,
+            sink: None,
             report: ClientReport {
                 outcome: ClientOutcome::Interrupted,
                 updates_sent: 0,
@@ -290,6 +301,12 @@ impl Client {
                 sessions: 0,
             },
         }
+    }
+
+    /// Tells `sink` of every global model received.
+    pub fn with_model_sink(mut self, sink: Arc<dyn GlobalModelSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Takes part in the server's run until it ends, the server refuses the
@@ -480,6 +497,7 @@ impl Client {
             Ok(s) => s,
             Err(e) => return SessionEnd::Fatal(e.into()),
         };
+        let sink = self.sink.clone().map(|k| (k, setup.clone()));
         let (learner, spec) = match self.learner_for(setup).await {
             Ok(x) => x,
             Err(e) => {
@@ -538,6 +556,19 @@ impl Client {
                 _ = stop.changed() => break SessionEnd::Interrupted,
                 incoming = in_rx.recv() => match incoming {
                     Some(Incoming::Work(w)) => {
+                        if let Some((sink, setup)) = &sink {
+                            // A round's model is the global after the round before;
+                            // an evaluation's, the global after its round.
+                            match &w {
+                                Work::Fit { round, ins, .. } => {
+                                    sink.global_model(setup, round.saturating_sub(1), ins.global.clone())
+                                }
+                                Work::Evaluate { round, ins } => {
+                                    sink.global_model(setup, *round, ins.global.clone())
+                                }
+                                Work::Invalid { .. } => {}
+                            }
+                        }
                         if matches!(w, Work::Fit { .. }) {
                             // Only the newest round is worth training.
                             pending.retain(|p| !matches!(p, Work::Fit { .. }));

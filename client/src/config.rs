@@ -50,6 +50,98 @@ pub struct StationConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// The prediction service, served beside training when set.
+    #[serde(default)]
+    pub serve: Option<ServeSection>,
+}
+
+/// `[serve]`: the station's prediction service (see `fedcrime_client::serve`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSection {
+    /// Where it listens (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// The model to serve until a federated round brings a newer one: a
+    /// `.safetensors` file or a folder holding `model.safetensors`, as
+    /// `fedcrime-sim train`, `fedcrime-sim simulate` or `fedcrime-server`
+    /// write them. Without it the service is not ready before the first
+    /// global model arrives.
+    pub model: Option<PathBuf>,
+    /// The model's name in `/v2/models/{name}` (default `fedcrime`).
+    pub name: String,
+    /// The durable store of ingested incidents (default `incidents.store`).
+    pub store: PathBuf,
+    /// HTTPS; plain HTTP when absent.
+    pub tls: Option<fedcrime_net::http::HttpTls>,
+    /// The largest request body in bytes (default 4 MiB).
+    pub max_body_bytes: usize,
+    /// Rows of one `POST /incidents` at most (default 10,000).
+    pub max_rows: usize,
+    /// Keep each period's predictions until the model or the data change
+    /// (default true).
+    pub cache: bool,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            model: None,
+            name: "fedcrime".into(),
+            store: PathBuf::from("incidents.store"),
+            tls: None,
+            max_body_bytes: 4 << 20,
+            max_rows: 10_000,
+            cache: true,
+        }
+    }
+}
+
+impl ServeSection {
+    /// Checks the settings, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(config_err(
+                "serve.name",
+                format!("{:?}: use letters, digits, '-', '_' or '.'", self.name),
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(config_err("serve.max_body_bytes", "at least 1024"));
+        }
+        if self.max_rows == 0 {
+            return Err(config_err("serve.max_rows", "at least 1"));
+        }
+        if self.store.as_os_str().is_empty() {
+            return Err(config_err("serve.store", "is empty"));
+        }
+        Ok(())
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let mut paths = vec![&mut self.store];
+        if let Some(m) = &mut self.model {
+            paths.push(m);
+        }
+        if let Some(t) = &mut self.tls {
+            paths.push(&mut t.cert);
+            paths.push(&mut t.key);
+            if let Some(ca) = &mut t.client_ca {
+                paths.push(ca);
+            }
+        }
+        for p in paths {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
 }
 
 fn default_server() -> String {
@@ -250,6 +342,7 @@ impl StationConfig {
             reconnect: ReconnectPolicy::default(),
             transport: TransportSettings::default(),
             log: LogSection::default(),
+            serve: None,
         }
     }
 
@@ -278,6 +371,9 @@ impl StationConfig {
             if f.is_relative() {
                 *f = base.join(&*f);
             }
+        }
+        if let Some(s) = &mut self.serve {
+            s.resolve_paths(base);
         }
     }
 
@@ -329,6 +425,9 @@ impl StationConfig {
             }
         }
         self.data.selection()?;
+        if let Some(s) = &self.serve {
+            s.validate()?;
+        }
         if self.data.file.is_none() && self.data.synthetic_rows == 0 {
             return Err(config_err("data.synthetic_rows", "must be at least 1"));
         }

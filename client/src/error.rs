@@ -46,6 +46,9 @@ pub enum ClientError {
     /// The server broke the protocol during the handshake.
     #[error("handshake: {0}")]
     Handshake(String),
+    /// The prediction service could not start (its settings, store or model).
+    #[error("prediction service: {0}")]
+    Serve(String),
     /// Writing to the server failed.
     #[error(transparent)]
     Wire(#[from] WireError),
@@ -57,7 +60,10 @@ impl ClientError {
     /// data file): `fedcrime-client` exits 2.
     pub fn is_setup(&self) -> bool {
         match self {
-            ClientError::Config(_) | ClientError::Device(_) | ClientError::Data(_) => true,
+            ClientError::Config(_)
+            | ClientError::Device(_)
+            | ClientError::Data(_)
+            | ClientError::Serve(_) => true,
             ClientError::Net(e) => e.is_setup(),
             _ => false,
         }

@@ -22,6 +22,7 @@
 mod client;
 pub mod config;
 mod error;
+pub mod serve;
 
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +32,10 @@ use fedcrime_station::data::{prepare_for, Selection};
 use fedcrime_station::protocol::RunSetup;
 use fedcrime_station::{Learner, Station, StationError};
 
-pub use client::{Client, ClientOptions, ClientOutcome, ClientReport, LearnerFactory, MAX_STANDBY};
+pub use client::{
+    Client, ClientOptions, ClientOutcome, ClientReport, GlobalModelSink, LearnerFactory,
+    MAX_STANDBY,
+};
 pub use config::StationConfig;
 pub use error::{ClientError, Result};
 
@@ -121,6 +125,21 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         .await
         .map_err(|e| ClientError::Handshake(format!("loading the data: {e}")))??;
     tracing::info!(station = %name, incidents = incidents.len(), device = ?device, "records loaded");
+    let service = match &config.serve {
+        Some(section) => Some(
+            serve::start(
+                section,
+                incidents.clone(),
+                served_areas(&selection),
+                device,
+                async {
+                    fedcrime_cli::logging::shutdown_signal().await;
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let factory = DataStation::new(name, incidents, selection, device);
     let connector = Connector::new(
         &tls,
@@ -136,9 +155,21 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         standby: std::time::Duration::from_millis(2 * config.transport.idle_timeout_ms),
         ..ClientOptions::default()
     };
-    Client::new(connector, Arc::new(factory), options)
+    let mut client = Client::new(connector, Arc::new(factory), options);
+    if let Some(s) = &service {
+        client = client.with_model_sink(Arc::new(serve::SwapIn::new(s.live.clone(), device)));
+    }
+    client
         .run(async {
             fedcrime_cli::logging::shutdown_signal().await;
         })
         .await
+}
+
+/// The areas a station serves predictions for: its area filter, else all.
+pub fn served_areas(selection: &Selection) -> Option<std::collections::BTreeSet<u8>> {
+    match selection {
+        Selection::Areas(codes) => Some(codes.iter().copied().collect()),
+        Selection::All | Selection::Part { .. } => None,
+    }
 }

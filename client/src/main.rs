@@ -2,7 +2,8 @@
 //!
 //! Reads `--config station.toml`, applies the flags on top, loads the
 //! station's own records and takes part in the server's run until it ends or
-//! Ctrl-C (which says Bye to the server).
+//! Ctrl-C (which says Bye to the server); with a `[serve]` section it also
+//! serves predictions. `fedcrime-client serve` serves predictions only.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,10 +20,16 @@ use fedcrime_net::pki_layout;
 /// only model updates to the agency's aggregation server.
 ///
 /// Settings come from --config (see client/station.example.toml); every flag
-/// below overrides the matching setting.
+/// below overrides the matching setting. With a [serve] section in the
+/// config, the station also serves predictions over HTTP while it trains,
+/// swapping in each new global model.
+///
+/// `fedcrime-client serve --help`: the prediction service alone.
 #[derive(Parser, Debug)]
-#[command(name = "fedcrime-client", version, about, long_about = None)]
+#[command(name = "fedcrime-client", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
@@ -81,6 +88,202 @@ struct Cli {
     /// Log filter, e.g. info [log.level].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Serve predictions only (no training): the station's model over HTTP
+    /// (Open Inference Protocol v2, /predict/risk, /predict/counts) and
+    /// incident ingestion (POST /incidents).
+    ///
+    /// With --config, the [data] and [serve] sections of station.toml are
+    /// used (flags override). Without, a quick try:
+    /// `fedcrime-client serve --model runs/x --data city.csv --listen 127.0.0.1:8080`.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The station's TOML configuration (its [data] and [serve] sections).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The model: a folder written by `fedcrime-sim train`, `fedcrime-sim
+    /// simulate` or `fedcrime-server` (holding model.safetensors), or the
+    /// file [serve.model].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// The station's records, a LAPD export .csv or .csv.gz (default:
+    /// synthetic data) [data.file].
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// The station's LAPD area code(s), repeatable; only those are served
+    /// and ingested (default: all 21) [data.area].
+    #[arg(long, value_name = "CODE")]
+    area: Vec<u8>,
+    /// Address to listen on [serve.listen] (default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// The durable store of ingested incidents [serve.store] (default
+    /// incidents.store).
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
+    /// The model name in /v2/models/NAME [serve.name] (default fedcrime).
+    #[arg(long)]
+    name: Option<String>,
+    /// HTTPS certificate chain (PEM) [serve.tls.cert]; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS private key (PEM) [serve.tls.key].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA [serve.tls.client_ca].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Compute every request anew instead of keeping each period's
+    /// predictions until the model or the data change [serve.cache].
+    #[arg(long)]
+    no_cache: bool,
+    /// auto, cpu, cuda or cuda:N [device].
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// CPU threads for libtorch, 0 for its default [threads].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Log format: text or json [log.format].
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info [log.level].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Do not serve: time the model's bare forward pass (one area, and 21
+    /// areas x 6 periods) and featurization N times each, print JSON and
+    /// exit (the reference of the latency benchmark).
+    #[arg(long, value_name = "N")]
+    bench_forward: Option<usize>,
+}
+
+/// The configuration of `serve`: the config file's (TLS for the federation
+/// not needed) or defaults, with the flags on top.
+fn serve_config(args: &ServeArgs) -> anyhow::Result<StationConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => StationConfig::from_file(path)?,
+        None => {
+            if args.model.is_none() {
+                anyhow::bail!("serve: give --model DIR (or --config with [serve] model)");
+            }
+            StationConfig::new(TlsSection {
+                ca: "unused-ca.pem".into(),
+                cert: "unused.pem".into(),
+                key: "unused.key".into(),
+            })
+        }
+    };
+    let mut section = cfg.serve.clone().unwrap_or_default();
+    if let Some(m) = &args.model {
+        section.model = Some(m.clone());
+    }
+    if let Some(l) = args.listen {
+        section.listen = l;
+    }
+    if let Some(s) = &args.store {
+        section.store = s.clone();
+    }
+    if let Some(n) = &args.name {
+        section.name = n.clone();
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        section.tls = Some(fedcrime_net::http::HttpTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        });
+    }
+    if args.no_cache {
+        section.cache = false;
+    }
+    if section.model.is_none() {
+        anyhow::bail!("serve: no model to serve: give --model DIR or [serve] model");
+    }
+    cfg.serve = Some(section);
+    if let Some(d) = &args.data {
+        cfg.data.file = Some(d.clone());
+    }
+    match args.area.as_slice() {
+        [] => {}
+        [one] => cfg.data.area = Some(Areas::One(*one)),
+        many => cfg.data.area = Some(Areas::Many(many.to_vec())),
+    }
+    if let Some(d) = args.device {
+        cfg.device = d;
+    }
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    if let Some(f) = args.log_format {
+        cfg.log.format = f;
+    }
+    if let Some(l) = &args.log_level {
+        cfg.log.level = l.clone();
+    }
+    cfg.data.selection().context("checking the configuration")?;
+    if let Some(s) = &cfg.serve {
+        s.validate().context("checking the configuration")?;
+    }
+    Ok(cfg)
+}
+
+/// Serves predictions until Ctrl-C.
+async fn serve_only(cfg: StationConfig, bench_forward: Option<usize>) -> anyhow::Result<ExitCode> {
+    let section = cfg.serve.clone().unwrap_or_default();
+    if cfg.threads > 0 {
+        tch::set_num_threads(i32::try_from(cfg.threads).unwrap_or(i32::MAX));
+    }
+    let device = cfg
+        .device
+        .resolve()
+        .map_err(|e| anyhow::anyhow!("device: {e}"))?;
+    let selection = cfg.data.selection()?;
+    let data = cfg.data.clone();
+    let incidents = tokio::task::spawn_blocking(move || data.load()).await??;
+    if let Some(n) = bench_forward {
+        let model = section
+            .model
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--bench-forward needs --model"))?;
+        let served = fedcrime_client::serve::load_served(model, device)?;
+        let report = tokio::task::spawn_blocking(move || {
+            fedcrime_client::serve::bench_forward(&served, &incidents, n.max(10))
+        })
+        .await??;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let running = match fedcrime_client::serve::start(
+        &section,
+        incidents,
+        fedcrime_client::served_areas(&selection),
+        device,
+        async {
+            fedcrime_cli::logging::shutdown_signal().await;
+        },
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) if e.is_setup() => {
+            eprintln!("fedcrime-client: error: {}", describe_error(&e));
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!(
+        "fedcrime-client: serving {} on {}://{} (Ctrl-C stops)",
+        section.name,
+        if running.tls { "https" } else { "http" },
+        running.addr
+    );
+    running.task.await??;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
@@ -182,6 +385,17 @@ async fn station(cfg: StationConfig) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Serve(args)) = &cli.command {
+        let cfg = match serve_config(args) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("fedcrime-client: error: {}", describe_error(e.as_ref()));
+                return ExitCode::from(2);
+            }
+        };
+        cfg.log.init();
+        return block_on_main("fedcrime-client", serve_only(cfg, args.bench_forward));
+    }
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {

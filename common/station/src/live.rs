@@ -193,6 +193,15 @@ impl LiveStation {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The incident `dr_no`, if the history holds it.
+    pub fn incident(&self, dr_no: u64) -> Option<Incident> {
+        self.history()
+            .iter()
+            .rev()
+            .find(|i| i.dr_no == dr_no)
+            .cloned()
+    }
+
     /// The data generation: 0 at open, one more per ingestion that added rows.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -198,6 +198,11 @@ impl Served {
         self.featurizer.time_unit()
     }
 
+    /// The featurized rows of every area at step `t` from `history`.
+    pub fn rows_at(&self, history: &[Incident], t: u32) -> Result<fedcrime_data::Dataset> {
+        Ok(self.featurizer.rows_at(history, t)?)
+    }
+
     /// Predicts every area at step `t` from `history`.
     pub fn predict(&self, history: &[Incident], t: u32) -> Result<Vec<Prediction>> {
         let ds = self.featurizer.rows_at(history, t)?;
