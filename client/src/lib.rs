@@ -103,7 +103,20 @@ impl LearnerFactory for DataStation {
             shared_featurizer = setup.featurizer.is_some(),
             "prepared the local data"
         );
-        let station = Arc::new(Station::new(self.name.clone(), splits, model, self.device)?);
+        let mut station = Station::new(self.name.clone(), splits, model, self.device)?;
+        // The next period's rows, for the dashboard's map (rows models only).
+        if let Some(f) = setup
+            .featurizer
+            .as_ref()
+            .filter(|_| setup.model.kind != fedcrime_ml::model::ModelKind::GatTcn)
+        {
+            let areas = served_areas(&self.selection);
+            if let Some(rows) = fedcrime_station::forecast_rows(f, &self.incidents, areas.as_ref())
+            {
+                station = station.with_forecast(Arc::new(rows))?;
+            }
+        }
+        let station = Arc::new(station);
         *cache = Some((setup.clone(), station.clone()));
         Ok(station)
     }

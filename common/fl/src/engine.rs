@@ -1120,7 +1120,11 @@ impl Engine {
                 let own: crate::strategy::Metrics = r
                     .metrics
                     .iter()
-                    .filter(|(k, _)| k.starts_with(crate::metrics::STATION_REPORT_PREFIX))
+                    .filter(|(k, _)| {
+                        crate::metrics::STATION_REPORT_PREFIXES
+                            .iter()
+                            .any(|p| k.starts_with(p))
+                    })
                     .map(|(k, v)| (k.clone(), *v))
                     .collect();
                 (!own.is_empty()).then(|| (id.to_string(), own))

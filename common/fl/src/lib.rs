@@ -71,7 +71,7 @@ pub use engine::{Action, Engine, EngineConfig, Event, OnExhausted, Outcome, Retr
 pub use error::{FlError, Result};
 pub use fedcrime_identity::StationId;
 pub use fedcrime_wire::{round_seed, RoundSettings};
-pub use metrics::{RoundMetrics, STATION_REPORT_PREFIX};
+pub use metrics::{RoundMetrics, STATION_REPORT_PREFIX, STATION_REPORT_PREFIXES};
 pub use session::{
     decode_update, encode_update, heartbeat_interval, station_write_config, Admission,
     ClientSession, FromServer, FromStation, HandshakeError, ServerSession, SessionError,

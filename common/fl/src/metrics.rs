@@ -10,8 +10,12 @@ use super::validate::FailureKind;
 use super::StationId;
 
 /// The prefix of the evaluation metrics kept per station in
-/// [`RoundMetrics::station_reports`].
+/// [`RoundMetrics::station_reports`]: explanations.
 pub const STATION_REPORT_PREFIX: &str = "shap|";
+/// Every prefix of evaluation metrics kept per station: explanations
+/// (`shap|`) and forecasts of the next period (`next|`, for the dashboard's
+/// map).
+pub const STATION_REPORT_PREFIXES: [&str; 2] = [STATION_REPORT_PREFIX, "next|"];
 
 /// The record of one round. Times are seconds from the `now` values the
 /// driver passed in, so a replay with the same times gives the same record.

@@ -72,6 +72,15 @@ pub const EXPLAIN_KEY: &str = "explain";
 /// Evaluation settings: the explanation method (`gradient`, the default,
 /// `integrated-gradients`, `kernel` or `exact`).
 pub const EXPLAIN_METHOD_KEY: &str = "explain_method";
+/// Evaluation settings: also report the model's prediction for the
+/// station's areas in the period after its records end (flag): metrics
+/// `next|step` (the time step), `next|AREA` (the expected risk level
+/// `sum k p_k`, or the expected total count) and, for risk, `next|AREA|level`
+/// (the most likely level). What the agency's dashboard maps; a station
+/// without forecast rows ([`Station::with_forecast`]) reports nothing.
+pub const FORECAST_KEY: &str = "forecast";
+/// The prefix of the forecast metrics.
+pub const FORECAST_PREFIX: &str = "next|";
 /// Background rows a station's explanation draws from its training split.
 const EXPLAIN_BACKGROUND: usize = 50;
 
@@ -111,6 +120,35 @@ pub enum StationError {
     /// Loading or featurizing data failed.
     #[error(transparent)]
     Data(#[from] DataError),
+}
+
+/// The rows of `areas` (all when `None`) at the period right after the
+/// latest incident of `incidents`, featurized by `featurizer`: what
+/// [`Station::with_forecast`] takes. `None` when the history cannot
+/// feature that period (too short).
+pub fn forecast_rows(
+    featurizer: &fedcrime_data::Featurizer,
+    incidents: &[fedcrime_data::Incident],
+    areas: Option<&std::collections::BTreeSet<u8>>,
+) -> Option<Dataset> {
+    let last = incidents
+        .iter()
+        .map(|i| (i.date_occurred, i.minute_of_day))
+        .max()?;
+    let t = featurizer
+        .time_unit()
+        .step_of(i64::from(last.0), last.1)?
+        .checked_add(1)?;
+    let ds = featurizer.rows_at(incidents, t).ok()?;
+    Some(match areas {
+        Some(set) => select(&ds, |i| set.contains(&ds.area[i])),
+        None => ds,
+    })
+}
+
+fn select(ds: &Dataset, keep: impl Fn(usize) -> bool) -> Dataset {
+    let idx: Vec<usize> = (0..ds.len()).filter(|&i| keep(i)).collect();
+    ds.subset(&idx)
 }
 
 /// Shorthand for results of this module.
@@ -230,6 +268,7 @@ pub struct Station {
     model: ModelConfig,
     device: Device,
     defaults: TrainConfig,
+    forecast: Option<Arc<Dataset>>,
 }
 
 /// The defaults a station trains with when a round does not say otherwise:
@@ -271,7 +310,59 @@ impl Station {
             model,
             device,
             defaults: default_train_config(),
+            forecast: None,
         })
+    }
+
+    /// Rows to forecast when an evaluation asks for it ([`FORECAST_KEY`]):
+    /// the station's areas at the period after its records end (see
+    /// [`forecast_rows`]).
+    pub fn with_forecast(mut self, rows: Arc<Dataset>) -> Result<Self> {
+        check_dataset(&self.model, &rows, "forecast")?;
+        self.forecast = Some(rows);
+        Ok(self)
+    }
+
+    fn forecast(&self, model: &dyn model::CrimeModel) -> Result<Metrics> {
+        let Some(ds) = self.forecast.as_deref().filter(|d| !d.is_empty()) else {
+            return Ok(Metrics::new());
+        };
+        let idx: Vec<usize> = (0..ds.len()).collect();
+        let batch = model::to_batch(ds, &idx, model.device());
+        let out = tch::no_grad(|| {
+            fedcrime_ml::explain::explained_outputs(model, &model.forward_t(&batch, false))
+        });
+        let width = out.size().last().copied().unwrap_or(1).max(1) as usize;
+        let values = Vec::<f32>::try_from(
+            out.to_kind(tch::Kind::Float)
+                .to_device(Device::Cpu)
+                .flatten(0, -1),
+        )
+        .map_err(TrainError::Torch)?;
+        let mut m = Metrics::new();
+        m.insert(format!("{FORECAST_PREFIX}step"), f64::from(ds.time[0]));
+        for (row, v) in values.chunks(width).enumerate() {
+            let area = ds.area[row];
+            match model.task() {
+                Task::Risk => {
+                    let expected: f32 = v.iter().enumerate().map(|(k, p)| (k + 1) as f32 * p).sum();
+                    let level = v
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map_or(1, |(k, _)| k + 1);
+                    m.insert(format!("{FORECAST_PREFIX}{area}"), f64::from(expected));
+                    m.insert(format!("{FORECAST_PREFIX}{area}|level"), level as f64);
+                }
+                Task::Counts => {
+                    m.insert(
+                        format!("{FORECAST_PREFIX}{area}"),
+                        f64::from(v.iter().sum::<f32>()),
+                    );
+                }
+            }
+        }
+        Ok(m)
     }
 
     /// Replaces the default training settings (rounds' settings override them).
@@ -390,6 +481,9 @@ impl Station {
                 }
             };
             metrics.extend(self.explain(model.as_ref(), ds, rows, method)?);
+        }
+        if matches!(ins.config.get(FORECAST_KEY), Some(ConfigValue::Bool(true))) {
+            metrics.extend(self.forecast(model.as_ref())?);
         }
         Ok(EvaluateRes {
             loss: eval.loss,

@@ -605,3 +605,58 @@ fn an_explanation_request_is_answered_with_aggregates_only() {
     );
     assert!(ask(vec![(EXPLAIN_KEY, ConfigValue::Int(0))]).is_err());
 }
+
+#[test]
+fn a_forecast_request_reports_the_next_period_of_the_stations_areas() {
+    let task = TaskConfig::new(Task::Risk);
+    let records = incidents(24, &[1, 2, 3], 5);
+    let own: Vec<_> = records.iter().filter(|i| i.area == 2).cloned().collect();
+    let featurizer = fedcrime_data::build_task(&records, &task)
+        .unwrap()
+        .featurizer;
+    let splits = prepare(&own, &task, Some(&featurizer), &Selection::Areas(vec![2])).unwrap();
+    let rows = crate::forecast_rows(
+        &featurizer,
+        &own,
+        Some(&std::collections::BTreeSet::from([2u8])),
+    )
+    .unwrap();
+    assert_eq!(rows.area, vec![2]);
+    let s = Station::new(
+        "newton",
+        splits,
+        small_model(ModelKind::Dnn, &task),
+        Device::Cpu,
+    )
+    .unwrap()
+    .with_forecast(Arc::new(rows))
+    .unwrap();
+    let global = initial(&s);
+    let ask = |forecast: bool| {
+        s.evaluate(&EvaluateIns {
+            global: Arc::new(global.clone()),
+            config: Arc::new(Config::from([(
+                crate::FORECAST_KEY.to_string(),
+                ConfigValue::Bool(forecast),
+            )])),
+        })
+        .unwrap()
+        .metrics
+    };
+    assert!(!ask(false).keys().any(|k| k.starts_with("next|")));
+    let m = ask(true);
+    let last = own
+        .iter()
+        .map(|i| (i.date_occurred, i.minute_of_day))
+        .max()
+        .unwrap();
+    let next = featurizer
+        .time_unit()
+        .step_of(i64::from(last.0), last.1)
+        .unwrap()
+        + 1;
+    assert_eq!(m["next|step"], f64::from(next));
+    assert!((1.0..=5.0).contains(&m["next|2"]), "{m:?}");
+    assert!((1.0..=5.0).contains(&m["next|2|level"]));
+    assert!(!m.contains_key("next|1"), "only the station's own areas");
+}

@@ -61,6 +61,9 @@ pub struct StudyData {
     /// gat-tcn: each station's own graph data and model, in `stations`
     /// order (empty for the other models).
     pub station_graphs: Vec<StationGraph>,
+    /// Every area's rows at the period after the data end (dnn and lstm
+    /// over natural or bureau partitions: stations that own whole areas).
+    pub forecast: Option<Arc<Dataset>>,
 }
 
 /// A gat-tcn station's own data: the graph windows of its areas.
@@ -115,6 +118,11 @@ impl StudyData {
             )
         })?;
         let n_incidents = incidents.len();
+        let whole_areas = matches!(cfg.partition(), Partition::Natural | Partition::Bureau);
+        let forecast = (whole_areas && cfg.model.kind != ModelKind::GatTcn)
+            .then(|| fedcrime_station::forecast_rows(&built.featurizer, &incidents, None))
+            .flatten()
+            .map(Arc::new);
         drop(incidents);
         let (splits, stations, model, station_graphs) = if cfg.model.kind == ModelKind::GatTcn {
             graph_study(cfg, &built)?
@@ -138,6 +146,7 @@ impl StudyData {
             stations,
             model: Arc::new(model),
             station_graphs,
+            forecast,
         })
     }
 
@@ -173,12 +182,24 @@ impl StudyData {
                     Some(g) => (g.splits.clone(), g.model.clone()),
                     None => (self.splits.clone(), self.model.clone()),
                 };
+                let forecast = self.forecast.as_ref().and_then(|all| {
+                    let areas: std::collections::BTreeSet<u8> = part
+                        .train
+                        .iter()
+                        .map(|&i| self.splits.train.area[i])
+                        .collect();
+                    let idx: Vec<usize> = (0..all.len())
+                        .filter(|&i| areas.contains(&all.area[i]))
+                        .collect();
+                    (!idx.is_empty()).then(|| Arc::new(all.subset(&idx)))
+                });
                 Arc::new(SimStation {
                     part: part.clone(),
                     data,
                     model,
                     device,
                     defaults: defaults.clone(),
+                    forecast,
                 })
             })
             .collect()
@@ -298,6 +319,9 @@ pub struct SimStation {
     model: Arc<ModelConfig>,
     device: Device,
     defaults: TrainConfig,
+    /// Its areas' rows at the period after the data end (natural and
+    /// bureau partitions), for the dashboard's map.
+    forecast: Option<Arc<Dataset>>,
 }
 
 impl SimStation {
@@ -327,13 +351,17 @@ impl SimStation {
             val: take(&self.data.val, &self.part.val, eval),
             test: take(&self.data.test, &self.part.test, eval),
         };
-        Station::new(
+        let station = Station::new(
             self.part.name.clone(),
             splits,
             (*self.model).clone(),
             self.device,
         )?
-        .with_defaults(self.defaults.clone())
+        .with_defaults(self.defaults.clone())?;
+        match (&self.forecast, eval) {
+            (Some(rows), true) => station.with_forecast(rows.clone()),
+            _ => Ok(station),
+        }
     }
 }
 
