@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// The live web dashboard (off unless set).
+    #[serde(default)]
+    pub dashboard: Option<crate::dashboard::DashboardSection>,
 }
 
 fn default_linger_s() -> f64 {
@@ -356,6 +359,7 @@ impl ServerConfig {
             transport: TransportSettings::default(),
             output: OutputSection::default(),
             log: LogSection::default(),
+            dashboard: None,
         }
     }
 
@@ -400,6 +404,9 @@ impl ServerConfig {
         if let Some(c) = &mut self.output.checkpoint_dir {
             fix(c);
         }
+        if let Some(d) = &mut self.dashboard {
+            d.resolve_paths(base);
+        }
     }
 
     /// The run's name.
@@ -441,10 +448,17 @@ impl ServerConfig {
     /// The engine settings: `[federation]` with the `[train]` section as
     /// the round settings.
     pub fn engine_config(&self) -> EngineConfig {
-        EngineConfig {
+        let mut cfg = EngineConfig {
             train: self.train.round_settings(),
             ..self.federation.clone()
+        };
+        if self.dashboard.is_some() {
+            // The map: stations forecast their areas' next period.
+            cfg.evaluate_config
+                .entry(fedcrime_station::FORECAST_KEY.to_string())
+                .or_insert(fedcrime_fl::ConfigValue::Bool(true));
         }
+        cfg
     }
 
     /// The wire limits the server reads with.

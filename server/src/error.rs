@@ -89,6 +89,9 @@ pub enum ServerError {
     /// A background task died.
     #[error("{0} task failed")]
     Task(&'static str),
+    /// The dashboard's settings or socket.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
 }
 
 impl ServerError {
@@ -99,7 +102,8 @@ impl ServerError {
         match self {
             ServerError::Config(_)
             | ServerError::CheckpointExists { .. }
-            | ServerError::OutputExists { .. } => true,
+            | ServerError::OutputExists { .. }
+            | ServerError::Dashboard(_) => true,
             ServerError::Net(e) => e.is_setup(),
             _ => false,
         }

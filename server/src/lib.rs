@@ -21,6 +21,7 @@
 //! - [`RunReport`]: how it ended, the metrics history and the final model.
 
 pub mod config;
+pub mod dashboard;
 mod error;
 pub mod metrics;
 mod server;

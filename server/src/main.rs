@@ -111,6 +111,16 @@ struct Cli {
     /// Checkpoint folder [output.checkpoint_dir].
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
+    /// Serve the live web dashboard on this TCP address, e.g.
+    /// 127.0.0.1:8443 [dashboard.listen]. Off by default; anywhere but a
+    /// loopback address it needs --dashboard-token-file (or
+    /// dashboard.tls.client_ca in the config).
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<std::net::SocketAddr>,
+    /// A file holding the dashboard's bearer token [dashboard.token_file];
+    /// open http://ADDR/?token=TOKEN once in the browser.
+    #[arg(long, value_name = "FILE", requires = "dashboard")]
+    dashboard_token_file: Option<PathBuf>,
     /// Continue after the last checkpointed round [resume].
     #[arg(long)]
     resume: bool,
@@ -228,6 +238,16 @@ fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
     }
     if cli.force {
         cfg.force = true;
+    }
+    if let Some(addr) = cli.dashboard {
+        let d = cfg
+            .dashboard
+            .get_or_insert_with(|| fedcrime_server::dashboard::DashboardSection::new(addr, None));
+        d.listen = addr;
+        if let Some(f) = &cli.dashboard_token_file {
+            d.token = None;
+            d.token_file = Some(f.clone());
+        }
     }
     set!(cli.log_format, cfg.log.format);
     set!(cli.log_level, cfg.log.level);

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{EvalSplit, ServerConfig};
+use crate::dashboard::{Board, RunInfo};
 use crate::error::{Result, ServerError};
 use crate::metrics::{MetricsWriter, RoundRecord};
 use crate::session::{self, encode, FromSession, Outgoing, SessionCtx};
@@ -159,6 +160,7 @@ pub struct Server {
     store: CheckpointStore,
     metrics: MetricsWriter,
     progress: watch::Sender<Progress>,
+    board: Option<Arc<Board>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -230,6 +232,7 @@ pub struct ServerBuilder {
     initial: Option<Params>,
     featurizer: Option<Featurizer>,
     evaluator: Option<Evaluator>,
+    board: Option<Arc<Board>>,
 }
 
 /// A server-side evaluation the embedding program owns: `(round, global)`
@@ -271,6 +274,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Show the run on `board` (the embedding program serves it, e.g. the
+    /// simulator's `--dashboard`), in place of one made for `[dashboard]`.
+    pub fn board(mut self, board: Arc<Board>) -> Self {
+        self.board = Some(board);
+        self
+    }
+
     /// Validates the config, prepares the run (featurizer, initial model or
     /// the checkpoint to resume, strategy, metrics files) and binds the
     /// listener. Must be called inside a tokio runtime.
@@ -280,6 +290,7 @@ impl ServerBuilder {
             initial,
             featurizer,
             evaluator,
+            board: given_board,
         } = self;
         config.validate()?;
         if config.federation.early_stopping.is_some()
@@ -294,6 +305,10 @@ impl ServerBuilder {
             )));
         }
         let task = config.task.task_config();
+        let (setup_task, time_unit) = (
+            task.task,
+            fedcrime_data::tasks::TimeUnit::of(task.task, task.period),
+        );
         let mut model = config.model_config()?;
         let mut featurizer = match (featurizer, &config.task.featurizer) {
             (Some(f), _) => Some(f),
@@ -360,6 +375,23 @@ impl ServerBuilder {
             params = spec.total(),
             "server ready"
         );
+        let board = match (&config.dashboard, given_board) {
+            (_, Some(b)) => Some(b),
+            (Some(d), None) => {
+                d.token()?;
+                let mut run = RunInfo::for_task(setup_task);
+                run.id = ctx.admission.run_id.clone();
+                run.source = "fedcrime-server".into();
+                run.model = model.kind.to_string();
+                run.strategy = engine.strategy_name().to_string();
+                run.rounds = Some(engine.config().rounds);
+                run.time_unit = Some(time_unit);
+                let board = Board::new(run);
+                board.load_history(engine.history());
+                Some(Arc::new(board))
+            }
+            (None, None) => None,
+        };
         Ok(Server {
             config,
             model,
@@ -369,6 +401,7 @@ impl ServerBuilder {
             store,
             metrics,
             progress,
+            board,
         })
     }
 }
@@ -595,6 +628,7 @@ impl Server {
             initial: None,
             featurizer: None,
             evaluator: None,
+            board: None,
         }
     }
 
@@ -610,6 +644,11 @@ impl Server {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The dashboard's state, when `[dashboard]` is set.
+    pub fn board(&self) -> Option<Arc<Board>> {
+        self.board.clone()
+    }
+
     /// A live view of the run's progress.
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
@@ -622,7 +661,17 @@ impl Server {
         let metrics_csv = self.metrics.csv_path().to_path_buf();
         let (persisted_tx, mut persisted) = mpsc::unbounded_channel();
         let persister = Persister::spawn(self.metrics, self.store, persisted_tx)?;
+        // The dashboard stops when the run's driver is done (the sender drops).
+        let (_dashboard_up, dashboard_down) = tokio::sync::oneshot::channel::<()>();
+        if let (Some(board), Some(section)) = (&self.board, &self.config.dashboard) {
+            section
+                .start(board.clone(), async {
+                    let _ = dashboard_down.await;
+                })
+                .await?;
+        }
         let mut driver = Driver {
+            board: self.board.clone(),
             engine: self.engine,
             ctx: self.ctx,
             persister,
@@ -967,6 +1016,7 @@ fn bounded_metrics(metrics: FlMetrics) -> FlMetrics {
 }
 
 struct Driver {
+    board: Option<Arc<Board>>,
     engine: Engine,
     ctx: Arc<SessionCtx>,
     persister: Persister,
@@ -1042,6 +1092,9 @@ impl Driver {
     }
 
     fn handle(&mut self, event: Event) {
+        if let Some(b) = &self.board {
+            b.observe_event(&event);
+        }
         let t = now();
         cpu(|| self.engine.handle(t, event));
     }
@@ -1083,6 +1136,9 @@ impl Driver {
     /// Carries out every queued engine action.
     async fn act(&mut self) -> Result<()> {
         while let Some(action) = self.engine.poll_action() {
+            if let Some(b) = &self.board {
+                b.observe_action(&action);
+            }
             match action {
                 Action::SendFit {
                     station,

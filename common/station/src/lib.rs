@@ -122,6 +122,50 @@ pub enum StationError {
     Data(#[from] DataError),
 }
 
+/// The forecast metrics of [`FORECAST_KEY`] for `model` on rows `ds` (all at
+/// one time step; see [`forecast_rows`]).
+pub fn forecast_metrics(model: &dyn model::CrimeModel, ds: &Dataset) -> Result<Metrics> {
+    if ds.is_empty() {
+        return Ok(Metrics::new());
+    }
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let batch = model::to_batch(ds, &idx, model.device());
+    let out = tch::no_grad(|| {
+        fedcrime_ml::explain::explained_outputs(model, &model.forward_t(&batch, false))
+    });
+    let width = out.size().last().copied().unwrap_or(1).max(1) as usize;
+    let values = Vec::<f32>::try_from(
+        out.to_kind(tch::Kind::Float)
+            .to_device(Device::Cpu)
+            .flatten(0, -1),
+    )
+    .map_err(TrainError::Torch)?;
+    let mut m = Metrics::new();
+    m.insert(format!("{FORECAST_PREFIX}step"), f64::from(ds.time[0]));
+    for (row, v) in values.chunks(width).enumerate() {
+        let area = ds.area[row];
+        match model.task() {
+            Task::Risk => {
+                let expected: f32 = v.iter().enumerate().map(|(k, p)| (k + 1) as f32 * p).sum();
+                let level = v
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(1, |(k, _)| k + 1);
+                m.insert(format!("{FORECAST_PREFIX}{area}"), f64::from(expected));
+                m.insert(format!("{FORECAST_PREFIX}{area}|level"), level as f64);
+            }
+            Task::Counts => {
+                m.insert(
+                    format!("{FORECAST_PREFIX}{area}"),
+                    f64::from(v.iter().sum::<f32>()),
+                );
+            }
+        }
+    }
+    Ok(m)
+}
+
 /// The rows of `areas` (all when `None`) at the period right after the
 /// latest incident of `incidents`, featurized by `featurizer`: what
 /// [`Station::with_forecast`] takes. `None` when the history cannot
@@ -324,45 +368,10 @@ impl Station {
     }
 
     fn forecast(&self, model: &dyn model::CrimeModel) -> Result<Metrics> {
-        let Some(ds) = self.forecast.as_deref().filter(|d| !d.is_empty()) else {
-            return Ok(Metrics::new());
-        };
-        let idx: Vec<usize> = (0..ds.len()).collect();
-        let batch = model::to_batch(ds, &idx, model.device());
-        let out = tch::no_grad(|| {
-            fedcrime_ml::explain::explained_outputs(model, &model.forward_t(&batch, false))
-        });
-        let width = out.size().last().copied().unwrap_or(1).max(1) as usize;
-        let values = Vec::<f32>::try_from(
-            out.to_kind(tch::Kind::Float)
-                .to_device(Device::Cpu)
-                .flatten(0, -1),
-        )
-        .map_err(TrainError::Torch)?;
-        let mut m = Metrics::new();
-        m.insert(format!("{FORECAST_PREFIX}step"), f64::from(ds.time[0]));
-        for (row, v) in values.chunks(width).enumerate() {
-            let area = ds.area[row];
-            match model.task() {
-                Task::Risk => {
-                    let expected: f32 = v.iter().enumerate().map(|(k, p)| (k + 1) as f32 * p).sum();
-                    let level = v
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .map_or(1, |(k, _)| k + 1);
-                    m.insert(format!("{FORECAST_PREFIX}{area}"), f64::from(expected));
-                    m.insert(format!("{FORECAST_PREFIX}{area}|level"), level as f64);
-                }
-                Task::Counts => {
-                    m.insert(
-                        format!("{FORECAST_PREFIX}{area}"),
-                        f64::from(v.iter().sum::<f32>()),
-                    );
-                }
-            }
+        match self.forecast.as_deref() {
+            Some(ds) => forecast_metrics(model, ds),
+            None => Ok(Metrics::new()),
         }
-        Ok(m)
     }
 
     /// Replaces the default training settings (rounds' settings override them).

@@ -22,6 +22,8 @@ use fedcrime_ml::DeviceChoice;
 use fedcrime_sim::sim::{self, RunOptions, SimConfig, Transport};
 
 use crate::GlobalOpts;
+use fedcrime_server::dashboard::{Board, DashboardSection, Reference, RunInfo};
+use std::sync::Arc;
 
 /// Options of `fedcrime-sim simulate`; each overrides the `--config` file.
 #[derive(Debug, Args)]
@@ -123,6 +125,24 @@ pub struct SimulateArgs {
     /// integrated-gradients, kernel or exact [default: gradient].
     #[arg(long, value_name = "METHOD")]
     pub explain_method: Option<String>,
+    /// Serve the agency's live dashboard on this address while the
+    /// federation runs (e.g. 127.0.0.1:8080). Anywhere
+    /// but loopback it needs --dashboard-token-file.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<std::net::SocketAddr>,
+    /// A file holding the dashboard's bearer token; open
+    /// http://ADDR/?token=TOKEN once in the browser.
+    #[arg(long, value_name = "FILE", requires = "dashboard")]
+    pub dashboard_token_file: Option<PathBuf>,
+    /// Keep serving the dashboard this many seconds after the study ends
+    /// [default: 0].
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        requires = "dashboard",
+        default_value_t = 0.0
+    )]
+    pub dashboard_hold: f64,
     /// Skip scoring the selected federated model on every station's own
     /// test samples (the report's worst, median and best station).
     #[arg(long)]
@@ -268,14 +288,33 @@ fn timestamp(secs: u64) -> String {
 pub fn run(args: &SimulateArgs, global: &GlobalOpts) -> Result<()> {
     let cfg = args.config()?;
     let out = args.out();
+    let dashboard = match args.dashboard {
+        Some(addr) => Some(start_dashboard(
+            &cfg,
+            addr,
+            args.dashboard_token_file.clone(),
+        )?),
+        None => None,
+    };
     let outcome = sim::simulate(
         &cfg,
         &out,
         RunOptions {
             quiet: global.quiet,
+            dashboard: dashboard.as_ref().map(|(b, _)| b.clone()),
         },
     )
     .with_context(|| format!("simulation into {}", out.display()))?;
+    if let Some((board, _runtime)) = &dashboard {
+        board.set_reference(central_reference(&outcome));
+        if args.dashboard_hold > 0.0 {
+            eprintln!(
+                "the study is done; the dashboard stays up {} s (Ctrl-C stops)",
+                args.dashboard_hold
+            );
+            std::thread::sleep(std::time::Duration::from_secs_f64(args.dashboard_hold));
+        }
+    }
     if !global.quiet {
         println!("{}", outcome.report);
         eprintln!(
@@ -284,6 +323,62 @@ pub fn run(args: &SimulateArgs, global: &GlobalOpts) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The dashboard's board and the runtime serving it (dropping it stops
+/// the server).
+fn start_dashboard(
+    cfg: &sim::SimConfig,
+    addr: std::net::SocketAddr,
+    token_file: Option<PathBuf>,
+) -> Result<(Arc<Board>, tokio::runtime::Runtime)> {
+    let mut run = RunInfo::for_task(cfg.data.task);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    run.id = format!("sim-{}", timestamp(secs));
+    run.source = "fedcrime-sim".into();
+    run.model = cfg.model.kind.to_string();
+    run.strategy = cfg.federation.strategy.name().to_string();
+    run.rounds = Some(cfg.max_rounds());
+    run.time_unit = Some(fedcrime_data::tasks::TimeUnit::of(
+        cfg.data.task,
+        cfg.data.period,
+    ));
+    let board = Arc::new(Board::new(run));
+    let mut section = DashboardSection::new(addr, None);
+    section.token_file = token_file;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("dashboard")
+        .enable_all()
+        .build()
+        .context("starting the dashboard's runtime")?;
+    let bound = runtime
+        .block_on(section.start(board.clone(), std::future::pending()))
+        .context("starting the dashboard")?;
+    eprintln!("dashboard: http://{bound}/");
+    Ok((board, runtime))
+}
+
+/// The single-worker centralized baseline's best validation headline.
+fn central_reference(outcome: &sim::SimOutcome) -> Option<Reference> {
+    let higher = sim::report::higher_is_better(outcome.config.data.task);
+    outcome
+        .runs
+        .iter()
+        .find(|r| !r.federated && r.method == "centralized")
+        .and_then(|r| {
+            r.rows
+                .iter()
+                .map(|row| row.val.headline())
+                .filter(|v| v.is_finite())
+                .reduce(|a, b| if (b > a) == higher { b } else { a })
+                .map(|value| Reference {
+                    label: "centralized (single worker)".to_string(),
+                    value,
+                })
+        })
 }
 
 #[cfg(test)]

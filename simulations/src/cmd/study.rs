@@ -148,6 +148,7 @@ pub fn run(study: &Study, global: &GlobalOpts) -> Result<()> {
                 &out,
                 RunOptions {
                     quiet: global.quiet,
+                    ..RunOptions::default()
                 },
             )
             .with_context(|| format!("the parallelization study into {}", out.display()))?;

@@ -257,6 +257,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
                 keep_globals: false,
                 bar: bar.clone(),
                 evaluator: None,
+                board: None,
             })?;
             run.rounds
                 .into_iter()

@@ -39,6 +39,7 @@ use fedcrime_fl::{
     EvaluateRes, Event, FitIns, FitRes, RoundMetrics, ServerSession, StationId, Summary,
 };
 use fedcrime_params::Params;
+use fedcrime_server::dashboard::Board;
 use fedcrime_station::{Learner, StationError};
 use fedcrime_wire::{Capabilities, Encoding, Extensions, Message, ServerLimits, WireConfig};
 
@@ -138,6 +139,7 @@ pub struct MemoryFederation {
     learners: Vec<Arc<dyn Learner>>,
     index: HashMap<StationId, usize>,
     workers: usize,
+    board: Option<Arc<Board>>,
 }
 
 impl std::fmt::Debug for MemoryFederation {
@@ -167,7 +169,22 @@ impl MemoryFederation {
             learners,
             index,
             workers: workers.max(1),
+            board: None,
         })
+    }
+
+    /// Shows the run on `board` (the agency dashboard's state).
+    pub fn with_board(mut self, board: Arc<Board>) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// Passes `event` to the engine (and the board).
+    fn feed(&self, engine: &mut Engine, event: Event) {
+        if let Some(b) = &self.board {
+            b.observe_event(&event);
+        }
+        engine.handle(Instant::now(), event);
     }
 
     /// Runs `engine` to its end, calling `on_round` after every round.
@@ -233,10 +250,9 @@ impl MemoryFederation {
         done: &mpsc::Receiver<Done>,
         on_round: &mut impl FnMut(RoundDone<'_>) -> Result<()>,
     ) -> Result<Summary> {
-        let now = Instant::now();
         for (session, id) in self.ids.iter().enumerate() {
             join(id, session as u64)?;
-            engine.handle(now, Event::StationConnected { id: id.clone() });
+            self.feed(engine, Event::StationConnected { id: id.clone() });
         }
         let mut next_seq = 0u64;
         let mut expected = 0u64;
@@ -248,6 +264,9 @@ impl MemoryFederation {
         let mut round_start: Option<(u64, u64)> = None;
         loop {
             while let Some(action) = engine.poll_action() {
+                if let Some(b) = &self.board {
+                    b.observe_action(&action);
+                }
                 match action {
                     Action::SendFit {
                         station,
@@ -262,8 +281,8 @@ impl MemoryFederation {
                                 b
                             }
                         };
-                        engine.handle(
-                            Instant::now(),
+                        self.feed(
+                            engine,
                             Event::Traffic {
                                 bytes_in: 0,
                                 bytes_out: bytes,
@@ -373,8 +392,8 @@ impl MemoryFederation {
                 let global = engine.global().clone();
                 let (sent, kind) = encode_update(update.params, &global, false);
                 update.params = decode_update(kind, sent, &global);
-                engine.handle(
-                    Instant::now(),
+                self.feed(
+                    engine,
                     Event::Traffic {
                         bytes_in: bytes,
                         bytes_out: 0,
@@ -394,7 +413,7 @@ impl MemoryFederation {
                 message: format!("{e:#}"),
             },
         };
-        engine.handle(Instant::now(), event);
+        self.feed(engine, event);
         Ok(())
     }
 }

@@ -74,13 +74,16 @@ pub use report::MethodRun;
 
 use crate::progress;
 use eval::Evaluator;
+use fedcrime_server::dashboard::Board;
 use record::BestTracker;
 
 /// How a simulation reports progress.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// No progress bars and no summary on stdout.
     pub quiet: bool,
+    /// Show the federation live on the agency dashboard (memory transport).
+    pub dashboard: Option<Arc<Board>>,
 }
 
 /// What a simulation produced.
@@ -270,7 +273,7 @@ pub fn federate(
     on_round: impl FnMut(&FedRound) -> Result<()>,
 ) -> Result<Summary> {
     let _threads = torch_threads_lock();
-    federate_locked(data, cfg, initial, out, bar, on_round)
+    federate_locked(data, cfg, initial, out, bar, None, on_round)
 }
 
 fn federate_locked(
@@ -279,6 +282,7 @@ fn federate_locked(
     initial: &Params,
     out: &Path,
     bar: &ProgressBar,
+    board: Option<&Arc<Board>>,
     mut on_round: impl FnMut(&FedRound) -> Result<()>,
 ) -> Result<Summary> {
     let method = cfg.federation.strategy.name().to_string();
@@ -336,7 +340,10 @@ fn federate_locked(
             }
             let mut engine = Engine::new(engine_cfg, strategy, initial.clone(), Instant::now())?;
             engine.set_stopwatch(Instant::now);
-            let transport = MemoryFederation::new(stations, concurrency)?;
+            let mut transport = MemoryFederation::new(stations, concurrency)?;
+            if let Some(b) = board {
+                transport = transport.with_board(b.clone());
+            }
             // Scoring runs between rounds; its time is not the federation's.
             let mut scoring = 0.0;
             transport.run(&mut engine, |r| {
@@ -370,9 +377,24 @@ fn federate_locked(
             concurrency,
             keep_globals: true,
             bar: bar.clone(),
-            evaluator: validator.take().map(|mut v| -> fedcrime_server::Evaluator {
-                Box::new(move |round, p: &Params| v.validation_summary(round, p))
-            }),
+            evaluator: {
+                // The map follows the rounds live (scoring waits for the end).
+                let mut v = validator.take();
+                let live = board
+                    .cloned()
+                    .map(|b| (b, data.model.clone(), data.forecast.clone()));
+                (v.is_some() || live.is_some()).then(|| -> fedcrime_server::Evaluator {
+                    Box::new(move |round, p: &Params| {
+                        if let Some((b, model, Some(rows))) = &live {
+                            if let Err(e) = forecast_map_of(b, model, rows, round, p) {
+                                tracing::warn!(round, error = %e, "dashboard map");
+                            }
+                        }
+                        v.as_mut().and_then(|v| v.validation_summary(round, p))
+                    })
+                })
+            },
+            board: board.cloned(),
         })
         .and_then(|run| {
             bar.set_message("scoring the rounds");
@@ -394,6 +416,29 @@ fn federate_locked(
     };
     tch::set_num_threads(threads_before);
     outcome
+}
+
+/// Maps what the global model of `round` forecasts for every area's next
+/// period on `board` (the simulator holds every station's data).
+fn map_forecast(board: &Board, data: &StudyData, round: u64, global: &Params) -> Result<()> {
+    match &data.forecast {
+        Some(rows) => forecast_map_of(board, &data.model, rows, round, global),
+        None => Ok(()),
+    }
+}
+
+fn forecast_map_of(
+    board: &Board,
+    model: &fedcrime_ml::model::ModelConfig,
+    rows: &fedcrime_data::Dataset,
+    round: u64,
+    global: &Params,
+) -> Result<()> {
+    let mut m = build(model, Device::Cpu)?;
+    m.import_params(global)?;
+    let metrics = fedcrime_station::forecast_metrics(m.as_ref(), rows)?;
+    board.forecast(round, &[("simulation".to_string(), metrics)]);
+    Ok(())
 }
 
 /// Runs a whole study into `out` (created if missing); see the [module docs](self).
@@ -430,7 +475,7 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
         run: fed_run,
         rounds,
         best,
-    } = federation_method(&data, &cfg, &initial, out, opts.quiet, &mut csv)?;
+    } = federation_method(&data, &cfg, &initial, out, &opts, &mut csv)?;
     // The federation's passes over the pooled training data, for centralized
     // baselines that match it (`federation.rounds` set).
     let passes =
@@ -539,11 +584,11 @@ pub(crate) fn federation_method(
     cfg: &SimConfig,
     initial: &Params,
     out: &Path,
-    quiet: bool,
+    opts: &RunOptions,
     csv: &mut record::MetricsCsv,
 ) -> Result<FederationRun> {
     let method = cfg.federation.strategy.name().to_string();
-    let bar = progress::bar(quiet, cfg.max_rounds(), &method, "rounds");
+    let bar = progress::bar(opts.quiet, cfg.max_rounds(), &method, "rounds");
     let mut fed_run = MethodRun {
         method: method.clone(),
         federated: true,
@@ -551,7 +596,12 @@ pub(crate) fn federation_method(
     };
     let mut rounds = Vec::new();
     let mut best = None;
-    let summary = federate_locked(data, cfg, initial, out, &bar, |r| {
+    let board = opts.dashboard.as_ref();
+    let summary = federate_locked(data, cfg, initial, out, &bar, board, |r| {
+        if let Some(b) = board {
+            b.set_round_metric(r.metrics.round, r.row.val.headline());
+            map_forecast(b, data, r.metrics.round, &r.global)?;
+        }
         csv.push(&r.row)?;
         fed_run.rows.push(r.row.clone());
         rounds.push((r.metrics.clone(), r.timing.clone()));

@@ -72,6 +72,8 @@ pub struct QuicSetup<'a> {
     pub bar: ProgressBar,
     /// The server-side evaluation early stopping watches, if any.
     pub evaluator: Option<fedcrime_server::Evaluator>,
+    /// The dashboard's state to feed, if one is shown.
+    pub board: Option<Arc<fedcrime_server::dashboard::Board>>,
 }
 
 /// A finished round of a QUIC federation.
@@ -324,6 +326,7 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     let initial = setup.initial.clone();
     let featurizer = setup.featurizer.cloned();
     let evaluator = setup.evaluator;
+    let board = setup.board;
     let report = runtime.block_on(async move {
         let t0 = Instant::now();
         let mut server = Server::builder(config).initial(initial);
@@ -332,6 +335,9 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
         }
         if let Some(e) = evaluator {
             server = server.evaluator(e);
+        }
+        if let Some(b) = board {
+            server = server.board(b);
         }
         let server = server.bind().await.context("starting the server")?;
         let addr = server.local_addr()?;

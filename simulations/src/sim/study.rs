@@ -495,7 +495,7 @@ fn study_model(
     }
     let concurrency = cfg.concurrency();
     let (super::FederationRun { run, .. }, peak, growth) =
-        with_peak_memory(|| federation_method(&data, &cfg, &initial, out, opts.quiet, &mut csv))
+        with_peak_memory(|| federation_method(&data, &cfg, &initial, out, &opts, &mut csv))
             .with_context(|| format!("the {kind} study"))?;
     let bytes_per_epoch = run.last().map_or(0, |r| r.bytes_sent / r.step.max(1));
     measured.push(Measured {
@@ -548,7 +548,7 @@ pub fn study_parallel(spec: &StudySpec, out: &Path, opts: RunOptions) -> Result<
     let load_before = load_average();
     let mut models = Vec::new();
     for kind in &spec.models {
-        models.push(study_model(spec, *kind, out, opts)?);
+        models.push(study_model(spec, *kind, out, opts.clone())?);
     }
     let load_after = load_average();
 
@@ -1169,7 +1169,15 @@ mod tests {
             models: vec![ModelKind::Dnn],
             workers: vec![1, 2],
         };
-        let outcome = study_parallel(&spec, &out, RunOptions { quiet: true }).unwrap();
+        let outcome = study_parallel(
+            &spec,
+            &out,
+            RunOptions {
+                quiet: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
 
         let t = CsvTable::read(&out.join("study.csv")).unwrap();
         assert_eq!(t.header, COLUMNS);
