@@ -15,10 +15,13 @@
 //! | `POST /incidents` | LAPD-schema rows (CSV or JSON), stored durably before the reply |
 //! | `GET /incidents/{dr_no}` | one incident of the history (records or ingested), 404 if unknown |
 //!
-//! Errors are JSON `{"error": "..."}` naming the field: 400 malformed, 404
-//! unknown model or an area the station does not serve, 409 the wrong
-//! task's endpoint, 413 body over `max_body_bytes`, 415 content type, 422
-//! values out of range, 503 no model yet, 500 the store or the model failed.
+//! Errors are JSON `{"error": "..."}` naming the field: 400 a malformed
+//! body or row (the whole batch is refused), 404 an unknown model or an
+//! area the station does not serve, 409 the wrong task's endpoint, 413 a
+//! body over `serve.max_body_bytes` or more rows than `serve.max_rows`, 415
+//! the content type, 422 a request value out of range (area, time, an
+//! incident's area or date), 503 no model yet, 500 the store or the model
+//! failed (nothing acknowledged).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,6 +99,13 @@ impl From<QueryRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError(
+                e.status(),
+                "the body is larger than serve.max_body_bytes allows; send fewer rows per request"
+                    .into(),
+            );
+        }
         ApiError(e.status(), e.body_text())
     }
 }
@@ -358,8 +368,11 @@ struct InferInput {
     data: Vec<f32>,
 }
 
-/// Rows of one infer request at most (21 areas x 7 days of 4-hour blocks is 882).
+/// Rows of one tensor infer request at most.
 const MAX_INFER_ROWS: usize = 10_000;
+
+/// Periods of one query infer request at most (a week of 4-hour blocks).
+const MAX_PERIODS: u32 = 42;
 
 async fn infer(
     State(s): State<Arc<Service>>,
@@ -420,10 +433,10 @@ async fn infer(
             ))
         }
         (None, Some(n)) => {
-            if n == 0 || n > 1000 {
+            if n == 0 || n > MAX_PERIODS {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "periods: 1 to 1000",
+                    format!("periods: 1 to {MAX_PERIODS}"),
                 ));
             }
             let next = s.live.next_step(unit)?;
@@ -435,10 +448,10 @@ async fn infer(
             .collect::<Result<_, _>>()?,
         (None, None) => vec![s.live.next_step(unit)?],
     };
-    if steps.len().saturating_mul(areas.len()) > MAX_INFER_ROWS {
+    if steps.len() > MAX_PERIODS as usize || areas.len() > 21 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("at most {MAX_INFER_ROWS} predictions per request"),
+            format!("at most {MAX_PERIODS} times and 21 areas per request"),
         ));
     }
     let mut answers = Vec::with_capacity(steps.len() * areas.len());
@@ -569,7 +582,7 @@ async fn incidents(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let rows = parse_rows(&body, content_type).map_err(LiveError::from)?;
+    let (rows, repeated) = parse_rows(&body, content_type).map_err(LiveError::from)?;
     if rows.len() > s.max_rows {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -578,11 +591,12 @@ async fn incidents(
     }
     let live = s.live.clone();
     // Writing and syncing the store blocks: off the async threads.
-    let done = tokio::task::spawn_blocking(move || live.ingest(&rows))
+    let mut done = tokio::task::spawn_blocking(move || live.ingest(&rows))
         .await
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("ingestion: {e}"))
         })??;
+    done.duplicates += repeated;
     Ok(Json(serde_json::to_value(done).unwrap_or(Value::Null)))
 }
 

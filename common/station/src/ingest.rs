@@ -47,8 +47,9 @@ pub enum IngestError {
 }
 
 /// The incidents of a request body of `content_type` (parameters such as
-/// `; charset=utf-8` ignored).
-pub fn parse_rows(body: &[u8], content_type: &str) -> Result<Vec<Incident>, IngestError> {
+/// `; charset=utf-8` ignored), and how many rows repeated an earlier row's
+/// `DR_NO` in the same body (kept once).
+pub fn parse_rows(body: &[u8], content_type: &str) -> Result<(Vec<Incident>, usize), IngestError> {
     let media = content_type
         .split(';')
         .next()
@@ -62,7 +63,7 @@ pub fn parse_rows(body: &[u8], content_type: &str) -> Result<Vec<Incident>, Inge
     }
 }
 
-fn parse_csv(body: &[u8]) -> Result<Vec<Incident>, IngestError> {
+fn parse_csv(body: &[u8]) -> Result<(Vec<Incident>, usize), IngestError> {
     let loaded = load_reader(body, "request body").map_err(|e| IngestError::Csv(e.to_string()))?;
     if let Some((reason, first)) = loaded
         .report
@@ -81,7 +82,9 @@ fn parse_csv(body: &[u8]) -> Result<Vec<Incident>, IngestError> {
     if loaded.incidents.is_empty() {
         return Err(IngestError::Empty);
     }
-    Ok(loaded.incidents)
+    // Every other dropped row refused the body above: the rest repeated a DR_NO.
+    let repeated = (loaded.report.rows_read as usize).saturating_sub(loaded.incidents.len());
+    Ok((loaded.incidents, repeated))
 }
 
 /// A CSV field, quoted when it must be.
@@ -93,7 +96,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Vec<Incident>, IngestError> {
+fn parse_json(body: &[u8]) -> Result<(Vec<Incident>, usize), IngestError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| IngestError::Json(e.to_string()))?;
     let rows = match value {
@@ -145,7 +148,8 @@ mod tests {
     #[test]
     fn csv_rows_with_the_exports_header_are_taken() {
         let body = format!("{HEADER}\n{ROW}\n");
-        let rows = parse_rows(body.as_bytes(), "text/csv; charset=utf-8").unwrap();
+        let (rows, repeated) = parse_rows(body.as_bytes(), "text/csv; charset=utf-8").unwrap();
+        assert_eq!(repeated, 0);
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].dr_no, rows[0].area, rows[0].minute_of_day),
@@ -156,6 +160,12 @@ mod tests {
     #[test]
     fn json_rows_become_the_same_incidents() {
         let csv = parse_rows(format!("{HEADER}\n{ROW}\n").as_bytes(), "text/csv").unwrap();
+        let twice = parse_rows(format!("{HEADER}\n{ROW}\n{ROW}\n").as_bytes(), "text/csv").unwrap();
+        assert_eq!(
+            twice,
+            (csv.0.clone(), 1),
+            "a repeated row is kept once and counted"
+        );
         let json = r#"[{"DR_NO": "240104567", "Date Rptd": "02/03/2024 12:00:00 AM",
             "DATE OCC": "02/02/2024 12:00:00 AM", "TIME OCC": "2130", "AREA": 1,
             "AREA NAME": "Central", "Rpt Dist No": "0111", "Part 1-2": 1, "Crm Cd": 624,

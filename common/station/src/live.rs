@@ -314,7 +314,7 @@ impl LiveStation {
         }
         let history = self.history();
         let made = model.predict(&history, step).map_err(|e| match e {
-            StationError::Data(d) => invalid("at", d.to_string()),
+            StationError::Data(_) => self.out_of_range(model.time_unit(), step, &history),
             other => LiveError::Model(other),
         })?;
         let made = Arc::new(made);
@@ -328,6 +328,33 @@ impl LiveStation {
         Ok(made)
     }
 
+    /// Why `step` cannot be predicted from `history`, in dates.
+    fn out_of_range(&self, unit: TimeUnit, step: u32, history: &[Incident]) -> LiveError {
+        let asked = step_label(unit, step);
+        match self.next_step(unit) {
+            Ok(next) if step > next => invalid(
+                "at",
+                format!(
+                    "{asked} is after the next period ({}): predictions reach up to the \
+                     period after the latest incident",
+                    step_label(unit, next)
+                ),
+            ),
+            Ok(_) => {
+                let first = history.iter().map(|i| i.date_occurred).min().unwrap_or(0);
+                invalid(
+                    "at",
+                    format!(
+                        "{asked} is too early: the records start {}, and a period's features \
+                         look back on the periods before it",
+                        iso_date(first)
+                    ),
+                )
+            }
+            Err(e) => e,
+        }
+    }
+
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<Vec<Prediction>>>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -336,23 +363,37 @@ impl LiveStation {
     /// area; rows known already are skipped; the rest is on disk before this
     /// returns.
     pub fn ingest(&self, batch: &[Incident]) -> Result<Ingested, LiveError> {
-        if let Some(set) = &self.areas {
-            if let Some((row, i)) = batch
-                .iter()
-                .enumerate()
-                .find(|(_, i)| !set.contains(&i.area))
-            {
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400) as i64;
+        for i in batch {
+            if self.areas.as_ref().is_some_and(|s| !s.contains(&i.area)) {
                 return Err(invalid(
                     "AREA",
                     format!(
-                        "row {}: area {} is not served by this station (it serves {})",
-                        row + 1,
+                        "DR_NO {}: area {} is not served by this station (it serves {})",
+                        i.dr_no,
                         i.area,
                         self.areas()
                             .iter()
                             .map(u8::to_string)
                             .collect::<Vec<_>>()
                             .join(", ")
+                    ),
+                ));
+            }
+            if i.dr_no == 0 {
+                return Err(invalid("DR_NO", "0 is not a report number"));
+            }
+            // An incident cannot have occurred after today (a day of slack
+            // for time zones): one such row would move "next" years ahead.
+            if i64::from(i.date_occurred) > today + 1 {
+                return Err(invalid(
+                    "DATE OCC",
+                    format!(
+                        "DR_NO {}: {} is in the future",
+                        i.dr_no,
+                        iso_date(i.date_occurred)
                     ),
                 ));
             }
@@ -493,7 +534,14 @@ mod tests {
         let mut wrong = later[..3].to_vec();
         wrong[1].area = 8;
         let e = live.ingest(&wrong).unwrap_err().to_string();
-        assert!(e.contains("row 2: area 8"), "{e}");
+        assert!(
+            e.contains(&format!("DR_NO {}: area 8", wrong[1].dr_no)),
+            "{e}"
+        );
+        let mut future = later[..1].to_vec();
+        future[0].date_occurred = 30_000; // 2052
+        let e = live.ingest(&future).unwrap_err().to_string();
+        assert!(e.starts_with("DATE OCC: ") && e.contains("2052-"), "{e}");
         assert_eq!(live.generation(), 0);
 
         let r = live.ingest(later).unwrap();

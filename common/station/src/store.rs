@@ -39,6 +39,13 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another process holds the store (two services on one store would
+    /// overwrite each other's acknowledged incidents).
+    #[error("{path}: in use by another process (one service per store)")]
+    Locked {
+        /// The store's file.
+        path: PathBuf,
+    },
     /// The file is not an incident store.
     #[error("{path}: not a fedcrime incident store (bad magic bytes)")]
     NotAStore {
@@ -102,6 +109,12 @@ impl IncidentStore {
             .truncate(false)
             .open(&path)
             .map_err(io(&path, "open"))?;
+        // Held until the store is dropped (the OS releases it if the process dies).
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path, "lock")(e)),
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io(&path, "read"))?;
         if bytes.is_empty() {
@@ -156,7 +169,8 @@ impl IncidentStore {
 
     /// Appends the incidents not stored yet, durably: when this returns
     /// `Ok`, they are on disk. On an error nothing of the batch counts as
-    /// stored (a partly written batch is cut off at the next open).
+    /// stored: what it wrote is cut off again (or, if the process dies
+    /// first, at the next open).
     pub fn append(&mut self, batch: &[Incident]) -> Result<AppendReport, StoreError> {
         let mut bytes = Vec::new();
         let mut fresh: Vec<&Incident> = Vec::new();
@@ -183,8 +197,19 @@ impl IncidentStore {
             return Ok(report);
         }
         let path = self.path.clone();
-        self.file.write_all(&bytes).map_err(io(&path, "append"))?;
-        self.file.sync_data().map_err(io(&path, "sync"))?;
+        let end = self.file.stream_position().map_err(io(&path, "seek"))?;
+        let written = self
+            .file
+            .write_all(&bytes)
+            .map_err(io(&path, "append"))
+            .and_then(|()| self.file.sync_data().map_err(io(&path, "sync")));
+        if let Err(e) = written {
+            // Cut what this batch wrote, so later batches do not land after
+            // a torn record (and get cut with it at the next open).
+            let _ = self.file.set_len(end);
+            let _ = self.file.seek(SeekFrom::Start(end));
+            return Err(e);
+        }
         for incident in fresh {
             self.seen.insert(incident.dr_no);
             self.incidents.push(incident.clone());
@@ -247,6 +272,9 @@ mod tests {
         again.push(rows[45].clone());
         let second = store.append(&again).unwrap();
         assert_eq!((second.added, second.duplicates), (20, 11));
+        // One process per store: a second opener is refused, naming why.
+        let e = IncidentStore::open(&path).unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e}");
         drop(store);
         let (store, report) = IncidentStore::open(&path).unwrap();
         assert_eq!(report.loaded, 50);
