@@ -71,12 +71,15 @@ test: bootstrap fmt layering clippy docs
 	$(CARGO) test --workspace --locked -- --test-threads=1
 	@$(MAKE) --no-print-directory chaos-smoke
 
-# Bad certificates, two server kills with --resume, a duplicate identity:
-# real processes of the debug binaries the tests just built (~30 s).
+# Bad certificates, two server kills with --resume, a duplicate identity,
+# and a station's prediction service killed -9 five times while it ingests
+# (every acknowledged incident must be there after each restart): real
+# processes of the debug binaries the tests just built (~60 s).
 chaos-smoke: export OMP_NUM_THREADS = 1
 chaos-smoke: bootstrap
 	$(CARGO) build --workspace --bins --locked
 	python3 .ci/chaos/chaos.py --smoke --bin target/debug
+	python3 .ci/chaos/serve_durability.py --strict --bin target/debug
 
 # Every scenario, on release binaries; the results table goes to
 # target/chaos.md (docs/reliability.md keeps the last one reviewed).

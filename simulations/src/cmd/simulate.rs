@@ -22,7 +22,7 @@ use fedcrime_ml::DeviceChoice;
 use fedcrime_sim::sim::{self, RunOptions, SimConfig, Transport};
 
 use crate::GlobalOpts;
-use fedcrime_server::dashboard::{Board, DashboardSection, Reference, RunInfo};
+use fedcrime_server::dashboard::{Board, DashboardSection, Reference};
 use std::sync::Arc;
 
 /// Options of `fedcrime-sim simulate`; each overrides the `--config` file.
@@ -332,19 +332,10 @@ fn start_dashboard(
     addr: std::net::SocketAddr,
     token_file: Option<PathBuf>,
 ) -> Result<(Arc<Board>, tokio::runtime::Runtime)> {
-    let mut run = RunInfo::for_task(cfg.data.task);
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    run.id = format!("sim-{}", timestamp(secs));
-    run.source = "fedcrime-sim".into();
-    run.model = cfg.model.kind.to_string();
-    run.strategy = cfg.federation.strategy.name().to_string();
-    run.rounds = Some(cfg.max_rounds());
-    run.time_unit = Some(fedcrime_data::tasks::TimeUnit::of(
-        cfg.data.task,
-        cfg.data.period,
-    ));
+    let run = sim::dashboard_run(cfg, format!("sim-{}", timestamp(secs)));
     let board = Arc::new(Board::new(run));
     let mut section = DashboardSection::new(addr, None);
     section.token_file = token_file;

@@ -418,6 +418,21 @@ fn federate_locked(
     outcome
 }
 
+/// What the dashboard shows about a study of `cfg`, under the run id `id`.
+pub fn dashboard_run(cfg: &SimConfig, id: String) -> fedcrime_server::dashboard::RunInfo {
+    let mut run = fedcrime_server::dashboard::RunInfo::for_task(cfg.data.task);
+    run.id = id;
+    run.source = "fedcrime-sim".into();
+    run.model = cfg.model.kind.to_string();
+    run.strategy = cfg.federation.strategy.name().to_string();
+    run.rounds = Some(cfg.max_rounds());
+    run.time_unit = Some(fedcrime_data::tasks::TimeUnit::of(
+        cfg.data.task,
+        cfg.data.period,
+    ));
+    run
+}
+
 /// Maps what the global model of `round` forecasts for every area's next
 /// period on `board` (the simulator holds every station's data).
 fn map_forecast(board: &Board, data: &StudyData, round: u64, global: &Params) -> Result<()> {

@@ -27,7 +27,15 @@ fn small(transport: Transport) -> SimConfig {
 }
 
 fn run(cfg: &SimConfig, dir: &Path) -> SimOutcome {
-    sim::simulate(cfg, dir, RunOptions { quiet: true }).unwrap()
+    sim::simulate(
+        cfg,
+        dir,
+        RunOptions {
+            quiet: true,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
