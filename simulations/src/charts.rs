@@ -218,7 +218,7 @@ impl Beeswarm {
                 .map(|&(x, c)| {
                     let bin = ((x - lo + pad) / width * bins) as i64;
                     let k = stacked.entry(bin).or_insert(0);
-                    let side = if *k % 2 == 0 { 1.0 } else { -1.0 };
+                    let side = if (*k).is_multiple_of(2) { 1.0 } else { -1.0 };
                     let dy = ((*k).div_ceil(2) as f64 * 0.04).min(0.42) * side;
                     *k += 1;
                     let c = if c.is_finite() {

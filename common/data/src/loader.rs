@@ -733,7 +733,7 @@ fn record_boundary(buf: &[u8]) -> Option<usize> {
     let mut end = buf.len();
     while let Some(nl) = memchr::memrchr(b'\n', &buf[..end]) {
         after += memchr::memchr_iter(b'"', &buf[nl + 1..end]).count();
-        if (total - after) % 2 == 0 {
+        if (total - after).is_multiple_of(2) {
             return Some(nl + 1);
         }
         end = nl;

@@ -1017,7 +1017,7 @@ fn put_coord(buf: &mut Vec<u8>, e4: i32) {
     let mut frac = v % 10_000;
     if frac != 0 {
         let mut width = 4;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }

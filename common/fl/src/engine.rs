@@ -245,7 +245,7 @@ impl EngineConfig {
 
     /// Whether `round` is an evaluation round.
     pub(crate) fn is_eval_round(&self, round: u64) -> bool {
-        self.eval_every > 0 && (round % self.eval_every == 0 || round == self.rounds)
+        self.eval_every > 0 && (round.is_multiple_of(self.eval_every) || round == self.rounds)
     }
 }
 

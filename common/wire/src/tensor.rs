@@ -912,7 +912,7 @@ impl<'a> ModelDecoder<'a> {
             tensor: cur.name.clone(),
             reason,
         };
-        if len % size != 0 {
+        if !len.is_multiple_of(size) {
             return Err(tensor_err(format!(
                 "data frame of {len} bytes is not a whole number of {}-byte {} values",
                 size, cur.dtype

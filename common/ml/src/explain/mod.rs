@@ -88,7 +88,7 @@ impl Problem<'_> {
                 got: x.len(),
             });
         }
-        if self.background.is_empty() || self.background.len() % self.dim != 0 {
+        if self.background.is_empty() || !self.background.len().is_multiple_of(self.dim) {
             return Err(TrainError::Length {
                 what: "background values (a whole number of rows, at least one)",
                 expected: self.dim,

@@ -220,7 +220,7 @@ pub fn feature_groups(model: &dyn CrimeModel, ds: &Dataset) -> Vec<FeatureGroup>
             let col = inputs.feature_dim + s * inputs.step_dim + j;
             // Graph node features: counts per category, levels per
             // category, then a one-hot weekday (see `graph_dataset`).
-            let name = if graph && inputs.step_dim % areas == 0 {
+            let name = if graph && inputs.step_dim.is_multiple_of(areas) {
                 let f = j % (inputs.step_dim / areas);
                 if f < cats {
                     ago(k, unit)
@@ -561,7 +561,7 @@ pub fn explain_rows(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Explained, TrainError> {
     let dim = inputs.dim();
-    if dim == 0 || x.len() % dim != 0 {
+    if dim == 0 || !x.len().is_multiple_of(dim) {
         return Err(TrainError::Length {
             what: "explained rows (a whole number of input rows)",
             expected: dim,

@@ -424,7 +424,7 @@ impl ModelConfig {
         if self.seq_steps == 0 {
             return bad("seq_steps", "gat-tcn needs a sequence view".into());
         }
-        if self.seq_dim == 0 || self.seq_dim % self.areas != 0 {
+        if self.seq_dim == 0 || !self.seq_dim.is_multiple_of(self.areas) {
             return bad(
                 "seq_dim",
                 format!(
@@ -433,7 +433,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.output_dim % self.areas != 0 {
+        if !self.output_dim.is_multiple_of(self.areas) {
             return bad(
                 "output_dim",
                 format!(
@@ -452,7 +452,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.heads == 0 || self.hidden % self.heads != 0 {
+        if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return bad(
                 "heads",
                 format!("{} heads do not divide hidden {}", self.heads, self.hidden),

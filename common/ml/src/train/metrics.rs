@@ -136,7 +136,7 @@ impl CountMetrics {
                 got: predictions.len(),
             });
         }
-        if dim == 0 || targets.len() % dim != 0 {
+        if dim == 0 || !targets.len().is_multiple_of(dim) {
             return Err(TrainError::Length {
                 what: "count values (a multiple of the row width)",
                 expected: targets.len().div_ceil(dim.max(1)) * dim.max(1),
@@ -186,7 +186,7 @@ impl CountMetrics {
     /// not a multiple of `groups`.
     pub fn fold_columns(&self, groups: usize) -> Option<CountMetrics> {
         let wide = self.mae_per_category.len();
-        if groups == 0 || wide % groups != 0 {
+        if groups == 0 || !wide.is_multiple_of(groups) {
             return None;
         }
         let d = wide / groups;
