@@ -19,8 +19,13 @@
 #          bench_forward.json, serve-*.log, runs.tsv and table.md
 #
 # Environment: DURATION (wrk -d, default 10s), CONNS (default "1 8 64"),
-# FORWARD_N (--bench-forward N, default 2000), BIN (default target/release).
-# wrk runs on the same machine as the service and shares its cores.
+# FORWARD_N (--bench-forward N, default 2000), BIN (default target/release),
+# PIN (default 1 on 2+ cores): the service on core 0 with one tokio worker,
+# wrk on core 1 with one thread, so the two do not take CPU from each
+# other; PIN=0 lets both float over every core.
+#
+# Each connection count also measures GET /v2/health/live, which does no
+# work: the HTTP floor of this machine, to read the prediction rows against.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,6 +35,17 @@ OUT=${3:-runs/serve-latency}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-1 8 64}
 FORWARD_N=${FORWARD_N:-2000}
+if [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=0; fi
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || { echo "serve_latency: taskset missing (util-linux); PIN=0" >&2; PIN=0; }
+fi
+if [ "$PIN" = 1 ]; then
+  ON_SERVICE=(env TOKIO_WORKER_THREADS=1 taskset -c 0)
+  ON_WRK=(taskset -c 1)
+else
+  ON_SERVICE=()
+  ON_WRK=()
+fi
 # The service is told --threads 1; nothing else should change libtorch's threads.
 unset OMP_NUM_THREADS MKL_NUM_THREADS
 
@@ -90,7 +106,7 @@ start() {
   local name=$1; shift
   local log=$OUT/serve-$name.log
   rm -f "$WORK/incidents.store"
-  NO_COLOR=1 "$CLIENT" serve --model "$MODEL" --data "$DATA" --listen 127.0.0.1:0 \
+  NO_COLOR=1 "${ON_SERVICE[@]}" "$CLIENT" serve --model "$MODEL" --data "$DATA" --listen 127.0.0.1:0 \
     --store "$WORK/incidents.store" --threads 1 --log-level warn "$@" >"$log" 2>&1 &
   PID=$!
   PORT=
@@ -129,9 +145,10 @@ check() {
 bench() {
   local scenario=$1 c=$2 url=$3; shift 3
   local t=$(( c < 2 ? c : 2 ))   # wrk needs connections >= threads
+  [ "$PIN" = 1 ] && t=1            # one core for wrk
   local f=$OUT/wrk-$scenario-c$c.txt
-  echo "wrk -t$t -c$c -d$DURATION --latency $* $url" >"$f"
-  wrk -t"$t" -c"$c" -d"$DURATION" --latency "$@" "$url" >>"$f" 2>&1 \
+  echo "${ON_WRK[*]} wrk -t$t -c$c -d$DURATION --latency $* $url" >"$f"
+  "${ON_WRK[@]}" wrk -t"$t" -c"$c" -d"$DURATION" --latency "$@" "$url" >>"$f" 2>&1 \
     || { cat "$f" >&2; die "wrk failed ($f)"; }
   if grep -q "Non-2xx or 3xx responses" "$f"; then
     cat "$f" >&2
@@ -152,6 +169,7 @@ SINGLE="http://127.0.0.1:$PORT/predict/risk?area=7&at=next"
 BATCH="http://127.0.0.1:$PORT/v2/models/fedcrime/infer"
 check "GET /predict/risk" 1 "$SINGLE"
 check "POST infer {\"periods\": 6}" 126 -H 'Content-Type: application/json' -d '{"periods": 6}' "$BATCH"
+for c in $CONNS; do bench noop "$c" "http://127.0.0.1:$PORT/v2/health/live"; done
 for c in $CONNS; do bench single "$c" "$SINGLE"; done
 for c in $CONNS; do bench batch "$c" "$BATCH" -s "$WORK/batch.lua"; done
 stop
@@ -186,6 +204,7 @@ EOF
 )
 {
   echo "stall=$STALL"
+  echo "pin=$PIN"
   echo "machine=$(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
   echo "model=$MODEL"
   echo "data=$DATA"

@@ -13,6 +13,7 @@ from pathlib import Path
 UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 
 SCENARIOS = {
+    "noop": ("GET /v2/health/live (no work: the HTTP floor)", None),
     "single": ("(a) GET /predict/risk?area=7&at=next, cache on", "forward_1_row"),
     "batch": ("(b) POST infer {\"periods\": 6}: 21 areas x 6 periods, cache on",
               "forward_126_rows"),
@@ -73,11 +74,16 @@ def main():
 
     print(f"### Prediction service latency ({meta.get('date', '?')}, commit {meta.get('commit', '?')})")
     print()
-    print(f"Machine: {meta.get('machine', '?')} cores; **wrk runs on the same cores as "
-          f"the service** (wrk -t2, or -t1 at 1 connection), so at 8 and 64 connections "
-          f"it takes CPU from the service. Service: release build, `--threads 1` "
-          f"(one libtorch thread; tokio's workers = cores). Model `{meta.get('model', '?')}`, "
-          f"records `{meta.get('data', '?')}`; wrk -d{meta.get('duration', '?')} --latency.")
+    if meta.get("pin") == "1":
+        where = ("the service pinned to core 0 (one tokio worker, `--threads 1`), wrk to "
+                 "core 1 (`wrk -t1`)")
+    else:
+        where = ("**wrk runs on the same cores as the service** (wrk -t2, or -t1 at 1 "
+                 "connection), so at 8 and 64 connections it takes CPU from the service; "
+                 "service `--threads 1`, tokio's workers = cores")
+    print(f"Machine: {meta.get('machine', '?')} cores; {where}. Release build. Model "
+          f"`{meta.get('model', '?')}`, records `{meta.get('data', '?')}`; "
+          f"wrk -d{meta.get('duration', '?')} --latency.")
     if meta.get("stall"):
         print()
         print(f"Scheduling floor of the p99: a thread timing its own gaps while "
@@ -85,22 +91,27 @@ def main():
               f"{meta['stall']} (the service's, wrk's and the OS's threads compete "
               f"the same way at 8 and 64 connections).")
     print()
-    print("| scenario | connections | requests/s | p50 | p99 | p50 / forward | p99 / forward | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| scenario | connections | requests/s | p50 | p99 | p50 / forward | p99 / forward | p99 / no-op p99 | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    noop = {conns: parse_wrk(out / fname) for scenario, conns, fname in runs
+            if scenario == "noop"}
     failed = []
     for scenario, conns, fname in runs:
         w = parse_wrk(out / fname)
         label, ref_key = SCENARIOS.get(scenario, (scenario, "forward_1_row"))
-        r = ref[ref_key]
+        r = ref[ref_key] if ref_key else None
+        floor = noop.get(conns)
         errors = w["non2xx"] + w["socket_errors"]
         if w["non2xx"]:
             failed.append(f"{fname}: {w['non2xx']} non-2xx responses")
         err = "0" if not errors else (
             f"{w['non2xx']} non-2xx, {w['socket_errors']} socket"
             + (f" ({w['timeouts']} timeouts)" if w["timeouts"] else ""))
+        fwd50 = fmt_ratio(w['p50'] / r['p50_us']) if r else "-"
+        fwd99 = fmt_ratio(w['p99'] / r['p99_us']) if r else "-"
+        vs_noop = fmt_ratio(w['p99'] / floor['p99']) if floor and r else "-"
         print(f"| {label} | {conns} | {w['rps']:,.0f} | {fmt_us(w['p50'])} | "
-              f"{fmt_us(w['p99'])} | {fmt_ratio(w['p50'] / r['p50_us'])} | "
-              f"{fmt_ratio(w['p99'] / r['p99_us'])} | {err} |")
+              f"{fmt_us(w['p99'])} | {fwd50} | {fwd99} | {vs_noop} | {err} |")
     print()
     print(f"Reference, `fedcrime-client serve --bench-forward {meta.get('forward_n', '?')} "
           f"--threads 1` in the same run (in process, no HTTP); the ratios divide by the "

@@ -50,6 +50,66 @@ pub struct Service {
     pub name: String,
     /// Rows of one `POST /incidents` at most.
     pub max_rows: usize,
+    /// Reply bodies of `/predict/*` by (model serial, data generation,
+    /// step, area), when the live station caches: an unchanged question
+    /// gets the same bytes without building them again.
+    pub replies: std::sync::Mutex<std::collections::HashMap<ReplyKey, Bytes>>,
+}
+
+/// The key of a cached reply: the model's serial, the data generation and
+/// the question (endpoint, areas, steps).
+pub type ReplyKey = (u64, u64, String);
+
+/// Cached replies kept before the cache is emptied.
+const REPLY_CACHE: usize = 1024;
+
+impl Service {
+    /// A service over `live`.
+    pub fn new(live: Arc<LiveStation>, name: String, max_rows: usize) -> Self {
+        Service {
+            live,
+            name,
+            max_rows,
+            replies: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The reply body to `question` asked of `model`: from the cache when the
+/// station caches and nothing changed, else made by `make` (and kept if
+/// `model` is still the one served).
+fn cached_reply(
+    s: &Service,
+    model: &Arc<Served>,
+    question: String,
+    make: impl FnOnce() -> ApiResult<Value>,
+) -> ApiResult<Bytes> {
+    // The generation before the prediction: a reply cached under it was
+    // made from at least that generation's data.
+    let key = (model.serial(), s.live.generation(), question);
+    let caching = s.live.caching();
+    if caching {
+        let replies = s.replies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(body) = replies.get(&key) {
+            return Ok(body.clone());
+        }
+    }
+    let body =
+        Bytes::from(serde_json::to_vec(&make()?).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reply: {e}"))
+        })?);
+    if caching && s.live.model().is_ok_and(|m| Arc::ptr_eq(model, &m)) {
+        let mut replies = s.replies.lock().unwrap_or_else(|p| p.into_inner());
+        if replies.len() >= REPLY_CACHE {
+            replies.clear();
+        }
+        replies.insert(key, body.clone());
+    }
+    Ok(body)
 }
 
 /// An error reply: status and message.
@@ -301,7 +361,7 @@ fn answer_json(name: &str, answers: &[Answer]) -> Value {
     })
 }
 
-async fn predict_task(s: &Service, q: PredictQuery, task: Task) -> ApiResult<Json<Value>> {
+async fn predict_task(s: &Service, q: PredictQuery, task: Task) -> ApiResult<Response> {
     let model = s.live.model()?;
     if model.task() != task {
         return Err(ApiError::new(
@@ -317,21 +377,25 @@ async fn predict_task(s: &Service, q: PredictQuery, task: Task) -> ApiResult<Jso
     let step = s
         .live
         .step_at(q.at.as_deref().unwrap_or("next"), model.time_unit())?;
-    let answer = s.live.predict(area, step)?;
-    Ok(Json(answer_json(&s.name, &[answer])))
+    let question = format!("predict|{step}|{area:?}");
+    let body = cached_reply(s, &model, question, || {
+        let answer = s.live.predict(area, step)?;
+        Ok(answer_json(&s.name, &[answer]))
+    })?;
+    Ok(json_bytes(body))
 }
 
 async fn predict_risk(
     State(s): State<Arc<Service>>,
     q: Result<Query<PredictQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     predict_task(&s, q?.0, Task::Risk).await
 }
 
 async fn predict_counts(
     State(s): State<Arc<Service>>,
     q: Result<Query<PredictQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     predict_task(&s, q?.0, Task::Counts).await
 }
 
@@ -378,14 +442,14 @@ async fn infer(
     State(s): State<Arc<Service>>,
     Path(name): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     check_name(&s, &name)?;
     let Json(body) = body?;
     let model = s.live.model()?;
     if body.get("inputs").is_some() {
         let req: InferTensors = serde_json::from_value(body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("inputs: {e}")))?;
-        return infer_tensors(&s, &model, req);
+        return infer_tensors(&s, &model, req).map(IntoResponse::into_response);
     }
     let req: InferQuery = serde_json::from_value(body).map_err(|e| {
         ApiError::new(
@@ -454,26 +518,36 @@ async fn infer(
             format!("at most {MAX_PERIODS} times and 21 areas per request"),
         ));
     }
-    let mut answers = Vec::with_capacity(steps.len() * areas.len());
-    for &step in &steps {
-        for &a in &areas {
-            let mut answer = s.live.predict(a, step)?;
-            // One model for the whole reply, even across a swap.
-            if !Arc::ptr_eq(&answer.model, &model) {
-                answer = Answer {
-                    predictions: model_predictions(&s, &model, a, step)?,
-                    model: model.clone(),
-                    step,
-                };
+    let make = || -> ApiResult<Value> {
+        let mut answers = Vec::with_capacity(steps.len() * areas.len());
+        for &step in &steps {
+            for &a in &areas {
+                let mut answer = s.live.predict(a, step)?;
+                // One model for the whole reply, even across a swap.
+                if !Arc::ptr_eq(&answer.model, &model) {
+                    answer = Answer {
+                        predictions: model_predictions(&s, &model, a, step)?,
+                        model: model.clone(),
+                        step,
+                    };
+                }
+                answers.push(answer);
             }
-            answers.push(answer);
+        }
+        Ok(answer_json(&s.name, &answers))
+    };
+    match req.id {
+        // A reply naming its request is not shared.
+        Some(id) => {
+            let mut reply = make()?;
+            reply["id"] = Value::String(id);
+            Ok(Json(reply).into_response())
+        }
+        None => {
+            let question = format!("infer|{areas:?}|{steps:?}");
+            Ok(json_bytes(cached_reply(&s, &model, question, make)?))
         }
     }
-    let mut reply = answer_json(&s.name, &answers);
-    if let Some(id) = req.id {
-        reply["id"] = Value::String(id);
-    }
-    Ok(Json(reply))
 }
 
 /// Predictions of `model` itself (not the slot's current one).
@@ -667,11 +741,11 @@ pub async fn start(
         .local_addr()
         .map_err(|e| crate::ClientError::Serve(e.to_string()))?;
     let tls = listener.is_tls();
-    let service = Arc::new(Service {
-        live: live.clone(),
-        name: section.name.clone(),
-        max_rows: section.max_rows,
-    });
+    let service = Arc::new(Service::new(
+        live.clone(),
+        section.name.clone(),
+        section.max_rows,
+    ));
     let app = router(service, section.max_body_bytes);
     let task = tokio::spawn(listener.serve(app, shutdown));
     tracing::info!(

@@ -112,6 +112,9 @@ pub struct LiveStation {
     base_ids: HashSet<u64>,
     store: Mutex<IncidentStore>,
     history: RwLock<Arc<Vec<Incident>>>,
+    /// The latest incident's `day * 1440 + minute + 1` (0: none), so
+    /// "next" needs no scan of the history.
+    latest: AtomicU64,
     generation: AtomicU64,
     slot: ModelSlot,
     cache: Mutex<HashMap<CacheKey, Arc<Vec<Prediction>>>>,
@@ -145,9 +148,11 @@ impl LiveStation {
                 .filter(|i| !base_ids.contains(&i.dr_no))
                 .cloned(),
         );
+        let latest = history.iter().map(moment).max().unwrap_or(0);
         Ok((
             LiveStation {
                 areas,
+                latest: AtomicU64::new(latest),
                 base_ids,
                 store: Mutex::new(store),
                 history: RwLock::new(Arc::new(history)),
@@ -237,15 +242,19 @@ impl LiveStation {
     /// The step right after the latest incident of the history (the
     /// "next period") in `unit`.
     pub fn next_step(&self, unit: TimeUnit) -> Result<u32, LiveError> {
-        let history = self.history();
-        let last = history
-            .iter()
-            .map(|i| (i.date_occurred, i.minute_of_day))
-            .max()
-            .ok_or_else(|| invalid("at", "the station holds no incident yet"))?;
-        unit.step_of(i64::from(last.0), last.1)
+        let latest = self.latest.load(Ordering::Acquire);
+        if latest == 0 {
+            return Err(invalid("at", "the station holds no incident yet"));
+        }
+        let (day, minute) = ((latest - 1) / 1440, ((latest - 1) % 1440) as u16);
+        unit.step_of(day as i64, minute)
             .map(|t| t + 1)
             .ok_or_else(|| invalid("at", "the latest incident's date is out of range"))
+    }
+
+    /// Whether predictions are cached (`serve.cache`).
+    pub fn caching(&self) -> bool {
+        self.caching
     }
 
     /// The step named by `at`: `next` (or empty), a date `YYYY-MM-DD`, or a
@@ -412,10 +421,12 @@ impl LiveStation {
             self.generation()
         } else {
             let mut history = self.history.write().unwrap_or_else(|p| p.into_inner());
+            let latest = added.iter().map(moment).max().unwrap_or(0);
             let mut next = Vec::with_capacity(history.len() + added.len());
             next.extend_from_slice(&history);
             next.extend(added);
             *history = Arc::new(next);
+            self.latest.fetch_max(latest, Ordering::AcqRel);
             self.generation.fetch_add(1, Ordering::AcqRel) + 1
         };
         Ok(Ingested {
@@ -425,6 +436,11 @@ impl LiveStation {
             generation,
         })
     }
+}
+
+/// `day * 1440 + minute + 1` of an incident (dates before 1970 count as 0).
+fn moment(i: &Incident) -> u64 {
+    u64::try_from(i.date_occurred).map_or(0, |d| d * 1440 + u64::from(i.minute_of_day) + 1)
 }
 
 fn parse_minute(t: &str) -> Option<u16> {
