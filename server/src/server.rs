@@ -161,6 +161,9 @@ pub struct Server {
     metrics: MetricsWriter,
     progress: watch::Sender<Progress>,
     board: Option<Arc<Board>>,
+    /// The shared featurizer as JSON, saved with the models so a station
+    /// can serve them (`fedcrime-client serve --model`).
+    featurizer_json: Option<String>,
 }
 
 impl std::fmt::Debug for Server {
@@ -343,6 +346,10 @@ impl ServerBuilder {
             featurizer,
         };
         let ctx = Arc::new(session_ctx(&config, &setup, &spec)?);
+        let featurizer_json = setup
+            .featurizer
+            .as_ref()
+            .and_then(|f| serde_json::to_string(f).ok());
         // TLS material and the port first: a start that fails on them
         // writes no output file.
         let secret_path = config.output.dir.join(ENDPOINT_SECRET);
@@ -384,7 +391,12 @@ impl ServerBuilder {
                 run.source = "fedcrime-server".into();
                 run.model = model.kind.to_string();
                 run.strategy = engine.strategy_name().to_string();
-                run.rounds = Some(engine.config().rounds);
+                // With early stopping, `rounds` is only a cap.
+                run.rounds = engine
+                    .config()
+                    .early_stopping
+                    .is_none()
+                    .then(|| engine.config().rounds);
                 run.time_unit = Some(time_unit);
                 let board = Board::new(run);
                 board.load_history(engine.history());
@@ -402,6 +414,7 @@ impl ServerBuilder {
             metrics,
             progress,
             board,
+            featurizer_json,
         })
     }
 }
@@ -672,6 +685,7 @@ impl Server {
         }
         let mut driver = Driver {
             board: self.board.clone(),
+            featurizer_json: self.featurizer_json.clone(),
             engine: self.engine,
             ctx: self.ctx,
             persister,
@@ -1017,6 +1031,7 @@ fn bounded_metrics(metrics: FlMetrics) -> FlMetrics {
 
 struct Driver {
     board: Option<Arc<Board>>,
+    featurizer_json: Option<String>,
     engine: Engine,
     ctx: Arc<SessionCtx>,
     persister: Persister,
@@ -1300,7 +1315,7 @@ impl Driver {
     ) -> impl FnOnce() -> Result<()> + Send {
         let path = self.out_dir.join(file);
         let cfg = self.model.clone();
-        let meta = BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("round".to_string(), round.to_string()),
             ("run_id".to_string(), self.ctx.admission.run_id.clone()),
             ("selected".to_string(), selected.to_string()),
@@ -1309,6 +1324,9 @@ impl Driver {
                 self.engine.strategy_name().to_string(),
             ),
         ]);
+        if let Some(f) = &self.featurizer_json {
+            meta.insert("fedcrime.featurizer".to_string(), f.clone());
+        }
         move || -> Result<()> {
             let mut m = model::build(&cfg, tch::Device::Cpu)?;
             m.import_params(&global)?;

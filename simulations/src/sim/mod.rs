@@ -425,7 +425,8 @@ pub fn dashboard_run(cfg: &SimConfig, id: String) -> fedcrime_server::dashboard:
     run.source = "fedcrime-sim".into();
     run.model = cfg.model.kind.to_string();
     run.strategy = cfg.federation.strategy.name().to_string();
-    run.rounds = Some(cfg.max_rounds());
+    // Without a fixed count, validation decides when to stop.
+    run.rounds = cfg.federation.rounds;
     run.time_unit = Some(fedcrime_data::tasks::TimeUnit::of(
         cfg.data.task,
         cfg.data.period,

@@ -1249,6 +1249,58 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
     .unwrap();
     station.validate().unwrap();
     assert_eq!(station.data.area, Some(Areas::One(7)));
+    assert!(
+        station.serve.is_none(),
+        "the service is off unless configured"
+    );
+    // The commented [serve] and [dashboard] sections, switched on, parse
+    // into the typed sections (a line "# x" becomes "x"; prose stays).
+    let uncomment = |text: &str, from: &str| -> String {
+        let start = text.find(from).unwrap();
+        let (head, tail) = text.split_at(start);
+        let tail: Vec<String> = tail
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest.to_string(),
+                _ => l.to_string(),
+            })
+            .collect();
+        format!("{head}{}\n", tail.join("\n"))
+    };
+    let serving = StationConfig::from_toml(
+        &uncomment(
+            include_str!("../../../client/station.example.toml"),
+            "# [serve]",
+        ),
+        Path::new("station.toml"),
+    )
+    .unwrap();
+    serving.validate().unwrap();
+    let serve = serving.serve.unwrap();
+    assert_eq!(serve.listen.port(), 8080);
+    assert_eq!(
+        serve.tls.unwrap().client_ca.as_deref(),
+        Some(Path::new("pki/ca.pem"))
+    );
+    let dashboard = ServerConfig::from_toml(
+        &uncomment(
+            include_str!("../../../server/server.example.toml"),
+            "# [dashboard]",
+        ),
+        Path::new("server.toml"),
+    )
+    .unwrap();
+    let d = dashboard.dashboard.as_ref().unwrap();
+    assert_eq!(d.listen.port(), 8443);
+    assert_eq!(
+        d.token_file.as_deref(),
+        Some(Path::new("pki/dashboard.token"))
+    );
+    // The dashboard makes stations forecast their areas for the map.
+    assert_eq!(
+        dashboard.engine_config().evaluate_config["forecast"],
+        fedcrime_fl::ConfigValue::Bool(true)
+    );
 
     let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
     let server_err = |extra: &str| {

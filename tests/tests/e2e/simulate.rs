@@ -266,6 +266,13 @@ fn memory_and_quic_transports_give_identical_metrics() {
         .count();
     assert_eq!(certs, 3);
     assert!(q.join("server/metrics.jsonl").is_file());
+    // The server's model carries the run's featurizer: a station can serve it.
+    let served = fedcrime_station::predict::Served::load(
+        &q.join("server/model.safetensors"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(served.round, b.rounds.last().unwrap().0.round);
     for file in [
         "metrics.csv",
         "convergence.svg",
