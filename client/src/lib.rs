@@ -104,14 +104,25 @@ impl LearnerFactory for DataStation {
             "prepared the local data"
         );
         let mut station = Station::new(self.name.clone(), splits, model, self.device)?;
-        // The next period's rows, for the dashboard's map (rows models only).
-        if let Some(f) = setup
-            .featurizer
-            .as_ref()
-            .filter(|_| setup.model.kind != fedcrime_ml::model::ModelKind::GatTcn)
-        {
+        // The next period's rows, for the dashboard's map (rows models only),
+        // featurized as the station trains: with the run's featurizer, else
+        // with the one it fits on its own records.
+        // (Not for a study's partition part: its records are not its areas'.)
+        let whole_areas = !matches!(self.selection, Selection::Part { .. });
+        if whole_areas && setup.model.kind != fedcrime_ml::model::ModelKind::GatTcn {
+            let own;
+            let featurizer = match &setup.featurizer {
+                Some(f) => Some(f),
+                None => {
+                    own = fedcrime_data::build_task(&self.incidents, &setup.task)
+                        .ok()
+                        .map(|t| t.featurizer);
+                    own.as_ref()
+                }
+            };
             let areas = served_areas(&self.selection);
-            if let Some(rows) = fedcrime_station::forecast_rows(f, &self.incidents, areas.as_ref())
+            if let Some(rows) = featurizer
+                .and_then(|f| fedcrime_station::forecast_rows(f, &self.incidents, areas.as_ref()))
             {
                 station = station.with_forecast(Arc::new(rows))?;
             }

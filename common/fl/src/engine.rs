@@ -1130,7 +1130,16 @@ impl Engine {
                 (!own.is_empty()).then(|| (id.to_string(), own))
             })
             .collect();
-        let results: Vec<EvaluateRes> = eval.results.into_values().collect();
+        // Forecasts are per area: kept per station above, never averaged.
+        let results: Vec<EvaluateRes> = eval
+            .results
+            .into_values()
+            .map(|mut r| {
+                r.metrics
+                    .retain(|k, _| !k.starts_with(crate::metrics::FORECAST_REPORT_PREFIX));
+                r
+            })
+            .collect();
         self.current.eval_completed = results.len();
         if !results.is_empty() {
             let summary = self.strategy.aggregate_evaluate(self.round, &results);

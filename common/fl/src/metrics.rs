@@ -15,7 +15,10 @@ pub const STATION_REPORT_PREFIX: &str = "shap|";
 /// Every prefix of evaluation metrics kept per station: explanations
 /// (`shap|`) and forecasts of the next period (`next|`, for the dashboard's
 /// map).
-pub const STATION_REPORT_PREFIXES: [&str; 2] = [STATION_REPORT_PREFIX, "next|"];
+pub const STATION_REPORT_PREFIXES: [&str; 2] = [STATION_REPORT_PREFIX, FORECAST_REPORT_PREFIX];
+/// The prefix of a station's forecasts of its areas' next period: kept per
+/// station, left out of the averaged evaluation metrics.
+pub const FORECAST_REPORT_PREFIX: &str = "next|";
 
 /// The record of one round. Times are seconds from the `now` values the
 /// driver passed in, so a replay with the same times gives the same record.

@@ -80,7 +80,7 @@ pub const EXPLAIN_METHOD_KEY: &str = "explain_method";
 /// without forecast rows ([`Station::with_forecast`]) reports nothing.
 pub const FORECAST_KEY: &str = "forecast";
 /// The prefix of the forecast metrics.
-pub const FORECAST_PREFIX: &str = "next|";
+pub const FORECAST_PREFIX: &str = fedcrime_fl::metrics::FORECAST_REPORT_PREFIX;
 /// Background rows a station's explanation draws from its training split.
 const EXPLAIN_BACKGROUND: usize = 50;
 

@@ -30,9 +30,7 @@ use fedcrime_net::http::{HttpListener, HttpTls};
 use serde::Serialize;
 use tokio::sync::watch;
 
-/// The prefix of the forecast metrics stations report (kept in step with
-/// `fedcrime_station::FORECAST_PREFIX`).
-const FORECAST_PREFIX: &str = "next|";
+use fedcrime_station::FORECAST_PREFIX;
 
 /// Rounds kept for the page (older ones are dropped from the state; the
 /// metrics files keep every round).
