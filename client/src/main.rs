@@ -76,6 +76,13 @@ struct Cli {
     /// Which part of the partition: an index from 0 or a name [data.part].
     #[arg(long, value_name = "PART")]
     part: Option<String>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// Where it computes and how it logs: the same flags for both modes.
+#[derive(clap::Args, Debug)]
+struct RuntimeArgs {
     /// auto, cpu, cuda or cuda:N [device].
     #[arg(long)]
     device: Option<DeviceChoice>,
@@ -88,6 +95,24 @@ struct Cli {
     /// Log filter, e.g. info [log.level].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+}
+
+impl RuntimeArgs {
+    /// Sets the given flags over `cfg`.
+    fn apply(&self, cfg: &mut StationConfig) {
+        if let Some(d) = self.device {
+            cfg.device = d;
+        }
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        if let Some(f) = self.log_format {
+            cfg.log.format = f;
+        }
+        if let Some(l) = &self.log_level {
+            cfg.log.level = l.clone();
+        }
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -143,18 +168,8 @@ struct ServeArgs {
     /// predictions until the model or the data change [serve.cache].
     #[arg(long)]
     no_cache: bool,
-    /// auto, cpu, cuda or cuda:N [device].
-    #[arg(long)]
-    device: Option<DeviceChoice>,
-    /// CPU threads for libtorch, 0 for its default [threads].
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Log format: text or json [log.format].
-    #[arg(long)]
-    log_format: Option<LogFormat>,
-    /// Log filter, e.g. info [log.level].
-    #[arg(long, value_name = "FILTER")]
-    log_level: Option<String>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Do not serve: time the model's bare forward pass (one area, and 21
     /// areas x 6 periods) and featurization N times each, print JSON and
     /// exit (the reference of the latency benchmark).
@@ -213,18 +228,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<StationConfig> {
         [one] => cfg.data.area = Some(Areas::One(*one)),
         many => cfg.data.area = Some(Areas::Many(many.to_vec())),
     }
-    if let Some(d) = args.device {
-        cfg.device = d;
-    }
-    if let Some(t) = args.threads {
-        cfg.threads = t;
-    }
-    if let Some(f) = args.log_format {
-        cfg.log.format = f;
-    }
-    if let Some(l) = &args.log_level {
-        cfg.log.level = l.clone();
-    }
+    args.runtime.apply(&mut cfg);
     cfg.data.selection().context("checking the configuration")?;
     if let Some(s) = &cfg.serve {
         s.validate().context("checking the configuration")?;
@@ -346,10 +350,7 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
             Err(_) => fedcrime_station::data::PartRef::Name(part.clone()),
         });
     }
-    set!(cli.device, cfg.device);
-    set!(cli.threads, cfg.threads);
-    set!(cli.log_format, cfg.log.format);
-    set!(cli.log_level, cfg.log.level);
+    cli.runtime.apply(&mut cfg);
     cfg.validate().context("checking the configuration")?;
     Ok(cfg)
 }

@@ -868,24 +868,24 @@ pub struct Timing {
     pub mean_us: f64,
 }
 
-fn timing(mut f: impl FnMut(), n: usize) -> Timing {
+/// `n` timings of `f` after a warm-up; the first error stops it.
+fn timing<E>(mut f: impl FnMut() -> Result<(), E>, n: usize) -> Result<Timing, E> {
     for _ in 0..n.min(20) {
-        f();
+        f()?;
     }
-    let mut t: Vec<f64> = (0..n)
-        .map(|_| {
-            let s = std::time::Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
+    let mut t = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = std::time::Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e6);
+    }
     t.sort_by(f64::total_cmp);
     let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
-    Timing {
+    Ok(Timing {
         p50_us: at(0.5),
         p99_us: at(0.99),
         mean_us: t.iter().sum::<f64>() / t.len() as f64,
-    }
+    })
 }
 
 /// The reference of the service's latency benchmark: the bare forward pass
@@ -920,42 +920,17 @@ pub fn bench_forward(
     let dim = model.inputs().dim();
     let one = batch[..dim].to_vec();
     let mut out = BTreeMap::new();
-    let mut failed = None;
     out.insert(
         "forward_1_row".into(),
-        timing(
-            || {
-                if let Err(e) = model.infer(&one, 1) {
-                    failed = Some(e);
-                }
-            },
-            n,
-        ),
+        timing(|| model.infer(&one, 1).map(drop), n).map_err(err)?,
     );
     out.insert(
         "forward_126_rows".into(),
-        timing(
-            || {
-                if let Err(e) = model.infer(&batch, 126) {
-                    failed = Some(e);
-                }
-            },
-            n,
-        ),
+        timing(|| model.infer(&batch, 126).map(drop), n).map_err(err)?,
     );
     out.insert(
         "featurize_and_forward_21_areas".into(),
-        timing(
-            || {
-                if let Err(e) = model.predict(history, next) {
-                    failed = Some(e);
-                }
-            },
-            n,
-        ),
+        timing(|| model.predict(history, next).map(drop), n).map_err(err)?,
     );
-    match failed {
-        Some(e) => Err(err(e)),
-        None => Ok(out),
-    }
+    Ok(out)
 }
