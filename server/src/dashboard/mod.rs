@@ -707,7 +707,8 @@ mod tests {
         assert!(seen.has_changed().unwrap());
         seen.mark_unchanged();
         let s = board.state();
-        assert_eq!((s.phase, s.stations.len()), ("starting", 2));
+        assert_eq!((s.phase, s.stations.len()), ("waiting", 2));
+        assert_eq!(s.phase_detail.as_deref(), Some("2 station(s) connected"));
 
         board.observe_event(&Event::FitFailed {
             id: id("rampart"),

@@ -320,3 +320,84 @@ fn the_page_shows_a_live_simulation_in_a_real_browser() {
         .collect();
     assert!(errors.is_empty(), "console: {errors:?}");
 }
+
+#[test]
+fn https_with_client_certificates_lets_in_only_the_agencys_holders() {
+    // Over HTTPS with [dashboard.tls] client_ca, the certificate is the
+    // credential: no token needed, and a client without one is refused in
+    // the handshake. (The same listener serves a station's predictions.)
+    let Some(curl) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("curl"))
+            .find(|f| f.is_file())
+    }) else {
+        eprintln!("skipped: no curl on PATH");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    fedcrime_certs::Pki::generate(
+        &pki,
+        1,
+        &fedcrime_certs::PkiOptions::new(time::OffsetDateTime::now_utc(), 30),
+    )
+    .unwrap();
+    let rt = runtime();
+    let board = Arc::new(Board::new(sim::dashboard_run(&study(1), "tls".into())));
+    let mut section = DashboardSection::new(SocketAddr::from(([0, 0, 0, 0], 0)), None);
+    section.tls = Some(fedcrime_net::http::HttpTls {
+        cert: pki.join("server.pem"),
+        key: pki.join("server.key"),
+        client_ca: Some(pki.join("ca.pem")),
+    });
+    // Reachable from other machines, no token: allowed because of client_ca.
+    let addr = rt
+        .block_on(section.start(board, std::future::pending()))
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/api/state", addr.port());
+    let station = fedcrime_certs::station_name(1);
+    let run = |with_cert: bool| {
+        let mut c = std::process::Command::new(&curl);
+        c.args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(pki.join("ca.pem"));
+        if with_cert {
+            c.arg("--cert")
+                .arg(pki.join(format!("stations/{station}.pem")))
+                .arg("--key")
+                .arg(pki.join(format!("stations/{station}.key")));
+        }
+        let out = c.arg(&url).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ok = run(true);
+    assert!(ok.ends_with("\n200"), "{ok}");
+    assert!(ok.contains("\"run\""), "{ok}");
+    let refused = run(false);
+    assert!(
+        !refused.ends_with("200"),
+        "a client without a certificate got in: {refused}"
+    );
+
+    // Without a token or client certificates, only loopback is allowed.
+    let open = DashboardSection::new(SocketAddr::from(([0, 0, 0, 0], 8080)), None);
+    assert!(open
+        .token()
+        .unwrap_err()
+        .to_string()
+        .contains("reachable from other machines"));
+    let short = DashboardSection::new(SocketAddr::from(([127, 0, 0, 1], 8080)), Some("abc".into()));
+    assert!(short
+        .token()
+        .unwrap_err()
+        .to_string()
+        .contains("at least 16 characters"));
+}
