@@ -183,11 +183,29 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
     if let Some(s) = &service {
         client = client.with_model_sink(Arc::new(serve::SwapIn::new(s.live.clone(), device)));
     }
-    client
+    let report = client
         .run(async {
             fedcrime_cli::logging::shutdown_signal().await;
         })
-        .await
+        .await?;
+    // Predictions outlive the federation: the station keeps serving its
+    // last model until it is stopped (the service got the same signal).
+    if let Some(s) = service {
+        if report.outcome != ClientOutcome::Interrupted {
+            let version = s.live.model().map(|m| m.version.clone()).ok();
+            tracing::info!(
+                addr = %s.addr,
+                model = version.as_deref().unwrap_or("none"),
+                "the run is over; still serving predictions (Ctrl-C stops)"
+            );
+            match s.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the prediction service stopped"),
+                Err(e) => tracing::error!(error = %e, "the prediction service task failed"),
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// The areas a station serves predictions for: its area filter, else all.
