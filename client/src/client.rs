@@ -778,6 +778,27 @@ async fn write_loop(
     let _ = send.stopped().await;
 }
 
+/// Reads the model `header` announces: into `reuse`'s buffer when nothing
+/// else holds it any more (a 10M-parameter model is a 40 MB allocation,
+/// page-faulted anew each time), else into a new one.
+async fn read_model(
+    reader: &mut WireReader<quinn::RecvStream>,
+    header: &ModelHeader,
+    spec: &Arc<ParamSpec>,
+    reuse: Option<Arc<Params>>,
+) -> Result<Params, fedcrime_wire::WireError> {
+    let buffer = reuse
+        .and_then(|p| Arc::try_unwrap(p).ok())
+        .filter(|p| Arc::ptr_eq(p.spec(), spec));
+    match buffer {
+        Some(mut p) => {
+            reader.recv_params_into(header, &mut p).await?;
+            Ok(p)
+        }
+        None => reader.recv_params(header, Some(spec)).await,
+    }
+}
+
 async fn read_loop(
     mut reader: WireReader<quinn::RecvStream>,
     mut machine: ClientSession,
@@ -785,6 +806,8 @@ async fn read_loop(
     tx: mpsc::Sender<Incoming>,
 ) {
     let mut last_global: Option<Arc<Params>> = None;
+    // The last attached evaluation model: its buffer takes the next one.
+    let mut last_evaluated: Option<Arc<Params>> = None;
     let end = loop {
         let msg = match reader.recv_message().await {
             Ok(Some(m)) => m,
@@ -793,10 +816,11 @@ async fn read_loop(
         };
         let work = match machine.on_message(msg) {
             Ok(FromServer::RoundStart(rs)) => {
-                let global = match reader.recv_params(&rs.model, Some(&spec)).await {
-                    Ok(p) => Arc::new(p),
-                    Err(e) => break Incoming::End(format!("round {} model: {e}", rs.round)),
-                };
+                let global =
+                    match read_model(&mut reader, &rs.model, &spec, last_global.take()).await {
+                        Ok(p) => Arc::new(p),
+                        Err(e) => break Incoming::End(format!("round {} model: {e}", rs.round)),
+                    };
                 last_global = Some(global.clone());
                 Work::Fit {
                     round: rs.round,
@@ -807,15 +831,21 @@ async fn read_loop(
             }
             Ok(FromServer::EvaluateRequest(req)) => {
                 let global = match req.model {
-                    EvalModel::Attached(h) => match reader.recv_params(&h, Some(&spec)).await {
-                        Ok(p) => Some(Arc::new(p)),
-                        Err(e) => {
-                            break Incoming::End(format!(
-                                "round {} evaluation model: {e}",
-                                req.round
-                            ))
+                    EvalModel::Attached(h) => {
+                        match read_model(&mut reader, &h, &spec, last_evaluated.take()).await {
+                            Ok(p) => {
+                                let p = Arc::new(p);
+                                last_evaluated = Some(p.clone());
+                                Some(p)
+                            }
+                            Err(e) => {
+                                break Incoming::End(format!(
+                                    "round {} evaluation model: {e}",
+                                    req.round
+                                ))
+                            }
                         }
-                    },
+                    }
                     EvalModel::LastGlobal => last_global.clone(),
                 };
                 match (global, eval_config_from_wire(&req.config, req.round)) {
