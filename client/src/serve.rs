@@ -788,16 +788,47 @@ fn check_model(m: &Served, live: &LiveStation, next: Option<u32>) -> crate::Resu
 /// Swaps each global model of the federation into the service (after it
 /// was built and checked on its own thread; requests keep the old one
 /// meanwhile).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SwapIn {
     live: Arc<LiveStation>,
     device: tch::Device,
+    /// When the run shares no featurizer: the one fitted on the station's
+    /// records for a task, fitted once rather than every round.
+    own_featurizer:
+        Arc<std::sync::Mutex<Option<(fedcrime_data::TaskConfig, fedcrime_data::Featurizer)>>>,
 }
 
 impl SwapIn {
     /// Swaps into `live`, building models on `device`.
     pub fn new(live: Arc<LiveStation>, device: tch::Device) -> Self {
-        SwapIn { live, device }
+        SwapIn {
+            live,
+            device,
+            own_featurizer: Arc::default(),
+        }
+    }
+
+    /// The featurizer of `setup`: the run's, else the station's own.
+    fn featurizer(
+        &self,
+        setup: &fedcrime_station::protocol::RunSetup,
+    ) -> crate::Result<fedcrime_data::Featurizer> {
+        if let Some(f) = &setup.featurizer {
+            return Ok(f.clone());
+        }
+        let mut own = self
+            .own_featurizer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match own.as_ref() {
+            Some((task, f)) if *task == setup.task => Ok(f.clone()),
+            _ => {
+                // As the station's training fits it.
+                let f = fedcrime_data::build_task(&self.live.history(), &setup.task)?.featurizer;
+                *own = Some((setup.task, f.clone()));
+                Ok(f)
+            }
+        }
     }
 
     /// Builds and checks the served model of `params` (blocking).
@@ -812,12 +843,7 @@ impl SwapIn {
         model
             .import_params(params)
             .map_err(|e| crate::ClientError::Serve(e.to_string()))?;
-        let featurizer = match &setup.featurizer {
-            Some(f) => f.clone(),
-            // The run shares none: the station's own, as its training fits it.
-            None => fedcrime_data::build_task(&self.live.history(), &setup.task)?.featurizer,
-        };
-        let served = Served::new(model, featurizer, round)
+        let served = Served::new(model, self.featurizer(setup)?, round)
             .map_err(|e| crate::ClientError::Serve(e.to_string()))?;
         let next = self.live.next_step(served.time_unit()).ok();
         check_model(&served, &self.live, next)?;
@@ -838,10 +864,7 @@ impl crate::GlobalModelSink for SwapIn {
         if self.live.model().is_ok_and(|m| m.round >= round) {
             return;
         }
-        let me = SwapIn {
-            live: self.live.clone(),
-            device: self.device,
-        };
+        let me = self.clone();
         let setup = setup.clone();
         tokio::task::spawn_blocking(move || match me.build(&setup, round, &params) {
             Ok(served) => {

@@ -324,6 +324,10 @@ impl Board {
 
     /// Takes in an event the driver passes to the engine.
     pub fn observe_event(&self, event: &Event) {
+        // Bytes arrive with the round's record; no change to show before.
+        if matches!(event, Event::Traffic { .. }) {
+            return;
+        }
         self.update(|g| match event {
             Event::StationConnected { id } => {
                 let s = station(g, id.as_str());
