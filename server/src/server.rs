@@ -44,7 +44,7 @@ use crate::config::{EvalSplit, ServerConfig};
 use crate::dashboard::{Board, RunInfo};
 use crate::error::{Result, ServerError};
 use crate::metrics::{MetricsWriter, RoundRecord};
-use crate::session::{self, encode, FromSession, Outgoing, SessionCtx};
+use crate::session::{self, encode, FromSession, Outgoing, SessionCtx, UpdateBuffers};
 
 /// The run's model in the output folder: the best validation round's with
 /// early stopping, else the last round's.
@@ -606,7 +606,11 @@ fn check_output(config: &ServerConfig) -> Result<()> {
 
 /// What every station session needs: the Welcome's contents and the read
 /// and write limits (reads bounded by the global model's size).
-fn session_ctx(config: &ServerConfig, setup: &RunSetup, spec: &ParamSpec) -> Result<SessionCtx> {
+fn session_ctx(
+    config: &ServerConfig,
+    setup: &RunSetup,
+    spec: &Arc<ParamSpec>,
+) -> Result<SessionCtx> {
     let write_cfg = config.wire_config();
     let read_cfg = WireConfig {
         max_model_params: (spec.total() as u64).saturating_mul(2).saturating_add(1024),
@@ -630,6 +634,7 @@ fn session_ctx(config: &ServerConfig, setup: &RunSetup, spec: &ParamSpec) -> Res
         read_cfg,
         write_cfg,
         hello_timeout: config.transport.handshake_timeout(),
+        buffers: UpdateBuffers::new(spec.clone()),
     })
 }
 
@@ -745,6 +750,7 @@ impl Server {
                     () = sleep => {
                         let t = now();
                         cpu(|| driver.engine.handle_timeout(t));
+                        driver.reclaim_buffers();
                     }
                     _ = crl_check.tick(), if crl_watched => {
                         if listener.verifier().refresh() {
@@ -1112,6 +1118,14 @@ impl Driver {
         }
         let t = now();
         cpu(|| self.engine.handle(t, event));
+        self.reclaim_buffers();
+    }
+
+    /// Hands the update buffers the engine is done with to the sessions.
+    fn reclaim_buffers(&mut self) {
+        while let Some(spent) = self.engine.take_spent() {
+            self.ctx.buffers.give(spent);
+        }
     }
 
     fn publish(&self) {

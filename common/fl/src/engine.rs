@@ -42,7 +42,7 @@ use super::metrics::RoundMetrics;
 use super::stopping::{BestRound, EarlyStopping, Plateau, Verdict};
 use super::strategy::{
     kernels, weighted_metrics, Config, ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes,
-    Strategy, LOSS_KEY,
+    Metrics, Strategy, LOSS_KEY,
 };
 use super::validate::{check_round, FailureKind, Refusal, Validator};
 use super::StationId;
@@ -387,7 +387,17 @@ struct FitPhase {
     started: Instant,
     status: BTreeMap<StationId, Status>,
     validator: Validator,
+    /// Accepted updates, kept whole (strategies that need each one).
     results: BTreeMap<StationId, FitRes>,
+    /// Accepted updates already added to the engine's running sum (strategies
+    /// whose [`Strategy::mean_suffices`]): their example counts and metrics.
+    folded: BTreeMap<StationId, (u64, Metrics)>,
+}
+
+impl FitPhase {
+    fn accepted(&self) -> usize {
+        self.results.len() + self.folded.len()
+    }
 }
 
 struct EvalPhase {
@@ -430,7 +440,16 @@ pub struct Engine {
     best_global: Option<Arc<Params>>,
     /// Whether early stopping ended the run.
     stopped_early: bool,
+    /// The running example-weighted sum of the current attempt's updates
+    /// (strategies whose [`Strategy::mean_suffices`]).
+    sum: kernels::WeightedSum,
+    /// Update buffers the engine is done with, for the driver to read the
+    /// next updates into ([`Engine::take_spent`]).
+    spent: Vec<Params>,
 }
+
+/// Spent update buffers kept for the driver at most.
+const MAX_SPENT: usize = 4;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -469,6 +488,8 @@ impl Engine {
             plateau: None,
             best_global: None,
             stopped_early: false,
+            sum: kernels::WeightedSum::default(),
+            spent: Vec::new(),
         }
         .with_plateau())
     }
@@ -502,6 +523,8 @@ impl Engine {
             plateau: None,
             best_global: None,
             stopped_early: false,
+            sum: kernels::WeightedSum::default(),
+            spent: Vec::new(),
         }
         .with_plateau();
         tracing::info!(after_round = checkpoint.round, "resuming federated run");
@@ -619,6 +642,29 @@ impl Engine {
         matches!(self.phase, Phase::Finished)
     }
 
+    /// An update buffer the engine no longer needs (see
+    /// [`Strategy::mean_suffices`]): a driver may read the next update into
+    /// it instead of allocating one. Buffers come in the global model's layout.
+    pub fn take_spent(&mut self) -> Option<Params> {
+        self.spent.pop()
+    }
+
+    /// Keeps `params` for [`take_spent`](Self::take_spent) when it has the
+    /// global model's layout and there is room.
+    fn recycle(&mut self, params: Params) {
+        if self.spent.len() < MAX_SPENT && Arc::ptr_eq(params.spec(), self.global.spec()) {
+            self.spent.push(params);
+        }
+    }
+
+    /// A buffer in the global model's layout: a spent one, or a new one.
+    fn spare_buffer(&mut self) -> Params {
+        match self.spent.pop() {
+            Some(p) if p.spec().check_same(self.global.spec()).is_ok() => p,
+            _ => Params::zeros(self.global.spec().clone()),
+        }
+    }
+
     /// The next action for the driver, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -725,6 +771,27 @@ impl Engine {
             );
         }
         match f.validator.check(&id, round, &self.global, &update) {
+            Ok(()) if self.strategy.mean_suffices() => {
+                let FitRes {
+                    params,
+                    num_examples,
+                    metrics,
+                } = update;
+                match self.sum.add(params.data(), num_examples as f64) {
+                    Ok(()) => {
+                        f.status.insert(id.clone(), Status::Answered);
+                        f.folded.insert(id, (num_examples, metrics));
+                    }
+                    Err(e) => {
+                        // The validator checked the layout, so this is a bug of ours.
+                        tracing::error!(station = %id, round, "cannot add the update: {e}");
+                        f.status.insert(id.clone(), Status::Failed);
+                    }
+                }
+                if self.spent.len() < MAX_SPENT {
+                    self.spent.push(params);
+                }
+            }
             Ok(()) => {
                 f.status.insert(id.clone(), Status::Answered);
                 f.results.insert(id, update);
@@ -836,7 +903,7 @@ impl Engine {
                 }
                 Phase::Fit(f) => {
                     let pending = f.status.values().filter(|s| **s == Status::Pending).count();
-                    let unreachable = f.results.len() + pending < self.config.min_updates;
+                    let unreachable = f.accepted() + pending < self.config.min_updates;
                     if now >= f.deadline || pending == 0 || unreachable {
                         Step::CloseFit
                     } else {
@@ -942,7 +1009,9 @@ impl Engine {
             status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
             validator: Validator::new(self.round, self.config.max_update_norm),
             results: BTreeMap::new(),
+            folded: BTreeMap::new(),
         });
+        self.sum.clear();
     }
 
     fn close_fit(&mut self, now: Instant) {
@@ -974,11 +1043,12 @@ impl Engine {
                 .filter(|(_, s)| **s != Status::Answered)
                 .map(|(id, _)| id.clone()),
         );
-        let accepted = fit.results.len();
+        let accepted = fit.accepted();
         if accepted >= self.config.min_updates {
-            self.aggregate(fit.results, now);
+            self.aggregate(fit.results, fit.folded, now);
             return;
         }
+        self.sum.clear();
         let retries_used = self.current.attempts.saturating_sub(1);
         tracing::warn!(
             round = self.round,
@@ -1006,18 +1076,50 @@ impl Engine {
         }
     }
 
-    fn aggregate(&mut self, results: BTreeMap<StationId, FitRes>, now: Instant) {
-        let (stations, results): (Vec<StationId>, Vec<FitRes>) = results.into_iter().unzip();
-        self.current.completed = stations;
-        self.current.num_examples = results.iter().map(|r| r.num_examples).sum();
-        self.current.fit_metrics =
-            weighted_metrics(results.iter().map(|r| (r.num_examples, &r.metrics)));
-        self.current.train_loss = self.current.fit_metrics.get(LOSS_KEY).copied();
+    fn aggregate(
+        &mut self,
+        results: BTreeMap<StationId, FitRes>,
+        folded: BTreeMap<StationId, (u64, Metrics)>,
+        now: Instant,
+    ) {
         let t0 = self.stopwatch.as_mut().map(|clock| clock());
-        let outcome = self
-            .strategy
-            .aggregate_fit(self.round, &self.global, &results);
-        drop(results);
+        let results = if folded.is_empty() {
+            let (stations, results): (Vec<StationId>, Vec<FitRes>) = results.into_iter().unzip();
+            self.current.completed = stations;
+            self.current.num_examples = results.iter().map(|r| r.num_examples).sum();
+            self.current.fit_metrics =
+                weighted_metrics(results.iter().map(|r| (r.num_examples, &r.metrics)));
+            Ok(results)
+        } else {
+            self.current.num_examples = folded.values().map(|(n, _)| n).sum();
+            self.current.fit_metrics = weighted_metrics(folded.values().map(|(n, m)| (*n, m)));
+            self.current.completed = folded.into_keys().collect();
+            let mut mean = self.spare_buffer();
+            match self.sum.mean_into(mean.data_mut()) {
+                Ok(()) => Ok(vec![FitRes {
+                    params: mean,
+                    num_examples: self.current.num_examples,
+                    metrics: self.current.fit_metrics.clone(),
+                }]),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        self.sum.clear();
+        self.current.train_loss = self.current.fit_metrics.get(LOSS_KEY).copied();
+        let outcome = match &results {
+            Ok(results) => self
+                .strategy
+                .aggregate_fit(self.round, &self.global, results),
+            Err(message) => Err(FlError::Aggregation {
+                strategy: self.strategy.name().to_string(),
+                message: message.clone(),
+            }),
+        };
+        if let Ok(results) = results {
+            for r in results {
+                self.recycle(r.params);
+            }
+        }
         match outcome {
             Ok(aggregated) => {
                 self.current.aggregate_metrics = aggregated.metrics;
@@ -1586,6 +1688,64 @@ mod tests {
             Some((2.5f64 * 2.5 + 0.25).sqrt())
         );
         assert_eq!(h.summary.as_ref().unwrap().outcome, Outcome::Completed);
+    }
+
+    /// Issue 16: FedAvg-family strategies are summed as updates arrive; the
+    /// engine keeps no update and hands the buffers back for reuse, with the
+    /// same global model a strategy that keeps every update computes.
+    #[test]
+    fn streamed_fedavg_keeps_no_update_and_matches_the_kept_average() {
+        let cfg = EngineConfig {
+            rounds: 1,
+            min_stations: 3,
+            fraction_fit: 1.0,
+            ..config()
+        };
+        let run = |strategy: Box<dyn Strategy>| {
+            let mut h = Harness::new(cfg.clone(), strategy);
+            h.connect(0.0, &["a", "b", "c"]);
+            let g = h.engine.global().clone();
+            let mut spent = Vec::new();
+            for (i, (name, n)) in [("c", 7u64), ("a", 13), ("b", 1)].into_iter().enumerate() {
+                let values: Vec<f32> = (0..g.data().len())
+                    .map(|j| ((i * 31 + j * 7) % 11) as f32 * 0.37 - 1.1)
+                    .collect();
+                h.handle(
+                    1.0 + i as f64,
+                    Event::UpdateReceived {
+                        id: id(name),
+                        round: 1,
+                        update: FitRes {
+                            params: Params::new(g.spec().clone(), values).unwrap(),
+                            num_examples: n,
+                            metrics: Metrics::from([("loss".to_string(), i as f64)]),
+                        },
+                    },
+                );
+                let mut n = 0;
+                while let Some(p) = h.engine.take_spent() {
+                    assert!(Arc::ptr_eq(p.spec(), g.spec()));
+                    n += 1;
+                }
+                spent.push(n);
+            }
+            (h, spent)
+        };
+        // Each update's buffer comes back as soon as it is added.
+        let (streamed, spent) = run(Box::new(FedAvg::new()));
+        assert_eq!(spent[..2], [1, 1]);
+        assert!(spent[2] >= 1);
+        // A strategy that needs every update holds them until the round closes.
+        let (kept, kept_spent) = run(Box::new(crate::strategy::FedAvgSparse));
+        assert_eq!(kept_spent[..2], [0, 0]);
+        let (a, b) = (streamed.engine.global().data(), kept.engine.global().data());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{x} vs {y}");
+        }
+        let (ra, rb) = (&streamed.rounds[0], &kept.rounds[0]);
+        assert_eq!(ra.completed, rb.completed);
+        assert_eq!(ra.num_examples, 21);
+        assert_eq!(ra.train_loss, rb.train_loss);
     }
 
     #[test]

@@ -220,6 +220,23 @@ impl<R: AsyncRead + Unpin> WireReader<R> {
         Ok(params)
     }
 
+    /// Reads the model `header` announced into `buffer` (reused, so no
+    /// allocation when it is large enough), learning the layout from the
+    /// stream like [`recv_params`](Self::recv_params) with no expected
+    /// layout: a different layout is not an error here, it is what the
+    /// stream says. The result shares `like` when its layout is the same.
+    pub async fn recv_params_reusing(
+        &mut self,
+        header: &ModelHeader,
+        buffer: Vec<f32>,
+        like: &Arc<ParamSpec>,
+    ) -> Result<Params> {
+        let (params, read) =
+            tensor::read_params_reusing(&mut self.inner, *header, buffer, like, &self.cfg).await?;
+        self.bytes_read += read;
+        Ok(params)
+    }
+
     /// Reads the model `header` announced into `params` in place (the layout
     /// must match; no allocation).
     pub async fn recv_params_into(
@@ -340,7 +357,7 @@ mod tests {
     use crate::fuzzing::{decode_untrusted, FUZZ_CONFIG};
     use crate::message::*;
     use crate::tensor::Encoding;
-    use crate::testutil::{every_message, small_model};
+    use crate::testutil::{every_message, normal_params, small_model};
 
     fn cfg() -> WireConfig {
         WireConfig {
@@ -383,6 +400,36 @@ mod tests {
                 }
                 pos += used;
             }
+        }
+    }
+
+    /// Issue 16: an update read into a reused buffer lands in that buffer
+    /// (no new allocation), shares the expected layout when it is the same,
+    /// and is still read, with its own layout, when it is not.
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn updates_are_read_into_reused_buffers() {
+        let model = small_model(7, 0.1);
+        let other = normal_params(
+            Arc::new(ParamSpec::new([("w", vec![model.spec().total()])]).unwrap()),
+            3,
+            0.1,
+        );
+        for (sent, same) in [(&model, true), (&other, false)] {
+            let header = crate::ModelHeader::describe(sent, Encoding::F32).unwrap();
+            let mut bytes = Vec::new();
+            tensor::encode_params(sent, Encoding::F32, 64, &mut bytes).unwrap();
+            let mut reader = WireReader::new(&bytes[..], cfg());
+            let buffer = vec![9.0f32; model.spec().total()];
+            let ptr = buffer.as_ptr();
+            let got = reader
+                .recv_params_reusing(&header, buffer, model.spec())
+                .await
+                .unwrap();
+            assert_eq!(&got, sent);
+            assert_eq!(got.data().as_ptr(), ptr, "the buffer was reused");
+            assert_eq!(Arc::ptr_eq(got.spec(), model.spec()), same);
+            assert_eq!(reader.bytes_read(), bytes.len() as u64);
         }
     }
 

@@ -622,10 +622,12 @@ enum Target<'a> {
         spec: Arc<ParamSpec>,
         data: &'a mut [f32],
     },
-    /// Learn the layout from the stream.
+    /// Learn the layout from the stream; `like` is shared when the stream's
+    /// layout turns out to be the same.
     Free {
         entries: Vec<(String, Vec<usize>)>,
         data: Vec<f32>,
+        like: Option<Arc<ParamSpec>>,
     },
 }
 
@@ -791,6 +793,18 @@ impl<'a> ModelDecoder<'a> {
     /// its first global model). The announced size is checked against
     /// `limits` before the flat buffer is allocated.
     pub fn new(header: ModelHeader, limits: &WireConfig) -> Result<Self> {
+        Self::reusing(header, limits, Vec::new(), None)
+    }
+
+    /// Like [`new`](Self::new), but decoding into `buffer` (grown only when
+    /// it is too short, so a reused buffer costs no allocation and no page
+    /// faults), and sharing `like` when the stream's layout equals it.
+    pub fn reusing(
+        header: ModelHeader,
+        limits: &WireConfig,
+        mut buffer: Vec<f32>,
+        like: Option<Arc<ParamSpec>>,
+    ) -> Result<Self> {
         if header.elements > limits.max_model_params {
             return Err(WireError::TooLarge {
                 what: "announced model (values)".into(),
@@ -807,11 +821,15 @@ impl<'a> ModelDecoder<'a> {
         }
         let elements = usize::try_from(header.elements)
             .map_err(|_| WireError::Model(format!("{} values", header.elements)))?;
+        // Every value is written before `finish` accepts the model, so old
+        // contents need no clearing.
+        buffer.resize(elements, 0.0);
         Self::with_target(
             header,
             Target::Free {
                 entries: Vec::with_capacity(header.tensors as usize),
-                data: vec![0.0; elements],
+                data: buffer,
+                like,
             },
         )
     }
@@ -1048,7 +1066,22 @@ impl<'a> ModelDecoder<'a> {
         }
         match self.target {
             Target::Expected { .. } => Ok(None),
-            Target::Free { entries, data } => {
+            Target::Free {
+                entries,
+                data,
+                like,
+            } => {
+                if let Some(like) = like.filter(|l| {
+                    l.len() == entries.len()
+                        && l.entries()
+                            .iter()
+                            .zip(&entries)
+                            .all(|(e, (name, shape))| e.name == *name && e.shape == *shape)
+                }) {
+                    let params =
+                        Params::new(like, data).map_err(|e| WireError::Model(e.to_string()))?;
+                    return Ok(Some(params));
+                }
                 let mut seen = HashSet::with_capacity(entries.len());
                 if let Some((dup, _)) = entries.iter().find(|(n, _)| !seen.insert(n.as_str())) {
                     return Err(WireError::Tensor {
@@ -1186,6 +1219,25 @@ pub(crate) async fn read_params<R: AsyncRead + Unpin + ?Sized>(
             Ok((params, read))
         }
     }
+}
+
+#[cfg(feature = "tokio")]
+/// Reads a model announced by `header` from `r` into `buffer`, learning the
+/// layout from the stream and sharing `like` when it matches (see
+/// [`ModelDecoder::reusing`]). Returns the parameters and the bytes read.
+pub(crate) async fn read_params_reusing<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    header: ModelHeader,
+    buffer: Vec<f32>,
+    like: &Arc<ParamSpec>,
+    cfg: &WireConfig,
+) -> Result<(Params, u64)> {
+    let mut dec = ModelDecoder::reusing(header, cfg, buffer, Some(like.clone()))?;
+    let read = dec.read_from(r, cfg.max_frame_bytes).await?;
+    let params = dec
+        .finish()?
+        .ok_or_else(|| WireError::Model("decoder produced no parameters".into()))?;
+    Ok((params, read))
 }
 
 #[cfg(feature = "tokio")]

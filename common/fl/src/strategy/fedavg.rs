@@ -26,6 +26,10 @@ impl Strategy for FedAvg {
         "fedavg"
     }
 
+    fn mean_suffices(&self) -> bool {
+        true
+    }
+
     fn aggregate_fit(
         &mut self,
         _round: u64,
@@ -115,6 +119,10 @@ impl Strategy for FedProx {
         }
     }
 
+    fn mean_suffices(&self) -> bool {
+        true
+    }
+
     fn aggregate_fit(
         &mut self,
         round: u64,
@@ -164,6 +172,10 @@ impl FedAvgM {
 impl Strategy for FedAvgM {
     fn name(&self) -> &str {
         "fedavgm"
+    }
+
+    fn mean_suffices(&self) -> bool {
+        true
     }
 
     fn aggregate_fit(

@@ -109,6 +109,10 @@ impl Strategy for FedOpt {
         self.kind.strategy_name()
     }
 
+    fn mean_suffices(&self) -> bool {
+        true
+    }
+
     fn aggregate_fit(
         &mut self,
         _round: u64,

@@ -152,6 +152,88 @@ pub(crate) fn weighted_mean(
     Ok(())
 }
 
+/// A running example-weighted sum of updates, `Σ_k n_k x_k` in `f64`: the
+/// FedAvg family's aggregate built as updates arrive, so the server holds one
+/// `f64` buffer instead of every update until the round closes.
+#[derive(Debug, Default)]
+pub struct WeightedSum {
+    acc: Vec<f64>,
+    total: f64,
+    count: usize,
+}
+
+impl WeightedSum {
+    /// Adds `weight * x`; the first input fixes the length.
+    pub fn add(&mut self, x: &[f32], weight: f64) -> Result<(), KernelError> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(KernelError::Weights(format!(
+                "weight must be finite and non-negative, got {weight}"
+            )));
+        }
+        if self.count == 0 {
+            self.acc.clear();
+            self.acc.resize(x.len(), 0.0);
+        } else if x.len() != self.acc.len() {
+            return Err(KernelError::Length {
+                index: self.count,
+                got: x.len(),
+                expected: self.acc.len(),
+            });
+        }
+        self.acc
+            .par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(a, x)| {
+                for (a, &v) in a.iter_mut().zip(x) {
+                    *a += weight * f64::from(v);
+                }
+            });
+        self.total += weight;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Inputs added so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Forgets every input (keeps the buffer for the next round).
+    pub fn clear(&mut self) {
+        self.count = 0;
+        self.total = 0.0;
+    }
+
+    /// Writes `Σ_k w_k x_k / Σ_k w_k` into `out`.
+    pub fn mean_into(&self, out: &mut [f32]) -> Result<(), KernelError> {
+        if self.count == 0 {
+            return Err(KernelError::Empty);
+        }
+        if out.len() != self.acc.len() {
+            return Err(KernelError::Length {
+                index: 0,
+                got: self.acc.len(),
+                expected: out.len(),
+            });
+        }
+        if !(self.total.is_finite() && self.total > 0.0) {
+            return Err(KernelError::Weights(format!(
+                "weights sum to {}, not a positive number",
+                self.total
+            )));
+        }
+        let total = self.total;
+        out.par_chunks_mut(CHUNK)
+            .zip(self.acc.par_chunks(CHUNK))
+            .for_each(|(o, a)| {
+                for (o, &a) in o.iter_mut().zip(a) {
+                    *o = (a / total) as f32;
+                }
+            });
+        Ok(())
+    }
+}
+
 /// `out_j = Σ_k w_k x_kj / Σ_k w_k` over the inputs `k` whose value at `j`
 /// differs from `global_j`; `global_j` where none does. A coordinate only
 /// some stations can move (the weights of a one-hot input that is zero at

@@ -224,6 +224,16 @@ pub trait Strategy: Send {
         base.clone()
     }
 
+    /// Whether [`aggregate_fit`](Strategy::aggregate_fit) depends on the
+    /// updates only through their example-weighted mean (FedAvg, FedProx,
+    /// FedAvgM, FedOpt). The engine then sums updates as they arrive and calls
+    /// `aggregate_fit` once with a single result: that mean, the total
+    /// example count and the weighted metrics; it holds no update in the
+    /// meantime. Default: `false` (every update is kept until the round closes).
+    fn mean_suffices(&self) -> bool {
+        false
+    }
+
     /// Combines validated updates (at least one) into the next global model.
     fn aggregate_fit(
         &mut self,
@@ -346,6 +356,9 @@ where
     }
     fn configure_fit(&mut self, round: u64, base: &RoundSettings) -> RoundSettings {
         self.inner.configure_fit(round, base)
+    }
+    fn mean_suffices(&self) -> bool {
+        self.inner.mean_suffices()
     }
     fn aggregate_fit(
         &mut self,
