@@ -75,7 +75,10 @@ pub struct TransportSettings {
     /// Upper bound of MTU discovery (UDP payload bytes, at most 65527, and at
     /// most [`MAX_MTU_WITH_GSO`] with segmentation offload); 0 disables discovery.
     pub mtu_upper_bound: u16,
-    /// Largest UDP payload this endpoint accepts (1200 to 65527).
+    /// Largest UDP payload this endpoint accepts (1200 to 65527; at least
+    /// `mtu_upper_bound`). quinn sizes each endpoint's receive buffer as this
+    /// times 64 (GRO segments) times 32 (datagrams per call): the default
+    /// [`MAX_MTU_WITH_GSO`] gives 13 MiB, the protocol's 65527 128 MiB.
     pub max_udp_payload: u16,
     /// Use generic segmentation offload (batching packets per syscall) where available.
     pub segmentation_offload: bool,
@@ -104,7 +107,7 @@ impl Default for TransportSettings {
             max_concurrent_uni_streams: 32,
             initial_mtu: 1200,
             mtu_upper_bound: MAX_MTU_WITH_GSO,
-            max_udp_payload: 65_527,
+            max_udp_payload: MAX_MTU_WITH_GSO,
             segmentation_offload: true,
             initial_rtt_ms: 100,
             socket_buffer: 4 * MIB as usize,
@@ -184,6 +187,16 @@ impl TransportSettings {
                 format!(
                     "{} exceeds {MAX_MTU_WITH_GSO} with segmentation_offload on: send batches would \
                      pass the 64 KiB kernel limit and be dropped; lower it or turn segmentation_offload off",
+                    self.mtu_upper_bound.max(self.initial_mtu)
+                ),
+            );
+        }
+        if self.mtu_upper_bound.max(self.initial_mtu) > self.max_udp_payload {
+            return bad(
+                "max_udp_payload",
+                format!(
+                    "{} is below initial_mtu / mtu_upper_bound ({}): raise it with them",
+                    self.max_udp_payload,
                     self.mtu_upper_bound.max(self.initial_mtu)
                 ),
             );
@@ -275,7 +288,8 @@ mod tests {
     #[test]
     fn inconsistent_settings_are_named() {
         type Breaker = fn(&mut TransportSettings);
-        let cases: [(&str, Breaker); 7] = [
+        let cases: [(&str, Breaker); 8] = [
+            ("max_udp_payload", |s| s.max_udp_payload = 1500),
             ("keep_alive_ms", |s| s.keep_alive_ms = s.idle_timeout_ms),
             ("idle_timeout_ms", |s| s.idle_timeout_ms = 0),
             ("stream_receive_window", |s| {
@@ -300,6 +314,7 @@ mod tests {
     fn large_mtus_need_segmentation_offload_off() {
         let s = TransportSettings {
             mtu_upper_bound: 65_527,
+            max_udp_payload: 65_527,
             segmentation_offload: false,
             ..TransportSettings::default()
         };
