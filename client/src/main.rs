@@ -16,6 +16,8 @@ use fedcrime_client::{ClientOutcome, StationConfig};
 use fedcrime_ml::DeviceChoice;
 use fedcrime_net::pki_layout;
 
+fedcrime_cli::use_jemalloc!();
+
 /// A fedcrime precinct station: trains on its own crime records and sends
 /// only model updates to the agency's aggregation server.
 ///

@@ -18,6 +18,8 @@ use fedcrime_net::ServerTls;
 use fedcrime_server::config::{EvaluationSection, LogFormat};
 use fedcrime_server::ServerConfig;
 
+fedcrime_cli::use_jemalloc!();
+
 /// The fedcrime aggregation server: runs federated rounds over precinct
 /// stations connected with QUIC and mutual TLS, checkpointing after every round.
 ///

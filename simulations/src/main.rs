@@ -12,6 +12,8 @@ use fedcrime_cli::logging::{describe_error, init_tracing, LogFormat};
 
 mod cmd;
 
+fedcrime_cli::use_jemalloc!();
+
 /// Federated crime prediction across LAPD precincts: one-machine runs, data
 /// tools and baselines.
 #[derive(Debug, Parser)]
