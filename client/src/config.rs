@@ -53,6 +53,10 @@ pub struct StationConfig {
     /// The prediction service, served beside training when set.
     #[serde(default)]
     pub serve: Option<ServeSection>,
+    /// For benchmarks of the network path: answer each round with the model
+    /// received, without data or training (`fedcrime_station::Echo`).
+    #[serde(default)]
+    pub echo: bool,
 }
 
 /// `[serve]`: the station's prediction service (see `fedcrime_client::serve`).
@@ -343,6 +347,7 @@ impl StationConfig {
             transport: TransportSettings::default(),
             log: LogSection::default(),
             serve: None,
+            echo: false,
         }
     }
 
@@ -405,6 +410,12 @@ impl StationConfig {
     pub fn validate(&self) -> Result<()> {
         if self.server.trim().is_empty() {
             return Err(config_err("server", "is empty"));
+        }
+        if self.echo && self.serve.is_some() {
+            return Err(config_err(
+                "echo",
+                "an echoing station has no data to serve predictions from: drop [serve] or echo",
+            ));
         }
         if !self.server.contains(':') {
             return Err(config_err(

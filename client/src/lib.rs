@@ -145,10 +145,16 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
     let seed = config::jitter_seed(config.seed, &name);
     let selection = config.data.selection()?;
     let data = config.data.clone();
-    let incidents = tokio::task::spawn_blocking(move || data.load())
-        .await
-        .map_err(|e| ClientError::Handshake(format!("loading the data: {e}")))??;
-    tracing::info!(station = %name, incidents = incidents.len(), device = ?device, "records loaded");
+    let incidents = if config.echo {
+        tracing::info!(station = %name, "echo: answering each round with the model received");
+        Vec::new()
+    } else {
+        let incidents = tokio::task::spawn_blocking(move || data.load())
+            .await
+            .map_err(|e| ClientError::Handshake(format!("loading the data: {e}")))??;
+        tracing::info!(station = %name, incidents = incidents.len(), device = ?device, "records loaded");
+        incidents
+    };
     let service = match &config.serve {
         Some(section) => Some(
             serve::start(
@@ -164,7 +170,12 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         ),
         None => None,
     };
-    let factory = DataStation::new(name, incidents, selection, device);
+    let factory: Arc<dyn LearnerFactory> = if config.echo {
+        let echo: Arc<dyn Learner> = Arc::new(fedcrime_station::Echo);
+        Arc::new(move |_: &RunSetup| Ok(echo.clone()))
+    } else {
+        Arc::new(DataStation::new(name, incidents, selection, device))
+    };
     let connector = Connector::new(
         &tls,
         &config.transport,
@@ -179,7 +190,7 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         standby: std::time::Duration::from_millis(2 * config.transport.idle_timeout_ms),
         ..ClientOptions::default()
     };
-    let mut client = Client::new(connector, Arc::new(factory), options);
+    let mut client = Client::new(connector, factory, options);
     if let Some(s) = &service {
         client = client.with_model_sink(Arc::new(serve::SwapIn::new(s.live.clone(), device)));
     }

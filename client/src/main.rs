@@ -60,6 +60,10 @@ struct Cli {
     /// The records: a LAPD export, .csv or .csv.gz (default: synthetic data) [data.file].
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
+    /// Benchmark the network path: answer each round with the model received,
+    /// loading no data and training nothing [echo].
+    #[arg(long)]
+    echo: bool,
     /// Rows of synthetic data when no --data [data.synthetic_rows].
     #[arg(long)]
     synthetic_rows: Option<usize>,
@@ -332,6 +336,9 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
     set!(cli.key, cfg.tls.key);
     if let Some(d) = &cli.data {
         cfg.data.file = Some(d.clone());
+    }
+    if cli.echo {
+        cfg.echo = true;
     }
     set!(cli.synthetic_rows, cfg.data.synthetic_rows);
     set!(cli.synthetic_seed, cfg.data.synthetic_seed);

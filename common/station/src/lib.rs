@@ -216,6 +216,31 @@ pub trait Learner: Send + Sync {
     }
 }
 
+/// A station that does not train: each round it sends back the model it
+/// received (a copy: an update is a buffer of the station's own) with one
+/// example, and evaluates to a loss of 0. It measures what a round costs
+/// besides training: `fedcrime-client --echo`, `fedcrime-sim bench rounds`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Learner for Echo {
+    fn fit(&self, ins: &FitIns) -> Result<FitRes> {
+        Ok(FitRes {
+            params: (*ins.global).clone(),
+            num_examples: 1,
+            metrics: Metrics::from([(LOSS_KEY.to_string(), 0.0)]),
+        })
+    }
+
+    fn evaluate(&self, _: &EvaluateIns) -> Result<EvaluateRes> {
+        Ok(EvaluateRes {
+            loss: 0.0,
+            num_examples: 1,
+            metrics: Metrics::new(),
+        })
+    }
+}
+
 /// The architecture of `kind` for `task`, from the task's feature layout
 /// alone (no data needed): the flat feature width of the task's layout, the
 /// sequence view `lags x categories`, 5 risk classes or one count per

@@ -27,12 +27,9 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use fedcrime_data::{Task, TaskConfig};
-use fedcrime_fl::{
-    Engine, EngineConfig, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundMetrics,
-    StationId, StrategyConfig,
-};
+use fedcrime_fl::{Engine, EngineConfig, RoundMetrics, StationId, StrategyConfig};
 use fedcrime_ml::model::{build, ModelConfig, ModelKind};
-use fedcrime_station::Learner;
+use fedcrime_station::{Echo, Learner};
 
 use super::config::Transport;
 use super::memory::{MemoryFederation, RoundTiming};
@@ -96,28 +93,6 @@ pub struct BenchResult {
     pub overhead_vs_tcp: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: f64,
-}
-
-/// A station that does not train: it returns a copy of the model it got.
-#[derive(Debug)]
-pub struct NoTraining;
-
-impl Learner for NoTraining {
-    fn fit(&self, ins: &FitIns) -> fedcrime_station::Result<FitRes> {
-        Ok(FitRes {
-            params: (*ins.global).clone(),
-            num_examples: 1,
-            metrics: Metrics::from([("loss".to_string(), 0.0)]),
-        })
-    }
-
-    fn evaluate(&self, _: &EvaluateIns) -> fedcrime_station::Result<EvaluateRes> {
-        Ok(EvaluateRes {
-            loss: 0.0,
-            num_examples: 1,
-            metrics: Metrics::new(),
-        })
-    }
 }
 
 /// Parameters of a 3-layer `dnn` of width `h` for `cfg`'s input and output widths.
@@ -211,7 +186,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
     let width = format!("{}", spec.stations).len().max(2);
     let stations: Vec<(StationId, Arc<dyn Learner>)> = (1..=spec.stations)
         .map(|i| {
-            let l: Arc<dyn Learner> = Arc::new(NoTraining);
+            let l: Arc<dyn Learner> = Arc::new(Echo);
             Ok((StationId::new(format!("station-{i:0width$}"))?, l))
         })
         .collect::<Result<_>>()?;

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Issue 16: per-round overhead of a real deployment on one machine.
+
+Starts `fedcrime-server` and N `fedcrime-client --echo` processes as an agency
+and its precincts would (a PKI from `fedcrime-certs init`, mutual TLS over
+QUIC on 127.0.0.1), for a `dnn` of ~20k, ~1M and ~10M parameters. Stations
+do not train (`--echo`: each answers with the model it received), so a
+round's time is the framework's: encode, send, receive, validate, sum,
+checkpoint. Reports per round (median of rounds 2..R, from the server's
+metrics.jsonl): the round time, the overhead (round time minus the slowest
+station's reported work) and the peak of all processes' summed proportional
+set size (PSS, sampled every 0.2 s from /proc/PID/smaps_rollup), next to
+references measured in the same run by `fedcrime-sim bench rounds`: the
+in-process federation over QUIC and a plain TCP loopback copy of the same
+bytes.
+
+    cargo build --release -p fedcrime-server -p fedcrime-client -p fedcrime-sim
+    .ci/bench/deploy-rounds.sh [--stations 21] [--rounds 6] [--sizes 20k,1m,10m] [--json]
+
+With NETNS=1 in the environment the processes run in the network
+namespaces `.ci/bench/wan.sh` sets up (see there).
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("BIN_DIR", ROOT / "target" / "release"))
+# Flower 1.42 deployment (gRPC) on this machine, from the project brief.
+FLOWER_DEPLOY_S = "34-61"
+
+
+def sh(*args, **kw):
+    return subprocess.run([str(a) for a in args], check=True, text=True, capture_output=True, **kw)
+
+
+def hidden_for(params: str, reference: bool) -> dict:
+    """The reference in-process run at this size (also gives the width);
+    without `reference`, a short in-memory run only for the width."""
+    transport, rounds = ("quic", "4") if reference else ("memory", "2")
+    out = sh(BIN / "fedcrime-sim", "-q", "bench", "rounds", "--params", params,
+             "--transport", transport, "--rounds", rounds, "--json").stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def rate_bytes_s(rate: str) -> float:
+    """`100mbit`, `1gbit` as bytes per second."""
+    r = rate.lower()
+    for suffix, mult in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
+        if r.endswith(suffix):
+            return float(r[: -len(suffix)]) * mult / 8
+    raise SystemExit(f"rate {rate!r}: expected e.g. 100mbit or 1gbit")
+
+
+def bandwidth_bound(bytes_out: float, bytes_in: float, stations: int, station_rate: str, agency_rate: str) -> float:
+    """Seconds a round needs at least: the models down, then the updates up,
+    each through the slower of the agency's link (all stations' bytes) and a
+    station's link (its share)."""
+    a, s = rate_bytes_s(agency_rate), rate_bytes_s(station_rate)
+    down = max(bytes_out / a, bytes_out / stations / s)
+    up = max(bytes_in / a, bytes_in / stations / s)
+    return down + up
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def transport_toml() -> str:
+    cc = os.environ.get("CONGESTION")
+    return f"[transport]\ncongestion = \"{cc}\"\n" if cc else ""
+
+
+def server_toml(pki: Path, out: Path, hidden: int, stations: int, rounds: int, port: int, listen_host: str) -> str:
+    enc = os.environ.get("UPDATE_ENCODING", "f32")
+    return f"""
+listen = "{listen_host}:{port}"
+run_id = "deploy-bench"
+linger_s = 5
+[tls]
+ca = "{pki}/ca.pem"
+cert = "{pki}/server.pem"
+key = "{pki}/server.key"
+crl = "{pki}/crl.pem"
+[model]
+kind = "dnn"
+hidden = {hidden}
+layers = 3
+dropout = 0.0
+[federation]
+rounds = {rounds}
+min_stations = {stations}
+fraction_fit = 1.0
+min_fit = {stations}
+min_updates = {stations}
+eval_every = 0
+[wire]
+max_frame_bytes = 67108864
+update_encoding = "{enc}"
+[output]
+dir = "{out}"
+""" + transport_toml()
+
+
+def netns_prefix(name: str) -> list:
+    return ["ip", "netns", "exec", name] if os.environ.get("NETNS") == "1" else []
+
+
+def run_size(params: str, stations: int, rounds: int, workdir: Path, reference: bool) -> dict:
+    ref = hidden_for(params, reference)
+    hidden = ref["hidden"]
+    pki = workdir / f"pki-{params}"
+    sh(BIN / "fedcrime-certs", "init", "--out", pki, "--stations", stations, "--force")
+    out = workdir / f"out-{params}"
+    port = 47000 + (hash(params) % 1000)
+    server_host = os.environ.get("SERVER_HOST", "127.0.0.1")
+    listen_host = "0.0.0.0" if os.environ.get("NETNS") == "1" else "127.0.0.1"
+    cfg = workdir / f"server-{params}.toml"
+    cfg.write_text(server_toml(pki, out, hidden, stations, rounds, port, listen_host))
+    env = dict(os.environ, RUST_LOG="warn")
+    station_cfg = workdir / "station.toml"
+    station_cfg.write_text(f'server = "{server_host}:{port}"\n[tls]\nca = "{pki}/ca.pem"\ncert = "x"\nkey = "x"\n'
+                           + transport_toml())
+    procs = []
+    server = subprocess.Popen(netns_prefix("fc-agency") + [str(BIN / "fedcrime-server"), "--config", str(cfg)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / f"server-{params}.log", "w"))
+    procs.append(server)
+    time.sleep(1.0)
+    names = sorted(p.stem for p in (pki / "stations").glob("*.pem"))
+    for i, name in enumerate(names):
+        ns = f"fc-st{i % int(os.environ.get('NETNS_STATIONS', '1') or 1)}"
+        procs.append(subprocess.Popen(
+            netns_prefix(ns) + [str(BIN / "fedcrime-client"), "--config", str(station_cfg),
+                                "--pki", str(pki), "--station", name,
+                                "--server", f"{server_host}:{port}", "--server-name", "localhost", "--echo"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / f"client-{params}-{name}.log", "w")))
+    peak = 0
+    deadline = time.time() + 900
+    try:
+        while server.poll() is None and time.time() < deadline:
+            total = sum(pss_kib(p.pid) for p in procs if p.poll() is None)
+            peak = max(peak, total)
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if server.returncode != 0:
+        raise SystemExit(f"server failed ({server.returncode}); see {workdir}/server-{params}.log")
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    records = records[1:] or records  # the first round includes the stations joining
+    round_s = statistics.median(r["round_s"] for r in records)
+    overhead_s = statistics.median(r.get("overhead_s") or float("nan") for r in records)
+    bytes_out = statistics.median(r["bytes_out"] for r in records)
+    bytes_in = statistics.median(r["bytes_in"] for r in records)
+    out_row = {
+        "label": os.environ.get("LABEL", "quic"),
+        "congestion": os.environ.get("CONGESTION", "cubic"),
+        "update_encoding": os.environ.get("UPDATE_ENCODING", "f32"),
+        "bytes_out": bytes_out,
+        "bytes_in": bytes_in,
+    }
+    if not reference:
+        return dict(out_row, params=ref["params"], hidden=hidden, stations=stations, rounds=len(records),
+                    round_s=round_s, overhead_s=overhead_s, peak_pss_mib=peak / 1024)
+    return {
+        **out_row,
+        "params": ref["params"],
+        "hidden": hidden,
+        "stations": stations,
+        "rounds": len(records),
+        "round_s": round_s,
+        "overhead_s": overhead_s,
+        "peak_pss_mib": peak / 1024,
+        "bytes_per_round": ref["bytes_per_round"],
+        "inprocess_quic_round_s": ref["round_s"],
+        "tcp_s": ref["tcp_s"],
+        "memcpy_s": ref["memcpy_s"],
+        "overhead_vs_tcp": overhead_s / ref["tcp_s"],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stations", type=int, default=21)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--sizes", default="20k,1m,10m")
+    ap.add_argument("--json", action="store_true", help="one JSON object per size")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the in-process reference run (the WAN benchmark)")
+    ap.add_argument("--label", default=None, help="a label for the rows")
+    ap.add_argument("--bound", default=None, metavar="STATION_RATE,AGENCY_RATE",
+                    help="add the bandwidth bound of each round for these link rates, e.g. 100mbit,1gbit")
+    args = ap.parse_args()
+    if args.label:
+        os.environ["LABEL"] = args.label
+    for b in ("fedcrime-server", "fedcrime-client", "fedcrime-sim", "fedcrime-certs"):
+        if not (BIN / b).exists():
+            raise SystemExit(f"{BIN / b} is missing: cargo build --release -p fedcrime-server "
+                             "-p fedcrime-client -p fedcrime-sim -p fedcrime-certs")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fc-deploy-") as d:
+        for size in args.sizes.split(","):
+            r = run_size(size, args.stations, args.rounds, Path(d), not args.no_reference)
+            if args.bound:
+                station_rate, agency_rate = args.bound.split(",")
+                r["bound_s"] = bandwidth_bound(r["bytes_out"], r["bytes_in"], args.stations,
+                                               station_rate, agency_rate)
+                r["round_vs_bound"] = r["round_s"] / r["bound_s"]
+            rows.append(r)
+            if args.json:
+                print(json.dumps(r), flush=True)
+    if not args.json:
+        print("| params | stations | round s | overhead s | TCP copy s | overhead / TCP | in-process QUIC s | peak PSS, all processes | Flower deployment s |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in rows:
+            print(f"| {r['params']} | {r['stations']} | {r['round_s']:.3f} | {r['overhead_s']:.3f} | "
+                  f"{r['tcp_s']:.3f} | {r['overhead_vs_tcp']:.1f} | {r['inprocess_quic_round_s']:.3f} | "
+                  f"{r['peak_pss_mib']:.0f} MiB | {FLOWER_DEPLOY_S} |")
+
+
+if __name__ == "__main__":
+    main()
