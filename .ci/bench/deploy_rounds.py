@@ -70,6 +70,17 @@ def bandwidth_bound(bytes_out: float, bytes_in: float, stations: int, station_ra
     return down + up
 
 
+def pipelined_bound(bytes_out: float, bytes_in: float, stations: int, station_rate: str, agency_rate: str) -> float:
+    """The strict lower bound, with downloads and uploads overlapping as
+    well as they could: all models through the agency's link and then the
+    last station's update through its own link, or the first station's model
+    through its link and then every update through the agency's."""
+    a, s = rate_bytes_s(agency_rate), rate_bytes_s(station_rate)
+    one_down = bytes_out / stations / min(a, s)
+    one_up = bytes_in / stations / min(a, s)
+    return max(bytes_out / a + one_up, one_down + bytes_in / a)
+
+
 def pss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -227,6 +238,9 @@ def main():
                 r["bound_s"] = bandwidth_bound(r["bytes_out"], r["bytes_in"], args.stations,
                                                station_rate, agency_rate)
                 r["round_vs_bound"] = r["round_s"] / r["bound_s"]
+                r["strict_bound_s"] = pipelined_bound(r["bytes_out"], r["bytes_in"], args.stations,
+                                                      station_rate, agency_rate)
+                r["round_vs_strict_bound"] = r["round_s"] / r["strict_bound_s"]
             rows.append(r)
             if args.json:
                 print(json.dumps(r), flush=True)

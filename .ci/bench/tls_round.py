@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("BIN_DIR", ROOT / "target" / "release"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deploy_rounds import bandwidth_bound  # noqa: E402
+from deploy_rounds import bandwidth_bound, pipelined_bound  # noqa: E402
 
 PORT = 47444
 CHUNK = 1 << 20
@@ -125,6 +125,8 @@ def orchestrate(args):
         station_rate, agency_rate = args.bound.split(",")
         row["bound_s"] = bandwidth_bound(row["bytes_out"], row["bytes_in"], args.stations, station_rate, agency_rate)
         row["round_vs_bound"] = round_s / row["bound_s"]
+        row["strict_bound_s"] = pipelined_bound(row["bytes_out"], row["bytes_in"], args.stations, station_rate, agency_rate)
+        row["round_vs_strict_bound"] = round_s / row["strict_bound_s"]
     print(json.dumps(row), flush=True)
 
 

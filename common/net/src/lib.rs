@@ -39,7 +39,10 @@ mod transport;
 mod verifier;
 
 #[cfg(feature = "bench")]
-pub use bench::{bench_quic_vs_tcp, bench_quic_vs_tcp_async, BenchResult, TcpReference};
+pub use bench::{
+    bench_aead, bench_quic_vs_tcp, bench_quic_vs_tcp_async, AeadFigure, AeadFigures, BenchResult,
+    TcpReference,
+};
 pub use connector::{Backoff, Connector, ReconnectPolicy};
 pub use error::{NetError, RefusedBy, Result};
 pub use fedcrime_identity::{station_from_certificate, StationId, STATION_URI_PREFIX};

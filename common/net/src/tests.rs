@@ -691,6 +691,26 @@ fn bench_moves_the_bytes_intact() {
     assert!(r.quic_mb_s > 0.0 && r.tcp_mb_s > 0.0 && r.ratio > 0.0);
 }
 
+/// The AEAD reference seals and opens real packets of the three TLS 1.3
+/// ciphers, and its bound grows with the bytes and shrinks with the cores.
+#[cfg(feature = "bench")]
+#[test]
+fn aead_reference_measures_the_three_suites() {
+    let a = crate::bench_aead(100_000).unwrap();
+    let names: Vec<&str> = a.figures.iter().map(|f| f.aead).collect();
+    assert_eq!(names, ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]);
+    assert!(a.bytes >= 100_000 && a.bytes.is_multiple_of(a.packet));
+    assert!(a
+        .figures
+        .iter()
+        .all(|f| f.seal_mb_s > 0.0 && f.open_mb_s > 0.0));
+    let one = a.aes_128_gcm_bound_s(10_000_000, 1).unwrap();
+    let two = a.aes_128_gcm_bound_s(10_000_000, 2).unwrap();
+    let more = a.aes_128_gcm_bound_s(20_000_000, 1).unwrap();
+    assert!((one / two - 2.0).abs() < 1e-9 && (more / one - 2.0).abs() < 1e-9);
+    assert!(a.fastest().is_some());
+}
+
 /// The issue-4 benchmark: 40 MB over QUIC + mTLS vs plain TCP on loopback.
 /// Run in release:
 /// `cargo test --release -p fedcrime-net --features bench --lib tests::bench_40mb -- --ignored --nocapture`

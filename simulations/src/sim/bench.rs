@@ -91,6 +91,12 @@ pub struct BenchResult {
     pub overhead_vs_memcpy: f64,
     /// `overhead_s / tcp_s`.
     pub overhead_vs_tcp: f64,
+    /// Reference: sealing and opening `bytes_per_round` with AES-128-GCM (the
+    /// negotiated suite) spread over this machine's cores, seconds; the round's
+    /// cryptographic floor over QUIC.
+    pub aes_gcm_bound_s: f64,
+    /// `round_s / aes_gcm_bound_s`.
+    pub round_vs_aes_bound: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: f64,
 }
@@ -262,12 +268,20 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
         .map(|(m, _)| m.bytes_in + m.bytes_out)
         .sum::<u64>()
         / counted.len() as u64;
+    // Before the references, which allocate buffers of their own.
+    let peak_rss_mib = peak_rss_mib();
     let model_bytes = 4 * n_params;
     let copies = 2 * sampled;
     let memcpy_s = memcpy_seconds(model_bytes, copies, 5);
     let tcp_s = fedcrime_net::bench::tcp_seconds(model_bytes, copies, 3)
         .context("the plain TCP reference")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let aes_gcm_bound_s = fedcrime_net::bench_aead(model_bytes.clamp(1 << 20, 16 << 20))
+        .context("the AES-GCM reference")?
+        .aes_128_gcm_bound_s(bytes_per_round, cores)
+        .unwrap_or(f64::NAN);
     let overhead_s = median(&mut overhead);
+    let round_s = median(&mut round_s);
     Ok(BenchResult {
         transport: spec.transport.as_str(),
         params: n_params,
@@ -275,7 +289,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
         stations: spec.stations,
         sampled,
         rounds: counted.len(),
-        round_s: median(&mut round_s),
+        round_s,
         round_mean_s,
         slowest_fit_s: median(&mut slowest),
         overhead_s,
@@ -285,7 +299,9 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
         tcp_s,
         overhead_vs_memcpy: overhead_s / memcpy_s,
         overhead_vs_tcp: overhead_s / tcp_s,
-        peak_rss_mib: peak_rss_mib(),
+        aes_gcm_bound_s,
+        round_vs_aes_bound: round_s / aes_gcm_bound_s,
+        peak_rss_mib,
     })
 }
 
@@ -336,7 +352,7 @@ mod tests {
         // Down and up for 3 stations, 4 bytes a value plus headers.
         assert!(r.bytes_per_round > (6 * 4 * r.params) as u64, "{r:?}");
         assert!(r.round_s > 0.0 && r.overhead_s <= r.round_s);
-        assert!(r.memcpy_s > 0.0 && r.tcp_s > 0.0);
+        assert!(r.memcpy_s > 0.0 && r.tcp_s > 0.0 && r.aes_gcm_bound_s > 0.0);
         assert!(r.peak_rss_mib > 1.0);
     }
 }

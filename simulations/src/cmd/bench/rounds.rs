@@ -87,6 +87,12 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
         "  reference: memcpy of the round's model bytes {:.4} s ({:.1}x), TCP loopback {:.4} s ({:.1}x)",
         r.memcpy_s, r.overhead_vs_memcpy, r.tcp_s, r.overhead_vs_tcp
     );
+    if r.transport == "quic" {
+        println!(
+            "  cryptographic floor: AES-128-GCM sealing and opening the round's bytes on all cores {:.4} s (round {:.1}x)",
+            r.aes_gcm_bound_s, r.round_vs_aes_bound
+        );
+    }
     println!("  peak RSS {:.0} MiB", r.peak_rss_mib);
     Ok(())
 }
