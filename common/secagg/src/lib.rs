@@ -44,6 +44,7 @@
 //! mask generator, RFC 8439's block function) and `blahaj` (Shamir over
 //! GF(2^8)). This crate only composes them; known-answer tests pin each one.
 
+pub mod bench;
 mod crypto;
 mod graph;
 mod quant;

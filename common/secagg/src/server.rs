@@ -450,10 +450,13 @@ impl Aggregator {
                     needed: self.threshold,
                 });
             }
-            let seed = shamir::recover(t, shares).ok_or(SecAggError::BadRecovery {
-                slot,
-                what: "self-mask seed",
-            })?;
+            // Exactly `t` shares: interpolation costs O(t^2) per byte, and a
+            // corrupt share among them fails the commitment check below.
+            let seed =
+                shamir::recover(t, &shares[..self.threshold]).ok_or(SecAggError::BadRecovery {
+                    slot,
+                    what: "self-mask seed",
+                })?;
             if seed_commitment(&seed, self.setup.round, slot) != self.commitments[&slot] {
                 return Err(SecAggError::BadRecovery {
                     slot,
@@ -476,10 +479,11 @@ impl Aggregator {
                     needed: self.threshold,
                 });
             }
-            let key = shamir::recover(t, shares).ok_or(SecAggError::BadRecovery {
-                slot,
-                what: "mask key",
-            })?;
+            let key =
+                shamir::recover(t, &shares[..self.threshold]).ok_or(SecAggError::BadRecovery {
+                    slot,
+                    what: "mask key",
+                })?;
             let secret = secret_from(*key);
             if public_of(&secret) != self.adverts[&slot].mask_pk {
                 return Err(SecAggError::BadRecovery {

@@ -604,3 +604,16 @@ fn malformed_messages_are_refused_by_the_server() {
         Err(SecAggError::Update(_))
     ));
 }
+
+#[test]
+fn the_benchmark_measures_a_whole_round_and_its_bytes() {
+    let r = bench::bench_round(12, 2_000, &SecAggConfig::default(), 0.25).unwrap();
+    assert_eq!((r.neighbours, r.threshold, r.dropped), (11, 7, 3));
+    assert!(r.round_s > 0.0 && r.server_s > 0.0 && r.plain_server_s > 0.0);
+    // Up: the masked update (4 bytes per element and the weight) plus keys,
+    // 11 sealed shares and the unmask answer.
+    assert!(r.station_up_bytes > 4 * 2_001 && r.station_up_bytes < 4 * 2_001 + 4_000);
+    assert!(r.upload_expansion > 1.0 && r.upload_expansion < 1.5);
+    assert!(r.max_error < 1e-3, "{}", r.max_error);
+    assert!(bench::format_table(&[r]).lines().count() == 3);
+}

@@ -47,6 +47,94 @@ pub struct AggregationBenchArgs {
     pub json: bool,
 }
 
+/// `fedcrime-sim bench secagg`.
+#[derive(Args, Debug, Clone)]
+pub struct SecAggBenchArgs {
+    /// Stations per round, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [21u32, 100, 1000])]
+    pub stations: Vec<u32>,
+    /// Update sizes in parameters, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [20_000usize, 1_000_000])]
+    pub params: Vec<usize>,
+    /// Fraction of stations that drop after sharing keys (their masks are
+    /// rebuilt from their neighbours' shares).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop: f64,
+    /// Skip combinations with more than this many stations x parameters
+    /// (1,000 stations at 1M parameters expand 4 × 10^11 mask bytes: minutes).
+    #[arg(long, default_value_t = 200_000_000)]
+    pub max_work: usize,
+    /// The protocol's settings, as in the server's `[secure_aggregation]`.
+    #[command(flatten)]
+    pub config: SecAggSettingsArgs,
+    /// Print JSON lines instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Secure-aggregation settings on the command line.
+#[derive(Args, Debug, Clone)]
+pub struct SecAggSettingsArgs {
+    /// Fraction of each station's neighbours that may drop, in [0, 0.5).
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    pub dropout_tolerance: f64,
+    /// Weighted update deltas are clipped to ±this before quantization.
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_range: f32,
+    /// Bits per quantized element (1 to 24).
+    #[arg(long, default_value_t = 16)]
+    pub quantization_bits: u32,
+    /// Neighbours per station (0: complete graph up to 100 stations, else
+    /// 2·ceil(5·log2 n)).
+    #[arg(long, default_value_t = 0)]
+    pub neighbours: usize,
+}
+
+impl SecAggSettingsArgs {
+    /// The settings, checked.
+    pub fn config(&self) -> Result<fedcrime_secagg::SecAggConfig> {
+        let c = fedcrime_secagg::SecAggConfig {
+            dropout_tolerance: self.dropout_tolerance,
+            clip_range: self.clip_range,
+            quantization_bits: self.quantization_bits,
+            neighbours: self.neighbours,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Secure aggregation rounds vs the plaintext average of the same updates.
+pub fn secagg(args: &SecAggBenchArgs) -> Result<()> {
+    use fedcrime_secagg::bench;
+    let config = args.config.config()?;
+    let mut rows = Vec::new();
+    for &params in &args.params {
+        for &stations in &args.stations {
+            if stations as usize * params > args.max_work {
+                eprintln!(
+                    "bench secagg: skipping {stations} stations at {params} parameters \
+                     (more than --max-work {})",
+                    args.max_work
+                );
+                continue;
+            }
+            let r =
+                bench::bench_round(stations, params, &config, args.drop).with_context(|| {
+                    format!("secure aggregation of {stations} stations at {params} parameters")
+                })?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            rows.push(r);
+        }
+    }
+    if !args.json {
+        print!("{}", bench::format_table(&rows));
+    }
+    Ok(())
+}
+
 /// Encode + decode of a model vs memcpy of its bytes.
 pub fn wire(args: &WireBenchArgs) -> Result<()> {
     let result = wire::bench::bench_codec(args.params).context("wire codec benchmark")?;
@@ -72,10 +160,13 @@ pub fn transport(args: &TransportBenchArgs) -> Result<()> {
         args.rounds,
     )
     .context("QUIC vs TCP benchmark")?;
+    let aead = net::bench_aead(args.bytes).context("AEAD benchmark")?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
+        println!("{}", serde_json::to_string(&aead)?);
     } else {
         println!("{result}");
+        println!("{aead}");
     }
     Ok(())
 }

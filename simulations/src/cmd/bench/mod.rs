@@ -28,6 +28,10 @@ pub enum Bench {
     /// Aggregating 21 updates (FedAvg, FedMedian, Krum) at 1M and 10M
     /// parameters against a memcpy of the same bytes.
     Aggregation(micro::AggregationBenchArgs),
+    /// Secure aggregation (SecAgg+) rounds at several sizes: each side's
+    /// compute and each station's bytes, against the plaintext weighted
+    /// average of the same updates.
+    Secagg(micro::SecAggBenchArgs),
 }
 
 /// Runs one benchmark.
@@ -39,5 +43,6 @@ pub fn run(bench: &Bench, global: &crate::GlobalOpts) -> anyhow::Result<()> {
         Bench::Wire(args) => micro::wire(args),
         Bench::Transport(args) => micro::transport(args),
         Bench::Aggregation(args) => micro::aggregation(args),
+        Bench::Secagg(args) => micro::secagg(args),
     }
 }
