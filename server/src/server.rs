@@ -1228,6 +1228,11 @@ impl Driver {
                         bytes_out: sent,
                     });
                 }
+                Action::SendSecAgg { station, .. } => {
+                    // ServerConfig::validate refuses secure aggregation until
+                    // the wire protocol carries it.
+                    tracing::error!(%station, "secure aggregation is not available over QUIC yet");
+                }
                 Action::RoundFinished(m) => {
                     let max_train = m
                         .completed

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::error::{FlError, Result};
 use super::metrics::RoundMetrics;
+use super::secure::{self, Closed, SecAggConfig, SecAggDown, SecAggUp, SecureFit};
 use super::stopping::{BestRound, EarlyStopping, Plateau, Verdict};
 use super::strategy::{
     kernels, weighted_metrics, Config, ConfigValue, EvaluateIns, EvaluateRes, FitIns, FitRes,
@@ -133,6 +134,14 @@ pub struct EngineConfig {
     /// round's model (default: off, every round runs); see [`crate::stopping`].
     /// `rounds` is then the cap.
     pub early_stopping: Option<EarlyStopping>,
+    /// Secure aggregation (SecAgg+): the server learns only the sum of each
+    /// round's updates. `secure_aggregation = true` for the defaults, or a
+    /// table with `dropout_tolerance`, `clip_range`, `quantization_bits` and
+    /// `neighbours` (default: off). Needs a strategy that aggregates the
+    /// mean update (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad),
+    /// no `max_update_norm`, and at least 3 stations per round.
+    #[serde(with = "secure::switch", skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecAggConfig>,
 }
 
 impl Default for EngineConfig {
@@ -155,6 +164,7 @@ impl Default for EngineConfig {
             train: RoundSettings::default(),
             evaluate_config: Config::new(),
             early_stopping: None,
+            secure_aggregation: None,
         }
     }
 }
@@ -240,6 +250,30 @@ impl EngineConfig {
                 );
             }
         }
+        if let Some(secagg) = &self.secure_aggregation {
+            if let Err(e) = secagg.validate() {
+                return bad("secure_aggregation", e.to_string());
+            }
+            if self.max_update_norm.is_some() {
+                return bad(
+                    "max_update_norm",
+                    "cannot be checked with secure_aggregation: the server never sees a \
+                     single update (bound the update's norm at the station instead)"
+                        .into(),
+                );
+            }
+            if self.min_fit < 3 || self.min_updates < 3 {
+                return bad(
+                    "min_fit",
+                    format!(
+                        "secure_aggregation needs at least 3 stations per round (with 2, each \
+                         learns the other's update from the sum): min_fit and min_updates must \
+                         be >= 3, got {} and {}",
+                        self.min_fit, self.min_updates
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -300,6 +334,15 @@ pub enum Event {
         round: u64,
         /// Its explanation, for the log.
         message: String,
+    },
+    /// A station's secure-aggregation message.
+    SecAggReceived {
+        /// The station.
+        id: StationId,
+        /// The round the station says it answers.
+        round: u64,
+        /// The message.
+        msg: SecAggUp,
     },
     /// Bytes moved on the wire, added to the current round's metrics.
     Traffic {
@@ -366,6 +409,16 @@ pub enum Action {
         /// The model and settings.
         ins: EvaluateIns,
     },
+    /// Send a station a secure-aggregation message of the current round
+    /// (after its `SendFit`).
+    SendSecAgg {
+        /// The station.
+        station: StationId,
+        /// The round.
+        round: u64,
+        /// The message.
+        msg: SecAggDown,
+    },
     /// A round completed (write its metrics).
     RoundFinished(Box<RoundMetrics>),
     /// Persist this state (e.g. [`CheckpointStore::save`]); a resume
@@ -392,6 +445,8 @@ struct FitPhase {
     /// Accepted updates already added to the engine's running sum (strategies
     /// whose [`Strategy::mean_suffices`]): their example counts and metrics.
     folded: BTreeMap<StationId, (u64, Metrics)>,
+    /// The secure-aggregation protocol of this attempt, when configured.
+    secure: Option<Box<SecureFit>>,
 }
 
 impl FitPhase {
@@ -446,7 +501,13 @@ pub struct Engine {
     /// Update buffers the engine is done with, for the driver to read the
     /// next updates into ([`Engine::take_spent`]).
     spent: Vec<Params>,
+    /// Secure aggregation: examples that count as weight 1, the most any
+    /// station reported so far.
+    weight_scale: f64,
 }
+
+/// Secure aggregation's weight scale before any station reported.
+const INITIAL_WEIGHT_SCALE: f64 = 1000.0;
 
 /// Spent update buffers kept for the driver at most.
 const MAX_SPENT: usize = 4;
@@ -471,7 +532,7 @@ impl Engine {
         now: Instant,
     ) -> Result<Self> {
         config.validate()?;
-        Ok(Engine {
+        Engine {
             config,
             strategy,
             global: Arc::new(initial),
@@ -490,8 +551,10 @@ impl Engine {
             stopped_early: false,
             sum: kernels::WeightedSum::default(),
             spent: Vec::new(),
+            weight_scale: INITIAL_WEIGHT_SCALE,
         }
-        .with_plateau())
+        .with_plateau()
+        .checked_for_secagg()
     }
 
     /// Continues a run after the checkpoint's round: its global model,
@@ -525,8 +588,10 @@ impl Engine {
             stopped_early: false,
             sum: kernels::WeightedSum::default(),
             spent: Vec::new(),
+            weight_scale: INITIAL_WEIGHT_SCALE,
         }
-        .with_plateau();
+        .with_plateau()
+        .checked_for_secagg()?;
         tracing::info!(after_round = checkpoint.round, "resuming federated run");
         // The best round's model is known when it is the checkpoint's; else
         // the driver hands it back ([`Engine::restore_best`]).
@@ -657,6 +722,22 @@ impl Engine {
         }
     }
 
+    /// Refuses secure aggregation with a strategy that needs each update.
+    fn checked_for_secagg(self) -> Result<Self> {
+        if self.config.secure_aggregation.is_some() && !self.strategy.mean_suffices() {
+            return Err(FlError::config(
+                "secure_aggregation",
+                format!(
+                    "strategy {} needs every station's update, but with secure aggregation \
+                     the server learns only their sum: use fedavg, fedprox, fedavgm, fedadam, \
+                     fedyogi or fedadagrad, or turn secure_aggregation off",
+                    self.strategy.name()
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
     /// A buffer in the global model's layout: a spent one, or a new one.
     fn spare_buffer(&mut self) -> Params {
         match self.spent.pop() {
@@ -675,7 +756,11 @@ impl Engine {
         match &self.phase {
             Phase::Waiting { since } => self.config.station_wait_timeout.map(|t| later(*since, t)),
             Phase::Backoff { until } => Some(*until),
-            Phase::Fit(f) => Some(f.deadline),
+            Phase::Fit(f) => Some(
+                f.secure
+                    .as_ref()
+                    .map_or(f.deadline, |s| s.deadline(f.deadline)),
+            ),
             Phase::Evaluate(e) => Some(e.deadline),
             Phase::Finished => None,
         }
@@ -699,6 +784,7 @@ impl Engine {
             }
             Event::StationDisconnected { id } => self.on_disconnect(id),
             Event::UpdateReceived { id, round, update } => self.on_update(id, round, update),
+            Event::SecAggReceived { id, round, msg } => self.on_secagg(id, round, msg),
             Event::FitFailed { id, round, message } => self.on_fit_failed(id, round, &message),
             Event::EvaluationReceived { id, round, result } => {
                 self.on_evaluation(id, round, result)
@@ -724,6 +810,9 @@ impl Engine {
         tracing::debug!(station = %id, "station disconnected");
         match &mut self.phase {
             Phase::Fit(f) => {
+                if let Some(secure) = &mut f.secure {
+                    secure.fail(&id);
+                }
                 if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
                     *s = Status::Failed;
                     self.current.count_failure(FailureKind::Disconnected);
@@ -760,6 +849,17 @@ impl Engine {
                 },
             );
         };
+        if f.secure.is_some() {
+            tracing::warn!(station = %id, round, "plaintext update refused: this federation uses secure aggregation");
+            if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
+                *s = Status::Failed;
+            }
+            if let Some(secure) = &mut f.secure {
+                secure.fail(&id);
+            }
+            self.current.count_failure(FailureKind::StationError);
+            return;
+        }
         let status = f.status.get(&id).copied();
         if status.is_none() || (status == Some(Status::Failed) && !f.validator.has_answered(&id)) {
             // Not asked, or no longer awaited (disconnected, reported an error).
@@ -810,10 +910,43 @@ impl Engine {
             return;
         }
         if let Phase::Fit(f) = &mut self.phase {
+            if let Some(secure) = &mut f.secure {
+                secure.fail(&id);
+            }
             if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
                 *s = Status::Failed;
                 self.current.count_failure(FailureKind::StationError);
                 tracing::warn!(station = %id, round, "station could not train: {message}");
+            }
+        }
+    }
+
+    fn on_secagg(&mut self, id: StationId, round: u64, msg: SecAggUp) {
+        if round != self.round {
+            tracing::warn!(station = %id, round, "{} of another round ignored", msg.name());
+            return;
+        }
+        let Phase::Fit(f) = &mut self.phase else {
+            tracing::warn!(station = %id, round, "{} outside a fit phase ignored", msg.name());
+            return;
+        };
+        let Some(secure) = &mut f.secure else {
+            tracing::warn!(station = %id, round, "{} refused: secure aggregation is off", msg.name());
+            return;
+        };
+        let masked = matches!(msg, SecAggUp::Masked { .. });
+        let name = msg.name();
+        match secure.receive(&id, msg) {
+            Ok(()) if masked => {
+                f.status.insert(id, Status::Answered);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(station = %id, round, "{name} refused: {e}");
+                if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
+                    *s = Status::Failed;
+                }
+                self.current.count_failure(FailureKind::StationError);
             }
         }
     }
@@ -876,6 +1009,7 @@ impl Engine {
             GiveUpWaiting,
             EndBackoff,
             CloseFit,
+            SecureStage,
             CloseEval,
         }
         loop {
@@ -897,6 +1031,17 @@ impl Engine {
                 Phase::Backoff { until } => {
                     if now >= *until {
                         Step::EndBackoff
+                    } else {
+                        return;
+                    }
+                }
+                Phase::Fit(FitPhase {
+                    secure: Some(s),
+                    deadline,
+                    ..
+                }) => {
+                    if s.due(now, *deadline) {
+                        Step::SecureStage
                     } else {
                         return;
                     }
@@ -931,6 +1076,7 @@ impl Engine {
                 }
                 Step::EndBackoff => self.phase = Phase::Waiting { since: now },
                 Step::CloseFit => self.close_fit(now),
+                Step::SecureStage => self.secure_stage(now),
                 Step::CloseEval => self.close_evaluate(now),
             }
         }
@@ -1003,15 +1149,140 @@ impl Engine {
             });
         }
         self.current.sampled = sample.clone();
+        let secure = self.config.secure_aggregation.clone().and_then(|config| {
+            let setup = fedcrime_secagg::RoundSetup {
+                round: self.round,
+                participants: u32::try_from(sample.len()).unwrap_or(u32::MAX),
+                vector_len: self.global.data().len(),
+                config,
+                graph_seed: graph_seed(self.config.seed, self.round, u64::from(attempt)),
+                weight_scale: self.weight_scale,
+            };
+            match SecureFit::start(setup, &sample, now) {
+                Ok((secure, setups)) => {
+                    for (station, msg) in setups {
+                        self.actions.push_back(Action::SendSecAgg {
+                            station,
+                            round: self.round,
+                            msg,
+                        });
+                    }
+                    Some(Box::new(secure))
+                }
+                Err(e) => {
+                    tracing::warn!(round = self.round, "secure aggregation cannot start: {e}");
+                    None
+                }
+            }
+        });
+        let failed_to_start = self.config.secure_aggregation.is_some() && secure.is_none();
         self.phase = Phase::Fit(FitPhase {
             deadline: later(now, self.config.round_deadline),
             started: now,
-            status: sample.into_iter().map(|s| (s, Status::Pending)).collect(),
+            status: sample
+                .into_iter()
+                .map(|s| {
+                    let status = if failed_to_start {
+                        Status::Failed
+                    } else {
+                        Status::Pending
+                    };
+                    (s, status)
+                })
+                .collect(),
             validator: Validator::new(self.round, self.config.max_update_norm),
             results: BTreeMap::new(),
             folded: BTreeMap::new(),
+            secure,
         });
         self.sum.clear();
+    }
+
+    /// Closes the current secure-aggregation stage: sends the next stage's
+    /// messages, or aggregates the unmasked mean, or (too few stations
+    /// left) ends the attempt like a round with too few updates.
+    fn secure_stage(&mut self, now: Instant) {
+        let Phase::Fit(fit) = &mut self.phase else {
+            return;
+        };
+        let Some(secure) = &mut fit.secure else {
+            return;
+        };
+        match secure.close(now) {
+            Ok(Closed::Next(messages)) => {
+                // Stations that sent no masked input by now are out.
+                let closing_masked = messages
+                    .first()
+                    .is_some_and(|(_, m)| matches!(m, SecAggDown::Unmask(_)));
+                if closing_masked {
+                    for (id, s) in fit.status.iter_mut() {
+                        if *s == Status::Pending && !secure.contributed(id) {
+                            *s = Status::Failed;
+                            tracing::warn!(station = %id, round = self.round, "station sent no masked input in time");
+                            self.current.count_failure(FailureKind::Timeout);
+                        }
+                    }
+                }
+                for (station, msg) in messages {
+                    self.actions.push_back(Action::SendSecAgg {
+                        station,
+                        round: self.round,
+                        msg,
+                    });
+                }
+            }
+            Ok(Closed::Finished {
+                aggregate,
+                reported,
+            }) => {
+                let Phase::Fit(fit) = std::mem::replace(&mut self.phase, Phase::Finished) else {
+                    return;
+                };
+                self.current.fit_s += secs_between(fit.started, now);
+                self.failed_this_round.extend(
+                    fit.status
+                        .iter()
+                        .filter(|(id, _)| !reported.contains_key(*id))
+                        .map(|(id, _)| id.clone()),
+                );
+                if let Some(max) = reported.values().map(|(n, _)| *n).max() {
+                    self.weight_scale = (max as f64).max(1.0);
+                }
+                tracing::info!(
+                    round = self.round,
+                    survivors = aggregate.survivors.len(),
+                    dropped = aggregate.dropped.len(),
+                    "secure aggregation unmasked the round's sum"
+                );
+                let num_examples = reported.values().map(|(n, _)| n).sum();
+                let metrics = weighted_metrics(reported.values().map(|(n, m)| (*n, m)));
+                let completed = reported.into_keys().collect();
+                let buffer = self.spare_buffer();
+                let mean = secure::apply_mean(&self.global, &aggregate, buffer);
+                let result = FitRes {
+                    params: mean,
+                    num_examples,
+                    metrics: metrics.clone(),
+                };
+                self.finish_aggregate(
+                    completed,
+                    num_examples,
+                    metrics,
+                    Ok(vec![result]),
+                    None,
+                    now,
+                );
+            }
+            Err(e) => {
+                let Phase::Fit(fit) = std::mem::replace(&mut self.phase, Phase::Finished) else {
+                    return;
+                };
+                self.current.fit_s += secs_between(fit.started, now);
+                tracing::warn!(round = self.round, "secure aggregation failed: {e}");
+                self.failed_this_round.extend(fit.status.keys().cloned());
+                self.retry_or_give_up(format!("secure aggregation failed: {e}"), now);
+            }
+        }
     }
 
     fn close_fit(&mut self, now: Instant) {
@@ -1049,23 +1320,28 @@ impl Engine {
             return;
         }
         self.sum.clear();
-        let retries_used = self.current.attempts.saturating_sub(1);
         tracing::warn!(
             round = self.round,
             accepted,
             min_updates = self.config.min_updates,
             "too few updates"
         );
+        self.retry_or_give_up(
+            format!("{accepted} of {} required updates", self.config.min_updates),
+            now,
+        );
+    }
+
+    /// After a failed attempt: back off and retry, or abort or skip the round.
+    fn retry_or_give_up(&mut self, why: String, now: Instant) {
+        let retries_used = self.current.attempts.saturating_sub(1);
         if retries_used < self.config.retry.max_retries {
             self.phase = Phase::Backoff {
                 until: later(now, self.config.retry.backoff),
             };
             return;
         }
-        let reason = format!(
-            "{accepted} of {} required updates after {} attempts",
-            self.config.min_updates, self.current.attempts
-        );
+        let reason = format!("{why} after {} attempts", self.current.attempts);
         match self.config.retry.on_exhausted {
             OnExhausted::Abort => self.abort(reason),
             OnExhausted::Skip => {
@@ -1083,27 +1359,43 @@ impl Engine {
         now: Instant,
     ) {
         let t0 = self.stopwatch.as_mut().map(|clock| clock());
-        let results = if folded.is_empty() {
+        if folded.is_empty() {
             let (stations, results): (Vec<StationId>, Vec<FitRes>) = results.into_iter().unzip();
-            self.current.completed = stations;
-            self.current.num_examples = results.iter().map(|r| r.num_examples).sum();
-            self.current.fit_metrics =
-                weighted_metrics(results.iter().map(|r| (r.num_examples, &r.metrics)));
-            Ok(results)
+            let num_examples = results.iter().map(|r| r.num_examples).sum();
+            let metrics = weighted_metrics(results.iter().map(|r| (r.num_examples, &r.metrics)));
+            self.finish_aggregate(stations, num_examples, metrics, Ok(results), t0, now);
         } else {
-            self.current.num_examples = folded.values().map(|(n, _)| n).sum();
-            self.current.fit_metrics = weighted_metrics(folded.values().map(|(n, m)| (*n, m)));
-            self.current.completed = folded.into_keys().collect();
+            let num_examples = folded.values().map(|(n, _)| n).sum();
+            let metrics = weighted_metrics(folded.values().map(|(n, m)| (*n, m)));
+            let completed = folded.into_keys().collect();
             let mut mean = self.spare_buffer();
-            match self.sum.mean_into(mean.data_mut()) {
+            let results = match self.sum.mean_into(mean.data_mut()) {
                 Ok(()) => Ok(vec![FitRes {
                     params: mean,
-                    num_examples: self.current.num_examples,
-                    metrics: self.current.fit_metrics.clone(),
+                    num_examples,
+                    metrics: metrics.clone(),
                 }]),
                 Err(e) => Err(e.to_string()),
-            }
-        };
+            };
+            self.finish_aggregate(completed, num_examples, metrics, results, t0, now);
+        }
+    }
+
+    /// Hands the round's results to the strategy and installs the new
+    /// global model; `t0` is when aggregation started (stopwatch runs only).
+    fn finish_aggregate(
+        &mut self,
+        completed: Vec<StationId>,
+        num_examples: u64,
+        fit_metrics: Metrics,
+        results: std::result::Result<Vec<FitRes>, String>,
+        t0: Option<Instant>,
+        now: Instant,
+    ) {
+        let t0 = t0.or_else(|| self.stopwatch.as_mut().map(|clock| clock()));
+        self.current.completed = completed;
+        self.current.num_examples = num_examples;
+        self.current.fit_metrics = fit_metrics;
         self.sum.clear();
         self.current.train_loss = self.current.fit_metrics.get(LOSS_KEY).copied();
         let outcome = match &results {
@@ -1355,6 +1647,16 @@ fn mix(mut z: u64) -> u64 {
 /// replacement, with a generator seeded by `(seed, round, stream)`; the
 /// result is sorted. The same inputs always give the same sample, also after
 /// a resume.
+/// The seed of a secure-aggregation round's neighbour graph (public: the
+/// server chooses it and tells the stations).
+fn graph_seed(seed: u64, round: u64, attempt: u64) -> [u8; 32] {
+    use rand::RngCore;
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(mix(seed) ^ round) ^ (attempt | (1 << 40))));
+    let mut out = [0u8; 32];
+    rng.fill_bytes(&mut out);
+    out
+}
+
 pub(crate) fn sample_stations(
     available: &[StationId],
     n: usize,
@@ -1473,6 +1775,7 @@ mod tests {
                     } => self.evals.push((station, round, ins)),
                     Action::RoundFinished(m) => self.rounds.push(*m),
                     Action::Checkpoint(c) => self.checkpoints.push(*c),
+                    Action::SendSecAgg { .. } => unreachable!("secure aggregation is off here"),
                     Action::Finished(s) => {
                         assert!(self.summary.is_none(), "finished twice");
                         self.summary = Some(s);

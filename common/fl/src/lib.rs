@@ -61,6 +61,7 @@ pub mod checkpoint;
 pub mod engine;
 mod error;
 pub mod metrics;
+pub mod secure;
 pub mod session;
 pub mod stopping;
 pub mod strategy;

@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fedcrime_data::tasks::TimeUnit;
 use fedcrime_data::Task;
 use fedcrime_fl::engine::{Action, Event, Outcome};
+use fedcrime_fl::secure::SecAggUp;
 use fedcrime_fl::RoundMetrics;
 use fedcrime_net::http::{HttpListener, HttpTls};
 use serde::Serialize;
@@ -325,7 +326,9 @@ impl Board {
     /// Takes in an event the driver passes to the engine.
     pub fn observe_event(&self, event: &Event) {
         // Bytes arrive with the round's record; no change to show before.
-        if matches!(event, Event::Traffic { .. }) {
+        if matches!(event, Event::Traffic { .. })
+            || matches!(event, Event::SecAggReceived { msg, .. } if !matches!(msg, SecAggUp::Masked { .. }))
+        {
             return;
         }
         self.update(|g| match event {
@@ -341,7 +344,7 @@ impl Board {
                 s.status = "disconnected";
                 waiting_detail(g);
             }
-            Event::UpdateReceived { id, round, .. } => {
+            Event::UpdateReceived { id, round, .. } | Event::SecAggReceived { id, round, .. } => {
                 let s = station(g, id.as_str());
                 s.status = "reported";
                 s.updates += 1;
@@ -399,7 +402,7 @@ impl Board {
                 progress(g);
             }),
             Action::RoundFinished(m) => self.update(|g| finish_round(g, m)),
-            Action::Checkpoint(_) => {}
+            Action::Checkpoint(_) | Action::SendSecAgg { .. } => {}
             Action::Finished(summary) => self.update(|g| {
                 match &summary.outcome {
                     Outcome::Completed => {

@@ -96,6 +96,16 @@ pub struct SimulateArgs {
     /// memory (no sockets, for scale) [default: quic].
     #[arg(long, value_enum)]
     pub transport: Option<Transport>,
+    /// Secure aggregation (SecAgg+): the server learns only the sum of each
+    /// round's updates (the protocol's defaults; settings in the config
+    /// file's [federation.secure_aggregation]). Needs --transport memory for
+    /// now and a mean-based strategy (fedavg, fedprox, fedavgm, fedadam, ...).
+    #[arg(long)]
+    pub secure_aggregation: bool,
+    /// With --secure-aggregation: the probability that a station drops out
+    /// of a round at a random stage of the protocol [default: 0].
+    #[arg(long, value_name = "P")]
+    pub station_dropout: Option<f64>,
     /// Stations training at once [default: the cores].
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -218,6 +228,12 @@ impl SimulateArgs {
         }
         if let Some(v) = self.fraction {
             c.federation.fraction = v;
+        }
+        if self.secure_aggregation && c.federation.secure_aggregation.is_none() {
+            c.federation.secure_aggregation = Some(Default::default());
+        }
+        if let Some(v) = self.station_dropout {
+            c.federation.station_dropout = v;
         }
         if let Some(v) = self.transport {
             c.federation.transport = v;

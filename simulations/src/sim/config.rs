@@ -220,6 +220,17 @@ pub struct FederationSettings {
     /// `auto`, `cuda` or `cuda:N`: the data-parallel baseline then takes
     /// one CUDA device per replica).
     pub device: DeviceChoice,
+    /// Secure aggregation (SecAgg+): `true`, or a table of its settings
+    /// (`dropout_tolerance`, `clip_range`, `quantization_bits`,
+    /// `neighbours`); default off. Memory transport only, for now.
+    #[serde(
+        with = "fedcrime_fl::secure::switch",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secure_aggregation: Option<fedcrime_fl::secure::SecAggConfig>,
+    /// Probability that a station drops out of a round at a random stage of
+    /// secure aggregation (a study of dropout recovery; default 0).
+    pub station_dropout: f64,
 }
 
 impl Default for FederationSettings {
@@ -236,6 +247,8 @@ impl Default for FederationSettings {
             concurrency: None,
             round_deadline_s: 3600.0,
             device: DeviceChoice::Cpu,
+            secure_aggregation: None,
+            station_dropout: 0.0,
         }
     }
 }
@@ -499,6 +512,31 @@ impl SimConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Err(e) = self.explain.method.parse::<fedcrime_ml::explain::Method>() {
             return invalid("explain.method", e);
+        }
+        let f = &self.federation;
+        if let Some(secagg) = &f.secure_aggregation {
+            if let Err(e) = secagg.validate() {
+                return invalid("federation.secure_aggregation", e.to_string());
+            }
+            if f.transport != Transport::Memory {
+                return invalid(
+                    "federation.secure_aggregation",
+                    "runs on the memory transport for now (--transport memory): the QUIC \
+                     wire protocol does not carry it yet",
+                );
+            }
+        }
+        if !(0.0..1.0).contains(&f.station_dropout) {
+            return invalid(
+                "federation.station_dropout",
+                format!("{} is outside [0, 1)", f.station_dropout),
+            );
+        }
+        if f.station_dropout > 0.0 && f.secure_aggregation.is_none() {
+            return invalid(
+                "federation.station_dropout",
+                "simulates dropouts during secure aggregation: turn secure_aggregation on",
+            );
         }
         let d = &self.data;
         if d.file.is_none() && d.rows == 0 {

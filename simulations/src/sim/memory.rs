@@ -26,6 +26,12 @@
 //! ([`super::traffic`]) and reported to the engine as
 //! [`Event::Traffic`], so the round metrics have the same columns as over
 //! QUIC.
+//!
+//! With secure aggregation ([`MemoryFederation::with_secure_aggregation`])
+//! each station runs the protocol's station side ([`SecureStation`]): the
+//! engine's protocol messages are jobs like any other, a finished training
+//! becomes the station's masked input once its shares are in, and stations
+//! may be made to drop out at a random stage of the protocol.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
@@ -34,6 +40,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use fedcrime_fl::secure::{SecAggDown, SecAggUp, SecureStation};
 use fedcrime_fl::{
     decode_update, encode_update, Action, Admission, ClientSession, Engine, EvaluateIns,
     EvaluateRes, Event, FitIns, FitRes, RoundMetrics, ServerSession, StationId, Summary,
@@ -42,6 +49,7 @@ use fedcrime_params::Params;
 use fedcrime_server::dashboard::Board;
 use fedcrime_station::{Learner, StationError};
 use fedcrime_wire::{Capabilities, Encoding, Extensions, Message, ServerLimits, WireConfig};
+use rand::{Rng, SeedableRng};
 
 use super::traffic;
 
@@ -111,6 +119,7 @@ pub struct RoundDone<'a> {
 enum Request {
     Fit(FitIns),
     Evaluate(EvaluateIns),
+    SecAgg(SecAggDown),
 }
 
 struct Job {
@@ -123,6 +132,34 @@ struct Job {
 enum Outcome {
     Fit(Result<FitRes, StationError>),
     Evaluate(Result<EvaluateRes, StationError>),
+    /// A protocol answer (none when the station waits for more), or why
+    /// the station could not go on. After a training, `trained` is set.
+    SecAgg {
+        answer: Result<Option<SecAggUp>, String>,
+        trained: bool,
+    },
+    /// The station dropped out of the round (simulated).
+    Dropped,
+}
+
+/// A station's side of secure aggregation in the current round.
+#[derive(Default)]
+struct SecureSlot {
+    session: Option<SecureStation>,
+    /// A training result that finished before the protocol's setup.
+    trained: Option<(u64, FitRes)>,
+    /// The global model of the round the station trains in.
+    global: Option<(u64, Arc<Params>)>,
+    /// The round and stage (0 keys .. 3 unmask) at which it drops, if it does.
+    drop_at: Option<(u64, u8)>,
+}
+
+/// Secure aggregation in a memory federation.
+struct SecureRun {
+    slots: Vec<Mutex<SecureSlot>>,
+    /// Probability that a station drops out at a random stage of a round.
+    dropout: f64,
+    seed: u64,
 }
 
 struct Done {
@@ -140,6 +177,7 @@ pub struct MemoryFederation {
     index: HashMap<StationId, usize>,
     workers: usize,
     board: Option<Arc<Board>>,
+    secure: Option<SecureRun>,
 }
 
 impl std::fmt::Debug for MemoryFederation {
@@ -170,7 +208,21 @@ impl MemoryFederation {
             index,
             workers: workers.max(1),
             board: None,
+            secure: None,
         })
+    }
+
+    /// Runs the stations' side of secure aggregation (the engine must have
+    /// it on too); each round, each station drops out with probability
+    /// `dropout` at a stage drawn at random (keys, shares, masked input,
+    /// unmasking), reproducibly from `seed`.
+    pub fn with_secure_aggregation(mut self, dropout: f64, seed: u64) -> Self {
+        self.secure = Some(SecureRun {
+            slots: self.ids.iter().map(|_| Mutex::default()).collect(),
+            dropout: dropout.clamp(0.0, 1.0),
+            seed,
+        });
+        self
     }
 
     /// Shows the run on `board` (the agency dashboard's state).
@@ -224,9 +276,19 @@ impl MemoryFederation {
             let Ok(job) = job else { return };
             let learner = &self.learners[job.station];
             let t0 = Instant::now();
-            let outcome = match &job.request {
-                Request::Fit(ins) => Outcome::Fit(learner.fit(ins)),
-                Request::Evaluate(ins) => Outcome::Evaluate(learner.evaluate(ins)),
+            let outcome = match (job.request, &self.secure) {
+                (Request::Fit(ins), Some(secure)) => {
+                    secure_fit(secure, job.station, job.round, &ins, learner.fit(&ins))
+                }
+                (Request::Fit(ins), None) => Outcome::Fit(learner.fit(&ins)),
+                (Request::Evaluate(ins), _) => Outcome::Evaluate(learner.evaluate(&ins)),
+                (Request::SecAgg(msg), Some(secure)) => {
+                    secure_message(secure, job.station, job.round, msg)
+                }
+                (Request::SecAgg(_), None) => Outcome::SecAgg {
+                    answer: Err("secure aggregation is off at this station".into()),
+                    trained: false,
+                },
             };
             let seconds = t0.elapsed().as_secs_f64();
             let sent = done.send(Done {
@@ -296,6 +358,20 @@ impl MemoryFederation {
                         ins,
                     } => {
                         self.submit(jobs, &mut next_seq, &station, round, Request::Evaluate(ins))?;
+                    }
+                    Action::SendSecAgg {
+                        station,
+                        round,
+                        msg,
+                    } => {
+                        self.feed(
+                            engine,
+                            Event::Traffic {
+                                bytes_in: 0,
+                                bytes_out: msg.wire_bytes(),
+                            },
+                        );
+                        self.submit(jobs, &mut next_seq, &station, round, Request::SecAgg(msg))?;
                     }
                     Action::RoundFinished(metrics) => {
                         timing.elapsed_s = start.elapsed().as_secs_f64();
@@ -412,9 +488,152 @@ impl MemoryFederation {
                 round,
                 message: format!("{e:#}"),
             },
+            Outcome::SecAgg { answer, trained } => {
+                if trained {
+                    timing.slowest_fit_s = timing.slowest_fit_s.max(d.seconds);
+                    timing.total_fit_s += d.seconds;
+                }
+                match answer {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(msg)) => {
+                        self.feed(
+                            engine,
+                            Event::Traffic {
+                                bytes_in: msg.wire_bytes(),
+                                bytes_out: 0,
+                            },
+                        );
+                        Event::SecAggReceived { id, round, msg }
+                    }
+                    Err(message) => Event::FitFailed {
+                        id,
+                        round,
+                        message: format!("secure aggregation: {message}"),
+                    },
+                }
+            }
+            Outcome::Dropped => {
+                // Gone for this round; back for the next ones.
+                self.feed(engine, Event::StationDisconnected { id: id.clone() });
+                Event::StationConnected { id }
+            }
         };
         self.feed(engine, event);
         Ok(())
+    }
+}
+
+/// Whether the station drops at `stage` of `round` (drawn once per round).
+fn drops(secure: &SecureRun, slot: &mut SecureSlot, station: usize, round: u64, stage: u8) -> bool {
+    if secure.dropout <= 0.0 {
+        return false;
+    }
+    if slot.drop_at.is_none_or(|(r, _)| r != round) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            secure.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (station as u64) << 32,
+        );
+        let stage = if rng.random::<f64>() < secure.dropout {
+            rng.random_range(0..4u8)
+        } else {
+            u8::MAX
+        };
+        slot.drop_at = Some((round, stage));
+    }
+    slot.drop_at == Some((round, stage))
+}
+
+/// A training finished at a station that runs secure aggregation: its
+/// masked input, if the protocol got that far, or nothing yet.
+fn secure_fit(
+    secure: &SecureRun,
+    station: usize,
+    round: u64,
+    ins: &FitIns,
+    trained: Result<FitRes, StationError>,
+) -> Outcome {
+    let trained = match trained {
+        Ok(t) => t,
+        Err(e) => return Outcome::Fit(Err(e)),
+    };
+    let mut slot = secure.slots[station]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    slot.global = Some((round, ins.global.clone()));
+    let answer = match &mut slot.session {
+        Some(session) if session.round() == round => {
+            session.set_global(ins.global.clone());
+            session.on_trained(trained).map_err(|e| e.to_string())
+        }
+        _ => {
+            slot.trained = Some((round, trained));
+            Ok(None)
+        }
+    };
+    if matches!(answer, Ok(Some(_))) && drops(secure, &mut slot, station, round, 2) {
+        return Outcome::Dropped;
+    }
+    Outcome::SecAgg {
+        answer,
+        trained: true,
+    }
+}
+
+/// A protocol message at a station.
+fn secure_message(secure: &SecureRun, station: usize, round: u64, msg: SecAggDown) -> Outcome {
+    let mut slot = secure.slots[station]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let stage = match &msg {
+        SecAggDown::Setup { .. } => 0,
+        SecAggDown::Roster(_) => 1,
+        SecAggDown::Shares(_) => 2,
+        SecAggDown::Unmask(_) => 3,
+    };
+    // A masked input is sent from the shares message or from the training,
+    // whichever comes last; a drop at stage 2 is checked where it is sent.
+    if stage != 2 && drops(secure, &mut slot, station, round, stage) {
+        slot.session = None;
+        return Outcome::Dropped;
+    }
+    let answer = match msg {
+        SecAggDown::Setup { setup, slot: s } => {
+            let global = slot
+                .global
+                .as_ref()
+                .filter(|(r, _)| *r == round)
+                .map(|(_, g)| g.clone());
+            match SecureStation::start(setup, s, global) {
+                Ok((mut session, keys)) => {
+                    // A training that finished first waits for the shares.
+                    if let Some((r, trained)) = slot.trained.take() {
+                        if r == round {
+                            if let Err(e) = session.on_trained(trained) {
+                                return Outcome::SecAgg {
+                                    answer: Err(e.to_string()),
+                                    trained: false,
+                                };
+                            }
+                        }
+                    }
+                    slot.session = Some(session);
+                    Ok(Some(keys))
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        other => match &mut slot.session {
+            Some(session) if session.round() == round => {
+                session.on_message(other).map_err(|e| e.to_string())
+            }
+            _ => Err(format!("{} without a running protocol", other.name())),
+        },
+    };
+    if stage == 2 && matches!(answer, Ok(Some(_))) && drops(secure, &mut slot, station, round, 2) {
+        return Outcome::Dropped;
+    }
+    Outcome::SecAgg {
+        answer,
+        trained: false,
     }
 }
 
@@ -530,6 +749,56 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(sa, sb);
         assert!(sa.iter().all(|s| s.len() == 3), "{sa:?}");
+    }
+
+    fn secure_engine(rounds: u64, stations: usize) -> Engine {
+        let spec = Arc::new(ParamSpec::new([("w", vec![3])]).unwrap());
+        let config = EngineConfig {
+            rounds,
+            min_stations: stations,
+            min_fit: 3,
+            min_updates: 3,
+            seed: 5,
+            // The adders move each value by up to 9: a wider clip range,
+            // and a finer grid for the first round's small weights.
+            secure_aggregation: Some(fedcrime_fl::secure::SecAggConfig {
+                clip_range: 16.0,
+                quantization_bits: 24,
+                ..Default::default()
+            }),
+            ..EngineConfig::default()
+        };
+        let strategy = StrategyConfig::default().build().unwrap();
+        Engine::new(config, strategy, Params::zeros(spec), Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn secure_rounds_give_the_weighted_average_and_survive_dropouts() {
+        // Station i adds i with weight i: each round adds Σi² / Σi.
+        let fed = federation(9, 2).with_secure_aggregation(0.0, 1);
+        let mut engine = secure_engine(2, 9);
+        let summary = fed.run(&mut engine, |_| Ok(())).unwrap();
+        assert_eq!(summary.rounds_completed, 2);
+        let step = 285.0 / 45.0;
+        for v in engine.global().data() {
+            // Round 1 weighs 1..9 examples against a scale of 1,000; round
+            // 2 against 9 (the most reported in round 1).
+            assert!((v - 2.0 * step).abs() < 0.01, "{v} vs {}", 2.0 * step);
+        }
+        assert_eq!(engine.history()[1].completed.len(), 9);
+        // Stations dropping at random stages: every round still completes.
+        let fed = federation(9, 2).with_secure_aggregation(0.2, 3);
+        let mut engine = secure_engine(4, 9);
+        let mut completed = Vec::new();
+        let summary = fed
+            .run(&mut engine, |r| {
+                assert!(r.metrics.aggregated, "{:?}", r.metrics.note);
+                completed.push(r.metrics.completed.len());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(summary.rounds_completed, 4);
+        assert!(completed.iter().any(|&c| c < 9), "{completed:?}");
     }
 
     #[test]

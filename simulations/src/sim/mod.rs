@@ -111,13 +111,16 @@ pub struct SimOutcome {
 /// ([`early_stopping`]), with `selection.max_rounds` as the cap.
 pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
     let stopping = early_stopping(cfg);
+    let secure = cfg.federation.secure_aggregation.is_some();
     EngineConfig {
         rounds: cfg.max_rounds(),
         early_stopping: stopping.clone(),
         min_stations: stations,
         fraction_fit: cfg.federation.fraction,
-        min_fit: 1,
-        min_updates: 1,
+        // Secure aggregation needs at least 3 stations per round.
+        min_fit: if secure { 3.min(stations) } else { 1 },
+        min_updates: if secure { 3.min(stations) } else { 1 },
+        secure_aggregation: cfg.federation.secure_aggregation.clone(),
         round_deadline: Duration::from_secs_f64(cfg.federation.round_deadline_s),
         station_wait_timeout: Some(Duration::from_secs(300)),
         eval_every: u64::from(stopping.is_some()),
@@ -343,6 +346,10 @@ fn federate_locked(
             let mut transport = MemoryFederation::new(stations, concurrency)?;
             if let Some(b) = board {
                 transport = transport.with_board(b.clone());
+            }
+            if cfg.federation.secure_aggregation.is_some() {
+                transport =
+                    transport.with_secure_aggregation(cfg.federation.station_dropout, cfg.seed);
             }
             // Scoring runs between rounds; its time is not the federation's.
             let mut scoring = 0.0;
