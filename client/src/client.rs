@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fedcrime_fl::secure::{SecAggDown, SecAggUp, SecureStation, WELCOME_EXTENSION};
 use fedcrime_fl::{
     encode_update, heartbeat_interval, station_write_config, ClientSession, EvaluateIns,
     EvaluateRes, FitIns, FitRes, FromServer, HandshakeError,
@@ -22,8 +23,8 @@ use fedcrime_station::protocol::{eval_config_from_wire, fit_ins, RunSetup};
 use fedcrime_station::{Learner, StationError};
 use fedcrime_wire::{
     Bye, ByeReason, Capabilities, Encoding, ErrorCode, ErrorMsg, EvalModel, EvaluateResult,
-    Heartbeat, Message, ModelHeader, RejectCode, Update, Welcome, WireConfig, WireReader,
-    WireWriter,
+    Heartbeat, Message, ModelHeader, RejectCode, Scalar, SecAgg, Update, Welcome, WireConfig,
+    WireReader, WireWriter,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -124,6 +125,9 @@ pub struct ClientReport {
     pub outcome: ClientOutcome,
     /// Updates sent.
     pub updates_sent: u64,
+    /// Of those, updates sent masked (secure aggregation): the server saw
+    /// only their sum.
+    pub masked_updates_sent: u64,
     /// Evaluations sent.
     pub evaluations_sent: u64,
     /// Sessions (connections that got a Welcome).
@@ -191,8 +195,108 @@ enum Work {
 
 enum Incoming {
     Work(Work),
+    SecAgg(SecAgg),
     Bye(Bye),
     End(String),
+}
+
+/// The station's side of secure aggregation across one session: the
+/// current round's protocol, the global model it trains from, and a
+/// training result that finished before the protocol's setup arrived.
+#[derive(Default)]
+struct SecureState {
+    session: Option<SecureStation>,
+    global: Option<(u64, Arc<Params>)>,
+    held: Option<(u64, FitRes)>,
+}
+
+impl SecureState {
+    /// A server message; returns the answer to send, if one is due.
+    fn on_message(&mut self, m: &SecAgg) -> std::result::Result<Option<SecAggUp>, String> {
+        let msg = SecAggDown::from_wire(m).map_err(|e| e.to_string())?;
+        match msg {
+            SecAggDown::Setup { setup, slot } => {
+                let round = setup.round;
+                let global = self
+                    .global
+                    .as_ref()
+                    .filter(|(r, _)| *r == round)
+                    .map(|(_, g)| g.clone());
+                let (mut session, keys) =
+                    SecureStation::start(setup, slot, global).map_err(|e| e.to_string())?;
+                if let Some((r, fit)) = self.held.take() {
+                    if r == round {
+                        session.on_trained(fit).map_err(|e| e.to_string())?;
+                    }
+                }
+                self.session = Some(session);
+                Ok(Some(keys))
+            }
+            other => match &mut self.session {
+                Some(s) if s.round() == m.round => s.on_message(other).map_err(|e| e.to_string()),
+                _ => Err(format!(
+                    "{} of round {} without the round's setup",
+                    other.name(),
+                    m.round
+                )),
+            },
+        }
+    }
+
+    /// A finished training of `round`; returns the masked input when the
+    /// shares are already in.
+    fn on_trained(
+        &mut self,
+        round: u64,
+        fit: FitRes,
+    ) -> std::result::Result<Option<SecAggUp>, String> {
+        match &mut self.session {
+            Some(s) if s.round() == round => s.on_trained(fit).map_err(|e| e.to_string()),
+            _ => {
+                self.held = Some((round, fit));
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The frame carrying a station's protocol answer, or the error to report.
+fn secagg_reply(
+    round: u64,
+    answer: std::result::Result<Option<SecAggUp>, String>,
+    max_frame_bytes: u32,
+) -> Option<(Message, Option<Params>)> {
+    let failed = |text: String| {
+        tracing::error!(round, "secure aggregation: {text}");
+        Some((
+            Message::Error(ErrorMsg {
+                code: ErrorCode::TrainingFailed,
+                text: format!("round {round}: secure aggregation: {text}"),
+            }),
+            None,
+        ))
+    };
+    match answer {
+        Ok(None) => None,
+        Ok(Some(up)) => match up.to_wire(round) {
+            // The frame adds a few bytes of its own to the body.
+            Ok(m) if m.body.len() as u64 + 64 > u64::from(max_frame_bytes) => failed(format!(
+                "the {} is {} bytes, over the server's frame limit of {max_frame_bytes}: \
+                 raise the server's wire.max_frame_bytes",
+                up.name(),
+                m.body.len()
+            )),
+            Ok(m) => {
+                if matches!(up, SecAggUp::Masked { .. }) {
+                    tracing::info!(round, bytes = m.body.len(), "sending the masked update");
+                }
+
+                Some((Message::SecAggUp(m), None))
+            }
+            Err(e) => failed(e.to_string()),
+        },
+        Err(e) => failed(e),
+    }
 }
 
 enum Done {
@@ -297,6 +401,7 @@ impl Client {
             report: ClientReport {
                 outcome: ClientOutcome::Interrupted,
                 updates_sent: 0,
+                masked_updates_sent: 0,
                 evaluations_sent: 0,
                 sessions: 0,
             },
@@ -544,6 +649,15 @@ impl Client {
         let mut seq = 0u64;
         let mut pending: VecDeque<Work> = VecDeque::new();
         let mut busy: Option<tokio::task::JoinHandle<Done>> = None;
+        // Secure aggregation, when the server's Welcome says the run uses it.
+        // Its work (sealing shares, expanding masks: about a second per
+        // million parameters and hundred neighbours) runs off the async
+        // runtime, which keeps the connection's keep-alives going.
+        let secure = (welcome.extensions.get(WELCOME_EXTENSION) == Some(&Scalar::Bool(true)))
+            .then(|| Arc::new(std::sync::Mutex::new(SecureState::default())));
+        if secure.is_some() {
+            tracing::info!("the run uses secure aggregation: updates are sent masked");
+        }
 
         let end = loop {
             if busy.is_none() {
@@ -569,11 +683,37 @@ impl Client {
                                 Work::Invalid { .. } => {}
                             }
                         }
+                        if let (Some(s), Work::Fit { round, ins, .. }) = (&secure, &w) {
+                            s.lock().unwrap_or_else(|e| e.into_inner()).global =
+                                Some((*round, ins.global.clone()));
+                        }
                         if matches!(w, Work::Fit { .. }) {
                             // Only the newest round is worth training.
                             pending.retain(|p| !matches!(p, Work::Fit { .. }));
                         }
                         pending.push_back(w);
+                    }
+                    Some(Incoming::SecAgg(m)) => {
+                        let round = m.round;
+                        let answer = match &secure {
+                            Some(s) => {
+                                let s = s.clone();
+                                tokio::task::spawn_blocking(move || {
+                                    s.lock().unwrap_or_else(|e| e.into_inner()).on_message(&m)
+                                })
+                                .await
+                                .unwrap_or_else(|e| Err(format!("the protocol task failed: {e}")))
+                            }
+                            None => Err("the server sent a protocol message, but its Welcome \
+                                         did not announce secure aggregation".into()),
+                        };
+                        let masked = matches!(answer, Ok(Some(SecAggUp::Masked { .. })));
+                        if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
+                            self.count_masked(masked, &reply);
+                            if out_tx.send(reply).await.is_err() {
+                                break SessionEnd::Lost("the writer stopped".into());
+                            }
+                        }
                     }
                     Some(Incoming::Bye(b)) => {
                         break match b.reason {
@@ -604,6 +744,28 @@ impl Client {
                         }
                     };
                     let newer_round = pending.iter().any(|p| matches!(p, Work::Fit { .. }));
+                    // With secure aggregation a training result becomes the
+                    // masked input, once the round's shares are in.
+                    let done = match (&secure, done) {
+                        (Some(s), Done::Fit { round, res: Ok(fit), seconds, .. }) if !newer_round => {
+                            tracing::info!(round, examples = fit.num_examples, seconds, "trained; masking the update");
+                            let s = s.clone();
+                            let answer = tokio::task::spawn_blocking(move || {
+                                s.lock().unwrap_or_else(|e| e.into_inner()).on_trained(round, fit)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(format!("the protocol task failed: {e}")));
+                            let masked = matches!(answer, Ok(Some(SecAggUp::Masked { .. })));
+                            if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
+                                self.count_masked(masked, &reply);
+                                if out_tx.send(reply).await.is_err() {
+                                    break SessionEnd::Lost("the writer stopped".into());
+                                }
+                            }
+                            continue;
+                        }
+                        (_, done) => done,
+                    };
                     if let Some(reply) = self.reply(done, newer_round) {
                         if out_tx.send(reply).await.is_err() {
                             break SessionEnd::Lost("the writer stopped".into());
@@ -627,6 +789,14 @@ impl Client {
         drop(out_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer_task.0).await;
         end
+    }
+
+    /// Counts a masked update that goes out (not an error sent instead).
+    fn count_masked(&mut self, masked: bool, reply: &(Message, Option<Params>)) {
+        if masked && matches!(reply.0, Message::SecAggUp(_)) {
+            self.report.updates_sent += 1;
+            self.report.masked_updates_sent += 1;
+        }
     }
 
     /// The message answering a finished request, if it is still wanted.
@@ -868,6 +1038,12 @@ async fn read_loop(
                 }
             }
             Ok(FromServer::Bye(b)) => break Incoming::Bye(b),
+            Ok(FromServer::SecAgg(m)) => {
+                if tx.send(Incoming::SecAgg(m)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Ok(FromServer::Heartbeat(_)) => continue,
             Ok(FromServer::Error(e)) => {
                 tracing::warn!(code = ?e.code, "the server reports: {}", e.text);

@@ -472,14 +472,6 @@ impl ServerConfig {
 
     /// Checks every section, naming the first bad setting.
     pub fn validate(&self) -> Result<()> {
-        if self.federation.secure_aggregation.is_some() {
-            return Err(config_err(
-                "federation.secure_aggregation".to_string(),
-                "secure aggregation is not carried over QUIC yet; it runs in the in-memory \
-                 simulator (fedcrime-sim simulate --transport memory --secure-aggregation)"
-                    .to_string(),
-            ));
-        }
         self.engine_config().validate().map_err(|e| match e {
             FlError::Config { field, message } => {
                 config_err(format!("federation.{field}"), message)

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fedcrime_cli::config_file::ConfigFileError;
 use fedcrime_data::{load_path, Dataset, Featurizer, TaskConfig};
+use fedcrime_fl::secure::SecAggUp;
 use fedcrime_fl::strategy::WithServerEval;
 use fedcrime_fl::{
     decode_update, Action, Admission, Checkpoint, CheckpointStore, Config, Engine, EvalSummary,
@@ -629,7 +630,16 @@ fn session_ctx(
                 heartbeat_interval_ms: config.transport.keep_alive_ms,
                 idle_timeout_ms: config.transport.idle_timeout_ms,
             },
-            extensions: setup.to_extensions()?,
+            extensions: {
+                let mut ext = setup.to_extensions()?;
+                if config.federation.secure_aggregation.is_some() {
+                    ext.insert(
+                        fedcrime_fl::secure::WELCOME_EXTENSION.into(),
+                        fedcrime_wire::Scalar::Bool(true),
+                    );
+                }
+                ext
+            },
         },
         read_cfg,
         write_cfg,
@@ -1228,10 +1238,23 @@ impl Driver {
                         bytes_out: sent,
                     });
                 }
-                Action::SendSecAgg { station, .. } => {
-                    // ServerConfig::validate refuses secure aggregation until
-                    // the wire protocol carries it.
-                    tracing::error!(%station, "secure aggregation is not available over QUIC yet");
+                Action::SendSecAgg {
+                    station,
+                    round,
+                    msg,
+                } => {
+                    let bytes = match msg.to_wire(round) {
+                        Ok(m) => cpu(|| encode(&Message::SecAggDown(m), None, &self.ctx.write_cfg)),
+                        Err(e) => {
+                            tracing::error!(%station, round, "cannot encode {}: {e}", msg.name());
+                            continue;
+                        }
+                    };
+                    let sent = self.queue(&station, Outgoing::Frames(bytes), None);
+                    self.handle(Event::Traffic {
+                        bytes_in: 0,
+                        bytes_out: sent,
+                    });
                 }
                 Action::RoundFinished(m) => {
                     let max_train = m
@@ -1499,6 +1522,32 @@ impl Driver {
                         metrics: bounded_metrics(result.metrics),
                     },
                 });
+            }
+            FromSession::SecAgg {
+                station,
+                session,
+                msg,
+                bytes,
+            } => {
+                if !self.accept_from(&station, session, bytes) {
+                    return;
+                }
+                let round = msg.round;
+                match SecAggUp::from_wire(&msg) {
+                    Ok(msg) => self.handle(Event::SecAggReceived {
+                        id: station,
+                        round,
+                        msg,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(station = %station, round, "undecodable secure aggregation message: {e}");
+                        self.handle(Event::FitFailed {
+                            id: station,
+                            round,
+                            message: format!("undecodable secure aggregation message: {e}"),
+                        });
+                    }
+                }
             }
             FromSession::Report {
                 station,

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use fedcrime_fl::{Admission, FromStation, ServerSession, StationId};
 use fedcrime_params::{ParamSpec, Params};
 use fedcrime_wire::{
-    encode_message, ErrorCode, ErrorMsg, EvaluateResult, Message, Reject, Update, WireConfig,
-    WireReader,
+    encode_message, ErrorCode, ErrorMsg, EvaluateResult, Message, Reject, SecAgg, Update,
+    WireConfig, WireReader,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -131,6 +131,13 @@ pub(crate) enum FromSession {
         station: StationId,
         session: u64,
         error: ErrorMsg,
+    },
+    /// A secure-aggregation message (not yet decoded).
+    SecAgg {
+        station: StationId,
+        session: u64,
+        msg: SecAgg,
+        bytes: u64,
     },
     /// The session is over.
     Closed {
@@ -360,6 +367,12 @@ async fn read_loop(
                 station: station.clone(),
                 session,
                 error,
+            },
+            Ok(FromStation::SecAgg(msg)) => FromSession::SecAgg {
+                station: station.clone(),
+                session,
+                msg,
+                bytes: reader.bytes_read() - start,
             },
             Ok(FromStation::Heartbeat(_)) => continue,
             Ok(FromStation::Bye(b)) => {

@@ -22,8 +22,13 @@ pub use fedcrime_secagg::{
     ShareBundle, Slot, UnmaskRequest, UnmaskResponse,
 };
 use fedcrime_secagg::{Aggregator, StationSession};
+use fedcrime_wire::{codec, SecAgg, WireError};
 
 use crate::strategy::{FitRes, Metrics};
+
+/// The Welcome extension that tells a station the run uses secure
+/// aggregation (its training results wait for the protocol's setup).
+pub const WELCOME_EXTENSION: &str = "fedcrime.secure_aggregation";
 
 /// How long each of the protocol's short stages (keys, shares, unmasking)
 /// may take; the masked-input stage, which includes training, has the
@@ -31,7 +36,7 @@ use crate::strategy::{FitRes, Metrics};
 pub const STAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A protocol message from the server to one station.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum SecAggDown {
     /// The round's protocol settings and the station's slot; sent with the
     /// fit request.
@@ -62,7 +67,7 @@ impl SecAggDown {
 }
 
 /// A protocol message from a station to the server.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum SecAggUp {
     /// Stage 1: public keys.
     Keys(KeyAdvert),
@@ -499,6 +504,20 @@ pub mod switch {
 }
 
 impl SecAggDown {
+    /// The wire message carrying it in `round`.
+    pub fn to_wire(&self, round: u64) -> Result<SecAgg, WireError> {
+        Ok(SecAgg {
+            round,
+            body: codec::encode_control(self)?,
+        })
+    }
+
+    /// The message a wire frame carries (the frame's size was bounded when
+    /// it was read).
+    pub fn from_wire(m: &SecAgg) -> Result<Self, WireError> {
+        codec::decode_control(&m.body, m.body.len())
+    }
+
     /// Payload bytes of the message as the wire protocol would carry it
     /// (fields at their fixed sizes), for traffic accounting.
     pub fn wire_bytes(&self) -> u64 {
@@ -513,6 +532,19 @@ impl SecAggDown {
 }
 
 impl SecAggUp {
+    /// The wire message carrying it in `round`.
+    pub fn to_wire(&self, round: u64) -> Result<SecAgg, WireError> {
+        Ok(SecAgg {
+            round,
+            body: codec::encode_control(self)?,
+        })
+    }
+
+    /// The message a wire frame carries.
+    pub fn from_wire(m: &SecAgg) -> Result<Self, WireError> {
+        codec::decode_control(&m.body, m.body.len())
+    }
+
     /// Payload bytes of the message as the wire protocol would carry it.
     pub fn wire_bytes(&self) -> u64 {
         let n = |x: usize| x as u64;

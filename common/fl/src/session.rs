@@ -24,7 +24,7 @@ use std::time::Duration;
 use fedcrime_params::Params;
 use fedcrime_wire::{
     negotiate_version, Bye, Capabilities, Encoding, ErrorCode, ErrorMsg, EvaluateRequest,
-    EvaluateResult, Extensions, Heartbeat, Hello, Message, Reject, RejectCode, RoundStart,
+    EvaluateResult, Extensions, Heartbeat, Hello, Message, Reject, RejectCode, RoundStart, SecAgg,
     ServerLimits, Update, UpdateKind, Welcome, WireConfig, SUPPORTED_VERSIONS,
 };
 
@@ -60,6 +60,7 @@ pub(crate) fn round_of(msg: &Message) -> Option<u64> {
         Message::Update(m) => Some(m.round),
         Message::EvaluateRequest(m) => Some(m.round),
         Message::EvaluateResult(m) => Some(m.round),
+        Message::SecAggDown(m) | Message::SecAggUp(m) => Some(m.round),
         Message::Hello(_)
         | Message::Welcome(_)
         | Message::Reject(_)
@@ -113,6 +114,8 @@ pub enum FromStation {
     Heartbeat(Heartbeat),
     /// The station leaves.
     Bye(Bye),
+    /// A secure-aggregation message ([`crate::secure::SecAggUp::from_wire`]).
+    SecAgg(SecAgg),
 }
 
 impl ServerSession {
@@ -158,7 +161,9 @@ impl ServerSession {
             | Message::EvaluateResult(_)
             | Message::Heartbeat(_)
             | Message::Error(_)
-            | Message::Bye(_)) => {
+            | Message::Bye(_)
+            | Message::SecAggDown(_)
+            | Message::SecAggUp(_)) => {
                 return Err(self.refuse(
                     RejectCode::BadHello,
                     format!("expected Hello, got {}", other.name()),
@@ -227,6 +232,7 @@ impl ServerSession {
             Message::EvaluateResult(r) => FromStation::Evaluation(r),
             Message::Error(e) => FromStation::Report(e),
             Message::Heartbeat(h) => FromStation::Heartbeat(h),
+            Message::SecAggUp(m) => FromStation::SecAgg(m),
             Message::Bye(b) => {
                 self.state = ServerState::Closed;
                 FromStation::Bye(b)
@@ -235,7 +241,8 @@ impl ServerSession {
             | Message::Welcome(_)
             | Message::Reject(_)
             | Message::RoundStart(_)
-            | Message::EvaluateRequest(_)) => {
+            | Message::EvaluateRequest(_)
+            | Message::SecAggDown(_)) => {
                 self.state = ServerState::Closed;
                 return Err(SessionError::unexpected(&other, "a station"));
             }
@@ -299,6 +306,8 @@ pub enum FromServer {
     Heartbeat(Heartbeat),
     /// The server ends the session (the run is over, or it shuts down).
     Bye(Bye),
+    /// A secure-aggregation message ([`crate::secure::SecAggDown::from_wire`]).
+    SecAgg(SecAgg),
 }
 
 impl ClientSession {
@@ -340,7 +349,9 @@ impl ClientSession {
             | Message::EvaluateRequest(_)
             | Message::EvaluateResult(_)
             | Message::Heartbeat(_)
-            | Message::Error(_)) => {
+            | Message::Error(_)
+            | Message::SecAggDown(_)
+            | Message::SecAggUp(_)) => {
                 return Err(HandshakeError::Protocol(SessionError {
                     code: ErrorCode::Protocol,
                     round: round_of(&other),
@@ -387,6 +398,7 @@ impl ClientSession {
             Message::EvaluateRequest(r) => FromServer::EvaluateRequest(r),
             Message::Error(e) => FromServer::Error(e),
             Message::Heartbeat(h) => FromServer::Heartbeat(h),
+            Message::SecAggDown(m) => FromServer::SecAgg(m),
             Message::Bye(b) => {
                 self.state = ClientState::Closed;
                 FromServer::Bye(b)
@@ -395,7 +407,8 @@ impl ClientSession {
             | Message::Welcome(_)
             | Message::Reject(_)
             | Message::Update(_)
-            | Message::EvaluateResult(_)) => {
+            | Message::EvaluateResult(_)
+            | Message::SecAggUp(_)) => {
                 self.state = ClientState::Closed;
                 return Err(SessionError::unexpected(&other, "the server"));
             }

@@ -373,8 +373,58 @@ pub struct MaskedInput {
     pub slot: Slot,
     /// The round.
     pub round: u64,
-    /// `RoundSetup::masked_len` elements of `Z_{2^32}`.
+    /// `RoundSetup::masked_len` elements of `Z_{2^32}` (serialized as
+    /// little-endian bytes: 4 per element, where a varint would take 5 for
+    /// most of these uniformly random values).
+    #[serde(with = "le_words")]
     pub values: Vec<u32>,
+}
+
+/// `Vec<u32>` as one byte string of little-endian words.
+mod le_words {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        struct Words;
+        impl<'de> Visitor<'de> for Words {
+            type Value = Vec<u32>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string of little-endian 32-bit words")
+            }
+
+            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
+                if !b.len().is_multiple_of(4) {
+                    return Err(E::custom(format!(
+                        "{} bytes are not whole 32-bit words",
+                        b.len()
+                    )));
+                }
+                Ok(b.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            }
+
+            fn visit_byte_buf<E: de::Error>(self, b: Vec<u8>) -> Result<Self::Value, E> {
+                self.visit_bytes(&b)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                self.visit_bytes(&bytes)
+            }
+        }
+        d.deserialize_bytes(Words)
+    }
 }
 
 /// Stage 4, server to station: which of the station's neighbours sent a

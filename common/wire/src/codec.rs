@@ -56,7 +56,7 @@ pub(crate) fn encode_control_into<T: Serialize>(value: &T, out: &mut Vec<u8>) ->
 /// Decodes a control value that must fill `bytes` exactly, refusing payloads
 /// over `limit` bytes and bounding what the decoder may allocate (see the
 /// module documentation).
-pub(crate) fn decode_control<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T> {
+pub fn decode_control<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T> {
     let message = type_label::<T>();
     if bytes.len() > limit {
         return Err(WireError::TooLarge {

@@ -41,7 +41,8 @@ pub(crate) const CRITICAL_FLAGS: u16 = 0x00ff;
 /// | `0x01`..`0x0a` | control messages, see [`super::message`] |
 /// | `0x0b`..`0x1f` | free for future control messages |
 /// | `0x20`, `0x21` | tensor header / tensor data, see [`super::tensor`] |
-/// | `0x40`..`0x5f` | reserved for the roadmap, see [`reserved`] |
+/// | `0x40`, `0x41` | secure aggregation, server to station / station to server |
+/// | `0x42`..`0x5f` | reserved for the roadmap, see [`reserved`] |
 /// | `0x80`..`0xff` | extensions, only after negotiation in Hello/Welcome |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -70,20 +71,19 @@ pub enum FrameKind {
     TensorHeader = 0x20,
     /// A chunk of raw little-endian tensor data.
     TensorData = 0x21,
+    /// Server → station: a secure-aggregation protocol message.
+    SecAggDown = 0x40,
+    /// Station → server: a secure-aggregation protocol message.
+    SecAggUp = 0x41,
 }
 
 /// Kind numbers reserved for the roadmap. Decoding one today fails with
 /// [`WireError::Unsupported`] naming the feature, so an old peer meeting a new
 /// one says clearly what is missing instead of "garbage".
 pub mod reserved {
-    /// Secure aggregation: a station advertises its public keys.
-    pub(crate) const SECAGG_ADVERTISE_KEYS: u8 = 0x40;
-    /// Secure aggregation: encrypted key shares relayed between stations.
-    pub(crate) const SECAGG_KEY_SHARES: u8 = 0x41;
-    /// Secure aggregation: a masked update (tensor frames would follow).
+    /// Secure aggregation: a masked update streamed as tensor frames
+    /// (models too large for one frame).
     pub(crate) const SECAGG_MASKED_UPDATE: u8 = 0x42;
-    /// Secure aggregation: shares revealed to unmask dropped stations.
-    pub(crate) const SECAGG_UNMASK: u8 = 0x43;
     /// Differential privacy metadata (clipping norm, noise multiplier, spent budget).
     pub(crate) const DP_METADATA: u8 = 0x50;
     /// A signature over an update (station key bound to its certificate).
@@ -94,11 +94,8 @@ pub mod reserved {
     /// What a reserved kind is for, or `None` when the kind is not reserved.
     pub fn describe(kind: u8) -> Option<&'static str> {
         Some(match kind {
-            SECAGG_ADVERTISE_KEYS => "secure aggregation: key advertisement (reserved)",
-            SECAGG_KEY_SHARES => "secure aggregation: key shares (reserved)",
-            SECAGG_MASKED_UPDATE => "secure aggregation: masked update (reserved)",
-            SECAGG_UNMASK => "secure aggregation: unmasking (reserved)",
-            0x44..=0x4f => "secure aggregation (reserved range)",
+            SECAGG_MASKED_UPDATE => "secure aggregation: streamed masked update (reserved)",
+            0x43..=0x4f => "secure aggregation (reserved range)",
             DP_METADATA => "differential privacy metadata (reserved)",
             0x51..=0x57 => "differential privacy (reserved range)",
             UPDATE_SIGNATURE => "update signature (reserved)",
@@ -111,7 +108,7 @@ pub mod reserved {
 
 impl FrameKind {
     /// Every kind this build understands.
-    pub const ALL: [FrameKind; 12] = [
+    pub const ALL: [FrameKind; 14] = [
         FrameKind::Hello,
         FrameKind::Welcome,
         FrameKind::Reject,
@@ -124,6 +121,8 @@ impl FrameKind {
         FrameKind::Bye,
         FrameKind::TensorHeader,
         FrameKind::TensorData,
+        FrameKind::SecAggDown,
+        FrameKind::SecAggUp,
     ];
 
     /// Parses a kind byte: unknown and reserved kinds are errors.
@@ -158,6 +157,8 @@ impl FrameKind {
             FrameKind::Bye => "Bye",
             FrameKind::TensorHeader => "TensorHeader",
             FrameKind::TensorData => "TensorData",
+            FrameKind::SecAggDown => "SecAggDown",
+            FrameKind::SecAggUp => "SecAggUp",
         }
     }
 

@@ -215,6 +215,20 @@ pub(crate) fn sample_messages(
             .into(),
             None,
         ),
+        (
+            Message::SecAggDown(SecAgg {
+                round: 3,
+                body: vec![0, 1, 2, 255],
+            }),
+            None,
+        ),
+        (
+            Message::SecAggUp(SecAgg {
+                round: 3,
+                body: (0..=255).collect(),
+            }),
+            None,
+        ),
     ])
 }
 
@@ -225,7 +239,7 @@ mod tests {
     #[test]
     fn seed_corpus_decodes_completely() {
         let seeds = seed_corpus().unwrap();
-        assert_eq!(seeds.len(), 11 + 2 * 3);
+        assert_eq!(seeds.len(), 13 + 2 * 3);
         for (name, bytes) in &seeds {
             let all = decode_all(bytes, &FUZZ_CONFIG).unwrap();
             assert_eq!(all.len(), 1, "{name}");

@@ -59,7 +59,7 @@ pub use frame::{FrameHeader, FrameKind};
 pub use message::{
     negotiate_version, Bye, ByeReason, Capabilities, ErrorCode, ErrorMsg, EvalModel,
     EvaluateRequest, EvaluateResult, Extensions, Heartbeat, Hello, Message, Metrics, Reject,
-    RejectCode, RoundStart, Scalar, ServerLimits, Update, UpdateKind, Welcome, ALPN,
+    RejectCode, RoundStart, Scalar, SecAgg, ServerLimits, Update, UpdateKind, Welcome, ALPN,
     INSTANCE_EXTENSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use settings::{

@@ -408,6 +408,21 @@ pub enum Message {
     Error(ErrorMsg),
     /// See [`Bye`].
     Bye(Bye),
+    /// A secure-aggregation message from the server ([`SecAgg`]).
+    SecAggDown(SecAgg),
+    /// A secure-aggregation message from a station ([`SecAgg`]).
+    SecAggUp(SecAgg),
+}
+
+/// A secure-aggregation protocol message of one round, either way. The
+/// protocol's own types (`fedcrime_fl::secure`) travel encoded in `body`:
+/// this layer only frames them and bounds their size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecAgg {
+    /// The round.
+    pub round: u64,
+    /// The encoded protocol message.
+    pub body: Vec<u8>,
 }
 
 impl Message {
@@ -424,6 +439,8 @@ impl Message {
             Message::Heartbeat(_) => FrameKind::Heartbeat,
             Message::Error(_) => FrameKind::Error,
             Message::Bye(_) => FrameKind::Bye,
+            Message::SecAggDown(_) => FrameKind::SecAggDown,
+            Message::SecAggUp(_) => FrameKind::SecAggUp,
         }
     }
 
@@ -458,6 +475,7 @@ impl Message {
             Message::Heartbeat(m) => codec::encode_control_into(m, out),
             Message::Error(m) => codec::encode_control_into(m, out),
             Message::Bye(m) => codec::encode_control_into(m, out),
+            Message::SecAggDown(m) | Message::SecAggUp(m) => codec::encode_control_into(m, out),
         }
     }
 
@@ -478,6 +496,8 @@ impl Message {
             FrameKind::Heartbeat => Message::Heartbeat(codec::decode_control(payload, limit)?),
             FrameKind::Error => Message::Error(codec::decode_control(payload, limit)?),
             FrameKind::Bye => Message::Bye(codec::decode_control(payload, limit)?),
+            FrameKind::SecAggDown => Message::SecAggDown(codec::decode_control(payload, limit)?),
+            FrameKind::SecAggUp => Message::SecAggUp(codec::decode_control(payload, limit)?),
             FrameKind::TensorHeader | FrameKind::TensorData => {
                 return Err(WireError::UnexpectedFrame {
                     expected: "a control message",

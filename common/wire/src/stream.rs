@@ -353,7 +353,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::frame::{reserved, FrameKind, FRAME_VERSION};
+    use crate::frame::{FrameKind, FRAME_VERSION};
     use crate::fuzzing::{decode_untrusted, FUZZ_CONFIG};
     use crate::message::*;
     use crate::tensor::Encoding;
@@ -595,9 +595,12 @@ mod tests {
             reply.text
         );
         let mut secagg = buf.clone();
-        secagg[3] = reserved::SECAGG_KEY_SHARES;
+        secagg[3] = 0x44;
         let err = decode_all(&secagg, &cfg()).unwrap_err();
-        assert!(err.to_string().contains("unsupported") && err.to_string().contains("key shares"));
+        assert!(
+            err.to_string().contains("unsupported")
+                && err.to_string().contains("secure aggregation")
+        );
         let mut stray = Vec::new();
         frame::encode_frame(FrameKind::TensorData, 0, &[0; 4], &mut stray).unwrap();
         let err = decode_all(&stray, &cfg()).unwrap_err();
@@ -716,7 +719,7 @@ mod tests {
             let end = if edits.is_empty() { buf.len() } else { cut.index(buf.len() + 1) };
             let decoded = decode_untrusted(&buf[..end]);
             if edits.is_empty() {
-                prop_assert_eq!(decoded, 11 + 1);
+                prop_assert_eq!(decoded, 13 + 1);
             }
         }
     }

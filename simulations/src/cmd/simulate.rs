@@ -98,12 +98,13 @@ pub struct SimulateArgs {
     pub transport: Option<Transport>,
     /// Secure aggregation (SecAgg+): the server learns only the sum of each
     /// round's updates (the protocol's defaults; settings in the config
-    /// file's [federation.secure_aggregation]). Needs --transport memory for
-    /// now and a mean-based strategy (fedavg, fedprox, fedavgm, fedadam, ...).
+    /// file's [federation.secure_aggregation]). Needs a mean-based strategy
+    /// (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad).
     #[arg(long)]
     pub secure_aggregation: bool,
-    /// With --secure-aggregation: the probability that a station drops out
-    /// of a round at a random stage of the protocol [default: 0].
+    /// With --secure-aggregation and --transport memory: the probability
+    /// that a station drops out of a round at a random stage of the
+    /// protocol [default: 0].
     #[arg(long, value_name = "P")]
     pub station_dropout: Option<f64>,
     /// Stations training at once [default: the cores].

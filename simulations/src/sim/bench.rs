@@ -54,6 +54,8 @@ pub struct BenchSpec {
     pub strategy: StrategyConfig,
     /// Folder for the QUIC transport's PKI and server files.
     pub dir: std::path::PathBuf,
+    /// Secure aggregation's settings, when the rounds use it.
+    pub secure_aggregation: Option<fedcrime_fl::secure::SecAggConfig>,
 }
 
 /// What [`run`] measured.
@@ -61,6 +63,8 @@ pub struct BenchSpec {
 pub struct BenchResult {
     /// The transport.
     pub transport: &'static str,
+    /// Whether the rounds used secure aggregation.
+    pub secure_aggregation: bool,
     /// Parameters of the model.
     pub params: usize,
     /// Its hidden width.
@@ -196,12 +200,15 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
             Ok((StationId::new(format!("station-{i:0width$}"))?, l))
         })
         .collect::<Result<_>>()?;
+    let secure = spec.secure_aggregation.is_some();
+    let least = if secure { 3.min(spec.stations) } else { 1 };
     let engine_cfg = EngineConfig {
         rounds: spec.rounds,
         min_stations: spec.stations,
         fraction_fit: spec.fraction,
-        min_fit: 1,
-        min_updates: 1,
+        min_fit: least,
+        min_updates: least,
+        secure_aggregation: spec.secure_aggregation.clone(),
         round_deadline: Duration::from_secs(600),
         station_wait_timeout: Some(Duration::from_secs(300)),
         eval_every: 0,
@@ -215,7 +222,10 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
             let mut engine =
                 Engine::new(engine_cfg, spec.strategy.build()?, initial, Instant::now())?;
             engine.set_stopwatch(Instant::now);
-            let fed = MemoryFederation::new(stations, concurrency)?;
+            let mut fed = MemoryFederation::new(stations, concurrency)?;
+            if secure {
+                fed = fed.with_secure_aggregation(0.0, 0);
+            }
             let mut out = Vec::new();
             fed.run(&mut engine, |r| {
                 bar.inc(1);
@@ -284,6 +294,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
     let round_s = median(&mut round_s);
     Ok(BenchResult {
         transport: spec.transport.as_str(),
+        secure_aggregation: secure,
         params: n_params,
         hidden: model.hidden,
         stations: spec.stations,
@@ -344,6 +355,7 @@ mod tests {
             concurrency: None,
             strategy: StrategyConfig::default(),
             dir: std::env::temp_dir(),
+            secure_aggregation: None,
         };
         let r = run(&spec, &ProgressBar::hidden()).unwrap();
         assert_eq!(r.rounds, 2);

@@ -222,7 +222,7 @@ pub struct FederationSettings {
     pub device: DeviceChoice,
     /// Secure aggregation (SecAgg+): `true`, or a table of its settings
     /// (`dropout_tolerance`, `clip_range`, `quantization_bits`,
-    /// `neighbours`); default off. Memory transport only, for now.
+    /// `neighbours`); default off.
     #[serde(
         with = "fedcrime_fl::secure::switch",
         skip_serializing_if = "Option::is_none"
@@ -518,13 +518,6 @@ impl SimConfig {
             if let Err(e) = secagg.validate() {
                 return invalid("federation.secure_aggregation", e.to_string());
             }
-            if f.transport != Transport::Memory {
-                return invalid(
-                    "federation.secure_aggregation",
-                    "runs on the memory transport for now (--transport memory): the QUIC \
-                     wire protocol does not carry it yet",
-                );
-            }
         }
         if !(0.0..1.0).contains(&f.station_dropout) {
             return invalid(
@@ -532,10 +525,13 @@ impl SimConfig {
                 format!("{} is outside [0, 1)", f.station_dropout),
             );
         }
-        if f.station_dropout > 0.0 && f.secure_aggregation.is_none() {
+        if f.station_dropout > 0.0
+            && (f.secure_aggregation.is_none() || f.transport != Transport::Memory)
+        {
             return invalid(
                 "federation.station_dropout",
-                "simulates dropouts during secure aggregation: turn secure_aggregation on",
+                "simulates dropouts during secure aggregation on the memory transport: turn \
+                 secure_aggregation on and use --transport memory",
             );
         }
         let d = &self.data;

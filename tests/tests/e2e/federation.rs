@@ -446,7 +446,57 @@ async fn one_round_equals_the_hand_computed_weighted_average() {
     assert_close(report.global.data(), &hand_average(&parts), 1e-6);
     assert_eq!(report.history[0].num_examples, 100);
     for c in clients {
-        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
+        let c = join_client(c).await;
+        assert_eq!(c.outcome, ClientOutcome::Done);
+        assert_eq!((c.updates_sent, c.masked_updates_sent), (1, 0));
+    }
+}
+
+/// Issue 17: secure aggregation over QUIC. The stations' updates travel
+/// masked; the server's model after two rounds is the example-weighted
+/// average all the same (within the quantization bound), and each station
+/// sent one masked update per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_aggregation_over_quic_gives_the_weighted_average() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 4);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 2, 4);
+    // Scripted stations send values in [-1, 1] whatever the global model:
+    // deltas up to 2, so a wider clip range and a finer grid.
+    cfg.federation.secure_aggregation = Some(fedcrime_fl::secure::SecAggConfig {
+        clip_range: 4.0,
+        quantization_bits: 20,
+        ..Default::default()
+    });
+    let server = Running::start(cfg).await;
+    let examples = [10u64, 30, 60, 100];
+    let clients: Vec<_> = (1..=4)
+        .map(|i| {
+            spawn_client(
+                &pki,
+                &station(i),
+                server.addr,
+                scripted(Script::Honest, examples[i - 1], i as u64),
+            )
+        })
+        .collect();
+    let report = server.finish().await;
+    assert!(report.completed());
+    let spec = report.global.spec();
+    let parts: Vec<(Vec<f32>, u64)> = (1..=4)
+        .map(|i| (values(spec, i as u64), examples[i - 1]))
+        .collect();
+    // Round 1 weighs 10..100 examples against a scale of 1,000 (sum 0.2):
+    // 4 steps of 8 / (2^20 - 1) over 0.2 bound the error of the mean.
+    assert_close(report.global.data(), &hand_average(&parts), 2e-4);
+    for r in &report.history {
+        assert_eq!(r.completed.len(), 4);
+        assert_eq!(r.num_examples, 200);
+    }
+    for c in clients {
+        let c = join_client(c).await;
+        assert_eq!(c.outcome, ClientOutcome::Done);
+        assert_eq!((c.updates_sent, c.masked_updates_sent), (2, 2));
     }
 }
 

@@ -46,6 +46,10 @@ pub struct BenchRoundsArgs {
     /// [default: a temporary folder].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Rounds with secure aggregation (SecAgg+, its default settings); needs
+    /// a mean-based strategy.
+    #[arg(long)]
+    pub secure_aggregation: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +67,7 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
         concurrency: args.concurrency,
         strategy: args.strategy.clone(),
         dir: args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf()),
+        secure_aggregation: args.secure_aggregation.then(Default::default),
     };
     let bar = progress::bar(global.quiet || args.json, args.rounds, "bench", "rounds");
     let r = bench::run(&spec, &bar)?;
@@ -71,8 +76,18 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} stations ({} sampled), {} params (dnn width {}), {} over {} rounds:",
-        r.stations, r.sampled, r.params, r.hidden, r.transport, r.rounds
+        "{} stations ({} sampled), {} params (dnn width {}), {}{} over {} rounds:",
+        r.stations,
+        r.sampled,
+        r.params,
+        r.hidden,
+        r.transport,
+        if r.secure_aggregation {
+            " with secure aggregation"
+        } else {
+            ""
+        },
+        r.rounds
     );
     println!(
         "  seconds per round  {:.4} median, {:.4} mean; slowest station {:.4}; aggregation {:.4}",
