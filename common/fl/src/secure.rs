@@ -1,5 +1,5 @@
 //! Secure aggregation in the round engine: the server's side
-//! ([`SecureFit`], one per fit attempt, driven by the [`Engine`](crate::Engine))
+//! (`SecureFit`, one per fit attempt, driven by the [`Engine`](crate::Engine))
 //! and the station's side ([`SecureStation`], driven by whatever carries the
 //! station's messages: the QUIC client or the in-memory simulator).
 //!
@@ -503,19 +503,29 @@ pub mod switch {
     }
 }
 
+/// `msg` in the wire message of `round`.
+fn to_wire<T: serde::Serialize>(msg: &T, round: u64) -> Result<SecAgg, WireError> {
+    Ok(SecAgg {
+        round,
+        body: codec::encode_control(msg)?,
+    })
+}
+
+/// The protocol message a wire frame carries (the frame's size was bounded
+/// when it was read; the decoder bounds its allocations by it).
+fn from_wire<T: serde::de::DeserializeOwned>(m: &SecAgg) -> Result<T, WireError> {
+    codec::decode_control(&m.body, m.body.len())
+}
+
 impl SecAggDown {
     /// The wire message carrying it in `round`.
     pub fn to_wire(&self, round: u64) -> Result<SecAgg, WireError> {
-        Ok(SecAgg {
-            round,
-            body: codec::encode_control(self)?,
-        })
+        to_wire(self, round)
     }
 
-    /// The message a wire frame carries (the frame's size was bounded when
-    /// it was read).
+    /// The message a wire frame carries.
     pub fn from_wire(m: &SecAgg) -> Result<Self, WireError> {
-        codec::decode_control(&m.body, m.body.len())
+        from_wire(m)
     }
 
     /// Payload bytes of the message as the wire protocol would carry it
@@ -534,15 +544,12 @@ impl SecAggDown {
 impl SecAggUp {
     /// The wire message carrying it in `round`.
     pub fn to_wire(&self, round: u64) -> Result<SecAgg, WireError> {
-        Ok(SecAgg {
-            round,
-            body: codec::encode_control(self)?,
-        })
+        to_wire(self, round)
     }
 
     /// The message a wire frame carries.
     pub fn from_wire(m: &SecAgg) -> Result<Self, WireError> {
-        codec::decode_control(&m.body, m.body.len())
+        from_wire(m)
     }
 
     /// Payload bytes of the message as the wire protocol would carry it.

@@ -302,6 +302,18 @@ impl RoundSetup {
         Ok(())
     }
 
+    /// Refuses a message (`what`) of another round than this one.
+    pub(crate) fn check_round(&self, what: &'static str, round: u64) -> Result<()> {
+        if round != self.round {
+            return Err(SecAggError::Round {
+                what,
+                got: round,
+                want: self.round,
+            });
+        }
+        Ok(())
+    }
+
     /// The quantizer of this round.
     pub fn quantizer(&self) -> Quantizer {
         Quantizer::new(self.config.clip_range, self.config.quantization_bits)

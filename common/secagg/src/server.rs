@@ -141,14 +141,7 @@ impl Aggregator {
     }
 
     fn check_round(&self, what: &'static str, round: u64) -> Result<()> {
-        if round != self.setup.round {
-            return Err(SecAggError::Round {
-                what,
-                got: round,
-                want: self.setup.round,
-            });
-        }
-        Ok(())
+        self.setup.check_round(what, round)
     }
 
     fn check_slot(&self, what: &'static str, slot: Slot) -> Result<()> {

@@ -132,14 +132,7 @@ impl StationSession {
     }
 
     fn check_round(&self, what: &'static str, round: u64) -> Result<()> {
-        if round != self.setup.round {
-            return Err(SecAggError::Round {
-                what,
-                got: round,
-                want: self.setup.round,
-            });
-        }
-        Ok(())
+        self.setup.check_round(what, round)
     }
 
     /// Stage 1: the public keys to advertise.

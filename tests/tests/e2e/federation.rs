@@ -289,6 +289,27 @@ fn scripted(script: Script, examples: u64, seed: u64) -> Arc<dyn LearnerFactory>
     Arc::new(move |_: &RunSetup| Ok(learner.clone()))
 }
 
+/// Honest scripted stations 1, 2, ... with these example counts.
+fn spawn_honest(pki: &Path, addr: SocketAddr, examples: &[u64]) -> Vec<ClientTask> {
+    (1..=examples.len())
+        .map(|i| {
+            spawn_client(
+                pki,
+                &station(i),
+                addr,
+                scripted(Script::Honest, examples[i - 1], i as u64),
+            )
+        })
+        .collect()
+}
+
+/// What [`spawn_honest`]'s stations send, with their weights.
+fn honest_parts(spec: &ParamSpec, examples: &[u64]) -> Vec<(Vec<f32>, u64)> {
+    (1..=examples.len())
+        .map(|i| (values(spec, i as u64), examples[i - 1]))
+        .collect()
+}
+
 /// `sum(n_i v_i) / sum(n_i)` in f64, rounded to f32.
 fn hand_average(parts: &[(Vec<f32>, u64)]) -> Vec<f32> {
     let total: f64 = parts.iter().map(|(_, n)| *n as f64).sum();
@@ -427,22 +448,10 @@ async fn one_round_equals_the_hand_computed_weighted_average() {
     let pki = make_pki(dir.path(), 3);
     let server = Running::start(server_config(&pki, &dir.path().join("out"), 1, 3)).await;
     let examples = [10u64, 30, 60];
-    let clients: Vec<_> = (1..=3)
-        .map(|i| {
-            spawn_client(
-                &pki,
-                &station(i),
-                server.addr,
-                scripted(Script::Honest, examples[i - 1], i as u64),
-            )
-        })
-        .collect();
+    let clients = spawn_honest(&pki, server.addr, &examples);
     let report = server.finish().await;
     assert!(report.completed());
-    let spec = report.global.spec();
-    let parts: Vec<(Vec<f32>, u64)> = (1..=3)
-        .map(|i| (values(spec, i as u64), examples[i - 1]))
-        .collect();
+    let parts = honest_parts(report.global.spec(), &examples);
     assert_close(report.global.data(), &hand_average(&parts), 1e-6);
     assert_eq!(report.history[0].num_examples, 100);
     for c in clients {
@@ -470,22 +479,10 @@ async fn secure_aggregation_over_quic_gives_the_weighted_average() {
     });
     let server = Running::start(cfg).await;
     let examples = [10u64, 30, 60, 100];
-    let clients: Vec<_> = (1..=4)
-        .map(|i| {
-            spawn_client(
-                &pki,
-                &station(i),
-                server.addr,
-                scripted(Script::Honest, examples[i - 1], i as u64),
-            )
-        })
-        .collect();
+    let clients = spawn_honest(&pki, server.addr, &examples);
     let report = server.finish().await;
     assert!(report.completed());
-    let spec = report.global.spec();
-    let parts: Vec<(Vec<f32>, u64)> = (1..=4)
-        .map(|i| (values(spec, i as u64), examples[i - 1]))
-        .collect();
+    let parts = honest_parts(report.global.spec(), &examples);
     // Round 1 weighs 10..100 examples against a scale of 1,000 (sum 0.2):
     // 4 steps of 8 / (2^20 - 1) over 0.2 bound the error of the mean.
     assert_close(report.global.data(), &hand_average(&parts), 2e-4);
