@@ -138,8 +138,9 @@ pub struct EngineConfig {
     /// round's updates. `secure_aggregation = true` for the defaults, or a
     /// table with `dropout_tolerance`, `clip_range`, `quantization_bits` and
     /// `neighbours` (default: off). Needs a strategy that aggregates the
-    /// mean update (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad),
-    /// no `max_update_norm`, and at least 3 stations per round.
+    /// mean update (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
+    /// and at least 3 stations per round; `max_update_norm` is then checked
+    /// by each station on its own update (the server sees only the sum).
     #[serde(with = "secure::switch", skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<SecAggConfig>,
 }
@@ -253,14 +254,6 @@ impl EngineConfig {
         if let Some(secagg) = &self.secure_aggregation {
             if let Err(e) = secagg.validate() {
                 return bad("secure_aggregation", e.to_string());
-            }
-            if self.max_update_norm.is_some() {
-                return bad(
-                    "max_update_norm",
-                    "cannot be checked with secure_aggregation: the server never sees a \
-                     single update (bound the update's norm at the station instead)"
-                        .into(),
-                );
             }
             if self.min_fit < 3 || self.min_updates < 3 {
                 return bad(
@@ -1157,6 +1150,7 @@ impl Engine {
                 config,
                 graph_seed: graph_seed(self.config.seed, self.round, u64::from(attempt)),
                 weight_scale: self.weight_scale,
+                max_update_norm: self.config.max_update_norm,
             };
             match SecureFit::start(setup, &sample, now) {
                 Ok((secure, setups)) => {

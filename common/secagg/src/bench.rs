@@ -84,6 +84,7 @@ pub fn bench_round(
         config: config.clone(),
         graph_seed: rng.random(),
         weight_scale: 1000.0,
+        max_update_norm: None,
     };
     let n = stations as usize;
     let updates: Vec<Vec<f32>> = (0..n)

@@ -256,6 +256,11 @@ pub struct RoundSetup {
     /// Examples that count as weight 1: a station with `n_k` examples scales
     /// its update by `min(n_k / weight_scale, 1)`.
     pub weight_scale: f64,
+    /// The federation's bound on `||update||` (L2, before weighting): the
+    /// server cannot check it on a masked vector, so each station checks
+    /// its own and refuses to send a larger one.
+    #[serde(default)]
+    pub max_update_norm: Option<f64>,
 }
 
 impl RoundSetup {
@@ -277,6 +282,15 @@ impl RoundSetup {
             return Err(SecAggError::Config {
                 field: "vector_len",
                 reason: "the update is empty".into(),
+            });
+        }
+        if self
+            .max_update_norm
+            .is_some_and(|m| !(m.is_finite() && m > 0.0))
+        {
+            return Err(SecAggError::Config {
+                field: "max_update_norm",
+                reason: "must be a positive number".into(),
             });
         }
         if !(self.weight_scale.is_finite() && self.weight_scale > 0.0) {

@@ -254,6 +254,18 @@ impl StationSession {
                 update[i]
             )));
         }
+        if let Some(max) = self.setup.max_update_norm {
+            let norm = update
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                .sqrt();
+            if norm > max {
+                return Err(SecAggError::Update(format!(
+                    "its norm {norm:.4} exceeds the federation's bound {max} (max_update_norm)"
+                )));
+            }
+        }
         for sealed in inbox {
             self.check_round("sealed share", sealed.round)?;
             if sealed.to != self.slot {

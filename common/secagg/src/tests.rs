@@ -170,6 +170,7 @@ fn setup(round: u64, n: u32, len: usize) -> RoundSetup {
         config: SecAggConfig::default(),
         graph_seed: [round as u8; 32],
         weight_scale: 1000.0,
+        max_update_norm: None,
     }
 }
 
@@ -616,4 +617,43 @@ fn the_benchmark_measures_a_whole_round_and_its_bytes() {
     assert!(r.upload_expansion > 1.0 && r.upload_expansion < 1.5);
     assert!(r.max_error < 1e-3, "{}", r.max_error);
     assert!(bench::format_table(&[r]).lines().count() == 3);
+}
+
+#[test]
+fn stations_refuse_to_send_an_update_over_the_norm_bound() {
+    let mut s = setup(18, 4, 4);
+    s.max_update_norm = Some(1.0);
+    let mut stations: Vec<StationSession> = (0..4)
+        .map(|i| StationSession::with_seed(s.clone(), i, [i as u8 + 9; 32]).unwrap())
+        .collect();
+    let mut server = Aggregator::new(s.clone()).unwrap();
+    for st in stations.iter_mut() {
+        server.add_keys(st.slot(), st.advertise().unwrap()).unwrap();
+    }
+    for (slot, roster) in server.rosters().unwrap() {
+        let b = stations[slot as usize].share_keys(&roster).unwrap();
+        server.add_shares(slot, b).unwrap();
+    }
+    let inboxes = server.route_shares().unwrap();
+    // Norm 1.8: refused by the station itself, never masked or sent.
+    let err = stations[0]
+        .masked_input(&inboxes[&0], &[0.9; 4], 10)
+        .unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    // Norm 0.2: sent; the round goes on without the first station.
+    for slot in 1..4u32 {
+        let input = stations[slot as usize]
+            .masked_input(&inboxes[&slot], &[0.1; 4], 10)
+            .unwrap();
+        server.add_masked(slot, input).unwrap();
+    }
+    for (slot, req) in server.unmask_requests().unwrap() {
+        let r = stations[slot as usize].unmask(&req).unwrap();
+        server.add_unmask(slot, r).unwrap();
+    }
+    let agg = server.finish().unwrap();
+    assert_eq!((agg.survivors.len(), agg.dropped.len()), (3, 1));
+    let mut bad = s.clone();
+    bad.max_update_norm = Some(f64::NAN);
+    assert!(bad.validate().is_err());
 }
