@@ -8,7 +8,11 @@
 //! tensor frames) and [`Update`] (followed by the trained parameters or their
 //! delta), optionally [`EvaluateRequest`] / [`EvaluateResult`], with
 //! [`Heartbeat`]s in between and [`Bye`] at the end. [`ErrorMsg`] reports a
-//! problem without closing.
+//! problem without closing. When the server's Welcome announces secure
+//! aggregation (extension `fedcrime.secure_aggregation`), each round's
+//! protocol messages travel as [`Message::SecAggDown`] and
+//! [`Message::SecAggUp`] ([`SecAgg`]), and the station's update is a masked
+//! [`Message::SecAggUp`] instead of an [`Update`].
 //!
 //! Each message is one control frame whose kind byte is the message type
 //! ([`FrameKind`]) and whose payload is the message struct encoded by
@@ -23,9 +27,10 @@
 //! [`RoundSettings::extensions`], [`EvaluateRequest::config`]) without a version
 //! bump; anything else is a new [`PROTOCOL_VERSION`], negotiated by
 //! [`negotiate_version`]. Codes (reject, error, bye) decode even when unknown
-//! (as `Other(n)`) so a newer peer's reasons still reach the log. Kinds for
-//! secure aggregation, differential privacy and update signatures are reserved
-//! ([`super::frame::reserved`]).
+//! (as `Other(n)`) so a newer peer's reasons still reach the log. The secure
+//! aggregation kinds are sent only after the Welcome announced them; further
+//! kinds for secure aggregation, differential privacy and update signatures
+//! are reserved ([`super::frame::reserved`]).
 
 use std::collections::BTreeMap;
 
