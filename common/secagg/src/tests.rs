@@ -383,11 +383,29 @@ struct Staged {
 }
 
 fn staged(n: u32, round: u64) -> Staged {
-    let s = setup(round, n, 20);
-    let mut stations: Vec<StationSession> = (0..n)
-        .map(|i| StationSession::with_seed(s.clone(), i, [i as u8 + 1; 32]).unwrap())
+    let (stations, server, inboxes) = to_masking(&setup(round, n, 20), 1);
+    Staged {
+        stations,
+        server,
+        inboxes,
+        requests: BTreeMap::new(),
+    }
+}
+
+/// Stations and server of `s` through key advertisement and sharing, every
+/// station answering; station `i` draws from seed `i + seed`.
+fn to_masking(
+    s: &RoundSetup,
+    seed: u8,
+) -> (
+    Vec<StationSession>,
+    Aggregator,
+    BTreeMap<Slot, Vec<SealedShare>>,
+) {
+    let mut stations: Vec<StationSession> = (0..s.participants)
+        .map(|i| StationSession::with_seed(s.clone(), i, [i as u8 + seed; 32]).unwrap())
         .collect();
-    let mut server = Aggregator::new(s).unwrap();
+    let mut server = Aggregator::new(s.clone()).unwrap();
     for st in stations.iter_mut() {
         server.add_keys(st.slot(), st.advertise().unwrap()).unwrap();
     }
@@ -396,12 +414,7 @@ fn staged(n: u32, round: u64) -> Staged {
         server.add_shares(slot, b).unwrap();
     }
     let inboxes = server.route_shares().unwrap();
-    Staged {
-        stations,
-        server,
-        inboxes,
-        requests: BTreeMap::new(),
-    }
+    (stations, server, inboxes)
 }
 
 impl Staged {
@@ -509,18 +522,7 @@ fn the_server_holds_only_masked_vectors_and_their_sum() {
     let n = 5u32;
     let len = 20_000;
     let s = setup(13, n, len);
-    let mut stations: Vec<StationSession> = (0..n)
-        .map(|i| StationSession::with_seed(s.clone(), i, [i as u8 + 40; 32]).unwrap())
-        .collect();
-    let mut server = Aggregator::new(s.clone()).unwrap();
-    for st in stations.iter_mut() {
-        server.add_keys(st.slot(), st.advertise().unwrap()).unwrap();
-    }
-    for (slot, roster) in server.rosters().unwrap() {
-        let b = stations[slot as usize].share_keys(&roster).unwrap();
-        server.add_shares(slot, b).unwrap();
-    }
-    let inboxes = server.route_shares().unwrap();
+    let (mut stations, mut server, inboxes) = to_masking(&s, 40);
     let zero = vec![0.0f32; len];
     let quantized_zero = s.quantizer().quantize(0.0, &mut rand::rng());
     for (slot, inbox) in &inboxes {
@@ -623,18 +625,7 @@ fn the_benchmark_measures_a_whole_round_and_its_bytes() {
 fn stations_refuse_to_send_an_update_over_the_norm_bound() {
     let mut s = setup(18, 4, 4);
     s.max_update_norm = Some(1.0);
-    let mut stations: Vec<StationSession> = (0..4)
-        .map(|i| StationSession::with_seed(s.clone(), i, [i as u8 + 9; 32]).unwrap())
-        .collect();
-    let mut server = Aggregator::new(s.clone()).unwrap();
-    for st in stations.iter_mut() {
-        server.add_keys(st.slot(), st.advertise().unwrap()).unwrap();
-    }
-    for (slot, roster) in server.rosters().unwrap() {
-        let b = stations[slot as usize].share_keys(&roster).unwrap();
-        server.add_shares(slot, b).unwrap();
-    }
-    let inboxes = server.route_shares().unwrap();
+    let (mut stations, mut server, inboxes) = to_masking(&s, 9);
     // Norm 1.8: refused by the station itself, never masked or sent.
     let err = stations[0]
         .masked_input(&inboxes[&0], &[0.9; 4], 10)
