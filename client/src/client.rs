@@ -638,7 +638,15 @@ impl Client {
             in_tx,
         )));
         // Writes stay within what the server said it accepts.
-        let write_cfg = station_write_config(&welcome, self.options.wire);
+        let secure_run = welcome.extensions.get(WELCOME_EXTENSION) == Some(&Scalar::Bool(true));
+        let mut write_cfg = station_write_config(&welcome, self.options.wire);
+        if secure_run {
+            // A masked update is one frame; the server sized its limit for
+            // its model's (and reads no more).
+            write_cfg.max_frame_bytes = write_cfg
+                .max_frame_bytes
+                .max(welcome.limits.max_frame_bytes);
+        }
         let writer = WireWriter::new(writer.into_inner(), write_cfg);
         let (out_tx, out_rx) = mpsc::channel::<(Message, Option<Params>)>(8);
         let mut writer_task = AbortOnDrop(tokio::spawn(write_loop(writer, out_rx)));
@@ -653,8 +661,7 @@ impl Client {
         // Its work (sealing shares, expanding masks: about a second per
         // million parameters and hundred neighbours) runs off the async
         // runtime, which keeps the connection's keep-alives going.
-        let secure = (welcome.extensions.get(WELCOME_EXTENSION) == Some(&Scalar::Bool(true)))
-            .then(|| Arc::new(std::sync::Mutex::new(SecureState::default())));
+        let secure = secure_run.then(|| Arc::new(std::sync::Mutex::new(SecureState::default())));
         if secure.is_some() {
             tracing::info!("the run uses secure aggregation: updates are sent masked");
         }

@@ -612,7 +612,21 @@ fn session_ctx(
     setup: &RunSetup,
     spec: &Arc<ParamSpec>,
 ) -> Result<SessionCtx> {
-    let write_cfg = config.wire_config();
+    let mut write_cfg = config.wire_config();
+    // A masked update is one frame of 4 bytes per parameter (and the
+    // weight): the frame limit grows to fit this run's model, no further.
+    if config.federation.secure_aggregation.is_some() {
+        let need = 4 * (spec.total() as u64 + 1) + (1 << 16);
+        let need = u32::try_from(need).unwrap_or(u32::MAX);
+        if need > write_cfg.max_frame_bytes {
+            tracing::info!(
+                from = write_cfg.max_frame_bytes,
+                to = need,
+                "frame limit raised to carry this model's masked updates"
+            );
+            write_cfg.max_frame_bytes = need;
+        }
+    }
     let read_cfg = WireConfig {
         max_model_params: (spec.total() as u64).saturating_mul(2).saturating_add(1024),
         max_tensors: u32::try_from(spec.len().saturating_mul(2).saturating_add(16))
