@@ -518,6 +518,20 @@ impl SimConfig {
             if let Err(e) = secagg.validate() {
                 return invalid("federation.secure_aggregation", e.to_string());
             }
+            // Refused here, before any data is read (the engine refuses it too).
+            if let Ok(strategy) = f.strategy.build() {
+                if !strategy.mean_suffices() {
+                    return invalid(
+                        "federation.secure_aggregation",
+                        format!(
+                            "strategy {} needs every station's update, but with secure \
+                             aggregation the server learns only their sum: use fedavg, fedprox, \
+                             fedavgm, fedadam, fedyogi or fedadagrad",
+                            strategy.name()
+                        ),
+                    );
+                }
+            }
         }
         if !(0.0..1.0).contains(&f.station_dropout) {
             return invalid(
