@@ -172,6 +172,63 @@ pub fn station_from_certificate(der: &[u8]) -> Result<StationId> {
     Ok(id)
 }
 
+/// Prefix of the URI subject alternative name that binds a station's
+/// Ed25519 update-signing public key (64 lowercase hex digits) to its
+/// certificate: `urn:fedcrime:update-key:ed25519:<hex>`. The CA's signature
+/// over the certificate is what binds the key to the identity.
+pub const UPDATE_KEY_URI_PREFIX: &str = "urn:fedcrime:update-key:ed25519:";
+
+/// The URI that binds `public_key` to a certificate ([`UPDATE_KEY_URI_PREFIX`]).
+pub fn update_key_uri(public_key: &[u8; 32]) -> String {
+    let mut uri = String::with_capacity(UPDATE_KEY_URI_PREFIX.len() + 64);
+    uri.push_str(UPDATE_KEY_URI_PREFIX);
+    for b in public_key {
+        uri.push_str(&format!("{b:02x}"));
+    }
+    uri
+}
+
+/// The Ed25519 update-signing key a DER certificate binds, if any: at most
+/// one [`UPDATE_KEY_URI_PREFIX`] URI holding exactly 64 lowercase hex digits.
+pub fn update_key_from_certificate(der: &[u8]) -> Result<Option<[u8; 32]>> {
+    let refuse = |reason: String| IdentityError::Certificate(reason);
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| refuse(format!("unparsable certificate: {e}")))?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| refuse(format!("bad subject alternative name extension: {e}")))?;
+    let mut found: Option<[u8; 32]> = None;
+    for name in sans.iter().flat_map(|s| &s.value.general_names) {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(hex) = uri.strip_prefix(UPDATE_KEY_URI_PREFIX) else {
+            continue;
+        };
+        if found.is_some() {
+            return Err(refuse("more than one update-signing key URI".to_owned()));
+        }
+        let bad = || {
+            refuse(format!(
+                "update-signing key URI {uri:?} does not hold 64 lowercase hex digits"
+            ))
+        };
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(bad());
+        }
+        let mut key = [0u8; 32];
+        for (i, k) in key.iter_mut().enumerate() {
+            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        found = Some(key);
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +296,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("disagrees"));
+        let key = [0xab; 32];
+        let bound = cert_with(None, &["urn:fedcrime:station:a", &update_key_uri(&key)]);
+        assert_eq!(update_key_from_certificate(&bound).unwrap(), Some(key));
+        assert_eq!(update_key_from_certificate(&no_uri).unwrap(), None);
+        let short = cert_with(None, &["urn:fedcrime:update-key:ed25519:abcd"]);
+        assert!(update_key_from_certificate(&short)
+            .unwrap_err()
+            .to_string()
+            .contains("64 lowercase hex"));
+        let twice = cert_with(None, &[&update_key_uri(&key), &update_key_uri(&[1; 32])]);
+        assert!(update_key_from_certificate(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("more than one"));
         let bad_name = cert_with(None, &["urn:fedcrime:station:Bad_Name"]);
         assert!(station_from_certificate(&bad_name).is_err());
         assert!(station_from_certificate(b"not a certificate").is_err());

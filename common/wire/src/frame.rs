@@ -42,7 +42,9 @@ pub(crate) const CRITICAL_FLAGS: u16 = 0x00ff;
 /// | `0x0b`..`0x1f` | free for future control messages |
 /// | `0x20`, `0x21` | tensor header / tensor data, see [`super::tensor`] |
 /// | `0x40`, `0x41` | secure aggregation, server to station / station to server |
-/// | `0x42`..`0x5f` | reserved for the roadmap, see [`reserved`] |
+/// | `0x42`..`0x57` | reserved for the roadmap, see [`reserved`] |
+/// | `0x58` | station to server: the signature over the update that follows |
+/// | `0x59`..`0x5f` | reserved for update signatures |
 /// | `0x80`..`0xff` | extensions, only after negotiation in Hello/Welcome |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -75,6 +77,8 @@ pub enum FrameKind {
     SecAggDown = 0x40,
     /// Station → server: a secure-aggregation protocol message.
     SecAggUp = 0x41,
+    /// Station → server: the Ed25519 signature over the update that follows.
+    UpdateSignature = 0x58,
 }
 
 /// Kind numbers reserved for the roadmap. Decoding one today fails with
@@ -86,8 +90,6 @@ pub mod reserved {
     pub(crate) const SECAGG_MASKED_UPDATE: u8 = 0x42;
     /// Differential privacy metadata (clipping norm, noise multiplier, spent budget).
     pub(crate) const DP_METADATA: u8 = 0x50;
-    /// A signature over an update (station key bound to its certificate).
-    pub(crate) const UPDATE_SIGNATURE: u8 = 0x58;
     /// First kind of the extension range (`0x80..=0xff`).
     pub(crate) const EXTENSION_FIRST: u8 = 0x80;
 
@@ -98,7 +100,6 @@ pub mod reserved {
             0x43..=0x4f => "secure aggregation (reserved range)",
             DP_METADATA => "differential privacy metadata (reserved)",
             0x51..=0x57 => "differential privacy (reserved range)",
-            UPDATE_SIGNATURE => "update signature (reserved)",
             0x59..=0x5f => "update signatures (reserved range)",
             EXTENSION_FIRST..=0xff => "extension kind that was not negotiated",
             _ => return None,
@@ -108,7 +109,7 @@ pub mod reserved {
 
 impl FrameKind {
     /// Every kind this build understands.
-    pub const ALL: [FrameKind; 14] = [
+    pub const ALL: [FrameKind; 15] = [
         FrameKind::Hello,
         FrameKind::Welcome,
         FrameKind::Reject,
@@ -123,6 +124,7 @@ impl FrameKind {
         FrameKind::TensorData,
         FrameKind::SecAggDown,
         FrameKind::SecAggUp,
+        FrameKind::UpdateSignature,
     ];
 
     /// Parses a kind byte: unknown and reserved kinds are errors.
@@ -159,6 +161,7 @@ impl FrameKind {
             FrameKind::TensorData => "TensorData",
             FrameKind::SecAggDown => "SecAggDown",
             FrameKind::SecAggUp => "SecAggUp",
+            FrameKind::UpdateSignature => "UpdateSignature",
         }
     }
 

@@ -229,6 +229,13 @@ pub(crate) fn sample_messages(
             }),
             None,
         ),
+        (
+            Message::UpdateSignature(crate::UpdateSignature {
+                round: 3,
+                signature: vec![7; 64],
+            }),
+            None,
+        ),
     ])
 }
 
@@ -239,7 +246,7 @@ mod tests {
     #[test]
     fn seed_corpus_decodes_completely() {
         let seeds = seed_corpus().unwrap();
-        assert_eq!(seeds.len(), 13 + 2 * 3);
+        assert_eq!(seeds.len(), 14 + 2 * 3);
         for (name, bytes) in &seeds {
             let all = decode_all(bytes, &FUZZ_CONFIG).unwrap();
             assert_eq!(all.len(), 1, "{name}");

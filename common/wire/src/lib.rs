@@ -59,8 +59,9 @@ pub use frame::{FrameHeader, FrameKind};
 pub use message::{
     negotiate_version, Bye, ByeReason, Capabilities, ErrorCode, ErrorMsg, EvalModel,
     EvaluateRequest, EvaluateResult, Extensions, Heartbeat, Hello, Message, Metrics, Reject,
-    RejectCode, RoundStart, Scalar, SecAgg, ServerLimits, Update, UpdateKind, Welcome, ALPN,
-    INSTANCE_EXTENSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    RejectCode, RoundStart, Scalar, SecAgg, ServerLimits, Update, UpdateKind, UpdateSignature,
+    Welcome, ALPN, INSTANCE_EXTENSION, PROTOCOL_VERSION, SIGNED_UPDATES_EXTENSION,
+    SUPPORTED_VERSIONS,
 };
 pub use settings::{
     local_work, round_seed, RoundSettings, SettingsError, DEFAULT_MIN_LOCAL_STEPS,
@@ -69,7 +70,7 @@ pub use settings::{
 pub use stream::{decode_all, decode_message, encode_message, Received};
 #[cfg(feature = "tokio")]
 pub use stream::{WireReader, WireWriter};
-pub use tensor::{Encoding, ModelHeader};
+pub use tensor::{as_received, Encoding, ModelHeader};
 
 /// Limits and sizes of the wire layer. Both sides should agree (the server
 /// announces its own in [`ServerLimits`]).

@@ -28,9 +28,10 @@
 //! bump; anything else is a new [`PROTOCOL_VERSION`], negotiated by
 //! [`negotiate_version`]. Codes (reject, error, bye) decode even when unknown
 //! (as `Other(n)`) so a newer peer's reasons still reach the log. The secure
-//! aggregation kinds are sent only after the Welcome announced them; further
-//! kinds for secure aggregation, differential privacy and update signatures
-//! are reserved ([`super::frame::reserved`]).
+//! aggregation kinds are sent only after the Welcome announced them, and so is
+//! [`UpdateSignature`] (after [`SIGNED_UPDATES_EXTENSION`]); further kinds
+//! for secure aggregation, differential privacy and update signatures are
+//! reserved ([`super::frame::reserved`]).
 
 use std::collections::BTreeMap;
 
@@ -417,7 +418,29 @@ pub enum Message {
     SecAggDown(SecAgg),
     /// A secure-aggregation message from a station ([`SecAgg`]).
     SecAggUp(SecAgg),
+    /// See [`UpdateSignature`].
+    UpdateSignature(UpdateSignature),
 }
+
+/// Station → server, right before an [`Update`] of the same round: the
+/// station's Ed25519 signature over that update, made with the key its
+/// certificate binds (`fedcrime_audit::SignedUpdate` defines the signed
+/// bytes: run, station, round, example count, delta or not, and the SHA-256
+/// of the values as the server decodes them). Sent when the station holds a
+/// signing key; the server then verifies the next update with it (and, when
+/// its Welcome announced [`SIGNED_UPDATES_EXTENSION`], refuses updates that
+/// come without one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateSignature {
+    /// The round of the update it signs.
+    pub round: u64,
+    /// The 64-byte Ed25519 signature.
+    pub signature: Vec<u8>,
+}
+
+/// The [`Welcome::extensions`] key by which the server announces that every
+/// update must be followed by its [`UpdateSignature`] (`Scalar::Bool(true)`).
+pub const SIGNED_UPDATES_EXTENSION: &str = "fedcrime.signed_updates";
 
 /// A secure-aggregation protocol message of one round, either way. The
 /// protocol's own types (`fedcrime_fl::secure`) travel encoded in `body`:
@@ -446,6 +469,7 @@ impl Message {
             Message::Bye(_) => FrameKind::Bye,
             Message::SecAggDown(_) => FrameKind::SecAggDown,
             Message::SecAggUp(_) => FrameKind::SecAggUp,
+            Message::UpdateSignature(_) => FrameKind::UpdateSignature,
         }
     }
 
@@ -481,6 +505,7 @@ impl Message {
             Message::Error(m) => codec::encode_control_into(m, out),
             Message::Bye(m) => codec::encode_control_into(m, out),
             Message::SecAggDown(m) | Message::SecAggUp(m) => codec::encode_control_into(m, out),
+            Message::UpdateSignature(m) => codec::encode_control_into(m, out),
         }
     }
 
@@ -503,6 +528,9 @@ impl Message {
             FrameKind::Bye => Message::Bye(codec::decode_control(payload, limit)?),
             FrameKind::SecAggDown => Message::SecAggDown(codec::decode_control(payload, limit)?),
             FrameKind::SecAggUp => Message::SecAggUp(codec::decode_control(payload, limit)?),
+            FrameKind::UpdateSignature => {
+                Message::UpdateSignature(codec::decode_control(payload, limit)?)
+            }
             FrameKind::TensorHeader | FrameKind::TensorData => {
                 return Err(WireError::UnexpectedFrame {
                     expected: "a control message",
@@ -534,4 +562,5 @@ from_variant! {
     Heartbeat => Heartbeat,
     ErrorMsg => Error,
     Bye => Bye,
+    UpdateSignature => UpdateSignature,
 }

@@ -719,7 +719,7 @@ mod tests {
             let end = if edits.is_empty() { buf.len() } else { cut.index(buf.len() + 1) };
             let decoded = decode_untrusted(&buf[..end]);
             if edits.is_empty() {
-                prop_assert_eq!(decoded, 13 + 1);
+                prop_assert_eq!(decoded, 14 + 1);
             }
         }
     }
