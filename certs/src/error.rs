@@ -111,6 +111,15 @@ pub enum CertsError {
         /// The accepted spellings.
         expected: &'static str,
     },
+    /// An Ed25519 signing key could not be made, read or written.
+    #[error("{what}: {source}")]
+    SigningKey {
+        /// Which key ("the update-signing key of station-07", ...).
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: Box<fedcrime_audit::AuditError>,
+    },
     /// Another `fedcrime-certs` process holds the directory's lock file.
     #[error("PKI directory is locked by {} (another fedcrime-certs run?); remove the file if no other run is active", path.display())]
     Locked {

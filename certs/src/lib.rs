@@ -78,6 +78,18 @@ pub mod layout {
     pub fn station_key(name: &str) -> String {
         format!("{STATIONS_DIR}/{name}.key")
     }
+
+    /// A station's Ed25519 update-signing key (PKCS#8 PEM), relative to the
+    /// PKI directory; its public key is bound in the station's certificate.
+    pub fn station_signing_key(name: &str) -> String {
+        format!("{STATIONS_DIR}/{name}.sign.key")
+    }
+
+    /// The server's Ed25519 audit-log key (PKCS#8 PEM): it signs the log's
+    /// tree heads.
+    pub const AUDIT_KEY: &str = "audit.key";
+    /// The audit-log public key (hex) stations check tree heads with.
+    pub const AUDIT_PUB: &str = "audit.pub";
 }
 
 pub use fedcrime_identity::{StationId, STATION_URI_PREFIX};
@@ -320,12 +332,96 @@ impl Pki {
             },
         };
         pki.issue_server(&ca, &opts.server_names, opts.server_validity)?;
+        pki.issue_audit_key()?;
         for i in 1..=stations {
             pki.issue_station(&ca, &station_name(i), opts.station_validity)?;
         }
         pki.write_crl(&ca, now)?;
         pki.save()?;
         Ok(pki)
+    }
+
+    /// Problems with a live station's update-signing key: the certificate
+    /// must bind the key the manifest records, and the private key file
+    /// must match it.
+    fn check_signing_key(&self, s: &StationRecord) -> Vec<String> {
+        let mut problems = Vec::new();
+        let path = self.dir.join(&s.cert.cert);
+        let bound = files::read(&path)
+            .and_then(|b| pem_der(&b, "certificate", &path))
+            .map_err(|e| e.to_string())
+            .and_then(|der| {
+                fedcrime_identity::update_key_from_certificate(&der).map_err(|e| e.to_string())
+            });
+        let bound = match bound {
+            Ok(b) => b.map(|k| fedcrime_audit::PublicKey(k).to_text()),
+            Err(e) => {
+                problems.push(format!("{}: {e}", path.display()));
+                return problems;
+            }
+        };
+        if bound != s.update_key {
+            problems.push(format!(
+                "{}: binds update key {} but the manifest says {}",
+                path.display(),
+                bound.as_deref().unwrap_or("none"),
+                s.update_key.as_deref().unwrap_or("none")
+            ));
+        }
+        if let (Some(rel), Some(expected)) = (&s.signing_key, &bound) {
+            let key_path = self.dir.join(rel);
+            let origin = key_path.display().to_string();
+            match files::read_string(&key_path)
+                .map(|t| fedcrime_audit::SigningKey::from_pkcs8_pem(&t, &origin))
+            {
+                Ok(Ok(k)) if k.public_key().to_text() == *expected => {}
+                Ok(Ok(_)) => problems.push(format!(
+                    "{origin}: does not match the update key bound in {}",
+                    path.display()
+                )),
+                Ok(Err(e)) => problems.push(e.to_string()),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        problems
+    }
+
+    /// Makes the server's audit-log key (`audit.key`, `audit.pub`).
+    fn issue_audit_key(&self) -> Result<()> {
+        let what = "the audit-log key";
+        let key =
+            fedcrime_audit::SigningKey::generate().map_err(|source| CertsError::SigningKey {
+                what: what.into(),
+                source: Box::new(source),
+            })?;
+        files::write_atomic(
+            &self.dir.join(layout::AUDIT_KEY),
+            key.to_pkcs8_pem().as_bytes(),
+            KEY_MODE,
+        )?;
+        let mut public = key.public_key().to_text();
+        public.push('\n');
+        files::write_atomic(
+            &self.dir.join(layout::AUDIT_PUB),
+            public.as_bytes(),
+            PUBLIC_MODE,
+        )?;
+        Ok(())
+    }
+
+    /// The server's audit-log key file.
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.dir.join(layout::AUDIT_KEY)
+    }
+
+    /// The audit-log public key file stations check tree heads with.
+    pub fn audit_pub_path(&self) -> PathBuf {
+        self.dir.join(layout::AUDIT_PUB)
+    }
+
+    /// A station's update-signing key file.
+    pub fn station_signing_key_path(&self, name: &str) -> PathBuf {
+        self.dir.join(layout::station_signing_key(name))
     }
 
     /// Opens an existing PKI directory (reads and checks its manifest).
@@ -690,9 +786,12 @@ impl Pki {
         if let Some(server) = self.manifest.server.last() {
             check(&server.cert, None, &server.names);
         }
+        let mut key_problems = Vec::new();
         for s in self.live_station_records() {
             check(&s.cert, Some(&s.uri), &[]);
+            key_problems.extend(self.check_signing_key(s));
         }
+        problems.extend(key_problems);
         // The CRL.
         let crl_path = self.crl_path();
         match files::read(&crl_path).and_then(|b| pem_der(&b, "CRL", &crl_path)) {
@@ -841,16 +940,29 @@ impl Pki {
         let id = StationId::new(name)?;
         self.check_within_ca(&validity, &format!("the certificate of {name}"))?;
         let key = new_key(&format!("the key of {name}"))?;
+        let signing_what = format!("the update-signing key of {name}");
+        let signing =
+            fedcrime_audit::SigningKey::generate().map_err(|source| CertsError::SigningKey {
+                what: signing_what.clone(),
+                source: Box::new(source),
+            })?;
+        let update_key = signing.public_key();
         let serial = self.take_serial();
         let uri = id.uri();
         let mut params = CertificateParams::default();
         let mut dn = dn(&self.manifest.agency, name);
         dn.push(DnType::OrganizationalUnitName, "stations");
         params.distinguished_name = dn;
+        let key_uri = fedcrime_identity::update_key_uri(&update_key.0);
         params.subject_alt_names =
-            vec![SanType::URI(uri.as_str().try_into().map_err(|e| {
-                CertsError::rcgen(format!("encode the identity URI of {name}"), e)
-            })?)];
+            vec![
+                SanType::URI(uri.as_str().try_into().map_err(|e| {
+                    CertsError::rcgen(format!("encode the identity URI of {name}"), e)
+                })?),
+                SanType::URI(key_uri.as_str().try_into().map_err(|e| {
+                    CertsError::rcgen(format!("encode the update-key URI of {name}"), e)
+                })?),
+            ];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -865,6 +977,11 @@ impl Pki {
         files::write_atomic(
             &self.station_key_path(name),
             key.serialize_pem().as_bytes(),
+            KEY_MODE,
+        )?;
+        files::write_atomic(
+            &self.dir.join(layout::station_signing_key(name)),
+            signing.to_pkcs8_pem().as_bytes(),
             KEY_MODE,
         )?;
         files::write_atomic(
@@ -885,6 +1002,8 @@ impl Pki {
                 sha256: fingerprint(cert.der()),
             },
             revoked: None,
+            update_key: Some(update_key.to_text()),
+            signing_key: Some(layout::station_signing_key(name)),
         };
         self.manifest.stations.push(record.clone());
         Ok(record)
@@ -902,6 +1021,7 @@ impl Pki {
                 .map_err(|e| CertsError::io("moving to stations/retired", &from, e))?;
         }
         files::remove_if_exists(&self.station_key_path(name))?;
+        files::remove_if_exists(&self.dir.join(layout::station_signing_key(name)))?;
         if let Some(rec) = self
             .manifest
             .stations
@@ -911,6 +1031,7 @@ impl Pki {
         {
             rec.cert.cert = retired_rel;
             rec.cert.key = None;
+            rec.signing_key = None;
         }
         Ok(())
     }
@@ -994,6 +1115,8 @@ fn existing_pki_files(dir: &Path) -> Result<Vec<PathBuf>> {
         layout::SERVER_CERT,
         layout::SERVER_KEY,
         layout::CRL,
+        layout::AUDIT_KEY,
+        layout::AUDIT_PUB,
     ]
     .iter()
     .map(|f| dir.join(f))

@@ -31,7 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a new PKI: CA, server certificate, N station certificates, empty CRL.
+    /// Create a new PKI: CA, server certificate, N station certificates
+    /// (each with an Ed25519 update-signing key its certificate binds), the
+    /// server's audit-log key (audit.key, audit.pub), empty CRL.
     ///
     /// Example: fedcrime-certs init --out pki --stations 21 --server-name fl.lapd.example
     Init {
@@ -58,7 +60,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a certificate to one more station.
+    /// Issue a certificate to one more station, with its Ed25519
+    /// update-signing key (NAME.sign.key; the certificate binds its public
+    /// key as urn:fedcrime:update-key:ed25519:<hex>).
     ///
     /// A station whose certificate was revoked (or expired) can be issued a
     /// new one under the same name; the old certificate is moved to
@@ -178,6 +182,12 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
                     .display()
             )?;
             writeln!(out, "  CRL       {}", pki.crl_path().display())?;
+            writeln!(
+                out,
+                "  audit     {} (the server signs its audit log's tree heads; stations get {})",
+                pki.audit_key_path().display(),
+                pki.audit_pub_path().display()
+            )?;
             writeln!(out, "  manifest  {}", pki.manifest_path().display())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -215,6 +225,12 @@ fn run(cli: Cli, now: OffsetDateTime, out: &mut impl Write) -> Result<ExitCode> 
                 out,
                 "  key         {}",
                 pki.station_key_path(&rec.name).display()
+            )?;
+            writeln!(
+                out,
+                "  signing key {} (Ed25519 {}, bound in the certificate: signs every update)",
+                pki.station_signing_key_path(&rec.name).display(),
+                rec.update_key.as_deref().unwrap_or("?")
             )?;
             Ok(ExitCode::SUCCESS)
         }

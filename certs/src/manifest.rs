@@ -84,6 +84,14 @@ pub struct StationRecord {
     pub cert: CertRecord,
     /// Set once revoked.
     pub revoked: Option<Revocation>,
+    /// The Ed25519 public key the certificate binds for signing updates
+    /// (hex; absent in certificates issued before update signing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_key: Option<String>,
+    /// The station's update-signing private key (PKCS#8 PEM), relative to
+    /// the PKI directory, until it is retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
 }
 
 /// A revocation entry.

@@ -43,8 +43,11 @@ fn private_keys_are_owner_only_and_certificates_public() {
     assert_eq!(mode(&pki.server_key_path()), 0o600);
     for i in 1..=3 {
         assert_eq!(mode(&pki.station_key_path(&station_name(i))), 0o600);
+        assert_eq!(mode(&pki.station_signing_key_path(&station_name(i))), 0o600);
         assert_eq!(mode(&pki.station_cert_path(&station_name(i))), 0o644);
     }
+    assert_eq!(mode(&pki.audit_key_path()), 0o600);
+    assert_eq!(mode(&pki.audit_pub_path()), 0o644);
     assert_eq!(mode(&pki.ca_cert_path()), 0o644);
     assert_eq!(mode(&pki.crl_path()), 0o644);
     assert_eq!(mode(&pki.dir().join(layout::STATIONS_DIR)), 0o700);
@@ -93,6 +96,35 @@ fn manifest_matches_the_issued_files() {
     );
     let eku = x.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.server_auth);
+}
+
+#[test]
+fn every_station_certificate_binds_its_update_signing_key() {
+    let (_d, pki) = fresh(2);
+    for s in &pki.manifest().stations {
+        let path = pki.station_cert_path(&s.name);
+        let der = crate::pem_der(&std::fs::read(&path).unwrap(), "certificate", &path).unwrap();
+        let bound = fedcrime_identity::update_key_from_certificate(&der)
+            .unwrap()
+            .map(|k| fedcrime_audit::PublicKey(k).to_text());
+        assert_eq!(bound, s.update_key, "{}", s.name);
+        let text = std::fs::read_to_string(pki.station_signing_key_path(&s.name)).unwrap();
+        let key = fedcrime_audit::SigningKey::from_pkcs8_pem(&text, "test").unwrap();
+        assert_eq!(Some(key.public_key().to_text()), s.update_key);
+    }
+    // Another station's signing key in place of station-01's is noticed.
+    std::fs::copy(
+        pki.station_signing_key_path("station-02"),
+        pki.station_signing_key_path("station-01"),
+    )
+    .unwrap();
+    let problems = pki.verify().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("station-01.sign.key") && p.contains("does not match")),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use rustls_pki_types::CertificateDer;
 
-use fedcrime_identity::{station_from_certificate, StationId};
+use fedcrime_identity::{station_from_certificate, update_key_from_certificate, StationId};
 
 use super::error::{NetError, Result};
 
@@ -18,6 +18,21 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<StationId> {
         reason: "the peer presented an empty certificate chain".to_owned(),
     })?;
     station_from_certificate(leaf).map_err(|e| NetError::Identity {
+        peer,
+        reason: e.to_string(),
+    })
+}
+
+/// The Ed25519 update-signing key the peer's certificate binds, if any
+/// (see [`fedcrime_identity::UPDATE_KEY_URI_PREFIX`]).
+pub fn peer_update_key(conn: &quinn::Connection) -> Result<Option<[u8; 32]>> {
+    let peer = conn.remote_address();
+    let certs = peer_chain(conn)?;
+    let leaf = certs.first().ok_or_else(|| NetError::Identity {
+        peer,
+        reason: "the peer presented an empty certificate chain".to_owned(),
+    })?;
+    update_key_from_certificate(leaf).map_err(|e| NetError::Identity {
         peer,
         reason: e.to_string(),
     })

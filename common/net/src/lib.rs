@@ -46,7 +46,7 @@ pub use bench::{
 pub use connector::{Backoff, Connector, ReconnectPolicy};
 pub use error::{NetError, RefusedBy, Result};
 pub use fedcrime_identity::{station_from_certificate, StationId, STATION_URI_PREFIX};
-pub use identity::peer_identity;
+pub use identity::{peer_identity, peer_update_key};
 pub use listener::{Listener, ListenerLimits, ListenerStats, Rejection, StationConnection};
 pub use secret::EndpointSecret;
 pub use tls::{pki_layout, ClientTls, ServerTls};

@@ -31,6 +31,15 @@ pub mod pki_layout {
     pub const CRL: &str = "crl.pem";
     /// The folder of station certificates and keys.
     pub const STATIONS_DIR: &str = "stations";
+    /// The audit-log public key stations check tree heads with.
+    pub const AUDIT_PUB: &str = "audit.pub";
+    /// The audit-log signing key (the server's).
+    pub const AUDIT_KEY: &str = "audit.key";
+
+    /// A station's update-signing key, relative to the PKI folder.
+    pub fn station_signing_key(name: &str) -> String {
+        format!("{STATIONS_DIR}/{name}.sign.key")
+    }
 }
 
 fn default_crl_check_ms() -> u64 {
