@@ -19,12 +19,14 @@
 
 use std::ops::Range;
 
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::config::ModelConfig;
+use super::dp::{align_to_trainable, clip_factors, DpGrads};
 use super::error::{ModelError, Result};
 use super::layers::{
     area_prior_weights, class_weights, linear, prior_bias, set_bias, task_loss, task_predict,
+    task_sample_losses,
 };
 use super::stages::{index_after, share_linear, Layers};
 use super::{Batch, CrimeModel, ModelKind};
@@ -59,6 +61,83 @@ impl DnnNet {
             area: self.area.as_ref().map(Tensor::shallow_clone),
             class_weights: self.class_weights.as_ref().map(|w| w.to_device(device)),
         }
+    }
+}
+
+impl DnnNet {
+    /// DP-SGD's clipped per-sample gradient sum in one backward pass (see
+    /// [`CrimeModel::dp_clipped_grad_sum`]).
+    ///
+    /// Every parameter is a linear map: for layer `l` with input `a_l`
+    /// (`[b, in]`) and output `s_l = a_l W^T + bias` (`[b, out]`), sample
+    /// `i`'s gradient is `g_li a_li^T` for `W` and `g_li` for the bias, where
+    /// `g_l = dL/ds_l` for `L` the *sum* of the per-sample losses (sample
+    /// `i`'s loss depends on row `i` only, so row `i` of `g_l` is its own).
+    /// One backward pass to the `s_l` gives every `g_l`; sample `i`'s squared
+    /// norm is `sum_l ||g_li||^2 (||a_li||^2 + 1)` (the Frobenius norm of a
+    /// rank-one matrix, "ghost clipping"), plus `||g_out,i||^2 ||x_i||^2` for
+    /// the bias-free direct path `area` (counts), which shares the output's
+    /// gradient; and the clipped sums are `(c * g_l)^T a_l` and
+    /// `sum_i c_i g_li`. No per-sample gradient is ever materialized.
+    fn dp_grads(&self, vs: &nn::VarStore, batch: &Batch, clip: f64) -> Result<DpGrads> {
+        let x = &batch.features;
+        // (input, pre-activation output) of each hidden layer, then the head.
+        let mut records: Vec<(Tensor, Tensor)> = Vec::with_capacity(self.hidden.len() + 1);
+        let mut h = x.shallow_clone();
+        for layer in &self.hidden {
+            let s = h.apply(layer);
+            let y = s.relu();
+            let next = if self.cfg.dropout > 0.0 {
+                y.dropout(self.cfg.dropout, true)
+            } else {
+                y
+            };
+            records.push((h, s));
+            h = next;
+        }
+        let head = h.apply(&self.head);
+        let out = match &self.area {
+            Some(w) => head + x.matmul(&w.tr()),
+            None => head,
+        };
+        records.push((h, out.shallow_clone()));
+        let losses = task_sample_losses(&self.cfg, self.class_weights.as_ref(), &out, batch);
+        let outputs: Vec<&Tensor> = records.iter().map(|(_, s)| s).collect();
+        let g = Tensor::f_run_backward(&[losses.sum(Kind::Float)], &outputs, false, false)?;
+        tch::no_grad(|| {
+            let row_sq = |t: &Tensor| t.square().sum_dim_intlist(1, false, Kind::Float);
+            let layers: Vec<&nn::Linear> = self.hidden.iter().chain([&self.head]).collect();
+            let mut sq = Tensor::zeros([batch.len() as i64], (Kind::Float, x.device()));
+            for ((a, _), (g, layer)) in records.iter().zip(g.iter().zip(&layers)) {
+                let bias = if layer.bs.is_some() { 1.0 } else { 0.0 };
+                sq += row_sq(g) * (row_sq(&a.detach()) + bias);
+            }
+            let g_out = &g[g.len() - 1];
+            if self.area.is_some() {
+                sq += row_sq(g_out) * row_sq(x);
+            }
+            let norms = sq.sqrt();
+            let c = clip_factors(&norms, clip).unsqueeze(1);
+            let mut pairs = Vec::with_capacity(2 * layers.len() + 1);
+            for ((a, _), (g, layer)) in records.iter().zip(g.iter().zip(&layers)) {
+                let cg = g * &c;
+                pairs.push((layer.ws.shallow_clone(), cg.tr().matmul(&a.detach())));
+                if let Some(bs) = &layer.bs {
+                    pairs.push((
+                        bs.shallow_clone(),
+                        cg.sum_dim_intlist(0, false, Kind::Float),
+                    ));
+                }
+            }
+            if let Some(w) = &self.area {
+                pairs.push((w.shallow_clone(), (g_out * &c).tr().matmul(x)));
+            }
+            Ok(DpGrads {
+                losses: losses.detach(),
+                norms,
+                grads: align_to_trainable(vs, pairs)?,
+            })
+        })
     }
 }
 
@@ -182,6 +261,22 @@ impl CrimeModel for Dnn {
 
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
         self.net.loss(output, batch)
+    }
+
+    fn sample_losses(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        task_sample_losses(
+            &self.net.cfg,
+            self.net.class_weights.as_ref(),
+            output,
+            batch,
+        )
+    }
+
+    /// The vectorised path: one forward and one backward pass per batch
+    /// (see the MLP's `dp_grads`: per-sample norms from each linear layer's
+    /// input and output gradient).
+    fn dp_clipped_grad_sum(&self, batch: &Batch, clip: f64) -> Option<Result<DpGrads>> {
+        Some(self.net.dp_grads(&self.vs, batch, clip))
     }
 
     fn predict(&self, output: &Tensor) -> Tensor {

@@ -59,7 +59,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::config::{CountLoss, ModelConfig};
 use super::error::{ModelError, Result};
-use super::layers::{task_loss, task_predict, PRIOR_FLOOR};
+use super::layers::{task_loss, task_predict, task_sample_losses, PRIOR_FLOOR};
 use super::stages::{index_after, Layers};
 use super::{Batch, CrimeModel, ModelKind};
 use fedcrime_data::Task;
@@ -487,6 +487,10 @@ impl CrimeModel for GatTcn {
 
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
         self.net.loss(output, batch)
+    }
+
+    fn sample_losses(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        task_sample_losses(&self.net.cfg, None, output, batch)
     }
 
     fn predict(&self, output: &Tensor) -> Tensor {

@@ -107,6 +107,37 @@ pub(crate) fn task_loss(
     }
 }
 
+/// The task's loss of every sample, `[b]`, with nothing mixed across
+/// samples (what DP-SGD clips one by one): the class-weighted cross-entropy
+/// `w[y_i] * CE_i` (risk), the Poisson NLL or squared error averaged over
+/// the sample's count values (counts). Unweighted, [`task_loss`] is their
+/// mean; with class weights `task_loss` is `sum / sum_i w[y_i]` instead, and
+/// the sum over a training split whose weights average 1 (see
+/// [`ClassWeighting`](crate::train::ClassWeighting)) is the same objective.
+pub(crate) fn task_sample_losses(
+    cfg: &ModelConfig,
+    weights: Option<&Tensor>,
+    output: &Tensor,
+    batch: &Batch,
+) -> Tensor {
+    let per_value = match cfg.task {
+        Task::Risk => {
+            return output.cross_entropy_loss(&batch.target, weights, Reduction::None, -100, 0.0)
+        }
+        Task::Counts => match cfg.count_loss {
+            CountLoss::Poisson => {
+                output.poisson_nll_loss(&batch.target, true, false, 1e-8, Reduction::None)
+            }
+            CountLoss::Mse => output.mse_loss(&batch.target, Reduction::None),
+        },
+    };
+    if per_value.dim() <= 1 {
+        per_value
+    } else {
+        per_value.flatten(1, -1).mean_dim(1, false, Kind::Float)
+    }
+}
+
 /// Class indices (risk, i64) or non-negative expected counts (counts, f32).
 pub(crate) fn task_predict(cfg: &ModelConfig, output: &Tensor) -> Tensor {
     match cfg.task {

@@ -27,6 +27,7 @@ use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::layers::{
     area_prior_weights, class_weights, linear, prior_bias, set_bias, task_loss, task_predict,
+    task_sample_losses,
 };
 use super::stages::{share_linear, Layers};
 use super::{Batch, CrimeModel, ModelKind};
@@ -256,6 +257,15 @@ impl CrimeModel for Lstm {
 
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor {
         self.net.loss(output, batch)
+    }
+
+    fn sample_losses(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        task_sample_losses(
+            &self.net.cfg,
+            self.net.class_weights.as_ref(),
+            output,
+            batch,
+        )
     }
 
     fn predict(&self, output: &Tensor) -> Tensor {

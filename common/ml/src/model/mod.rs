@@ -14,6 +14,9 @@
 //!   [`load_safetensors`]) store a model as a self-describing `.safetensors`
 //!   file (config JSON in its metadata) that Python's
 //!   `safetensors.torch.load_file` reads.
+//! - [`dp`]: per-sample clipped gradients for DP-SGD
+//!   ([`CrimeModel::dp_clipped_grad_sum`], vectorised for the DNN; one
+//!   backward pass per sample otherwise).
 //! - [`stages`]: a model's layers as consecutive units that pipeline stages
 //!   (model parallelism) run on their own threads and devices.
 //! - [`to_batch`] and [`DatasetTensors`] turn [`Dataset`](fedcrime_data::Dataset)
@@ -36,6 +39,7 @@ use fedcrime_params::{ParamSpec, Params};
 mod batch;
 pub mod config;
 pub mod dnn;
+pub mod dp;
 mod error;
 pub mod gat_tcn;
 mod graph;
@@ -52,6 +56,7 @@ pub(crate) mod test_util;
 pub use batch::{to_batch, DatasetTensors};
 pub use config::{AreaPrior, CountLoss, ModelConfig, LAPD_AREAS};
 pub use dnn::Dnn;
+pub use dp::DpGrads;
 pub use error::{ModelError, Result};
 pub use gat_tcn::{GatTcn, GatTcnTrace};
 pub use graph::{
@@ -139,6 +144,34 @@ pub trait CrimeModel: Send {
 
     /// The scalar training loss of `output` (from `forward_t`) against the batch targets.
     fn loss(&self, output: &Tensor, batch: &Batch) -> Tensor;
+
+    /// Every sample's loss of `output` (from `forward_t`), `[b]`, with
+    /// nothing mixed across samples (what DP-SGD differentiates and clips
+    /// per sample): class-weighted cross-entropy `w[y_i] CE_i` (risk), the
+    /// mean over the sample's count values (counts). Without class weights
+    /// [`CrimeModel::loss`] is their mean; with them `loss` is their sum
+    /// over `sum_i w[y_i]`. The default computes the task loss with the
+    /// config's class weights; a model whose `loss` differs overrides it.
+    fn sample_losses(&self, output: &Tensor, batch: &Batch) -> Tensor {
+        let weights = match (self.task(), &self.config().class_weights) {
+            (Task::Risk, Some(w)) => Some(Tensor::from_slice(w).to_device(output.device())),
+            _ => None,
+        };
+        layers::task_sample_losses(self.config(), weights.as_ref(), output, batch)
+    }
+
+    /// DP-SGD's clipped per-sample gradient sum of `batch` (training mode,
+    /// dropout on), computed by the model in a vectorised way: `None` (the
+    /// default) when the model has no such path and the caller falls back to
+    /// one backward pass per sample ([`dp::micro_batch_clipped_grad_sum`]).
+    /// `clip` is the L2 bound `C > 0` on each sample's gradient over all
+    /// trainable parameters jointly. An implementation must compute what
+    /// the fallback computes (the gradients of [`CrimeModel::sample_losses`]
+    /// of `forward_t(batch, true)`, up to rounding and dropout masks) and
+    /// must not touch the variables' `.grad()`. See [`dp`].
+    fn dp_clipped_grad_sum(&self, _batch: &Batch, _clip: f64) -> Option<Result<DpGrads>> {
+        None
+    }
 
     /// Turns `forward_t` output into what metrics compare with targets:
     /// class indices for risk, non-negative expected counts for counts.

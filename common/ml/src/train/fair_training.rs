@@ -196,9 +196,17 @@ impl FairGroups {
     }
 }
 
-/// Refuses fairness-aware training in `trainer` (it runs in the station
-/// trainer only).
+/// Refuses what runs in the station trainer only in `trainer`:
+/// fairness-aware training and DP-SGD.
 pub(crate) fn station_only(cfg: &super::TrainConfig, trainer: &str) -> Result<()> {
+    if cfg.dp.is_some() {
+        return Err(TrainError::Config {
+            field: "dp",
+            reason: format!(
+                "DP-SGD is not available in {trainer}: train with one worker (the station trainer)"
+            ),
+        });
+    }
     if cfg.fairness.is_active() {
         return Err(TrainError::Config {
             field: "fairness",

@@ -15,6 +15,8 @@
 //! - [`trainer`]: Adam, early stopping on validation loss with the best weights
 //!   restored, the FedProx proximal term, per-epoch records; callable with a
 //!   global [`Params`](fedcrime_params::Params) to start from, returning the update.
+//! - [`dp_sgd`]: local differential privacy at the station: DP-SGD
+//!   (per-sample clipping and Gaussian noise) in the station trainer.
 //! - [`parallel`]: W model replicas (CUDA devices or CPU workers), each step's
 //!   batch split among them, gradients averaged, one identical optimizer step.
 //! - [`pipeline`]: model parallelism: the model's layers in S stages on their
@@ -23,6 +25,7 @@
 //! - [`tune`]: grid or random search over the paper's hyperparameter grid.
 
 pub mod baselines;
+pub mod dp_sgd;
 pub mod fair_training;
 pub mod fairness;
 pub mod loader;
@@ -35,6 +38,7 @@ pub mod trainer;
 pub mod tune;
 
 pub use baselines::{evaluate_baselines, BaselineResult};
+pub use dp_sgd::{DpAccounting, DpSgd};
 pub use fair_training::{reweighing_weights, Criterion, FairGroups, FairTraining};
 pub use metrics::{CountMetrics, Metrics, RiskMetrics};
 pub use parallel::{ParallelConfig, ParallelTrainer};

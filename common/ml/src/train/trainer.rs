@@ -8,7 +8,9 @@
 //! `mu / 2 * ||w - w_global||^2` that keeps a station's update near the global
 //! model. [`Trainer::fit_from`] is the federated entry point: it starts from
 //! the global [`Params`] and returns the station's updated parameters, its
-//! number of training examples and its metrics.
+//! number of training examples and its metrics. With [`TrainConfig::dp`] each
+//! step is a DP-SGD step instead (per-sample clipping and Gaussian noise,
+//! see [`super::dp_sgd`]).
 
 use std::time::Instant;
 
@@ -72,6 +74,10 @@ pub struct TrainConfig {
     pub fairness: super::FairTraining,
     /// The groups fairness-aware training equalizes: bureaus or areas.
     pub fairness_groups: super::FairGroups,
+    /// Local differential privacy: DP-SGD (per-sample clipping and Gaussian
+    /// noise, see [`super::dp_sgd`]); `None` (the default) trains plainly.
+    /// Station trainer only; not with `fairness`.
+    pub dp: Option<super::DpSgd>,
 }
 
 impl Default for TrainConfig {
@@ -94,6 +100,7 @@ impl Default for TrainConfig {
             resident: None,
             fairness: super::FairTraining::None,
             fairness_groups: super::FairGroups::Bureau,
+            dp: None,
         }
     }
 }
@@ -131,6 +138,18 @@ impl TrainConfig {
         if let Some(c) = self.max_grad_norm {
             if !(c.is_finite() && c > 0.0) {
                 return bad("max_grad_norm", "must be a positive number");
+            }
+        }
+        if let Some(dp) = &self.dp {
+            dp.validate()?;
+            if self.fairness.is_active() {
+                return bad(
+                    "fairness",
+                    &format!(
+                        "{} cannot be combined with DP-SGD (dp): fairness-aware losses mix samples, which per-sample clipping cannot bound",
+                        self.fairness
+                    ),
+                );
             }
         }
         Ok(())
@@ -255,6 +274,9 @@ pub struct FitReport {
     pub best_val_loss: Option<f64>,
     /// Whether patience ran out before the last epoch.
     pub stopped_early: bool,
+    /// What a privacy accountant needs, when the fit ran DP-SGD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<super::DpAccounting>,
 }
 
 impl FitReport {
@@ -285,13 +307,21 @@ impl LocalUpdate {
     /// The update's metrics by name, as a federated fit result carries them:
     /// `loss` (training loss of the kept epoch), `epochs`, and when the
     /// station validated `val_loss` and every validation metric with a `val_`
-    /// prefix (`val_macro_f1`, `val_mae`...). Undefined values are left out.
+    /// prefix (`val_macro_f1`, `val_mae`...), and when the station trained
+    /// with DP-SGD what its accountant needs: `dp_steps`, `dp_sampling_rate`
+    /// and `dp_noise_multiplier` (see [`super::dp_sgd`]). Undefined values
+    /// are left out.
     pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
         let mut m = std::collections::BTreeMap::new();
         if let Some(r) = self.report.kept() {
             m.insert("loss".to_string(), r.train_loss);
         }
         m.insert("epochs".to_string(), self.report.epochs.len() as f64);
+        if let Some(dp) = &self.report.dp {
+            m.insert("dp_steps".to_string(), dp.steps as f64);
+            m.insert("dp_sampling_rate".to_string(), dp.sampling_rate);
+            m.insert("dp_noise_multiplier".to_string(), dp.noise_multiplier);
+        }
         if let Some(v) = &self.val {
             m.insert("val_loss".to_string(), v.loss);
             for (name, x) in v.metrics.scalars() {
@@ -862,6 +892,12 @@ impl Trainer {
             None
         };
 
+        // DP-SGD's gradients go to the trainable variables, in this order.
+        let dp_vars = match cfg.dp {
+            Some(_) => self.model.var_store().trainable_variables(),
+            None => Vec::new(),
+        };
+
         for epoch in 1..=cfg.epochs {
             let t0 = Instant::now();
             let pb = epoch_bar(cfg.progress, steps, epoch, cfg.epochs);
@@ -869,33 +905,53 @@ impl Trainer {
             let model = &self.model;
             let prox = &self.prox;
             let fair = &fair;
+            let dp_vars = &dp_vars;
             let mut step = |b: Batch, indices: Option<&[usize]>| -> Result<()> {
                 let n = b.len();
-                let out = model.forward_t(&b, true);
-                let loss = match (fair, indices) {
-                    (Some(f), Some(idx)) => {
-                        f.loss(model.as_ref(), &out, &b, &f.groups_of(idx, device))
+                // `objective`'s gradient is the step's gradient (before the
+                // proximal term); `batch_loss` the batch's summed loss.
+                let (objective, batch_loss) = match &cfg.dp {
+                    Some(dp) => {
+                        // DP-SGD: clipped per-sample gradients summed, noise,
+                        // the mean handed to the variables' gradients
+                        // through a surrogate (see `dp_sgd`); the FedProx
+                        // term and `max_grad_norm` below act on the noisy
+                        // gradient (post-processing).
+                        let g = crate::model::dp::clipped_grad_sum(model.as_ref(), &b, dp.clip)?;
+                        let noisy = super::dp_sgd::noisy_mean(&g.grads, dp, n);
+                        (
+                            super::dp_sgd::surrogate(dp_vars, &noisy),
+                            g.losses.sum(Kind::Double),
+                        )
                     }
-                    _ => model.loss(&out, &b),
+                    None => {
+                        let out = model.forward_t(&b, true);
+                        let loss = match (fair, indices) {
+                            (Some(f), Some(idx)) => {
+                                f.loss(model.as_ref(), &out, &b, &f.groups_of(idx, device))
+                            }
+                            _ => model.loss(&out, &b),
+                        };
+                        let sum = loss.detach().to_kind(Kind::Double) * n as f64;
+                        (loss, sum)
+                    }
                 };
                 opt.zero_grad();
                 if prox.is_empty() {
-                    loss.backward();
+                    objective.backward();
                 } else {
                     let mut term = Tensor::zeros([], (Kind::Float, device));
                     for (w, g) in prox {
                         term += (w - g).square().sum(Kind::Float);
                     }
-                    (&loss + term * half_mu).backward();
+                    (&objective + term * half_mu).backward();
                 }
                 if let Some(c) = cfg.max_grad_norm {
                     opt.clip_grad_norm(c);
                 }
                 opt.step();
                 tch::no_grad(|| {
-                    let _ = loss_sum
-                        .shallow_clone()
-                        .g_add_(&(loss.detach().to_kind(Kind::Double) * n as f64));
+                    let _ = loss_sum.shallow_clone().g_add_(&batch_loss);
                 });
                 pb.inc(1);
                 Ok(())
@@ -946,7 +1002,17 @@ impl Trainer {
                 break;
             }
         }
-        Ok(selection.finish().0)
+        let mut report = selection.finish().0;
+        if let Some(dp) = cfg.dp {
+            // Every epoch run took all its steps (an error ends the fit).
+            report.dp = Some(super::DpAccounting {
+                steps: report.epochs.len() * steps,
+                sampling_rate: (cfg.batch_size as f64 / train.len() as f64).min(1.0),
+                noise_multiplier: dp.noise_multiplier,
+                clip: dp.clip,
+            });
+        }
+        Ok(report)
     }
 }
 
