@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::error::{FlError, Result};
 use super::metrics::RoundMetrics;
+use super::privacy::{CentralDp, DpMode, PrivacyConfig, RoundPrivacy, DP_EPSILON_METRIC};
 use super::secure::{self, Closed, SecAggConfig, SecAggDown, SecAggUp, SecureFit};
 use super::stopping::{BestRound, EarlyStopping, Plateau, Verdict};
 use super::strategy::{
@@ -47,6 +48,7 @@ use super::strategy::{
 };
 use super::validate::{check_round, FailureKind, Refusal, Validator};
 use super::StationId;
+pub use fedcrime_audit::Entry as AuditEntry;
 use fedcrime_params::Params;
 use fedcrime_wire::RoundSettings;
 
@@ -143,6 +145,14 @@ pub struct EngineConfig {
     /// by each station on its own update (the server sees only the sum).
     #[serde(with = "secure::switch", skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<SecAggConfig>,
+    /// Differential privacy (see [`crate::privacy`]). Not a `[federation]`
+    /// key: the roles fill it from their `[privacy]` section.
+    #[serde(skip)]
+    pub privacy: Option<PrivacyConfig>,
+    /// Emit [`Action::Audit`] entries for the audit log (set by the driver
+    /// that keeps one; not a config key).
+    #[serde(skip)]
+    pub audit: bool,
 }
 
 impl Default for EngineConfig {
@@ -166,6 +176,8 @@ impl Default for EngineConfig {
             evaluate_config: Config::new(),
             early_stopping: None,
             secure_aggregation: None,
+            privacy: None,
+            audit: false,
         }
     }
 }
@@ -267,6 +279,20 @@ impl EngineConfig {
                 );
             }
         }
+        if let Some(p) = &self.privacy {
+            if let Err((field, message)) = p.validate() {
+                return bad(field, message);
+            }
+            if p.mode == DpMode::Central && self.secure_aggregation.is_some() {
+                return bad(
+                    "privacy.mode",
+                    "central differential privacy clips each update at the server, which \
+                     secure aggregation hides from it: use mode = \"local\" (DP-SGD at the \
+                     stations) with secure aggregation"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -274,6 +300,18 @@ impl EngineConfig {
     pub(crate) fn is_eval_round(&self, round: u64) -> bool {
         self.eval_every > 0 && (round.is_multiple_of(self.eval_every) || round == self.rounds)
     }
+}
+
+/// What the driver established about an update before handing it over:
+/// its hash and, when the station signs, its signature and whether it held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpdateProof {
+    /// SHA-256 of the update's values as received (little-endian f32), hex.
+    pub sha256: String,
+    /// The station's Ed25519 signature over the update, hex.
+    pub signature: Option<String>,
+    /// Why the update must be refused (missing or bad signature), if so.
+    pub problem: Option<String>,
 }
 
 /// Something that happened, fed to [`Engine::handle`].
@@ -300,6 +338,9 @@ pub enum Event {
         round: u64,
         /// The update.
         update: FitRes,
+        /// Its hash and signature as the driver checked them (`None`: not
+        /// checked, e.g. an in-memory federation without signatures).
+        proof: Option<UpdateProof>,
     },
     /// A station reports that it could not train.
     FitFailed {
@@ -375,6 +416,10 @@ pub struct Summary {
     /// because the score stopped improving.
     #[serde(default)]
     pub stopped_early: bool,
+    /// With `privacy.target_epsilon`: whether the run stopped before
+    /// `rounds` because the next round would have spent more.
+    #[serde(default)]
+    pub privacy_budget_spent: bool,
 }
 
 /// Something the driver must do, from [`Engine::poll_action`].
@@ -412,6 +457,8 @@ pub enum Action {
         /// The message.
         msg: SecAggDown,
     },
+    /// Append this entry to the audit log (only with `EngineConfig::audit`).
+    Audit(Box<AuditEntry>),
     /// A round completed (write its metrics).
     RoundFinished(Box<RoundMetrics>),
     /// Persist this state (e.g. [`CheckpointStore::save`]); a resume
@@ -497,6 +544,10 @@ pub struct Engine {
     /// Secure aggregation: examples that count as weight 1, the most any
     /// station reported so far.
     weight_scale: f64,
+    /// Central differential privacy's state, when configured.
+    dp: Option<CentralDp>,
+    /// Whether the run stopped on its privacy budget.
+    budget_spent: bool,
 }
 
 /// Secure aggregation's weight scale before any station reported.
@@ -545,7 +596,10 @@ impl Engine {
             sum: kernels::WeightedSum::default(),
             spent: Vec::new(),
             weight_scale: INITIAL_WEIGHT_SCALE,
+            dp: None,
+            budget_spent: false,
         }
+        .with_privacy()
         .with_plateau()
         .checked_for_secagg()
     }
@@ -582,7 +636,10 @@ impl Engine {
             sum: kernels::WeightedSum::default(),
             spent: Vec::new(),
             weight_scale: INITIAL_WEIGHT_SCALE,
+            dp: None,
+            budget_spent: false,
         }
+        .with_privacy()
         .with_plateau()
         .checked_for_secagg()?;
         tracing::info!(after_round = checkpoint.round, "resuming federated run");
@@ -618,6 +675,18 @@ impl Engine {
             }
             None => Engine::new(config, strategy, initial, now),
         }
+    }
+
+    /// Central DP's state, its accountant rebuilt from the history (a
+    /// resumed run goes on charging where it stopped).
+    fn with_privacy(mut self) -> Self {
+        self.dp = self
+            .config
+            .privacy
+            .clone()
+            .filter(|p| p.mode == DpMode::Central)
+            .map(|p| CentralDp::new(p, &self.history));
+        self
     }
 
     /// Early stopping's state rebuilt from the history (empty for a new run).
@@ -728,6 +797,17 @@ impl Engine {
                 ),
             ));
         }
+        if self.dp.is_some() && !self.strategy.mean_suffices() {
+            return Err(FlError::config(
+                "privacy.mode",
+                format!(
+                    "central differential privacy noises the mean of the clipped updates, \
+                     but strategy {} does not aggregate a mean: use fedavg, fedprox, fedavgm, \
+                     fedadam, fedyogi or fedadagrad, or mode = \"local\"",
+                    self.strategy.name()
+                ),
+            ));
+        }
         Ok(self)
     }
 
@@ -776,7 +856,12 @@ impl Engine {
                 }
             }
             Event::StationDisconnected { id } => self.on_disconnect(id),
-            Event::UpdateReceived { id, round, update } => self.on_update(id, round, update),
+            Event::UpdateReceived {
+                id,
+                round,
+                update,
+                proof,
+            } => self.on_update(id, round, update, proof),
             Event::SecAggReceived { id, round, msg } => self.on_secagg(id, round, msg),
             Event::FitFailed { id, round, message } => self.on_fit_failed(id, round, &message),
             Event::EvaluationReceived { id, round, result } => {
@@ -822,80 +907,156 @@ impl Engine {
         }
     }
 
-    fn refuse(&mut self, id: &StationId, refusal: Refusal) {
+    /// Counts and logs a refused update; returns the reason for the audit log.
+    fn refuse(&mut self, id: &StationId, refusal: Refusal) -> String {
         tracing::warn!(station = %id, round = self.round, reason = %refusal.kind(), "update refused: {refusal}");
         if !self.is_finished() {
             self.current.count_failure(refusal.kind());
         }
+        format!("{}: {refusal}", refusal.kind())
     }
 
-    fn on_update(&mut self, id: StationId, round: u64, update: FitRes) {
+    fn on_update(&mut self, id: StationId, round: u64, update: FitRes, proof: Option<UpdateProof>) {
+        let audit = self.config.audit.then(|| {
+            let sha = match &proof {
+                Some(p) => p.sha256.clone(),
+                None => fedcrime_audit::sha256_f32(update.params.data()),
+            };
+            (
+                sha,
+                proof.as_ref().and_then(|p| p.signature.clone()),
+                update.num_examples,
+            )
+        });
+        let outcome = self.take_update(&id, round, update, proof.as_ref());
+        if let Some((update_sha256, signature, num_examples)) = audit {
+            let station = id.to_string();
+            self.audit(match outcome {
+                Ok(()) => AuditEntry::UpdateAccepted {
+                    round,
+                    station,
+                    update_sha256,
+                    num_examples,
+                    signature,
+                },
+                Err(reason) => AuditEntry::UpdateRefused {
+                    round,
+                    station,
+                    reason,
+                    update_sha256: Some(update_sha256),
+                    signature,
+                },
+            });
+        }
+    }
+
+    /// Validates an update and adds it to the round; `Err` holds why not.
+    fn take_update(
+        &mut self,
+        id: &StationId,
+        round: u64,
+        update: FitRes,
+        proof: Option<&UpdateProof>,
+    ) -> std::result::Result<(), String> {
         if let Err(r) = check_round(self.round, round) {
-            return self.refuse(&id, r);
+            return Err(self.refuse(id, r));
         }
         let current_round = self.round;
         let Phase::Fit(f) = &mut self.phase else {
-            return self.refuse(
-                &id,
+            return Err(self.refuse(
+                id,
                 Refusal::NotSampled {
                     round: current_round,
                 },
-            );
+            ));
         };
         if f.secure.is_some() {
             tracing::warn!(station = %id, round, "plaintext update refused: this federation uses secure aggregation");
-            if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
+            if let Some(s @ Status::Pending) = f.status.get_mut(id) {
                 *s = Status::Failed;
             }
             if let Some(secure) = &mut f.secure {
-                secure.fail(&id);
+                secure.fail(id);
             }
             self.current.count_failure(FailureKind::StationError);
-            return;
+            return Err("plaintext update under secure aggregation".into());
         }
-        let status = f.status.get(&id).copied();
-        if status.is_none() || (status == Some(Status::Failed) && !f.validator.has_answered(&id)) {
+        let status = f.status.get(id).copied();
+        if status.is_none() || (status == Some(Status::Failed) && !f.validator.has_answered(id)) {
             // Not asked, or no longer awaited (disconnected, reported an error).
-            return self.refuse(
-                &id,
+            return Err(self.refuse(
+                id,
                 Refusal::NotSampled {
                     round: current_round,
                 },
-            );
+            ));
         }
-        match f.validator.check(&id, round, &self.global, &update) {
+        if let Some(problem) = proof.and_then(|p| p.problem.clone()) {
+            if status == Some(Status::Pending) {
+                f.status.insert(id.clone(), Status::Failed);
+            }
+            return Err(self.refuse(id, Refusal::BadSignature(problem)));
+        }
+        match f.validator.check(id, round, &self.global, &update) {
             Ok(()) if self.strategy.mean_suffices() => {
                 let FitRes {
-                    params,
+                    mut params,
                     num_examples,
                     metrics,
                 } = update;
-                match self.sum.add(params.data(), num_examples as f64) {
+                // Central DP: the clipped update counts once, whatever its
+                // example count (its sensitivity is the clip).
+                let weight = match &mut self.dp {
+                    Some(dp) => {
+                        dp.clip_update(params.data_mut(), self.global.data());
+                        1.0
+                    }
+                    None => num_examples as f64,
+                };
+                let added = match self.sum.add(params.data(), weight) {
                     Ok(()) => {
                         f.status.insert(id.clone(), Status::Answered);
-                        f.folded.insert(id, (num_examples, metrics));
+                        f.folded.insert(id.clone(), (num_examples, metrics));
+                        Ok(())
                     }
                     Err(e) => {
                         // The validator checked the layout, so this is a bug of ours.
                         tracing::error!(station = %id, round, "cannot add the update: {e}");
                         f.status.insert(id.clone(), Status::Failed);
+                        Err(format!("cannot add the update: {e}"))
                     }
-                }
+                };
                 if self.spent.len() < MAX_SPENT {
                     self.spent.push(params);
                 }
+                added
             }
             Ok(()) => {
                 f.status.insert(id.clone(), Status::Answered);
-                f.results.insert(id, update);
+                f.results.insert(id.clone(), update);
+                Ok(())
             }
             Err(refusal) => {
                 if status == Some(Status::Pending) {
                     f.status.insert(id.clone(), Status::Failed);
                 }
-                self.refuse(&id, refusal);
+                Err(self.refuse(id, refusal))
             }
         }
+    }
+
+    /// Queues an audit-log entry (when the driver keeps a log).
+    fn audit(&mut self, entry: AuditEntry) {
+        if self.config.audit {
+            self.actions.push_back(Action::Audit(Box::new(entry)));
+        }
+    }
+
+    /// SHA-256 of the global model (hex), when an audit log is kept.
+    fn global_sha256(&self) -> Option<String> {
+        self.config
+            .audit
+            .then(|| fedcrime_audit::sha256_f32(self.global.data()))
     }
 
     fn on_fit_failed(&mut self, id: StationId, round: u64, message: &str) {
@@ -1080,7 +1241,11 @@ impl Engine {
             seed: self.config.seed,
             ..self.config.train.clone()
         };
-        self.strategy.configure_fit(self.round, &base)
+        let mut settings = self.strategy.configure_fit(self.round, &base);
+        if let Some(p) = &self.config.privacy {
+            p.add_to_settings(&mut settings);
+        }
+        settings
     }
 
     fn base_config(&self, base: &Config) -> Config {
@@ -1115,6 +1280,12 @@ impl Engine {
             self.config.fraction_fit,
             self.config.min_fit,
         );
+        if attempt == 0 && self.privacy_budget_reached(n, available.len()) {
+            return;
+        }
+        if let Some(dp) = &mut self.dp {
+            dp.start_attempt(n, available.len());
+        }
         let sample = sample_stations(
             &available,
             n,
@@ -1142,6 +1313,14 @@ impl Engine {
             });
         }
         self.current.sampled = sample.clone();
+        if let Some(global_sha256) = self.global_sha256() {
+            self.audit(AuditEntry::RoundStarted {
+                round: self.round,
+                attempt: attempt + 1,
+                global_sha256,
+                stations: sample.iter().map(|s| s.to_string()).collect(),
+            });
+        }
         let secure = self.config.secure_aggregation.clone().and_then(|config| {
             let setup = fedcrime_secagg::RoundSetup {
                 round: self.round,
@@ -1250,6 +1429,10 @@ impl Engine {
                 );
                 let num_examples = reported.values().map(|(n, _)| n).sum();
                 let metrics = weighted_metrics(reported.values().map(|(n, m)| (*n, m)));
+                self.record_local_privacy(max_metric(
+                    reported.values().map(|(_, m)| m),
+                    DP_EPSILON_METRIC,
+                ));
                 let completed = reported.into_keys().collect();
                 let buffer = self.spare_buffer();
                 let mean = secure::apply_mean(&self.global, &aggregate, buffer);
@@ -1353,6 +1536,13 @@ impl Engine {
         now: Instant,
     ) {
         let t0 = self.stopwatch.as_mut().map(|clock| clock());
+        self.record_local_privacy(max_metric(
+            results
+                .values()
+                .map(|r| &r.metrics)
+                .chain(folded.values().map(|(_, m)| m)),
+            DP_EPSILON_METRIC,
+        ));
         if folded.is_empty() {
             let (stations, results): (Vec<StationId>, Vec<FitRes>) = results.into_iter().unzip();
             let num_examples = results.iter().map(|r| r.num_examples).sum();
@@ -1361,18 +1551,119 @@ impl Engine {
         } else {
             let num_examples = folded.values().map(|(n, _)| n).sum();
             let metrics = weighted_metrics(folded.values().map(|(n, m)| (*n, m)));
+            let updates = folded.len();
             let completed = folded.into_keys().collect();
             let mut mean = self.spare_buffer();
-            let results = match self.sum.mean_into(mean.data_mut()) {
+            let results = match self.mean_of_sum(&mut mean, updates) {
                 Ok(()) => Ok(vec![FitRes {
                     params: mean,
                     num_examples,
                     metrics: metrics.clone(),
                 }]),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
             self.finish_aggregate(completed, num_examples, metrics, results, t0, now);
         }
+    }
+
+    /// The running sum's mean of `updates` updates into `mean`, noised and
+    /// charged under central DP.
+    fn mean_of_sum(
+        &mut self,
+        mean: &mut Params,
+        updates: usize,
+    ) -> std::result::Result<(), String> {
+        self.sum
+            .mean_into(mean.data_mut())
+            .map_err(|e| e.to_string())?;
+        if let Some(dp) = &mut self.dp {
+            let attempt = self.current.attempts.saturating_sub(1);
+            let record = dp.noise_and_charge(mean.data_mut(), updates, self.round, attempt)?;
+            tracing::info!(
+                round = self.round,
+                epsilon = record.epsilon,
+                clip = record.clip,
+                clipped = record.clipped,
+                updates,
+                "central DP: mean clipped and noised"
+            );
+            self.current.privacy = Some(record);
+        }
+        Ok(())
+    }
+
+    /// Local DP: the round's ε is the largest any station reported.
+    fn record_local_privacy(&mut self, epsilon: Option<f64>) {
+        let Some(p) = self
+            .config
+            .privacy
+            .as_ref()
+            .filter(|p| p.mode == DpMode::Local)
+        else {
+            return;
+        };
+        if epsilon.is_none() {
+            tracing::warn!(
+                round = self.round,
+                "local DP: no station reported its epsilon (stations without DP-SGD?)"
+            );
+        }
+        self.current.privacy = Some(RoundPrivacy {
+            mode: DpMode::Local.to_string(),
+            noise_multiplier: p.noise_multiplier,
+            sampling_rate: 0.0,
+            clip: Some(p.local_clip()),
+            next_clip: None,
+            clipped: 0,
+            epsilon,
+            delta: p.delta,
+            charged: true,
+        });
+    }
+
+    /// Whether the privacy budget forbids another round of `sampled` of
+    /// `connected` stations; if so the run finishes.
+    fn privacy_budget_reached(&mut self, sampled: usize, connected: usize) -> bool {
+        let Some(p) = &self.config.privacy else {
+            return false;
+        };
+        let Some(target) = p.target_epsilon else {
+            return false;
+        };
+        let projected = match (&self.dp, p.mode) {
+            (Some(dp), _) => {
+                dp.next_round_exceeds((sampled as f64 / connected.max(1) as f64).min(1.0))
+            }
+            (None, DpMode::Local) => {
+                // The stations' ε after the next round, projected from the
+                // last round's increase (ε grows ever more slowly with the
+                // rounds, so this overestimates).
+                let eps: Vec<f64> = self
+                    .history
+                    .iter()
+                    .filter_map(|m| m.privacy.as_ref().and_then(|p| p.epsilon))
+                    .collect();
+                match eps.as_slice() {
+                    [] => None,
+                    [one] => Some(2.0 * one),
+                    [.., a, b] => Some(b + (b - a).max(0.0)),
+                }
+                .filter(|e| *e > target)
+            }
+            (None, DpMode::Central) => None,
+        };
+        let Some(projected) = projected else {
+            return false;
+        };
+        tracing::info!(
+            round = self.round,
+            target_epsilon = target,
+            projected_epsilon = projected,
+            "privacy budget reached: the run stops before this round"
+        );
+        self.budget_spent = true;
+        self.finish(Outcome::Completed);
+        true
     }
 
     /// Hands the round's results to the strategy and installs the new
@@ -1440,6 +1731,19 @@ impl Engine {
         }
         if let Some(note) = &self.current.note {
             tracing::warn!(round = self.round, "{note}");
+        }
+        if let Some(model_sha256) = self.global_sha256() {
+            self.audit(AuditEntry::Aggregated {
+                round: self.round,
+                model_sha256,
+                stations: self
+                    .current
+                    .completed
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                note: self.current.note.clone(),
+            });
         }
         self.start_evaluate(now);
     }
@@ -1542,6 +1846,10 @@ impl Engine {
         self.current.round_s = secs_between(self.round_start, now);
         self.current.wait_s =
             (self.current.round_s - self.current.fit_s - self.current.eval_s).max(0.0);
+        if let (Some(dp), None) = (&self.dp, &self.current.privacy) {
+            // Not aggregated: nothing released, nothing charged.
+            self.current.privacy = Some(dp.uncharged_record());
+        }
         let metrics = std::mem::replace(&mut self.current, RoundMetrics::new(self.round + 1));
         tracing::info!(
             round = metrics.round,
@@ -1559,6 +1867,12 @@ impl Engine {
             self.best_global = Some(self.global.clone());
         }
         self.history.push(metrics.clone());
+        if let Some(model_sha256) = self.global_sha256() {
+            self.audit(AuditEntry::Checkpoint {
+                round: self.round,
+                model_sha256,
+            });
+        }
         self.actions
             .push_back(Action::RoundFinished(Box::new(metrics)));
         self.actions
@@ -1599,13 +1913,30 @@ impl Engine {
 
     fn finish(&mut self, outcome: Outcome) {
         self.phase = Phase::Finished;
+        self.audit(AuditEntry::RunFinished {
+            outcome: match &outcome {
+                Outcome::Completed if self.budget_spent => "completed: privacy budget spent".into(),
+                Outcome::Completed if self.stopped_early => "completed: stopped early".into(),
+                Outcome::Completed => "completed".into(),
+                Outcome::Aborted { round, reason } => format!("aborted in round {round}: {reason}"),
+            },
+        });
         self.actions.push_back(Action::Finished(Summary {
             rounds_completed: self.history.last().map_or(0, |m| m.round),
             outcome,
             best: self.best(),
             stopped_early: self.stopped_early,
+            privacy_budget_spent: self.budget_spent,
         }));
     }
+}
+
+/// The largest value of metric `key` among `metrics`.
+fn max_metric<'a>(metrics: impl Iterator<Item = &'a Metrics>, key: &str) -> Option<f64> {
+    metrics
+        .filter_map(|m| m.get(key).copied())
+        .filter(|v| v.is_finite())
+        .reduce(f64::max)
 }
 
 /// `at + d`, saturating at a century ahead instead of overflowing (validated
@@ -1707,6 +2038,7 @@ mod opt_secs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::privacy::AdaptiveClip;
     use crate::strategy::testutil::params;
     use crate::strategy::{EvalSummary, FedAvg, FedAvgM, Metrics, StrategyState, WithServerEval};
 
@@ -1719,6 +2051,7 @@ mod tests {
         rounds: Vec<RoundMetrics>,
         checkpoints: Vec<Checkpoint>,
         summary: Option<Summary>,
+        audit: Vec<AuditEntry>,
     }
 
     fn id(s: &str) -> StationId {
@@ -1744,6 +2077,7 @@ mod tests {
                 evals: Vec::new(),
                 rounds: Vec::new(),
                 checkpoints: Vec::new(),
+                audit: Vec::new(),
                 summary: None,
             };
             h.drain();
@@ -1769,6 +2103,7 @@ mod tests {
                     } => self.evals.push((station, round, ins)),
                     Action::RoundFinished(m) => self.rounds.push(*m),
                     Action::Checkpoint(c) => self.checkpoints.push(*c),
+                    Action::Audit(e) => self.audit.push(*e),
                     Action::SendSecAgg { .. } => unreachable!("secure aggregation is off here"),
                     Action::Finished(s) => {
                         assert!(self.summary.is_none(), "finished twice");
@@ -1837,6 +2172,7 @@ mod tests {
                     id: id(station),
                     round,
                     update,
+                    proof: None,
                 },
             );
         }
@@ -1877,6 +2213,294 @@ mod tests {
     }
 
     const FOUR: [&str; 4] = ["st-a", "st-b", "st-c", "st-d"];
+
+    fn dp_config(privacy: PrivacyConfig, rounds: u64) -> EngineConfig {
+        EngineConfig {
+            rounds,
+            min_stations: 4,
+            fraction_fit: 1.0,
+            min_fit: 4,
+            min_updates: 4,
+            privacy: Some(privacy),
+            ..config()
+        }
+    }
+
+    /// Runs `rounds` rounds where every station answers on a global model
+    /// of `dim` values with its fake update scaled by `scale`.
+    fn run_dp(cfg: EngineConfig, dim: usize, scale: f32) -> Harness {
+        let t0 = Instant::now();
+        let spec =
+            Arc::new(fedcrime_params::ParamSpec::new(vec![("w".to_string(), vec![dim])]).unwrap());
+        let engine = Engine::new(cfg, Box::new(FedAvg::new()), Params::zeros(spec), t0).unwrap();
+        let mut h = Harness::wrap(engine, t0);
+        h.connect(0.0, &FOUR);
+        let mut t = 0.0;
+        while h.summary.is_none() {
+            t += 1.0;
+            let round = h.engine.round();
+            let asked = h.asked(round);
+            if asked.is_empty() {
+                break;
+            }
+            for station in asked {
+                let ins = h.ins(station.as_str()).clone();
+                let mut update = fake_update(station.as_str(), round, &ins.global);
+                for (u, g) in update.params.data_mut().iter_mut().zip(ins.global.data()) {
+                    *u = g + (*u - g) * scale;
+                }
+                h.handle(
+                    t,
+                    Event::UpdateReceived {
+                        id: station.clone(),
+                        round,
+                        update,
+                        proof: None,
+                    },
+                );
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn central_dp_clips_each_update_and_weighs_them_equally() {
+        // No noise: the new model is the plain mean of the clipped deltas.
+        let privacy = PrivacyConfig {
+            noise_multiplier: 0.0,
+            clip: Some(0.5),
+            ..PrivacyConfig::default()
+        };
+        let h = run_dp(dp_config(privacy, 1), 3, 1.0);
+        let mut want = [0.0f64; 3];
+        for station in FOUR {
+            let u = fake_update(station, 1, &Params::zeros(h.engine.global().spec().clone()));
+            let norm = u.params.l2_norm();
+            for (w, v) in want.iter_mut().zip(u.params.data()) {
+                // Every fake update is longer than the clip.
+                *w += f64::from(*v) * 0.5 / norm / 4.0;
+            }
+        }
+        for (got, want) in h.engine.global().data().iter().zip(want) {
+            assert!((f64::from(*got) - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        let p = h.rounds[0].privacy.clone().unwrap();
+        assert_eq!((p.clipped, p.clip, p.charged), (4, Some(0.5), true));
+    }
+
+    #[test]
+    fn central_dp_noise_has_the_mechanisms_scale_and_is_accounted() {
+        let privacy = PrivacyConfig {
+            noise_multiplier: 1.0,
+            clip: Some(0.5),
+            seed: Some(11),
+            ..PrivacyConfig::default()
+        };
+        let dim = 40_000;
+        // Updates far below the clip: the mean is ~0, the rest is noise.
+        let h = run_dp(dp_config(privacy, 1), dim, 1e-9);
+        let values = h.engine.global().data();
+        let var = values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / dim as f64;
+        let want = 1.0 * 0.5 / 4.0; // z * C / m
+        assert!(
+            (var.sqrt() / want - 1.0).abs() < 0.02,
+            "noise std {} vs {want}",
+            var.sqrt()
+        );
+        let p = h.rounds[0].privacy.clone().unwrap();
+        let eps = fedcrime_privacy::epsilon(1.0, 1.0, 1, 1e-5)
+            .unwrap()
+            .epsilon;
+        assert_eq!(p.clipped, 0);
+        assert!((p.epsilon.unwrap() - eps).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.sampling_rate, 1.0);
+        // The CSV carries the column.
+        let header = RoundMetrics::csv_header(&[]);
+        let record = h.rounds[0].csv_record(&[]);
+        let col = header.iter().position(|c| c == "epsilon").unwrap();
+        assert_eq!(record[col].parse::<f64>().unwrap(), p.epsilon.unwrap());
+    }
+
+    #[test]
+    fn target_epsilon_stops_before_the_round_that_would_overspend() {
+        let eps = |t| {
+            fedcrime_privacy::epsilon(1.0, 2.0, t, 1e-5)
+                .unwrap()
+                .epsilon
+        };
+        let target = (eps(3) + eps(4)) / 2.0;
+        let privacy = PrivacyConfig {
+            noise_multiplier: 2.0,
+            clip: Some(1.0),
+            target_epsilon: Some(target),
+            seed: Some(1),
+            ..PrivacyConfig::default()
+        };
+        let h = run_dp(dp_config(privacy, 10), 3, 1.0);
+        let summary = h.summary.clone().unwrap();
+        assert_eq!(summary.rounds_completed, 3);
+        assert!(summary.privacy_budget_spent);
+        let spent = h.rounds.last().unwrap().privacy.clone().unwrap();
+        assert!(spent.epsilon.unwrap() <= target);
+        // Resuming rebuilds the accountant: the next round is still refused.
+        let resumed = Engine::from_checkpoint(
+            h.engine.config().clone(),
+            Box::new(FedAvg::new()),
+            h.checkpoints.last().unwrap().clone(),
+            Instant::now(),
+        )
+        .unwrap();
+        let dp = resumed.dp.as_ref().unwrap();
+        assert!((dp.epsilon().unwrap() - eps(3)).abs() < 1e-9);
+        assert!(dp.next_round_exceeds(1.0).is_some());
+    }
+
+    #[test]
+    fn adaptive_clip_follows_the_target_quantile() {
+        let privacy = PrivacyConfig {
+            noise_multiplier: 0.0,
+            adaptive_clip: Some(AdaptiveClip::default()),
+            ..PrivacyConfig::default()
+        };
+        // Every update is far longer than the clip: it grows by e^(0.2*0.5) a round.
+        let h = run_dp(dp_config(privacy.clone(), 3), 3, 1.0);
+        let clips: Vec<f64> = h
+            .rounds
+            .iter()
+            .map(|m| m.privacy.as_ref().unwrap().clip.unwrap())
+            .collect();
+        for (r, c) in clips.iter().enumerate() {
+            let want = 0.1 * (0.1f64).exp().powi(r as i32);
+            assert!((c - want).abs() < 1e-12, "round {}: {c} vs {want}", r + 1);
+        }
+        // Every update under the clip: it shrinks.
+        let h = run_dp(dp_config(privacy, 2), 3, 1e-6);
+        let p = h.rounds[1].privacy.as_ref().unwrap();
+        assert!(p.clip.unwrap() < 0.1 && p.next_clip.unwrap() < p.clip.unwrap());
+    }
+
+    #[test]
+    fn central_dp_is_refused_with_per_update_strategies_and_secure_aggregation() {
+        let privacy = PrivacyConfig {
+            clip: Some(1.0),
+            ..PrivacyConfig::default()
+        };
+        let cfg = dp_config(privacy.clone(), 1);
+        let e = Engine::new(
+            cfg,
+            Box::new(crate::strategy::FedMedian::new()),
+            params(&[0.0]),
+            Instant::now(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("privacy.mode") && e.contains("fedmedian"), "{e}");
+        let mut cfg = dp_config(privacy, 1);
+        cfg.secure_aggregation = Some(SecAggConfig::default());
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("secure aggregation"), "{e}");
+        let bad = PrivacyConfig::default();
+        let e = dp_config(bad, 1).validate().unwrap_err().to_string();
+        assert!(e.contains("privacy.clip"), "{e}");
+    }
+
+    #[test]
+    fn local_dp_asks_stations_for_dp_sgd_and_records_their_largest_epsilon() {
+        let privacy = PrivacyConfig {
+            mode: DpMode::Local,
+            noise_multiplier: 1.1,
+            clip: Some(2.0),
+            ..PrivacyConfig::default()
+        };
+        let mut h = Harness::new(dp_config(privacy, 1), Box::new(FedAvg::new()));
+        h.connect(0.0, &FOUR);
+        let local = crate::privacy::LocalDp::from_settings(&h.ins("st-a").settings)
+            .unwrap()
+            .unwrap();
+        assert_eq!((local.noise_multiplier, local.clip), (1.1, 2.0));
+        for (i, s) in FOUR.iter().enumerate() {
+            let ins = h.ins(s).clone();
+            let mut update = fake_update(s, 1, &ins.global);
+            update
+                .metrics
+                .insert(DP_EPSILON_METRIC.into(), 0.5 + i as f64);
+            h.handle(
+                1.0,
+                Event::UpdateReceived {
+                    id: id(s),
+                    round: 1,
+                    update,
+                    proof: None,
+                },
+            );
+        }
+        let p = h.rounds[0].privacy.clone().unwrap();
+        assert_eq!((p.mode.as_str(), p.epsilon), ("local", Some(3.5)));
+    }
+
+    #[test]
+    fn bad_signatures_are_refused_and_every_decision_is_audited() {
+        let cfg = EngineConfig {
+            audit: true,
+            min_updates: 1,
+            min_fit: 2,
+            ..config()
+        };
+        let mut h = Harness::new(cfg, Box::new(FedAvg::new()));
+        h.connect(0.0, &FOUR);
+        let asked = h.asked(1);
+        let (good, bad) = (asked[0].clone(), asked[1].clone());
+        for (station, problem) in [(&good, None), (&bad, Some("signed by another key"))] {
+            let ins = h.ins(station.as_str()).clone();
+            let update = fake_update(station.as_str(), 1, &ins.global);
+            h.handle(
+                1.0,
+                Event::UpdateReceived {
+                    id: station.clone(),
+                    round: 1,
+                    update,
+                    proof: Some(UpdateProof {
+                        sha256: "ab".repeat(32),
+                        signature: Some("cd".repeat(64)),
+                        problem: problem.map(str::to_string),
+                    }),
+                },
+            );
+        }
+        let m = &h.rounds[0];
+        assert_eq!(m.completed, vec![good.clone()]);
+        assert_eq!(m.failed.get(&FailureKind::BadSignature), Some(&1));
+        let kinds: Vec<&str> = h.audit.iter().map(|e| e.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "round_started",
+                "update_accepted",
+                "update_refused",
+                "aggregated",
+                "checkpoint",
+                "round_started"
+            ]
+        );
+        match &h.audit[2] {
+            AuditEntry::UpdateRefused {
+                station, reason, ..
+            } => {
+                assert_eq!(station, bad.as_str());
+                assert!(reason.contains("signed by another key"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &h.audit[3] {
+            AuditEntry::Aggregated { model_sha256, .. } => {
+                assert_eq!(
+                    *model_sha256,
+                    fedcrime_audit::sha256_f32(h.engine.global().data())
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn three_rounds_with_four_stations() {
@@ -1940,6 +2564,7 @@ mod tests {
                 outcome: Outcome::Completed,
                 best: None,
                 stopped_early: false,
+                privacy_budget_spent: false,
             })
         );
         assert!(h.engine.is_finished() && h.engine.poll_timeout().is_none());
@@ -1968,6 +2593,7 @@ mod tests {
                 id: id("b"),
                 round: 1,
                 update: update(&[3.0, 0.0, -1.0], 30),
+                proof: None,
             },
         );
         h.handle(
@@ -1976,6 +2602,7 @@ mod tests {
                 id: id("a"),
                 round: 1,
                 update: update(&[1.0, 2.0, 3.0], 10),
+                proof: None,
             },
         );
         // (10 * [1, 2, 3] + 30 * [3, 0, -1]) / 40
@@ -2017,6 +2644,7 @@ mod tests {
                             num_examples: n,
                             metrics: Metrics::from([("loss".to_string(), i as f64)]),
                         },
+                        proof: None,
                     },
                 );
                 let mut n = 0;
@@ -2075,6 +2703,7 @@ mod tests {
                 id: id("c"),
                 round: 1,
                 update: stale,
+                proof: None,
             },
         );
         assert_eq!(
@@ -2091,6 +2720,7 @@ mod tests {
                 id: id("a"),
                 round: 2,
                 update: late,
+                proof: None,
             },
         );
         assert_eq!(h.rounds.len(), 1);
@@ -2161,6 +2791,7 @@ mod tests {
                 id: id("c"),
                 round: 1,
                 update: nan,
+                proof: None,
             },
         );
         let other = Arc::new(fedcrime_params::ParamSpec::new([("w", vec![3])]).unwrap());
@@ -2174,6 +2805,7 @@ mod tests {
                 id: id("d"),
                 round: 1,
                 update: shaped,
+                proof: None,
             },
         );
         // A stale round number is refused but does not use up e's answer...
@@ -2183,6 +2815,7 @@ mod tests {
                 id: id("e"),
                 round: 0,
                 update: fake_update("e", 1, &g),
+                proof: None,
             },
         );
         // ...an update far from the global model does.
@@ -2194,6 +2827,7 @@ mod tests {
                 id: id("e"),
                 round: 1,
                 update: far,
+                proof: None,
             },
         );
         // A station that was never sampled.
@@ -2203,6 +2837,7 @@ mod tests {
                 id: id("x"),
                 round: 1,
                 update: fake_update("a", 1, &g),
+                proof: None,
             },
         );
         h.answer(2.0, "a");
@@ -2604,6 +3239,7 @@ mod tests {
                             id: s,
                             round,
                             update,
+                            proof: None,
                         },
                     );
                 }

@@ -61,6 +61,7 @@ pub mod checkpoint;
 pub mod engine;
 mod error;
 pub mod metrics;
+pub mod privacy;
 pub mod secure;
 pub mod session;
 pub mod stopping;
@@ -68,11 +69,15 @@ pub mod strategy;
 pub mod validate;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
-pub use engine::{Action, Engine, EngineConfig, Event, OnExhausted, Outcome, RetryPolicy, Summary};
+pub use engine::{
+    Action, AuditEntry, Engine, EngineConfig, Event, OnExhausted, Outcome, RetryPolicy, Summary,
+    UpdateProof,
+};
 pub use error::{FlError, Result};
 pub use fedcrime_identity::StationId;
 pub use fedcrime_wire::{round_seed, RoundSettings};
 pub use metrics::{RoundMetrics, STATION_REPORT_PREFIX, STATION_REPORT_PREFIXES};
+pub use privacy::{AdaptiveClip, DpMode, LocalDp, PrivacyConfig, RoundPrivacy};
 pub use session::{
     decode_update, encode_update, heartbeat_interval, station_write_config, Admission,
     ClientSession, FromServer, FromStation, HandshakeError, ServerSession, SessionError,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::privacy::RoundPrivacy;
 use super::strategy::Metrics;
 use super::validate::FailureKind;
 use super::StationId;
@@ -85,6 +86,10 @@ pub struct RoundMetrics {
     pub eval_s: f64,
     /// The whole round, seconds.
     pub round_s: f64,
+    /// Differential privacy: the round's noise, clip and cumulative ε
+    /// (`None` without a `[privacy]` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<RoundPrivacy>,
 }
 
 impl RoundMetrics {
@@ -140,6 +145,8 @@ impl RoundMetrics {
                 "aggregate_s",
                 "eval_s",
                 "round_s",
+                "epsilon",
+                "dp_clip",
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -192,6 +199,8 @@ impl RoundMetrics {
             opt(self.aggregate_s),
             self.eval_s.to_string(),
             self.round_s.to_string(),
+            opt(self.privacy.as_ref().and_then(|p| p.epsilon)),
+            opt(self.privacy.as_ref().and_then(|p| p.clip)),
         ]);
         r
     }

@@ -25,7 +25,7 @@ use fedcrime_params::Params;
 use fedcrime_wire::{
     negotiate_version, Bye, Capabilities, Encoding, ErrorCode, ErrorMsg, EvaluateRequest,
     EvaluateResult, Extensions, Heartbeat, Hello, Message, Reject, RejectCode, RoundStart, SecAgg,
-    ServerLimits, Update, UpdateKind, Welcome, WireConfig, SUPPORTED_VERSIONS,
+    ServerLimits, Update, UpdateKind, UpdateSignature, Welcome, WireConfig, SUPPORTED_VERSIONS,
 };
 
 use crate::StationId;
@@ -61,6 +61,7 @@ pub(crate) fn round_of(msg: &Message) -> Option<u64> {
         Message::EvaluateRequest(m) => Some(m.round),
         Message::EvaluateResult(m) => Some(m.round),
         Message::SecAggDown(m) | Message::SecAggUp(m) => Some(m.round),
+        Message::UpdateSignature(m) => Some(m.round),
         Message::Hello(_)
         | Message::Welcome(_)
         | Message::Reject(_)
@@ -116,6 +117,8 @@ pub enum FromStation {
     Bye(Bye),
     /// A secure-aggregation message ([`crate::secure::SecAggUp::from_wire`]).
     SecAgg(SecAgg),
+    /// The signature of the update that follows.
+    Signature(UpdateSignature),
 }
 
 impl ServerSession {
@@ -163,7 +166,8 @@ impl ServerSession {
             | Message::Error(_)
             | Message::Bye(_)
             | Message::SecAggDown(_)
-            | Message::SecAggUp(_)) => {
+            | Message::SecAggUp(_)
+            | Message::UpdateSignature(_)) => {
                 return Err(self.refuse(
                     RejectCode::BadHello,
                     format!("expected Hello, got {}", other.name()),
@@ -233,6 +237,7 @@ impl ServerSession {
             Message::Error(e) => FromStation::Report(e),
             Message::Heartbeat(h) => FromStation::Heartbeat(h),
             Message::SecAggUp(m) => FromStation::SecAgg(m),
+            Message::UpdateSignature(m) => FromStation::Signature(m),
             Message::Bye(b) => {
                 self.state = ServerState::Closed;
                 FromStation::Bye(b)
@@ -351,7 +356,8 @@ impl ClientSession {
             | Message::Heartbeat(_)
             | Message::Error(_)
             | Message::SecAggDown(_)
-            | Message::SecAggUp(_)) => {
+            | Message::SecAggUp(_)
+            | Message::UpdateSignature(_)) => {
                 return Err(HandshakeError::Protocol(SessionError {
                     code: ErrorCode::Protocol,
                     round: round_of(&other),
@@ -408,7 +414,8 @@ impl ClientSession {
             | Message::Reject(_)
             | Message::Update(_)
             | Message::EvaluateResult(_)
-            | Message::SecAggUp(_)) => {
+            | Message::SecAggUp(_)
+            | Message::UpdateSignature(_)) => {
                 self.state = ClientState::Closed;
                 return Err(SessionError::unexpected(&other, "the server"));
             }

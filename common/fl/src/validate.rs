@@ -43,11 +43,14 @@ pub enum FailureKind {
     NormTooLarge,
     /// The update claims zero training examples.
     NoExamples,
+    /// The update's signature is missing or does not verify under the key
+    /// the station's certificate binds.
+    BadSignature,
 }
 
 impl FailureKind {
     /// Every kind, in the order of metrics columns.
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 11] = [
         FailureKind::Timeout,
         FailureKind::Disconnected,
         FailureKind::StationError,
@@ -58,6 +61,7 @@ impl FailureKind {
         FailureKind::NonFinite,
         FailureKind::NormTooLarge,
         FailureKind::NoExamples,
+        FailureKind::BadSignature,
     ];
 
     /// The snake_case name used in metrics files.
@@ -73,6 +77,7 @@ impl FailureKind {
             FailureKind::NonFinite => "non_finite",
             FailureKind::NormTooLarge => "norm_too_large",
             FailureKind::NoExamples => "no_examples",
+            FailureKind::BadSignature => "bad_signature",
         }
     }
 }
@@ -129,6 +134,9 @@ pub enum Refusal {
     /// The update claims no training examples.
     #[error("update reports zero training examples")]
     NoExamples,
+    /// The signature is missing or wrong.
+    #[error("signature refused: {0}")]
+    BadSignature(String),
 }
 
 impl Refusal {
@@ -142,6 +150,7 @@ impl Refusal {
             Refusal::NonFinite { .. } => FailureKind::NonFinite,
             Refusal::NormTooLarge { .. } => FailureKind::NormTooLarge,
             Refusal::NoExamples => FailureKind::NoExamples,
+            Refusal::BadSignature(_) => FailureKind::BadSignature,
         }
     }
 }
