@@ -46,9 +46,11 @@ use tch::Device;
 use fedcrime_data::categories::Category;
 use fedcrime_data::features::{Layout, RISK_LEVELS};
 use fedcrime_data::{DataError, Dataset, Splits, Task, TaskConfig};
+use fedcrime_fl::privacy::DP_EPSILON_METRIC;
 use fedcrime_fl::strategy::{global_loss_requested, GLOBAL_LOSS_KEY, LOSS_KEY};
 use fedcrime_fl::{
-    ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, RoundSettings,
+    ConfigValue, EvalSummary, EvaluateIns, EvaluateRes, FitIns, FitRes, LocalDp, Metrics,
+    RoundSettings,
 };
 use fedcrime_ml::explain::{
     explain_rows, feature_groups, output_names, pick_rows, Background, ExplainConfig, Inputs,
@@ -58,6 +60,7 @@ use fedcrime_ml::model::{self, ModelConfig, ModelError, ModelKind};
 use fedcrime_ml::train::trainer::evaluate_model;
 use fedcrime_ml::train::Evaluation;
 use fedcrime_ml::train::{negative_log_likelihood, TrainConfig, TrainError, Trainer};
+use fedcrime_ml::train::{DpAccounting, DpSgd};
 use fedcrime_params::ParamSpec;
 
 /// Evaluation settings: the evaluation batch size (integer).
@@ -338,6 +341,9 @@ pub struct Station {
     device: Device,
     defaults: TrainConfig,
     forecast: Option<Arc<Dataset>>,
+    /// Local differential privacy: what this station's DP-SGD rounds have
+    /// spent so far (its records' ε is its own to account).
+    accountant: std::sync::Mutex<fedcrime_privacy::RdpAccountant>,
 }
 
 /// The defaults a station trains with when a round does not say otherwise:
@@ -380,6 +386,7 @@ impl Station {
             device,
             defaults: default_train_config(),
             forecast: None,
+            accountant: std::sync::Mutex::new(fedcrime_privacy::RdpAccountant::default()),
         })
     }
 
@@ -442,7 +449,19 @@ impl Station {
 
     /// One local round: see [`Learner::fit`].
     pub fn fit(&self, ins: &FitIns) -> Result<FitRes> {
-        let cfg = self.train_config(&ins.settings, ins.round)?;
+        let mut cfg = self.train_config(&ins.settings, ins.round)?;
+        let local_dp =
+            LocalDp::from_settings(&ins.settings).map_err(|reason| StationError::Setting {
+                key: fedcrime_fl::privacy::DP_SGD_NOISE_EXTENSION.into(),
+                reason,
+            })?;
+        if let Some(dp) = &local_dp {
+            cfg.dp = Some(DpSgd {
+                noise_multiplier: dp.noise_multiplier,
+                clip: dp.clip,
+            });
+            cfg.validate()?;
+        }
         let t0 = Instant::now();
         let mut model = self.build_model()?;
         let mut metrics = Metrics::new();
@@ -456,8 +475,27 @@ impl Station {
         }
         let mut trainer = Trainer::new(model, cfg)?;
         let update = trainer.fit_from(&ins.global, &self.splits.train, None)?;
-        if let Some(kept) = update.report.kept() {
-            metrics.insert(LOSS_KEY.to_string(), kept.train_loss);
+        match (&local_dp, &update.report.dp) {
+            (Some(dp), Some(spent)) => {
+                // Only the update is private: the noise-free training loss
+                // stays home, and the station reports its cumulative ε.
+                let epsilon = self.charge(spent, dp.delta)?;
+                metrics.insert(DP_EPSILON_METRIC.to_string(), epsilon);
+                tracing::info!(
+                    station = %self.name,
+                    round = ins.round,
+                    steps = spent.steps,
+                    sampling_rate = spent.sampling_rate,
+                    epsilon,
+                    delta = dp.delta,
+                    "DP-SGD round accounted"
+                );
+            }
+            _ => {
+                if let Some(kept) = update.report.kept() {
+                    metrics.insert(LOSS_KEY.to_string(), kept.train_loss);
+                }
+            }
         }
         metrics.insert(EPOCHS_METRIC.to_string(), update.report.epochs.len() as f64);
         tracing::debug!(
@@ -472,6 +510,23 @@ impl Station {
             num_examples: update.num_examples as u64,
             metrics,
         })
+    }
+
+    /// Adds a DP-SGD fit to this station's accountant; its ε at `delta` now.
+    fn charge(&self, spent: &DpAccounting, delta: f64) -> Result<f64> {
+        let mut accountant = self.accountant.lock().unwrap_or_else(|e| e.into_inner());
+        let privacy = |e: fedcrime_privacy::PrivacyError| StationError::Setting {
+            key: fedcrime_fl::privacy::DP_SGD_NOISE_EXTENSION.into(),
+            reason: e.to_string(),
+        };
+        accountant
+            .compose(
+                spent.sampling_rate,
+                spent.noise_multiplier,
+                spent.steps as u64,
+            )
+            .map_err(privacy)?;
+        Ok(accountant.epsilon(delta).map_err(privacy)?.epsilon)
     }
 
     /// Scores a model on a local split: see [`Learner::evaluate`].
