@@ -49,10 +49,10 @@ clippy: bootstrap
 # wire codec and round engine link no libtorch; the wire codec and the round
 # engine no async runtime or sockets.
 layering:
-	@for c in fedcrime-data fedcrime-params fedcrime-wire fedcrime-fl fedcrime-files fedcrime-identity; do \
+	@for c in fedcrime-data fedcrime-params fedcrime-wire fedcrime-fl fedcrime-files fedcrime-identity fedcrime-privacy fedcrime-audit fedcrime-secagg; do \
 	  if $(CARGO) tree -p $$c -e normal --prefix none | grep -qE '^(tch|torch-sys) '; then \
 	    echo "layering: $$c links libtorch"; exit 1; fi; done
-	@for c in fedcrime-wire fedcrime-fl; do \
+	@for c in fedcrime-wire fedcrime-fl fedcrime-privacy fedcrime-audit; do \
 	  if $(CARGO) tree -p $$c -e normal --prefix none | grep -qE '^(tokio|quinn|rustls) '; then \
 	    echo "layering: $$c links an async runtime or the transport"; exit 1; fi; done
 	@echo "layering: ok"

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fedcrime_audit::TREE_HEAD_EXTENSION;
 use fedcrime_fl::secure::{SecAggDown, SecAggUp, SecureStation, WELCOME_EXTENSION};
 use fedcrime_fl::{
     encode_update, heartbeat_interval, station_write_config, ClientSession, EvaluateIns,
@@ -23,8 +24,8 @@ use fedcrime_station::protocol::{eval_config_from_wire, fit_ins, RunSetup};
 use fedcrime_station::{Learner, StationError};
 use fedcrime_wire::{
     Bye, ByeReason, Capabilities, Encoding, ErrorCode, ErrorMsg, EvalModel, EvaluateResult,
-    Heartbeat, Message, ModelHeader, RejectCode, Scalar, SecAgg, Update, Welcome, WireConfig,
-    WireReader, WireWriter,
+    Heartbeat, Message, ModelHeader, RejectCode, Scalar, SecAgg, Update, UpdateKind,
+    UpdateSignature, Welcome, WireConfig, WireReader, WireWriter, SIGNED_UPDATES_EXTENSION,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -83,6 +84,22 @@ pub struct ClientOptions {
     /// [`MAX_STANDBY`] (default: twice the idle timeout, by when a dead
     /// process's connection has timed out on the server).
     pub standby: Duration,
+    /// The station's Ed25519 update-signing key (its certificate binds the
+    /// public key): every update is sent with its signature. Needed when the
+    /// server's Welcome demands signed updates.
+    pub signing_key: Option<Arc<fedcrime_audit::SigningKey>>,
+    /// Where the station keeps the audit-log tree heads the server sends
+    /// with each round, and the server's audit key to check them with.
+    pub tree_heads: Option<TreeHeads>,
+}
+
+/// The station's record of the server's audit log ([`ClientOptions::tree_heads`]).
+#[derive(Clone, Debug)]
+pub struct TreeHeads {
+    /// The server's audit public key (`audit.pub` from the agency's PKI).
+    pub server_key: fedcrime_audit::PublicKey,
+    /// The station's `tree-heads.jsonl`.
+    pub path: std::path::PathBuf,
 }
 
 /// The longest wait between two attempts of a station that another process
@@ -101,6 +118,8 @@ impl Default for ClientOptions {
             handshake_timeout: Duration::from_secs(30),
             instance: rand::random(),
             standby: Duration::from_secs(10),
+            signing_key: None,
+            tree_heads: None,
         }
     }
 }
@@ -665,6 +684,37 @@ impl Client {
         if secure.is_some() {
             tracing::info!("the run uses secure aggregation: updates are sent masked");
         }
+        let signed_run =
+            welcome.extensions.get(SIGNED_UPDATES_EXTENSION) == Some(&Scalar::Bool(true));
+        let signer = match (&self.options.signing_key, signed_run) {
+            (Some(key), _) => Some(Signer {
+                key: key.clone(),
+                run_id: welcome.run_id.clone(),
+                station: welcome.station.clone(),
+            }),
+            (None, true) => {
+                let text = "the server requires signed updates, but this station has no \
+                            signing key (set tls.signing_key to the .sign.key file \
+                            fedcrime-certs issued with the certificate)";
+                let msg = Message::Error(ErrorMsg {
+                    code: ErrorCode::TrainingFailed,
+                    text: text.into(),
+                });
+                let _ = out_tx.send((msg, None)).await;
+                return SessionEnd::Fatal(ClientError::Audit(text.into()));
+            }
+            (None, false) => None,
+        };
+        let mut heads = match &self.options.tree_heads {
+            Some(t) => match fedcrime_audit::HeadStore::open(&t.path) {
+                Ok(store) => Some((store, t.server_key)),
+                Err(e) => {
+                    tracing::error!("cannot open the tree-head store: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
 
         let end = loop {
             if busy.is_none() {
@@ -689,6 +739,9 @@ impl Client {
                                 }
                                 Work::Invalid { .. } => {}
                             }
+                        }
+                        if let (Some((store, key)), Work::Fit { round, ins, .. }) = (&mut heads, &w) {
+                            record_tree_head(store, key, *round, &ins.settings);
                         }
                         if let (Some(s), Work::Fit { round, ins, .. }) = (&secure, &w) {
                             s.lock().unwrap_or_else(|e| e.into_inner()).global =
@@ -773,7 +826,19 @@ impl Client {
                         }
                         (_, done) => done,
                     };
+                    let encoding = match &done {
+                        Done::Fit { encoding, .. } => Some(*encoding),
+                        _ => None,
+                    };
                     if let Some(reply) = self.reply(done, newer_round) {
+                        if let (Some(signer), (Message::Update(u), Some(p)), Some(enc)) =
+                            (&signer, &reply, encoding)
+                        {
+                            let signature = signer.sign(u, p, enc);
+                            if out_tx.send((signature, None)).await.is_err() {
+                                break SessionEnd::Lost("the writer stopped".into());
+                            }
+                        }
                         if out_tx.send(reply).await.is_err() {
                             break SessionEnd::Lost("the writer stopped".into());
                         }
@@ -934,6 +999,65 @@ fn spawn_work(learner: Arc<dyn Learner>, work: Work) -> tokio::task::JoinHandle<
         },
         Work::Invalid { message } => Done::Invalid { message },
     })
+}
+
+/// Signs a station's updates ([`fedcrime_audit::SignedUpdate`]).
+struct Signer {
+    key: Arc<fedcrime_audit::SigningKey>,
+    run_id: String,
+    station: String,
+}
+
+impl Signer {
+    /// The signature message that goes just before `update` (whose tensors
+    /// are `params`, sent in `encoding`).
+    fn sign(&self, update: &Update, params: &Params, encoding: Encoding) -> Message {
+        let received = fedcrime_wire::as_received(params, encoding);
+        let signed = fedcrime_audit::SignedUpdate {
+            run_id: &self.run_id,
+            station: &self.station,
+            round: update.round,
+            num_examples: update.num_examples,
+            delta: update.kind == UpdateKind::Delta,
+            values_sha256: fedcrime_audit::sha256_f32_raw(received.data()),
+        };
+        Message::UpdateSignature(UpdateSignature {
+            round: update.round,
+            signature: signed.sign(&self.key).0.to_vec(),
+        })
+    }
+}
+
+/// Keeps the audit-log tree head a round's settings carry, checked against
+/// the server's key and the heads kept before; a log rewritten since is
+/// reported loudly.
+fn record_tree_head(
+    store: &mut fedcrime_audit::HeadStore,
+    key: &fedcrime_audit::PublicKey,
+    round: u64,
+    settings: &fedcrime_wire::RoundSettings,
+) {
+    let Some(value) = settings.extensions.get(TREE_HEAD_EXTENSION) else {
+        return;
+    };
+    let Scalar::Str(line) = value else {
+        tracing::warn!(round, "the round's tree head is not text; ignored");
+        return;
+    };
+    let head: fedcrime_audit::SignedTreeHead = match serde_json::from_str(line) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(round, "unreadable tree head: {e}");
+            return;
+        }
+    };
+    match store.record(&head, key) {
+        Ok(_) => tracing::debug!(round, tree_size = head.tree_size, "audit tree head kept"),
+        Err(e) => tracing::error!(
+            round,
+            "the server's audit log does not match the heads this station kept: {e}"
+        ),
+    }
 }
 
 async fn write_loop(

@@ -57,6 +57,9 @@ pub struct StationConfig {
     /// received, without data or training (`fedcrime_station::Echo`).
     #[serde(default)]
     pub echo: bool,
+    /// The server's audit log, as this station sees it.
+    #[serde(default)]
+    pub audit: AuditSection,
 }
 
 /// `[serve]`: the station's prediction service (see `fedcrime_client::serve`).
@@ -166,6 +169,25 @@ pub struct TlsSection {
     pub cert: PathBuf,
     /// This station's private key (PEM).
     pub key: PathBuf,
+    /// This station's Ed25519 update-signing key (`<name>.sign.key` from
+    /// `fedcrime-certs`, whose public key the certificate binds). Set, every
+    /// update is signed; a server that requires signed updates refuses the
+    /// station without it.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+}
+
+/// `[audit]`: the station's copy of the server's audit-log tree heads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// The server's audit public key (`audit.pub` from the agency's PKI).
+    /// Set, the station checks and keeps the signed tree head each round
+    /// carries, and reports a log rewritten since.
+    pub server_key: Option<PathBuf>,
+    /// Where the kept heads go (default `tree-heads.jsonl` beside the
+    /// config file, or in the working folder).
+    pub heads: Option<PathBuf>,
 }
 
 /// One area code or several.
@@ -348,6 +370,7 @@ impl StationConfig {
             log: LogSection::default(),
             serve: None,
             echo: false,
+            audit: AuditSection::default(),
         }
     }
 
@@ -372,6 +395,21 @@ impl StationConfig {
                 *p = base.join(&*p);
             }
         }
+        for p in [
+            &mut self.tls.signing_key,
+            &mut self.audit.server_key,
+            &mut self.audit.heads,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if self.audit.server_key.is_some() && self.audit.heads.is_none() {
+            self.audit.heads = Some(base.join("tree-heads.jsonl"));
+        }
         if let Some(f) = &mut self.data.file {
             if f.is_relative() {
                 *f = base.join(&*f);
@@ -380,6 +418,46 @@ impl StationConfig {
         if let Some(s) = &mut self.serve {
             s.resolve_paths(base);
         }
+    }
+
+    /// The update-signing key, when configured.
+    pub fn signing_key(&self) -> Result<Option<fedcrime_audit::SigningKey>> {
+        let Some(path) = &self.tls.signing_key else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            config_err(
+                "tls.signing_key",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        fedcrime_audit::SigningKey::from_pkcs8_pem(&text, &path.display().to_string())
+            .map(Some)
+            .map_err(|e| config_err("tls.signing_key", e.to_string()))
+    }
+
+    /// The tree-head store settings, when `audit.server_key` is set.
+    pub fn tree_heads(&self) -> Result<Option<crate::client::TreeHeads>> {
+        let Some(path) = &self.audit.server_key else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            config_err(
+                "audit.server_key",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let server_key =
+            fedcrime_audit::PublicKey::from_text(text.trim(), &path.display().to_string())
+                .map_err(|e| config_err("audit.server_key", e.to_string()))?;
+        Ok(Some(crate::client::TreeHeads {
+            server_key,
+            path: self
+                .audit
+                .heads
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("tree-heads.jsonl")),
+        }))
     }
 
     /// The TLS material in the net layer's form.

@@ -43,6 +43,9 @@ pub enum ClientError {
     /// reconnection policy waits.
     #[error("gave up: another process is connected with this station's certificate: {0}")]
     Duplicate(String),
+    /// Signing updates or checking the audit log failed.
+    #[error("{0}")]
+    Audit(String),
     /// The server broke the protocol during the handshake.
     #[error("handshake: {0}")]
     Handshake(String),

@@ -33,7 +33,7 @@ use fedcrime_station::protocol::RunSetup;
 use fedcrime_station::{Learner, Station, StationError};
 
 pub use client::{
-    Client, ClientOptions, ClientOutcome, ClientReport, GlobalModelSink, LearnerFactory,
+    Client, ClientOptions, ClientOutcome, ClientReport, GlobalModelSink, LearnerFactory, TreeHeads,
     MAX_STANDBY,
 };
 pub use config::StationConfig;
@@ -184,6 +184,8 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         seed,
     )?;
     let options = ClientOptions {
+        signing_key: config.signing_key()?.map(Arc::new),
+        tree_heads: config.tree_heads()?,
         device: config.device.to_string(),
         reconnect: config.reconnect.clone(),
         seed,

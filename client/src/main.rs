@@ -5,7 +5,7 @@
 //! Ctrl-C (which says Bye to the server); with a `[serve]` section it also
 //! serves predictions. `fedcrime-client serve` serves predictions only.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -42,7 +42,8 @@ struct Cli {
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
     /// A fedcrime-certs PKI folder and this station's name in it: uses
-    /// ca.pem and stations/NAME.pem / NAME.key [tls].
+    /// ca.pem, stations/NAME.pem / NAME.key / NAME.sign.key [tls], and
+    /// audit.pub to check the server's audit-log tree heads [audit].
     #[arg(long, value_name = "DIR", requires = "station")]
     pki: Option<PathBuf>,
     /// The station's name in the --pki folder.
@@ -57,6 +58,10 @@ struct Cli {
     /// This station's private key [tls.key].
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// This station's update-signing key, NAME.sign.key [tls.signing_key]
+    /// (with --pki: found beside the certificate).
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
     /// The records: a LAPD export, .csv or .csv.gz (default: synthetic data) [data.file].
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
@@ -130,7 +135,59 @@ enum Command {
     /// With --config, the [data] and [serve] sections of station.toml are
     /// used (flags override). Without, a quick try:
     /// `fedcrime-client serve --model runs/x --data city.csv --listen 127.0.0.1:8080`.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// The server's tamper-evident audit log, from this station's side.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// Checks a proof from `fedcrime-server audit prove`: the tree head is
+    /// signed by the agency's audit key, the entry is in the tree it
+    /// commits to, and every tree head this station kept during the run is
+    /// a prefix of it (the log was only appended to, never rewritten).
+    /// Exit 0 when the proof holds, 1 when it does not.
+    Check {
+        /// The proof (JSON).
+        #[arg(long, value_name = "FILE")]
+        proof: PathBuf,
+        /// The agency's audit public key (audit.pub from the PKI).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The tree heads this station kept (its tree-heads.jsonl).
+        #[arg(long, value_name = "FILE")]
+        heads: Option<PathBuf>,
+    },
+}
+
+fn audit_check(proof: &Path, key: &Path, heads: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let key_text =
+        std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = fedcrime_audit::PublicKey::from_text(key_text.trim(), &key.display().to_string())?;
+    let text =
+        std::fs::read_to_string(proof).with_context(|| format!("reading {}", proof.display()))?;
+    let bundle = fedcrime_audit::ProofBundle::from_json(&text, &proof.display().to_string())?;
+    let known = match heads {
+        Some(path) => fedcrime_audit::HeadStore::open(path)?.heads().to_vec(),
+        None => Vec::new(),
+    };
+    match fedcrime_audit::check_proof(&bundle, &key, &known) {
+        Ok(report) => {
+            println!("{report}");
+            println!(
+                "proof holds: the entry is in the agency's log, consistent with {} kept tree head(s)",
+                known.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("fedcrime-client: the proof FAILED: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -196,6 +253,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<StationConfig> {
                 ca: "unused-ca.pem".into(),
                 cert: "unused.pem".into(),
                 key: "unused.key".into(),
+                signing_key: None,
             })
         }
     };
@@ -306,6 +364,8 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
             key: dir
                 .join(pki_layout::STATIONS_DIR)
                 .join(format!("{name}.key")),
+            signing_key: Some(dir.join(pki_layout::station_signing_key(name)))
+                .filter(|p| p.is_file()),
         }),
         _ => None,
     };
@@ -316,11 +376,25 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
             ca: ca.clone(),
             cert: cert.clone(),
             key: key.clone(),
+            signing_key: None,
         }),
         _ => anyhow::bail!("no --config: give --pki DIR --station NAME, or --ca, --cert and --key"),
     };
     if let Some(tls) = pki_tls {
         cfg.tls = tls;
+    }
+    if let (Some(dir), Some(name)) = (&cli.pki, &cli.station) {
+        let server_key = dir.join(pki_layout::AUDIT_PUB);
+        if cfg.audit.server_key.is_none() && server_key.is_file() {
+            cfg.audit.server_key = Some(server_key);
+            cfg.audit.heads = Some(
+                dir.join(pki_layout::STATIONS_DIR)
+                    .join(format!("{name}.tree-heads.jsonl")),
+            );
+        }
+    }
+    if let Some(k) = &cli.signing_key {
+        cfg.tls.signing_key = Some(k.clone());
     }
     macro_rules! set {
         ($flag:expr, $field:expr) => {
@@ -395,6 +469,18 @@ async fn station(cfg: StationConfig) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit {
+        action: AuditCommand::Check { proof, key, heads },
+    }) = &cli.command
+    {
+        return match audit_check(proof, key, heads.as_deref()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("fedcrime-client: error: {}", describe_error(e.as_ref()));
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::Serve(args)) = &cli.command {
         let cfg = match serve_config(args) {
             Ok(c) => c,

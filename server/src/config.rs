@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use fedcrime_cli::config_file::{parse_toml, read_toml, ConfigFileError};
 pub use fedcrime_cli::logging::{LogFormat, LogSection};
 use fedcrime_data::{Period, SplitFractions, Task, TaskConfig};
-use fedcrime_fl::{EngineConfig, FlError, RoundSettings, StrategyConfig};
+use fedcrime_fl::{EngineConfig, FlError, PrivacyConfig, RoundSettings, StrategyConfig};
 use fedcrime_ml::model::{CountLoss, ModelConfig, ModelError, ModelKind};
 use fedcrime_net::{ServerTls, TransportSettings};
 use fedcrime_wire::{local_work, Encoding, WireConfig};
@@ -75,6 +75,44 @@ pub struct ServerConfig {
     /// The live web dashboard (off unless set).
     #[serde(default)]
     pub dashboard: Option<crate::dashboard::DashboardSection>,
+    /// Differential privacy: DP-FedAvg at the server (`mode = "central"`)
+    /// or DP-SGD at the stations (`mode = "local"`); off unless set.
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
+    /// The tamper-evident audit log and signed updates (on by default).
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`: the server's append-only Merkle-tree log of what it did
+/// (rounds, each update accepted or refused with its hash and signature,
+/// aggregates, checkpoints), with an Ed25519-signed tree head after each
+/// round that stations keep; and whether updates must be signed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// Keep the log (default true).
+    pub enabled: bool,
+    /// Its folder (default `<output.dir>/audit`).
+    pub dir: Option<PathBuf>,
+    /// The key that signs tree heads (default `audit.key` beside `tls.ca`,
+    /// made by `fedcrime-certs init`).
+    pub key: Option<PathBuf>,
+    /// Refuse updates that come without a valid signature by the key the
+    /// station's certificate binds (default true). Off, a station whose
+    /// certificate binds a key must still sign; others may send unsigned.
+    pub require_signed_updates: bool,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            enabled: true,
+            dir: None,
+            key: None,
+            require_signed_updates: true,
+        }
+    }
 }
 
 fn default_linger_s() -> f64 {
@@ -360,7 +398,28 @@ impl ServerConfig {
             output: OutputSection::default(),
             log: LogSection::default(),
             dashboard: None,
+            privacy: None,
+            audit: AuditSection::default(),
         }
+    }
+
+    /// The audit log's folder.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.output.dir.join("audit"))
+    }
+
+    /// The audit key file.
+    pub fn audit_key(&self) -> PathBuf {
+        self.audit.key.clone().unwrap_or_else(|| {
+            self.tls
+                .ca
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("audit.key")
+        })
     }
 
     /// Parses TOML text; `origin` names it in errors.
@@ -407,6 +466,12 @@ impl ServerConfig {
         if let Some(d) = &mut self.dashboard {
             d.resolve_paths(base);
         }
+        if let Some(d) = &mut self.audit.dir {
+            fix(d);
+        }
+        if let Some(k) = &mut self.audit.key {
+            fix(k);
+        }
     }
 
     /// The run's name.
@@ -450,6 +515,8 @@ impl ServerConfig {
     pub fn engine_config(&self) -> EngineConfig {
         let mut cfg = EngineConfig {
             train: self.train.round_settings(),
+            privacy: self.privacy.clone(),
+            audit: self.audit.enabled,
             ..self.federation.clone()
         };
         if self.dashboard.is_some() {
@@ -473,6 +540,9 @@ impl ServerConfig {
     /// Checks every section, naming the first bad setting.
     pub fn validate(&self) -> Result<()> {
         self.engine_config().validate().map_err(|e| match e {
+            FlError::Config { field, message } if field.starts_with("privacy.") => {
+                config_err(field, message)
+            }
             FlError::Config { field, message } => {
                 config_err(format!("federation.{field}"), message)
             }

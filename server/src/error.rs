@@ -92,6 +92,9 @@ pub enum ServerError {
     /// The dashboard's settings or socket.
     #[error(transparent)]
     Dashboard(#[from] crate::dashboard::DashboardError),
+    /// The audit log or its key.
+    #[error("audit log: {0}")]
+    Audit(#[from] fedcrime_audit::AuditError),
 }
 
 impl ServerError {
@@ -103,7 +106,8 @@ impl ServerError {
             ServerError::Config(_)
             | ServerError::CheckpointExists { .. }
             | ServerError::OutputExists { .. }
-            | ServerError::Dashboard(_) => true,
+            | ServerError::Dashboard(_)
+            | ServerError::Audit(_) => true,
             ServerError::Net(e) => e.is_setup(),
             _ => false,
         }

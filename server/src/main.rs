@@ -26,8 +26,17 @@ fedcrime_cli::use_jemalloc!();
 /// Settings come from --config (see server/server.example.toml); every flag
 /// below overrides the matching setting.
 #[derive(Parser, Debug)]
-#[command(name = "fedcrime-server", version, about, long_about = None)]
+#[command(
+    name = "fedcrime-server",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Instead of serving: work with a run's audit log.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
@@ -136,6 +145,125 @@ struct Cli {
     /// Log filter, e.g. info or fedcrime_server=debug [log.level].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// The tamper-evident audit log (<out>/audit): an append-only Merkle
+    /// tree (RFC 6962) of every round, update and aggregate, with a signed
+    /// tree head after each round.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// Checks the whole log: every entry parses, every tree head's
+    /// signature holds and its root is that of the entries it covers.
+    /// Exit 0 when intact, 1 when tampered with or unreadable.
+    Verify {
+        /// The log folder (entries.bin, heads.jsonl, log.pub).
+        #[arg(long, value_name = "DIR")]
+        log: PathBuf,
+        /// The audit public key to expect (audit.pub from the PKI); default:
+        /// the log's own log.pub.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Also fail when entries follow the last signed head (a run that
+        /// crashed mid-round).
+        #[arg(long)]
+        strict: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the proof that a station's update of a round is in the log
+    /// (JSON): the entry, its inclusion proof under the latest signed tree
+    /// head, and consistency proofs from every earlier head. The station
+    /// checks it with `fedcrime-client audit check`.
+    Prove {
+        /// The log folder.
+        #[arg(long, value_name = "DIR")]
+        log: PathBuf,
+        /// The round.
+        #[arg(long)]
+        round: u64,
+        /// The station, e.g. station-07.
+        #[arg(long)]
+        station: String,
+        /// Write the proof here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+fn audit(action: &AuditCommand) -> anyhow::Result<ExitCode> {
+    match action {
+        AuditCommand::Verify {
+            log,
+            key,
+            strict,
+            json,
+        } => {
+            let expected = match key {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(fedcrime_audit::PublicKey::from_text(
+                        text.trim(),
+                        &path.display().to_string(),
+                    )?)
+                }
+                None => None,
+            };
+            let verified = if *strict {
+                fedcrime_audit::verify_log_strict(log, expected.as_ref())
+            } else {
+                fedcrime_audit::verify_log(log, expected.as_ref())
+            };
+            match verified {
+                Ok(report) => {
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        println!("{report}");
+                        println!("audit log {} is intact", log.display());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "fedcrime-server: audit log {} FAILED verification: {e}",
+                        log.display()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Prove {
+            log,
+            round,
+            station,
+            out,
+        } => {
+            let bundle = fedcrime_audit::prove(log, *round, station)?;
+            let text = bundle.to_json_pretty()?;
+            match out {
+                Some(path) => {
+                    std::fs::write(path, text.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "fedcrime-server: proof of {station}'s round-{round} entry written to {}",
+                        path.display()
+                    );
+                }
+                None => println!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn config(cli: &Cli) -> anyhow::Result<ServerConfig> {
@@ -303,6 +431,15 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit { action }) = &cli.command {
+        return match audit(action) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("fedcrime-server: error: {}", describe_error(e.as_ref()));
+                ExitCode::from(2)
+            }
+        };
+    }
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {

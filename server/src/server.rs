@@ -165,6 +165,8 @@ pub struct Server {
     /// The shared featurizer as JSON, saved with the models so a station
     /// can serve them (`fedcrime-client serve --model`).
     featurizer_json: Option<String>,
+    /// The tamper-evident audit log (`[audit]`).
+    audit: Option<fedcrime_audit::AuditLog>,
 }
 
 impl std::fmt::Debug for Server {
@@ -359,6 +361,7 @@ impl ServerBuilder {
         let listener =
             Listener::bind_with_secret(config.listen, &config.tls, &config.transport, &secret)?;
         check_output(&config)?;
+        let audit = open_audit_log(&config, &engine)?;
         let metrics = MetricsWriter::open(
             &config.output.dir,
             model.task,
@@ -416,6 +419,7 @@ impl ServerBuilder {
             progress,
             board,
             featurizer_json,
+            audit,
         })
     }
 }
@@ -588,6 +592,66 @@ fn restore_best_model(engine: &mut Engine, path: &Path) {
     }
 }
 
+/// Opens (or starts) the audit log with the configured key and records the
+/// run's start: its settings and the global model it starts from.
+fn open_audit_log(
+    config: &ServerConfig,
+    engine: &Engine,
+) -> Result<Option<fedcrime_audit::AuditLog>> {
+    if !config.audit.enabled {
+        return Ok(None);
+    }
+    let key_path = config.audit_key();
+    let text = std::fs::read_to_string(&key_path).map_err(|e| {
+        ServerError::from(ConfigFileError::setting(
+            "audit.key",
+            format!(
+                "cannot read {}: {e} (fedcrime-certs init makes audit.key beside ca.pem; or set \
+                 audit.enabled = false)",
+                key_path.display()
+            ),
+        ))
+    })?;
+    let key = fedcrime_audit::SigningKey::from_pkcs8_pem(&text, &key_path.display().to_string())?;
+    let dir = config.audit_dir();
+    if !config.resume && config.force && dir.join(fedcrime_audit::log::ENTRIES_FILE).exists() {
+        // A forced fresh start replaces the run's files, its log included.
+        for file in [
+            fedcrime_audit::log::ENTRIES_FILE,
+            fedcrime_audit::log::HEADS_FILE,
+            fedcrime_audit::log::PUBLIC_KEY_FILE,
+        ] {
+            let path = dir.join(file);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(ServerError::Io {
+                        what: "removing the old audit log file",
+                        path,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+    let mut log = fedcrime_audit::AuditLog::open_or_create(&dir, key)?;
+    let settings = serde_json::json!({
+        "resume": config.resume,
+        "federation": config.engine_config(),
+        "strategy": config.strategy,
+        "privacy": config.privacy,
+        "wire": config.wire,
+        "require_signed_updates": config.audit.require_signed_updates,
+    });
+    log.append(&fedcrime_audit::Entry::RunStarted {
+        run_id: config.run_id(),
+        strategy: engine.strategy_name().to_string(),
+        settings,
+        global_sha256: fedcrime_audit::sha256_f32(engine.global().data()),
+    })?;
+    tracing::info!(dir = %dir.display(), entries = log.len(), "audit log open");
+    Ok(Some(log))
+}
+
 /// A fresh run (no `--resume`) may not replace another run's files in the
 /// output folder unless `--force` says so.
 fn check_output(config: &ServerConfig) -> Result<()> {
@@ -652,6 +716,12 @@ fn session_ctx(
                         fedcrime_wire::Scalar::Bool(true),
                     );
                 }
+                if signatures_required(config) {
+                    ext.insert(
+                        fedcrime_wire::SIGNED_UPDATES_EXTENSION.into(),
+                        fedcrime_wire::Scalar::Bool(true),
+                    );
+                }
                 ext
             },
         },
@@ -659,7 +729,15 @@ fn session_ctx(
         write_cfg,
         hello_timeout: config.transport.handshake_timeout(),
         buffers: UpdateBuffers::new(spec.clone()),
+        prove_updates: config.audit.enabled || signatures_required(config),
+        require_signed_updates: signatures_required(config),
     })
+}
+
+/// Whether plaintext updates must be signed. Masked updates (secure
+/// aggregation) are not signed: the server never sees them alone.
+fn signatures_required(config: &ServerConfig) -> bool {
+    config.audit.require_signed_updates && config.federation.secure_aggregation.is_none()
 }
 
 impl Server {
@@ -731,6 +809,12 @@ impl Server {
             },
             summary: None,
             participants: BTreeSet::new(),
+            tree_head: self
+                .audit
+                .as_ref()
+                .and_then(|a| a.head())
+                .and_then(|h| h.to_json_line().ok()),
+            audit: self.audit,
         };
         let (tx, mut rx) = mpsc::channel::<FromSession>(256);
         let crl_watched = self.listener.verifier().crl_path().is_some();
@@ -898,6 +982,7 @@ impl Server {
         let summary = driver.summary.clone().unwrap_or_else(|| Summary {
             best: driver.engine.best(),
             stopped_early: false,
+            privacy_budget_spent: false,
             rounds_completed: driver.engine.history().last().map_or(0, |m| m.round),
             outcome: Outcome::Aborted {
                 round: driver.engine.round(),
@@ -1079,6 +1164,11 @@ struct Driver {
     summary: Option<Summary>,
     /// Every station admitted during this process's run.
     participants: BTreeSet<StationId>,
+    /// The audit log, when kept.
+    audit: Option<fedcrime_audit::AuditLog>,
+    /// Its latest signed tree head (a `heads.jsonl` line), sent with every
+    /// round for the stations to keep.
+    tree_head: Option<String>,
 }
 
 impl Driver {
@@ -1205,7 +1295,14 @@ impl Driver {
                                 &ins.global,
                                 self.ctx.admission.model_encoding,
                             )?;
-                            let msg = Message::RoundStart(round_start(&ins, self.delivery, model));
+                            let mut start = round_start(&ins, self.delivery, model);
+                            if let Some(head) = &self.tree_head {
+                                start.settings.extensions.insert(
+                                    fedcrime_audit::TREE_HEAD_EXTENSION.into(),
+                                    fedcrime_wire::Scalar::Str(head.clone()),
+                                );
+                            }
+                            let msg = Message::RoundStart(start);
                             let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
                             self.fit_cache =
                                 Some(Encoded::new(round, &ins.global, &ins.settings, b.clone()));
@@ -1289,10 +1386,17 @@ impl Driver {
                     );
                     let round = record.metrics.round;
                     self.persister.send(Persist::Metrics(Box::new(record)))?;
+                    self.sign_tree_head(round)?;
                     self.save_best_model(round).await?;
+                }
+                Action::Audit(entry) => {
+                    if let Some(log) = &mut self.audit {
+                        log.append(&entry)?;
+                    }
                 }
                 Action::Checkpoint(c) => self.persister.send(Persist::Checkpoint(c))?,
                 Action::Finished(summary) => {
+                    self.sign_tree_head(summary.rounds_completed)?;
                     if summary.rounds_completed > 0 {
                         self.save_final_models(&summary).await?;
                     }
@@ -1310,6 +1414,21 @@ impl Driver {
             }
         }
         self.publish();
+        Ok(())
+    }
+
+    /// Signs the audit log's tree head after `round` (fsyncs the log) and
+    /// keeps it for the next round's stations.
+    fn sign_tree_head(&mut self, round: u64) -> Result<()> {
+        let Some(log) = &mut self.audit else {
+            return Ok(());
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let head = log.sign_head(round, now_ms)?;
+        tracing::debug!(round, tree_size = head.tree_size, "audit tree head signed");
+        self.tree_head = Some(head.to_json_line()?);
         Ok(())
     }
 
@@ -1496,6 +1615,7 @@ impl Driver {
                 update,
                 params,
                 bytes,
+                proof,
             } => {
                 if !self.accept_from(&station, session, bytes) {
                     return;
@@ -1516,6 +1636,7 @@ impl Driver {
                         num_examples: update.num_examples,
                         metrics: bounded_metrics(update.metrics),
                     },
+                    proof,
                 });
             }
             FromSession::Evaluation {

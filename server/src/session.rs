@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fedcrime_fl::{Admission, FromStation, ServerSession, StationId};
+use fedcrime_fl::{Admission, FromStation, ServerSession, StationId, UpdateProof};
 use fedcrime_params::{ParamSpec, Params};
 use fedcrime_wire::{
     encode_message, ErrorCode, ErrorMsg, EvaluateResult, Message, Reject, SecAgg, Update,
-    WireConfig, WireReader,
+    UpdateKind, UpdateSignature, WireConfig, WireReader,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -95,6 +95,11 @@ pub(crate) struct SessionCtx {
     pub hello_timeout: Duration,
     /// Buffers updates are read into.
     pub buffers: UpdateBuffers,
+    /// Whether each update's hash is taken and its signature checked
+    /// ([`UpdateProof`]): with an audit log or required signatures.
+    pub prove_updates: bool,
+    /// Refuse updates without a valid signature.
+    pub require_signed_updates: bool,
 }
 
 /// What a session tells the driver.
@@ -118,6 +123,8 @@ pub(crate) enum FromSession {
         update: Update,
         params: Params,
         bytes: u64,
+        /// Its hash and signature check, when the server takes them.
+        proof: Option<UpdateProof>,
     },
     /// An evaluation result.
     Evaluation {
@@ -185,7 +192,13 @@ pub(crate) async fn serve(
     ctx: Arc<SessionCtx>,
     tx: mpsc::Sender<FromSession>,
 ) {
-    let end = run(&station, session, &connection, &ctx, &tx).await;
+    let end = match fedcrime_net::peer_update_key(&connection) {
+        Ok(key) => {
+            let key = key.map(fedcrime_audit::PublicKey);
+            run(&station, session, &connection, &ctx, &tx, key).await
+        }
+        Err(e) => Err(format!("unusable certificate: {e}")),
+    };
     let reason = match end {
         Ok(r) => {
             tracing::info!(station = %station, session, "session ended: {r}");
@@ -205,6 +218,7 @@ async fn run(
     connection: &quinn::Connection,
     ctx: &SessionCtx,
     tx: &mpsc::Sender<FromSession>,
+    update_key: Option<fedcrime_audit::PublicKey>,
 ) -> Result<String, String> {
     let (mut send, recv) =
         match tokio::time::timeout(ctx.hello_timeout, connection.accept_bi()).await {
@@ -276,7 +290,7 @@ async fn run(
         "station joined"
     );
     let writer = tokio::spawn(write_loop(send, outbox_rx));
-    let end = read_loop(&mut machine, &mut reader, tx, &outbox, ctx).await;
+    let end = read_loop(&mut machine, &mut reader, tx, &outbox, ctx, update_key).await;
     let reason = match &end {
         Ok(r) | Err(r) => r.clone(),
     };
@@ -310,6 +324,75 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoing
     let _ = send.stopped().await;
 }
 
+/// Who sent an update, and what the server expects of its signature.
+struct UpdateContext<'a> {
+    run_id: &'a str,
+    station: &'a StationId,
+    /// The key the station's certificate binds.
+    key: Option<&'a fedcrime_audit::PublicKey>,
+    required: bool,
+}
+
+/// The update's hash and its signature check: a signature that comes with
+/// an update must verify under the key the station's certificate binds;
+/// an update without one passes only when signatures are not required.
+fn prove_update(
+    cx: &UpdateContext<'_>,
+    update: &Update,
+    params: &Params,
+    signature: Option<UpdateSignature>,
+) -> UpdateProof {
+    let values_sha256 = fedcrime_audit::sha256_f32_raw(params.data());
+    let signature = signature.filter(|s| s.round == update.round);
+    let parsed = signature.as_ref().map(|s| {
+        <[u8; 64]>::try_from(s.signature.as_slice())
+            .map(fedcrime_audit::Signature)
+            .map_err(|_| {
+                format!(
+                    "malformed signature ({} bytes, expected 64)",
+                    s.signature.len()
+                )
+            })
+    });
+    let signed = fedcrime_audit::SignedUpdate {
+        run_id: cx.run_id,
+        station: cx.station.as_str(),
+        round: update.round,
+        num_examples: update.num_examples,
+        delta: update.kind == UpdateKind::Delta,
+        values_sha256,
+    };
+    let problem = match (cx.key, &parsed) {
+        (_, Some(Err(e))) => Some(e.clone()),
+        (Some(key), Some(Ok(sig))) => signed.verify(key, sig).err().map(|_| {
+            format!(
+                "the signature does not verify under the update key of {}'s certificate",
+                cx.station
+            )
+        }),
+        (Some(_), None) if cx.required => Some(format!(
+            "unsigned update: this server requires every update signed with the key {}'s \
+             certificate binds",
+            cx.station
+        )),
+        (None, _) if cx.required => Some(format!(
+            "this server requires signed updates, and {}'s certificate binds no \
+             update-signing key (re-issue it with fedcrime-certs)",
+            cx.station
+        )),
+        (None, Some(Ok(_))) => Some(format!(
+            "a signature came with the update, but {}'s certificate binds no key to check it with",
+            cx.station
+        )),
+        (Some(_) | None, None) => None,
+    };
+    UpdateProof {
+        sha256: fedcrime_audit::hex::encode(&values_sha256),
+        signature: parsed.and_then(|p| p.ok()).map(|s| s.to_text()),
+        problem,
+    }
+}
+
 /// Reads the station's messages until the stream ends, the station says
 /// Bye, or it breaks the protocol.
 async fn read_loop(
@@ -318,7 +401,9 @@ async fn read_loop(
     tx: &mpsc::Sender<FromSession>,
     outbox: &mpsc::Sender<Outgoing>,
     ctx: &SessionCtx,
+    update_key: Option<fedcrime_audit::PublicKey>,
 ) -> Result<String, String> {
+    let mut signature: Option<UpdateSignature> = None;
     let complain = |code: ErrorCode, text: String| {
         let msg = Message::Error(ErrorMsg { code, text });
         let _ = outbox.try_send(Outgoing::Frames(encode(&msg, None, &ctx.write_cfg)));
@@ -349,13 +434,31 @@ async fn read_loop(
                         return Err(text);
                     }
                 };
+                let proof = ctx.prove_updates.then(|| {
+                    prove_update(
+                        &UpdateContext {
+                            run_id: &ctx.admission.run_id,
+                            station: &station,
+                            key: update_key.as_ref(),
+                            required: ctx.require_signed_updates,
+                        },
+                        &update,
+                        &params,
+                        signature.take(),
+                    )
+                });
                 FromSession::Update {
                     station: station.clone(),
                     session,
                     update,
                     params,
                     bytes: reader.bytes_read() - start,
+                    proof,
                 }
+            }
+            Ok(FromStation::Signature(s)) => {
+                signature = Some(s);
+                continue;
             }
             Ok(FromStation::Evaluation(result)) => FromSession::Evaluation {
                 station: station.clone(),

@@ -402,7 +402,7 @@ impl Board {
                 progress(g);
             }),
             Action::RoundFinished(m) => self.update(|g| finish_round(g, m)),
-            Action::Checkpoint(_) | Action::SendSecAgg { .. } => {}
+            Action::Checkpoint(_) | Action::SendSecAgg { .. } | Action::Audit(_) => {}
             Action::Finished(summary) => self.update(|g| {
                 match &summary.outcome {
                     Outcome::Completed => {
