@@ -63,6 +63,15 @@ enum Command {
     /// your own area-to-group table): selection rates, demographic parity,
     /// equalized odds, error and bias per group.
     Fairness(Box<cmd::fairness::FairnessArgs>),
+    /// The differential-privacy accountant: the (ε, δ) of T steps of the
+    /// Poisson-subsampled Gaussian mechanism (Rényi DP, Mironov et al.
+    /// 2019, agreeing with Google's dp-accounting), or with
+    /// --target-epsilon the noise multiplier that meets a budget. The same
+    /// accountant charges DP-FedAvg rounds at the server and DP-SGD steps at
+    /// the stations.
+    ///
+    /// `fedcrime-sim privacy --sampling-rate 0.01 --noise-multiplier 1.1 --steps 10000`
+    Privacy(cmd::privacy::PrivacyArgs),
     /// Run many stations in one process against a running fedcrime-server:
     /// load tests, poisoned-station studies, the chaos suite.
     Swarm(cmd::swarm::SwarmArgs),
@@ -108,6 +117,7 @@ fn main() -> ExitCode {
         Command::Tune(args) => cmd::tune::run(&args, &cli.global),
         Command::Explain(args) => cmd::explain::run(&args, &cli.global),
         Command::Fairness(args) => cmd::fairness::run(&args, &cli.global),
+        Command::Privacy(args) => cmd::privacy::run(&args, &cli.global),
         Command::Swarm(args) => cmd::swarm::run(&args, &cli.global),
         Command::Study(study) => cmd::study::run(&study, &cli.global),
         Command::Bench(bench) => cmd::bench::run(&bench, &cli.global),

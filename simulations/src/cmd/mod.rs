@@ -6,6 +6,7 @@ pub mod explain;
 pub mod fairness;
 pub mod features;
 pub mod inspect;
+pub mod privacy;
 pub mod simulate;
 pub mod study;
 pub mod swarm;

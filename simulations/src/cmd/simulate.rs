@@ -26,7 +26,7 @@ use fedcrime_server::dashboard::{Board, DashboardSection, Reference};
 use std::sync::Arc;
 
 /// Options of `fedcrime-sim simulate`; each overrides the `--config` file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
     /// A TOML file describing the study (see `sim.toml` in any output
     /// folder); flags override its settings.
@@ -107,6 +107,33 @@ pub struct SimulateArgs {
     /// protocol [default: 0].
     #[arg(long, value_name = "P")]
     pub station_dropout: Option<f64>,
+    /// Differential privacy: the Gaussian noise multiplier z (this or any
+    /// --dp-* flag turns DP on, z default 1; the config file's [privacy]
+    /// section holds every setting). Central DP-FedAvg by default: the
+    /// server clips each update to --dp-clip and adds N(0, (z·C/m)²) to
+    /// their mean; metrics.csv gains epsilon per round (docs/privacy-and-audit.md).
+    #[arg(long, value_name = "Z")]
+    pub dp_noise: Option<f64>,
+    /// The clipping norm: a number, or `adaptive` (Andrew et al. 2021:
+    /// follows the median update norm from 0.1) [default: adaptive].
+    #[arg(long, value_name = "C|adaptive")]
+    pub dp_clip: Option<String>,
+    /// Where the noise goes: central (DP-FedAvg at the server) or local
+    /// (DP-SGD at every station, per-sample clipping to --dp-clip, default
+    /// 1.0) [default: central].
+    #[arg(long, value_name = "MODE")]
+    pub dp_mode: Option<fedcrime_fl::DpMode>,
+    /// Stop training before the round that would spend more than this ε.
+    #[arg(long, value_name = "E")]
+    pub dp_target_epsilon: Option<f64>,
+    /// δ of the reported (ε, δ) [default: 1e-5].
+    #[arg(long, value_name = "D")]
+    pub dp_delta: Option<f64>,
+    /// Sign every update with the station's Ed25519 key and keep the
+    /// server's audit log (Merkle tree, signed tree heads) in OUT/audit
+    /// (QUIC: OUT/quic/server/audit), as a deployment does.
+    #[arg(long)]
+    pub audit: bool,
     /// Stations training at once [default: the cores].
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -241,6 +268,48 @@ impl SimulateArgs {
         }
         if let Some(v) = self.concurrency {
             c.federation.concurrency = Some(v);
+        }
+        if self.audit {
+            c.federation.audit = true;
+        }
+        let dp_flags = self.dp_noise.is_some()
+            || self.dp_clip.is_some()
+            || self.dp_mode.is_some()
+            || self.dp_target_epsilon.is_some()
+            || self.dp_delta.is_some();
+        if dp_flags {
+            let p = c.privacy.get_or_insert_with(Default::default);
+            if let Some(z) = self.dp_noise {
+                p.noise_multiplier = z;
+            }
+            if let Some(mode) = self.dp_mode {
+                p.mode = mode;
+            }
+            match self.dp_clip.as_deref() {
+                Some("adaptive") => {
+                    p.clip = None;
+                    p.adaptive_clip = Some(Default::default());
+                }
+                Some(v) => {
+                    p.clip = Some(v.parse::<f64>().map_err(|_| {
+                        anyhow::anyhow!("--dp-clip {v:?}: expected a number or `adaptive`")
+                    })?);
+                    p.adaptive_clip = None;
+                }
+                None if p.clip.is_none()
+                    && p.adaptive_clip.is_none()
+                    && p.mode == fedcrime_fl::DpMode::Central =>
+                {
+                    p.adaptive_clip = Some(Default::default());
+                }
+                None => {}
+            }
+            if let Some(e) = self.dp_target_epsilon {
+                p.target_epsilon = Some(e);
+            }
+            if let Some(d) = self.dp_delta {
+                p.delta = d;
+            }
         }
         if let Some(v) = self.device {
             c.federation.device = v;
@@ -439,6 +508,48 @@ mod tests {
         let cli = Cli::parse_from(["x", "--fraction", "2"]);
         let e = cli.args.config().unwrap_err().to_string();
         assert!(e.contains("federation.fraction"), "{e}");
+    }
+
+    #[test]
+    fn dp_flags_turn_differential_privacy_on() {
+        let c = Cli::parse_from(["x", "--dp-noise", "1.0", "--dp-clip", "adaptive"])
+            .args
+            .config()
+            .unwrap();
+        let p = c.privacy.unwrap();
+        assert_eq!(p.noise_multiplier, 1.0);
+        assert!(p.adaptive_clip.is_some() && p.clip.is_none());
+        let c = Cli::parse_from(["x", "--dp-clip", "0.5", "--dp-target-epsilon", "8"])
+            .args
+            .config()
+            .unwrap();
+        let p = c.privacy.unwrap();
+        assert_eq!(
+            (p.noise_multiplier, p.clip, p.target_epsilon),
+            (1.0, Some(0.5), Some(8.0))
+        );
+        let c = Cli::parse_from(["x", "--dp-noise", "1.1", "--dp-mode", "local"])
+            .args
+            .config()
+            .unwrap();
+        let p = c.privacy.unwrap();
+        assert_eq!((p.mode, p.local_clip()), (fedcrime_fl::DpMode::Local, 1.0));
+        assert!(Cli::parse_from(["x"])
+            .args
+            .config()
+            .unwrap()
+            .privacy
+            .is_none());
+        let e = Cli::parse_from(["x", "--dp-clip", "big"])
+            .args
+            .config()
+            .unwrap_err();
+        assert!(e.to_string().contains("--dp-clip"), "{e}");
+        let e = Cli::parse_from(["x", "--dp-noise", "1", "--secure-aggregation"])
+            .args
+            .config()
+            .unwrap_err();
+        assert!(e.to_string().contains("privacy.mode"), "{e}");
     }
 
     #[test]

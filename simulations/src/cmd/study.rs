@@ -31,6 +31,12 @@ pub enum Study {
     /// study-convergence; .svg and .png). Uses the GPUs when CUDA is present
     /// (one replica per device), else the CPU.
     Parallel(ParallelArgs),
+    /// The privacy/utility curve: the federation without differential
+    /// privacy and with each --noise multiplier (central DP-FedAvg, adaptive
+    /// clipping unless --dp-clip says otherwise), each judged at its best
+    /// validation round. Writes privacy.csv, privacy.md (test metric, ε at
+    /// δ = 1e-5), privacy.svg/.png and one simulate folder per noise level.
+    Privacy(Box<super::privacy::PrivacyStudyArgs>),
 }
 
 /// Options of `fedcrime-sim study parallel`.
@@ -161,6 +167,7 @@ pub fn run(study: &Study, global: &GlobalOpts) -> Result<()> {
             }
             Ok(())
         }
+        Study::Privacy(args) => super::privacy::study(args, global),
     }
 }
 
@@ -189,7 +196,9 @@ mod tests {
             "--device",
             "cpu",
         ]);
-        let Study::Parallel(args) = cli.study;
+        let Study::Parallel(args) = cli.study else {
+            panic!("a parallel study")
+        };
         let spec = args.spec().unwrap();
         assert_eq!(spec.models, [ModelKind::Lstm, ModelKind::Dnn]);
         assert_eq!(spec.workers, [1, 2, 4]);
@@ -210,11 +219,15 @@ mod tests {
             .to_string();
         assert!(e.contains("two"), "{e}");
         let cli = Cli::parse_from(["x", "parallel", "--workers", "0,2"]);
-        let Study::Parallel(args) = cli.study;
+        let Study::Parallel(args) = cli.study else {
+            panic!("a parallel study")
+        };
         let e = args.spec().unwrap_err().to_string();
         assert!(e.contains("--workers"), "{e}");
         let cli = Cli::parse_from(["x", "parallel", "--epochs", "0"]);
-        let Study::Parallel(args) = cli.study;
+        let Study::Parallel(args) = cli.study else {
+            panic!("a parallel study")
+        };
         let e = args.spec().unwrap_err().to_string();
         assert!(e.contains("--epochs"), "{e}");
     }

@@ -56,6 +56,8 @@ pub struct BenchSpec {
     pub dir: std::path::PathBuf,
     /// Secure aggregation's settings, when the rounds use it.
     pub secure_aggregation: Option<fedcrime_fl::secure::SecAggConfig>,
+    /// Signed updates and the server's audit log.
+    pub audit: bool,
 }
 
 /// What [`run`] measured.
@@ -65,6 +67,8 @@ pub struct BenchResult {
     pub transport: &'static str,
     /// Whether the rounds used secure aggregation.
     pub secure_aggregation: bool,
+    /// Whether stations signed their updates and the server kept its audit log.
+    pub audit: bool,
     /// Parameters of the model.
     pub params: usize,
     /// Its hidden width.
@@ -214,6 +218,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
         eval_every: 0,
         fraction_evaluate: 0.0,
         seed: 0,
+        audit: spec.audit,
         ..EngineConfig::default()
     };
     let concurrency = spec.concurrency.unwrap_or(spec.stations).max(1);
@@ -225,6 +230,14 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
             let mut fed = MemoryFederation::new(stations, concurrency)?;
             if secure {
                 fed = fed.with_secure_aggregation(0.0, 0);
+            }
+            if spec.audit {
+                let dir = spec.dir.join("audit");
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("clearing {}", dir.display()))?;
+                }
+                fed = fed.with_audit(&dir)?;
             }
             let mut out = Vec::new();
             fed.run(&mut engine, |r| {
@@ -295,6 +308,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
     Ok(BenchResult {
         transport: spec.transport.as_str(),
         secure_aggregation: secure,
+        audit: spec.audit,
         params: n_params,
         hidden: model.hidden,
         stations: spec.stations,
@@ -356,6 +370,7 @@ mod tests {
             strategy: StrategyConfig::default(),
             dir: std::env::temp_dir(),
             secure_aggregation: None,
+            audit: false,
         };
         let r = run(&spec, &ProgressBar::hidden()).unwrap();
         assert_eq!(r.rounds, 2);

@@ -222,6 +222,7 @@ pub fn run(
                     metrics: test.metrics,
                 },
                 best: None,
+                epsilon: None,
             };
             best.update(&mut row);
             on_row(row)

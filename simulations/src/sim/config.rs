@@ -231,6 +231,10 @@ pub struct FederationSettings {
     /// Probability that a station drops out of a round at a random stage of
     /// secure aggregation (a study of dropout recovery; default 0).
     pub station_dropout: f64,
+    /// Signed updates and the server's audit log (RFC 6962 Merkle tree,
+    /// signed tree heads), as a deployment keeps them (default off in
+    /// studies): for measuring their cost.
+    pub audit: bool,
 }
 
 impl Default for FederationSettings {
@@ -249,6 +253,7 @@ impl Default for FederationSettings {
             device: DeviceChoice::Cpu,
             secure_aggregation: None,
             station_dropout: 0.0,
+            audit: false,
         }
     }
 }
@@ -364,6 +369,10 @@ pub struct SimConfig {
     pub selection: SelectionSettings,
     /// Federated explanations of the best model.
     pub explain: ExplainSettings,
+    /// Differential privacy of the federation (`[privacy]`, as in the
+    /// server config; default off). Its noise is seeded from `seed` unless
+    /// `privacy.seed` is set, so a study is reproducible.
+    pub privacy: Option<fedcrime_fl::PrivacyConfig>,
 }
 
 /// Federated explanations (see [`super::explain`]): after the federation
@@ -514,6 +523,33 @@ impl SimConfig {
             return invalid("explain.method", e);
         }
         let f = &self.federation;
+        if let Some(p) = &self.privacy {
+            if let Err((field, message)) = p.validate() {
+                return invalid(field, message);
+            }
+            if p.mode == fedcrime_fl::DpMode::Central {
+                if f.secure_aggregation.is_some() {
+                    return invalid(
+                        "privacy.mode",
+                        "central DP clips each update at the server, which secure aggregation \
+                         hides from it: use mode = \"local\" (DP-SGD at the stations)",
+                    );
+                }
+                if let Ok(strategy) = f.strategy.build() {
+                    if !strategy.mean_suffices() {
+                        return invalid(
+                            "privacy.mode",
+                            format!(
+                                "central DP noises the mean of the clipped updates, but strategy \
+                                 {} does not aggregate a mean: use fedavg, fedprox, fedavgm, \
+                                 fedadam, fedyogi or fedadagrad, or mode = \"local\"",
+                                strategy.name()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         if let Some(secagg) = &f.secure_aggregation {
             if let Err(e) = secagg.validate() {
                 return invalid("federation.secure_aggregation", e.to_string());

@@ -44,6 +44,7 @@ use fedcrime_fl::secure::{SecAggDown, SecAggUp, SecureStation};
 use fedcrime_fl::{
     decode_update, encode_update, Action, Admission, ClientSession, Engine, EvaluateIns,
     EvaluateRes, Event, FitIns, FitRes, RoundMetrics, ServerSession, StationId, Summary,
+    UpdateProof,
 };
 use fedcrime_params::Params;
 use fedcrime_server::dashboard::Board;
@@ -168,7 +169,23 @@ struct Done {
     round: u64,
     outcome: Outcome,
     seconds: f64,
+    /// The station's signature over its update, with an audit log.
+    signature: Option<fedcrime_audit::Signature>,
 }
+
+/// Signed updates and the server's audit log in a memory federation: each
+/// station signs its update with its own Ed25519 key, the server side
+/// hashes and verifies each one, and every engine audit entry goes into an
+/// RFC 6962 log whose head is signed after every round (what the QUIC
+/// server does, for the same measurements without sockets).
+struct AuditRun {
+    log: Mutex<fedcrime_audit::AuditLog>,
+    keys: Vec<fedcrime_audit::SigningKey>,
+    public: Vec<fedcrime_audit::PublicKey>,
+}
+
+/// The run name a memory federation's stations sign their updates for.
+const MEMORY_RUN_ID: &str = "fedcrime-sim";
 
 /// The stations of an in-memory federation and how many train at once.
 pub struct MemoryFederation {
@@ -178,6 +195,7 @@ pub struct MemoryFederation {
     workers: usize,
     board: Option<Arc<Board>>,
     secure: Option<SecureRun>,
+    audit: Option<AuditRun>,
 }
 
 impl std::fmt::Debug for MemoryFederation {
@@ -209,7 +227,29 @@ impl MemoryFederation {
             workers: workers.max(1),
             board: None,
             secure: None,
+            audit: None,
         })
+    }
+
+    /// Signed updates and an audit log in `dir` (the engine must emit its
+    /// audit entries: `EngineConfig::audit`): every station gets a fresh
+    /// Ed25519 key, the log a fresh one.
+    pub fn with_audit(mut self, dir: &std::path::Path) -> Result<Self> {
+        let key = fedcrime_audit::SigningKey::generate()?;
+        let log = fedcrime_audit::AuditLog::open_or_create(dir, key)
+            .with_context(|| format!("opening the audit log in {}", dir.display()))?;
+        let keys = self
+            .ids
+            .iter()
+            .map(|_| fedcrime_audit::SigningKey::generate())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let public = keys.iter().map(|k| k.public_key()).collect();
+        self.audit = Some(AuditRun {
+            log: Mutex::new(log),
+            keys,
+            public,
+        });
+        Ok(self)
     }
 
     /// Runs the stations' side of secure aggregation (the engine must have
@@ -290,6 +330,21 @@ impl MemoryFederation {
                     trained: false,
                 },
             };
+            // The station signs what the server will decode (full f32 values).
+            let signature = match (&self.audit, &outcome) {
+                (Some(a), Outcome::Fit(Ok(update))) => Some(
+                    fedcrime_audit::SignedUpdate {
+                        run_id: MEMORY_RUN_ID,
+                        station: self.ids[job.station].as_str(),
+                        round: job.round,
+                        num_examples: update.num_examples,
+                        delta: false,
+                        values_sha256: fedcrime_audit::sha256_f32_raw(update.params.data()),
+                    }
+                    .sign(&a.keys[job.station]),
+                ),
+                _ => None,
+            };
             let seconds = t0.elapsed().as_secs_f64();
             let sent = done.send(Done {
                 seq: job.seq,
@@ -297,6 +352,7 @@ impl MemoryFederation {
                 round: job.round,
                 outcome,
                 seconds,
+                signature,
             });
             if sent.is_err() {
                 return;
@@ -374,8 +430,17 @@ impl MemoryFederation {
                         self.submit(jobs, &mut next_seq, &station, round, Request::SecAgg(msg))?;
                     }
                     Action::RoundFinished(metrics) => {
+                        self.sign_head(metrics.round)?;
                         timing.elapsed_s = start.elapsed().as_secs_f64();
                         finished = Some(metrics);
+                    }
+                    Action::Audit(entry) => {
+                        if let Some(a) = &self.audit {
+                            a.log
+                                .lock()
+                                .map_err(|_| anyhow::anyhow!("the audit log's lock is poisoned"))?
+                                .append(&entry)?;
+                        }
                     }
                     // Checkpoints are for servers that may be restarted (a
                     // simulation is rerun instead); the model is reported.
@@ -389,7 +454,10 @@ impl MemoryFederation {
                         }
                         timing = RoundTiming::default();
                     }
-                    Action::Finished(summary) => return Ok(summary),
+                    Action::Finished(summary) => {
+                        self.sign_head(summary.rounds_completed)?;
+                        return Ok(summary);
+                    }
                 }
             }
             if expected == next_seq {
@@ -455,6 +523,20 @@ impl MemoryFederation {
         Ok(())
     }
 
+    /// Signs the audit log's head after `round`, when there is a log.
+    fn sign_head(&self, round: u64) -> Result<()> {
+        if let Some(a) = &self.audit {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            a.log
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the audit log's lock is poisoned"))?
+                .sign_head(round, now_ms)?;
+        }
+        Ok(())
+    }
+
     /// Hands a finished request to the engine.
     fn deliver(&self, engine: &mut Engine, d: Done, timing: &mut RoundTiming) -> Result<()> {
         let id = self.ids[d.station].clone();
@@ -475,7 +557,37 @@ impl MemoryFederation {
                         bytes_out: 0,
                     },
                 );
-                Event::UpdateReceived { id, round, update }
+                // As the QUIC server does: hash what arrived, check the
+                // signature with the station's key.
+                let proof = self.audit.as_ref().map(|a| {
+                    let values_sha256 = fedcrime_audit::sha256_f32_raw(update.params.data());
+                    let signed = fedcrime_audit::SignedUpdate {
+                        run_id: MEMORY_RUN_ID,
+                        station: id.as_str(),
+                        round,
+                        num_examples: update.num_examples,
+                        delta: false,
+                        values_sha256,
+                    };
+                    let problem = match &d.signature {
+                        Some(sig) => signed
+                            .verify(&a.public[d.station], sig)
+                            .err()
+                            .map(|e| format!("bad signature: {e}")),
+                        None => Some("unsigned update".to_string()),
+                    };
+                    UpdateProof {
+                        sha256: fedcrime_audit::hex::encode(&values_sha256),
+                        signature: d.signature.as_ref().map(|s| s.to_text()),
+                        problem,
+                    }
+                });
+                Event::UpdateReceived {
+                    id,
+                    round,
+                    update,
+                    proof,
+                }
             }
             Outcome::Fit(Err(e)) => Event::FitFailed {
                 id,
@@ -799,6 +911,39 @@ mod tests {
             .unwrap();
         assert_eq!(summary.rounds_completed, 4);
         assert!(completed.iter().any(|&c| c < 9), "{completed:?}");
+    }
+
+    #[test]
+    fn audited_rounds_sign_every_update_and_keep_a_verifiable_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit");
+        let fed = federation(5, 2).with_audit(&log).unwrap();
+        let spec = Arc::new(ParamSpec::new([("w", vec![3])]).unwrap());
+        let config = EngineConfig {
+            rounds: 3,
+            min_stations: 5,
+            min_fit: 1,
+            min_updates: 1,
+            audit: true,
+            ..EngineConfig::default()
+        };
+        let strategy = StrategyConfig::default().build().unwrap();
+        let mut engine =
+            Engine::new(config, strategy, Params::zeros(spec), Instant::now()).unwrap();
+        let mut rounds = Vec::new();
+        fed.run(&mut engine, |r| {
+            rounds.push(r.metrics.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert!(rounds
+            .iter()
+            .all(|m| m.completed.len() == 5 && m.failed.is_empty()));
+        let report = fedcrime_audit::verify_log_strict(&log, None).unwrap();
+        assert_eq!((report.updates_accepted, report.updates_refused), (15, 0));
+        assert_eq!(report.heads, 4);
+        let bundle = fedcrime_audit::prove(&log, 2, "s03").unwrap();
+        fedcrime_audit::check_proof(&bundle, &bundle.public_key, &[]).unwrap();
     }
 
     #[test]

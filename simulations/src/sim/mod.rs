@@ -127,6 +127,12 @@ pub fn engine_config(cfg: &SimConfig, stations: usize) -> EngineConfig {
         fraction_evaluate: 0.0,
         seed: cfg.seed,
         train: round_settings(cfg),
+        privacy: cfg.privacy.clone().map(|mut p| {
+            // Reproducible studies: the noise follows the run's seed.
+            p.seed = p.seed.or(Some(cfg.seed));
+            p
+        }),
+        audit: cfg.federation.audit,
         ..EngineConfig::default()
     }
 }
@@ -325,6 +331,7 @@ fn federate_locked(
             val: s.val,
             test: s.test,
             best: None,
+            epsilon: m.privacy.as_ref().and_then(|p| p.epsilon),
         };
         best.update(&mut row);
         Ok(row)
@@ -350,6 +357,14 @@ fn federate_locked(
             if cfg.federation.secure_aggregation.is_some() {
                 transport =
                     transport.with_secure_aggregation(cfg.federation.station_dropout, cfg.seed);
+            }
+            if cfg.federation.audit {
+                let dir = out.join("audit");
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("clearing {}", dir.display()))?;
+                }
+                transport = transport.with_audit(&dir)?;
             }
             // Scoring runs between rounds; its time is not the federation's.
             let mut scoring = 0.0;
@@ -490,8 +505,12 @@ pub fn simulate(cfg: &SimConfig, out: &Path, opts: RunOptions) -> Result<SimOutc
     );
     let initial = initial_model(&data, cfg.seed)?;
     let baselines = evaluate_baselines(&data.splits, &data.splits.test, data.task.period)?;
-    let mut csv =
-        record::MetricsCsv::create(&out.join("metrics.csv"), data.task.task, data.output_dim())?;
+    let mut csv = record::MetricsCsv::create_with(
+        &out.join("metrics.csv"),
+        data.task.task,
+        data.output_dim(),
+        cfg.privacy.is_some(),
+    )?;
 
     // The federation.
     let FederationRun {

@@ -209,6 +209,17 @@ fn make_pki(dir: &Path, stations: &[StationId]) -> Result<Pki> {
     Ok(pki)
 }
 
+/// The update-signing key `fedcrime-certs` issued to station `id`.
+fn station_signing_key(pki: &Path, id: &StationId) -> Result<fedcrime_audit::SigningKey> {
+    let path = pki.join(fedcrime_net::pki_layout::station_signing_key(id.as_str()));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(fedcrime_audit::SigningKey::from_pkcs8_pem(
+        &text,
+        &path.display().to_string(),
+    )?)
+}
+
 /// The model section describing `model`'s layout (its parameters are handed
 /// to the server as a value).
 fn model_section(model: &ModelConfig) -> ModelSection {
@@ -241,6 +252,11 @@ fn server_config(setup: &QuicSetup<'_>, pki: &Pki, server_dir: PathBuf) -> Serve
     };
     config.model = model_section(setup.model);
     config.federation = setup.engine.clone();
+    config.privacy = setup.engine.privacy.clone();
+    // A study keeps the audit log and demands signed updates only when
+    // asked (`federation.audit`), to measure what they cost.
+    config.audit.enabled = setup.engine.audit;
+    config.audit.require_signed_updates = setup.engine.audit;
     config.train = TrainSection::from(&setup.engine.train);
     config.strategy = setup.strategy.clone();
     config.output = OutputSection {
@@ -308,6 +324,7 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
             .with_context(|| format!("clearing {}", server_dir.display()))?;
     }
     let rounds = setup.engine.rounds;
+    let audit = setup.engine.audit;
     let config = server_config(&setup, &pki, server_dir);
     let checkpoint_dir = config.output.checkpoint_dir();
 
@@ -373,6 +390,10 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
             };
             let options = ClientOptions {
                 seed: i as u64,
+                signing_key: match audit {
+                    true => Some(Arc::new(station_signing_key(pki.dir(), &id)?)),
+                    false => None,
+                },
                 ..ClientOptions::default()
             };
             let mut stop = stop_rx.clone();

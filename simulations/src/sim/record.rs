@@ -15,7 +15,8 @@
 //! (connecting, sending, training, receiving, aggregating), for the
 //! centralized methods their training loops. `bytes_sent` is the cumulative
 //! traffic of the round messages in both directions (0 for centralized
-//! methods).
+//! methods). With differential privacy on, a last column `epsilon` holds
+//! the federation's cumulative ε after each round (at the configured δ).
 
 use std::path::Path;
 
@@ -50,6 +51,8 @@ pub struct Row {
     pub test: Scores,
     /// The step with the best validation headline so far, and its test headline.
     pub best: Option<(u64, f64)>,
+    /// Differential privacy: the cumulative ε after this step.
+    pub epsilon: Option<f64>,
 }
 
 /// Picks the best validation step as rows arrive, with the rule early
@@ -160,18 +163,32 @@ pub fn cells(row: &Row) -> Vec<String> {
 #[derive(Debug)]
 pub struct MetricsCsv {
     log: CsvLog,
+    epsilon: bool,
 }
 
 impl MetricsCsv {
     /// Creates the file and writes the header.
     pub fn create(path: &Path, task: Task, output_dim: usize) -> Result<Self> {
-        let log = CsvLog::create(path, &header(task, output_dim), Vec::<Vec<String>>::new())?;
-        Ok(MetricsCsv { log })
+        Self::create_with(path, task, output_dim, false)
+    }
+
+    /// [`MetricsCsv::create`], with the `epsilon` column when `epsilon`.
+    pub fn create_with(path: &Path, task: Task, output_dim: usize, epsilon: bool) -> Result<Self> {
+        let mut h = header(task, output_dim);
+        if epsilon {
+            h.push("epsilon".into());
+        }
+        let log = CsvLog::create(path, &h, Vec::<Vec<String>>::new())?;
+        Ok(MetricsCsv { log, epsilon })
     }
 
     /// Appends a row.
     pub fn push(&mut self, row: &Row) -> Result<()> {
-        Ok(self.log.append(&cells(row))?)
+        let mut c = cells(row);
+        if self.epsilon {
+            c.push(row.epsilon.map(num).unwrap_or_default());
+        }
+        Ok(self.log.append(&c)?)
     }
 }
 
@@ -237,6 +254,7 @@ mod tests {
             val: scores(0.9),
             test: scores(1.1),
             best: Some((1, 0.5)),
+            epsilon: None,
         };
         csv.push(&row).unwrap();
         csv.push(&Row {
@@ -276,6 +294,7 @@ mod tests {
             },
             test: scores(1.0),
             best: None,
+            epsilon: None,
         };
         let mut t = BestTracker::new(true, 0.0);
         let mut steps = Vec::new();

@@ -494,6 +494,7 @@ mod tests {
                 metrics: m,
             },
             best: None,
+            epsilon: None,
         }
     }
 

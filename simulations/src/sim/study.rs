@@ -1367,6 +1367,7 @@ mod tests {
                 val: scores.clone(),
                 test: scores.clone(),
                 best: Some((1, 1.0)),
+                epsilon: None,
             })
             .collect();
         let run = MethodRun {

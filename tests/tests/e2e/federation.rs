@@ -169,8 +169,14 @@ fn spawn_client_until(
         handshake_timeout: Duration::from_secs(10),
         ..ClientOptions::default()
     };
-    let client = Client::new(connector(pki, name, addr), factory, options);
-    tokio::spawn(client.run(shutdown))
+    spawn_with_options(pki, name, addr, factory, options, shutdown)
+}
+
+/// The update-signing key `fedcrime-certs` issued to station `name`.
+fn signing_key(pki: &Path, name: &str) -> Arc<fedcrime_audit::SigningKey> {
+    let path = pki.join(format!("stations/{name}.sign.key"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    Arc::new(fedcrime_audit::SigningKey::from_pkcs8_pem(&text, "test").unwrap())
 }
 
 fn data_station(name: &str, incidents: &[Incident], area: u8) -> Arc<dyn LearnerFactory> {
@@ -361,6 +367,7 @@ async fn fedavg_over_three_rounds_with_four_stations_lowers_the_loss() {
                 ca: pki.join("ca.pem"),
                 cert: pki.join(format!("stations/{}.pem", station(i))),
                 key: pki.join(format!("stations/{}.key", station(i))),
+                signing_key: Some(pki.join(format!("stations/{}.sign.key", station(i)))),
             });
             sc.server = server.addr.to_string();
             sc.data.file = Some(csv.clone());
@@ -459,6 +466,117 @@ async fn one_round_equals_the_hand_computed_weighted_average() {
         assert_eq!(c.outcome, ClientOutcome::Done);
         assert_eq!((c.updates_sent, c.masked_updates_sent), (1, 0));
     }
+}
+
+/// Issue 18: signed updates and the audit log over QUIC. Station 3 signs
+/// with station 1's key (a stolen key, or station 1's update replayed by
+/// station 3): the server checks each signature with the key the *sending*
+/// connection's certificate binds, so station 3 is refused every round and
+/// the model is the average of stations 1 and 2. The log records every
+/// decision, verifies, and proves station 1's update to station 1 against
+/// the tree heads it kept; a flipped byte fails verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_signed_with_another_stations_key_are_refused_and_the_log_proves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), 3);
+    let out = dir.path().join("out");
+    let mut cfg = server_config(&pki, &out, 3, 3);
+    cfg.federation.min_updates = 2;
+    let server = Running::start(cfg).await;
+    let server_key = fedcrime_audit::PublicKey::from_text(
+        std::fs::read_to_string(pki.join("audit.pub"))
+            .unwrap()
+            .trim(),
+        "audit.pub",
+    )
+    .unwrap();
+    let heads = dir.path().join("station-01-heads.jsonl");
+    let examples = [10u64, 30, 60];
+    let clients: Vec<_> = (1..=3)
+        .map(|i| {
+            let options = ClientOptions {
+                reconnect: fast_reconnect(),
+                handshake_timeout: Duration::from_secs(10),
+                // Station 3 holds station 1's key.
+                signing_key: Some(signing_key(&pki, &station(if i == 3 { 1 } else { i }))),
+                tree_heads: (i == 1).then(|| fedcrime_client::TreeHeads {
+                    server_key,
+                    path: heads.clone(),
+                }),
+                ..ClientOptions::default()
+            };
+            spawn_with_options(
+                &pki,
+                &station(i),
+                server.addr,
+                scripted(Script::Honest, examples[i - 1], i as u64),
+                options,
+                std::future::pending(),
+            )
+        })
+        .collect();
+    let report = server.finish().await;
+    assert!(report.completed(), "{:?}", report.summary);
+    for m in &report.history {
+        let names: Vec<&str> = m.completed.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["station-01", "station-02"], "round {}", m.round);
+        assert_eq!(
+            m.failed.get(&FailureKind::BadSignature),
+            Some(&1),
+            "{:?}",
+            m.failed
+        );
+    }
+    let parts = honest_parts(report.global.spec(), &examples[..2]);
+    assert_close(report.global.data(), &hand_average(&parts), 1e-6);
+    for c in clients {
+        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
+    }
+
+    // The whole log verifies under the agency's key.
+    let log = out.join("audit");
+    let verified = fedcrime_audit::verify_log_strict(&log, Some(&server_key)).unwrap();
+    assert_eq!(
+        (verified.updates_accepted, verified.updates_refused),
+        (6, 3)
+    );
+    assert_eq!(verified.heads, 4, "one head per round and one at the end");
+    // Station 1 kept the heads of rounds 1 and 2 (sent with rounds 2 and 3)
+    // and checks the proof of its round-2 update against them.
+    let kept = fedcrime_audit::HeadStore::open(&heads)
+        .unwrap()
+        .heads()
+        .to_vec();
+    assert_eq!(kept.len(), 2);
+    let bundle = fedcrime_audit::prove(&log, 2, "station-01").unwrap();
+    let checked = fedcrime_audit::check_proof(&bundle, &server_key, &kept).unwrap();
+    assert_eq!(checked.known_heads, 2);
+    match &bundle.entry {
+        fedcrime_audit::Entry::UpdateAccepted {
+            update_sha256,
+            signature,
+            ..
+        } => {
+            let want = fedcrime_audit::sha256_f32(&values(report.global.spec(), 1));
+            assert_eq!(*update_sha256, want);
+            assert!(signature.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    let refused = fedcrime_audit::prove(&log, 2, "station-03").unwrap();
+    match &refused.entry {
+        fedcrime_audit::Entry::UpdateRefused { reason, .. } => {
+            assert!(reason.contains("bad_signature"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // One flipped byte anywhere in the entries is detected.
+    let entries = log.join("entries.bin");
+    let mut bytes = std::fs::read(&entries).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&entries, &bytes).unwrap();
+    assert!(fedcrime_audit::verify_log(&log, Some(&server_key)).is_err());
 }
 
 /// Issue 17: secure aggregation over QUIC. The stations' updates travel
@@ -941,9 +1059,13 @@ fn spawn_with_options(
     name: &str,
     addr: SocketAddr,
     factory: Arc<dyn LearnerFactory>,
-    options: ClientOptions,
+    mut options: ClientOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<fedcrime_client::Result<ClientReport>> {
+    // Stations sign their updates, as the server requires by default.
+    if options.signing_key.is_none() {
+        options.signing_key = Some(signing_key(pki, name));
+    }
     let client = Client::new(connector(pki, name, addr), factory, options);
     tokio::spawn(client.run(shutdown))
 }
@@ -1348,6 +1470,25 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
         dashboard.engine_config().evaluate_config["forecast"],
         fedcrime_fl::ConfigValue::Bool(true)
     );
+    // The audit log is on by default; the commented [privacy] switched on
+    // gives central DP with adaptive clipping and a budget.
+    assert!(server.audit.enabled && server.audit.require_signed_updates);
+    assert_eq!(
+        station.tls.signing_key.as_deref(),
+        Some(Path::new("pki/stations/station-07.sign.key"))
+    );
+    let private = ServerConfig::from_toml(
+        &uncomment(
+            include_str!("../../../server/server.example.toml"),
+            "# [privacy]",
+        ),
+        Path::new("server.toml"),
+    )
+    .unwrap();
+    private.validate().unwrap();
+    let p = private.engine_config().privacy.unwrap();
+    assert_eq!(p.mode, fedcrime_fl::DpMode::Central);
+    assert!(p.adaptive_clip.is_some() && p.target_epsilon == Some(10.0));
 
     let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
     let server_err = |extra: &str| {
@@ -1368,6 +1509,13 @@ fn example_configs_parse_and_bad_settings_name_the_field() {
             "federation.min_fit",
         ),
         ("[train]\nlr = -1.0\n", "train.lr"),
+        ("[privacy]\nnoise_multiplier = 1.0\n", "privacy.clip"),
+        (
+            "[privacy]\nclip = 1.0\nnoise_multiplier = -1.0\n",
+            "privacy.noise_multiplier",
+        ),
+        ("[privacy]\nclip = 1.0\ndelta = 2.0\n", "privacy.delta"),
+        ("[audit]\nrequire_signed = true\n", "require_signed"),
         ("[strategy]\nname = \"fedprox\"\nmu = -1.0\n", "strategy.mu"),
         ("[model]\nkind = \"gat-tcn\"\n", "model.kind"),
         (

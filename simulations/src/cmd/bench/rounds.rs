@@ -50,6 +50,13 @@ pub struct BenchRoundsArgs {
     /// a mean-based strategy.
     #[arg(long)]
     pub secure_aggregation: bool,
+    /// Measure what signed updates and the audit log cost: the same rounds
+    /// twice, without and then with them (each station signs its update
+    /// with Ed25519; the server hashes and verifies each one, appends every
+    /// decision to its Merkle-tree log and signs a tree head per round),
+    /// and print both and their ratio.
+    #[arg(long)]
+    pub audit: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -68,13 +75,48 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
         strategy: args.strategy.clone(),
         dir: args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf()),
         secure_aggregation: args.secure_aggregation.then(Default::default),
+        audit: false,
     };
     let bar = progress::bar(global.quiet || args.json, args.rounds, "bench", "rounds");
     let r = bench::run(&spec, &bar)?;
+    if args.audit {
+        let bar = progress::bar(global.quiet || args.json, args.rounds, "bench", "rounds");
+        let audited = bench::run(
+            &BenchSpec {
+                audit: true,
+                ..spec.clone()
+            },
+            &bar,
+        )?;
+        let ratio = audited.round_s / r.round_s;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"plain": r, "audited": audited, "round_ratio": ratio})
+            );
+            return Ok(());
+        }
+        print_result(&r);
+        print_result(&audited);
+        println!(
+            "signed updates and audit log: {:.4} s per round against {:.4} s without ({:.3}x, {:+.4} s)",
+            audited.round_s,
+            r.round_s,
+            ratio,
+            audited.round_s - r.round_s
+        );
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
+    print_result(&r);
+    Ok(())
+}
+
+/// Prints one measurement for people.
+fn print_result(r: &bench::BenchResult) {
     println!(
         "{} stations ({} sampled), {} params (dnn width {}), {}{} over {} rounds:",
         r.stations,
@@ -82,10 +124,11 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
         r.params,
         r.hidden,
         r.transport,
-        if r.secure_aggregation {
-            " with secure aggregation"
-        } else {
-            ""
+        match (r.secure_aggregation, r.audit) {
+            (true, true) => " with secure aggregation, signed updates and the audit log",
+            (true, false) => " with secure aggregation",
+            (false, true) => " with signed updates and the audit log",
+            (false, false) => "",
         },
         r.rounds
     );
@@ -109,5 +152,4 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
         );
     }
     println!("  peak RSS {:.0} MiB", r.peak_rss_mib);
-    Ok(())
 }
