@@ -250,6 +250,17 @@ impl Default for DataSection {
     }
 }
 
+/// Reads the key file of setting `field` with `parse(text, origin)`.
+fn read_key_file<T>(
+    field: &str,
+    path: &Path,
+    parse: impl FnOnce(&str, &str) -> fedcrime_audit::Result<T>,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_err(field, format!("cannot read {}: {e}", path.display())))?;
+    parse(&text, &path.display().to_string()).map_err(|e| config_err(field, e.to_string()))
+}
+
 fn config_err(field: impl Into<String>, message: impl Into<String>) -> ClientError {
     ConfigFileError::setting(field, message).into()
 }
@@ -425,15 +436,12 @@ impl StationConfig {
         let Some(path) = &self.tls.signing_key else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            config_err(
-                "tls.signing_key",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        fedcrime_audit::SigningKey::from_pkcs8_pem(&text, &path.display().to_string())
-            .map(Some)
-            .map_err(|e| config_err("tls.signing_key", e.to_string()))
+        read_key_file(
+            "tls.signing_key",
+            path,
+            fedcrime_audit::SigningKey::from_pkcs8_pem,
+        )
+        .map(Some)
     }
 
     /// The tree-head store settings, when `audit.server_key` is set.
@@ -441,15 +449,9 @@ impl StationConfig {
         let Some(path) = &self.audit.server_key else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            config_err(
-                "audit.server_key",
-                format!("cannot read {}: {e}", path.display()),
-            )
+        let server_key = read_key_file("audit.server_key", path, |text, origin| {
+            fedcrime_audit::PublicKey::from_text(text.trim(), origin)
         })?;
-        let server_key =
-            fedcrime_audit::PublicKey::from_text(text.trim(), &path.display().to_string())
-                .map_err(|e| config_err("audit.server_key", e.to_string()))?;
         Ok(Some(crate::client::TreeHeads {
             server_key,
             path: self

@@ -66,6 +66,7 @@ pub mod secure;
 pub mod session;
 pub mod stopping;
 pub mod strategy;
+pub mod switch;
 pub mod validate;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};

@@ -138,7 +138,7 @@ pub struct PrivacyConfig {
     /// needs this or `adaptive_clip`; local mode defaults to 1.0.
     pub clip: Option<f64>,
     /// Adaptive clipping (central mode): `true` for the defaults or a table.
-    #[serde(with = "adaptive_switch", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::switch", skip_serializing_if = "Option::is_none")]
     pub adaptive_clip: Option<AdaptiveClip>,
     /// δ of the reported (ε, δ) (default 1e-5).
     pub delta: f64,
@@ -575,51 +575,4 @@ fn add_gaussian(values: &mut [f32], sigma: f64, seed: [u8; 32]) {
                 *v = (f64::from(*v) + n * sigma) as f32;
             }
         });
-}
-
-/// Reads `adaptive_clip = true | false | { ... }`.
-mod adaptive_switch {
-    use serde::de::{self, MapAccess, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::AdaptiveClip;
-
-    pub fn serialize<S: Serializer>(c: &Option<AdaptiveClip>, s: S) -> Result<S::Ok, S::Error> {
-        match c {
-            Some(c) => c.serialize(s),
-            None => s.serialize_bool(false),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AdaptiveClip>, D::Error> {
-        struct Switch;
-        impl<'de> Visitor<'de> for Switch {
-            type Value = Option<AdaptiveClip>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("true, false, or a table of adaptive clipping settings")
-            }
-
-            fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
-                Ok(on.then(AdaptiveClip::default))
-            }
-
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-
-            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
-                d.deserialize_any(Switch)
-            }
-
-            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
-                AdaptiveClip::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
-            }
-        }
-        d.deserialize_any(Switch)
-    }
 }

@@ -454,54 +454,8 @@ impl SecureStation {
 }
 
 /// `secure_aggregation` in config files: `true` / `false`, or a table of
-/// [`SecAggConfig`] settings (which turns it on).
-pub mod switch {
-    use serde::de::{self, MapAccess, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::SecAggConfig;
-
-    /// Writes the settings' table, or `false`.
-    pub fn serialize<S: Serializer>(c: &Option<SecAggConfig>, s: S) -> Result<S::Ok, S::Error> {
-        match c {
-            Some(c) => c.serialize(s),
-            None => s.serialize_bool(false),
-        }
-    }
-
-    /// Reads `true`, `false` or a table.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecAggConfig>, D::Error> {
-        struct Switch;
-        impl<'de> Visitor<'de> for Switch {
-            type Value = Option<SecAggConfig>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("true, false, or a table of secure aggregation settings")
-            }
-
-            fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
-                Ok(on.then(SecAggConfig::default))
-            }
-
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-
-            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
-                d.deserialize_any(Switch)
-            }
-
-            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
-                SecAggConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
-            }
-        }
-        d.deserialize_any(Switch)
-    }
-}
+/// [`SecAggConfig`] settings (which turns it on); see [`crate::switch`].
+pub use crate::switch;
 
 /// `msg` in the wire message of `round`.
 fn to_wire<T: serde::Serialize>(msg: &T, round: u64) -> Result<SecAgg, WireError> {

@@ -134,25 +134,8 @@ impl AsRef<str> for StationId {
 /// subject common name equal to it.
 pub fn station_from_certificate(der: &[u8]) -> Result<StationId> {
     let refuse = |reason: String| IdentityError::Certificate(reason);
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| refuse(format!("unparsable certificate: {e}")))?;
-    let sans = cert
-        .subject_alternative_name()
-        .map_err(|e| refuse(format!("bad subject alternative name extension: {e}")))?;
-    let mut found: Option<&str> = None;
-    if let Some(sans) = sans {
-        for name in &sans.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                if let Some(station) = uri.strip_prefix(STATION_URI_PREFIX) {
-                    if found.is_some() {
-                        return Err(refuse("more than one station identity URI".to_owned()));
-                    }
-                    found = Some(station);
-                }
-            }
-        }
-    }
-    let Some(name) = found else {
+    let cert = parse(der)?;
+    let Some(name) = one_uri(&cert, STATION_URI_PREFIX, "station identity URI")? else {
         return Err(refuse(format!(
             "no {STATION_URI_PREFIX}<name> URI in the subject alternative names"
         )));
@@ -191,40 +174,53 @@ pub fn update_key_uri(public_key: &[u8; 32]) -> String {
 /// The Ed25519 update-signing key a DER certificate binds, if any: at most
 /// one [`UPDATE_KEY_URI_PREFIX`] URI holding exactly 64 lowercase hex digits.
 pub fn update_key_from_certificate(der: &[u8]) -> Result<Option<[u8; 32]>> {
-    let refuse = |reason: String| IdentityError::Certificate(reason);
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| refuse(format!("unparsable certificate: {e}")))?;
-    let sans = cert
-        .subject_alternative_name()
-        .map_err(|e| refuse(format!("bad subject alternative name extension: {e}")))?;
-    let mut found: Option<[u8; 32]> = None;
+    let cert = parse(der)?;
+    let Some(hex) = one_uri(&cert, UPDATE_KEY_URI_PREFIX, "update-signing key URI")? else {
+        return Ok(None);
+    };
+    let bad = || {
+        IdentityError::Certificate(format!(
+            "update-signing key URI {UPDATE_KEY_URI_PREFIX}{hex} does not hold 64 lowercase hex digits"
+        ))
+    };
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(bad());
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(Some(key))
+}
+
+/// A DER certificate, or why it cannot be read.
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>> {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| IdentityError::Certificate(format!("unparsable certificate: {e}")))
+}
+
+/// What follows `prefix` in the certificate's one URI subject alternative
+/// name that starts with it (`None` without one; more than one, `what`, is
+/// an error).
+fn one_uri<'a>(cert: &'a X509Certificate<'_>, prefix: &str, what: &str) -> Result<Option<&'a str>> {
+    let sans = cert.subject_alternative_name().map_err(|e| {
+        IdentityError::Certificate(format!("bad subject alternative name extension: {e}"))
+    })?;
+    let mut found = None;
     for name in sans.iter().flat_map(|s| &s.value.general_names) {
-        let GeneralName::URI(uri) = name else {
-            continue;
-        };
-        let Some(hex) = uri.strip_prefix(UPDATE_KEY_URI_PREFIX) else {
-            continue;
-        };
-        if found.is_some() {
-            return Err(refuse("more than one update-signing key URI".to_owned()));
+        if let GeneralName::URI(uri) = name {
+            if let Some(rest) = uri.strip_prefix(prefix) {
+                if found.is_some() {
+                    return Err(IdentityError::Certificate(format!("more than one {what}")));
+                }
+                found = Some(rest);
+            }
         }
-        let bad = || {
-            refuse(format!(
-                "update-signing key URI {uri:?} does not hold 64 lowercase hex digits"
-            ))
-        };
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(bad());
-        }
-        let mut key = [0u8; 32];
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        found = Some(key);
     }
     Ok(found)
 }

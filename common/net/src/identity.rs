@@ -11,28 +11,27 @@ use super::error::{NetError, Result};
 /// The station identity of an established connection, taken from the peer's
 /// certificate. Never trust a name a station sends in a message.
 pub fn peer_identity(conn: &quinn::Connection) -> Result<StationId> {
-    let peer = conn.remote_address();
-    let certs = peer_chain(conn)?;
-    let leaf = certs.first().ok_or_else(|| NetError::Identity {
-        peer,
-        reason: "the peer presented an empty certificate chain".to_owned(),
-    })?;
-    station_from_certificate(leaf).map_err(|e| NetError::Identity {
-        peer,
-        reason: e.to_string(),
-    })
+    from_leaf(conn, station_from_certificate)
 }
 
 /// The Ed25519 update-signing key the peer's certificate binds, if any
 /// (see [`fedcrime_identity::UPDATE_KEY_URI_PREFIX`]).
 pub fn peer_update_key(conn: &quinn::Connection) -> Result<Option<[u8; 32]>> {
+    from_leaf(conn, update_key_from_certificate)
+}
+
+/// `read` of the peer's leaf certificate.
+fn from_leaf<T>(
+    conn: &quinn::Connection,
+    read: impl FnOnce(&[u8]) -> fedcrime_identity::Result<T>,
+) -> Result<T> {
     let peer = conn.remote_address();
     let certs = peer_chain(conn)?;
     let leaf = certs.first().ok_or_else(|| NetError::Identity {
         peer,
         reason: "the peer presented an empty certificate chain".to_owned(),
     })?;
-    update_key_from_certificate(leaf).map_err(|e| NetError::Identity {
+    read(leaf).map_err(|e| NetError::Identity {
         peer,
         reason: e.to_string(),
     })

@@ -343,8 +343,12 @@ pub struct Station {
     forecast: Option<Arc<Dataset>>,
     /// Local differential privacy: what this station's DP-SGD rounds have
     /// spent so far (its records' ε is its own to account).
-    accountant: std::sync::Mutex<fedcrime_privacy::RdpAccountant>,
+    accountant: PrivacyAccountant,
 }
+
+/// What a station's DP-SGD rounds have spent, shared by the `Station`s
+/// built over its records ([`Station::with_privacy_accountant`]).
+pub type PrivacyAccountant = Arc<std::sync::Mutex<fedcrime_privacy::RdpAccountant>>;
 
 /// The defaults a station trains with when a round does not say otherwise:
 /// 1 epoch, batch 64, learning rate 1e-3, no early stopping.
@@ -386,8 +390,16 @@ impl Station {
             device,
             defaults: default_train_config(),
             forecast: None,
-            accountant: std::sync::Mutex::new(fedcrime_privacy::RdpAccountant::default()),
+            accountant: PrivacyAccountant::default(),
         })
+    }
+
+    /// Charges this station's DP-SGD rounds to `accountant`, shared with the
+    /// other `Station`s built over the same records (a station rebuilt for
+    /// each request must keep counting where the last one stopped).
+    pub fn with_privacy_accountant(mut self, accountant: PrivacyAccountant) -> Self {
+        self.accountant = accountant;
+        self
     }
 
     /// Rows to forecast when an evaluation asks for it ([`FORECAST_KEY`]):

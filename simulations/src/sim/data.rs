@@ -200,6 +200,7 @@ impl StudyData {
                     device,
                     defaults: defaults.clone(),
                     forecast,
+                    accountant: Default::default(),
                 })
             })
             .collect()
@@ -322,6 +323,8 @@ pub struct SimStation {
     /// Its areas' rows at the period after the data end (natural and
     /// bureau partitions), for the dashboard's map.
     forecast: Option<Arc<Dataset>>,
+    /// What its DP-SGD rounds have spent (local differential privacy).
+    accountant: fedcrime_station::PrivacyAccountant,
 }
 
 impl SimStation {
@@ -357,7 +360,8 @@ impl SimStation {
             (*self.model).clone(),
             self.device,
         )?
-        .with_defaults(self.defaults.clone())?;
+        .with_defaults(self.defaults.clone())?
+        .with_privacy_accountant(self.accountant.clone());
         match (&self.forecast, eval) {
             (Some(rows), true) => station.with_forecast(rows.clone()),
             _ => Ok(station),

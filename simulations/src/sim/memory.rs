@@ -169,8 +169,10 @@ struct Done {
     round: u64,
     outcome: Outcome,
     seconds: f64,
-    /// The station's signature over its update, with an audit log.
-    signature: Option<fedcrime_audit::Signature>,
+    /// With an audit log: the station's signed update as the server's
+    /// session checked it (hash and signature), done on the worker as the
+    /// QUIC server does it in each station's session task, in parallel.
+    proof: Option<UpdateProof>,
 }
 
 /// Signed updates and the server's audit log in a memory federation: each
@@ -182,6 +184,44 @@ struct AuditRun {
     log: Mutex<fedcrime_audit::AuditLog>,
     keys: Vec<fedcrime_audit::SigningKey>,
     public: Vec<fedcrime_audit::PublicKey>,
+}
+
+impl AuditRun {
+    /// Station `index` (`id`) signs its update of `round` with its key
+    /// (over the full f32 values the server decodes), and the server's side
+    /// hashes what arrived and checks the signature with that station's
+    /// public key, as a QUIC session does.
+    fn sign_and_check(
+        &self,
+        id: &StationId,
+        index: usize,
+        round: u64,
+        update: &FitRes,
+    ) -> UpdateProof {
+        let signed = fedcrime_audit::SignedUpdate {
+            run_id: MEMORY_RUN_ID,
+            station: id.as_str(),
+            round,
+            num_examples: update.num_examples,
+            delta: false,
+            values_sha256: fedcrime_audit::sha256_f32_raw(update.params.data()),
+        };
+        let signature = signed.sign(&self.keys[index]);
+        // The server's side: its own hash of the values it received.
+        let received = fedcrime_audit::sha256_f32_raw(update.params.data());
+        let checked = fedcrime_audit::SignedUpdate {
+            values_sha256: received,
+            ..signed
+        };
+        UpdateProof {
+            sha256: fedcrime_audit::hex::encode(&received),
+            signature: Some(signature.to_text()),
+            problem: checked
+                .verify(&self.public[index], &signature)
+                .err()
+                .map(|e| format!("bad signature: {e}")),
+        }
+    }
 }
 
 /// The run name a memory federation's stations sign their updates for.
@@ -330,19 +370,10 @@ impl MemoryFederation {
                     trained: false,
                 },
             };
-            // The station signs what the server will decode (full f32 values).
-            let signature = match (&self.audit, &outcome) {
-                (Some(a), Outcome::Fit(Ok(update))) => Some(
-                    fedcrime_audit::SignedUpdate {
-                        run_id: MEMORY_RUN_ID,
-                        station: self.ids[job.station].as_str(),
-                        round: job.round,
-                        num_examples: update.num_examples,
-                        delta: false,
-                        values_sha256: fedcrime_audit::sha256_f32_raw(update.params.data()),
-                    }
-                    .sign(&a.keys[job.station]),
-                ),
+            let proof = match (&self.audit, &outcome) {
+                (Some(a), Outcome::Fit(Ok(update))) => {
+                    Some(a.sign_and_check(&self.ids[job.station], job.station, job.round, update))
+                }
                 _ => None,
             };
             let seconds = t0.elapsed().as_secs_f64();
@@ -352,7 +383,7 @@ impl MemoryFederation {
                 round: job.round,
                 outcome,
                 seconds,
-                signature,
+                proof,
             });
             if sent.is_err() {
                 return;
@@ -557,31 +588,7 @@ impl MemoryFederation {
                         bytes_out: 0,
                     },
                 );
-                // As the QUIC server does: hash what arrived, check the
-                // signature with the station's key.
-                let proof = self.audit.as_ref().map(|a| {
-                    let values_sha256 = fedcrime_audit::sha256_f32_raw(update.params.data());
-                    let signed = fedcrime_audit::SignedUpdate {
-                        run_id: MEMORY_RUN_ID,
-                        station: id.as_str(),
-                        round,
-                        num_examples: update.num_examples,
-                        delta: false,
-                        values_sha256,
-                    };
-                    let problem = match &d.signature {
-                        Some(sig) => signed
-                            .verify(&a.public[d.station], sig)
-                            .err()
-                            .map(|e| format!("bad signature: {e}")),
-                        None => Some("unsigned update".to_string()),
-                    };
-                    UpdateProof {
-                        sha256: fedcrime_audit::hex::encode(&values_sha256),
-                        signature: d.signature.as_ref().map(|s| s.to_text()),
-                        problem,
-                    }
-                });
+                let proof = d.proof;
                 Event::UpdateReceived {
                     id,
                     round,

@@ -220,6 +220,17 @@ fn station_signing_key(pki: &Path, id: &StationId) -> Result<fedcrime_audit::Sig
     )?)
 }
 
+/// The server's audit-log public key of the study's PKI.
+fn audit_public_key(pki: &Path) -> Result<fedcrime_audit::PublicKey> {
+    let path = pki.join(fedcrime_net::pki_layout::AUDIT_PUB);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(fedcrime_audit::PublicKey::from_text(
+        text.trim(),
+        &path.display().to_string(),
+    )?)
+}
+
 /// The model section describing `model`'s layout (its parameters are handed
 /// to the server as a value).
 fn model_section(model: &ModelConfig) -> ModelSection {
@@ -392,6 +403,18 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
                 seed: i as u64,
                 signing_key: match audit {
                     true => Some(Arc::new(station_signing_key(pki.dir(), &id)?)),
+                    false => None,
+                },
+                // Each station keeps the tree heads it is sent, as a
+                // precinct would: `fedcrime-client audit check --heads`.
+                tree_heads: match audit {
+                    true => Some(fedcrime_client::TreeHeads {
+                        server_key: audit_public_key(pki.dir())?,
+                        path: pki
+                            .dir()
+                            .join(fedcrime_net::pki_layout::STATIONS_DIR)
+                            .join(format!("{id}.tree-heads.jsonl")),
+                    }),
                     false => None,
                 },
                 ..ClientOptions::default()

@@ -186,6 +186,7 @@ pub fn markdown(ctx: &ReportContext<'_>, runs: &[MethodRun]) -> String {
         .unwrap_or(("score", f64::NAN));
     let naive = best_baseline(task, ctx.baselines);
     selected_section(&mut md, task, headline, runs, ctx.baselines, naive);
+    privacy_section(&mut md, headline, runs);
     ratio_section(&mut md, task, headline, runs, naive);
     reaching_section(&mut md, task, headline, runs);
     last_step_section(&mut md, runs, ctx.baselines);
@@ -264,6 +265,43 @@ fn selected_section(
                 fmt_num(reference)
             );
         }
+    }
+}
+
+/// Differential privacy: the ε each federated model cost, when DP was on.
+fn privacy_section(md: &mut String, headline: &str, runs: &[MethodRun]) {
+    let eps = |e: Option<f64>| match e {
+        Some(e) if e.is_finite() => format!("{e:.3}"),
+        Some(_) => "∞".to_string(),
+        None => "-".to_string(),
+    };
+    for run in runs.iter().filter(|r| r.federated) {
+        if run.rows.iter().all(|r| r.epsilon.is_none()) {
+            continue;
+        }
+        let (Some(best), Some(last)) = (run.best(), run.last()) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "
+## Differential privacy
+"
+        );
+        let _ = writeln!(
+            md,
+            "The selected model (round {}, test {headline} {}) was released at ε = {} (the δ of `[privacy]` in the configuration below); the run spent ε = {} by its last round ({}). ε per round: {}.",
+            best.step,
+            fmt_num(best.test.headline()),
+            eps(best.epsilon),
+            eps(last.epsilon),
+            last.step,
+            run.rows
+                .iter()
+                .map(|r| eps(r.epsilon))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
 }
 

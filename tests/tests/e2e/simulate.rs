@@ -487,3 +487,74 @@ fn a_fairness_aware_federation_explains_itself_by_station() {
         .unwrap()
         .contains("fairness = \"penalty:1\""));
 }
+
+/// Issue 18: DP-FedAvg with adaptive clipping over QUIC (with signed updates
+/// and the audit log) and DP-SGD at the stations in memory: metrics.csv
+/// reports a growing ε per round, equal to the accountant's for the rounds
+/// run, and the report says what the selected model cost.
+#[test]
+fn private_federations_report_epsilon_per_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = small(Transport::Quic);
+    cfg.federation.rounds = Some(3);
+    cfg.federation.audit = true;
+    cfg.centralized.enabled = false;
+    cfg.privacy = Some(fedcrime_fl::PrivacyConfig {
+        noise_multiplier: 1.0,
+        adaptive_clip: Some(Default::default()),
+        ..Default::default()
+    });
+    let out = tmp.path().join("central");
+    let outcome = run(&cfg, &out);
+    let t = CsvTable::read(&out.join("metrics.csv")).unwrap();
+    let eps: Vec<f64> = t
+        .method("fedavg")
+        .map(|r| t.number(r, "epsilon").unwrap())
+        .collect();
+    assert_eq!(eps.len(), 3);
+    for (round, e) in eps.iter().enumerate() {
+        let want = fedcrime_privacy::epsilon(1.0, 1.0, round as u64 + 1, 1e-5)
+            .unwrap()
+            .epsilon;
+        assert!(
+            (e - want).abs() < 1e-9,
+            "round {}: {e} vs {want}",
+            round + 1
+        );
+    }
+    assert!(
+        outcome.report.contains("## Differential privacy"),
+        "{}",
+        outcome.report
+    );
+    let clips: Vec<f64> = outcome
+        .rounds
+        .iter()
+        .map(|(m, _)| m.privacy.as_ref().unwrap().clip.unwrap())
+        .collect();
+    assert_eq!(clips[0], 0.1, "adaptive clipping starts at 0.1");
+    assert!(clips.windows(2).all(|w| w[0] != w[1]), "{clips:?}");
+    // The server's log of the study verifies.
+    let log = out.join("quic/server/audit");
+    let verified = fedcrime_audit::verify_log_strict(&log, None).unwrap();
+    assert_eq!(verified.updates_accepted, 9);
+
+    let mut local = small(Transport::Memory);
+    local.centralized.enabled = false;
+    local.privacy = Some(fedcrime_fl::PrivacyConfig {
+        mode: fedcrime_fl::DpMode::Local,
+        noise_multiplier: 1.1,
+        clip: Some(1.0),
+        ..Default::default()
+    });
+    let out = tmp.path().join("local");
+    let outcome = run(&local, &out);
+    let eps: Vec<f64> = outcome
+        .rounds
+        .iter()
+        .map(|(m, _)| m.privacy.as_ref().unwrap().epsilon.unwrap())
+        .collect();
+    assert_eq!(eps.len(), 2);
+    assert!(eps[0] > 0.0 && eps[1] > eps[0], "{eps:?}");
+    assert!(outcome.rounds.iter().all(|(m, _)| m.train_loss.is_none()));
+}

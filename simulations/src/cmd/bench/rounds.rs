@@ -89,10 +89,16 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
             &bar,
         )?;
         let ratio = audited.round_s / r.round_s;
+        let floor = audit_floor_s(audited.params, audited.sampled)?;
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"plain": r, "audited": audited, "round_ratio": ratio})
+                serde_json::json!({
+                    "plain": r,
+                    "audited": audited,
+                    "round_ratio": ratio,
+                    "crypto_floor_s": floor,
+                })
             );
             return Ok(());
         }
@@ -104,6 +110,10 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
             r.round_s,
             ratio,
             audited.round_s - r.round_s
+        );
+        println!(
+            "  reference: the cryptography alone on one core (each sampled update hashed by its station and by the server, signed and verified once) {floor:.4} s: the added time is {:.1}x of it",
+            (audited.round_s - r.round_s) / floor
         );
         return Ok(());
     }
@@ -152,4 +162,27 @@ fn print_result(r: &bench::BenchResult) {
         );
     }
     println!("  peak RSS {:.0} MiB", r.peak_rss_mib);
+}
+
+/// Seconds one core needs for the audit's cryptography of one round:
+/// `sampled` updates of `params` f32 values, each hashed twice (station and
+/// server), signed once and verified once (ring's SHA-256 and Ed25519),
+/// best of 3.
+fn audit_floor_s(params: usize, sampled: usize) -> Result<f64> {
+    let values = vec![0.5f32; params];
+    let key = fedcrime_audit::SigningKey::generate()?;
+    let public = key.public_key();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        for i in 0..sampled {
+            let a = fedcrime_audit::sha256_f32_raw(&values);
+            let b = fedcrime_audit::sha256_f32_raw(&values);
+            let msg = [a, b, [i as u8; 32]].concat();
+            let sig = key.sign(&msg);
+            public.verify(&msg, &sig)?;
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }

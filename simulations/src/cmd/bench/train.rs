@@ -50,7 +50,8 @@ pub struct BenchTrainArgs {
     /// Interleaved repetitions of every measurement (shared machines are noisy).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Which cases: `dnn`, `lstm`, `parallel` (comma-separated).
+    /// Which cases: `dnn`, `lstm`, `parallel`, `dp` (DP-SGD against plain
+    /// training of both models, same run; comma-separated).
     #[arg(long, default_value = "dnn,lstm,parallel", value_delimiter = ',')]
     pub cases: Vec<String>,
 }
@@ -324,6 +325,42 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
             best_r / best_t,
             median(ratios)
         );
+    }
+    if want("dp") {
+        // DP-SGD (z = 1, C = 1) against plain training in the same run,
+        // interleaved: the cost of per-sample gradients (vectorised for the
+        // DNN, one backward per sample for the LSTM).
+        for (kind, task) in [
+            (ModelKind::Dnn, Task::Risk),
+            (ModelKind::Lstm, Task::Counts),
+        ] {
+            let ds = task_data(task)?;
+            let mcfg = ModelConfig::for_dataset(kind, &ds);
+            let private = TrainConfig {
+                dp: Some(fedcrime_ml::train::DpSgd {
+                    noise_multiplier: 1.0,
+                    clip: 1.0,
+                }),
+                ..tcfg.clone()
+            };
+            let (mut plain, mut dp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let p = rust_side(&mcfg, &tcfg, &ds)?;
+                let d = rust_side(&mcfg, &private, &ds)?;
+                plain.push(p);
+                dp.push(d);
+                ratios.push(p / d);
+            }
+            let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+            println!(
+                "dp-sgd {kind} ({task}, {} samples): plain {:>8.0} samples/s | DP-SGD (z 1, C 1) {:>8.0} samples/s | DP-SGD takes {:.2}x the time (best/best), median of rounds {:.2}x",
+                ds.len(),
+                best(&plain),
+                best(&dp),
+                best(&plain) / best(&dp),
+                median(ratios)
+            );
+        }
     }
     if want("parallel") {
         let w = args.workers.max(2);
