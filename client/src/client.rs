@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedcrime_audit::TREE_HEAD_EXTENSION;
+use fedcrime_audit::{TREE_CONSISTENCY_EXTENSION, TREE_HEAD_EXTENSION};
 use fedcrime_fl::secure::{SecAggDown, SecAggUp, SecureStation, WELCOME_EXTENSION};
 use fedcrime_fl::{
     encode_update, heartbeat_interval, station_write_config, ClientSession, EvaluateIns,
@@ -151,6 +151,11 @@ pub struct ClientReport {
     pub evaluations_sent: u64,
     /// Sessions (connections that got a Welcome).
     pub sessions: u64,
+    /// Audit-log tree heads received, checked and kept.
+    pub tree_heads_kept: u64,
+    /// Of those, heads checked at once to extend the one kept before
+    /// (a consistency proof from it came along).
+    pub tree_heads_proved_consistent: u64,
 }
 
 /// Aborts a task when dropped, so a station dropped mid-session (killed)
@@ -423,6 +428,8 @@ impl Client {
                 masked_updates_sent: 0,
                 evaluations_sent: 0,
                 sessions: 0,
+                tree_heads_kept: 0,
+                tree_heads_proved_consistent: 0,
             },
         }
     }
@@ -741,7 +748,10 @@ impl Client {
                             }
                         }
                         if let (Some((store, key)), Work::Fit { round, ins, .. }) = (&mut heads, &w) {
-                            record_tree_head(store, key, *round, &ins.settings);
+                            if let Some(checked) = record_tree_head(store, key, *round, &ins.settings) {
+                                self.report.tree_heads_kept += 1;
+                                self.report.tree_heads_proved_consistent += u64::from(checked);
+                            }
                         }
                         if let (Some(s), Work::Fit { round, ins, .. }) = (&secure, &w) {
                             s.lock().unwrap_or_else(|e| e.into_inner()).global =
@@ -1029,34 +1039,56 @@ impl Signer {
 }
 
 /// Keeps the audit-log tree head a round's settings carry, checked against
-/// the server's key and the heads kept before; a log rewritten since is
-/// reported loudly.
+/// the server's key and the heads kept before (with the consistency proof
+/// sent along, when it starts at the last kept head); a log rewritten since
+/// is reported loudly. `Some(consistency checked)` when a new head was kept.
 fn record_tree_head(
     store: &mut fedcrime_audit::HeadStore,
     key: &fedcrime_audit::PublicKey,
     round: u64,
     settings: &fedcrime_wire::RoundSettings,
-) {
-    let Some(value) = settings.extensions.get(TREE_HEAD_EXTENSION) else {
-        return;
+) -> Option<bool> {
+    let text = |name: &str| match settings.extensions.get(name) {
+        Some(Scalar::Str(line)) => Some(line.as_str()),
+        Some(_) => {
+            tracing::warn!(round, "the round's {name} is not text; ignored");
+            None
+        }
+        None => None,
     };
-    let Scalar::Str(line) = value else {
-        tracing::warn!(round, "the round's tree head is not text; ignored");
-        return;
-    };
+    let line = text(TREE_HEAD_EXTENSION)?;
     let head: fedcrime_audit::SignedTreeHead = match serde_json::from_str(line) {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(round, "unreadable tree head: {e}");
-            return;
+            return None;
         }
     };
-    match store.record(&head, key) {
-        Ok(_) => tracing::debug!(round, tree_size = head.tree_size, "audit tree head kept"),
-        Err(e) => tracing::error!(
-            round,
-            "the server's audit log does not match the heads this station kept: {e}"
-        ),
+    let step: Option<fedcrime_audit::ConsistencyStep> =
+        text(TREE_CONSISTENCY_EXTENSION).and_then(|s| match serde_json::from_str(s) {
+            Ok(step) => Some(step),
+            Err(e) => {
+                tracing::warn!(round, "unreadable consistency proof: {e}");
+                None
+            }
+        });
+    match store.record_checked(&head, key, step.as_ref()) {
+        Ok((checked, stored)) => {
+            tracing::debug!(
+                round,
+                tree_size = head.tree_size,
+                consistency_checked = checked,
+                "audit tree head kept"
+            );
+            stored.then_some(checked)
+        }
+        Err(e) => {
+            tracing::error!(
+                round,
+                "the server's audit log does not match the heads this station kept: {e}"
+            );
+            None
+        }
     }
 }
 

@@ -814,6 +814,7 @@ impl Server {
                 .as_ref()
                 .and_then(|a| a.head())
                 .and_then(|h| h.to_json_line().ok()),
+            tree_consistency: None,
             audit: self.audit,
         };
         let (tx, mut rx) = mpsc::channel::<FromSession>(256);
@@ -1169,6 +1170,9 @@ struct Driver {
     /// Its latest signed tree head (a `heads.jsonl` line), sent with every
     /// round for the stations to keep.
     tree_head: Option<String>,
+    /// The consistency proof from the head before to that one (JSON), sent
+    /// with it: stations check at once that the log only grew.
+    tree_consistency: Option<String>,
 }
 
 impl Driver {
@@ -1296,11 +1300,19 @@ impl Driver {
                                 self.ctx.admission.model_encoding,
                             )?;
                             let mut start = round_start(&ins, self.delivery, model);
-                            if let Some(head) = &self.tree_head {
-                                start.settings.extensions.insert(
-                                    fedcrime_audit::TREE_HEAD_EXTENSION.into(),
-                                    fedcrime_wire::Scalar::Str(head.clone()),
-                                );
+                            for (key, value) in [
+                                (fedcrime_audit::TREE_HEAD_EXTENSION, &self.tree_head),
+                                (
+                                    fedcrime_audit::TREE_CONSISTENCY_EXTENSION,
+                                    &self.tree_consistency,
+                                ),
+                            ] {
+                                if let Some(v) = value {
+                                    start
+                                        .settings
+                                        .extensions
+                                        .insert(key.into(), fedcrime_wire::Scalar::Str(v.clone()));
+                                }
                             }
                             let msg = Message::RoundStart(start);
                             let b = cpu(|| encode(&msg, Some(&ins.global), &self.ctx.write_cfg));
@@ -1429,6 +1441,9 @@ impl Driver {
         let head = log.sign_head(round, now_ms)?;
         tracing::debug!(round, tree_size = head.tree_size, "audit tree head signed");
         self.tree_head = Some(head.to_json_line()?);
+        self.tree_consistency = log
+            .latest_consistency()?
+            .and_then(|step| serde_json::to_string(&step).ok());
         Ok(())
     }
 

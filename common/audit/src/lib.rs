@@ -98,3 +98,10 @@ pub use update::{SignedUpdate, UPDATE_CONTEXT};
 /// latest signed tree head (one `heads.jsonl` line) with every round, for
 /// the stations' [`HeadStore`].
 pub const TREE_HEAD_EXTENSION: &str = "fedcrime.audit.tree_head";
+
+/// The round-settings extension key of the consistency proof (a
+/// [`ConsistencyStep`] as JSON) from the head the server signed before the
+/// one in [`TREE_HEAD_EXTENSION`] to it: a station that kept that earlier
+/// head checks at once that the log only grew
+/// ([`HeadStore::record_checked`]).
+pub const TREE_CONSISTENCY_EXTENSION: &str = "fedcrime.audit.consistency";

@@ -490,6 +490,30 @@ impl AuditLog {
         Ok(self.leaves.len() as u64 - 1)
     }
 
+    /// The consistency proof from the head signed before the latest one to
+    /// the latest (what the server sends stations with each new head, so
+    /// they check at once that the log only grew); `None` before a second
+    /// head.
+    pub fn latest_consistency(&self) -> Result<Option<ConsistencyStep>> {
+        let [.., before, latest] = self.heads.as_slice() else {
+            return Ok(None);
+        };
+        let leaves = &self.leaves[..latest.tree_size as usize];
+        let proof =
+            merkle::consistency_proof(before.tree_size, leaves).map_err(|e| AuditError::Proof {
+                what: format!(
+                    "consistency from size {} to {}",
+                    before.tree_size, latest.tree_size
+                ),
+                source: e,
+            })?;
+        Ok(Some(ConsistencyStep {
+            from_size: before.tree_size,
+            from_root: before.root,
+            proof,
+        }))
+    }
+
     /// Signs the current tree (all entries so far) as the head of `round`,
     /// appends it to `heads.jsonl`, and returns it. Both files are fsynced
     /// (entries first) before this returns.
@@ -1171,6 +1195,59 @@ impl HeadStore {
         Ok(true)
     }
 
+    /// [`HeadStore::record`], first checking the server's consistency proof
+    /// `step` from the latest stored head to `head` when it starts there
+    /// (the head the server signed before this one): a log whose new head
+    /// does not extend the tree the station saw is
+    /// [`AuditError::LogRewritten`], caught as soon as the head arrives.
+    /// Without a step, or one from another size (the station missed
+    /// rounds), only [`HeadStore::record`]'s checks apply; `check_proof`
+    /// covers the rest later. Returns whether the step was checked, and
+    /// whether the head was stored.
+    pub fn record_checked(
+        &mut self,
+        head: &SignedTreeHead,
+        server_key: &PublicKey,
+        step: Option<&ConsistencyStep>,
+    ) -> Result<(bool, bool)> {
+        head.verify_at(server_key, || "received tree head".into())?;
+        let mut checked = false;
+        if let (Some(last), Some(step)) = (self.heads.last(), step) {
+            if step.from_size == last.tree_size && last.tree_size < head.tree_size {
+                let rewritten = |reason: String| AuditError::LogRewritten {
+                    round: last.round,
+                    tree_size: last.tree_size,
+                    root: last.root,
+                    reason,
+                };
+                if step.from_root != last.root {
+                    return Err(rewritten(format!(
+                        "is not the root the server now claims at that size ({}), in the \
+                         proof sent with round {}'s head",
+                        hex::encode(&step.from_root),
+                        head.round
+                    )));
+                }
+                merkle::verify_consistency(
+                    last.tree_size,
+                    head.tree_size,
+                    &last.root,
+                    &head.root,
+                    &step.proof,
+                )
+                .map_err(|e| {
+                    rewritten(format!(
+                        "is not a prefix of the tree of round {}'s head (size {}): {e}",
+                        head.round, head.tree_size
+                    ))
+                })?;
+                checked = true;
+            }
+        }
+        let stored = self.record(head, server_key)?;
+        Ok((checked, stored))
+    }
+
     /// The stored heads, oldest first.
     pub fn heads(&self) -> &[SignedTreeHead] {
         &self.heads
@@ -1715,6 +1792,61 @@ mod tests {
                 }
             ),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn stations_check_each_new_head_against_the_last_they_kept() {
+        let pem = key_pem();
+        let station_dir = tempfile::tempdir().unwrap();
+        let mut store = HeadStore::open(station_dir.path().join(HEAD_STORE_FILE)).unwrap();
+        // An honest log: every round's head comes with the proof from the
+        // head before, and each checks.
+        let dir_a = tempfile::tempdir().unwrap();
+        let mut a = AuditLog::open_or_create(dir_a.path(), key(&pem)).unwrap();
+        let pk = a.public_key();
+        assert_eq!(a.latest_consistency().unwrap(), None);
+        log_round(&mut a, 1, &["a", "b"], false);
+        assert_eq!(
+            store.record_checked(a.head().unwrap(), &pk, None).unwrap(),
+            (false, true)
+        );
+        for round in 2..=4 {
+            log_round(&mut a, round, &["a", "b"], false);
+            let step = a.latest_consistency().unwrap().unwrap();
+            let got = store
+                .record_checked(a.head().unwrap(), &pk, Some(&step))
+                .unwrap();
+            assert_eq!(got, (true, true), "round {round}");
+        }
+        // A server that rewrites round 1 and keeps growing: its new head
+        // and an honest proof of *its* history do not extend what the
+        // station kept (size 4 at round 1 ... size 16 at round 4).
+        let dir_b = tempfile::tempdir().unwrap();
+        let mut b = AuditLog::open_or_create(dir_b.path(), key(&pem)).unwrap();
+        for round in 1..=5 {
+            log_round(&mut b, round, &["a", "b"], round == 1);
+        }
+        let step = b.latest_consistency().unwrap().unwrap();
+        assert_eq!(step.from_size, store.latest().unwrap().tree_size);
+        let e = store
+            .record_checked(b.head().unwrap(), &pk, Some(&step))
+            .unwrap_err();
+        assert!(
+            matches!(e, AuditError::LogRewritten { round: 4, .. }),
+            "{e}"
+        );
+        // A forged proof for the right roots fails the Merkle check too.
+        let mut forged = step.clone();
+        forged.from_root = store.latest().unwrap().root;
+        let e = store
+            .record_checked(b.head().unwrap(), &pk, Some(&forged))
+            .unwrap_err();
+        assert!(e.to_string().contains("is not a prefix"), "{e}");
+        assert_eq!(
+            store.heads().len(),
+            4,
+            "nothing of the rewritten log was kept"
         );
     }
 

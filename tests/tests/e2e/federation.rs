@@ -529,9 +529,23 @@ async fn updates_signed_with_another_stations_key_are_refused_and_the_log_proves
     }
     let parts = honest_parts(report.global.spec(), &examples[..2]);
     assert_close(report.global.data(), &hand_average(&parts), 1e-6);
-    for c in clients {
-        assert_eq!(join_client(c).await.outcome, ClientOutcome::Done);
-    }
+    let reports: Vec<ClientReport> = {
+        let mut v = Vec::new();
+        for c in clients {
+            v.push(join_client(c).await);
+        }
+        v
+    };
+    assert!(reports.iter().all(|r| r.outcome == ClientOutcome::Done));
+    // Station 1 kept the heads of rounds 1 and 2, and checked the second
+    // against the first with the consistency proof that came with it.
+    assert_eq!(
+        (
+            reports[0].tree_heads_kept,
+            reports[0].tree_heads_proved_consistent
+        ),
+        (2, 1)
+    );
 
     // The whole log verifies under the agency's key.
     let log = out.join("audit");
