@@ -60,6 +60,21 @@ pub struct StationConfig {
     /// The server's audit log, as this station sees it.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Local differential privacy's bookkeeping.
+    #[serde(default)]
+    pub privacy: PrivacySection,
+}
+
+/// `[privacy]`: where the station keeps what its records have spent under
+/// local differential privacy (DP-SGD, when the server asks for it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySection {
+    /// The accountant's file (default `privacy-accountant.json` beside the
+    /// config file; with `--pki`, `stations/NAME.privacy-accountant.json`).
+    /// It must survive restarts: ε composes over every run the records
+    /// took part in.
+    pub accountant: Option<PathBuf>,
 }
 
 /// `[serve]`: the station's prediction service (see `fedcrime_client::serve`).
@@ -382,6 +397,7 @@ impl StationConfig {
             serve: None,
             echo: false,
             audit: AuditSection::default(),
+            privacy: PrivacySection::default(),
         }
     }
 
@@ -420,6 +436,11 @@ impl StationConfig {
         }
         if self.audit.server_key.is_some() && self.audit.heads.is_none() {
             self.audit.heads = Some(base.join("tree-heads.jsonl"));
+        }
+        match &mut self.privacy.accountant {
+            Some(p) if p.is_relative() => *p = base.join(&*p),
+            Some(_) => {}
+            None => self.privacy.accountant = Some(base.join("privacy-accountant.json")),
         }
         if let Some(f) = &mut self.data.file {
             if f.is_relative() {

@@ -47,6 +47,8 @@ pub struct DataStation {
     selection: Selection,
     device: tch::Device,
     cache: Mutex<Option<(RunSetup, Arc<Station>)>>,
+    /// What the station's records have spent under local DP.
+    accountant: fedcrime_station::PrivacyAccountant,
 }
 
 impl std::fmt::Debug for DataStation {
@@ -74,7 +76,19 @@ impl DataStation {
             selection,
             device,
             cache: Mutex::new(None),
+            accountant: Default::default(),
         }
+    }
+
+    /// Charges local DP (DP-SGD) rounds to `accountant` (e.g. one kept in
+    /// a file, [`fedcrime_station::AccountantStore::open`]) instead of an
+    /// accountant in memory.
+    pub fn with_privacy_accountant(
+        mut self,
+        accountant: fedcrime_station::PrivacyAccountant,
+    ) -> Self {
+        self.accountant = accountant;
+        self
     }
 }
 
@@ -103,7 +117,8 @@ impl LearnerFactory for DataStation {
             shared_featurizer = setup.featurizer.is_some(),
             "prepared the local data"
         );
-        let mut station = Station::new(self.name.clone(), splits, model, self.device)?;
+        let mut station = Station::new(self.name.clone(), splits, model, self.device)?
+            .with_privacy_accountant(self.accountant.clone());
         // The next period's rows, for the dashboard's map (rows models only),
         // featurized as the station trains: with the run's featurizer, else
         // with the one it fits on its own records.
@@ -174,7 +189,14 @@ pub async fn run(config: StationConfig) -> Result<ClientReport> {
         let echo: Arc<dyn Learner> = Arc::new(fedcrime_station::Echo);
         Arc::new(move |_: &RunSetup| Ok(echo.clone()))
     } else {
-        Arc::new(DataStation::new(name, incidents, selection, device))
+        let accountant = match &config.privacy.accountant {
+            Some(path) => Arc::new(fedcrime_station::AccountantStore::open(path)?),
+            None => Default::default(),
+        };
+        Arc::new(
+            DataStation::new(name, incidents, selection, device)
+                .with_privacy_accountant(accountant),
+        )
     };
     let connector = Connector::new(
         &tls,

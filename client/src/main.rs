@@ -384,6 +384,12 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
         cfg.tls = tls;
     }
     if let (Some(dir), Some(name)) = (&cli.pki, &cli.station) {
+        if cfg.privacy.accountant.is_none() {
+            cfg.privacy.accountant = Some(
+                dir.join(pki_layout::STATIONS_DIR)
+                    .join(format!("{name}.privacy-accountant.json")),
+            );
+        }
         let server_key = dir.join(pki_layout::AUDIT_PUB);
         if cfg.audit.server_key.is_none() && server_key.is_file() {
             cfg.audit.server_key = Some(server_key);

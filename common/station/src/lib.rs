@@ -348,7 +348,72 @@ pub struct Station {
 
 /// What a station's DP-SGD rounds have spent, shared by the `Station`s
 /// built over its records ([`Station::with_privacy_accountant`]).
-pub type PrivacyAccountant = Arc<std::sync::Mutex<fedcrime_privacy::RdpAccountant>>;
+pub type PrivacyAccountant = Arc<AccountantStore>;
+
+/// A station's privacy accountant, optionally kept in a file so that what
+/// its records have spent survives a restart of the station process (the
+/// guarantee is about the records, whatever runs they took part in). The
+/// file is replaced atomically after every charge, before the update that
+/// spent it leaves the station.
+#[derive(Debug, Default)]
+pub struct AccountantStore {
+    accountant: std::sync::Mutex<fedcrime_privacy::RdpAccountant>,
+    path: Option<std::path::PathBuf>,
+}
+
+impl AccountantStore {
+    /// An accountant kept in `path`: read back when the file exists (a
+    /// station that trained before), else empty.
+    pub fn open(path: impl Into<std::path::PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let accountant = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StationError::Setup(format!(
+                    "privacy accountant {}: {e} (the file holds what this station's records have \
+                 spent; do not delete it to start afresh)",
+                    path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => {
+                return Err(StationError::Setup(format!(
+                    "privacy accountant {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        Ok(AccountantStore {
+            accountant: std::sync::Mutex::new(accountant),
+            path: Some(path),
+        })
+    }
+
+    /// Adds `steps` steps at sampling rate `q` and noise `z`, saves, and
+    /// returns the ε at `delta` now.
+    pub fn charge(&self, q: f64, z: f64, steps: u64, delta: f64) -> Result<f64> {
+        let privacy = |e: fedcrime_privacy::PrivacyError| StationError::Setting {
+            key: fedcrime_fl::privacy::DP_SGD_NOISE_EXTENSION.into(),
+            reason: e.to_string(),
+        };
+        let mut accountant = self.accountant.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = accountant.clone();
+        next.compose(q, z, steps).map_err(privacy)?;
+        if let Some(path) = &self.path {
+            let json = serde_json::to_vec(&next)
+                .map_err(|e| StationError::Setup(format!("privacy accountant: {e}")))?;
+            fedcrime_files::write_atomic(path, &json)
+                .map_err(|e| StationError::Setup(format!("saving the privacy accountant: {e}")))?;
+        }
+        *accountant = next;
+        Ok(accountant.epsilon(delta).map_err(privacy)?.epsilon)
+    }
+
+    /// The ε spent so far at `delta`.
+    pub fn epsilon(&self, delta: f64) -> Option<f64> {
+        let accountant = self.accountant.lock().unwrap_or_else(|e| e.into_inner());
+        accountant.epsilon(delta).ok().map(|s| s.epsilon)
+    }
+}
 
 /// The defaults a station trains with when a round does not say otherwise:
 /// 1 epoch, batch 64, learning rate 1e-3, no early stopping.
@@ -526,19 +591,12 @@ impl Station {
 
     /// Adds a DP-SGD fit to this station's accountant; its ε at `delta` now.
     fn charge(&self, spent: &DpAccounting, delta: f64) -> Result<f64> {
-        let mut accountant = self.accountant.lock().unwrap_or_else(|e| e.into_inner());
-        let privacy = |e: fedcrime_privacy::PrivacyError| StationError::Setting {
-            key: fedcrime_fl::privacy::DP_SGD_NOISE_EXTENSION.into(),
-            reason: e.to_string(),
-        };
-        accountant
-            .compose(
-                spent.sampling_rate,
-                spent.noise_multiplier,
-                spent.steps as u64,
-            )
-            .map_err(privacy)?;
-        Ok(accountant.epsilon(delta).map_err(privacy)?.epsilon)
+        self.accountant.charge(
+            spent.sampling_rate,
+            spent.noise_multiplier,
+            spent.steps as u64,
+            delta,
+        )
     }
 
     /// Scores a model on a local split: see [`Learner::evaluate`].

@@ -660,3 +660,25 @@ fn a_forecast_request_reports_the_next_period_of_the_stations_areas() {
     assert!((1.0..=5.0).contains(&m["next|2|level"]));
     assert!(!m.contains_key("next|1"), "only the station's own areas");
 }
+
+#[test]
+fn the_privacy_accountant_survives_a_restart_of_the_station() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("privacy-accountant.json");
+    let first = crate::AccountantStore::open(&path).unwrap();
+    let e1 = first.charge(0.05, 1.1, 200, 1e-5).unwrap();
+    let e2 = first.charge(0.05, 1.1, 200, 1e-5).unwrap();
+    assert!(e2 > e1);
+    // A new process reads what was spent and goes on from there.
+    let again = crate::AccountantStore::open(&path).unwrap();
+    assert_eq!(again.epsilon(1e-5), Some(e2));
+    let e3 = again.charge(0.05, 1.1, 200, 1e-5).unwrap();
+    let want = fedcrime_privacy::epsilon(0.05, 1.1, 600, 1e-5)
+        .unwrap()
+        .epsilon;
+    assert!((e3 - want).abs() < 1e-9, "{e3} vs {want}");
+    // A damaged file is refused, naming it, not silently reset.
+    std::fs::write(&path, b"{not json").unwrap();
+    let e = crate::AccountantStore::open(&path).unwrap_err().to_string();
+    assert!(e.contains("privacy-accountant.json"), "{e}");
+}
