@@ -70,8 +70,9 @@ pub struct StationConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacySection {
-    /// The accountant's file (default `privacy-accountant.json` beside the
-    /// config file; with `--pki`, `stations/NAME.privacy-accountant.json`).
+    /// The accountant's file (default: with `--pki`,
+    /// `stations/NAME.privacy-accountant.json`, else
+    /// `privacy-accountant.json` beside the config file).
     /// It must survive restarts: ε composes over every run the records
     /// took part in.
     pub accountant: Option<PathBuf>,
@@ -437,10 +438,10 @@ impl StationConfig {
         if self.audit.server_key.is_some() && self.audit.heads.is_none() {
             self.audit.heads = Some(base.join("tree-heads.jsonl"));
         }
-        match &mut self.privacy.accountant {
-            Some(p) if p.is_relative() => *p = base.join(&*p),
-            Some(_) => {}
-            None => self.privacy.accountant = Some(base.join("privacy-accountant.json")),
+        if let Some(p) = &mut self.privacy.accountant {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         if let Some(f) = &mut self.data.file {
             if f.is_relative() {

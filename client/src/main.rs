@@ -402,6 +402,14 @@ fn config(cli: &Cli) -> anyhow::Result<StationConfig> {
     if let Some(k) = &cli.signing_key {
         cfg.tls.signing_key = Some(k.clone());
     }
+    if cfg.privacy.accountant.is_none() {
+        // Beside the config file (a station's own folder), else in memory.
+        cfg.privacy.accountant = cli.config.as_ref().map(|c| {
+            c.parent()
+                .unwrap_or(Path::new("."))
+                .join("privacy-accountant.json")
+        });
+    }
     macro_rules! set {
         ($flag:expr, $field:expr) => {
             if let Some(v) = $flag.clone() {
