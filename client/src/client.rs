@@ -91,6 +91,35 @@ pub struct ClientOptions {
     /// Where the station keeps the audit-log tree heads the server sends
     /// with each round, and the server's audit key to check them with.
     pub tree_heads: Option<TreeHeads>,
+    /// For studies of secure aggregation's dropout recovery: in each round,
+    /// with this probability, the station drops its connection at a stage
+    /// of the protocol drawn at random (key advertisement, sharing, masked
+    /// input, unmasking), reproducibly from `seed`, and reconnects.
+    pub secagg_dropout: Option<SecAggDropout>,
+}
+
+/// Simulated dropouts during secure aggregation ([`ClientOptions::secagg_dropout`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SecAggDropout {
+    /// Probability that the station drops out of a round.
+    pub probability: f64,
+    /// Seed of the draws (with the station's own seed and the round).
+    pub seed: u64,
+}
+
+impl SecAggDropout {
+    /// The stage (0 keys .. 3 unmasking) at which a station seeded `station`
+    /// drops out of `round`, if it does; the same draw as the in-memory
+    /// federation's, so both transports drop the same stations.
+    pub fn stage(&self, station: u64, round: u64) -> Option<u8> {
+        if self.probability <= 0.0 {
+            return None;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ station << 32,
+        );
+        (rng.random::<f64>() < self.probability).then(|| rng.random_range(0..4u8))
+    }
 }
 
 /// The station's record of the server's audit log ([`ClientOptions::tree_heads`]).
@@ -120,6 +149,7 @@ impl Default for ClientOptions {
             standby: Duration::from_secs(10),
             signing_key: None,
             tree_heads: None,
+            secagg_dropout: None,
         }
     }
 }
@@ -156,6 +186,8 @@ pub struct ClientReport {
     /// Of those, heads checked at once to extend the one kept before
     /// (a consistency proof from it came along).
     pub tree_heads_proved_consistent: u64,
+    /// Simulated dropouts ([`ClientOptions::secagg_dropout`]).
+    pub dropouts: u64,
 }
 
 /// Aborts a task when dropped, so a station dropped mid-session (killed)
@@ -430,6 +462,7 @@ impl Client {
                 sessions: 0,
                 tree_heads_kept: 0,
                 tree_heads_proved_consistent: 0,
+                dropouts: 0,
             },
         }
     }
@@ -765,6 +798,19 @@ impl Client {
                     }
                     Some(Incoming::SecAgg(m)) => {
                         let round = m.round;
+                        if let Some(stage) = self.dropout_stage(round) {
+                            let at = SecAggDown::from_wire(&m).ok().map(|d| match d {
+                                SecAggDown::Setup { .. } => 0u8,
+                                SecAggDown::Roster(_) => 1,
+                                SecAggDown::Shares(_) => 2,
+                                SecAggDown::Unmask(_) => 3,
+                            });
+                            // A drop at stage 2 happens where the masked
+                            // input would go out (see below).
+                            if at == Some(stage) && stage != 2 {
+                                break self.drop_out(conn, round, stage);
+                            }
+                        }
                         let answer = match &secure {
                             Some(s) => {
                                 let s = s.clone();
@@ -778,6 +824,9 @@ impl Client {
                                          did not announce secure aggregation".into()),
                         };
                         let masked = matches!(answer, Ok(Some(SecAggUp::Masked { .. })));
+                        if masked && self.dropout_stage(round) == Some(2) {
+                            break self.drop_out(conn, round, 2);
+                        }
                         if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
                             self.count_masked(masked, &reply);
                             if out_tx.send(reply).await.is_err() {
@@ -826,6 +875,9 @@ impl Client {
                             .await
                             .unwrap_or_else(|e| Err(format!("the protocol task failed: {e}")));
                             let masked = matches!(answer, Ok(Some(SecAggUp::Masked { .. })));
+                            if masked && self.dropout_stage(round) == Some(2) {
+                                break self.drop_out(conn, round, 2);
+                            }
                             if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
                                 self.count_masked(masked, &reply);
                                 if out_tx.send(reply).await.is_err() {
@@ -871,6 +923,29 @@ impl Client {
         drop(out_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer_task.0).await;
         end
+    }
+
+    /// The stage at which this station drops out of `round`, when it
+    /// simulates dropouts ([`ClientOptions::secagg_dropout`]).
+    fn dropout_stage(&self, round: u64) -> Option<u8> {
+        self.options
+            .secagg_dropout
+            .and_then(|d| d.stage(self.options.seed, round))
+    }
+
+    /// Drops the connection at `stage` of `round` (a simulated dropout);
+    /// the station reconnects as after a network loss.
+    fn drop_out(&mut self, conn: &quinn::Connection, round: u64, stage: u8) -> SessionEnd {
+        tracing::info!(
+            round,
+            stage,
+            "simulated dropout: leaving the round's protocol"
+        );
+        self.report.dropouts += 1;
+        conn.close(quinn::VarInt::from_u32(0), b"simulated dropout");
+        SessionEnd::Lost(format!(
+            "simulated dropout at stage {stage} of round {round}"
+        ))
     }
 
     /// Counts a masked update that goes out (not an error sent instead).

@@ -33,8 +33,8 @@ use fedcrime_station::protocol::RunSetup;
 use fedcrime_station::{Learner, Station, StationError};
 
 pub use client::{
-    Client, ClientOptions, ClientOutcome, ClientReport, GlobalModelSink, LearnerFactory, TreeHeads,
-    MAX_STANDBY,
+    Client, ClientOptions, ClientOutcome, ClientReport, GlobalModelSink, LearnerFactory,
+    SecAggDropout, TreeHeads, MAX_STANDBY,
 };
 pub use config::StationConfig;
 pub use error::{ClientError, Result};

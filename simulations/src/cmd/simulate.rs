@@ -102,9 +102,9 @@ pub struct SimulateArgs {
     /// (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad).
     #[arg(long)]
     pub secure_aggregation: bool,
-    /// With --secure-aggregation and --transport memory: the probability
-    /// that a station drops out of a round at a random stage of the
-    /// protocol [default: 0].
+    /// With --secure-aggregation: the probability that a station drops out
+    /// of a round at a random stage of the protocol (over QUIC it closes its
+    /// connection there and reconnects) [default: 0].
     #[arg(long, value_name = "P")]
     pub station_dropout: Option<f64>,
     /// Differential privacy: the Gaussian noise multiplier z (this or any

@@ -262,6 +262,7 @@ pub fn run(spec: &BenchSpec, bar: &ProgressBar) -> Result<BenchResult> {
                 bar: bar.clone(),
                 evaluator: None,
                 board: None,
+                station_dropout: 0.0,
             })?;
             run.rounds
                 .into_iter()

@@ -229,7 +229,8 @@ pub struct FederationSettings {
     )]
     pub secure_aggregation: Option<fedcrime_fl::secure::SecAggConfig>,
     /// Probability that a station drops out of a round at a random stage of
-    /// secure aggregation (a study of dropout recovery; default 0).
+    /// secure aggregation (a study of dropout recovery; default 0). Over
+    /// QUIC the station closes its connection at that stage and reconnects.
     pub station_dropout: f64,
     /// Signed updates and the server's audit log (RFC 6962 Merkle tree,
     /// signed tree heads), as a deployment keeps them (default off in
@@ -575,13 +576,10 @@ impl SimConfig {
                 format!("{} is outside [0, 1)", f.station_dropout),
             );
         }
-        if f.station_dropout > 0.0
-            && (f.secure_aggregation.is_none() || f.transport != Transport::Memory)
-        {
+        if f.station_dropout > 0.0 && f.secure_aggregation.is_none() {
             return invalid(
                 "federation.station_dropout",
-                "simulates dropouts during secure aggregation on the memory transport: turn \
-                 secure_aggregation on and use --transport memory",
+                "simulates dropouts during secure aggregation: turn secure_aggregation on",
             );
         }
         let d = &self.data;

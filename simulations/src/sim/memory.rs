@@ -50,7 +50,6 @@ use fedcrime_params::Params;
 use fedcrime_server::dashboard::Board;
 use fedcrime_station::{Learner, StationError};
 use fedcrime_wire::{Capabilities, Encoding, Extensions, Message, ServerLimits, WireConfig};
-use rand::{Rng, SeedableRng};
 
 use super::traffic;
 
@@ -642,21 +641,17 @@ impl MemoryFederation {
     }
 }
 
-/// Whether the station drops at `stage` of `round` (drawn once per round).
+/// Whether the station drops at `stage` of `round` (drawn once per round,
+/// as a QUIC station simulating dropouts draws it:
+/// [`fedcrime_client::SecAggDropout::stage`]).
 fn drops(secure: &SecureRun, slot: &mut SecureSlot, station: usize, round: u64, stage: u8) -> bool {
-    if secure.dropout <= 0.0 {
-        return false;
-    }
     if slot.drop_at.is_none_or(|(r, _)| r != round) {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-            secure.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (station as u64) << 32,
-        );
-        let stage = if rng.random::<f64>() < secure.dropout {
-            rng.random_range(0..4u8)
-        } else {
-            u8::MAX
+        let dropout = fedcrime_client::SecAggDropout {
+            probability: secure.dropout,
+            seed: secure.seed,
         };
-        slot.drop_at = Some((round, stage));
+        let at = dropout.stage(station as u64, round).unwrap_or(u8::MAX);
+        slot.drop_at = Some((round, at));
     }
     slot.drop_at == Some((round, stage))
 }

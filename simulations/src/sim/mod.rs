@@ -417,6 +417,7 @@ fn federate_locked(
                 })
             },
             board: board.cloned(),
+            station_dropout: cfg.federation.station_dropout,
         })
         .and_then(|run| {
             bar.set_message("scoring the rounds");

@@ -74,6 +74,9 @@ pub struct QuicSetup<'a> {
     pub evaluator: Option<fedcrime_server::Evaluator>,
     /// The dashboard's state to feed, if one is shown.
     pub board: Option<Arc<fedcrime_server::dashboard::Board>>,
+    /// With secure aggregation: the probability that a station drops its
+    /// connection at a random protocol stage of a round (and reconnects).
+    pub station_dropout: f64,
 }
 
 /// A finished round of a QUIC federation.
@@ -336,6 +339,7 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
     }
     let rounds = setup.engine.rounds;
     let audit = setup.engine.audit;
+    let (dropout, dropout_seed) = (setup.station_dropout, setup.engine.seed);
     let config = server_config(&setup, &pki, server_dir);
     let checkpoint_dir = config.output.checkpoint_dir();
 
@@ -417,6 +421,10 @@ pub fn run(setup: QuicSetup<'_>) -> Result<QuicRun> {
                     }),
                     false => None,
                 },
+                secagg_dropout: (dropout > 0.0).then_some(fedcrime_client::SecAggDropout {
+                    probability: dropout,
+                    seed: dropout_seed,
+                }),
                 ..ClientOptions::default()
             };
             let mut stop = stop_rx.clone();

@@ -468,6 +468,82 @@ async fn one_round_equals_the_hand_computed_weighted_average() {
     }
 }
 
+/// Issue 17: stations dropping out at random stages of secure aggregation
+/// over QUIC (closing their connection and reconnecting) do not stop the
+/// run: the dropped stations' masks are recovered from the survivors'
+/// shares, and every round is aggregated from the stations that stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_aggregation_over_quic_survives_stations_dropping_at_random_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let stations = 6;
+    let pki = make_pki(dir.path(), stations);
+    let mut cfg = server_config(&pki, &dir.path().join("out"), 4, stations);
+    cfg.federation.min_fit = 4;
+    cfg.federation.min_updates = 3;
+    cfg.federation.retry.max_retries = 5;
+    cfg.federation.retry.backoff = Duration::from_millis(300);
+    cfg.federation.secure_aggregation = Some(fedcrime_fl::secure::SecAggConfig {
+        clip_range: 4.0,
+        quantization_bits: 20,
+        ..Default::default()
+    });
+    let server = Running::start(cfg).await;
+    let dropout = fedcrime_client::SecAggDropout {
+        probability: 0.3,
+        seed: 5,
+    };
+    let clients: Vec<_> = (1..=stations)
+        .map(|i| {
+            let options = ClientOptions {
+                reconnect: fast_reconnect(),
+                handshake_timeout: Duration::from_secs(10),
+                seed: i as u64,
+                secagg_dropout: Some(dropout),
+                ..ClientOptions::default()
+            };
+            spawn_with_options(
+                &pki,
+                &station(i),
+                server.addr,
+                scripted(Script::Honest, 10 * i as u64, i as u64),
+                options,
+                std::future::pending(),
+            )
+        })
+        .collect();
+    let report = server.finish().await;
+    assert!(report.completed(), "{:?}", report.summary);
+    assert_eq!(report.history.len(), 4);
+    for m in &report.history {
+        assert!(m.aggregated, "round {}: {:?}", m.round, m.note);
+        assert!(
+            m.completed.len() >= 3,
+            "round {}: {:?}",
+            m.round,
+            m.completed
+        );
+    }
+    let mut dropped = 0;
+    for c in clients {
+        let r = join_client(c).await;
+        // One that dropped out of the last round reconnects to a finished run.
+        assert!(
+            matches!(r.outcome, ClientOutcome::Done | ClientOutcome::RunFinished),
+            "{:?}",
+            r.outcome
+        );
+        dropped += r.dropouts;
+    }
+    // The draws of these seeds drop stations in the run's rounds.
+    let expected: u64 = (1..=stations as u64)
+        .map(|s| (1..=4).filter(|&r| dropout.stage(s, r).is_some()).count() as u64)
+        .sum();
+    assert!(
+        expected > 0 && dropped > 0,
+        "expected {expected}, dropped {dropped}"
+    );
+}
+
 /// Issue 18: signed updates and the audit log over QUIC. Station 3 signs
 /// with station 1's key (a stolen key, or station 1's update replayed by
 /// station 3): the server checks each signature with the key the *sending*
