@@ -148,6 +148,7 @@ pub fn study(args: &PrivacyStudyArgs, global: &GlobalOpts) -> Result<()> {
     let template = base.privacy.clone().unwrap_or_default();
     let mut points = Vec::new();
     let mut task = base.data.task;
+    let mut naive: Option<(String, f64)> = None;
     for &z in &args.noise {
         let mut cfg = base.clone();
         cfg.privacy = (z > 0.0).then(|| {
@@ -173,6 +174,8 @@ pub fn study(args: &PrivacyStudyArgs, global: &GlobalOpts) -> Result<()> {
         )
         .with_context(|| format!("the run with noise {z} into {}", dir.display()))?;
         task = outcome.config.data.task;
+        naive = fedcrime_sim::sim::report::best_baseline(task, &outcome.baselines)
+            .map(|b| (b.name.clone(), b.metrics.headline().1));
         let fed = outcome
             .runs
             .iter()
@@ -188,10 +191,16 @@ pub fn study(args: &PrivacyStudyArgs, global: &GlobalOpts) -> Result<()> {
             rounds: fed.last().map_or(0, |r| r.step),
         });
     }
-    let (csv, md) = privacy_tables(&points, task, &template);
+    let (csv, mut md) = privacy_tables(&points, task, &template);
+    if let Some((name, value)) = &naive {
+        md.push_str(&format!(
+            "\nBest naive baseline ({name}): test {} {value:.4}.\n",
+            fedcrime_sim::sim::record::headline_name(task)
+        ));
+    }
     std::fs::write(out.join("privacy.csv"), csv)?;
     std::fs::write(out.join("privacy.md"), &md)?;
-    privacy_plot(&points, task).write_both(&out, "privacy")?;
+    privacy_plot(&points, task, naive.as_ref(), template.delta).write_both(&out, "privacy")?;
     if !global.quiet {
         println!("{md}");
         eprintln!(
@@ -274,6 +283,8 @@ fn privacy_tables(
 fn privacy_plot(
     points: &[PrivacyPoint],
     task: fedcrime_data::Task,
+    naive: Option<&(String, f64)>,
+    delta: f64,
 ) -> fedcrime_sim::plot::PanelPlot {
     use fedcrime_sim::plot::{Legend, Line, Panel, PanelPlot};
     let metric = fedcrime_sim::sim::record::headline_name(task);
@@ -294,12 +305,19 @@ fn privacy_plot(
             dashed: true,
         });
     }
+    if let Some((name, value)) = naive {
+        lines.push(Line {
+            label: format!("best naive baseline ({name})"),
+            points: vec![(0.0, *value), (x_hi, *value)],
+            dashed: true,
+        });
+    }
     PanelPlot {
         title: "Privacy and utility".into(),
         grid: (1, 1),
         panels: vec![Panel {
             caption: String::new(),
-            x_label: "epsilon spent at the selected round (delta 1e-5)".into(),
+            x_label: format!("epsilon spent at the selected round (delta {delta})"),
             y_label: format!("test {metric}"),
             lines,
             x_range: Some((0.0, x_hi)),
