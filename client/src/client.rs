@@ -829,6 +829,11 @@ impl Client {
                         }
                         if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
                             self.count_masked(masked, &reply);
+                            if let Some(sig) = sign_masked(signer.as_ref(), masked, &reply) {
+                                if out_tx.send((sig, None)).await.is_err() {
+                                    break SessionEnd::Lost("the writer stopped".into());
+                                }
+                            }
                             if out_tx.send(reply).await.is_err() {
                                 break SessionEnd::Lost("the writer stopped".into());
                             }
@@ -880,6 +885,11 @@ impl Client {
                             }
                             if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
                                 self.count_masked(masked, &reply);
+                                if let Some(sig) = sign_masked(signer.as_ref(), masked, &reply) {
+                                    if out_tx.send((sig, None)).await.is_err() {
+                                        break SessionEnd::Lost("the writer stopped".into());
+                                    }
+                                }
                                 if out_tx.send(reply).await.is_err() {
                                     break SessionEnd::Lost("the writer stopped".into());
                                 }
@@ -1111,6 +1121,28 @@ impl Signer {
             signature: signed.sign(&self.key).0.to_vec(),
         })
     }
+}
+
+/// The signature message that goes before a masked input (`reply`), when
+/// the station signs: over the message's bytes exactly as sent.
+fn sign_masked(
+    signer: Option<&Signer>,
+    masked: bool,
+    reply: &(Message, Option<Params>),
+) -> Option<Message> {
+    let (signer, (Message::SecAggUp(m), _)) = (signer.filter(|_| masked)?, reply) else {
+        return None;
+    };
+    let signed = fedcrime_audit::SignedMaskedUpdate {
+        run_id: &signer.run_id,
+        station: &signer.station,
+        round: m.round,
+        body_sha256: fedcrime_audit::sha256_raw(&m.body),
+    };
+    Some(Message::UpdateSignature(UpdateSignature {
+        round: m.round,
+        signature: signed.sign(&signer.key).0.to_vec(),
+    }))
 }
 
 /// Keeps the audit-log tree head a round's settings carry, checked against

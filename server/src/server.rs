@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fedcrime_cli::config_file::ConfigFileError;
 use fedcrime_data::{load_path, Dataset, Featurizer, TaskConfig};
-use fedcrime_fl::secure::SecAggUp;
 use fedcrime_fl::strategy::WithServerEval;
 use fedcrime_fl::{
     decode_update, Action, Admission, Checkpoint, CheckpointStore, Config, Engine, EvalSummary,
@@ -734,10 +733,10 @@ fn session_ctx(
     })
 }
 
-/// Whether plaintext updates must be signed. Masked updates (secure
-/// aggregation) are not signed: the server never sees them alone.
+/// Whether updates (plaintext, or masked inputs under secure aggregation)
+/// must be signed.
 fn signatures_required(config: &ServerConfig) -> bool {
-    config.audit.require_signed_updates && config.federation.secure_aggregation.is_none()
+    config.audit.require_signed_updates
 }
 
 impl Server {
@@ -1676,18 +1675,20 @@ impl Driver {
             FromSession::SecAgg {
                 station,
                 session,
+                round,
                 msg,
                 bytes,
+                proof,
             } => {
                 if !self.accept_from(&station, session, bytes) {
                     return;
                 }
-                let round = msg.round;
-                match SecAggUp::from_wire(&msg) {
+                match msg {
                     Ok(msg) => self.handle(Event::SecAggReceived {
                         id: station,
                         round,
                         msg,
+                        proof,
                     }),
                     Err(e) => {
                         tracing::warn!(station = %station, round, "undecodable secure aggregation message: {e}");

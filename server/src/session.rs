@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fedcrime_fl::secure::SecAggUp;
 use fedcrime_fl::{Admission, FromStation, ServerSession, StationId, UpdateProof};
 use fedcrime_params::{ParamSpec, Params};
 use fedcrime_wire::{
@@ -139,12 +140,15 @@ pub(crate) enum FromSession {
         session: u64,
         error: ErrorMsg,
     },
-    /// A secure-aggregation message (not yet decoded).
+    /// A secure-aggregation message, decoded (or why not).
     SecAgg {
         station: StationId,
         session: u64,
-        msg: SecAgg,
+        round: u64,
+        msg: Result<SecAggUp, String>,
         bytes: u64,
+        /// A masked input's hash and signature check, when the server takes them.
+        proof: Option<UpdateProof>,
     },
     /// The session is over.
     Closed {
@@ -343,7 +347,48 @@ fn prove_update(
     signature: Option<UpdateSignature>,
 ) -> UpdateProof {
     let values_sha256 = fedcrime_audit::sha256_f32_raw(params.data());
-    let signature = signature.filter(|s| s.round == update.round);
+    let signed = fedcrime_audit::SignedUpdate {
+        run_id: cx.run_id,
+        station: cx.station.as_str(),
+        round: update.round,
+        num_examples: update.num_examples,
+        delta: update.kind == UpdateKind::Delta,
+        values_sha256,
+    };
+    check_signature(cx, update.round, values_sha256, signature, |key, sig| {
+        signed.verify(key, sig).is_ok()
+    })
+}
+
+/// A masked input's hash (of the message as sent) and its signature check,
+/// by the same rules as [`prove_update`].
+fn prove_masked(
+    cx: &UpdateContext<'_>,
+    msg: &SecAgg,
+    signature: Option<UpdateSignature>,
+) -> UpdateProof {
+    let body_sha256 = fedcrime_audit::sha256_raw(&msg.body);
+    let signed = fedcrime_audit::SignedMaskedUpdate {
+        run_id: cx.run_id,
+        station: cx.station.as_str(),
+        round: msg.round,
+        body_sha256,
+    };
+    check_signature(cx, msg.round, body_sha256, signature, |key, sig| {
+        signed.verify(key, sig).is_ok()
+    })
+}
+
+/// The proof of content hashed to `sha256`: `signature` (if it answers
+/// `round`) checked by `verifies` under the station's bound key.
+fn check_signature(
+    cx: &UpdateContext<'_>,
+    round: u64,
+    sha256: [u8; 32],
+    signature: Option<UpdateSignature>,
+    verifies: impl FnOnce(&fedcrime_audit::PublicKey, &fedcrime_audit::Signature) -> bool,
+) -> UpdateProof {
+    let signature = signature.filter(|s| s.round == round);
     let parsed = signature.as_ref().map(|s| {
         <[u8; 64]>::try_from(s.signature.as_slice())
             .map(fedcrime_audit::Signature)
@@ -354,17 +399,9 @@ fn prove_update(
                 )
             })
     });
-    let signed = fedcrime_audit::SignedUpdate {
-        run_id: cx.run_id,
-        station: cx.station.as_str(),
-        round: update.round,
-        num_examples: update.num_examples,
-        delta: update.kind == UpdateKind::Delta,
-        values_sha256,
-    };
     let problem = match (cx.key, &parsed) {
         (_, Some(Err(e))) => Some(e.clone()),
-        (Some(key), Some(Ok(sig))) => signed.verify(key, sig).err().map(|_| {
+        (Some(key), Some(Ok(sig))) => (!verifies(key, sig)).then(|| {
             format!(
                 "the signature does not verify under the update key of {}'s certificate",
                 cx.station
@@ -387,7 +424,7 @@ fn prove_update(
         (Some(_) | None, None) => None,
     };
     UpdateProof {
-        sha256: fedcrime_audit::hex::encode(&values_sha256),
+        sha256: fedcrime_audit::hex::encode(&sha256),
         signature: parsed.and_then(|p| p.ok()).map(|s| s.to_text()),
         problem,
     }
@@ -471,12 +508,31 @@ async fn read_loop(
                 session,
                 error,
             },
-            Ok(FromStation::SecAgg(msg)) => FromSession::SecAgg {
-                station: station.clone(),
-                session,
-                msg,
-                bytes: reader.bytes_read() - start,
-            },
+            Ok(FromStation::SecAgg(msg)) => {
+                // Decoded here, off the driver, like an update's tensors.
+                let decoded = SecAggUp::from_wire(&msg).map_err(|e| e.to_string());
+                let masked = matches!(decoded, Ok(SecAggUp::Masked { .. }));
+                let proof = (masked && ctx.prove_updates).then(|| {
+                    prove_masked(
+                        &UpdateContext {
+                            run_id: &ctx.admission.run_id,
+                            station: &station,
+                            key: update_key.as_ref(),
+                            required: ctx.require_signed_updates,
+                        },
+                        &msg,
+                        signature.take(),
+                    )
+                });
+                FromSession::SecAgg {
+                    station: station.clone(),
+                    session,
+                    round: msg.round,
+                    msg: decoded,
+                    bytes: reader.bytes_read() - start,
+                    proof,
+                }
+            }
             Ok(FromStation::Heartbeat(_)) => continue,
             Ok(FromStation::Bye(b)) => {
                 return Ok(format!(

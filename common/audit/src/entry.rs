@@ -151,6 +151,13 @@ impl Entry {
     }
 }
 
+/// The SHA-256 of `bytes`.
+pub fn sha256_raw(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&SHA256, bytes).as_ref());
+    out
+}
+
 /// The lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&SHA256, bytes).as_ref())

@@ -84,7 +84,7 @@ pub mod log;
 pub mod merkle;
 pub mod update;
 
-pub use entry::{sha256_f32, sha256_f32_raw, sha256_hex, Entry};
+pub use entry::{sha256_f32, sha256_f32_raw, sha256_hex, sha256_raw, Entry};
 pub use error::{AuditError, ProofError, Result, SignatureError};
 pub use keys::{PublicKey, Signature, SigningKey};
 pub use log::{
@@ -92,7 +92,7 @@ pub use log::{
     ConsistencyStep, HeadStore, ProofBundle, SignedTreeHead, VerifyReport,
 };
 pub use merkle::{Frontier, Hash};
-pub use update::{SignedUpdate, UPDATE_CONTEXT};
+pub use update::{SignedMaskedUpdate, SignedUpdate, MASKED_CONTEXT, UPDATE_CONTEXT};
 
 /// The round-settings extension key under which the server sends its
 /// latest signed tree head (one `heads.jsonl` line) with every round, for

@@ -67,6 +67,54 @@ impl SignedUpdate<'_> {
     }
 }
 
+/// The domain-separation prefix of a signed masked update.
+pub const MASKED_CONTEXT: &[u8] = b"fedcrime masked update v1\0";
+
+/// What a station signs for its masked input under secure aggregation: the
+/// run, itself, the round, and the SHA-256 of the protocol message exactly
+/// as sent (which holds the masked vector and the example count). The
+/// server never sees the station's plaintext update, but can still hold it
+/// to the masked vector it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignedMaskedUpdate<'a> {
+    /// The federated run.
+    pub run_id: &'a str,
+    /// The sending station's identity.
+    pub station: &'a str,
+    /// The round.
+    pub round: u64,
+    /// SHA-256 of the masked-input message's bytes.
+    pub body_sha256: [u8; 32],
+}
+
+impl SignedMaskedUpdate<'_> {
+    /// The exact bytes signed: [`MASKED_CONTEXT`], then each string as a
+    /// big-endian u32 length and its bytes, the round (u64 BE) and the hash.
+    pub fn message(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(
+            MASKED_CONTEXT.len() + 8 + self.run_id.len() + self.station.len() + 40,
+        );
+        m.extend_from_slice(MASKED_CONTEXT);
+        for s in [self.run_id, self.station] {
+            m.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            m.extend_from_slice(s.as_bytes());
+        }
+        m.extend_from_slice(&self.round.to_be_bytes());
+        m.extend_from_slice(&self.body_sha256);
+        m
+    }
+
+    /// The station's signature.
+    pub fn sign(&self, key: &SigningKey) -> Signature {
+        key.sign(&self.message())
+    }
+
+    /// Checks `signature` under the key the station's certificate binds.
+    pub fn verify(&self, key: &PublicKey, signature: &Signature) -> Result<(), SignatureError> {
+        key.verify(&self.message(), signature)
+    }
+}
+
 /// [`SignedUpdate::message`] (kept as a function for the wire docs).
 pub fn update_signing_message(update: &SignedUpdate<'_>) -> Vec<u8> {
     update.message()
@@ -120,6 +168,34 @@ mod tests {
         for c in changed {
             assert!(c.verify(&a.public_key(), &sig).is_err(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn masked_and_plaintext_signatures_never_stand_for_each_other() {
+        let key = SigningKey::generate().unwrap();
+        let hash = crate::sha256_hex(b"x");
+        let body_sha256: [u8; 32] = crate::hex::decode_array(&hash).unwrap();
+        let masked = SignedMaskedUpdate {
+            run_id: "run-1",
+            station: "station-01",
+            round: 3,
+            body_sha256,
+        };
+        let sig = masked.sign(&key);
+        masked.verify(&key.public_key(), &sig).unwrap();
+        assert!(SignedMaskedUpdate { round: 4, ..masked }
+            .verify(&key.public_key(), &sig)
+            .is_err());
+        // The same hash as a plaintext update's values: another message.
+        let plain = SignedUpdate {
+            run_id: "run-1",
+            station: "station-01",
+            round: 3,
+            num_examples: 0,
+            delta: false,
+            values_sha256: body_sha256,
+        };
+        assert!(plain.verify(&key.public_key(), &sig).is_err());
     }
 
     #[test]

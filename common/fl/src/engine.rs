@@ -377,6 +377,9 @@ pub enum Event {
         round: u64,
         /// The message.
         msg: SecAggUp,
+        /// For a masked input: its hash and signature as the driver checked
+        /// them (`None`: not checked).
+        proof: Option<UpdateProof>,
     },
     /// Bytes moved on the wire, added to the current round's metrics.
     Traffic {
@@ -862,7 +865,12 @@ impl Engine {
                 update,
                 proof,
             } => self.on_update(id, round, update, proof),
-            Event::SecAggReceived { id, round, msg } => self.on_secagg(id, round, msg),
+            Event::SecAggReceived {
+                id,
+                round,
+                msg,
+                proof,
+            } => self.on_secagg(id, round, msg, proof),
             Event::FitFailed { id, round, message } => self.on_fit_failed(id, round, &message),
             Event::EvaluationReceived { id, round, result } => {
                 self.on_evaluation(id, round, result)
@@ -1075,7 +1083,7 @@ impl Engine {
         }
     }
 
-    fn on_secagg(&mut self, id: StationId, round: u64, msg: SecAggUp) {
+    fn on_secagg(&mut self, id: StationId, round: u64, msg: SecAggUp, proof: Option<UpdateProof>) {
         if round != self.round {
             tracing::warn!(station = %id, round, "{} of another round ignored", msg.name());
             return;
@@ -1088,20 +1096,65 @@ impl Engine {
             tracing::warn!(station = %id, round, "{} refused: secure aggregation is off", msg.name());
             return;
         };
-        let masked = matches!(msg, SecAggUp::Masked { .. });
+        let masked = match &msg {
+            SecAggUp::Masked { num_examples, .. } => Some(*num_examples),
+            _ => None,
+        };
         let name = msg.name();
-        match secure.receive(&id, msg) {
-            Ok(()) if masked => {
-                f.status.insert(id, Status::Answered);
+        // A masked input must carry a valid signature when the driver says so.
+        let problem = proof.as_ref().and_then(|p| p.problem.clone());
+        let received = match problem {
+            Some(problem) if masked.is_some() => {
+                secure.fail(&id);
+                Err(Refusal::BadSignature(problem))
             }
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(station = %id, round, "{name} refused: {e}");
+            _ => secure
+                .receive(&id, msg)
+                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    tracing::warn!(station = %id, round, "{name} refused: {e}");
+                    Refusal::NotSampled { round }
+                }),
+        };
+        let outcome = match received {
+            Ok(()) => {
+                if masked.is_some() {
+                    f.status.insert(id.clone(), Status::Answered);
+                }
+                Ok(())
+            }
+            Err(refusal) => {
                 if let Some(s @ Status::Pending) = f.status.get_mut(&id) {
                     *s = Status::Failed;
                 }
-                self.current.count_failure(FailureKind::StationError);
+                match refusal {
+                    Refusal::BadSignature(_) => Err(self.refuse(&id, refusal)),
+                    _ => {
+                        self.current.count_failure(FailureKind::StationError);
+                        Err(format!("{name} refused"))
+                    }
+                }
             }
+        };
+        // The log records each masked input with the hash of what was sent.
+        if let (Some(num_examples), Some(proof)) = (masked, proof) {
+            let station = id.to_string();
+            self.audit(match outcome {
+                Ok(()) => AuditEntry::UpdateAccepted {
+                    round,
+                    station,
+                    update_sha256: proof.sha256,
+                    num_examples,
+                    signature: proof.signature,
+                },
+                Err(reason) => AuditEntry::UpdateRefused {
+                    round,
+                    station,
+                    reason,
+                    update_sha256: Some(proof.sha256),
+                    signature: proof.signature,
+                },
+            });
         }
     }
 

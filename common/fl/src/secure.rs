@@ -665,6 +665,7 @@ mod tests {
                                 id: station,
                                 round,
                                 msg,
+                                proof: None,
                             });
                         }
                     }

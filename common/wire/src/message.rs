@@ -426,10 +426,12 @@ pub enum Message {
 /// station's Ed25519 signature over that update, made with the key its
 /// certificate binds (`fedcrime_audit::SignedUpdate` defines the signed
 /// bytes: run, station, round, example count, delta or not, and the SHA-256
-/// of the values as the server decodes them). Sent when the station holds a
-/// signing key; the server then verifies the next update with it (and, when
-/// its Welcome announced [`SIGNED_UPDATES_EXTENSION`], refuses updates that
-/// come without one).
+/// of the values as the server decodes them). Under secure aggregation it
+/// comes right before the masked input ([`Message::SecAggUp`]) instead and
+/// signs that message's bytes (`fedcrime_audit::SignedMaskedUpdate`). Sent
+/// when the station holds a signing key; the server then verifies the next
+/// update with it (and, when its Welcome announced
+/// [`SIGNED_UPDATES_EXTENSION`], refuses updates that come without one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateSignature {
     /// The round of the update it signs.

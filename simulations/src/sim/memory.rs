@@ -621,7 +621,12 @@ impl MemoryFederation {
                                 bytes_out: 0,
                             },
                         );
-                        Event::SecAggReceived { id, round, msg }
+                        Event::SecAggReceived {
+                            id,
+                            round,
+                            msg,
+                            proof: None,
+                        }
                     }
                     Err(message) => Event::FitFailed {
                         id,

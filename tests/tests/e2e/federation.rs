@@ -703,6 +703,22 @@ async fn secure_aggregation_over_quic_gives_the_weighted_average() {
         assert_eq!(c.outcome, ClientOutcome::Done);
         assert_eq!((c.updates_sent, c.masked_updates_sent), (2, 2));
     }
+    // Each masked input went out signed; the log holds its hash and
+    // signature (the server never saw the plaintext update).
+    let log = dir.path().join("out/audit");
+    let verified = fedcrime_audit::verify_log_strict(&log, None).unwrap();
+    assert_eq!(
+        (verified.updates_accepted, verified.updates_refused),
+        (8, 0)
+    );
+    match fedcrime_audit::prove(&log, 2, "station-03").unwrap().entry {
+        fedcrime_audit::Entry::UpdateAccepted {
+            signature,
+            num_examples,
+            ..
+        } => assert!(signature.is_some() && num_examples == 60),
+        other => panic!("{other:?}"),
+    }
 }
 
 type ClientTask = JoinHandle<fedcrime_client::Result<ClientReport>>;
