@@ -537,8 +537,9 @@ impl SecAggUp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Action, Engine, EngineConfig, Event};
+    use crate::engine::{Action, Engine, EngineConfig, Event, UpdateProof};
     use crate::strategy::{Aggregated, FedAvg, Strategy, StrategyConfig};
+    use crate::validate::FailureKind;
     use fedcrime_params::ParamSpec;
     use std::sync::Mutex;
 
@@ -592,6 +593,17 @@ mod tests {
         drop: impl Fn(usize, u8) -> bool,
         seen: Arc<Mutex<Vec<Vec<FitRes>>>>,
     ) -> (Engine, Option<Vec<f32>>) {
+        run_signed(n, drop, seen, None)
+    }
+
+    /// [`run`], where station `bad_signature`'s masked input arrives with
+    /// a signature the driver found wrong.
+    fn run_signed(
+        n: usize,
+        drop: impl Fn(usize, u8) -> bool,
+        seen: Arc<Mutex<Vec<Vec<FitRes>>>>,
+        bad_signature: Option<usize>,
+    ) -> (Engine, Option<Vec<f32>>) {
         let spec = Arc::new(ParamSpec::new([("w", vec![40])]).unwrap());
         let config = EngineConfig {
             rounds: 1,
@@ -600,6 +612,7 @@ mod tests {
             min_updates: 3,
             eval_every: 0,
             secure_aggregation: Some(SecAggConfig::default()),
+            audit: bad_signature.is_some(),
             ..EngineConfig::default()
         };
         let strategy = Box::new(Recording {
@@ -658,14 +671,21 @@ mod tests {
                                 .unwrap(),
                         };
                         if let Some(msg) = up {
-                            if matches!(msg, SecAggUp::Masked { .. }) {
+                            let masked = matches!(msg, SecAggUp::Masked { .. });
+                            let bad = masked && bad_signature == Some(i);
+                            if masked && !bad {
                                 contributed.push(i);
                             }
+                            let proof = (masked && bad_signature.is_some()).then(|| UpdateProof {
+                                sha256: "ab".repeat(32),
+                                signature: Some("cd".repeat(64)),
+                                problem: bad.then(|| "signed by another station's key".into()),
+                            });
                             events.push(Event::SecAggReceived {
                                 id: station,
                                 round,
                                 msg,
-                                proof: None,
+                                proof,
                             });
                         }
                     }
@@ -702,6 +722,23 @@ mod tests {
                 engine.handle(now, e);
             }
         }
+    }
+
+    #[test]
+    fn a_badly_signed_masked_input_is_refused_and_recovered_like_a_dropout() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (mut engine, want) = run_signed(5, |_, _| false, seen, Some(3));
+        let want = want.unwrap();
+        for (g, w) in engine.global().data().iter().zip(&want) {
+            assert!((g - w).abs() < 5.0 * 2.0 / 65535.0 / 0.5, "{g} vs {w}");
+        }
+        // Station 3 is left out of the sum (its masks recovered from the
+        // others' shares) and counted as a bad signature.
+        let r = &engine.history()[0];
+        assert_eq!(r.completed.len(), 4);
+        assert!(!r.completed.contains(&id(3)));
+        assert_eq!(r.failed.get(&FailureKind::BadSignature), Some(&1));
+        assert!(engine.poll_action().is_none());
     }
 
     #[test]
