@@ -41,15 +41,7 @@ impl SignedUpdate<'_> {
     /// u32 length and its bytes, the round and example count as big-endian
     /// u64, one byte for delta, and the 32-byte hash.
     pub fn message(&self) -> Vec<u8> {
-        let mut m = Vec::with_capacity(
-            UPDATE_CONTEXT.len() + 8 + self.run_id.len() + self.station.len() + 17 + 32,
-        );
-        m.extend_from_slice(UPDATE_CONTEXT);
-        for s in [self.run_id, self.station] {
-            m.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            m.extend_from_slice(s.as_bytes());
-        }
-        m.extend_from_slice(&self.round.to_be_bytes());
+        let mut m = signed_prefix(UPDATE_CONTEXT, self.run_id, self.station, self.round);
         m.extend_from_slice(&self.num_examples.to_be_bytes());
         m.push(u8::from(self.delta));
         m.extend_from_slice(&self.values_sha256);
@@ -91,15 +83,7 @@ impl SignedMaskedUpdate<'_> {
     /// The exact bytes signed: [`MASKED_CONTEXT`], then each string as a
     /// big-endian u32 length and its bytes, the round (u64 BE) and the hash.
     pub fn message(&self) -> Vec<u8> {
-        let mut m = Vec::with_capacity(
-            MASKED_CONTEXT.len() + 8 + self.run_id.len() + self.station.len() + 40,
-        );
-        m.extend_from_slice(MASKED_CONTEXT);
-        for s in [self.run_id, self.station] {
-            m.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            m.extend_from_slice(s.as_bytes());
-        }
-        m.extend_from_slice(&self.round.to_be_bytes());
+        let mut m = signed_prefix(MASKED_CONTEXT, self.run_id, self.station, self.round);
         m.extend_from_slice(&self.body_sha256);
         m
     }
@@ -113,6 +97,20 @@ impl SignedMaskedUpdate<'_> {
     pub fn verify(&self, key: &PublicKey, signature: &Signature) -> Result<(), SignatureError> {
         key.verify(&self.message(), signature)
     }
+}
+
+/// What every signed message starts with: the context, the run and the
+/// station (each a big-endian u32 length and its bytes), and the round
+/// (u64 big-endian).
+fn signed_prefix(context: &[u8], run_id: &str, station: &str, round: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(context.len() + 16 + run_id.len() + station.len() + 64);
+    m.extend_from_slice(context);
+    for s in [run_id, station] {
+        m.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        m.extend_from_slice(s.as_bytes());
+    }
+    m.extend_from_slice(&round.to_be_bytes());
+    m
 }
 
 /// [`SignedUpdate::message`] (kept as a function for the wire docs).
