@@ -823,20 +823,11 @@ impl Client {
                             None => Err("the server sent a protocol message, but its Welcome \
                                          did not announce secure aggregation".into()),
                         };
-                        let masked = matches!(answer, Ok(Some(SecAggUp::Masked { .. })));
-                        if masked && self.dropout_stage(round) == Some(2) {
-                            break self.drop_out(conn, round, 2);
-                        }
-                        if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
-                            self.count_masked(masked, &reply);
-                            if let Some(sig) = sign_masked(signer.as_ref(), masked, &reply) {
-                                if out_tx.send((sig, None)).await.is_err() {
-                                    break SessionEnd::Lost("the writer stopped".into());
-                                }
-                            }
-                            if out_tx.send(reply).await.is_err() {
-                                break SessionEnd::Lost("the writer stopped".into());
-                            }
+                        if let Err(end) = self
+                            .answer_secagg(conn, &out_tx, signer.as_ref(), round, answer, write_cfg.max_frame_bytes)
+                            .await
+                        {
+                            break end;
                         }
                     }
                     Some(Incoming::Bye(b)) => {
@@ -879,20 +870,11 @@ impl Client {
                             })
                             .await
                             .unwrap_or_else(|e| Err(format!("the protocol task failed: {e}")));
-                            let masked = matches!(answer, Ok(Some(SecAggUp::Masked { .. })));
-                            if masked && self.dropout_stage(round) == Some(2) {
-                                break self.drop_out(conn, round, 2);
-                            }
-                            if let Some(reply) = secagg_reply(round, answer, write_cfg.max_frame_bytes) {
-                                self.count_masked(masked, &reply);
-                                if let Some(sig) = sign_masked(signer.as_ref(), masked, &reply) {
-                                    if out_tx.send((sig, None)).await.is_err() {
-                                        break SessionEnd::Lost("the writer stopped".into());
-                                    }
-                                }
-                                if out_tx.send(reply).await.is_err() {
-                                    break SessionEnd::Lost("the writer stopped".into());
-                                }
+                            if let Err(end) = self
+                                .answer_secagg(conn, &out_tx, signer.as_ref(), round, answer, write_cfg.max_frame_bytes)
+                                .await
+                            {
+                                break end;
                             }
                             continue;
                         }
@@ -933,6 +915,33 @@ impl Client {
         drop(out_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer_task.0).await;
         end
+    }
+
+    /// Sends a station's secure-aggregation answer of `round` (signed
+    /// first when it is the masked input and the station signs), or drops
+    /// out where a simulated dropout says so; `Err` ends the session.
+    async fn answer_secagg(
+        &mut self,
+        conn: &quinn::Connection,
+        out_tx: &mpsc::Sender<(Message, Option<Params>)>,
+        signer: Option<&Signer>,
+        round: u64,
+        answer: std::result::Result<Option<SecAggUp>, String>,
+        max_frame_bytes: u32,
+    ) -> std::result::Result<(), SessionEnd> {
+        let masked = matches!(answer, Ok(Some(SecAggUp::Masked { .. })));
+        if masked && self.dropout_stage(round) == Some(2) {
+            return Err(self.drop_out(conn, round, 2));
+        }
+        let Some(reply) = secagg_reply(round, answer, max_frame_bytes) else {
+            return Ok(());
+        };
+        self.count_masked(masked, &reply);
+        let lost = |_| SessionEnd::Lost("the writer stopped".into());
+        if let Some(sig) = sign_masked(signer, masked, &reply) {
+            out_tx.send((sig, None)).await.map_err(lost)?;
+        }
+        out_tx.send(reply).await.map_err(lost)
     }
 
     /// The stage at which this station drops out of `round`, when it
