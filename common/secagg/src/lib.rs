@@ -40,9 +40,9 @@
 //! them through every dropout and misbehaviour case.
 //!
 //! Cryptography comes from libraries: `x25519-dalek` (RFC 7748), `ring`
-//! (HKDF-SHA256, ChaCha20-Poly1305, SHA-256), `rand_chacha` (the ChaCha20
-//! mask generator, RFC 8439's block function) and `blahaj` (Shamir over
-//! GF(2^8)). This crate only composes them; known-answer tests pin each one.
+//! (HKDF-SHA256, ChaCha20-Poly1305, SHA-256), `chacha20` (the mask
+//! generator, RFC 8439's ChaCha20 keystream, with run-time AVX-512/AVX2
+//! dispatch) and `blahaj` (Shamir over GF(2^8)). This crate only composes them; known-answer tests pin each one.
 
 pub mod bench;
 mod crypto;

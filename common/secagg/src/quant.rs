@@ -48,6 +48,36 @@ impl Quantizer {
         (floor as u32 + u32::from(up)).min(self.levels)
     }
 
+    /// Quantizes `weight * v` for every `v` of `values`, appending to `out`:
+    /// [`Self::quantize`] for a whole update, with the rounding draws taken
+    /// 32 bits at a time in bulk, so rounding up has a probability within
+    /// 2^-32 of the fractional part (an unbiased estimate up to 2^-32 of a
+    /// step). The values must be finite.
+    pub fn quantize_scaled<R: Rng + ?Sized>(
+        &self,
+        values: &[f32],
+        weight: f32,
+        rng: &mut R,
+        out: &mut Vec<u32>,
+    ) {
+        const BATCH: usize = 1024;
+        let c = f64::from(self.clip);
+        let per_step = 1.0 / self.step;
+        let mut draws = [0u32; BATCH];
+        out.reserve(values.len());
+        for chunk in values.chunks(BATCH) {
+            let draws = &mut draws[..chunk.len()];
+            rng.fill(draws);
+            out.extend(chunk.iter().zip(draws.iter()).map(|(&v, &r)| {
+                let x = (f64::from(weight * v).clamp(-c, c) + c) * per_step;
+                // x >= 0, so truncation is the floor (and needs no libm call).
+                let floor = x as u32;
+                let up = f64::from(r) < (x - f64::from(floor)) * 4_294_967_296.0;
+                (floor + u32::from(up)).min(self.levels)
+            }));
+        }
+    }
+
     /// The sum of `count` values from the sum of their quantizations.
     pub fn dequantize_sum(&self, sum: u32, count: usize) -> f64 {
         f64::from(sum) * self.step - count as f64 * f64::from(self.clip)

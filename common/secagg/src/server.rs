@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::crypto::{agree, expand_mask, pair_seed, public_of, secret_from, seed_commitment};
+use crate::crypto::{agree, expand_masks, pair_seed, public_of, secret_from, seed_commitment};
 use crate::graph::{threshold, Graph};
 use crate::shamir::{self, SHARE_LEN};
 use crate::station::SEALED_LEN;
@@ -15,6 +15,7 @@ use crate::{
     KeyAdvert, MaskedInput, Result, Roster, RoundSetup, SealedShare, SecAggError, ShareBundle,
     Slot, UnmaskRequest, UnmaskResponse, KEY_LEN,
 };
+use zeroize::Zeroizing;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -433,7 +434,8 @@ impl Aggregator {
                 key_shares.entry(*owner).or_default().push(share);
             }
         }
-        let mut sum = std::mem::take(&mut self.sum);
+        // Every mask to take out, expanded in one pass over the sum.
+        let mut masks: Vec<(Zeroizing<[u8; KEY_LEN]>, bool)> = Vec::new();
         for &slot in &self.contributed {
             let shares = seed_shares.get(&slot).map_or(&[][..], Vec::as_slice);
             if shares.len() < self.threshold {
@@ -456,7 +458,7 @@ impl Aggregator {
                     what: "self-mask seed",
                 });
             }
-            expand_mask(&seed, &mut sum, false);
+            masks.push((seed, false));
         }
         let dropped: Vec<Slot> = self
             .sharers
@@ -498,9 +500,13 @@ impl Aggregator {
                     })?;
                 let seed = pair_seed(&shared, self.setup.round, peer, slot);
                 // The survivor added the mask when its slot is lower.
-                expand_mask(&seed, &mut sum, peer > slot);
+                masks.push((seed, peer > slot));
             }
         }
+        let mut sum = std::mem::take(&mut self.sum);
+        let masks: Vec<(&[u8; KEY_LEN], bool)> =
+            masks.iter().map(|(seed, add)| (&**seed, *add)).collect();
+        expand_masks(&masks, &mut sum);
         let n = self.contributed.len();
         let q = self.setup.quantizer();
         let unit = crate::Quantizer::new(1.0, self.setup.config.quantization_bits);

@@ -10,7 +10,7 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use crate::crypto::{
-    agree, expand_mask, open_share, pair_seed, public_of, seal_share, secret_from, seed_commitment,
+    agree, expand_masks, open_share, pair_seed, public_of, seal_share, secret_from, seed_commitment,
 };
 use crate::graph::{threshold, Graph};
 use crate::shamir::{self, SHARE_LEN};
@@ -330,15 +330,11 @@ impl StationSession {
         let q = self.setup.quantizer();
         let weight = (examples as f64 / self.setup.weight_scale).min(1.0) as f32;
         let mut values = Vec::with_capacity(self.setup.masked_len());
-        values.extend(
-            update
-                .iter()
-                .map(|&u| q.quantize(weight * u, &mut self.rng)),
-        );
+        q.quantize_scaled(update, weight, &mut self.rng, &mut values);
         let unit = crate::Quantizer::new(1.0, self.setup.config.quantization_bits);
         values.push(unit.quantize(weight, &mut self.rng));
 
-        expand_mask(&self.self_seed, &mut values, true);
+        let mut pair_seeds = Vec::with_capacity(self.held.len());
         for &peer in self.held.keys() {
             let advert = &self.roster[&peer];
             let shared = agree(&self.mask_sk, &advert.mask_pk).ok_or(SecAggError::Malformed {
@@ -347,8 +343,14 @@ impl StationSession {
                 reason: "a low-order public key (no shared secret)".into(),
             })?;
             let seed = pair_seed(&shared, self.setup.round, self.slot, peer);
-            expand_mask(&seed, &mut values, self.slot < peer);
+            pair_seeds.push((seed, self.slot < peer));
         }
+        // The self mask is added; each pairwise mask is added by the lower
+        // slot and subtracted by the higher one, so pairs cancel in the sum.
+        let masks: Vec<(&[u8; KEY_LEN], bool)> = std::iter::once((&*self.self_seed, true))
+            .chain(pair_seeds.iter().map(|(seed, add)| (&**seed, *add)))
+            .collect();
+        expand_masks(&masks, &mut values);
         Ok(MaskedInput {
             slot: self.slot,
             round: self.setup.round,

@@ -97,6 +97,64 @@ fn prg_known_answer() {
     assert!(long.iter().all(|&v| v == 7));
 }
 
+/// Bulk quantization is stochastic rounding onto the grid: each value lands
+/// on one of the two grid points around its clipped value, and on average
+/// on the value itself.
+#[test]
+fn bulk_quantization_rounds_stochastically_without_bias() {
+    let q = Quantizer::new(1.0, 8);
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let values = [0.3f32, -0.77, 0.0, 1.0, -1.0, 2.5, -9.0];
+    let weight = 0.5f32;
+    let reps = 20_000;
+    let mut sums = vec![0.0f64; values.len()];
+    for _ in 0..reps {
+        let mut out = Vec::new();
+        q.quantize_scaled(&values, weight, &mut rng, &mut out);
+        assert_eq!(out.len(), values.len());
+        for ((sum, &word), &v) in sums.iter_mut().zip(&out).zip(&values) {
+            let back = q.dequantize_sum(word, 1);
+            let exact = f64::from(weight * v).clamp(-1.0, 1.0);
+            assert!(
+                (back - exact).abs() < q.step() + 1e-12,
+                "{v}: {back} vs {exact}"
+            );
+            *sum += back;
+        }
+    }
+    for (sum, &v) in sums.iter().zip(&values) {
+        let exact = f64::from(weight * v).clamp(-1.0, 1.0);
+        // The mean of 20,000 draws is within 5 standard errors (step / 2 /
+        // sqrt(reps) at most) of the value.
+        let tolerance = 5.0 * q.step() / 2.0 / f64::from(reps).sqrt();
+        assert!(
+            (sum / f64::from(reps) - exact).abs() < tolerance,
+            "{v}: mean {} vs {exact}",
+            sum / f64::from(reps)
+        );
+    }
+}
+
+/// One fused pass over several seeds gives what one pass per seed gives,
+/// across chunk boundaries and with a ragged last chunk.
+#[test]
+fn fused_masks_equal_one_pass_per_seed() {
+    let seeds = [[1u8; 32], [2u8; 32], [3u8; 32]];
+    let signs = [true, false, true];
+    let start: Vec<u32> = (0..10_001u32)
+        .map(|i| i.wrapping_mul(2_654_435_761))
+        .collect();
+    let mut one_by_one = start.clone();
+    for (seed, &add) in seeds.iter().zip(&signs) {
+        expand_mask(seed, &mut one_by_one, add);
+    }
+    let mut fused = start.clone();
+    let masks: Vec<(&[u8; 32], bool)> = seeds.iter().zip(signs).collect();
+    crate::crypto::expand_masks(&masks, &mut fused);
+    assert_eq!(fused, one_by_one);
+    assert_ne!(fused, start);
+}
+
 #[test]
 fn thresholds_keep_a_majority_and_tolerate_the_dropouts() {
     assert_eq!(threshold(2, 1.0 / 3.0), 2);

@@ -161,6 +161,32 @@ mod tests {
         assert!(err.to_string().contains("claims more data"), "{err}");
     }
 
+    /// A secure-aggregation body goes as one byte string, which in bincode
+    /// is the same bytes as serde's default `Vec<u8>` (a sequence of `u8`):
+    /// peers of either encoding read each other.
+    #[test]
+    fn secagg_bodies_are_byte_strings_with_the_sequence_layout() {
+        #[derive(Serialize)]
+        struct AsSequence {
+            round: u64,
+            body: Vec<u8>,
+        }
+        let body: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let message = crate::SecAgg {
+            round: 300,
+            body: body.clone(),
+        };
+        let bytes = encode_control(&message).unwrap();
+        assert_eq!(
+            bytes,
+            encode_control(&AsSequence { round: 300, body }).unwrap()
+        );
+        let back: crate::SecAgg = decode_control(&bytes, 1 << 20).unwrap();
+        assert_eq!(back, message);
+        let err = decode_control::<crate::SecAgg>(&bytes[..bytes.len() - 1], 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("SecAgg"), "{err}");
+    }
+
     #[test]
     fn trailing_bytes_and_truncation_are_errors() {
         let mut bytes = encode_control(&sample()).unwrap();
