@@ -60,17 +60,21 @@ def rate_bytes_s(rate: str) -> float:
     raise SystemExit(f"rate {rate!r}: expected e.g. 100mbit or 1gbit")
 
 
-def bandwidth_bound(bytes_out: float, bytes_in: float, stations: int, station_rate: str, agency_rate: str) -> float:
+def bandwidth_bound(bytes_out: float, bytes_in: float, stations: int, station_rate: str, agency_rate: str,
+                    rtt_s: float = 0.0) -> float:
     """Seconds a round needs at least: the models down, then the updates up,
     each through the slower of the agency's link (all stations' bytes) and a
-    station's link (its share)."""
+    station's link (its share), plus the farthest station's round-trip time
+    (its model's first byte goes down and its update's last byte comes back;
+    connections outlive rounds, so no handshake is paid per round)."""
     a, s = rate_bytes_s(agency_rate), rate_bytes_s(station_rate)
     down = max(bytes_out / a, bytes_out / stations / s)
     up = max(bytes_in / a, bytes_in / stations / s)
-    return down + up
+    return down + up + rtt_s
 
 
-def pipelined_bound(bytes_out: float, bytes_in: float, stations: int, station_rate: str, agency_rate: str) -> float:
+def pipelined_bound(bytes_out: float, bytes_in: float, stations: int, station_rate: str, agency_rate: str,
+                    rtt_s: float = 0.0) -> float:
     """The strict lower bound, with downloads and uploads overlapping as
     well as they could: all models through the agency's link and then the
     last station's update through its own link, or the first station's model
@@ -78,7 +82,20 @@ def pipelined_bound(bytes_out: float, bytes_in: float, stations: int, station_ra
     a, s = rate_bytes_s(agency_rate), rate_bytes_s(station_rate)
     one_down = bytes_out / stations / min(a, s)
     one_up = bytes_in / stations / min(a, s)
-    return max(bytes_out / a + one_up, one_down + bytes_in / a)
+    return max(bytes_out / a + one_up, one_down + bytes_in / a) + rtt_s
+
+
+def add_bounds(row: dict, bound: str, stations: int, rtt_ms: float) -> None:
+    """Adds both bounds of `row`'s bytes for `bound` = "STATION_RATE,AGENCY_RATE"
+    and the largest round-trip time, and the round time's ratio to each."""
+    station_rate, agency_rate = bound.split(",")
+    rtt_s = rtt_ms / 1e3
+    row["rtt_ms"] = rtt_ms
+    row["bound_s"] = bandwidth_bound(row["bytes_out"], row["bytes_in"], stations, station_rate, agency_rate, rtt_s)
+    row["round_vs_bound"] = row["round_s"] / row["bound_s"]
+    row["strict_bound_s"] = pipelined_bound(row["bytes_out"], row["bytes_in"], stations, station_rate,
+                                            agency_rate, rtt_s)
+    row["round_vs_strict_bound"] = row["round_s"] / row["strict_bound_s"]
 
 
 def pss_kib(pid: int) -> int:
@@ -222,6 +239,8 @@ def main():
     ap.add_argument("--label", default=None, help="a label for the rows")
     ap.add_argument("--bound", default=None, metavar="STATION_RATE,AGENCY_RATE",
                     help="add the bandwidth bound of each round for these link rates, e.g. 100mbit,1gbit")
+    ap.add_argument("--rtt-ms", type=float, default=0.0,
+                    help="the largest station round-trip time, added to the bounds")
     args = ap.parse_args()
     if args.label:
         os.environ["LABEL"] = args.label
@@ -234,13 +253,7 @@ def main():
         for size in args.sizes.split(","):
             r = run_size(size, args.stations, args.rounds, Path(d), not args.no_reference)
             if args.bound:
-                station_rate, agency_rate = args.bound.split(",")
-                r["bound_s"] = bandwidth_bound(r["bytes_out"], r["bytes_in"], args.stations,
-                                               station_rate, agency_rate)
-                r["round_vs_bound"] = r["round_s"] / r["bound_s"]
-                r["strict_bound_s"] = pipelined_bound(r["bytes_out"], r["bytes_in"], args.stations,
-                                                      station_rate, agency_rate)
-                r["round_vs_strict_bound"] = r["round_s"] / r["strict_bound_s"]
+                add_bounds(r, args.bound, args.stations, args.rtt_ms)
             rows.append(r)
             if args.json:
                 print(json.dumps(r), flush=True)

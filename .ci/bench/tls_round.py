@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("BIN_DIR", ROOT / "target" / "release"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deploy_rounds import bandwidth_bound, pipelined_bound  # noqa: E402
+from deploy_rounds import add_bounds  # noqa: E402
 
 PORT = 47444
 CHUNK = 1 << 20
@@ -50,6 +50,8 @@ def serve(args):
     ctx.load_verify_locations(f"{args.pki}/ca.pem")
     ctx.verify_mode = ssl.CERT_REQUIRED
     lsock = socket.create_server(("0.0.0.0", PORT), backlog=args.stations)
+    # Accepted connections inherit the listener's congestion control.
+    lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, args.congestion.encode())
     conns = []
     while len(conns) < args.stations:
         c, _ = lsock.accept()
@@ -83,7 +85,9 @@ def connect(args):
     ctx.load_cert_chain(f"{args.pki}/stations/{args.station}.pem", f"{args.pki}/stations/{args.station}.key")
     for _ in range(100):
         try:
-            raw = socket.create_connection((args.server, PORT))
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, args.congestion.encode())
+            raw.connect((args.server, PORT))
             break
         except OSError:
             time.sleep(0.1)
@@ -107,26 +111,23 @@ def orchestrate(args):
                        check=True, capture_output=True)
         me = str(Path(__file__).resolve())
         server = subprocess.Popen(["ip", "netns", "exec", "fc-agency", sys.executable, me, "serve", "--pki", str(pki),
-                                   "--stations", str(args.stations), "--bytes", str(nbytes),
+                                   "--stations", str(args.stations), "--bytes", str(nbytes), "--congestion", args.congestion,
                                    "--rounds", str(args.rounds)], stdout=subprocess.PIPE, text=True)
         names = sorted(p.stem for p in (pki / "stations").glob("*.pem"))
         clients = [subprocess.Popen(["ip", "netns", "exec", f"fc-st{i}", sys.executable, me, "connect",
                                      "--pki", str(pki), "--station", name, "--server", "10.77.0.1",
-                                     "--bytes", str(nbytes), "--rounds", str(args.rounds)])
+                                     "--bytes", str(nbytes), "--rounds", str(args.rounds),
+                                     "--congestion", args.congestion])
                    for i, name in enumerate(names)]
         out, _ = server.communicate(timeout=1800)
         for c in clients:
             c.wait(timeout=60)
     times = json.loads(out.strip().splitlines()[-1])["times"]
     round_s = statistics.median(times[1:] or times)
-    row = {"label": "tcp-tls13", "params": ref["params"], "stations": args.stations, "rounds": len(times) - 1,
+    row = {"label": f"tcp-tls13-{args.congestion}", "congestion": args.congestion, "params": ref["params"], "stations": args.stations, "rounds": len(times) - 1,
            "round_s": round_s, "bytes_out": nbytes * args.stations, "bytes_in": nbytes * args.stations}
     if args.bound:
-        station_rate, agency_rate = args.bound.split(",")
-        row["bound_s"] = bandwidth_bound(row["bytes_out"], row["bytes_in"], args.stations, station_rate, agency_rate)
-        row["round_vs_bound"] = round_s / row["bound_s"]
-        row["strict_bound_s"] = pipelined_bound(row["bytes_out"], row["bytes_in"], args.stations, station_rate, agency_rate)
-        row["round_vs_strict_bound"] = round_s / row["strict_bound_s"]
+        add_bounds(row, args.bound, args.stations, args.rtt_ms)
     print(json.dumps(row), flush=True)
 
 
@@ -137,6 +138,9 @@ def main():
     ap.add_argument("--size", default="1m")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--bound", default=None)
+    ap.add_argument("--congestion", default="cubic",
+                    help="TCP congestion control of both ends (see /proc/sys/net/ipv4/tcp_available_congestion_control)")
+    ap.add_argument("--rtt-ms", type=float, default=0.0, help="the largest round-trip time, added to the bounds")
     ap.add_argument("--pki")
     ap.add_argument("--station")
     ap.add_argument("--server")

@@ -87,7 +87,13 @@ pub struct TransportSettings {
     /// UDP socket send and receive buffer size requested from the kernel, in
     /// bytes (0: OS default; the kernel may cap it).
     pub socket_buffer: usize,
-    /// The congestion controller.
+    /// The congestion controller. Cubic (the default) is the standard one
+    /// and quinn's mature one. On links that lose packets at random (radio
+    /// or overloaded city links), loss-based controllers collapse: at 1%
+    /// loss and 20-50 ms round trips a 1M-parameter round took 20 s with
+    /// Cubic and 2.2-3.1 s with BBR (`.ci/bench/wan.sh`, BENCHMARKS.md).
+    /// quinn calls its BBR experimental; set `congestion = "bbr"` on both
+    /// the server and the stations where links are lossy.
     pub congestion: Congestion,
     /// After a suspected MTU black hole (the path MTU fell back to 1200),
     /// wait this long before searching for a larger MTU again, milliseconds.
