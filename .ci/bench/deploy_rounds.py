@@ -110,8 +110,14 @@ def pss_kib(pid: int) -> int:
 
 
 def transport_toml() -> str:
-    cc = os.environ.get("CONGESTION")
-    return f"[transport]\ncongestion = \"{cc}\"\n" if cc else ""
+    """The `[transport]` table of both configs: CONGESTION names the
+    controller, TRANSPORT_EXTRA adds raw TOML lines (`;`-separated), e.g.
+    TRANSPORT_EXTRA='send_window = 2097152'."""
+    lines = []
+    if os.environ.get("CONGESTION"):
+        lines.append(f'congestion = "{os.environ["CONGESTION"]}"')
+    lines += [x.strip() for x in os.environ.get("TRANSPORT_EXTRA", "").split(";") if x.strip()]
+    return "[transport]\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def server_toml(pki: Path, out: Path, hidden: int, stations: int, rounds: int, port: int, listen_host: str) -> str:
