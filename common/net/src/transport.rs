@@ -95,8 +95,8 @@ pub struct TransportSettings {
     /// The congestion controller. Cubic (the default) is the standard one
     /// and quinn's mature one. On links that lose packets at random (radio
     /// or overloaded city links), loss-based controllers collapse: at 1%
-    /// loss and 20-50 ms round trips a 1M-parameter round took 20 s with
-    /// Cubic and 2.2-3.1 s with BBR (`.ci/bench/wan.sh`, BENCHMARKS.md).
+    /// loss and 20-50 ms round trips a 1M-parameter round took 20.6 s with
+    /// Cubic and 1.64 s with BBR (`.ci/bench/wan.sh`, BENCHMARKS.md).
     /// quinn calls its BBR experimental; set `congestion = "bbr"` on both
     /// the server and the stations where links are lossy.
     pub congestion: Congestion,
