@@ -843,11 +843,20 @@ mod tests {
         let off: EngineConfig = toml::from_str("secure_aggregation = false").unwrap();
         assert_eq!(off.secure_aggregation, None);
         let table: EngineConfig = toml::from_str(
-            "[secure_aggregation]\ndropout_tolerance = 0.25\nquantization_bits = 20",
+            "[secure_aggregation]\ndropout_tolerance = 0.25\nquantization_bits = 20\n\
+             mask_prg = \"chacha20\"",
         )
         .unwrap();
         let c = table.secure_aggregation.unwrap();
         assert_eq!((c.dropout_tolerance, c.quantization_bits), (0.25, 20));
+        assert_eq!(c.mask_prg, fedcrime_secagg::MaskPrg::Chacha20);
+        assert_eq!(
+            SecAggConfig::default().mask_prg,
+            fedcrime_secagg::MaskPrg::Aes128Ctr
+        );
+        let prg =
+            toml::from_str::<EngineConfig>("[secure_aggregation]\nmask_prg = \"aes\"").unwrap_err();
+        assert!(prg.to_string().contains("aes128-ctr"), "{prg}");
         let typo = toml::from_str::<EngineConfig>("[secure_aggregation]\nclip = 2.0").unwrap_err();
         assert!(typo.to_string().contains("clip"), "{typo}");
         // Round trip through the written config.

@@ -1,7 +1,8 @@
 //! The primitives, composed from libraries: X25519 agreement, HKDF-SHA256,
-//! ChaCha20-Poly1305 sealing, SHA-256 commitments and the ChaCha20 mask
-//! generator. Every derived key is bound to a purpose label, the round and
-//! the slots involved, so no key serves two purposes, rounds or pairs.
+//! ChaCha20-Poly1305 sealing, SHA-256 commitments and the mask generators
+//! (AES-128 in counter mode, ChaCha20). Every derived key is bound to a
+//! purpose label, the round and the slots involved, so no key serves two
+//! purposes, rounds or pairs.
 
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 use chacha20::ChaCha20;
@@ -10,7 +11,7 @@ use ring::{digest, hkdf};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::{SecAggError, Slot, KEY_LEN};
+use crate::{MaskPrg, SecAggError, Slot, KEY_LEN};
 
 /// Salt of every HKDF extraction in the protocol (a version label).
 const SALT: &[u8] = b"fedcrime-secagg/v1";
@@ -160,12 +161,62 @@ pub(crate) fn seed_commitment(seed: &[u8; KEY_LEN], round: u64, slot: Slot) -> [
     out
 }
 
-/// Adds (`add = true`) or subtracts the ChaCha20 expansion of `seed` to
-/// `out`, element-wise in `Z_{2^32}`. The generator is ChaCha20 with the
-/// seed as key, a zero nonce and the block counter from 0 (RFC 8439's block
-/// function); each element is the next four keystream bytes, little-endian.
-pub fn expand_mask(seed: &[u8; KEY_LEN], out: &mut [u32], add: bool) {
-    expand_masks(&[(seed, add)], out);
+/// Elements per keystream chunk (16 KiB): masks are expanded and added one
+/// chunk at a time, so the keystream stays in the core's L1/L2 cache, and
+/// [`MaskPrg::Aes128Ctr`] gives each chunk its own nonce.
+const CHUNK_WORDS: usize = 4096;
+
+/// One seed's keystream, chunk by chunk (see [`MaskPrg`] for the layout).
+enum Keystream {
+    /// AES-128 keystream through ring's AES-128-GCM (whose ciphertext of
+    /// zeros is the counter-mode keystream; the tag is discarded).
+    Aes { key: Box<LessSafeKey>, chunk: u64 },
+    /// RFC 8439 ChaCha20.
+    ChaCha(ChaCha20),
+}
+
+impl Keystream {
+    fn new(prg: MaskPrg, seed: &[u8; KEY_LEN]) -> Keystream {
+        match prg {
+            MaskPrg::Aes128Ctr => Keystream::Aes {
+                key: Box::new(LessSafeKey::new(
+                    UnboundKey::new(&aead::AES_128_GCM, &seed[..16]).expect("a 16-byte key"),
+                )),
+                chunk: 0,
+            },
+            MaskPrg::Chacha20 => Keystream::ChaCha(ChaCha20::new(seed.into(), &[0u8; 12].into())),
+        }
+    }
+
+    /// Writes the next chunk's keystream over `bytes`: `4 * CHUNK_WORDS`
+    /// bytes, fewer only for the last chunk.
+    fn next_chunk(&mut self, bytes: &mut [u8]) {
+        bytes.fill(0);
+        match self {
+            Keystream::Aes { key, chunk } => {
+                let mut nonce = [0u8; aead::NONCE_LEN];
+                nonce[4..].copy_from_slice(&chunk.to_be_bytes());
+                // The tag is discarded: only the keystream is wanted.
+                let _tag = key
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::empty(),
+                        bytes,
+                    )
+                    .expect("a 16 KiB chunk is far below GCM's 64 GiB message limit");
+                *chunk += 1;
+            }
+            Keystream::ChaCha(cipher) => cipher.apply_keystream(bytes),
+        }
+    }
+}
+
+/// Adds (`add = true`) or subtracts the expansion of `seed` by `prg` to
+/// `out`, element-wise in `Z_{2^32}`; element `i` is keystream bytes
+/// `4i..4i + 4`, little-endian (see [`MaskPrg`] for each generator's
+/// keystream).
+pub fn expand_mask(prg: MaskPrg, seed: &[u8; KEY_LEN], out: &mut [u32], add: bool) {
+    expand_masks(prg, &[(seed, add)], out);
 }
 
 /// [`expand_mask`] for several seeds at once, in one pass over `out`: each
@@ -173,22 +224,16 @@ pub fn expand_mask(seed: &[u8; KEY_LEN], out: &mut [u32], add: bool) {
 /// every seed's keystream for that chunk before the next chunk is touched.
 /// The result is that of calling [`expand_mask`] once per seed, in any order
 /// (addition in `Z_{2^32}` commutes), at a fraction of the memory traffic.
-///
-/// The keystream comes from the `chacha20` crate, which picks its AVX-512,
-/// AVX2 or SSE2 code at run time (AVX-512 where the build sets
-/// `--cfg chacha20_avx512`, as this workspace's `.cargo/config.toml` does).
-pub fn expand_masks(masks: &[(&[u8; KEY_LEN], bool)], out: &mut [u32]) {
-    const CHUNK: usize = 4096;
-    let mut ciphers: Vec<(ChaCha20, bool)> = masks
+pub fn expand_masks(prg: MaskPrg, masks: &[(&[u8; KEY_LEN], bool)], out: &mut [u32]) {
+    let mut streams: Vec<(Keystream, bool)> = masks
         .iter()
-        .map(|&(seed, add)| (ChaCha20::new(seed.into(), &[0u8; 12].into()), add))
+        .map(|&(seed, add)| (Keystream::new(prg, seed), add))
         .collect();
-    let mut block = Zeroizing::new([0u8; CHUNK * 4]);
-    for chunk in out.chunks_mut(CHUNK) {
+    let mut block = Zeroizing::new([0u8; CHUNK_WORDS * 4]);
+    for chunk in out.chunks_mut(CHUNK_WORDS) {
         let bytes = &mut block[..chunk.len() * 4];
-        for (cipher, add) in &mut ciphers {
-            bytes.fill(0);
-            cipher.apply_keystream(bytes);
+        for (stream, add) in &mut streams {
+            stream.next_chunk(bytes);
             let words = bytes
                 .chunks_exact(4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
@@ -201,6 +246,52 @@ pub fn expand_masks(masks: &[(&[u8; KEY_LEN], bool)], out: &mut [u32]) {
                     *v = v.wrapping_sub(w);
                 }
             }
+        }
+    }
+}
+
+/// A cryptographic random number generator over a [`MaskPrg`] keystream:
+/// the stations' stochastic-rounding draws, a million per update, come at
+/// the mask generator's speed.
+pub(crate) struct KeystreamRng {
+    stream: Keystream,
+    buf: Zeroizing<[u8; CHUNK_WORDS * 4]>,
+    pos: usize,
+}
+
+impl KeystreamRng {
+    pub(crate) fn new(prg: MaskPrg, seed: &[u8; KEY_LEN]) -> KeystreamRng {
+        KeystreamRng {
+            stream: Keystream::new(prg, seed),
+            buf: Zeroizing::new([0u8; CHUNK_WORDS * 4]),
+            pos: CHUNK_WORDS * 4,
+        }
+    }
+}
+
+impl rand::RngCore for KeystreamRng {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&mut self, mut dst: &mut [u8]) {
+        while !dst.is_empty() {
+            if self.pos == self.buf.len() {
+                self.stream.next_chunk(self.buf.as_mut());
+                self.pos = 0;
+            }
+            let n = dst.len().min(self.buf.len() - self.pos);
+            dst[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            dst = &mut dst[n..];
         }
     }
 }

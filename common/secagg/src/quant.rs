@@ -63,18 +63,21 @@ impl Quantizer {
         const BATCH: usize = 1024;
         let c = f64::from(self.clip);
         let per_step = 1.0 / self.step;
+        let levels = self.levels;
         let mut draws = [0u32; BATCH];
-        out.reserve(values.len());
-        for chunk in values.chunks(BATCH) {
+        let start = out.len();
+        out.resize(start + values.len(), 0);
+        for (chunk, quantized) in values.chunks(BATCH).zip(out[start..].chunks_mut(BATCH)) {
             let draws = &mut draws[..chunk.len()];
             rng.fill(draws);
-            out.extend(chunk.iter().zip(draws.iter()).map(|(&v, &r)| {
+            // A plain loop over equal-length slices, so it vectorizes.
+            for ((q, &v), &r) in quantized.iter_mut().zip(chunk).zip(draws.iter()) {
                 let x = (f64::from(weight * v).clamp(-c, c) + c) * per_step;
                 // x >= 0, so truncation is the floor (and needs no libm call).
                 let floor = x as u32;
                 let up = f64::from(r) < (x - f64::from(floor)) * 4_294_967_296.0;
-                (floor + u32::from(up)).min(self.levels)
-            }));
+                *q = (floor + u32::from(up)).min(levels);
+            }
         }
     }
 

@@ -506,7 +506,7 @@ impl Aggregator {
         let mut sum = std::mem::take(&mut self.sum);
         let masks: Vec<(&[u8; KEY_LEN], bool)> =
             masks.iter().map(|(seed, add)| (&**seed, *add)).collect();
-        expand_masks(&masks, &mut sum);
+        expand_masks(self.setup.config.mask_prg, &masks, &mut sum);
         let n = self.contributed.len();
         let q = self.setup.quantizer();
         let unit = crate::Quantizer::new(1.0, self.setup.config.quantization_bits);

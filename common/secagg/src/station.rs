@@ -10,7 +10,8 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use crate::crypto::{
-    agree, expand_masks, open_share, pair_seed, public_of, seal_share, secret_from, seed_commitment,
+    agree, expand_masks, open_share, pair_seed, public_of, seal_share, secret_from,
+    seed_commitment, KeystreamRng,
 };
 use crate::graph::{threshold, Graph};
 use crate::shamir::{self, SHARE_LEN};
@@ -67,6 +68,9 @@ pub struct StationSession {
     roster: BTreeMap<Slot, KeyAdvert>,
     /// Shares received from neighbours, by their owner.
     held: BTreeMap<Slot, Held>,
+    /// The share-sealing agreement with each roster neighbour, computed
+    /// once in stage 2 (to seal) and used again in stage 3 (to open).
+    cipher_shared: BTreeMap<Slot, Zeroizing<[u8; KEY_LEN]>>,
     self_seed: Zeroizing<[u8; KEY_LEN]>,
 }
 
@@ -106,6 +110,7 @@ impl StationSession {
             mask_sk,
             roster: BTreeMap::new(),
             held: BTreeMap::new(),
+            cipher_shared: BTreeMap::new(),
             self_seed: Zeroizing::new([0u8; KEY_LEN]),
         })
     }
@@ -218,6 +223,7 @@ impl StationSession {
                 round: self.setup.round,
                 ciphertext: seal_share(&shared, self.setup.round, self.slot, advert.slot, &plain),
             });
+            self.cipher_shared.insert(advert.slot, shared);
         }
         Ok(ShareBundle {
             slot: self.slot,
@@ -287,13 +293,16 @@ impl StationSession {
                     reason: "sent twice".into(),
                 });
             }
-            let shared =
-                agree(&self.cipher_sk, &advert.cipher_pk).ok_or(SecAggError::Unauthentic {
+            // Every roster key passed the agreement in stage 2.
+            let shared = self
+                .cipher_shared
+                .get(&advert.slot)
+                .ok_or(SecAggError::Unauthentic {
                     from: sealed.from,
                     to: self.slot,
                 })?;
             let plain = open_share(
-                &shared,
+                shared,
                 self.setup.round,
                 sealed.from,
                 self.slot,
@@ -330,7 +339,11 @@ impl StationSession {
         let q = self.setup.quantizer();
         let weight = (examples as f64 / self.setup.weight_scale).min(1.0) as f32;
         let mut values = Vec::with_capacity(self.setup.masked_len());
-        q.quantize_scaled(update, weight, &mut self.rng, &mut values);
+        // The rounding draws: a million per million parameters, so they come
+        // from the mask generator's keystream under a fresh key.
+        let key = Zeroizing::new(self.rng.random::<[u8; KEY_LEN]>());
+        let mut draws = KeystreamRng::new(self.setup.config.mask_prg, &key);
+        q.quantize_scaled(update, weight, &mut draws, &mut values);
         let unit = crate::Quantizer::new(1.0, self.setup.config.quantization_bits);
         values.push(unit.quantize(weight, &mut self.rng));
 
@@ -350,7 +363,7 @@ impl StationSession {
         let masks: Vec<(&[u8; KEY_LEN], bool)> = std::iter::once((&*self.self_seed, true))
             .chain(pair_seeds.iter().map(|(seed, add)| (&**seed, *add)))
             .collect();
-        expand_masks(&masks, &mut values);
+        expand_masks(self.setup.config.mask_prg, &masks, &mut values);
         Ok(MaskedInput {
             slot: self.slot,
             round: self.setup.round,

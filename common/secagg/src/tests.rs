@@ -74,12 +74,13 @@ fn hkdf_known_answers() {
     );
 }
 
-/// The mask generator is RFC 8439's ChaCha20 block function: a zero key,
-/// zero nonce and counter 0 give section A.1's first keystream block.
+/// The ChaCha20 mask generator is RFC 8439's ChaCha20 block function: a
+/// zero key, zero nonce and counter 0 give section A.1's first keystream
+/// block.
 #[test]
-fn prg_known_answer() {
+fn chacha20_prg_known_answer() {
     let mut words = [0u32; 16];
-    expand_mask(&[0u8; 32], &mut words, true);
+    expand_mask(MaskPrg::Chacha20, &[0u8; 32], &mut words, true);
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     assert_eq!(
         bytes,
@@ -88,13 +89,79 @@ fn prg_known_answer() {
             "da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586"
         ))
     );
-    // Subtracting the same expansion restores the input; the stream goes on
-    // past the first 4 KiB chunk without repeating.
-    let mut long = vec![7u32; 3000];
-    expand_mask(&[9u8; 32], &mut long, true);
-    assert_ne!(long[..1024], long[1024..2048]);
-    expand_mask(&[9u8; 32], &mut long, false);
-    assert!(long.iter().all(|&v| v == 7));
+}
+
+/// The AES-128 mask generator's first block is GCM's first keystream block
+/// (McGrew and Viega's GCM test case 2: zero key, zero IV, one zero block
+/// encrypts to `0388dace…`), and every block, across chunk boundaries, is
+/// AES-128 of the counter block `chunk ‖ (2 + block)`, checked against an
+/// independent AES implementation (RustCrypto's `aes`).
+#[test]
+fn aes128_ctr_prg_known_answer_and_layout() {
+    use aes::cipher::{BlockEncrypt, KeyInit};
+    let mut words = [0u32; 4];
+    expand_mask(MaskPrg::Aes128Ctr, &[0u8; 32], &mut words, true);
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    assert_eq!(bytes, hex("0388dace60b6a392f328c2b971b2fe78"));
+
+    let seed: [u8; 32] = std::array::from_fn(|i| i as u8 * 7 + 1);
+    let len = 4096 * 2 + 300;
+    let mut words = vec![0u32; len];
+    expand_mask(MaskPrg::Aes128Ctr, &seed, &mut words, true);
+    let cipher = aes::Aes128::new_from_slice(&seed[..16]).unwrap();
+    for (i, got) in words.chunks(4).enumerate() {
+        let (chunk, block) = ((i * 4 / 4096) as u64, (i * 4 % 4096 / 4) as u32);
+        let mut counter = [0u8; 16];
+        counter[4..12].copy_from_slice(&chunk.to_be_bytes());
+        counter[12..].copy_from_slice(&(2 + block).to_be_bytes());
+        let mut b = aes::Block::from(counter);
+        cipher.encrypt_block(&mut b);
+        let want: Vec<u32> = b
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        assert_eq!(got, &want[..got.len()], "block {i}");
+    }
+}
+
+/// For either generator, subtracting an expansion restores the input, and
+/// the stream goes on past the first chunk without repeating.
+#[test]
+fn masks_cancel_and_do_not_repeat() {
+    for prg in [MaskPrg::Aes128Ctr, MaskPrg::Chacha20] {
+        let mut long = vec![7u32; 9000];
+        expand_mask(prg, &[9u8; 32], &mut long, true);
+        assert_ne!(long[..4096], long[4096..8192], "{prg:?}");
+        expand_mask(prg, &[9u8; 32], &mut long, false);
+        assert!(long.iter().all(|&v| v == 7), "{prg:?}");
+    }
+}
+
+/// The stations' rounding draws come from the keystream in order, however
+/// they are asked for.
+#[test]
+fn keystream_rng_reads_the_stream_in_order() {
+    use rand::RngCore;
+    let key = [4u8; 32];
+    let mut stream = vec![0u32; 5000];
+    expand_mask(MaskPrg::Aes128Ctr, &key, &mut stream, true);
+    let mut rng = crate::crypto::KeystreamRng::new(MaskPrg::Aes128Ctr, &key);
+    let mut got = Vec::new();
+    let mut small = [0u8; 12];
+    rng.fill_bytes(&mut small);
+    got.extend(
+        small
+            .chunks(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap())),
+    );
+    got.push(rng.next_u32());
+    let mut big = vec![0u8; 4 * 4990];
+    rng.fill_bytes(&mut big);
+    got.extend(
+        big.chunks(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap())),
+    );
+    assert_eq!(got, stream[..4994]);
 }
 
 /// Bulk quantization is stochastic rounding onto the grid: each value lands
@@ -144,15 +211,17 @@ fn fused_masks_equal_one_pass_per_seed() {
     let start: Vec<u32> = (0..10_001u32)
         .map(|i| i.wrapping_mul(2_654_435_761))
         .collect();
-    let mut one_by_one = start.clone();
-    for (seed, &add) in seeds.iter().zip(&signs) {
-        expand_mask(seed, &mut one_by_one, add);
+    for prg in [MaskPrg::Aes128Ctr, MaskPrg::Chacha20] {
+        let mut one_by_one = start.clone();
+        for (seed, &add) in seeds.iter().zip(&signs) {
+            expand_mask(prg, seed, &mut one_by_one, add);
+        }
+        let mut fused = start.clone();
+        let masks: Vec<(&[u8; 32], bool)> = seeds.iter().zip(signs).collect();
+        crate::crypto::expand_masks(prg, &masks, &mut fused);
+        assert_eq!(fused, one_by_one, "{prg:?}");
+        assert_ne!(fused, start, "{prg:?}");
     }
-    let mut fused = start.clone();
-    let masks: Vec<(&[u8; 32], bool)> = seeds.iter().zip(signs).collect();
-    crate::crypto::expand_masks(&masks, &mut fused);
-    assert_eq!(fused, one_by_one);
-    assert_ne!(fused, start);
 }
 
 #[test]
@@ -341,8 +410,10 @@ fn assert_sum(o: &Outcome, survivors: usize) {
 
 #[test]
 fn the_unmasked_sum_is_the_plaintext_sum_within_the_quantization_bound() {
-    for (n, len) in [(3, 7), (10, 1000), (21, 5000)] {
-        let s = setup(1, n, len);
+    let prgs = [MaskPrg::Aes128Ctr, MaskPrg::Chacha20, MaskPrg::Aes128Ctr];
+    for ((n, len), prg) in [(3, 7), (10, 1000), (21, 5000)].into_iter().zip(prgs) {
+        let mut s = setup(1, n, len);
+        s.config.mask_prg = prg;
         let o = round(&s, &vec![Drop::Never; n as usize], 11);
         assert_sum(&o, n as usize);
         // Mean of the weighted updates: close to the plaintext weighted mean.
@@ -358,9 +429,16 @@ fn the_unmasked_sum_is_the_plaintext_sum_within_the_quantization_bound() {
 fn rounds_survive_up_to_the_tolerated_dropouts_at_every_stage() {
     // 10 stations, complete graph: 9 neighbours, threshold 6, 3 may drop.
     let n = 10u32;
-    let s = setup(2, n, 300);
+    let mut s = setup(2, n, 300);
     assert_eq!(Aggregator::new(s.clone()).unwrap().threshold(), 6);
     for stage in [Drop::AfterKeys, Drop::AfterShares, Drop::AfterInput] {
+        // The dropped stations' pairwise masks are rebuilt with either
+        // generator.
+        s.config.mask_prg = if stage == Drop::AfterShares {
+            MaskPrg::Chacha20
+        } else {
+            MaskPrg::Aes128Ctr
+        };
         for dropped in 1..=3usize {
             let mut drops = vec![Drop::Never; n as usize];
             for d in drops.iter_mut().skip(2).step_by(3).take(dropped) {

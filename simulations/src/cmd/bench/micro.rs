@@ -88,6 +88,28 @@ pub struct SecAggSettingsArgs {
     /// 2·ceil(5·log2 n)).
     #[arg(long, default_value_t = 0)]
     pub neighbours: usize,
+    /// The generator that expands mask seeds into masks.
+    #[arg(long, value_enum, default_value_t = MaskPrgArg::Aes128Ctr)]
+    pub mask_prg: MaskPrgArg,
+}
+
+/// `mask_prg` on the command line ([`fedcrime_secagg::MaskPrg`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskPrgArg {
+    /// AES-128 in counter mode (AES-NI/VAES where present).
+    #[value(name = "aes128-ctr")]
+    Aes128Ctr,
+    /// ChaCha20 (RFC 8439): faster on processors without AES instructions.
+    Chacha20,
+}
+
+impl From<MaskPrgArg> for fedcrime_secagg::MaskPrg {
+    fn from(arg: MaskPrgArg) -> Self {
+        match arg {
+            MaskPrgArg::Aes128Ctr => fedcrime_secagg::MaskPrg::Aes128Ctr,
+            MaskPrgArg::Chacha20 => fedcrime_secagg::MaskPrg::Chacha20,
+        }
+    }
 }
 
 impl SecAggSettingsArgs {
@@ -98,6 +120,7 @@ impl SecAggSettingsArgs {
             clip_range: self.clip_range,
             quantization_bits: self.quantization_bits,
             neighbours: self.neighbours,
+            mask_prg: self.mask_prg.into(),
         };
         c.validate()?;
         Ok(c)

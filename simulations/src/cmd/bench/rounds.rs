@@ -50,6 +50,9 @@ pub struct BenchRoundsArgs {
     /// a mean-based strategy.
     #[arg(long)]
     pub secure_aggregation: bool,
+    /// With --secure-aggregation: the generator that expands mask seeds.
+    #[arg(long, value_enum, default_value_t = super::micro::MaskPrgArg::Aes128Ctr)]
+    pub mask_prg: super::micro::MaskPrgArg,
     /// Measure what signed updates and the audit log cost: the same rounds
     /// twice, without and then with them (each station signs its update
     /// with Ed25519; the server hashes and verifies each one, appends every
@@ -74,7 +77,12 @@ pub fn run(args: &BenchRoundsArgs, global: &GlobalOpts) -> Result<()> {
         concurrency: args.concurrency,
         strategy: args.strategy.clone(),
         dir: args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf()),
-        secure_aggregation: args.secure_aggregation.then(Default::default),
+        secure_aggregation: args
+            .secure_aggregation
+            .then(|| fedcrime_fl::secure::SecAggConfig {
+                mask_prg: args.mask_prg.into(),
+                ..Default::default()
+            }),
         audit: false,
     };
     let bar = progress::bar(global.quiet || args.json, args.rounds, "bench", "rounds");
