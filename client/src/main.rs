@@ -504,6 +504,7 @@ fn main() -> ExitCode {
             }
         };
         cfg.log.init();
+        fedcrime_ml::device::prepare();
         return block_on_main("fedcrime-client", serve_only(cfg, args.bench_forward));
     }
     let cfg = match config(&cli) {
@@ -514,5 +515,6 @@ fn main() -> ExitCode {
         }
     };
     cfg.log.init();
+    fedcrime_ml::device::prepare();
     block_on_main("fedcrime-client", station(cfg))
 }

@@ -448,5 +448,6 @@ fn main() -> ExitCode {
         }
     };
     cfg.log.init();
+    fedcrime_ml::device::prepare();
     block_on_main("fedcrime-server", serve(cfg))
 }

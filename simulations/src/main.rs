@@ -108,6 +108,7 @@ fn init_logging(g: &GlobalOpts, command: &Command) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global, &cli.command);
+    fedcrime_ml::device::prepare();
     let result = match cli.command {
         Command::Synth(args) => cmd::synth::run(&args, &cli.global),
         Command::Inspect(args) => cmd::inspect::run(&args, &cli.global),

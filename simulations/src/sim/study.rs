@@ -325,7 +325,7 @@ fn device_label(choice: DeviceChoice) -> Result<String> {
     Ok(match device {
         tch::Device::Cuda(_) => format!(
             "CUDA ({} device(s); replicas on cuda:0.., stations on {device:?})",
-            tch::Cuda::device_count()
+            fedcrime_ml::device::cuda_devices()
         ),
         _ => format!("CPU ({} cores)", config::cores()),
     })
@@ -335,11 +335,12 @@ fn device_label(choice: DeviceChoice) -> Result<String> {
 fn check_devices(choice: DeviceChoice, workers: &[usize]) -> Result<()> {
     let first = match choice {
         DeviceChoice::Cpu => return Ok(()),
-        DeviceChoice::Auto if !tch::Cuda::is_available() => return Ok(()),
+        DeviceChoice::Auto if fedcrime_ml::device::cuda_devices() == 0 => return Ok(()),
         DeviceChoice::Auto => 0,
         DeviceChoice::Cuda(n) => n,
     };
-    let count = tch::Cuda::device_count().max(0) as usize;
+    choice.resolve().map_err(anyhow::Error::msg)?;
+    let count = fedcrime_ml::device::cuda_devices();
     let most = workers.iter().copied().max().unwrap_or(1);
     if first + most > count {
         bail!(
@@ -1139,7 +1140,7 @@ fn model_parallel_verdict(models: &[ModelStudy]) -> String {
         _ => "the large-model part is not testable with one model size".into(),
     };
     parts.push(format!("{overhead}; {size}"));
-    let cpu = models.iter().all(|_| !tch::Cuda::is_available());
+    let cpu = fedcrime_ml::device::cuda_devices() == 0;
     if cpu {
         parts.push("on this CPU the stages are threads of one machine, so \"communication\" is memory copies, not inter-GPU transfers".into());
     }

@@ -355,6 +355,7 @@ mod tests {
     #[test]
     fn cuda_models_match_cpu() {
         use crate::model::test_util::counts_dataset;
+        crate::device::load_cuda_backend().unwrap();
         assert!(tch::Cuda::is_available(), "cuda-tests needs a CUDA device");
         let gpu = Device::Cuda(0);
         let counts = counts_dataset(32, 5, 4, 3);

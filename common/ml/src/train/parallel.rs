@@ -98,7 +98,17 @@ pub(crate) fn place(
             reason: "must be at least 1".into(),
         });
     }
-    let cuda = tch::Cuda::device_count().max(0) as usize;
+    let cuda = match choice {
+        DeviceChoice::Cpu => 0,
+        DeviceChoice::Auto => crate::device::cuda_devices(),
+        DeviceChoice::Cuda(_) => {
+            crate::device::load_cuda_backend().map_err(|reason| TrainError::Config {
+                field: "device",
+                reason,
+            })?;
+            tch::Cuda::device_count().max(0) as usize
+        }
+    };
     let first = match choice {
         DeviceChoice::Cpu => return Ok(vec![Device::Cpu; n]),
         DeviceChoice::Auto if cuda == 0 => return Ok(vec![Device::Cpu; n]),
@@ -993,7 +1003,7 @@ mod tests {
             ..par.clone()
         };
         assert!(none.devices().is_err());
-        if tch::Cuda::device_count() == 0 {
+        if crate::device::cuda_devices() == 0 {
             let cuda = ParallelConfig {
                 device: DeviceChoice::Cuda(0),
                 ..par

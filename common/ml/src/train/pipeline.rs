@@ -1256,7 +1256,7 @@ mod tests {
         assert!(e.contains("stages"), "{e}");
         let e = err(pipe(2, 0));
         assert!(e.contains("micro_batches"), "{e}");
-        if tch::Cuda::device_count() < 2 {
+        if crate::device::cuda_devices() < 2 {
             let p = PipelineConfig {
                 device: DeviceChoice::Cuda(0),
                 ..pipe(2, 2)
