@@ -18,7 +18,9 @@ bytes.
     .ci/bench/deploy-rounds.sh [--stations 21] [--rounds 6] [--sizes 20k,1m,10m] [--json]
 
 With NETNS=1 in the environment the processes run in the network
-namespaces `.ci/bench/wan.sh` sets up (see there).
+namespaces `.ci/bench/wan.sh` sets up (see there). With AUDIT=0 the server
+runs without its audit log and without requiring signed updates (the
+defaults keep both on), to measure what they cost.
 """
 
 import argparse
@@ -148,7 +150,14 @@ max_frame_bytes = 67108864
 update_encoding = "{enc}"
 [output]
 dir = "{out}"
-""" + transport_toml()
+""" + audit_toml() + transport_toml()
+
+
+def audit_toml() -> str:
+    """The [audit] section: the server's defaults, or both off with AUDIT=0."""
+    if os.environ.get("AUDIT", "1") == "0":
+        return "[audit]\nenabled = false\nrequire_signed_updates = false\n"
+    return ""
 
 
 def netns_prefix(name: str) -> list:
