@@ -71,9 +71,8 @@ impl DeviceChoice {
 /// `cuda` request fails with the reason.
 pub fn prepare() {
     if nvidia_driver_present() {
-        if let Err(e) = load_cuda_backend() {
-            tracing::warn!("an NVIDIA driver is present but {e}; training runs on the CPU");
-        }
+        // A failure is logged once, where the load is attempted.
+        let _ = load_cuda_backend();
     }
 }
 
@@ -86,10 +85,7 @@ pub fn cuda_devices() -> usize {
     }
     match load_cuda_backend() {
         Ok(()) => tch::Cuda::device_count().max(0) as usize,
-        Err(e) => {
-            tracing::warn!("an NVIDIA driver is present but {e}; using the CPU");
-            0
-        }
+        Err(_) => 0,
     }
 }
 
@@ -115,6 +111,16 @@ pub fn load_cuda_backend() -> Result<(), String> {
 static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
 
 fn load_cuda_backend_now() -> Result<(), String> {
+    let loaded = dlopen_cuda_backend();
+    if let Err(e) = &loaded {
+        if nvidia_driver_present() {
+            tracing::warn!("an NVIDIA driver is present but {e}; training runs on the CPU");
+        }
+    }
+    loaded
+}
+
+fn dlopen_cuda_backend() -> Result<(), String> {
     const LIB: &str = "libtorch_cuda.so";
     if option_env!("FEDCRIME_TORCH_HAS_CUDA").is_none() {
         return Err(format!(
