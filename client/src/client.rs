@@ -321,7 +321,7 @@ fn secagg_reply(
     round: u64,
     answer: std::result::Result<Option<SecAggUp>, String>,
     max_frame_bytes: u32,
-) -> Option<(Message, Option<Params>)> {
+) -> Option<(Message, Option<Arc<Params>>)> {
     let failed = |text: String| {
         tracing::error!(round, "secure aggregation: {text}");
         Some((
@@ -707,7 +707,7 @@ impl Client {
                 .max(welcome.limits.max_frame_bytes);
         }
         let writer = WireWriter::new(writer.into_inner(), write_cfg);
-        let (out_tx, out_rx) = mpsc::channel::<(Message, Option<Params>)>(8);
+        let (out_tx, out_rx) = mpsc::channel::<(Message, Option<Arc<Params>>)>(8);
         let mut writer_task = AbortOnDrop(tokio::spawn(write_loop(writer, out_rx)));
 
         let heartbeat_every = heartbeat_interval(&welcome.limits);
@@ -923,7 +923,7 @@ impl Client {
     async fn answer_secagg(
         &mut self,
         conn: &quinn::Connection,
-        out_tx: &mpsc::Sender<(Message, Option<Params>)>,
+        out_tx: &mpsc::Sender<(Message, Option<Arc<Params>>)>,
         signer: Option<&Signer>,
         round: u64,
         answer: std::result::Result<Option<SecAggUp>, String>,
@@ -968,7 +968,7 @@ impl Client {
     }
 
     /// Counts a masked update that goes out (not an error sent instead).
-    fn count_masked(&mut self, masked: bool, reply: &(Message, Option<Params>)) {
+    fn count_masked(&mut self, masked: bool, reply: &(Message, Option<Arc<Params>>)) {
         if masked && matches!(reply.0, Message::SecAggUp(_)) {
             self.report.updates_sent += 1;
             self.report.masked_updates_sent += 1;
@@ -976,7 +976,7 @@ impl Client {
     }
 
     /// The message answering a finished request, if it is still wanted.
-    fn reply(&mut self, done: Done, newer_round: bool) -> Option<(Message, Option<Params>)> {
+    fn reply(&mut self, done: Done, newer_round: bool) -> Option<(Message, Option<Arc<Params>>)> {
         match done {
             Done::Fit {
                 round,
@@ -1137,7 +1137,7 @@ impl Signer {
 fn sign_masked(
     signer: Option<&Signer>,
     masked: bool,
-    reply: &(Message, Option<Params>),
+    reply: &(Message, Option<Arc<Params>>),
 ) -> Option<Message> {
     let (signer, (Message::SecAggUp(m), _)) = (signer.filter(|_| masked)?, reply) else {
         return None;
@@ -1210,11 +1210,21 @@ fn record_tree_head(
 
 async fn write_loop(
     mut writer: WireWriter<quinn::SendStream>,
-    mut rx: mpsc::Receiver<(Message, Option<Params>)>,
+    mut rx: mpsc::Receiver<(Message, Option<Arc<Params>>)>,
 ) {
     while let Some((msg, params)) = rx.recv().await {
         let last = matches!(msg, Message::Bye(_));
-        if let Err(e) = writer.send(&msg, params.as_ref()).await {
+        // An update's values go out as slices of its own buffer: quinn takes
+        // them without the copy a plain write makes.
+        let sent = match writer.encode_chunks(&msg, params.as_ref()) {
+            Ok(mut chunks) => writer
+                .get_mut()
+                .write_all_chunks(&mut chunks)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
             tracing::debug!("writing {} failed: {e}", msg.name());
             return;
         }

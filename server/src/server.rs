@@ -1634,7 +1634,7 @@ impl Driver {
                 if !self.accept_from(&station, session, bytes) {
                     return;
                 }
-                let params = decode_update(update.kind, params, self.engine.global());
+                let params = decode_update(update.kind, Arc::new(params), self.engine.global());
                 if update.round == self.engine.round()
                     && update.train_seconds.is_finite()
                     && update.train_seconds >= 0.0

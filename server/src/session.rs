@@ -337,16 +337,16 @@ struct UpdateContext<'a> {
     required: bool,
 }
 
-/// The update's hash and its signature check: a signature that comes with
+/// The update's hash (of its values as received, [`fedcrime_audit::sha256_f32_raw`])
+/// and its signature check: a signature that comes with
 /// an update must verify under the key the station's certificate binds;
 /// an update without one passes only when signatures are not required.
 fn prove_update(
     cx: &UpdateContext<'_>,
     update: &Update,
-    params: &Params,
+    values_sha256: [u8; 32],
     signature: Option<UpdateSignature>,
 ) -> UpdateProof {
-    let values_sha256 = fedcrime_audit::sha256_f32_raw(params.data());
     let signed = fedcrime_audit::SignedUpdate {
         run_id: cx.run_id,
         station: cx.station.as_str(),
@@ -462,7 +462,21 @@ async fn read_loop(
         let to_driver = match machine.on_message(msg) {
             Ok(FromStation::Update(update)) => {
                 let buffer = ctx.buffers.take();
-                let read = reader.recv_params_reusing(&update.model, buffer, &ctx.buffers.spec);
+                // The hash the proof needs is taken as the values arrive,
+                // while they are still in the cache and the rest of the
+                // update is on the network.
+                let mut hash = ctx.prove_updates.then(fedcrime_audit::Sha256F32::new);
+                let mut observe = |values: &[f32]| {
+                    if let Some(h) = &mut hash {
+                        h.update(values);
+                    }
+                };
+                let read = reader.recv_params_observed(
+                    &update.model,
+                    buffer,
+                    &ctx.buffers.spec,
+                    &mut observe,
+                );
                 let params = match read.await {
                     Ok(p) => p,
                     Err(e) => {
@@ -471,7 +485,7 @@ async fn read_loop(
                         return Err(text);
                     }
                 };
-                let proof = ctx.prove_updates.then(|| {
+                let proof = hash.map(|hash| {
                     prove_update(
                         &UpdateContext {
                             run_id: &ctx.admission.run_id,
@@ -480,7 +494,7 @@ async fn read_loop(
                             required: ctx.require_signed_updates,
                         },
                         &update,
-                        &params,
+                        hash.finish(),
                         signature.take(),
                     )
                 });

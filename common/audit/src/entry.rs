@@ -172,18 +172,59 @@ pub fn sha256_f32(values: &[f32]) -> String {
 
 /// [`sha256_f32`] as bytes.
 pub fn sha256_f32_raw(values: &[f32]) -> [u8; 32] {
-    const CHUNK: usize = 1024;
-    let mut ctx = Context::new(&SHA256);
-    let mut buf = [0u8; CHUNK * 4];
-    for chunk in values.chunks(CHUNK) {
-        for (dst, v) in buf.chunks_exact_mut(4).zip(chunk) {
-            dst.copy_from_slice(&v.to_le_bytes());
-        }
-        ctx.update(&buf[..chunk.len() * 4]);
+    let mut h = Sha256F32::new();
+    h.update(values);
+    h.finish()
+}
+
+/// [`sha256_f32_raw`] taken piece by piece: the values given to
+/// [`update`](Self::update) in order, hashed as one vector (a receiver hashes
+/// an update this way as it arrives).
+pub struct Sha256F32 {
+    ctx: Context,
+    buf: Box<[u8; Sha256F32::CHUNK * 4]>,
+}
+
+impl std::fmt::Debug for Sha256F32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sha256F32").finish_non_exhaustive()
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+}
+
+impl Default for Sha256F32 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256F32 {
+    /// Values converted to bytes at a time (4 KiB).
+    const CHUNK: usize = 1024;
+
+    /// A hash of no values yet.
+    pub fn new() -> Self {
+        Sha256F32 {
+            ctx: Context::new(&SHA256),
+            buf: Box::new([0u8; Self::CHUNK * 4]),
+        }
+    }
+
+    /// Adds `values` (their little-endian bytes) to the hash.
+    pub fn update(&mut self, values: &[f32]) {
+        for chunk in values.chunks(Self::CHUNK) {
+            for (dst, v) in self.buf.chunks_exact_mut(4).zip(chunk) {
+                dst.copy_from_slice(&v.to_le_bytes());
+            }
+            self.ctx.update(&self.buf[..chunk.len() * 4]);
+        }
+    }
+
+    /// The hash of every value added.
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.ctx.finish().as_ref());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -278,5 +319,17 @@ mod tests {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(sha256_f32(&values), sha256_hex(&bytes));
         assert_eq!(sha256_f32(&[1.0]), sha256_hex(&[0x00, 0x00, 0x80, 0x3f]));
+        // Piece by piece, at cuts inside and across the 1024-value chunks,
+        // it is the hash of the whole.
+        let whole = sha256_f32_raw(&values);
+        for cuts in [vec![], vec![1], vec![1023, 1024, 1025], vec![7, 2048, 2499]] {
+            let mut h = Sha256F32::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([values.len()]) {
+                h.update(&values[at..c]);
+                at = c;
+            }
+            assert_eq!(h.finish(), whole);
+        }
     }
 }

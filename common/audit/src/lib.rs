@@ -84,7 +84,7 @@ pub mod log;
 pub mod merkle;
 pub mod update;
 
-pub use entry::{sha256_f32, sha256_f32_raw, sha256_hex, sha256_raw, Entry};
+pub use entry::{sha256_f32, sha256_f32_raw, sha256_hex, sha256_raw, Entry, Sha256F32};
 pub use error::{AuditError, ProofError, Result, SignatureError};
 pub use keys::{PublicKey, Signature, SigningKey};
 pub use log::{

@@ -96,7 +96,7 @@ pub fn bench_aggregation(
             let mut p = Params::zeros(spec.clone());
             fill(p.data_mut(), seed.wrapping_add(k as u64 + 1));
             FitRes {
-                params: p,
+                params: Arc::new(p),
                 num_examples: 100 + k as u64 * 10,
                 metrics: Metrics::new(),
             }

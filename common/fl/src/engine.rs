@@ -779,11 +779,13 @@ impl Engine {
         self.spent.pop()
     }
 
-    /// Keeps `params` for [`take_spent`](Self::take_spent) when it has the
-    /// global model's layout and there is room.
-    fn recycle(&mut self, params: Params) {
+    /// Keeps `params` for [`take_spent`](Self::take_spent) when nothing
+    /// else holds it, it has the global model's layout and there is room.
+    fn recycle(&mut self, params: Arc<Params>) {
         if self.spent.len() < MAX_SPENT && Arc::ptr_eq(params.spec(), self.global.spec()) {
-            self.spent.push(params);
+            if let Ok(params) = Arc::try_unwrap(params) {
+                self.spent.push(params);
+            }
         }
     }
 
@@ -1016,7 +1018,7 @@ impl Engine {
                 // example count (its sensitivity is the clip).
                 let weight = match &mut self.dp {
                     Some(dp) => {
-                        dp.clip_update(params.data_mut(), self.global.data());
+                        dp.clip_update(Arc::make_mut(&mut params).data_mut(), self.global.data());
                         1.0
                     }
                     None => num_examples as f64,
@@ -1034,9 +1036,7 @@ impl Engine {
                         Err(format!("cannot add the update: {e}"))
                     }
                 };
-                if self.spent.len() < MAX_SPENT {
-                    self.spent.push(params);
-                }
+                self.recycle(params);
                 added
             }
             Ok(()) => {
@@ -1490,7 +1490,7 @@ impl Engine {
                 let buffer = self.spare_buffer();
                 let mean = secure::apply_mean(&self.global, &aggregate, buffer);
                 let result = FitRes {
-                    params: mean,
+                    params: Arc::new(mean),
                     num_examples,
                     metrics: metrics.clone(),
                 };
@@ -1609,7 +1609,7 @@ impl Engine {
             let mut mean = self.spare_buffer();
             let results = match self.mean_of_sum(&mut mean, updates) {
                 Ok(()) => Ok(vec![FitRes {
-                    params: mean,
+                    params: Arc::new(mean),
                     num_examples,
                     metrics: metrics.clone(),
                 }]),
@@ -2240,7 +2240,7 @@ mod tests {
             *v += k * (i as f32 + 1.0) + round as f32 * 0.5;
         }
         FitRes {
-            params: p,
+            params: Arc::new(p),
             num_examples: u64::from(k as u8) * 10,
             metrics: Metrics::from([(LOSS_KEY.to_string(), f64::from(k))]),
         }
@@ -2299,7 +2299,11 @@ mod tests {
             for station in asked {
                 let ins = h.ins(station.as_str()).clone();
                 let mut update = fake_update(station.as_str(), round, &ins.global);
-                for (u, g) in update.params.data_mut().iter_mut().zip(ins.global.data()) {
+                for (u, g) in Arc::make_mut(&mut update.params)
+                    .data_mut()
+                    .iter_mut()
+                    .zip(ins.global.data())
+                {
                     *u = g + (*u - g) * scale;
                 }
                 h.handle(
@@ -2636,7 +2640,7 @@ mod tests {
         h.connect(0.0, &["a", "b"]);
         let g = h.engine.global().clone();
         let update = |values: &[f32], n| FitRes {
-            params: Params::new(g.spec().clone(), values.to_vec()).unwrap(),
+            params: Arc::new(Params::new(g.spec().clone(), values.to_vec()).unwrap()),
             num_examples: n,
             metrics: Metrics::new(),
         };
@@ -2693,7 +2697,7 @@ mod tests {
                         id: id(name),
                         round: 1,
                         update: FitRes {
-                            params: Params::new(g.spec().clone(), values).unwrap(),
+                            params: Arc::new(Params::new(g.spec().clone(), values).unwrap()),
                             num_examples: n,
                             metrics: Metrics::from([("loss".to_string(), i as f64)]),
                         },
@@ -2837,7 +2841,7 @@ mod tests {
         h.connect(0.0, &["a", "b", "c", "d", "e"]);
         let g = h.engine.global().clone();
         let mut nan = fake_update("c", 1, &g);
-        nan.params.data_mut()[1] = f32::NAN;
+        Arc::make_mut(&mut nan.params).data_mut()[1] = f32::NAN;
         h.handle(
             1.0,
             Event::UpdateReceived {
@@ -2849,7 +2853,7 @@ mod tests {
         );
         let other = Arc::new(fedcrime_params::ParamSpec::new([("w", vec![3])]).unwrap());
         let shaped = FitRes {
-            params: Params::new(other, vec![1.0, 1.0, 1.0]).unwrap(),
+            params: Arc::new(Params::new(other, vec![1.0, 1.0, 1.0]).unwrap()),
             ..fake_update("d", 1, &g)
         };
         h.handle(
@@ -2873,7 +2877,7 @@ mod tests {
         );
         // ...an update far from the global model does.
         let mut far = fake_update("e", 1, &g);
-        far.params.data_mut()[0] = 1e3;
+        Arc::make_mut(&mut far.params).data_mut()[0] = 1e3;
         h.handle(
             1.0,
             Event::UpdateReceived {

@@ -578,7 +578,7 @@ mod tests {
             *v += 0.01 * ((i * 7 + j * 3) % 13) as f32 - 0.06;
         }
         FitRes {
-            params: p,
+            params: Arc::new(p),
             num_examples: 100 + 37 * i as u64,
             metrics: crate::strategy::Metrics::from([("loss".to_string(), i as f64)]),
         }

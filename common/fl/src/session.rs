@@ -19,6 +19,7 @@
 //! The QUIC server and client drive these over streams; the in-memory
 //! simulator drives the same machines by passing the messages by value.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fedcrime_params::Params;
@@ -459,12 +460,16 @@ pub fn heartbeat_interval(limits: &ServerLimits) -> Duration {
 /// global` when the server asked for deltas and the layouts match, else the
 /// trained parameters themselves.
 pub fn encode_update(
-    mut trained: Params,
+    mut trained: Arc<Params>,
     global: &Params,
     send_delta: bool,
-) -> (Params, UpdateKind) {
+) -> (Arc<Params>, UpdateKind) {
     if send_delta && global.spec().check_same(trained.spec()).is_ok() {
-        for (p, g) in trained.data_mut().iter_mut().zip(global.data()) {
+        for (p, g) in Arc::make_mut(&mut trained)
+            .data_mut()
+            .iter_mut()
+            .zip(global.data())
+        {
             *p -= *g;
         }
         (trained, UpdateKind::Delta)
@@ -476,12 +481,16 @@ pub fn encode_update(
 /// The trained parameters an update of `kind` stands for, against the
 /// round's `global` model. A delta whose layout differs from the global's is
 /// returned as is, for the update validator to refuse.
-pub fn decode_update(kind: UpdateKind, mut received: Params, global: &Params) -> Params {
+pub fn decode_update(kind: UpdateKind, mut received: Arc<Params>, global: &Params) -> Arc<Params> {
     match kind {
         UpdateKind::Full => received,
         UpdateKind::Delta => {
             if global.spec().check_same(received.spec()).is_ok() {
-                for (p, g) in received.data_mut().iter_mut().zip(global.data()) {
+                for (p, g) in Arc::make_mut(&mut received)
+                    .data_mut()
+                    .iter_mut()
+                    .zip(global.data())
+                {
                     *p += *g;
                 }
             }
@@ -680,17 +689,21 @@ mod tests {
     #[test]
     fn deltas_round_trip_and_mismatches_pass_through() {
         let global = params(&[1.0, 2.0]);
-        let trained = params(&[1.5, 1.0]);
+        let trained = Arc::new(params(&[1.5, 1.0]));
+        // A shared update (a learner that hands back what it holds) is
+        // copied before the difference is taken, never changed in place.
         let (sent, kind) = encode_update(trained.clone(), &global, true);
+        assert_eq!(trained.data(), &[1.5f32, 1.0][..]);
         assert_eq!(
             (sent.data(), kind),
             (&[0.5f32, -1.0][..], UpdateKind::Delta)
         );
         assert_eq!(decode_update(kind, sent, &global), trained);
         let (sent, kind) = encode_update(trained.clone(), &global, false);
-        assert_eq!((&sent, kind), (&trained, UpdateKind::Full));
+        assert!(Arc::ptr_eq(&sent, &trained), "a full update is not copied");
+        assert_eq!(kind, UpdateKind::Full);
         assert_eq!(decode_update(kind, sent, &global), trained);
-        let other = params(&[1.0, 2.0, 3.0]);
+        let other = Arc::new(params(&[1.0, 2.0, 3.0]));
         assert_eq!(
             decode_update(UpdateKind::Delta, other.clone(), &global),
             other

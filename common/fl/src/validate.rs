@@ -286,7 +286,7 @@ mod tests {
         );
 
         let mut nan = ok.clone();
-        nan.params.data_mut()[2] = f32::NAN;
+        Arc::make_mut(&mut nan.params).data_mut()[2] = f32::NAN;
         let e = check_update(&g, &nan, None).unwrap_err();
         assert_eq!(
             e,
@@ -297,7 +297,7 @@ mod tests {
         );
 
         let mut inf = ok.clone();
-        inf.params.data_mut()[1] = f32::NEG_INFINITY;
+        Arc::make_mut(&mut inf.params).data_mut()[1] = f32::NEG_INFINITY;
         assert_eq!(
             check_update(&g, &inf, None).unwrap_err().kind(),
             FailureKind::NonFinite
@@ -305,7 +305,7 @@ mod tests {
 
         let other = Arc::new(ParamSpec::new([("w", vec![1]), ("b", vec![2])]).unwrap());
         let shaped = FitRes {
-            params: Params::new(other, vec![0.0; 3]).unwrap(),
+            params: Arc::new(Params::new(other, vec![0.0; 3]).unwrap()),
             ..ok.clone()
         };
         let e = check_update(&g, &shaped, None).unwrap_err();
@@ -330,7 +330,7 @@ mod tests {
         let s = StationId::new("a").unwrap();
         let mut v = Validator::new(1, None);
         let mut bad = res(&[1.0, 1.0], 1);
-        bad.params.data_mut()[0] = f32::NAN;
+        Arc::make_mut(&mut bad.params).data_mut()[0] = f32::NAN;
         assert_eq!(
             v.check(&s, 1, &g, &bad).unwrap_err().kind(),
             FailureKind::NonFinite

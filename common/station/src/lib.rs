@@ -220,16 +220,18 @@ pub trait Learner: Send + Sync {
 }
 
 /// A station that does not train: each round it sends back the model it
-/// received (a copy: an update is a buffer of the station's own) with one
-/// example, and evaluates to a loss of 0. It measures what a round costs
-/// besides training: `fedcrime-client --echo`, `fedcrime-sim bench rounds`.
+/// received with one example, and evaluates to a loss of 0. The update
+/// shares the received buffer (as Flower's no-training client returns the
+/// arrays it got), so it measures what a round costs besides training,
+/// without a copy training would replace: `fedcrime-client --echo`,
+/// `fedcrime-sim bench rounds`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Echo;
 
 impl Learner for Echo {
     fn fit(&self, ins: &FitIns) -> Result<FitRes> {
         Ok(FitRes {
-            params: (*ins.global).clone(),
+            params: ins.global.clone(),
             num_examples: 1,
             metrics: Metrics::from([(LOSS_KEY.to_string(), 0.0)]),
         })
@@ -583,7 +585,7 @@ impl Station {
             "local training done"
         );
         Ok(FitRes {
-            params: update.params,
+            params: Arc::new(update.params),
             num_examples: update.num_examples as u64,
             metrics,
         })

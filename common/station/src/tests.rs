@@ -381,7 +381,7 @@ fn fit_is_deterministic_and_lowers_the_loss() {
     assert!(a.metrics[LOSS_KEY].is_finite());
     assert_eq!(a.metrics[EPOCHS_METRIC], 2.0);
     global.spec().check_same(a.params.spec()).unwrap();
-    assert_ne!(a.params, global);
+    assert_ne!(*a.params, global);
     // Another round trains with another seed.
     let c = s.fit(&fit_ins(global.clone(), 2)).unwrap();
     assert_ne!(c.params, a.params);
@@ -406,7 +406,7 @@ fn fit_is_deterministic_and_lowers_the_loss() {
     );
     let val = s
         .evaluate(&EvaluateIns {
-            global: Arc::new(a.params.clone()),
+            global: a.params.clone(),
             config: Arc::new(Config::new()),
         })
         .unwrap();

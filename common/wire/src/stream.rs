@@ -231,8 +231,24 @@ impl<R: AsyncRead + Unpin> WireReader<R> {
         buffer: Vec<f32>,
         like: &Arc<ParamSpec>,
     ) -> Result<Params> {
+        self.recv_params_observed(header, buffer, like, &mut |_| {})
+            .await
+    }
+
+    /// [`recv_params_reusing`](Self::recv_params_reusing), showing `observe`
+    /// the decoded values as they arrive: in order, each once, together the
+    /// whole model (the server hashes an update this way while the rest of
+    /// it is still on the network).
+    pub async fn recv_params_observed(
+        &mut self,
+        header: &ModelHeader,
+        buffer: Vec<f32>,
+        like: &Arc<ParamSpec>,
+        observe: &mut (dyn FnMut(&[f32]) + Send),
+    ) -> Result<Params> {
         let (params, read) =
-            tensor::read_params_reusing(&mut self.inner, *header, buffer, like, &self.cfg).await?;
+            tensor::read_params_reusing(&mut self.inner, *header, buffer, like, &self.cfg, observe)
+                .await?;
         self.bytes_read += read;
         Ok(params)
     }
@@ -339,6 +355,32 @@ impl<W: AsyncWrite + Unpin> WireWriter<W> {
         self.flush().await
     }
 
+    /// Encodes `msg` and, when it announces one, `model` as byte chunks for
+    /// a stream that takes them without copying (QUIC's
+    /// `SendStream::write_all_chunks`): little-endian f32 tensor data stays
+    /// in `model`'s buffer, shared. Counts the bytes as written; the caller
+    /// writes the chunks.
+    pub fn encode_chunks(
+        &mut self,
+        msg: &Message,
+        model: Option<&Arc<Params>>,
+    ) -> Result<Vec<bytes::Bytes>> {
+        let checked = check_model(msg, model.map(|m| &**m), &self.cfg)?;
+        let mut control = Vec::new();
+        encode_control_frame(msg, self.cfg.max_frame_bytes, &mut control)?;
+        self.bytes_written += control.len() as u64;
+        let mut chunks = vec![bytes::Bytes::from(control)];
+        if let (Some((header, _)), Some(params)) = (checked, model) {
+            self.bytes_written += tensor::params_chunks(
+                params,
+                header.encoding,
+                self.cfg.chunk_bytes(),
+                &mut chunks,
+            )?;
+        }
+        Ok(chunks)
+    }
+
     /// Flushes the stream.
     pub async fn flush(&mut self) -> Result<()> {
         self.inner.flush().await.map_err(|source| WireError::Io {
@@ -431,6 +473,71 @@ mod tests {
             assert_eq!(Arc::ptr_eq(got.spec(), model.spec()), same);
             assert_eq!(reader.bytes_read(), bytes.len() as u64);
         }
+        // What an observer sees while an update is read (the server hashes
+        // it there): every decoded value once, in order, in several pieces.
+        for encoding in [Encoding::F32, Encoding::F16, Encoding::Int8] {
+            let header = crate::ModelHeader::describe(&model, encoding).unwrap();
+            let mut bytes = Vec::new();
+            tensor::encode_params(&model, encoding, 64, &mut bytes).unwrap();
+            let mut reader = WireReader::new(&bytes[..], cfg());
+            let (mut seen, mut pieces) = (Vec::new(), 0);
+            let got = reader
+                .recv_params_observed(&header, Vec::new(), model.spec(), &mut |v| {
+                    seen.extend_from_slice(v);
+                    pieces += 1;
+                })
+                .await
+                .unwrap();
+            assert_eq!(seen, got.data(), "{encoding:?}");
+            assert!(pieces > 1, "{encoding:?}: {pieces} pieces");
+        }
+    }
+
+    /// Issue 16: the chunked encoding is byte for byte the plain one, for
+    /// every message and encoding, and f32 tensor data goes out as slices of
+    /// the model's own buffer (no copy); f16 and int8 are converted.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn chunks_share_the_model_and_match_the_plain_encoding() {
+        let model = small_model(6, 0.1);
+        for encoding in [Encoding::F32, Encoding::F16, Encoding::Int8] {
+            for (msg, p) in every_message(&model, encoding) {
+                let mut plain = Vec::new();
+                encode_message(&msg, p.as_ref(), &cfg(), &mut plain).unwrap();
+                let shared = p.map(Arc::new);
+                let mut w = WireWriter::new(Vec::<u8>::new(), cfg());
+                let chunks = w.encode_chunks(&msg, shared.as_ref()).unwrap();
+                assert_eq!(chunks.concat(), plain, "{} in {encoding:?}", msg.name());
+                assert_eq!(w.bytes_written(), plain.len() as u64);
+                let Some(shared) = shared else { continue };
+                let values: &[u8] = bytemuck::cast_slice(shared.data());
+                let inside = |c: &bytes::Bytes| {
+                    let (at, base) = (c.as_ptr() as usize, values.as_ptr() as usize);
+                    at >= base && at + c.len() <= base + values.len()
+                };
+                let shared_bytes: usize =
+                    chunks.iter().filter(|c| inside(c)).map(|c| c.len()).sum();
+                let want = if encoding == Encoding::F32 && cfg!(target_endian = "little") {
+                    values.len()
+                } else {
+                    0
+                };
+                assert_eq!(shared_bytes, want, "{} in {encoding:?}", msg.name());
+            }
+        }
+        // A model that does not match its announcement is refused, as by `send`.
+        let (msg, _) = every_message(&model, Encoding::F32)
+            .into_iter()
+            .find(|(_, p)| p.is_some())
+            .unwrap();
+        let other = Arc::new(normal_params(
+            Arc::new(ParamSpec::new([("w", vec![5])]).unwrap()),
+            3,
+            0.1,
+        ));
+        let mut w = WireWriter::new(Vec::<u8>::new(), cfg());
+        assert!(w.encode_chunks(&msg, Some(&other)).is_err());
+        assert!(w.encode_chunks(&msg, None).is_err());
     }
 
     #[cfg(feature = "tokio")]

@@ -621,6 +621,52 @@ pub(crate) async fn write_params<W: AsyncWrite + Unpin + ?Sized>(
     Ok(written)
 }
 
+#[cfg(feature = "tokio")]
+/// `params`' values as bytes, for [`bytes::Bytes::from_owner`]: slices of
+/// it share the parameter buffer instead of copying it.
+struct SharedValues(Arc<Params>);
+
+#[cfg(feature = "tokio")]
+impl AsRef<[u8]> for SharedValues {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(self.0.data())
+    }
+}
+
+#[cfg(feature = "tokio")]
+/// Appends the frames of `params` to `out` as byte chunks: frame headers
+/// (and converted payloads: f16, int8, big-endian f32) gathered in small
+/// buffers, little-endian f32 payloads as slices of `params`' own buffer, so
+/// a stream that takes chunks (QUIC's `write_all_chunks`) sends the model
+/// without copying it. Returns the number of bytes.
+pub(crate) fn params_chunks(
+    params: &Arc<Params>,
+    encoding: Encoding,
+    chunk_bytes: u32,
+    out: &mut Vec<bytes::Bytes>,
+) -> Result<u64> {
+    let whole = bytes::Bytes::from_owner(SharedValues(params.clone()));
+    let base = whole.as_ptr() as usize;
+    let mut small = Vec::new();
+    let mut total = 0u64;
+    let mut enc = ModelEncoder::new(params, encoding, chunk_bytes);
+    while let Some(f) = enc.next_frame()? {
+        small.extend_from_slice(&f.header.encode());
+        total += (HEADER_LEN + f.payload.len()) as u64;
+        let at = (f.payload.as_ptr() as usize).wrapping_sub(base);
+        if at < whole.len() && f.payload.len() <= whole.len() - at && !f.payload.is_empty() {
+            out.push(std::mem::take(&mut small).into());
+            out.push(whole.slice(at..at + f.payload.len()));
+        } else {
+            small.extend_from_slice(f.payload);
+        }
+    }
+    if !small.is_empty() {
+        out.push(small.into());
+    }
+    Ok(total)
+}
+
 /// Bytes the frames of `params` take on the wire (for accounting and for
 /// reserving buffers).
 pub fn encoded_len(params: &Params, encoding: Encoding, chunk_bytes: u32) -> u64 {
@@ -881,6 +927,15 @@ impl<'a> ModelDecoder<'a> {
     /// Whether every announced tensor has been read.
     pub(crate) fn is_complete(&self) -> bool {
         matches!(self.state, DecState::Done)
+    }
+
+    /// Values decoded so far: the flat buffer is filled strictly in order,
+    /// so these are its first ones.
+    fn values_done(&self) -> usize {
+        match &self.state {
+            DecState::ExpectData(cur) => self.offset + cur.written,
+            DecState::ExpectHeader | DecState::Done => self.offset,
+        }
     }
 
     /// Checks a frame header and returns the buffer its payload must be read
@@ -1167,7 +1222,22 @@ impl<'a> ModelDecoder<'a> {
         r: &mut R,
         max_frame: u32,
     ) -> Result<u64> {
+        self.read_observed(r, max_frame, &mut |_| {}).await
+    }
+
+    #[cfg(feature = "tokio")]
+    /// [`read_from`](Self::read_from), showing `observe` the decoded values
+    /// as each data frame completes them, in order and each once: together
+    /// the whole flat buffer. A hash taken there costs no second pass over a
+    /// buffer that has left the cache, and runs while the rest arrives.
+    pub(crate) async fn read_observed<R: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        r: &mut R,
+        max_frame: u32,
+        observe: &mut (dyn FnMut(&[f32]) + Send),
+    ) -> Result<u64> {
         let mut read = 0u64;
+        let mut seen = self.values_done();
         while !self.is_complete() {
             let header =
                 frame::read_header(r, max_frame)
@@ -1186,6 +1256,11 @@ impl<'a> ModelDecoder<'a> {
                 .await?;
             self.end_frame()?;
             read += (HEADER_LEN + header.len as usize) as u64;
+            let done = self.values_done();
+            if done > seen {
+                observe(&self.target.data()[seen..done]);
+                seen = done;
+            }
         }
         Ok(read)
     }
@@ -1261,9 +1336,10 @@ pub(crate) async fn read_params_reusing<R: AsyncRead + Unpin + ?Sized>(
     buffer: Vec<f32>,
     like: &Arc<ParamSpec>,
     cfg: &WireConfig,
+    observe: &mut (dyn FnMut(&[f32]) + Send),
 ) -> Result<(Params, u64)> {
     let mut dec = ModelDecoder::reusing(header, cfg, buffer, Some(like.clone()))?;
-    let read = dec.read_from(r, cfg.max_frame_bytes).await?;
+    let read = dec.read_observed(r, cfg.max_frame_bytes, observe).await?;
     let params = dec
         .finish()?
         .ok_or_else(|| WireError::Model("decoder produced no parameters".into()))?;

@@ -179,8 +179,10 @@ impl Learner for Echo {
             .map(|v| v + rng.random_range(-1e-3f32..1e-3))
             .collect();
         Ok(FitRes {
-            params: Params::new(ins.global.spec().clone(), data)
-                .map_err(|e| StationError::Setup(e.to_string()))?,
+            params: Arc::new(
+                Params::new(ins.global.spec().clone(), data)
+                    .map_err(|e| StationError::Setup(e.to_string()))?,
+            ),
             num_examples: 100,
             metrics: Metrics::from([("loss".to_string(), 1.0)]),
         })
@@ -210,7 +212,7 @@ impl Learner for Station {
             return Ok(res);
         };
         let global = ins.global.data();
-        let sent = res.params.data_mut();
+        let sent = Arc::make_mut(&mut res.params).data_mut();
         match poison {
             Poison::SignFlip => {
                 for (s, g) in sent.iter_mut().zip(global) {

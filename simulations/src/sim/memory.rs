@@ -777,7 +777,7 @@ mod tests {
                 *v += self.add;
             }
             Ok(FitRes {
-                params,
+                params: Arc::new(params),
                 num_examples: self.examples,
                 metrics: Metrics::from([("loss".to_string(), f64::from(self.add))]),
             })

@@ -85,7 +85,7 @@ mod tests {
         assert!(counted > 4 * spec.total() as u64);
 
         let res = FitRes {
-            params: params.clone(),
+            params: Arc::new(params.clone()),
             num_examples: 10,
             metrics: [("loss".to_string(), 0.5)].into(),
         };

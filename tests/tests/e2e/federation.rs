@@ -271,7 +271,7 @@ impl Learner for Scripted {
             }
         };
         Ok(FitRes {
-            params,
+            params: Arc::new(params),
             num_examples: self.examples,
             metrics: Metrics::from([("loss".to_string(), 1.0)]),
         })
@@ -1682,7 +1682,7 @@ struct Echo;
 impl Learner for Echo {
     fn fit(&self, ins: &FitIns) -> Result<FitRes, StationError> {
         Ok(FitRes {
-            params: (*ins.global).clone(),
+            params: ins.global.clone(),
             num_examples: 100,
             metrics: Metrics::new(),
         })

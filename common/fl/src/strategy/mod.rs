@@ -119,8 +119,11 @@ pub struct FitIns {
 /// What a station sends back after training.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitRes {
-    /// The station's locally trained parameters (not a difference).
-    pub params: Params,
+    /// The station's locally trained parameters (not a difference). Shared:
+    /// a learner that does not train (`Echo`) hands back the global it got
+    /// without copying it; whoever changes the values in place uses
+    /// [`Arc::make_mut`], which copies only a shared buffer.
+    pub params: Arc<Params>,
     /// Training examples used (the FedAvg weight); must be positive.
     pub num_examples: u64,
     /// Training metrics; [`LOSS_KEY`] is the training loss,
@@ -401,7 +404,7 @@ pub(crate) mod testutil {
 
     pub fn res(values: &[f32], n: u64) -> FitRes {
         FitRes {
-            params: params(values),
+            params: Arc::new(params(values)),
             num_examples: n,
             metrics: Metrics::new(),
         }

@@ -175,7 +175,7 @@ impl Strategy for Krum {
         let d = kernels::pairwise_sq_distances(&inputs).map_err(kernel_err(self.name()))?;
         let (selected, _) = self.select(&d, n);
         let params = match selected.as_slice() {
-            [one] => results[*one].params.clone(),
+            [one] => Params::clone(&results[*one].params),
             many => {
                 let chosen: Vec<&[f32]> = many.iter().map(|&i| inputs[i]).collect();
                 let mut out = Params::zeros(global.spec().clone());
