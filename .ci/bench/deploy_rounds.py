@@ -14,6 +14,13 @@ references measured in the same run by `fedcrime-sim bench rounds`: the
 in-process federation over QUIC and a plain TCP loopback copy of the same
 bytes.
 
+Reading smaps_rollup walks a process's page tables under its memory-map
+lock, about 1 ms per fedcrime process: 22 of them every 0.2 s take a tenth
+of a core and stall the processes' page faults. So each size runs twice:
+the round times come from a run with no sampling, the peak PSS from a
+second, sampled run (whose round time is reported too, `round_s_sampled`).
+`--one-pass` measures both in one sampled run, as before stop 28.
+
     cargo build --release -p fedcrime-server -p fedcrime-client -p fedcrime-sim
     .ci/bench/deploy-rounds.sh [--stations 21] [--rounds 6] [--sizes 20k,1m,10m] [--json]
 
@@ -24,6 +31,7 @@ defaults keep both on), to measure what they cost.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -164,7 +172,8 @@ def netns_prefix(name: str) -> list:
     return ["ip", "netns", "exec", name] if os.environ.get("NETNS") == "1" else []
 
 
-def run_size(params: str, stations: int, rounds: int, workdir: Path, reference: bool) -> dict:
+def run_size(params: str, stations: int, rounds: int, workdir: Path, reference: bool,
+             sample_pss: bool = True) -> dict:
     ref = hidden_for(params, reference)
     hidden = ref["hidden"]
     pki = workdir / f"pki-{params}"
@@ -175,7 +184,7 @@ def run_size(params: str, stations: int, rounds: int, workdir: Path, reference: 
     listen_host = "0.0.0.0" if os.environ.get("NETNS") == "1" else "127.0.0.1"
     cfg = workdir / f"server-{params}.toml"
     cfg.write_text(server_toml(pki, out, hidden, stations, rounds, port, listen_host))
-    env = dict(os.environ, RUST_LOG="warn")
+    env = dict(os.environ, RUST_LOG=os.environ.get("DEPLOY_LOG", "warn"))
     station_cfg = workdir / "station.toml"
     station_cfg.write_text(f'server = "{server_host}:{port}"\n[tls]\nca = "{pki}/ca.pem"\ncert = "x"\nkey = "x"\n'
                            + transport_toml())
@@ -196,9 +205,10 @@ def run_size(params: str, stations: int, rounds: int, workdir: Path, reference: 
     deadline = time.time() + 900
     try:
         while server.poll() is None and time.time() < deadline:
-            total = sum(pss_kib(p.pid) for p in procs if p.poll() is None)
-            peak = max(peak, total)
-            time.sleep(0.2)
+            if sample_pss:
+                total = sum(pss_kib(p.pid) for p in procs if p.poll() is None)
+                peak = max(peak, total)
+            time.sleep(float(os.environ.get("PSS_INTERVAL_S", "0.2")))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -252,6 +262,8 @@ def main():
     ap.add_argument("--no-reference", action="store_true",
                     help="skip the in-process reference run (the WAN benchmark)")
     ap.add_argument("--label", default=None, help="a label for the rows")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="time the rounds in the run that samples PSS (no second run)")
     ap.add_argument("--bound", default=None, metavar="STATION_RATE,AGENCY_RATE",
                     help="add the bandwidth bound of each round for these link rates, e.g. 100mbit,1gbit")
     ap.add_argument("--rtt-ms", type=float, default=0.0,
@@ -264,9 +276,16 @@ def main():
             raise SystemExit(f"{BIN / b} is missing: cargo build --release -p fedcrime-server "
                              "-p fedcrime-client -p fedcrime-sim -p fedcrime-certs")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="fc-deploy-") as d:
+    keep = os.environ.get("KEEP_DIR")
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="fc-deploy-")) as d:
         for size in args.sizes.split(","):
-            r = run_size(size, args.stations, args.rounds, Path(d), not args.no_reference)
+            r = run_size(size, args.stations, args.rounds, Path(d), not args.no_reference,
+                         sample_pss=args.one_pass)
+            if not args.one_pass:
+                (Path(d) / "pss").mkdir(exist_ok=True)
+                m = run_size(size, args.stations, args.rounds, Path(d) / "pss", False, sample_pss=True)
+                r["peak_pss_mib"] = m["peak_pss_mib"]
+                r["round_s_sampled"] = m["round_s"]
             if args.bound:
                 add_bounds(r, args.bound, args.stations, args.rtt_ms)
             rows.append(r)

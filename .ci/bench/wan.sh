@@ -166,7 +166,7 @@ for size in ${SIZES//,/ }; do
   for variant in $VARIANTS; do
     set -- ${variant/:/ }
     CONGESTION=$1 UPDATE_ENCODING=$2 python3 .ci/bench/deploy_rounds.py --stations "$STATIONS" \
-      --rounds "$ROUNDS" --sizes "$size" --json --no-reference \
+      --rounds "$ROUNDS" --sizes "$size" --json --no-reference --one-pass \
       --label "quic-$1-$2" --bound "$STATION_RATE,$AGENCY_RATE" --rtt-ms "$rtt_ms"
   done
   for cc in $TCP_CC; do
